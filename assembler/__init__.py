@@ -1,0 +1,1 @@
+"""Assembler stage: raw records to complete, parsed and interpreted events."""

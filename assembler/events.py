@@ -1,0 +1,55 @@
+"""Turn completed record groups and detected holes into the events that travel downstream."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from assembler.coalesce import coalesce
+from assembler.ecs import build_doc, marker_doc
+from assembler.parse import Record
+from assembler.reassembler import CompletionReason, LostRange
+from auditstream.escape import escape
+from auditstream.logline import format_log_line
+
+Event = dict[str, Any]
+
+# Reasons that mean the event may be cut short; consumers see how it ended.
+_UNCERTAIN = {CompletionReason.TIMEOUT, CompletionReason.EVICTED, CompletionReason.CLOSED, CompletionReason.LATE}
+PARSE_ERROR_SNIPPET_BYTES = 4096
+
+
+def event_from_records(records: list[Record], reason: CompletionReason) -> Event:
+    first = records[0]
+    doc = build_doc(records, coalesce(records))
+    if reason in _UNCERTAIN:
+        doc.setdefault("auditstream", {})["completed_by"] = reason.name.lower()
+    return {
+        "key": [first.node, first.sec, first.msec, first.serial],
+        "raw": [[r.type, r.data, r.node] for r in records],
+        "doc": doc,
+    }
+
+
+def lost_event(lost: LostRange) -> Event:
+    now_ms = time.time_ns() // 1_000_000
+    details = {
+        "cause": "serial_gap",
+        "first_serial": lost.first_serial,
+        "last_serial": lost.last_serial,
+        "count": lost.count,
+    }
+    doc = marker_doc("events-lost", lost.node, now_ms // 1000, now_ms % 1000, details)
+    return {"key": [lost.node, now_ms // 1000, now_ms % 1000, lost.first_serial], "raw": [], "doc": doc}
+
+
+def parse_error_event(type_: int, data: bytes, node: str, error: str) -> Event:
+    now_ms = time.time_ns() // 1_000_000
+    details = {
+        "cause": "parse_error",
+        "error": error,
+        "record": escape(format_log_line(type_, data[:PARSE_ERROR_SNIPPET_BYTES], node) if type_ else data[:PARSE_ERROR_SNIPPET_BYTES]),
+        "record_bytes": len(data),
+    }
+    doc = marker_doc("parse-error", node, now_ms // 1000, now_ms % 1000, details)
+    return {"key": [node, now_ms // 1000, now_ms % 1000, 0], "raw": [[type_, data, node]] if type_ else [], "doc": doc}

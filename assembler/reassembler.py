@@ -1,0 +1,375 @@
+"""Group audit records into events and detect lost events from serial gaps.
+
+Modelled on go-libaudit's Reassembler (push / maintain / close, complete and
+lost callbacks), with the rules of DESIGN §3:
+
+* An event is keyed on ``(node, sec, msec, serial)``. It completes at its EOE
+  record; the EOE stays in the event's record list (the raw file sink writes it
+  back so ``ausearch`` can read the output; other consumers skip type 1320).
+* Records that never have companions complete at once (reason SINGLE):
+  everything outside the kernel range 1300-2099, except LOGIN (1006), which
+  modern kernels emit inside a syscall context followed by SYSCALL and EOE
+  (laurel's ``record-login.txt``); and KERNEL (2000), the boot-time
+  "audit initialized" record, which has no syscall context. A single record is
+  its own event even when a kernel event shares its serial (systemd's
+  SERVICE_START is sent from an audited ``sendto``); it does not claim the key.
+* Otherwise an event completes ``timeout_ms`` after its first record (checked by
+  :meth:`Reassembler.maintain`), or when more than ``max_in_flight`` events are
+  open (oldest first), or at :meth:`Reassembler.close`. An event that reaches
+  ``max_records_per_event`` records is also evicted (memory bound); what follows
+  for its key is LATE.
+* A record arriving for a key that completed recently is emitted alone with
+  reason LATE: never merged into a wrong event, never dropped.
+* An EOE for an unknown key opens the event (records delivered out of order);
+  it then completes at the timeout with every record that arrived for it.
+
+Loss: per node, serials are unwrapped to an unbounded integer (2^32 rollover is
+continuity) and a frontier marks "every serial below is settled". A gap below a
+completed serial is reported lost only once no open event of that node lies
+below it and the serial after the gap completed ``timeout_ms`` ago (or at
+close), because events complete out of order. A jump of more than 2^24 in
+either direction is a discontinuity (reboot, another log), never loss.
+
+Clock: ``now_ms`` is event time for files and wall time live. The reassembler
+keeps the largest value seen, so a clock that steps back never un-expires
+anything and open events stay in time order (one dict, oldest first).
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+EOE_TYPE = 1320
+LOGIN_TYPE = 1006
+KERNEL_TYPE = 2000
+SERIAL_MODULUS = 1 << 32
+SERIAL_MASK = SERIAL_MODULUS - 1
+# Larger serial jumps are a new serial space, not loss (go-libaudit's 2^24 rule).
+DISCONTINUITY_JUMP = 1 << 24
+# Each new serial space starts this far above the last, so spaces never overlap.
+_SPACE_STRIDE = 1 << 40
+# Bounds on bookkeeping that hostile input could otherwise grow without limit.
+MAX_PENDING_SERIALS = 1 << 16
+MAX_NODES = 4096
+
+EventKey = tuple[str, int, int, int]
+
+
+class AuditRecord(Protocol):
+    """What the reassembler reads from a record (``assembler.parse.Record`` fits)."""
+
+    @property
+    def type(self) -> int: ...
+    @property
+    def node(self) -> str: ...
+    @property
+    def sec(self) -> int: ...
+    @property
+    def msec(self) -> int: ...
+    @property
+    def serial(self) -> int: ...
+
+
+RecordT = TypeVar("RecordT", bound=AuditRecord)
+
+
+class CompletionReason(enum.Enum):
+    """Why an event was handed on."""
+
+    EOE = "eoe"
+    SINGLE = "single"
+    TIMEOUT = "timeout"
+    EVICTED = "evicted"
+    CLOSED = "closed"
+    LATE = "late"
+
+
+@dataclass(frozen=True, slots=True)
+class LostRange:
+    """Serials ``first_serial..last_serial`` (inclusive, may wrap past 2^32-1) never arrived."""
+
+    node: str
+    first_serial: int
+    last_serial: int
+    count: int
+
+
+@dataclass(slots=True)
+class ReassemblerStats:
+    """Counters; ``in_flight`` is the number of open events right now."""
+
+    records: int = 0
+    events: dict[CompletionReason, int] = field(
+        default_factory=lambda: dict.fromkeys(CompletionReason, 0)
+    )
+    lost: int = 0
+    late_records: int = 0
+    discontinuities: int = 0
+    # Events whose serial was already settled (duplicate serial, or reported lost earlier).
+    stale_serials: int = 0
+    in_flight: int = 0
+
+
+def completes_alone(record_type: int) -> bool:
+    """True for record types that never have companion records (complete at once)."""
+    if record_type == LOGIN_TYPE:
+        return False
+    return not 1300 <= record_type < 2100 or record_type == KERNEL_TYPE
+
+
+class _OpenEvent(Generic[RecordT]):
+    """An event still collecting records."""
+
+    __slots__ = ("first_ms", "records", "unwrapped")
+
+    def __init__(self, record: RecordT, first_ms: int, unwrapped: int) -> None:
+        self.records = [record]
+        self.first_ms = first_ms
+        self.unwrapped = unwrapped
+
+
+class _NodeSerials:
+    """One node's serial space: unwrapping, completed-but-unsettled serials, frontier."""
+
+    __slots__ = ("completed_at", "frontier", "last_seen", "pending")
+
+    def __init__(self) -> None:
+        # Unwrapped serial of the newest event opened; None before the first.
+        self.last_seen: int | None = None
+        # Every unwrapped serial below the frontier is settled; None until first settle.
+        self.frontier: int | None = None
+        self.pending: list[int] = []  # heap of completed serials at or above the frontier
+        self.completed_at: dict[int, int] = {}  # pending serial -> clock when completed
+
+    def unwrap(self, serial: int) -> tuple[int, bool]:
+        """Map a 32-bit serial to this node's unbounded line; True on a discontinuity."""
+        serial &= SERIAL_MASK
+        last = self.last_seen
+        if last is None:
+            self.last_seen = serial
+            return serial, False
+        delta = (serial - last) & SERIAL_MASK
+        if delta >= SERIAL_MODULUS >> 1:
+            delta -= SERIAL_MODULUS
+        if -DISCONTINUITY_JUMP <= delta <= DISCONTINUITY_JUMP:
+            unwrapped = last + delta
+            if delta > 0:
+                self.last_seen = unwrapped
+            return unwrapped, False
+        # New serial space: far above everything so far, same low 32 bits.
+        unwrapped = ((last + _SPACE_STRIDE) & ~SERIAL_MASK) | serial
+        self.last_seen = unwrapped
+        return unwrapped, True
+
+    def note_completed(self, unwrapped: int, now_ms: int) -> bool:
+        """Record a completed serial; False if it was already settled or completed."""
+        frontier = self.frontier
+        if frontier is not None and unwrapped <= frontier:
+            if unwrapped < frontier:
+                return False
+            # In-order fast path: advance over it and any completed serials after it.
+            frontier += 1
+            pending = self.pending
+            while pending and pending[0] == frontier:
+                del self.completed_at[heapq.heappop(pending)]
+                frontier += 1
+            self.frontier = frontier
+            return True
+        if unwrapped in self.completed_at:
+            return False
+        heapq.heappush(self.pending, unwrapped)
+        self.completed_at[unwrapped] = now_ms
+        return True
+
+    def settle(
+        self, node: str, settled_before_ms: int | None, lowest_open: int | None
+    ) -> list[LostRange]:
+        """Advance the frontier over completed serials; return the gaps it passes.
+
+        ``settled_before_ms`` None forces settling (close, memory bound); otherwise a
+        serial counts only if it completed at or before that clock value. Nothing at
+        or above ``lowest_open`` (the node's lowest open event) is passed.
+        """
+        lost: list[LostRange] = []
+        pending = self.pending
+        while pending:
+            lowest = pending[0]
+            if settled_before_ms is not None and (
+                self.completed_at[lowest] > settled_before_ms
+                or (lowest_open is not None and lowest_open < lowest)
+            ):
+                break
+            heapq.heappop(pending)
+            del self.completed_at[lowest]
+            frontier = self.frontier
+            if frontier is not None and frontier < lowest:
+                gap = lowest - frontier
+                if gap <= DISCONTINUITY_JUMP:  # larger: a new serial space, counted at unwrap
+                    lost.append(
+                        LostRange(node, frontier & SERIAL_MASK, (lowest - 1) & SERIAL_MASK, gap)
+                    )
+            self.frontier = lowest + 1
+            while pending and pending[0] == lowest + 1:
+                lowest = heapq.heappop(pending)
+                del self.completed_at[lowest]
+                self.frontier = lowest + 1
+        return lost
+
+
+class Reassembler(Generic[RecordT]):
+    """Turns a stream of records into complete events; not thread-safe."""
+
+    def __init__(
+        self,
+        on_complete: Callable[[list[RecordT], CompletionReason], None],
+        on_lost: Callable[[LostRange], None],
+        *,
+        max_in_flight: int = 1000,
+        timeout_ms: int = 2000,
+        max_recent: int = 16384,
+        max_records_per_event: int = 8192,
+    ) -> None:
+        if min(max_in_flight, max_recent, max_records_per_event) < 1 or timeout_ms < 0:
+            raise ValueError("limits must be >= 1 and timeout_ms >= 0")
+        self._on_complete = on_complete
+        self._on_lost = on_lost
+        self._max_in_flight = max_in_flight
+        self._timeout_ms = timeout_ms
+        self._max_recent = max_recent
+        self._max_records_per_event = max_records_per_event
+        # Insertion order is age order (the clock never goes back): oldest first.
+        self._open: OrderedDict[EventKey, _OpenEvent[RecordT]] = OrderedDict()
+        self._recent: OrderedDict[EventKey, None] = OrderedDict()
+        self._nodes: dict[str, _NodeSerials] = {}
+        self._clock = 0
+        self._stats = ReassemblerStats()
+
+    @property
+    def stats(self) -> ReassemblerStats:
+        """Live counters (``in_flight`` refreshed on read)."""
+        self._stats.in_flight = len(self._open)
+        return self._stats
+
+    def push(self, rec: RecordT, now_ms: int) -> None:
+        """Add one record; may complete events through the callbacks."""
+        stats = self._stats
+        stats.records += 1
+        if now_ms > self._clock:
+            self._clock = now_ms
+        rtype = rec.type
+        if completes_alone(rtype):
+            node = self._node(rec.node)
+            unwrapped, jumped = node.unwrap(rec.serial)
+            if jumped:
+                stats.discontinuities += 1
+            stats.events[CompletionReason.SINGLE] += 1
+            self._on_complete([rec], CompletionReason.SINGLE)
+            self._note_completed(node, rec.node, unwrapped)
+            return
+        key = (rec.node, rec.sec, rec.msec, rec.serial)
+        event = self._open.get(key)
+        if event is not None:
+            records = event.records
+            records.append(rec)
+            if rtype == EOE_TYPE:
+                self._finish(key, event, CompletionReason.EOE)
+            elif len(records) >= self._max_records_per_event:
+                # Memory bound against a flood of one key (same timestamp: never times out).
+                self._finish(key, event, CompletionReason.EVICTED)
+            return
+        if key in self._recent:
+            stats.late_records += 1
+            stats.events[CompletionReason.LATE] += 1
+            self._on_complete([rec], CompletionReason.LATE)
+            return
+        node = self._node(rec.node)
+        unwrapped, jumped = node.unwrap(rec.serial)
+        if jumped:
+            stats.discontinuities += 1
+        # An EOE seen first opens the event: the rest of it is still on its way.
+        self._open[key] = _OpenEvent(rec, self._clock, unwrapped)
+        if len(self._open) > self._max_in_flight:
+            oldest_key, oldest = self._open.popitem(last=False)
+            self._finish(oldest_key, oldest, CompletionReason.EVICTED, already_removed=True)
+
+    def maintain(self, now_ms: int) -> None:
+        """Complete events older than the timeout and report gaps that can no longer fill."""
+        if now_ms > self._clock:
+            self._clock = now_ms
+        deadline = self._clock - self._timeout_ms
+        open_events = self._open
+        while open_events:
+            key, event = next(iter(open_events.items()))
+            if event.first_ms > deadline:
+                break
+            self._finish(key, event, CompletionReason.TIMEOUT)
+        self._settle_all(deadline)
+
+    def close(self) -> None:
+        """Complete every open event (CLOSED) and report every remaining gap."""
+        while self._open:
+            key, event = self._open.popitem(last=False)
+            self._finish(key, event, CompletionReason.CLOSED, already_removed=True)
+        for name, node in self._nodes.items():
+            self._report(node.settle(name, None, None))
+
+    def _node(self, name: str) -> _NodeSerials:
+        node = self._nodes.get(name)
+        if node is None:
+            if len(self._nodes) >= MAX_NODES:
+                self._forget_oldest_node()
+            node = self._nodes[name] = _NodeSerials()
+        return node
+
+    def _forget_oldest_node(self) -> None:
+        # Hostile input with endless node names: settle and drop the oldest node's state.
+        name = next(iter(self._nodes))
+        self._report(self._nodes.pop(name).settle(name, None, None))
+
+    def _finish(
+        self,
+        key: EventKey,
+        event: _OpenEvent[RecordT],
+        reason: CompletionReason,
+        *,
+        already_removed: bool = False,
+    ) -> None:
+        if not already_removed:
+            del self._open[key]
+        recent = self._recent
+        recent[key] = None
+        if len(recent) > self._max_recent:
+            recent.popitem(last=False)
+        self._stats.events[reason] += 1
+        self._on_complete(event.records, reason)
+        node = self._nodes.get(key[0])
+        if node is not None:
+            self._note_completed(node, key[0], event.unwrapped)
+
+    def _note_completed(self, node: _NodeSerials, name: str, unwrapped: int) -> None:
+        if not node.note_completed(unwrapped, self._clock):
+            self._stats.stale_serials += 1
+        elif len(node.pending) > MAX_PENDING_SERIALS:
+            # Memory bound: settle the oldest gaps now, even if they might still fill.
+            self._report(node.settle(name, None, None))
+
+    def _settle_all(self, settled_before_ms: int) -> None:
+        lowest_open: dict[str, int] = {}
+        if any(node.pending for node in self._nodes.values()):
+            for (name, _, _, _), event in self._open.items():
+                current = lowest_open.get(name)
+                if current is None or event.unwrapped < current:
+                    lowest_open[name] = event.unwrapped
+        for name, node in self._nodes.items():
+            if node.pending:
+                self._report(node.settle(name, settled_before_ms, lowest_open.get(name)))
+
+    def _report(self, lost: list[LostRange]) -> None:
+        for lost_range in lost:
+            self._stats.lost += lost_range.count
+            self._on_lost(lost_range)

@@ -1,0 +1,5 @@
+"""``python -m auditstream``: the command line."""
+
+from auditstream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""The ``auditstream`` command: run, replay, check-config, status, tree."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from auditstream import __version__, logs, runtime
+from auditstream import config as config_mod
+from auditstream.supervisor import RestartPolicy, Supervisor
+
+DEFAULT_LIVE_SINK = "jsonl:/var/log/auditstream/events.jsonl"
+log = logging.getLogger("auditstream.cli")
+
+
+def sink_table(arg: str) -> dict[str, Any]:
+    """``--sink TYPE:TARGET`` as the TOML table it stands for."""
+    if arg in ("-", "stdout"):
+        return {"type": "jsonl", "name": "stdout", "path": "-"}
+    kind, sep, target = arg.partition(":")
+    if not sep or not target:
+        raise config_mod.ConfigError(f"--sink {arg!r}: expected TYPE:TARGET, e.g. jsonl:events.jsonl")
+    if kind in ("jsonl", "file"):
+        return {"type": kind, "name": arg, "path": target}
+    if kind == "kafka":
+        brokers, slash, topic = target.rpartition("/")
+        if not slash or not brokers or not topic:
+            raise config_mod.ConfigError(f"--sink {arg!r}: expected kafka:BROKER[,BROKER…]/TOPIC")
+        return {"type": "kafka", "name": arg, "brokers": brokers, "topic": topic}
+    raise config_mod.ConfigError(f"--sink {arg!r}: unknown sink type {kind!r} (jsonl, file, kafka)")
+
+
+def _load(args: argparse.Namespace) -> config_mod.Config:
+    if getattr(args, "config", None):
+        return config_mod.load(args.config)
+    return config_mod.Config(source_path="<defaults>")
+
+
+def check_sinks(cfg: config_mod.Config) -> None:
+    """Validate sink tables the way the tree keeper will build them."""
+    from sinks import SinkError
+    from sinks.config import file_output_config, sink_configs_from_tables
+
+    try:
+        for sink_cfg in sink_configs_from_tables(cfg.sinks):
+            if sink_cfg.type in ("jsonl", "file"):
+                file_output_config(sink_cfg)
+            elif sink_cfg.type != "kafka":
+                raise SinkError(f"{sink_cfg.where}.type: unknown sink type {sink_cfg.type!r}")
+    except SinkError as err:
+        raise config_mod.ConfigError(f"{cfg.source_path}: {err}") from err
+
+
+def _apply_common(cfg: config_mod.Config, args: argparse.Namespace, *, default_sink: str) -> None:
+    if args.sink:
+        cfg.sinks = [sink_table(s) for s in args.sink]
+    if not cfg.sinks:
+        cfg.sinks = [sink_table(default_sink)]
+    if args.assemblers is not None:
+        cfg.assembler.instances = args.assemblers
+    if args.log_json:
+        cfg.runtime.log_format = "json"
+    config_mod.validate(cfg)
+    check_sinks(cfg)
+
+
+def _print_summary(cfg: config_mod.Config) -> None:
+    path = runtime.summary_path(cfg)
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, ValueError):
+        print("auditstream: no summary (the pipeline did not finish)", file=sys.stderr)
+        return
+    rec = stats.get("receiver", {})
+    asm = stats.get("assembler", {})
+    sinks = stats.get("sinks", {})
+    sent = ", ".join(f"{name} {s.get('component_sent_events_total', 0)}" for name, s in sinks.items())
+    print(
+        f"auditstream: {rec.get('records', 0)} records read, "
+        f"{stats.get('treekeeper', {}).get('events_out', asm.get('events', 0))} events out, "
+        f"{asm.get('lost_events', 0)} events lost (serial gaps), "
+        f"{asm.get('parse_errors', 0)} records failed to parse; sent: {sent or 'none'}",
+        file=sys.stderr,
+    )
+
+
+def _start(cfg: config_mod.Config, *, live: bool, receiver_stdin: bool) -> int:
+    created = not cfg.runtime.dir
+    run_dir = runtime.make_private_dir(cfg, live=live)
+    conf_path = run_dir / "effective-config.json"
+    config_mod.write_json(cfg, conf_path)
+    supervisor = Supervisor(
+        conf_path,
+        assemblers=cfg.assembler.instances,
+        receiver_stdin=receiver_stdin,
+        policy=RestartPolicy(enabled=live),
+    )
+    code = supervisor.run()
+    _print_summary(cfg)
+    if created and not live:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return code
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from receiver.logsource import SourceError, check_readable
+
+    cfg = _load(args)
+    cfg.receiver.source = "file"
+    cfg.receiver.files = args.files
+    cfg.receiver.follow = args.follow
+    cfg.receiver.progress = args.progress
+    _apply_common(cfg, args, default_sink="jsonl:-")
+    try:
+        check_readable(args.files)
+    except SourceError as err:
+        print(f"auditstream: {err}", file=sys.stderr)
+        return 2
+    return _start(cfg, live=False, receiver_stdin="-" in args.files)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if args.source:
+        cfg.receiver.source = args.source
+    if args.record:
+        cfg.receiver.record = args.record
+    if args.takeover:
+        cfg.receiver.takeover = True
+    _apply_common(cfg, args, default_sink=DEFAULT_LIVE_SINK)
+    for table in cfg.sinks:
+        if table.get("type") in ("jsonl", "file") and table.get("path") not in (None, "-"):
+            Path(table["path"]).parent.mkdir(parents=True, exist_ok=True)
+    return _start(cfg, live=True, receiver_stdin=cfg.receiver.source == "stdin")
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    check_sinks(cfg)
+    print(f"{args.config}: OK ({len(cfg.sinks)} sinks, source {cfg.receiver.source})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="auditstream", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"auditstream {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", help="TOML configuration file")
+        p.add_argument("--sink", action="append", metavar="TYPE:TARGET",
+                       help="jsonl:PATH (- = stdout), file:PATH, kafka:BROKERS/TOPIC; repeatable")
+        p.add_argument("--assemblers", type=int, help="number of assembler processes")
+        p.add_argument("--log-json", action="store_true", help="log as JSON lines on stderr")
+
+    p = sub.add_parser("replay", help="replay audit.log files (or - for stdin) through the pipeline")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    p.add_argument("--follow", action="store_true", help="keep reading the last file as it grows")
+    common(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("run", help="capture live from the kernel")
+    p.add_argument("--source", help="netlink (default), multicast, stdin, unix:PATH")
+    p.add_argument("--record", metavar="PATH", help="also write every raw record to PATH (replayable)")
+    p.add_argument("--takeover", action="store_true", help="take the audit PID from its holder")
+    common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a configuration file")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(func=cmd_check_config)
+
+    for extra in ("status", "tree"):
+        try:
+            module = __import__(f"auditstream.cmd_{extra}", fromlist=["register"])
+        except ImportError:
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup("cli")
+    try:
+        return int(args.func(args))
+    except config_mod.ConfigError as err:
+        print(f"auditstream: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""What every stage process shares: argument parsing, logging, signals as loop flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from auditstream import config as config_mod
+from auditstream import logs
+
+
+@dataclass(slots=True)
+class StageContext:
+    """Per-process state a stage loop reads: its index and the stop flag set by signals."""
+
+    name: str
+    index: int = 0
+    stop_requested: bool = False
+    signals: list[int] = field(default_factory=list)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.stop_requested = True
+        self.signals.append(signum)
+
+
+def merge_stats(into: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """Add counters from ``more`` into ``into`` (nested dicts of ints)."""
+    for key, value in more.items():
+        if isinstance(value, dict):
+            merge_stats(into.setdefault(key, {}), value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            into[key] = into.get(key, 0) + value
+        else:
+            into[key] = value
+    return into
+
+
+def write_status(path: Path, status: dict[str, Any]) -> None:
+    """Atomically replace a small JSON status file (read by `auditstream status`)."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(status, fh)
+    os.replace(tmp, path)
+
+
+def stage_main(
+    name: str,
+    run: Callable[[config_mod.Config, StageContext], int],
+    argv: list[str] | None = None,
+) -> int:
+    """Entry point of ``python -m <stage> --config FILE``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=f"auditstream {name} stage")
+    parser.add_argument("--config", "-c", required=True, help="TOML config (or the supervisor's JSON)")
+    parser.add_argument("--index", type=int, default=0, help="instance number (assemblers)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as err:
+        print(f"auditstream[{name}]: {err}", file=sys.stderr)
+        return 2
+    component = f"{name}-{args.index}" if name == "assembler" else name
+    logs.setup(component, fmt=cfg.runtime.log_format, level=cfg.runtime.log_level)
+    ctx = StageContext(name=name, index=args.index)
+    signal.signal(signal.SIGTERM, ctx._on_signal)
+    signal.signal(signal.SIGINT, ctx._on_signal)
+    # A broken stdout pipe (jq exited) must not kill the stage with a traceback.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL if name != "treekeeper" else signal.SIG_IGN)
+    return run(cfg, ctx)

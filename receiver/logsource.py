@@ -1,0 +1,104 @@
+"""audit.log text as a source: files in order (plain or gzip), stdin, optionally followed."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+_GZIP_MAGIC = b"\x1f\x8b"
+READ_HINT = 1 << 20  # bytes of lines per read: few syscalls, bounded memory
+
+
+class SourceError(OSError):
+    """A file cannot be opened or read; the message names it."""
+
+
+@dataclass(slots=True)
+class FileProgress:
+    """How far the source is, for the progress bar."""
+
+    name: str = ""
+    done_bytes: int = 0  # compressed bytes for .gz (the file position)
+    total_bytes: int = 0  # sum of all file sizes (0 for stdin)
+
+
+def check_readable(paths: list[str]) -> None:
+    """Fail early, before any process starts, on a missing or unreadable file."""
+    for path in paths:
+        if path == "-":
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as err:
+            raise SourceError(f"cannot read {path}: {err.strerror or err}") from err
+        if os.path.isdir(path):
+            raise SourceError(f"cannot read {path}: is a directory")
+
+
+def _open(path: str) -> tuple[BinaryIO, BinaryIO]:
+    """Return (reader, raw file) — the raw file's position measures progress."""
+    if path == "-":
+        return sys.stdin.buffer, sys.stdin.buffer
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except OSError as err:
+        raise SourceError(f"cannot read {path}: {err.strerror or err}") from err
+    if raw.peek(2)[:2] == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
+    return raw, raw
+
+
+class LogSource:
+    """Yields lists of raw lines (bytes, newline kept) from the files, in order."""
+
+    def __init__(self, paths: list[str], *, follow: bool = False) -> None:
+        self.paths = paths or ["-"]
+        self.follow = follow
+        self.progress = FileProgress()
+        self.stop = False
+        for path in self.paths:
+            if path != "-" and os.path.exists(path):
+                self.progress.total_bytes += os.path.getsize(path)
+        self._base = 0
+
+    def chunks(self) -> Iterator[list[bytes]]:
+        for index, path in enumerate(self.paths):
+            reader, raw = _open(path)
+            self.progress.name = path
+            try:
+                yield from self._read(reader, raw, last=index == len(self.paths) - 1)
+            except (OSError, EOFError, gzip.BadGzipFile) as err:
+                raise SourceError(f"error reading {path}: {err}") from err
+            finally:
+                if raw is not sys.stdin.buffer:
+                    self._base += os.fstat(raw.fileno()).st_size
+                    reader.close()
+                    raw.close()
+
+    def _read(self, reader: BinaryIO, raw: BinaryIO, *, last: bool) -> Iterator[list[bytes]]:
+        pending = b""
+        while not self.stop:
+            lines = reader.readlines(READ_HINT)
+            if not lines:
+                if self.follow and last and raw is not sys.stdin.buffer:
+                    time.sleep(0.2)  # follow: wait for auditd to append
+                    continue
+                break
+            if pending:
+                lines[0] = pending + lines[0]
+                pending = b""
+            if not lines[-1].endswith(b"\n") and self.follow:
+                pending = lines.pop()  # an incomplete line being written right now
+            if raw is not sys.stdin.buffer and isinstance(raw, io.BufferedReader):
+                self.progress.done_bytes = self._base + raw.tell()
+            if lines:
+                yield lines
+        if pending:
+            yield [pending]

@@ -1,0 +1,250 @@
+"""The kernel audit netlink socket: control requests and the record stream.
+
+`AuditNetlink` is the socket: it sends requests and collects their replies; audit records
+that arrive while it waits for a reply are kept in `pending` for the record reader.
+`NetlinkSource` reads records: multicast (its own socket bound to AUDIT_NLGRP_READLOG) or
+unicast (the socket that registered the audit pid, usually `KernelSession.records_source()`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass
+
+NETLINK_AUDIT = 9
+AUDIT_NLGRP_READLOG = 1
+NLMSG_HEADER = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+AUDIT_FIRST_USER_MSG = 1100  # types below are control messages, from here on records
+AUDIT_REPLACE = 1329  # the kernel asking the pid holder whether it is alive; not a record
+RECV_BUFFER_BYTES = 1 << 16  # records are at most 8970 bytes; replies are small
+SOL_NETLINK = 270
+SO_RCVBUFFORCE = 33
+
+
+class NetlinkError(OSError):
+    """The kernel refused a request (its negative errno) or did not answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class NetlinkMessage:
+    """One netlink message: its type, flags, sequence number and payload."""
+
+    type: int
+    flags: int
+    seq: int
+    payload: bytes
+
+
+def split_datagram(datagram: bytes | memoryview) -> list[NetlinkMessage]:
+    """Split one received datagram into messages.
+
+    Records (type >= 1100) are one per datagram and their nlmsg_len is unreliable (unicast
+    excludes the 16-byte header, multicast includes it), so their payload is the rest of
+    the datagram. Control replies follow the netlink rules (aligned, nlmsg_len complete).
+    """
+    messages: list[NetlinkMessage] = []
+    offset = 0
+    while len(datagram) - offset >= NLMSG_HEADER.size:
+        length, msg_type, flags, seq, _pid = NLMSG_HEADER.unpack_from(datagram, offset)
+        if msg_type >= AUDIT_FIRST_USER_MSG:
+            payload = bytes(datagram[offset + NLMSG_HEADER.size :])
+            messages.append(NetlinkMessage(msg_type, flags, seq, payload.rstrip(b"\x00")))
+            break
+        if length < NLMSG_HEADER.size or offset + length > len(datagram):
+            raise ValueError(f"malformed netlink message (nlmsg_len {length})")
+        payload = bytes(datagram[offset + NLMSG_HEADER.size : offset + length])
+        messages.append(NetlinkMessage(msg_type, flags, seq, payload))
+        offset += (length + 3) & ~3
+    return messages
+
+
+def _set_rcvbuf(sock: socket.socket, size: int) -> None:
+    """Ask for a big receive buffer; SO_RCVBUFFORCE passes rmem_max when we may (root)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+class AuditNetlink:
+    """A NETLINK_AUDIT socket: requests with replies, plus records kept aside in `pending`."""
+
+    def __init__(self, *, rcvbuf_bytes: int = 64 << 20, groups: int = 0) -> None:
+        self.rcvbuf_bytes = rcvbuf_bytes
+        self.groups = groups
+        self.pending: deque[NetlinkMessage] = deque()
+        self.overruns = 0  # ENOBUFS: the kernel dropped messages for us
+        self.foreign = 0  # datagrams not sent by the kernel (port id != 0), dropped
+        self.malformed = 0
+        self._sock: socket.socket | None = None
+        self._seq = int(time.monotonic_ns()) & 0x7FFFFFFF
+        self._buffer = bytearray(RECV_BUFFER_BYTES)
+
+    def open(self) -> None:
+        """Create and bind the socket; OSError with a clear message if not allowed."""
+        if self._sock is not None:
+            return
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot open NETLINK_AUDIT socket: {exc.strerror}") from None
+        try:
+            _set_rcvbuf(sock, self.rcvbuf_bytes)
+            sock.bind((0, self.groups))
+        except OSError as exc:
+            sock.close()
+            what = (
+                "join the audit multicast group (needs CAP_AUDIT_READ)" if self.groups else "bind"
+            )
+            raise OSError(exc.errno, f"cannot {what}: {exc.strerror}") from None
+        sock.setblocking(False)
+        self._sock = sock
+
+    @property
+    def sock(self) -> socket.socket:
+        if self._sock is None:
+            raise OSError(errno.EBADF, "audit netlink socket is not open")
+        return self._sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def send(self, msg_type: int, payload: bytes, flags: int = NLM_F_REQUEST) -> int:
+        """Send one request to the kernel; returns its sequence number."""
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        header = NLMSG_HEADER.pack(NLMSG_HEADER.size + len(payload), msg_type, flags, self._seq, 0)
+        padding = b"\x00" * (-len(payload) % 4)
+        self.sock.sendto(header + payload + padding, (0, 0))
+        return self._seq
+
+    def receive(self) -> list[NetlinkMessage] | None:
+        """Read one datagram without blocking: its messages, or None if nothing is queued."""
+        view = memoryview(self._buffer)
+        while True:
+            try:
+                size, (sender, _groups) = self.sock.recvfrom_into(self._buffer)
+            except BlockingIOError:
+                return None
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.overruns += 1
+                    continue
+                raise
+            if sender != 0:
+                self.foreign += 1
+                continue
+            try:
+                return split_datagram(view[:size])
+            except ValueError:
+                self.malformed += 1
+
+    def request(
+        self, msg_type: int, payload: bytes = b"", *, reply_type: int | None = None,
+        multi: bool = False, timeout_s: float = 5.0,
+    ) -> list[NetlinkMessage]:  # fmt: skip
+        """Send a request and return its replies.
+
+        With `reply_type` the kernel answers with data (AUDIT_GET; `multi` for lists that end
+        with NLMSG_DONE), otherwise we ask for an ACK. A negative errno raises NetlinkError.
+        """
+        want_data = reply_type is not None
+        seq = self.send(msg_type, payload, NLM_F_REQUEST | (0 if want_data else NLM_F_ACK))
+        replies: list[NetlinkMessage] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            messages = self.receive()
+            if messages is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise NetlinkError(errno.ETIMEDOUT, f"no reply to audit request {msg_type}")
+                select.select([self.sock], [], [], remaining)
+                continue
+            for message in messages:
+                if message.type >= AUDIT_FIRST_USER_MSG:
+                    if message.type != AUDIT_REPLACE:
+                        self.pending.append(message)  # a record; the reader takes it later
+                    continue
+                if message.seq != seq:
+                    continue  # a late answer to an earlier request that timed out
+                if message.type == NLMSG_ERROR:
+                    code = struct.unpack_from("=i", message.payload)[0] if message.payload else 0
+                    if code != 0:
+                        raise NetlinkError(-code, f"audit request {msg_type}: {os.strerror(-code)}")
+                    if not want_data:
+                        return replies
+                elif message.type == NLMSG_DONE:
+                    return replies
+                elif message.type == reply_type:
+                    replies.append(message)
+                    if not multi:
+                        return replies
+
+
+class NetlinkSource:
+    """Reads audit records from the kernel: (type, data, "") per record, never blocking."""
+
+    def __init__(
+        self, *, multicast: bool, rcvbuf_bytes: int = 64 << 20,
+        connection: AuditNetlink | None = None,
+    ) -> None:  # fmt: skip
+        """`connection`: read an existing socket (unicast: the one that set the audit pid)."""
+        if multicast and connection is not None:
+            raise ValueError("a multicast source opens its own socket")
+        self.multicast = multicast
+        self._borrowed = connection is not None
+        groups = 1 << (AUDIT_NLGRP_READLOG - 1) if multicast else 0
+        self._conn = connection or AuditNetlink(rcvbuf_bytes=rcvbuf_bytes, groups=groups)
+        self.replace_requests = 0  # AUDIT_REPLACE probes: someone tried to take the pid over
+        self.control_messages = 0  # stray control replies seen while reading records
+
+    @property
+    def overruns(self) -> int:
+        """How many times the kernel could not queue for us (ENOBUFS): records were lost."""
+        return self._conn.overruns
+
+    def open(self) -> None:
+        """Unicast: open the socket only (registering the pid is KernelSession's job)."""
+        self._conn.open()
+
+    def fileno(self) -> int:
+        return self._conn.fileno()
+
+    def read_records(self, max_records: int) -> list[tuple[int, bytes, str]]:
+        """Drain up to `max_records` queued records without blocking."""
+        records: list[tuple[int, bytes, str]] = []
+        pending = self._conn.pending
+        while pending and len(records) < max_records:
+            message = pending.popleft()
+            records.append((message.type, message.payload, ""))
+        while len(records) < max_records:
+            messages = self._conn.receive()
+            if messages is None:
+                break
+            for message in messages:
+                if message.type == AUDIT_REPLACE:
+                    self.replace_requests += 1
+                elif message.type < AUDIT_FIRST_USER_MSG:
+                    self.control_messages += 1
+                else:
+                    records.append((message.type, message.payload, ""))
+        return records
+
+    def close(self) -> None:
+        """Close our socket; a borrowed one stays open for its owner (the KernelSession)."""
+        if not self._borrowed:
+            self._conn.close()

@@ -1,0 +1,94 @@
+"""Sinks: where enriched events go. This module is the registry of sink types.
+
+``parse_sink_arg("jsonl:events.jsonl")`` turns a command-line argument into a
+:class:`SinkConfig`; ``sink_configs_from_tables(cfg.sinks)`` does the same for the
+``[[sinks]]`` tables of the config file; ``build_sink(cfg)`` makes the sink through
+``SINK_FACTORIES`` (type name -> factory). ``kafka`` is imported only when a kafka
+sink is configured, so a missing confluent-kafka only matters then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sinks.base import Event, Sink, SinkError, SinkStats
+from sinks.config import SinkConfig, sink_config_from_table, sink_configs_from_tables
+
+SinkFactory = Callable[[SinkConfig], Sink]
+
+# The option an argument's TARGET sets, per type (``jsonl:PATH`` sets ``path``).
+_TARGET_OPTION = {"jsonl": "path", "file": "path", "kafka": "target"}
+
+
+def _build_jsonl(cfg: SinkConfig) -> Sink:
+    from sinks.jsonl import JsonlSink
+
+    return JsonlSink.from_config(cfg)
+
+
+def _build_file(cfg: SinkConfig) -> Sink:
+    from sinks.rawfile import RawFileSink
+
+    return RawFileSink.from_config(cfg)
+
+
+def _build_kafka(cfg: SinkConfig) -> Sink:
+    try:
+        from sinks import kafka
+    except ImportError as err:
+        raise SinkError(
+            f"{cfg.where}: the kafka sink needs confluent-kafka "
+            f"(pip install 'auditstream[kafka]'): {err}"
+        ) from err
+    # The fan-out's when_full/queue_max_events also bound the producer's own local queue.
+    table = {
+        "type": cfg.type,
+        "name": cfg.name,
+        "when_full": cfg.when_full,
+        "queue_max_events": cfg.queue_max_events,
+        **cfg.options,
+    }
+    sink: Sink = kafka.KafkaSink.from_config(table)
+    return sink
+
+
+SINK_FACTORIES: dict[str, SinkFactory] = {
+    "jsonl": _build_jsonl,
+    "file": _build_file,
+    "kafka": _build_kafka,
+}
+
+
+def parse_sink_arg(arg: str) -> SinkConfig:
+    """``TYPE:TARGET`` -> SinkConfig named by the whole argument (``-`` as PATH is stdout)."""
+    sink_type, sep, target = arg.partition(":")
+    if not sep or not target:
+        raise SinkError(f"sink {arg!r}: expected TYPE:TARGET, e.g. jsonl:events.jsonl or file:-")
+    if sink_type not in SINK_FACTORIES:
+        known = ", ".join(sorted(SINK_FACTORIES))
+        raise SinkError(f"sink {arg!r}: unknown type {sink_type!r} (known: {known})")
+    option = _TARGET_OPTION.get(sink_type, "target")
+    return sink_config_from_table({"type": sink_type, "name": arg, option: target})
+
+
+def build_sink(cfg: SinkConfig) -> Sink:
+    """Make the sink ``cfg`` describes; SinkError names the problem."""
+    factory = SINK_FACTORIES.get(cfg.type)
+    if factory is None:
+        known = ", ".join(sorted(SINK_FACTORIES))
+        raise SinkError(f"{cfg.where}.type: unknown sink type {cfg.type!r} (known: {known})")
+    return factory(cfg)
+
+
+__all__ = [
+    "SINK_FACTORIES",
+    "Event",
+    "Sink",
+    "SinkConfig",
+    "SinkError",
+    "SinkFactory",
+    "SinkStats",
+    "build_sink",
+    "parse_sink_arg",
+    "sink_configs_from_tables",
+]

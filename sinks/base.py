@@ -1,0 +1,44 @@
+"""What every sink is: a noun that takes batches of events and accounts for them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# One event as the treekeeper hands it over (see docs/internals.md):
+# {"key": [node, sec, msec, serial], "raw": [[type, data, node], ...], "doc": {...ECS...}}
+Event = Mapping[str, Any]
+
+
+class SinkError(Exception):
+    """A sink could not be configured or opened; the message says why."""
+
+
+@dataclass(slots=True)
+class SinkStats:
+    """Vector's component counters for one sink."""
+
+    received_events: int = 0
+    sent_events: int = 0
+    discarded_events: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def error(self, error_type: str, count: int = 1) -> None:
+        self.errors[error_type] = self.errors.get(error_type, 0) + count
+
+
+class Sink(Protocol):
+    """A destination for events. Not thread-safe: one caller thread per sink."""
+
+    name: str
+    stats: SinkStats
+
+    def write_batch(self, events: Sequence[Event]) -> None:
+        """Deliver (or queue for delivery) these events, in order."""
+
+    def flush(self) -> None:
+        """Make everything written so far durable/delivered, or account for it as an error."""
+
+    def close(self) -> None:
+        """Flush and release resources; the sink is not used afterwards."""

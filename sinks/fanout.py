@@ -1,0 +1,391 @@
+"""Fan-out: every sink gets every batch, through its own thread and bounded queue.
+
+- ``submit(batch)`` offers the batch to each sink's queue (bounded in events by
+  ``queue_max_events``; a batch larger than the bound is still accepted into an
+  empty queue so it cannot deadlock). ``when_full = "block"`` waits for room:
+  backpressure up the pipeline. ``"drop_newest"`` drops the batch for that sink
+  only, counted as discarded (``queue_full``).
+- Consecutive drops of one sink form an episode; when the sink takes a batch
+  again (or after ``MARKER_INTERVAL_S`` of dropping, or at close) one
+  ``events-dropped`` marker event (sink, count, first/last key) goes to the OTHER
+  sinks, so the loss is visible in the data and not only in a counter. Markers
+  are built here (same shape as ``assembler.ecs.marker_doc``; kept local so sinks
+  do not import the assembler).
+- A worker writes batches in order and flushes when its queue runs empty. A
+  write that raises :class:`SinkWriteError` was already accounted by the sink
+  and is only logged; any other exception is counted (``errors[ClassName]``),
+  logged and retried (``write_attempts`` times, with backoff), then the batch
+  is counted as discarded (``write_error``). Nothing escapes a worker thread.
+- ``close()`` ends open drop episodes, lets every queue drain, flushes and
+  closes every sink, and returns when all are done or ``shutdown_timeout_ms``
+  passed; what is still queued then is counted as discarded
+  (``shutdown_timeout``) and logged. Events already inside a stuck sink's own
+  buffer stay unaccounted (the sink's thread is stuck in write(2)).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from sinks.base import Event, Sink
+from sinks.config import SinkConfig
+from sinks.rotation import SinkWriteError
+
+log = logging.getLogger(__name__)
+
+MARKER_INTERVAL_S = 1.0
+DEFAULT_SHUTDOWN_TIMEOUT_MS = 5000
+
+CallOutcome = Literal["ok", "accounted", "failed"]
+
+
+def utc_timestamp_ms(now: float | None = None) -> str:
+    """RFC 3339 UTC with milliseconds, as ``@timestamp`` in docs: ``2017-03-31T21:29:12.404Z``."""
+    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def marker_doc(action: str, marker: dict[str, Any]) -> dict[str, Any]:
+    """The minimal ECS document of a marker event (``raw == []``)."""
+    return {
+        "@timestamp": utc_timestamp_ms(),
+        "event": {"kind": "event", "action": action},
+        "auditstream": {"marker": marker},
+        "tags": ["auditstream-marker"],
+    }
+
+
+def event_key(event: object) -> list[Any] | None:
+    """The event's ``[node, sec, msec, serial]`` key, or None when it has none."""
+    if isinstance(event, dict):
+        key = event.get("key")
+        if isinstance(key, list | tuple):
+            return list(key)
+    return None
+
+
+def drop_marker_event(
+    sink_name: str, count: int, first_key: object, last_key: object, cause: str
+) -> dict[str, Any]:
+    """An ``events-dropped`` marker event telling the other sinks what one sink lost."""
+    now = time.time()
+    marker = {
+        "cause": cause,
+        "sink": sink_name,
+        "count": count,
+        "first_key": first_key,
+        "last_key": last_key,
+    }
+    key = ["", int(now), int(now * 1000) % 1000, 0]
+    return {"key": key, "raw": [], "doc": marker_doc("events-dropped", marker)}
+
+
+class DropReporting(Protocol):
+    """A sink that drops inside itself (e.g. kafka's local queue) and reports the runs."""
+
+    def take_drops(self) -> list[tuple[int, list[Any], list[Any]]]:
+        """(count, first_key, last_key) of each run dropped since the last call."""
+
+
+@dataclass(frozen=True, slots=True)
+class SinkMetrics:
+    """Vector's component metrics for one sink, as seen through the fan-out."""
+
+    component_received_events_total: int
+    component_sent_events_total: int
+    component_discarded_events_total: int
+    discarded_by_reason: dict[str, int]
+    component_errors_total: dict[str, int]
+
+
+class _EventQueue:
+    """A FIFO of batches bounded in events, closable and abandonable."""
+
+    def __init__(self, max_events: int) -> None:
+        self._max_events = max_events
+        self._batches: deque[list[Event]] = deque()
+        self._events = 0
+        self._closed = False
+        self._abandoned = False
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+
+    def _fits(self, count: int) -> bool:
+        return self._events == 0 or self._events + count <= self._max_events
+
+    def put(self, batch: list[Event], block: bool, timeout: float | None = None) -> bool:
+        """Queue the batch; False when it does not fit (in time) or the queue was abandoned."""
+        with self._lock:
+            if block:
+                self._not_full.wait_for(lambda: self._abandoned or self._fits(len(batch)), timeout)
+            if self._abandoned or not self._fits(len(batch)):
+                return False
+            self._batches.append(batch)
+            self._events += len(batch)
+            self._not_empty.notify()
+            return True
+
+    def get(self) -> list[Event] | None:
+        """Next batch; None once closed and empty, or abandoned."""
+        with self._lock:
+            self._not_empty.wait_for(lambda: self._batches or self._closed or self._abandoned)
+            if self._abandoned or not self._batches:
+                return None
+            batch = self._batches.popleft()
+            self._events -= len(batch)
+            self._not_full.notify_all()
+            return batch
+
+    def is_empty(self) -> bool:
+        with self._lock:
+            return not self._batches
+
+    def close(self) -> None:
+        """No more batches will come; get() returns None after the last one."""
+        with self._lock:
+            self._closed = True
+            self._not_empty.notify_all()
+
+    def abandon(self) -> int:
+        """Throw away everything queued; return how many events that was."""
+        with self._lock:
+            self._abandoned = True
+            left, self._events = self._events, 0
+            self._batches.clear()
+            self._not_empty.notify_all()
+            self._not_full.notify_all()
+            return left
+
+
+@dataclass(slots=True)
+class _DropEpisode:
+    started: float
+    first: Event
+    last: Event
+    count: int = 0
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One sink with its queue, thread and the fan-out's own counters for it."""
+
+    sink: Sink
+    config: SinkConfig
+    queue: _EventQueue
+    thread: threading.Thread | None = None
+    received: int = 0
+    discarded: dict[str, int] = field(default_factory=dict)  # reason -> events
+    errors: dict[str, int] = field(default_factory=dict)  # error_type -> count
+    episode: _DropEpisode | None = None
+    accounted_failures: int = 0  # SinkWriteErrors seen, only to rate-limit their logging
+    dropped_batches: int = 0  # batches dropped for a full queue, only to rate-limit logging
+
+    def discard(self, reason: str, count: int) -> None:
+        self.discarded[reason] = self.discarded.get(reason, 0) + count
+
+    def error(self, error_type: str) -> int:
+        self.errors[error_type] = self.errors.get(error_type, 0) + 1
+        return self.errors[error_type]
+
+
+def _worth_logging(count: int) -> bool:
+    """Log the 1st, 2nd, 4th, 8th... occurrence: visible, but bounded under a storm."""
+    return count & (count - 1) == 0
+
+
+class FanOut:
+    """Deliver every submitted batch to every sink, each in its own thread."""
+
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        configs: Sequence[SinkConfig],
+        shutdown_timeout_ms: int = DEFAULT_SHUTDOWN_TIMEOUT_MS,
+        write_attempts: int = 3,
+        retry_backoff_ms: int = 100,
+    ) -> None:
+        if len(sinks) != len(configs):
+            raise ValueError(f"{len(sinks)} sinks but {len(configs)} sink configs")
+        self._shutdown_timeout_s = shutdown_timeout_ms / 1000
+        self._write_attempts = max(1, write_attempts)
+        self._retry_backoff_s = retry_backoff_ms / 1000
+        self._closed = False
+        self._closing = False
+        # Markers for drops inside sinks (take_drops), queued by workers, posted by submit().
+        self._sink_drop_notices: deque[tuple[_Lane, Event]] = deque()
+        self._lanes = [
+            _Lane(sink, cfg, _EventQueue(cfg.queue_max_events))
+            for sink, cfg in zip(sinks, configs, strict=True)
+        ]
+        for lane in self._lanes:
+            lane.thread = threading.Thread(
+                target=self._run, args=(lane,), name=f"sink-{lane.sink.name}", daemon=True
+            )
+            lane.thread.start()
+
+    def submit(self, batch: Sequence[Event]) -> None:
+        """Offer the batch to every sink (blocking or dropping per sink as configured)."""
+        if self._closed:
+            raise RuntimeError("FanOut.submit after close")
+        self._post_sink_drop_notices(None)
+        events = list(batch)
+        if events:
+            for lane in self._lanes:
+                self._offer(lane, events)
+
+    def _offer(
+        self, lane: _Lane, events: list[Event], marker: bool = False, timeout: float | None = None
+    ) -> None:
+        lane.received += len(events)
+        block = lane.config.when_full == "block"
+        if lane.queue.put(events, block=block, timeout=timeout):
+            if lane.episode is not None and not marker:
+                self._end_episode(lane)
+            return
+        if self._closing:  # no episode may start now: nothing would end it
+            lane.discard("queue_full" if not block else "shutdown_timeout", len(events))
+            log.error("sink %s: %d events discarded at shutdown", lane.sink.name, len(events))
+            return
+        lane.discard("queue_full", len(events))
+        now = time.monotonic()
+        if lane.episode is None:
+            lane.episode = _DropEpisode(now, events[0], events[-1])
+        lane.episode.count += len(events)
+        lane.episode.last = events[-1]
+        lane.dropped_batches += 1
+        if _worth_logging(lane.dropped_batches):
+            log.warning("sink %s: queue full, dropped %d events", lane.sink.name, len(events))
+        if not marker and now - lane.episode.started >= MARKER_INTERVAL_S:
+            self._end_episode(lane)
+
+    def _end_episode(self, lane: _Lane, timeout: float | None = None) -> None:
+        episode, lane.episode = lane.episode, None
+        if episode is None:
+            return
+        notice = drop_marker_event(
+            lane.sink.name,
+            episode.count,
+            event_key(episode.first),
+            event_key(episode.last),
+            "sink-queue-full",
+        )
+        for other in self._lanes:
+            if other is not lane:
+                self._offer(other, [notice], marker=True, timeout=timeout)
+
+    def close(self) -> bool:
+        """Drain, flush and close every sink; True when all finished within the timeout."""
+        if self._closed:
+            return True
+        deadline = time.monotonic() + self._shutdown_timeout_s
+        self._closing = True
+        for lane in self._lanes:
+            self._end_episode(lane, timeout=max(0.0, deadline - time.monotonic()))
+        self._post_sink_drop_notices(deadline)
+        self._closed = True
+        for lane in self._lanes:
+            lane.queue.close()
+        finished = True
+        for lane in self._lanes:
+            assert lane.thread is not None
+            lane.thread.join(max(0.0, deadline - time.monotonic()))
+            if lane.thread.is_alive():
+                finished = False
+                left = lane.queue.abandon()
+                lane.discard("shutdown_timeout", left)
+                log.error(
+                    "sink %s: not done after shutdown_timeout_ms=%d; %d queued events discarded",
+                    lane.sink.name,
+                    int(self._shutdown_timeout_s * 1000),
+                    left,
+                )
+        if self._sink_drop_notices:
+            log.error(
+                "%d drop markers arrived after the sinks closed", len(self._sink_drop_notices)
+            )
+        return finished
+
+    def _post_sink_drop_notices(self, deadline: float | None) -> None:
+        while self._sink_drop_notices:
+            source, notice = self._sink_drop_notices.popleft()
+            for other in self._lanes:
+                if other is not source:
+                    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    self._offer(other, [notice], marker=True, timeout=timeout)
+
+    def _collect_sink_drops(self, lane: _Lane) -> None:
+        take_drops = getattr(lane.sink, "take_drops", None)
+        if not callable(take_drops):
+            return
+        try:
+            spans = take_drops()
+            for count, first_key, last_key in spans:
+                notice = drop_marker_event(
+                    lane.sink.name, count, first_key, last_key, "sink-dropped"
+                )
+                self._sink_drop_notices.append((lane, notice))
+        except Exception as err:
+            if _worth_logging(lane.error(type(err).__name__)):
+                log.error("sink %s: take_drops failed: %r", lane.sink.name, err)
+
+    def stats(self) -> dict[str, SinkMetrics]:
+        """Per-sink metrics: the fan-out's counters merged with the sink's own."""
+        result: dict[str, SinkMetrics] = {}
+        for lane in self._lanes:
+            own = lane.sink.stats
+            discarded = dict(lane.discarded)
+            if own.discarded_events:
+                discarded["sink"] = own.discarded_events
+            errors = dict(own.errors)
+            for error_type, count in dict(lane.errors).items():
+                errors[error_type] = errors.get(error_type, 0) + count
+            result[lane.sink.name] = SinkMetrics(
+                component_received_events_total=lane.received,
+                component_sent_events_total=own.sent_events,
+                component_discarded_events_total=sum(discarded.values()),
+                discarded_by_reason=discarded,
+                component_errors_total=errors,
+            )
+        return result
+
+    def _run(self, lane: _Lane) -> None:
+        while (events := lane.queue.get()) is not None:
+            self._deliver(lane, events)
+            if lane.queue.is_empty():
+                self._guarded(lane, lane.sink.flush, "flush")
+            self._collect_sink_drops(lane)
+        self._guarded(lane, lane.sink.close, "close")
+        self._collect_sink_drops(lane)
+
+    def _deliver(self, lane: _Lane, events: list[Event]) -> None:
+        for attempt in range(self._write_attempts):
+            outcome = self._guarded(lane, lambda: lane.sink.write_batch(events), "write")
+            if outcome != "failed":  # done, or the sink accounted for its loss itself
+                return
+            if attempt + 1 < self._write_attempts:
+                time.sleep(self._retry_backoff_s * 2**attempt)
+        lane.discard("write_error", len(events))
+
+    def _guarded(self, lane: _Lane, action: Callable[[], None], what: str) -> CallOutcome:
+        """Run a sink call; count and log what it raises."""
+        try:
+            action()
+        except SinkWriteError as err:  # counted by the sink itself
+            lane.accounted_failures += 1
+            if _worth_logging(lane.accounted_failures):
+                log.error("sink %s: %s failed: %s", lane.sink.name, what, err)
+            return "accounted"
+        except Exception as err:
+            count = lane.error(type(err).__name__)
+            if _worth_logging(count):
+                log.error("sink %s: %s failed: %r", lane.sink.name, what, err, exc_info=count == 1)
+            return "failed"
+        return "ok"

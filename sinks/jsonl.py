@@ -1,0 +1,84 @@
+"""The ``jsonl`` sink: one ECS document per line, ``orjson.dumps(event["doc"]) + b"\\n"``.
+
+Docs are JSON-ready by contract and orjson escapes every control character, so a
+hostile string can never start a second line. A doc orjson refuses (bytes, lone
+surrogates, integers beyond 64 bits, nesting deeper than 254, or a doc that is not
+an object) is counted as ``errors["encode"]`` and as discarded, and an
+``encode-error`` marker line (event key and reason) takes its place, so the gap is
+visible in the archive. Buffering, rotation and write-error accounting are
+:class:`sinks.rotation.RotatingWriter`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from sinks.base import Event, SinkStats
+from sinks.config import FileOutputConfig, SinkConfig, file_output_config
+from sinks.fanout import event_key, marker_doc
+from sinks.rotation import RotatingWriter, SinkWriteError
+
+_ERROR_TEXT_MAX = 200
+
+
+class JsonlSink:
+    """Write each event's ``doc`` as one JSON line to a file, a FIFO or stdout (``-``)."""
+
+    def __init__(self, name: str, output: FileOutputConfig) -> None:
+        self.name = name
+        self.stats = SinkStats()
+        self._writer = RotatingWriter(name, output, self.stats)
+
+    @classmethod
+    def from_config(cls, cfg: SinkConfig) -> JsonlSink:
+        """Build from a validated :class:`SinkConfig` of type ``jsonl``."""
+        return cls(cfg.name, file_output_config(cfg))
+
+    def write_batch(self, events: Sequence[Event]) -> None:
+        """Encode and buffer the events in order; raise SinkWriteError after counting a loss."""
+        self.stats.received_events += len(events)
+        for done, event in enumerate(events):
+            line, counted_events = self._encode(event)
+            try:
+                self._writer.append(line, events=counted_events)
+            except SinkWriteError:
+                self.stats.discarded_events += len(events) - done - 1
+                raise
+
+    def flush(self) -> None:
+        """Hand buffered lines to the OS (fsync when configured)."""
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the file (stdout stays open)."""
+        self._writer.close()
+
+    def _encode(self, event: Event) -> tuple[bytes, int]:
+        """The event's line and 1, or an encode-error marker line and 0 (counted discarded)."""
+        try:
+            doc = event["doc"]
+            if not isinstance(doc, dict):
+                raise TypeError(f"doc is {type(doc).__name__}, not an object")
+            return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE), 1
+        except (orjson.JSONEncodeError, KeyError, TypeError) as err:
+            self.stats.error("encode")
+            self.stats.discarded_events += 1
+            reason = f"{type(err).__name__}: {err}"[:_ERROR_TEXT_MAX]
+            return self._encode_error_line(event, reason), 0
+
+    def _encode_error_line(self, event: Event, reason: str) -> bytes:
+        marker: dict[str, Any] = {
+            "cause": "encode-error",
+            "sink": self.name,
+            "error": reason,
+            "key": event_key(event),
+        }
+        doc = marker_doc("encode-error", marker)
+        try:
+            return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE, default=repr)
+        except orjson.JSONEncodeError:  # the key itself is unencodable (e.g. a lone surrogate)
+            marker["key"] = None
+            return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE, default=repr)

@@ -1,0 +1,566 @@
+"""Kafka sink: enriched events as JSON messages on a topic, counted only when Kafka has them.
+
+Built on confluent-kafka (librdkafka). The producer is idempotent with acks=all, so retries
+after a broker outage neither lose nor duplicate messages, and it waits out outages
+(message_timeout_ms = 0 means "no time limit"): an outage fills the local queue and then
+pushes back on the caller (`when_full = "block"`) or drops the newest events, counted and
+remembered for a marker (`when_full = "drop_newest"`).
+
+An event counts as sent only when its delivery report says the brokers acknowledged it.
+Delivery reports are served from write_batch() and flush() in the caller's thread (the sink
+is single-threaded, like every sink), so the caller should flush() now and then when idle.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Literal, cast
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from sinks.base import Event, SinkError, SinkStats
+from sinks.rotation import SinkWriteError
+
+log = logging.getLogger(__name__)
+
+KeyMode = Literal["host", "container", "process_tree_root"]
+KEY_MODES: Final = ("host", "container", "process_tree_root")
+COMPRESSIONS: Final = ("none", "gzip", "snappy", "lz4", "zstd")
+ACKS: Final = ("all", "-1", "0", "1")
+WHEN_FULL: Final = ("block", "drop_newest")
+SCHEMA_VERSION: Final = b"1"
+LIBRDKAFKA_VALUE_TYPES: Final = (str, int, float, bool)
+
+# librdkafka settings that carry credentials; their values never reach a log line or repr.
+SECRET_WORDS: Final = ("password", "secret")
+SECRET_SETTINGS: Final = frozenset({"ssl.key.pem", "sasl.oauthbearer.config"})
+
+# librdkafka settings that the sink's own options control; set those options instead.
+RESERVED_SETTINGS: Final = {
+    "bootstrap.servers": "brokers",
+    "metadata.broker.list": "brokers",
+    "compression.type": "compression",
+    "compression.codec": "compression",
+    "acks": "acks",
+    "request.required.acks": "acks",
+    "linger.ms": "linger_ms",
+    "queue.buffering.max.ms": "linger_ms",
+    "batch.size": "batch_max_bytes",
+    "queue.buffering.max.messages": "queue_max_events",
+    "message.timeout.ms": "message_timeout_ms",
+    "delivery.timeout.ms": "message_timeout_ms",
+    "enable.idempotence": "acks",
+}
+
+# Kafka's legal topic names (the broker rejects anything else).
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+# How long one poll() may block while flushing, so the deadline is checked often.
+POLL_SLICE_S: Final = 0.1
+
+# Delivery report errors that mean "purged by close()", not a broker failure.
+PURGE_ERRORS: Final = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
+# One run of consecutive drops: (count, key of the first dropped event, key of the last).
+DropSpan = tuple[int, list[Any], list[Any]]
+Headers = list[tuple[str, str | bytes | None]]
+
+
+def is_secret_setting(name: str) -> bool:
+    """True if a librdkafka setting holds a credential (passwords, secrets, private keys)."""
+    lowered = name.lower()
+    return lowered in SECRET_SETTINGS or any(word in lowered for word in SECRET_WORDS)
+
+
+def parse_kafka_target(target: str) -> tuple[list[str], str]:
+    """Split the CLI form "broker1:9092,broker2:9092/topic" into (brokers, topic)."""
+    brokers_part, slash, topic = target.rpartition("/")
+    if not slash:
+        raise SinkError(f"kafka target {target!r}: expected BROKER[,BROKER...]/TOPIC")
+    brokers = [broker.strip() for broker in brokers_part.split(",")]
+    if not brokers_part or any(not b or any(c.isspace() for c in b) for b in brokers):
+        raise SinkError(f"kafka target {target!r}: bad broker list {brokers_part!r}")
+    if not TOPIC_NAME.fullmatch(topic):
+        raise SinkError(f"kafka target {target!r}: bad topic name {topic!r}")
+    return brokers, topic
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaOptions:
+    """The sink's TOML options, validated; `librdkafka` is passed through to the producer."""
+
+    brokers: tuple[str, ...]
+    topic: str
+    key: KeyMode = "host"
+    compression: str = "zstd"
+    acks: str = "all"
+    linger_ms: int = 5
+    batch_max_bytes: int = 1_000_000
+    queue_max_events: int = 100_000
+    message_timeout_ms: int = 0  # 0 = wait for ever: an outage must not drop events
+    flush_timeout_ms: int = 30_000
+    connect_timeout_ms: int = 10_000
+    when_full: Literal["block", "drop_newest"] = "block"
+    librdkafka: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value: Any = getattr(self, f.name)
+            if f.name == "librdkafka":
+                value = masked_settings(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"KafkaOptions({', '.join(shown)})"
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> KafkaOptions:
+        """Validate a dict of TOML options; SinkError names the first bad key."""
+        known = {f.name for f in fields(cls)}
+        for name in options:
+            if name not in known:
+                raise SinkError(f"kafka sink: unknown option {name!r}")
+        for required in ("brokers", "topic"):
+            if required not in options:
+                raise SinkError(f"kafka sink: option {required!r} is required")
+        return cls(
+            brokers=_brokers_option(options["brokers"]),
+            topic=_topic_option(options["topic"]),
+            key=cast(KeyMode, _choice_option(options, "key", KEY_MODES, "host")),
+            compression=_choice_option(options, "compression", COMPRESSIONS, "zstd"),
+            acks=_choice_option(options, "acks", ACKS, "all"),
+            linger_ms=_int_option(options, "linger_ms", 5, minimum=0),
+            batch_max_bytes=_int_option(options, "batch_max_bytes", 1_000_000, minimum=1),
+            queue_max_events=_int_option(options, "queue_max_events", 100_000, minimum=1),
+            message_timeout_ms=_int_option(options, "message_timeout_ms", 0, minimum=0),
+            flush_timeout_ms=_int_option(options, "flush_timeout_ms", 30_000, minimum=1),
+            connect_timeout_ms=_int_option(options, "connect_timeout_ms", 10_000, minimum=1),
+            when_full=cast(
+                Literal["block", "drop_newest"],
+                _choice_option(options, "when_full", WHEN_FULL, "block"),
+            ),
+            librdkafka=_librdkafka_option(options.get("librdkafka", {})),
+        )
+
+
+def masked_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of librdkafka settings with credential values replaced by "***"."""
+    return {k: "***" if is_secret_setting(k) else v for k, v in settings.items()}
+
+
+def _brokers_option(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise SinkError("kafka sink: option 'brokers' must be a non-empty string or list")
+    brokers = tuple(b.strip() if isinstance(b, str) else "" for b in items)
+    if any(not b or any(c.isspace() for c in b) for b in brokers):
+        raise SinkError(f"kafka sink: option 'brokers' has a bad entry: {value!r}")
+    return brokers
+
+
+def _topic_option(value: Any) -> str:
+    if not isinstance(value, str) or not TOPIC_NAME.fullmatch(value):
+        raise SinkError(f"kafka sink: option 'topic' is not a legal Kafka topic name: {value!r}")
+    return value
+
+
+def _choice_option(
+    options: Mapping[str, Any], name: str, choices: Sequence[str], default: str
+) -> str:
+    value = options.get(name, default)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # acks = 1 in TOML
+    if value not in choices:
+        raise SinkError(
+            f"kafka sink: option {name!r} must be one of {list(choices)}, not {value!r}"
+        )
+    return cast(str, value)
+
+
+def _int_option(options: Mapping[str, Any], name: str, default: int, minimum: int) -> int:
+    value = options.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise SinkError(
+            f"kafka sink: option {name!r} must be an integer >= {minimum}, not {value!r}"
+        )
+    return value
+
+
+def _librdkafka_option(value: Any) -> dict[str, str | int | float | bool]:
+    if not isinstance(value, Mapping):
+        raise SinkError("kafka sink: option 'librdkafka' must be a table of librdkafka settings")
+    settings: dict[str, str | int | float | bool] = {}
+    for name, setting in value.items():
+        if not isinstance(name, str):
+            raise SinkError(f"kafka sink: librdkafka setting name {name!r} is not a string")
+        if name in RESERVED_SETTINGS:
+            raise SinkError(
+                f"kafka sink: librdkafka setting {name!r} is controlled by option "
+                f"{RESERVED_SETTINGS[name]!r}; set that instead"
+            )
+        if not isinstance(setting, LIBRDKAFKA_VALUE_TYPES):
+            raise SinkError(f"kafka sink: librdkafka setting {name!r} must be a string or number")
+        settings[name] = setting
+    return settings
+
+
+def _doc_field(doc: Mapping[str, Any], dotted: str) -> Any:
+    """An ECS field from a nested doc ({"host": {"name": …}}), else from a flat "host.name" key."""
+    node: Any = doc
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return doc.get(dotted)
+        node = node[part]
+    return node
+
+
+def _as_text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _utf8(text: str) -> bytes:
+    # Docs are JSON-ready text already; backslashreplace only guards against lone surrogates.
+    return text.encode("utf-8", "backslashreplace")
+
+
+class KafkaSink:
+    """Events to a Kafka topic; see the module docstring for the delivery guarantees."""
+
+    def __init__(self, options: KafkaOptions, name: str = "kafka") -> None:
+        self.name = name
+        self.stats = SinkStats()
+        self.options = options
+        self._local_host = socket.gethostname()
+        self._closing = False
+        self._closed = False
+        self._fatal: KafkaError | None = None
+        self._drops: list[DropSpan] = []
+        self._drop_run_open = False
+        self._stalled = False
+        self._log_counts: dict[str, int] = {}
+        self._producer = self._start_producer()
+        log.info(
+            "kafka sink %s: brokers=%s topic=%s key=%s compression=%s acks=%s",
+            name,
+            ",".join(options.brokers),
+            options.topic,
+            options.key,
+            options.compression,
+            options.acks,
+        )
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], name: str = "kafka") -> KafkaSink:
+        """Build from a dict of TOML options; SinkError names a bad key or an unreachable broker."""
+        return cls(KafkaOptions.from_mapping(options), name=name)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> KafkaSink:
+        """Build from a registry config table: the options plus optional `type`, `name`,
+        and `target` ("BROKERS/TOPIC", the CLI form) in place of `brokers` and `topic`."""
+        options = dict(config)
+        sink_type = options.pop("type", "kafka")
+        if sink_type != "kafka":
+            raise SinkError(f"kafka sink: config has type {sink_type!r}")
+        name = options.pop("name", "kafka")
+        if not isinstance(name, str) or not name:
+            raise SinkError(f"kafka sink: option 'name' must be a non-empty string, not {name!r}")
+        if "target" in options:
+            target = options.pop("target")
+            if not isinstance(target, str):
+                raise SinkError(f"kafka sink: option 'target' must be a string, not {target!r}")
+            options["brokers"], options["topic"] = parse_kafka_target(target)
+        return cls.from_options(options, name=name)
+
+    def __repr__(self) -> str:
+        return f"KafkaSink(name={self.name!r}, options={self.options!r})"
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def _producer_config(self) -> dict[str, Any]:
+        opts = self.options
+        idempotent = opts.acks in ("all", "-1")
+        if not idempotent:
+            log.warning(
+                "kafka sink %s: acks=%s turns off idempotence; retries may duplicate or "
+                "reorder events",
+                self.name,
+                opts.acks,
+            )
+        return {
+            "client.id": "auditstream",
+            "bootstrap.servers": ",".join(opts.brokers),
+            "enable.idempotence": idempotent,
+            "acks": opts.acks,
+            "compression.type": opts.compression,
+            "linger.ms": opts.linger_ms,
+            "batch.size": opts.batch_max_bytes,
+            "queue.buffering.max.messages": opts.queue_max_events,
+            "message.timeout.ms": opts.message_timeout_ms,
+            **opts.librdkafka,
+            "on_delivery": self._on_delivery,
+            "error_cb": self._on_client_error,
+            "logger": logging.getLogger(f"{__name__}.librdkafka"),
+        }
+
+    def _start_producer(self) -> Producer:
+        """Create the producer and prove the brokers answer and know the topic."""
+        opts = self.options
+        try:
+            producer = Producer(self._producer_config())
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise SinkError(
+                f"kafka sink {self.name}: bad producer settings: {self._scrub(exc)}"
+            ) from None
+        try:
+            metadata = producer.list_topics(
+                topic=opts.topic, timeout=opts.connect_timeout_ms / 1000
+            )
+        except KafkaException as exc:
+            raise SinkError(
+                f"kafka sink {self.name}: no answer from brokers {','.join(opts.brokers)} "
+                f"within {opts.connect_timeout_ms} ms: {self._scrub(exc)}"
+            ) from None
+        topic = metadata.topics.get(opts.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            reason = topic.error.str() if topic is not None and topic.error else "no partitions"
+            raise SinkError(f"kafka sink {self.name}: topic {opts.topic!r} is not usable: {reason}")
+        return producer
+
+    def _scrub(self, exc: BaseException) -> str:
+        """An exception's text with any credential value blanked out."""
+        text = str(exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc)
+        for name, value in self.options.librdkafka.items():
+            if is_secret_setting(name) and str(value):
+                text = text.replace(str(value), "***")
+        return text
+
+    # -- the Sink protocol ------------------------------------------------------------------
+
+    def write_batch(self, events: Sequence[Event]) -> None:
+        """Queue these events for delivery, in order; blocks while the local queue is full
+        (when_full = "block") or drops and counts the newest events (when_full = "drop_newest")."""
+        if self._closed:
+            raise SinkError(f"kafka sink {self.name}: used after close()")
+        self.stats.received_events += len(events)
+        for index, event in enumerate(events):
+            if self._fatal is not None:
+                self.stats.discarded_events += len(events) - index
+                self.stats.error("fatal", len(events) - index)
+                break
+            message = self._encode(event)
+            if message is not None:
+                self._produce(event, *message)
+        self._serve(0)
+        self._raise_if_fatal()
+
+    def flush(self) -> None:
+        """Wait up to flush_timeout_ms for every queued event's delivery report; events still
+        outstanding stay queued (they are not lost) and the timeout is counted and logged."""
+        if self._closed:
+            return
+        self._flush_producer()
+        self._raise_if_fatal()
+
+    def _flush_producer(self) -> None:
+        remaining = self._serve(self.options.flush_timeout_ms / 1000, flush=True)
+        if remaining:
+            self.stats.error("flush_timeout")
+            log.warning(
+                "kafka sink %s: %d messages still undelivered after %d ms; still retrying",
+                self.name,
+                remaining,
+                self.options.flush_timeout_ms,
+            )
+
+    def close(self) -> None:
+        """Flush, then give up on what is left: it is counted as discarded
+        (errors["undelivered_at_exit"]) and logged, never dropped silently."""
+        if self._closed:
+            return
+        self._flush_producer()
+        self._closing = True
+        if len(self._producer):
+            # Purged messages come back as delivery reports; _on_delivery counts them.
+            self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+            self._serve(1.0, flush=True)
+            leftover = len(self._producer)
+            if leftover:
+                self.stats.discarded_events += leftover
+                self.stats.error("undelivered_at_exit", leftover)
+        undelivered = self.stats.errors.get("undelivered_at_exit", 0)
+        if undelivered:
+            log.error("kafka sink %s: %d events undelivered at exit", self.name, undelivered)
+        self._closed = True
+
+    def take_drops(self) -> list[DropSpan]:
+        """The runs of events dropped because the queue was full since the last call, as
+        (count, first_key, last_key), for the fan-out to turn into marker events."""
+        drops, self._drops = self._drops, []
+        self._drop_run_open = False
+        return drops
+
+    # -- per event --------------------------------------------------------------------------
+
+    def _encode(self, event: Event) -> tuple[bytes, bytes, Headers] | None:
+        """(value, key, headers) for one event, or None (counted) if it cannot be sent."""
+        doc = event.get("doc") if isinstance(event, Mapping) else None
+        if not isinstance(doc, Mapping):
+            self._discard("bad_event", "event without a doc mapping")
+            return None
+        try:
+            value = orjson.dumps(doc)
+        except TypeError as exc:
+            self._discard("serialize", str(exc))
+            return None
+        host = _as_text(_doc_field(doc, "host.name")) or self._local_host
+        key = self._partition_key(doc, host)
+        kind = (
+            _as_text(_doc_field(doc, "event.action"))
+            or _as_text(_doc_field(doc, "event.kind"))
+            or "event"
+        )
+        headers: Headers = [
+            ("schema_version", SCHEMA_VERSION),
+            ("host", _utf8(host)),
+            ("event_kind", _utf8(kind)),
+        ]
+        return value, _utf8(key), headers
+
+    def _partition_key(self, doc: Mapping[str, Any], host: str) -> str:
+        """The message key: one host's / container's / process tree's events share a
+        partition, so Kafka keeps them in order."""
+        mode = self.options.key
+        if mode == "container":
+            return _as_text(_doc_field(doc, "container.id")) or host
+        if mode == "process_tree_root":
+            ancestry = _doc_field(doc, "process.ancestry")
+            if isinstance(ancestry, list):
+                # Ancestry runs from the parent upwards; the last known entity is the root.
+                for ancestor in reversed(ancestry):
+                    if isinstance(ancestor, Mapping) and (
+                        root := _as_text(ancestor.get("entity_id"))
+                    ):
+                        return root
+        return host
+
+    def _produce(self, event: Event, value: bytes, key: bytes, headers: Headers) -> None:
+        while True:
+            try:
+                self._producer.produce(self.options.topic, value=value, key=key, headers=headers)
+            except BufferError:
+                if self._fatal is not None:
+                    self._discard("fatal", "producer failed")
+                    return
+                if self.options.when_full == "drop_newest":
+                    self._record_drop(event)
+                    return
+                self._wait_for_space()
+                continue
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not isinstance(error, KafkaError):
+                    self._discard("produce", str(exc))
+                elif error.fatal() or error.code() == KafkaError._FATAL:
+                    # produce() reports an earlier fatal error as the local code _FATAL.
+                    self._serve(0)  # surfaces the original fatal error, with its cause
+                    self._fatal = self._fatal or error
+                    self._discard("fatal", error.str())
+                else:
+                    self._discard(error.name(), error.str())
+                return
+            self._drop_run_open = False
+            if self._stalled:
+                self._stalled = False
+                log.info("kafka sink %s: queue has room again", self.name)
+            return
+
+    def _wait_for_space(self) -> None:
+        """Backpressure: serve delivery reports until librdkafka's queue has room."""
+        if not self._stalled:
+            self._stalled = True
+            log.warning(
+                "kafka sink %s: local queue full (%d events); blocking until brokers catch up",
+                self.name,
+                self.options.queue_max_events,
+            )
+        self._serve(0.05)
+
+    def _serve(self, timeout_s: float, flush: bool = False) -> int:
+        """Serve delivery reports for up to timeout_s (until nothing is outstanding when
+        `flush`); a fatal producer error raised from poll() is remembered. Returns the
+        messages still outstanding.
+
+        Producer.flush() is not used: when a fatal error surfaces inside it, confluent-kafka
+        keeps calling delivery callbacks with the exception set and ends in SystemError."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._producer.poll(max(0.0, min(deadline - time.monotonic(), POLL_SLICE_S)))
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not isinstance(error, KafkaError):
+                    raise
+                self._note_client_error(error)
+            remaining = len(self._producer)
+            if not flush or not remaining or time.monotonic() >= deadline:
+                return remaining
+
+    def _raise_if_fatal(self) -> None:
+        if self._fatal is not None:
+            # Events are already counted; the fan-out only logs a SinkWriteError.
+            raise SinkWriteError(f"kafka sink {self.name}: producer failed: {self._fatal.str()}")
+
+    def _record_drop(self, event: Event) -> None:
+        key = list(event.get("key") or [])
+        self.stats.discarded_events += 1
+        self.stats.error("queue_full")
+        if self._drop_run_open and self._drops:
+            count, first, _ = self._drops[-1]
+            self._drops[-1] = (count + 1, first, key)
+        else:
+            self._drops.append((1, key, key))
+            self._drop_run_open = True
+        self._log_sparsely("queue_full", "local queue full; dropping newest events")
+
+    def _discard(self, error_type: str, detail: str) -> None:
+        self.stats.discarded_events += 1
+        self.stats.error(error_type)
+        self._log_sparsely(error_type, f"event discarded: {detail}")
+
+    def _log_sparsely(self, error_type: str, message: str) -> None:
+        """Log the 1st, 2nd, 4th, 8th… occurrence of each error type, with its count."""
+        seen = self._log_counts.get(error_type, 0) + 1
+        self._log_counts[error_type] = seen
+        if seen & (seen - 1) == 0:
+            log.warning("kafka sink %s: %s (%s, %d so far)", self.name, message, error_type, seen)
+
+    # -- librdkafka callbacks (run inside poll()/flush() in the caller's thread) -----------
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            self.stats.sent_events += 1
+        elif self._closing and err.code() in PURGE_ERRORS:
+            self.stats.discarded_events += 1
+            self.stats.error("undelivered_at_exit")
+        else:
+            self._discard(err.name(), f"delivery failed: {err.str()}")
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        self._note_client_error(err)
+
+    def _note_client_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            if self._fatal is not None:
+                return
+            self._fatal = err
+            log.error("kafka sink %s: fatal producer error: %s", self.name, err.str())
+            return
+        # Connection trouble is retried by librdkafka; count it so an outage is visible.
+        self.stats.error(err.name())
+        self._log_sparsely(err.name(), f"client error: {err.str()}")

@@ -1,0 +1,110 @@
+"""The ``file`` sink: each event's raw records as audit.log lines that ausearch reads.
+
+Every raw record ``[type, data, node]`` becomes
+``auditstream.logline.format_log_line(type, data, node) + b"\\n"``, in the event's
+order, EOE included, so ``ausearch -if PATH`` finds the same events as in the
+input. One event's lines are written (and rotated) together.
+
+Decisions:
+- Marker events (``raw == []``) have nothing to write here; they count as received
+  and sent (delivered as nothing), so received == sent + discarded still holds.
+- A record of type 0 (a line the receiver could not split) is written as its
+  original line, ``data``, so the archive keeps what the input had.
+- Line forging: ``\\n`` and ``\\r`` inside a record would start a second record
+  line, so each is replaced by a space and counted in ``errors["newline_escaped"]``.
+  NUL would end the record early for C readers such as ausearch, so it is replaced
+  by a space too (``errors["nul_escaped"]``). The kernel never sends these bytes
+  (it hex-encodes untrusted text), so any of them means a forged or damaged record.
+- A node name with whitespace or control characters would shift the ``type=``
+  field; those characters become ``_`` (``errors["node_escaped"]``).
+- A record that is not ``[int, bytes, str]`` is skipped and counted
+  (``errors["malformed_record"]``); the rest of the event is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from auditstream.logline import format_log_line
+from sinks.base import Event, SinkStats
+from sinks.config import FileOutputConfig, SinkConfig, file_output_config
+from sinks.rotation import RotatingWriter, SinkWriteError
+
+_TO_SPACE = bytes.maketrans(b"\n\r\x00", b"   ")
+
+
+class RawFileSink:
+    """Write events' raw records as audit.log text to a file, a FIFO or stdout (``-``)."""
+
+    def __init__(self, name: str, output: FileOutputConfig) -> None:
+        self.name = name
+        self.stats = SinkStats()
+        self._writer = RotatingWriter(name, output, self.stats)
+
+    @classmethod
+    def from_config(cls, cfg: SinkConfig) -> RawFileSink:
+        """Build from a validated :class:`SinkConfig` of type ``file``."""
+        return cls(cfg.name, file_output_config(cfg))
+
+    def write_batch(self, events: Sequence[Event]) -> None:
+        """Buffer each event's records in order; raise SinkWriteError after counting a loss."""
+        self.stats.received_events += len(events)
+        for done, event in enumerate(events):
+            chunk = self._event_lines(event)
+            try:
+                if chunk:
+                    self._writer.append(chunk)
+                else:
+                    self.stats.sent_events += 1  # a marker: nothing to write here
+            except SinkWriteError:
+                self.stats.discarded_events += len(events) - done - 1
+                raise
+
+    def flush(self) -> None:
+        """Hand buffered lines to the OS (fsync when configured)."""
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the file (stdout stays open)."""
+        self._writer.close()
+
+    def _event_lines(self, event: Event) -> bytes:
+        try:
+            raw = event["raw"]
+        except (KeyError, TypeError):
+            self.stats.error("malformed_record")
+            return b""
+        if not isinstance(raw, list | tuple):
+            self.stats.error("malformed_record")
+            return b""
+        lines = [line for record in raw if (line := self._record_line(record))]
+        return b"".join(lines)
+
+    def _record_line(self, record: object) -> bytes:
+        if not isinstance(record, list | tuple) or len(record) != 3:
+            self.stats.error("malformed_record")
+            return b""
+        number, data, node = record
+        if isinstance(number, bool) or not isinstance(number, int):
+            self.stats.error("malformed_record")
+            return b""
+        if not isinstance(data, bytes | bytearray) or not isinstance(node, str):
+            self.stats.error("malformed_record")
+            return b""
+        text = bytes(data)
+        if b"\n" in text or b"\r" in text or b"\x00" in text:
+            newlines = text.count(b"\n") + text.count(b"\r")
+            if newlines:
+                self.stats.error("newline_escaped", newlines)
+            nuls = text.count(b"\x00")
+            if nuls:
+                self.stats.error("nul_escaped", nuls)
+            text = text.translate(_TO_SPACE)
+        line = text if number == 0 else format_log_line(number, text, self._node(node))
+        return line + b"\n"
+
+    def _node(self, node: str) -> str:
+        if node.isprintable() and " " not in node:
+            return node
+        self.stats.error("node_escaped")
+        return "".join(ch if ch.isprintable() and not ch.isspace() else "_" for ch in node)

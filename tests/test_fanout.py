@@ -1,0 +1,251 @@
+"""Fan-out: per-sink queues and threads, drop_newest vs block, markers, errors, shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sinks.base import Event, SinkStats
+from sinks.config import FileOutputConfig, SinkConfig
+from sinks.fanout import FanOut
+from sinks.jsonl import JsonlSink
+
+PAYLOAD = "p" * 1000  # ~1 KiB lines: a 64 KiB pipe holds only a few dozen
+
+
+def make_batch(first: int, size: int) -> list[dict[str, Any]]:
+    """``size`` events with consecutive serials from ``first``."""
+    return [
+        {"key": ["", 1700000000, 0, n], "raw": [], "doc": {"n": n, "pad": PAYLOAD}}
+        for n in range(first, first + size)
+    ]
+
+
+@contextmanager
+def stalled_fifo(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A FIFO with a reader that never reads (until the test drains it)."""
+    fifo = tmp_path / "stalled.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        yield fifo, reader
+    finally:
+        os.close(reader)
+
+
+def start_draining(reader: int) -> tuple[threading.Thread, list[bytes]]:
+    """Read the FIFO to EOF in a thread; the chunks land in the returned list."""
+    chunks: list[bytes] = []
+    os.set_blocking(reader, True)
+
+    def drain() -> None:
+        while chunk := os.read(reader, 1 << 16):
+            chunks.append(chunk)
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    return thread, chunks
+
+
+def jsonl_sink(name: str, path: Path, **options: Any) -> JsonlSink:
+    """A jsonl sink at PATH named NAME."""
+    return JsonlSink(name, FileOutputConfig(str(path), **options))
+
+
+def read_docs(path: Path) -> list[dict[str, Any]]:
+    """Every JSON line of PATH."""
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_stalled_fifo_with_drop_newest_does_not_stop_the_archive(tmp_path: Path) -> None:
+    """A stuck FIFO sink drops exactly what it misses, the archive gets all plus markers."""
+    archive_path = tmp_path / "archive.jsonl"
+    with stalled_fifo(tmp_path) as (fifo, reader):
+        archive = jsonl_sink("archive", archive_path)
+        pipe = jsonl_sink("pipe", fifo, buffer_bytes=0)
+        fan = FanOut(
+            [archive, pipe],
+            [
+                SinkConfig("jsonl", "archive", when_full="block"),
+                SinkConfig("jsonl", "pipe", when_full="drop_newest", queue_max_events=10),
+            ],
+            shutdown_timeout_ms=20_000,
+        )
+        batches, size = 200, 5
+        started = time.monotonic()
+        for index in range(batches):
+            fan.submit(make_batch(index * size, size))
+        assert time.monotonic() - started < 10, "the stalled sink held up submit()"
+        drainer, chunks = start_draining(reader)
+        assert fan.close()
+        drainer.join(10)
+    total = batches * size
+    pipe_serials = [json.loads(line)["n"] for line in b"".join(chunks).splitlines()]
+    stats = fan.stats()
+    dropped = stats["pipe"].discarded_by_reason.get("queue_full", 0)
+    assert dropped > 0
+    assert len(pipe_serials) + dropped == total
+    assert pipe_serials == sorted(pipe_serials)
+    assert stats["pipe"].component_received_events_total == total
+    assert stats["pipe"].component_sent_events_total == len(pipe_serials)
+    assert stats["pipe"].component_discarded_events_total == dropped
+    docs = read_docs(archive_path)
+    events = [doc["n"] for doc in docs if "n" in doc]
+    markers = [doc for doc in docs if "n" not in doc]
+    assert events == list(range(total))
+    assert markers and all(m["event"]["action"] == "events-dropped" for m in markers)
+    assert all(m["auditstream"]["marker"]["sink"] == "pipe" for m in markers)
+    assert sum(m["auditstream"]["marker"]["count"] for m in markers) == dropped
+    missing = sorted(set(range(total)) - set(pipe_serials))
+    assert markers[0]["auditstream"]["marker"]["first_key"] == ["", 1700000000, 0, missing[0]]
+    assert markers[-1]["auditstream"]["marker"]["last_key"] == ["", 1700000000, 0, missing[-1]]
+    assert stats["archive"].component_sent_events_total == total + len(markers)
+    assert stats["archive"].component_discarded_events_total == 0
+    assert stats["pipe"].component_errors_total == {}
+
+
+def test_block_mode_submit_waits_for_the_sink(tmp_path: Path) -> None:
+    """With when_full = block, submit() blocks while the FIFO is stuck and loses nothing."""
+    with stalled_fifo(tmp_path) as (fifo, reader):
+        pipe = jsonl_sink("pipe", fifo, buffer_bytes=0)
+        fan = FanOut([pipe], [SinkConfig("jsonl", "pipe", when_full="block", queue_max_events=10)])
+        batches, size = 100, 5
+
+        def submit_all() -> None:
+            for index in range(batches):
+                fan.submit(make_batch(index * size, size))
+
+        submitter = threading.Thread(target=submit_all, daemon=True)
+        submitter.start()
+        submitter.join(0.5)
+        assert submitter.is_alive(), "submit() should block while the sink cannot write"
+        drainer, chunks = start_draining(reader)
+        submitter.join(20)
+        assert not submitter.is_alive()
+        assert fan.close()
+        drainer.join(10)
+    serials = [json.loads(line)["n"] for line in b"".join(chunks).splitlines()]
+    assert serials == list(range(batches * size))
+    assert fan.stats()["pipe"].component_discarded_events_total == 0
+
+
+class FailingSink:
+    """A test double whose writes raise, as a buggy third-party sink might."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stats = SinkStats()
+        self.calls = 0
+
+    def write_batch(self, events: Sequence[Event]) -> None:
+        """Always fail."""
+        self.calls += 1
+        raise RuntimeError("broker on fire")
+
+    def flush(self) -> None:
+        """Nothing to flush."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def test_a_raising_sink_is_retried_counted_and_isolated(tmp_path: Path) -> None:
+    """A sink that raises is retried, then its batch is discarded; the other sink gets all."""
+    archive_path = tmp_path / "archive.jsonl"
+    failing = FailingSink("broken")
+    fan = FanOut(
+        [failing, jsonl_sink("archive", archive_path)],
+        [SinkConfig("x", "broken"), SinkConfig("jsonl", "archive")],
+        write_attempts=3,
+        retry_backoff_ms=1,
+    )
+    for index in range(4):
+        fan.submit(make_batch(index * 10, 10))
+    assert fan.close()
+    assert failing.calls == 12
+    broken = fan.stats()["broken"]
+    assert broken.component_errors_total == {"RuntimeError": 12}
+    assert broken.discarded_by_reason == {"write_error": 40}
+    assert broken.component_sent_events_total == 0
+    assert [doc["n"] for doc in read_docs(archive_path)] == list(range(40))
+
+
+class DroppingSink:
+    """A test double that drops internally and reports it via take_drops(), like kafka."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stats = SinkStats()
+        self._drops: list[tuple[int, list[Any], list[Any]]] = []
+
+    def write_batch(self, events: Sequence[Event]) -> None:
+        """Drop every batch, remembering the run."""
+        self.stats.received_events += len(events)
+        self.stats.discarded_events += len(events)
+        self._drops.append((len(events), list(events[0]["key"]), list(events[-1]["key"])))
+
+    def take_drops(self) -> list[tuple[int, list[Any], list[Any]]]:
+        """Hand over and forget the recorded runs."""
+        drops, self._drops = self._drops, []
+        return drops
+
+    def flush(self) -> None:
+        """Nothing to flush."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def test_drops_inside_a_sink_become_markers_for_the_others(tmp_path: Path) -> None:
+    """Runs a sink reports through take_drops() reach the other sinks as markers."""
+    archive_path = tmp_path / "archive.jsonl"
+    fan = FanOut(
+        [DroppingSink("kafka"), jsonl_sink("archive", archive_path)],
+        [SinkConfig("kafka", "kafka"), SinkConfig("jsonl", "archive")],
+    )
+    fan.submit(make_batch(0, 3))
+    deadline = time.monotonic() + 10  # the worker records the drop; the next submit posts it
+    while fan.stats()["kafka"].component_discarded_events_total < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    fan.submit(make_batch(3, 2))
+    assert fan.close()
+    docs = read_docs(archive_path)
+    markers = [doc["auditstream"]["marker"] for doc in docs if "n" not in doc]
+    assert markers[0] == {
+        "cause": "sink-dropped",
+        "sink": "kafka",
+        "count": 3,
+        "first_key": ["", 1700000000, 0, 0],
+        "last_key": ["", 1700000000, 0, 2],
+    }
+    assert [doc["n"] for doc in docs if "n" in doc] == list(range(5))
+
+
+def test_shutdown_timeout_bounds_close_and_counts_leftovers(tmp_path: Path) -> None:
+    """close() returns after shutdown_timeout_ms and counts what is still queued."""
+    with stalled_fifo(tmp_path) as (fifo, reader):
+        pipe = jsonl_sink("pipe", fifo, buffer_bytes=0)
+        fan = FanOut(
+            [pipe],
+            [SinkConfig("jsonl", "pipe", when_full="drop_newest", queue_max_events=200)],
+            shutdown_timeout_ms=300,
+        )
+        for index in range(100):
+            fan.submit(make_batch(index * 5, 5))
+        started = time.monotonic()
+        assert fan.close() is False
+        elapsed = time.monotonic() - started
+        stats = fan.stats()["pipe"]
+        drainer, _ = start_draining(reader)  # unblock the stuck worker so it can finish
+        drainer.join(10)
+    assert elapsed < 3
+    assert stats.discarded_by_reason.get("shutdown_timeout", 0) > 0
+    assert stats.component_received_events_total == 500
+    assert stats.component_errors_total == {}

@@ -1,0 +1,1 @@
+"""Tree keeper stage: the live process tree, container attribution, enrichment, fan-out to sinks."""

@@ -1,0 +1,134 @@
+"""/proc behind a seam: the tree's live start reads processes through ``ProcSource``.
+
+``LiveProcSource`` reads the real /proc; ``FakeProcSource`` serves a dict, for tests.
+Processes come and go while /proc is read, so every read of one process may find
+it gone: that is ``None``, never an exception.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class ProcInfo:
+    """What /proc says about one process (bytes as the kernel gives them)."""
+
+    pid: int
+    ppid: int
+    start_ms: int  # epoch ms: boot time + starttime ticks
+    comm: bytes
+    exe: bytes | None = None
+    cmdline: list[bytes] = field(default_factory=list)
+    cwd: bytes | None = None
+    cgroup: bytes | None = None
+    threads: int = 1
+
+
+class ProcSource(Protocol):
+    """Where process facts come from: /proc on a live host, a dict in tests."""
+
+    def pids(self) -> list[int]:
+        """The pids (thread-group ids) present now."""
+
+    def read(self, pid: int) -> ProcInfo | None:
+        """One process, or None if it is gone or unreadable."""
+
+
+def parse_stat(text: bytes, boot_ms: int, ticks_per_s: int) -> tuple[int, int, bytes, int] | None:
+    """Return (ppid, start_ms, comm, threads) from /proc/PID/stat, or None if malformed.
+
+    comm sits in parentheses and may itself contain ``)`` or spaces, so the fields
+    are split after the last ``)``.
+    """
+    open_at = text.find(b"(")
+    close_at = text.rfind(b")")
+    if open_at < 0 or close_at < open_at:
+        return None
+    fields = text[close_at + 2 :].split()
+    # fields[0] is field 3 (state): ppid is field 4, num_threads 20, starttime 22.
+    if len(fields) < 20:
+        return None
+    try:
+        ppid = int(fields[1])
+        threads = int(fields[17])
+        start_ticks = int(fields[19])
+    except ValueError:
+        return None
+    start_ms = boot_ms + start_ticks * 1000 // max(ticks_per_s, 1)
+    return ppid, start_ms, text[open_at + 1 : close_at], threads
+
+
+def _boot_ms(root: Path) -> int:
+    try:
+        for line in (root / "stat").read_bytes().splitlines():
+            if line.startswith(b"btime "):
+                return int(line.split()[1]) * 1000
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class LiveProcSource:
+    """Reads the real /proc (or another procfs mount given as ``root``)."""
+
+    def __init__(self, root: str | os.PathLike[str] = "/proc") -> None:
+        self.root = Path(root)
+        self.boot_ms = _boot_ms(self.root)
+        self.ticks_per_s = os.sysconf("SC_CLK_TCK")
+
+    def pids(self) -> list[int]:
+        try:
+            return sorted(int(name) for name in os.listdir(self.root) if name.isdigit())
+        except OSError:
+            return []
+
+    def _read_bytes(self, pid: int, name: str) -> bytes | None:
+        try:
+            return (self.root / str(pid) / name).read_bytes()
+        except OSError:
+            return None
+
+    def _readlink(self, pid: int, name: str) -> bytes | None:
+        try:
+            return os.readlink(os.fsencode(self.root / str(pid) / name))
+        except OSError:
+            return None
+
+    def read(self, pid: int) -> ProcInfo | None:
+        stat = self._read_bytes(pid, "stat")
+        if stat is None:
+            return None
+        parsed = parse_stat(stat, self.boot_ms, self.ticks_per_s)
+        if parsed is None:
+            return None
+        ppid, start_ms, comm, threads = parsed
+        raw_cmdline = self._read_bytes(pid, "cmdline") or b""
+        cmdline = raw_cmdline.rstrip(b"\0").split(b"\0") if raw_cmdline else []
+        return ProcInfo(
+            pid=pid,
+            ppid=ppid,
+            start_ms=start_ms,
+            comm=comm,
+            exe=self._readlink(pid, "exe"),
+            cmdline=cmdline,
+            cwd=self._readlink(pid, "cwd"),
+            cgroup=self._read_bytes(pid, "cgroup"),
+            threads=threads,
+        )
+
+
+class FakeProcSource:
+    """A /proc made of ``ProcInfo`` values, for tests."""
+
+    def __init__(self, processes: list[ProcInfo]) -> None:
+        self.processes = {info.pid: info for info in processes}
+
+    def pids(self) -> list[int]:
+        return sorted(self.processes)
+
+    def read(self, pid: int) -> ProcInfo | None:
+        return self.processes.get(pid)

@@ -1,0 +1,135 @@
+"""Save the process table on shutdown and load it on start, so a restart keeps ancestry.
+
+The file is msgpack: ``{"version", "saved_ms", "host", "processes": [[field, ...], ...]}``.
+It is written to a temporary file and renamed, so a crash never leaves half a file.
+A file older than ``max_age_ms`` describes processes that may be long gone, and a
+corrupt one cannot be trusted: both are logged and give a fresh, empty table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from treekeeper.containers import ContainerRef, RuntimeRole
+from treekeeper.tree import Process, ProcessTable, TableConfig
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+def _key(value: Any) -> tuple[int, int] | None:
+    return (int(value[0]), int(value[1])) if value is not None else None
+
+
+def _ref(value: Any) -> ContainerRef | None:
+    return ContainerRef(str(value[0]), value[1]) if value is not None else None
+
+
+def _pack(p: Process) -> list[Any]:
+    def ref(r: ContainerRef | None) -> list[Any] | None:
+        return [r.id, r.runtime] if r is not None else None
+
+    return [
+        p.pid, p.start_ms, p.entity_id, p.ppid,
+        list(p.parent) if p.parent else None, list(p.creator) if p.creator else None,
+        p.executable, p.name, p.args, p.cwd, p.title,
+        p.started_at, p.first_seen, p.image_ms, p.exec_ms,
+        p.inferred, p.tentative, p.maybe_threaded, p.exited_at, p.exit_code,
+        ref(p.container), p.role.value, ref(p.managed),
+        list(p.previous) if p.previous else None,
+    ]  # fmt: skip
+
+
+def _unpack(row: list[Any]) -> Process:
+    (pid, start_ms, eid, ppid, parent, creator, exe, name, args, cwd, title, started_at,
+     first_seen, image_ms, exec_ms, inferred, tentative, maybe_threaded, exited_at, exit_code,
+     container, role, managed, previous) = row  # fmt: skip
+    return Process(
+        pid=int(pid),
+        start_ms=int(start_ms),
+        entity_id=str(eid),
+        ppid=int(ppid),
+        parent=_key(parent),
+        creator=_key(creator),
+        executable=exe,
+        name=name,
+        args=list(args) if args is not None else None,
+        cwd=cwd,
+        title=title,
+        started_at=started_at,
+        first_seen=int(first_seen),
+        image_ms=int(image_ms),
+        exec_ms=exec_ms,
+        inferred=bool(inferred),
+        tentative=bool(tentative),
+        maybe_threaded=bool(maybe_threaded),
+        exited_at=exited_at,
+        exit_code=exit_code,
+        container=_ref(container),
+        role=RuntimeRole(role),
+        managed=_ref(managed),
+        previous=_key(previous),
+    )
+
+
+def save(table: ProcessTable, path: str | os.PathLike[str], now_ms: int | None = None) -> None:
+    """Write the table to ``path`` atomically."""
+    saved_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    body = {
+        "version": STATE_VERSION,
+        "saved_ms": saved_ms,
+        "host": table.config.host,
+        "processes": [_pack(p) for p in table.processes.values()],
+    }
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(msgpack.packb(body, use_bin_type=True))
+    os.replace(tmp, target)
+
+
+def load(
+    path: str | os.PathLike[str],
+    max_age_ms: int,
+    config: TableConfig | None = None,
+    now_ms: int | None = None,
+) -> ProcessTable | None:
+    """The saved table; None if there is no file; a fresh table if it is stale or corrupt."""
+    target = Path(path)
+    try:
+        raw = target.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        log.warning("treekeeper state %s unreadable (%s); starting with an empty table", path, err)
+        return ProcessTable(config)
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    try:
+        body = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        if not isinstance(body, dict) or body.get("version") != STATE_VERSION:
+            raise ValueError(f"not a treekeeper state file of version {STATE_VERSION}")
+        age = now - int(body["saved_ms"])
+        if age > max_age_ms:
+            log.warning(
+                "treekeeper state %s is %d ms old (max %d); starting with an empty table",
+                path, age, max_age_ms,
+            )  # fmt: skip
+            return ProcessTable(config)
+        processes = [_unpack(row) for row in body["processes"]]
+    except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as err:
+        log.warning("treekeeper state %s is corrupt (%s); starting with an empty table", path, err)
+        return ProcessTable(config)
+    table = ProcessTable(config)
+    for proc in processes:
+        table.insert_restored(proc)
+    for proc in processes:  # children sets are derived, not stored
+        parent = table.get(proc.parent)
+        if parent is not None:
+            parent.children.add(proc.key)
+    return table

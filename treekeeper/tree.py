@@ -1,0 +1,768 @@
+"""The process table: who forked whom, what each process runs, which container it is in.
+
+A process is keyed by (pid, start identity) so PID reuse never merges two
+processes. Start identity is the event time (ms) of the fork/clone that created
+it, the /proc start time for scanned ones, or the time of the first event seen
+from it for placeholders (``inferred``: the log showed the pid before its fork).
+
+Decisions (see also DESIGN.md §4):
+- ``parent`` is the kernel's current parent (it changes when the parent exits);
+  ``creator`` is who forked it and never changes. Ancestry follows creators
+  (laurel's SPAWNED_BY), falling back to the current parent where the creator is
+  unknown or already deleted.
+- clone3 hides its flags. Its child is ``tentative``: kept, but announced
+  (``process-started``) only once an event shows that pid acting as a process.
+  Audit's ``pid=`` is the thread-group id, so a thread's tid never shows up; an
+  unconfirmed child is dropped after ``tentative_ttl_ms``.
+- ``exit`` ends a process only if it is known to be single-threaded (glibc's
+  pthread_exit also calls ``exit``); ``exit_group`` always ends it.
+- Events that arrive late (sharded assemblers) are matched by event time: an
+  event that predates a process's exit still belongs to it; a fork that arrives
+  after events of its child merges into the child's placeholder.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from auditstream.escape import escape
+from treekeeper import containers
+from treekeeper.containers import ContainerRef, RuntimeRole
+from treekeeper.enrich import enrich_doc, lifecycle_doc
+from treekeeper.procfs import ProcSource
+
+log = logging.getLogger(__name__)
+
+Key = tuple[int, int]  # (pid, start identity in ms)
+Doc = dict[str, Any]
+
+CLONE_PARENT = 0x8000
+CLONE_THREAD = 0x10000
+# NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET: a runtime entering a container.
+CLONE_NEW_NAMESPACES = 0x7E020000
+FORK_SYSCALLS = frozenset({"fork", "vfork", "clone", "clone3"})
+EXEC_SYSCALLS = frozenset({"execve", "execveat"})
+# Names of processes that commonly act as subreapers besides containerd shims.
+SUBREAPER_NAMES = frozenset({"systemd", "tini", "dumb-init", "conmon", "s6-svscan"})
+
+
+def entity_id(host: str, pid: int, start_ms: int) -> str:
+    """A stable id for one process: the same host, pid and start give the same id."""
+    digest = hashlib.sha256(f"{host}|{pid}|{start_ms}".encode()).digest()[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+@dataclass(slots=True)
+class TableConfig:
+    """Knobs of the process table."""
+
+    host: str = ""
+    exit_grace_ms: int = 1000
+    max_processes: int = 131072
+    ancestry_max_depth: int = 16
+    tentative_ttl_ms: int = 10000
+
+
+@dataclass(slots=True)
+class TreeStats:
+    """Counters a supervisor exports as metrics."""
+
+    processes_created: int = 0
+    placeholders: int = 0
+    merged_placeholders: int = 0
+    threads_ignored: int = 0
+    tentative_dropped: int = 0
+    reparented: int = 0
+    missed_exits: int = 0
+    deleted: int = 0
+    evicted_exited: int = 0
+    evicted_inferred: int = 0
+    evicted_live: int = 0
+    bad_docs: int = 0
+    bad_times: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Process:
+    """One process as the table knows it; None means unknown."""
+
+    pid: int
+    start_ms: int
+    entity_id: str
+    ppid: int = 0
+    parent: Key | None = None
+    creator: Key | None = None
+    executable: str | None = None
+    name: str | None = None
+    args: list[str] | None = None
+    cwd: str | None = None
+    title: str | None = None
+    started_at: int | None = None
+    first_seen: int = 0
+    image_ms: int = 0
+    exec_ms: int | None = None
+    inferred: bool = False
+    tentative: bool = False
+    maybe_threaded: bool = False
+    exited_at: int | None = None
+    exit_code: int | None = None
+    container: ContainerRef | None = None
+    role: RuntimeRole = RuntimeRole.NONE
+    managed: ContainerRef | None = None
+    previous: Key | None = None
+    children: set[Key] = field(default_factory=set)
+    ancestry_entry: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.pid, self.start_ms)
+
+    def entry(self) -> dict[str, Any]:
+        """This process as one ``process.ancestry`` element (cached; replaced, never mutated)."""
+        if self.ancestry_entry is None:
+            entry: dict[str, Any] = {"pid": self.pid, "entity_id": self.entity_id}
+            if self.executable is not None:
+                entry["executable"] = self.executable
+            if self.args is not None:
+                entry["args"] = self.args
+            self.ancestry_entry = entry
+        return self.ancestry_entry
+
+
+T = TypeVar("T")
+
+
+class ReorderWindow(Generic[T]):
+    """Hold events for ``window_ms`` of event time; release them in (time, serial) order.
+
+    The assembler completes events in EOE order and N sharded assemblers interleave;
+    laurel updates its table from SYSCALL records as they arrive, so it sees forks in
+    kernel order. Feeding the table through this window gives us the same order at
+    the price of ``window_ms`` latency. ``max_held`` bounds memory under a time jump.
+    """
+
+    def __init__(self, window_ms: int = 250, max_held: int = 10000) -> None:
+        self.window_ms = window_ms
+        self.max_held = max_held
+        self._heap: list[tuple[int, int, int, T]] = []
+        self._count = 0
+        self._newest = 0
+
+    def push(self, item: T, at_ms: int, serial: int) -> list[T]:
+        """Add one event; return the events now older than the window, in order."""
+        self._count += 1
+        heapq.heappush(self._heap, (at_ms, serial, self._count, item))
+        self._newest = max(self._newest, at_ms)
+        out: list[T] = []
+        limit = self._newest - self.window_ms
+        while self._heap and (self._heap[0][0] < limit or len(self._heap) > self.max_held):
+            out.append(heapq.heappop(self._heap)[3])
+        return out
+
+    def flush(self) -> list[T]:
+        """Release everything held, in order (end of input)."""
+        out = [heapq.heappop(self._heap)[3] for _ in range(len(self._heap))]
+        return out
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value, 10)
+        except ValueError:
+            return None
+    return None
+
+
+def _pid(value: Any) -> int | None:
+    """pid fields are ints in the doc (docs/internals.md); anything else is not a pid."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 32:
+        return value
+    return None
+
+
+def _hex(value: Any) -> int | None:
+    if isinstance(value, str):
+        try:
+            return int(value, 16)
+        except ValueError:
+            return None
+    return None
+
+
+def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    value = doc.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _args(value: Any) -> list[str] | None:
+    if isinstance(value, list) and all(isinstance(a, str) for a in value):
+        return value
+    return None
+
+
+class ProcessTable:
+    """The live process table of one host, fed with event docs in (roughly) event order."""
+
+    def __init__(self, config: TableConfig | None = None) -> None:
+        self.config = config or TableConfig()
+        self.processes: dict[Key, Process] = {}
+        self.current: dict[int, Key] = {}
+        self.container_members: dict[str, int] = {}
+        self.stats = TreeStats()
+        self.last_ms = 0
+        self._exited: list[tuple[int, Key]] = []  # heap by exit time
+        self._tentative: deque[tuple[int, Key]] = deque()
+        self._inferred: deque[Key] = deque()
+        self._ts_head = ""
+        self._ts_base = 0
+        self._ts_last: object = None
+        self._ts_last_ms = 0
+
+    def __len__(self) -> int:
+        return len(self.processes)
+
+    # -- time ---------------------------------------------------------------
+
+    def event_ms(self, doc: dict[str, Any]) -> int:
+        """The event's time in ms from ``@timestamp``; the last good time if it has none."""
+        ts = doc.get("@timestamp")
+        if ts is self._ts_last:  # observe and enrich of one doc ask twice
+            return self._ts_last_ms
+        if isinstance(ts, str) and len(ts) >= 20 and ts.endswith("Z"):
+            head = ts[:19]
+            if head != self._ts_head:
+                try:
+                    base = datetime.fromisoformat(head + "+00:00")
+                except ValueError:
+                    self.stats.bad_times += 1
+                    return self.last_ms
+                self._ts_head, self._ts_base = head, int(base.timestamp()) * 1000
+            frac = ts[20:-1] if ts[19] == "." else ""
+            ms = self._ts_base + (int((frac + "00")[:3]) if frac.isdigit() else 0)
+            if ms > self.last_ms:
+                self.last_ms = ms
+            self._ts_last, self._ts_last_ms = ts, ms
+            return ms
+        self.stats.bad_times += 1
+        return self.last_ms
+
+    # -- lookups ------------------------------------------------------------
+
+    def get(self, key: Key | None) -> Process | None:
+        return self.processes.get(key) if key is not None else None
+
+    def lookup(self, pid: int, at_ms: int) -> Process | None:
+        """The process that had ``pid`` at time ``at_ms``, if the table knows it."""
+        key = self.current.get(pid)
+        while key is not None:
+            proc = self.processes.get(key)
+            if proc is None:
+                return None
+            if proc.started_at is not None and proc.started_at > at_ms:
+                key = proc.previous  # the event predates this process: an older one
+                continue
+            if proc.exited_at is not None and at_ms > proc.exited_at:
+                return None  # a newer process whose fork we have not seen
+            return proc
+        return None
+
+    def lineage(self, proc: Process, depth: int) -> list[Process]:
+        """Ancestors nearest first: creators, else current parents; at most ``depth``."""
+        out: list[Process] = []
+        seen = {proc.key}
+        node = proc
+        while len(out) < depth:
+            up = self.processes.get(node.creator) if node.creator is not None else None
+            if up is None and node.parent is not None:
+                up = self.processes.get(node.parent)
+            if up is None or up.key in seen:
+                break
+            seen.add(up.key)
+            out.append(up)
+            node = up
+        return out
+
+    # -- public entry points ------------------------------------------------
+
+    def observe(self, doc: dict[str, Any]) -> list[Doc]:
+        """Update the table from one event doc; return the lifecycle docs it causes."""
+        try:
+            return self._observe(doc)
+        except (TypeError, ValueError, AttributeError) as err:  # hostile doc shapes
+            self.stats.bad_docs += 1
+            log.debug("treekeeper: unusable doc skipped: %s", err)
+            return []
+
+    def enrich(self, doc: dict[str, Any]) -> None:
+        """Add process/parent/ancestry/container fields the table knows to ``doc``."""
+        try:
+            enrich_doc(self, doc)
+        except (TypeError, ValueError, AttributeError) as err:
+            self.stats.bad_docs += 1
+            log.debug("treekeeper: doc not enriched: %s", err)
+
+    def maintain(self, now_ms: int) -> list[Doc]:
+        """Delete processes exited more than ``exit_grace_ms`` before ``now_ms``."""
+        out: list[Doc] = []
+        limit = now_ms - self.config.exit_grace_ms
+        while self._exited and self._exited[0][0] < limit:
+            _, key = heapq.heappop(self._exited)
+            proc = self.processes.get(key)
+            if proc is not None and proc.exited_at is not None and proc.exited_at < limit:
+                self._delete(proc, out)
+        ttl_limit = now_ms - self.config.tentative_ttl_ms
+        while self._tentative and self._tentative[0][0] < ttl_limit:
+            _, key = self._tentative.popleft()
+            proc = self.processes.get(key)
+            if proc is not None and proc.tentative:
+                self.stats.tentative_dropped += 1
+                self._delete(proc, out)
+        return out
+
+    def scan(self, proc_source: ProcSource) -> int:
+        """Fill the table from /proc (live start); return how many processes were read."""
+        found: list[Process] = []
+        for pid in proc_source.pids():
+            info = proc_source.read(pid)
+            if info is None:
+                continue
+            args = [escape(a) for a in info.cmdline] or None
+            exe = escape(info.exe) if info.exe is not None else None
+            proc = Process(
+                pid=info.pid,
+                start_ms=info.start_ms,
+                entity_id=entity_id(self.config.host, info.pid, info.start_ms),
+                ppid=info.ppid,
+                executable=exe,
+                name=escape(info.comm),
+                args=args,
+                cwd=escape(info.cwd) if info.cwd is not None else None,
+                title=" ".join(args) if args else None,
+                started_at=info.start_ms,
+                first_seen=info.start_ms,
+                maybe_threaded=info.threads > 1,
+            )
+            proc.role, proc.managed = containers.classify(exe, args)
+            if info.cgroup is not None:
+                proc.container = containers.from_cgroup(info.cgroup)
+            found.append(proc)
+        for proc in found:
+            self.current[proc.pid] = proc.key
+            self.processes[proc.key] = proc
+            if proc.container is not None:
+                self._count_member(proc.container, [], proc.start_ms)
+        for proc in found:
+            parent = self.processes.get(self.current.get(proc.ppid, (0, 0)))
+            if parent is not None and parent is not proc:
+                proc.parent = parent.key
+                parent.children.add(proc.key)
+        self.stats.processes_created += len(found)
+        return len(found)
+
+    # -- observing ----------------------------------------------------------
+
+    def _observe(self, doc: dict[str, Any]) -> list[Doc]:
+        process = _section(doc, "process")
+        pid = _pid(process.get("pid"))
+        if pid is None or pid <= 0:
+            return []
+        at_ms = self.event_ms(doc)
+        ppid = _pid(_section(process, "parent").get("pid"))
+        auditd = _section(doc, "auditd")
+        data = _section(auditd, "data")
+        syscall = data.get("syscall")
+        out: list[Doc] = []
+        actor = self._actor(pid, ppid, at_ms, process, out)
+        if syscall in FORK_SYSCALLS:
+            child_pid = _int(data.get("exit"))
+            if auditd.get("result") != "fail" and child_pid is not None and child_pid > 0:
+                self._fork(actor, child_pid, syscall, _hex(data.get("a0")), at_ms, out)
+        elif syscall in EXEC_SYSCALLS:
+            if auditd.get("result") == "success":
+                self._exec(actor, process, at_ms, out)
+        elif syscall == "exit_group" or (syscall == "exit" and not actor.maybe_threaded):
+            code = _hex(data.get("a0"))
+            self._exit(actor, None if code is None else code & 0xFF, at_ms, out)
+        return out
+
+    def _actor(
+        self, pid: int, ppid: int | None, at_ms: int, process: dict[str, Any], out: list[Doc]
+    ) -> Process:
+        """The process an event comes from; a placeholder if the table did not know it."""
+        proc = self.lookup(pid, at_ms)
+        if proc is None:
+            return self._placeholder(pid, ppid, at_ms, process, out)
+        if proc.tentative:  # a clone3 child seen acting as a process: it is one
+            proc.tentative = False
+            out.append(lifecycle_doc(self, "process-started", proc, at_ms))
+        if ppid is not None and ppid != proc.ppid:
+            proc = self._ppid_changed(proc, ppid, at_ms, process, out)
+        if proc.executable is None or (at_ms >= proc.image_ms and proc.inferred):
+            self._take_image(proc, process, at_ms, with_args=False)
+        return proc
+
+    def _placeholder(
+        self, pid: int, ppid: int | None, at_ms: int, process: dict[str, Any], out: list[Doc]
+    ) -> Process:
+        key = (pid, at_ms)
+        while key in self.processes:
+            key = (pid, key[1] + 1)
+        proc = Process(
+            pid=pid,
+            start_ms=key[1],
+            entity_id=entity_id(self.config.host, pid, key[1]),
+            first_seen=at_ms,
+            inferred=True,
+            maybe_threaded=True,  # unknown: do not end it on a plain exit
+            previous=self.current.get(pid),
+        )
+        self._take_image(proc, process, at_ms, with_args=False)
+        proc.role, proc.managed = containers.classify(proc.executable, None)
+        self.current[pid] = key
+        self._insert(proc, out)
+        self._inferred.append(key)
+        self.stats.placeholders += 1
+        if ppid is not None:
+            self._set_parent(proc, ppid, self.lookup(ppid, at_ms), at_ms, out)
+            parent = self.get(proc.parent)
+            if parent is not None and parent.container is not None and proc.container is None:
+                self._set_container(proc, parent.container, at_ms, out)
+        return proc
+
+    def _take_image(
+        self, proc: Process, process: dict[str, Any], at_ms: int, *, with_args: bool
+    ) -> None:
+        exe = _str(process.get("executable"))
+        if exe is None and not with_args:
+            return
+        if exe != proc.executable or with_args:
+            proc.args = _args(process.get("args")) if with_args else None
+            proc.title = _str(process.get("title"))
+        proc.executable = exe
+        proc.name = _str(process.get("name")) or proc.name
+        cwd = _str(process.get("working_directory"))
+        if cwd is not None:
+            proc.cwd = cwd
+        proc.image_ms = at_ms
+        proc.ancestry_entry = None
+
+    def _ppid_changed(
+        self, proc: Process, ppid: int, at_ms: int, process: dict[str, Any], out: list[Doc]
+    ) -> Process:
+        new_parent = self.lookup(ppid, at_ms)
+        if proc.ppid == 0:
+            self._set_parent(proc, ppid, new_parent, at_ms, out)
+            return proc
+        creator = self.get(proc.creator)
+        if (creator is not None and creator.pid == ppid) or (
+            new_parent is not None
+            and new_parent.exited_at is not None
+            and new_parent.exited_at >= at_ms
+        ):
+            return proc  # a late event from before the reparenting we already did
+        old_parent = self.get(proc.parent)
+        reparented = (
+            ppid == 1
+            or old_parent is None
+            or old_parent.exited_at is not None
+            or any(a.pid == ppid for a in self.lineage(old_parent, 64))
+        )
+        if reparented:
+            self.stats.reparented += 1
+            self._set_parent(proc, ppid, new_parent, at_ms, out)
+            return proc
+        # Same pid, unrelated parent: the pid was reused and we missed exit and fork.
+        self._retire(proc, at_ms, out)
+        return self._placeholder(proc.pid, ppid, at_ms, process, out)
+
+    def _set_parent(
+        self, proc: Process, ppid: int, parent: Process | None, at_ms: int, out: list[Doc]
+    ) -> None:
+        old = self.get(proc.parent)
+        if old is not None:
+            old.children.discard(proc.key)
+            if proc.creator is None:
+                proc.creator = old.key  # its first known parent stays in its lineage
+        proc.ppid = ppid
+        proc.parent = parent.key if parent is not None else None
+        if parent is None:
+            return
+        parent.children.add(proc.key)
+        # A shim's children are its container's processes, unless they run the runtime.
+        if (
+            proc.container is None
+            and proc.role is RuntimeRole.NONE
+            and parent.role is RuntimeRole.SHIM
+            and parent.managed is not None
+        ):
+            self._set_container(proc, parent.managed, at_ms, out)
+
+    def _fork(
+        self,
+        caller: Process,
+        child_pid: int,
+        syscall: str,
+        flags: int | None,
+        at_ms: int,
+        out: list[Doc],
+    ) -> None:
+        if syscall == "clone" and flags is not None and flags & CLONE_THREAD:
+            caller.maybe_threaded = True
+            self.stats.threads_ignored += 1
+            return
+        tentative = syscall == "clone3"
+        if tentative:
+            caller.maybe_threaded = True
+        if flags is not None and flags & CLONE_PARENT:
+            ppid, parent = caller.ppid, self.get(caller.parent)
+        else:
+            ppid, parent = caller.pid, caller
+        container = caller.container
+        if (
+            container is None
+            and caller.role is RuntimeRole.RUNTIME
+            and flags is not None
+            and flags & CLONE_NEW_NAMESPACES
+        ):
+            container = caller.managed  # crun clones the container's init into new namespaces
+        existing = self.get(self.current.get(child_pid))
+        make_current = True
+        if existing is not None:
+            if (
+                existing.inferred
+                and existing.started_at is None
+                and existing.first_seen >= at_ms
+                and existing.ppid in (0, ppid, 1)
+            ):
+                self._merge(existing, caller, ppid, parent, container, at_ms, out)
+                return
+            if existing.tentative:
+                self._delete(existing, out)
+                existing = None
+            elif existing.started_at is not None and existing.started_at > at_ms:
+                make_current = False  # a late fork of an older process with this pid
+            elif existing.exited_at is None:
+                self._retire(existing, at_ms, out)
+        key = (child_pid, at_ms)
+        while key in self.processes:
+            key = (child_pid, key[1] + 1)
+        child = Process(
+            pid=child_pid,
+            start_ms=key[1],
+            entity_id=entity_id(self.config.host, child_pid, key[1]),
+            creator=caller.key,
+            executable=caller.executable,
+            name=caller.name,
+            args=caller.args,
+            cwd=caller.cwd,
+            title=caller.title,
+            started_at=at_ms,
+            first_seen=at_ms,
+            image_ms=at_ms,
+            tentative=tentative,
+            role=caller.role,
+            managed=caller.managed,
+        )
+        if make_current:
+            child.previous = existing.key if existing is not None else None
+            self.current[child_pid] = child.key
+        self._insert(child, out)
+        self.stats.processes_created += 1
+        self._set_parent(child, ppid, parent, at_ms, out)
+        if container is not None:
+            self._set_container(child, container, at_ms, out)
+        if tentative:
+            self._tentative.append((at_ms, child.key))
+        else:
+            out.append(lifecycle_doc(self, "process-started", child, at_ms))
+
+    def _merge(
+        self,
+        proc: Process,
+        caller: Process,
+        ppid: int,
+        parent: Process | None,
+        container: ContainerRef | None,
+        at_ms: int,
+        out: list[Doc],
+    ) -> None:
+        """A fork that arrives after events of its child: the placeholder is that child."""
+        self.stats.merged_placeholders += 1
+        proc.inferred = False
+        proc.creator = caller.key
+        proc.started_at = at_ms
+        if proc.parent is None or proc.ppid in (0, ppid):
+            self._set_parent(proc, ppid, parent, at_ms, out)
+        if proc.executable is None:
+            proc.executable, proc.name, proc.args = caller.executable, caller.name, caller.args
+            proc.ancestry_entry = None
+        if proc.container is None and container is not None:
+            self._set_container(proc, container, at_ms, out)
+        out.append(lifecycle_doc(self, "process-started", proc, at_ms))
+
+    def _exec(self, proc: Process, process: dict[str, Any], at_ms: int, out: list[Doc]) -> None:
+        if proc.exec_ms is not None and at_ms < proc.exec_ms:
+            return  # an older exec arriving late: the newer image stays
+        proc.exec_ms = at_ms
+        previous_role, previous_managed = proc.role, proc.managed
+        self._take_image(proc, process, at_ms, with_args=True)
+        proc.maybe_threaded = False  # execve ends every other thread
+        proc.role, proc.managed = containers.classify(proc.executable, proc.args)
+        if proc.role is RuntimeRole.RUNTIME_INIT and proc.container is None:
+            target = None
+            if previous_role in (RuntimeRole.RUNTIME, RuntimeRole.SHIM):
+                target = previous_managed
+            else:
+                parent = self.get(proc.parent)
+                if parent is not None and parent.role is RuntimeRole.SHIM:
+                    target = parent.managed
+            if target is not None:
+                self._set_container(proc, target, at_ms, out)
+        elif proc.role is RuntimeRole.NONE and proc.container is None:
+            parent = self.get(proc.parent)
+            if parent is not None and parent.role is RuntimeRole.SHIM and parent.managed:
+                self._set_container(proc, parent.managed, at_ms, out)
+        out.append(lifecycle_doc(self, "process-exec", proc, at_ms))
+
+    def _exit(self, proc: Process, code: int | None, at_ms: int, out: list[Doc]) -> None:
+        if proc.exited_at is not None:
+            return
+        proc.exited_at = at_ms
+        proc.exit_code = code
+        heapq.heappush(self._exited, (at_ms, proc.key))
+        self._reparent_children(proc, at_ms, out)
+        out.append(lifecycle_doc(self, "process-exited", proc, at_ms))
+
+    def _retire(self, proc: Process, at_ms: int, out: list[Doc]) -> None:
+        """End a process whose exit we missed (its pid now belongs to another)."""
+        self.stats.missed_exits += 1
+        proc.exited_at = at_ms
+        heapq.heappush(self._exited, (at_ms, proc.key))
+        self._reparent_children(proc, at_ms, out)
+
+    def _reaper(self, dead: Process, at_ms: int) -> Process | None:
+        """Who inherits a dead process's children: a subreaper above it, the container's
+        init, or init."""
+        for anc in self._parents(dead):
+            if anc.exited_at is not None:
+                continue
+            if anc.role is RuntimeRole.SHIM or anc.name in SUBREAPER_NAMES:
+                return anc
+            if dead.container is not None and anc.container == dead.container:
+                above = self.get(anc.parent)
+                if above is None or above.container != dead.container:
+                    return anc
+        return self.lookup(1, at_ms)
+
+    def _parents(self, proc: Process) -> list[Process]:
+        out: list[Process] = []
+        node: Process | None = self.get(proc.parent)
+        while node is not None and len(out) < 64 and node is not proc:
+            out.append(node)
+            node = self.get(node.parent)
+        return out
+
+    def _reparent_children(self, dead: Process, at_ms: int, out: list[Doc]) -> None:
+        live = [self.processes[k] for k in dead.children if k in self.processes]
+        live = [c for c in live if c.exited_at is None and c.parent == dead.key]
+        if not live:
+            return
+        reaper = self._reaper(dead, at_ms)
+        for child in live:
+            self.stats.reparented += 1
+            self._set_parent(child, reaper.pid if reaper is not None else 1, reaper, at_ms, out)
+
+    # -- containers ---------------------------------------------------------
+
+    def _set_container(self, proc: Process, ref: ContainerRef, at_ms: int, out: list[Doc]) -> None:
+        if proc.container is not None:
+            return
+        proc.container = ref
+        self._count_member(ref, out, at_ms, proc)
+
+    def _count_member(
+        self, ref: ContainerRef, out: list[Doc], at_ms: int, proc: Process | None = None
+    ) -> None:
+        count = self.container_members.get(ref.id, 0)
+        self.container_members[ref.id] = count + 1
+        if count == 0 and proc is not None:
+            out.append(lifecycle_doc(self, "container-first-seen", proc, at_ms))
+
+    # -- storage ------------------------------------------------------------
+
+    def insert_restored(self, proc: Process) -> None:
+        """Put back a process read from a state file (state.py)."""
+        self.processes[proc.key] = proc
+        if proc.pid not in self.current or self.current[proc.pid][1] < proc.start_ms:
+            self.current[proc.pid] = proc.key
+        if proc.exited_at is not None:
+            heapq.heappush(self._exited, (proc.exited_at, proc.key))
+        if proc.tentative:
+            self._tentative.append((proc.first_seen, proc.key))
+        if proc.inferred:
+            self._inferred.append(proc.key)
+        if proc.container is not None:
+            self.container_members[proc.container.id] = (
+                self.container_members.get(proc.container.id, 0) + 1
+            )
+
+    def _insert(self, proc: Process, out: list[Doc]) -> None:
+        self.processes[proc.key] = proc
+        while len(self.processes) > self.config.max_processes:
+            self._evict_one(proc, out)
+
+    def _evict_one(self, keep: Process, out: list[Doc]) -> None:
+        while self._exited:
+            _, key = heapq.heappop(self._exited)
+            victim = self.processes.get(key)
+            if victim is not None and victim.exited_at is not None and victim is not keep:
+                self.stats.evicted_exited += 1
+                self._delete(victim, out)
+                return
+        while self._inferred:
+            victim = self.processes.get(self._inferred.popleft())
+            if victim is not None and victim.inferred and victim is not keep:
+                self.stats.evicted_inferred += 1
+                self._delete(victim, out)
+                return
+        for victim in self.processes.values():  # oldest inserted first
+            if victim is not keep:
+                self.stats.evicted_live += 1
+                self._delete(victim, out)
+                return
+
+    def _delete(self, proc: Process, out: list[Doc]) -> None:
+        key = proc.key
+        if self.processes.pop(key, None) is None:
+            return
+        self.stats.deleted += 1
+        if self.current.get(proc.pid) == key:
+            del self.current[proc.pid]
+        parent = self.get(proc.parent)
+        if parent is not None:
+            parent.children.discard(key)
+        if proc.exited_at is None:
+            self._reparent_children(proc, self.last_ms, out)
+        if proc.container is not None:
+            left = self.container_members.get(proc.container.id, 1) - 1
+            if left <= 0:
+                self.container_members.pop(proc.container.id, None)
+                out.append(lifecycle_doc(self, "container-gone", proc, self.last_ms))
+            else:
+                self.container_members[proc.container.id] = left
