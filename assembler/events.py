@@ -53,3 +53,21 @@ def parse_error_event(type_: int, data: bytes, node: str, error: str) -> Event:
     }
     doc = marker_doc("parse-error", node, now_ms // 1000, now_ms % 1000, details)
     return {"key": [node, now_ms // 1000, now_ms % 1000, 0], "raw": [[type_, data, node]] if type_ else [], "doc": doc}
+
+
+# Synthetic record types the receiver sends (see docs/internals.md).
+RECEIVER_MARKERS = {-1: ("kernel-lost", "kernel_lost"), -2: ("socket-overrun", "socket_overrun")}
+
+
+def receiver_marker_event(type_: int, data: bytes) -> Event:
+    """The kernel's lost counter rose, or the netlink socket overran: say so in the stream."""
+    action, cause = RECEIVER_MARKERS.get(type_, ("receiver-marker", "unknown"))
+    details: dict[str, Any] = {"cause": cause}
+    for item in data.decode("ascii", "replace").split():
+        key, _, value = item.partition("=")
+        details[key] = int(value) if value.isdigit() else value
+    if "lost" in details:
+        details["count"] = details["lost"]
+    now_ms = time.time_ns() // 1_000_000
+    doc = marker_doc(action, "", now_ms // 1000, now_ms % 1000, details)
+    return {"key": ["", now_ms // 1000, now_ms % 1000, 0], "raw": [], "doc": doc}

@@ -8,7 +8,13 @@ from typing import Any
 
 import zmq
 
-from assembler.events import Event, event_from_records, lost_event, parse_error_event
+from assembler.events import (
+    Event,
+    event_from_records,
+    lost_event,
+    parse_error_event,
+    receiver_marker_event,
+)
 from assembler.parse import ParseError, Record, parse_record
 from assembler.reassembler import CompletionReason, LostRange, Reassembler
 from auditstream import runtime, wire
@@ -36,7 +42,7 @@ class Assembly:
         )
         self.counts: dict[str, int] = {
             "records": 0, "parse_errors": 0, "events": 0, "lost_events": 0,
-            "lost_markers": 0, "interpret_errors": 0,
+            "lost_markers": 0, "interpret_errors": 0, "kernel_loss_markers": 0,
         }
         self.warn = RateLimitedLog(log)
 
@@ -58,9 +64,8 @@ class Assembly:
     def push_batch(self, recs: list[list[Any]]) -> None:
         self.counts["records"] += len(recs)
         for type_, data, node in recs:
-            if type_ == 0:
-                self.counts["parse_errors"] += 1
-                self.out.append(parse_error_event(0, data, node, "not an audit record line"))
+            if type_ <= 0:
+                self._special(type_, data, node)
                 continue
             try:
                 rec = parse_record(type_, data, node)
@@ -77,6 +82,15 @@ class Assembly:
                 self.clock_ms = time.monotonic_ns() // 1_000_000
             self.reassembler.push(rec, self.clock_ms)
 
+    def _special(self, type_: int, data: bytes, node: str) -> None:
+        """Type 0: a line that is not a record; negative: the receiver reports a loss."""
+        if type_ == 0:
+            self.counts["parse_errors"] += 1
+            self.out.append(parse_error_event(0, data, node, "not an audit record line"))
+            return
+        self.counts["kernel_loss_markers"] += 1
+        self.out.append(receiver_marker_event(type_, data))
+
     def maintain(self) -> None:
         if not self.event_time:
             self.clock_ms = time.monotonic_ns() // 1_000_000
@@ -90,7 +104,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
     zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     inlet = wire.Inlet(zctx, runtime.assembler_endpoint(cfg, ctx.index), hwm=cfg.runtime.hwm_messages)
     outlet = wire.Outlet(zctx, runtime.treekeeper_endpoint(cfg), sender=ctx.index, hwm=cfg.runtime.hwm_messages)
-    assembly = Assembly(cfg, event_time=cfg.receiver.source in ("file", "stdin"))
+    assembly = Assembly(cfg, event_time=cfg.receiver.source == "file")
 
     def ship() -> None:
         if assembly.out:

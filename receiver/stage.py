@@ -75,8 +75,7 @@ class ProgressBar:
 
 
 def run_log_source(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[str, Any]:
-    files = cfg.receiver.files if cfg.receiver.source == "file" else ["-"]
-    source = LogSource(files, follow=cfg.receiver.follow)
+    source = LogSource(cfg.receiver.files, follow=cfg.receiver.follow)
     counters = LineCounters()
     bar = ProgressBar(source, counters) if cfg.receiver.progress else None
     for lines in source.chunks():
@@ -120,7 +119,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
         )
         stats: dict[str, Any] = {}
         try:
-            if cfg.receiver.source in ("file", "stdin"):
+            if cfg.receiver.source == "file":
                 stats = run_log_source(cfg, ctx, shipper)
             else:
                 from receiver.live import run_live_source

@@ -177,7 +177,7 @@ def test_unknown_pid_gives_inferred_placeholder() -> None:
 
 
 def test_orphan_is_reparented_and_keeps_its_creator() -> None:
-    """When the parent exits, the child's later event (ppid 1) reparents it; ancestry keeps the creator."""
+    """A child outliving its parent is reparented (ppid 1); its ancestry keeps the creator."""
     t = ProcessTable()
     run(t, execve(0, 100, 1, "/usr/bin/daemonize", ["daemonize"]))
     run(t, fork(5, 100, 1, 200, exe="/usr/bin/daemonize"))
@@ -291,7 +291,7 @@ def test_exec_chain_keeps_entity() -> None:
 
 
 def test_delayed_deletion() -> None:
-    """A child's event 500 ms after the parent's exit resolves the parent; after the grace it is gone."""
+    """A child's event 500 ms after its parent's exit resolves the parent; after the grace not."""
     t = ProcessTable(TableConfig(exit_grace_ms=1000))
     run(t, execve(0, 100, 1, "/bin/make", ["make"]))
     run(t, fork(1, 100, 1, 200, exe="/bin/make"))
@@ -308,7 +308,7 @@ def test_delayed_deletion() -> None:
 
 
 def test_memory_is_bounded() -> None:
-    """Past max_processes the oldest exited, then oldest inferred processes are evicted and counted."""
+    """Past max_processes the oldest exited, then oldest inferred entries are evicted, counted."""
     t = ProcessTable(TableConfig(max_processes=100))
     run(t, fork(0, 1, 0, 2, exe="/sbin/init"))
     for i in range(1000):

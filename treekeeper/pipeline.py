@@ -42,7 +42,7 @@ class TreeStep:
     def __init__(self, cfg: Config) -> None:
         t = cfg.treekeeper
         self.enabled = t.enabled
-        self.event_time = cfg.receiver.source in ("file", "stdin")
+        self.event_time = cfg.receiver.source == "file"
         host = "" if self.event_time else socket.gethostname()
         self.table = ProcessTable(
             TableConfig(

@@ -1,0 +1,185 @@
+"""Live sources: the kernel over netlink (unicast or multicast), auditd's plugin stdin or af_unix socket."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from auditstream import runtime
+from auditstream.config import Config
+from auditstream.stage import StageContext, write_status
+from receiver.kernel import AuditHeld, AuditStatus, KernelSession
+from receiver.netlink import NetlinkSource
+from receiver.rules import KernelSettings, Rule, RuleError, load_rules
+from receiver.shipper import RecordShipper
+from receiver.stage import LineCounters, lines_to_records
+from receiver.logsource import SourceError
+
+log = logging.getLogger("auditstream.receiver")
+DEFAULT_RULES = Path(__file__).with_name("default.rules")
+READ_MAX_RECORDS = 4096
+# Synthetic record types (negative: never a kernel type) that ask the assembler for a marker.
+KERNEL_LOST_TYPE = -1
+SOCKET_OVERRUN_TYPE = -2
+
+
+def _rules_and_settings(cfg: Config) -> tuple[list[Rule], KernelSettings]:
+    paths = [Path(p) for p in cfg.receiver.rules_files] or [DEFAULT_RULES]
+    rules: list[Rule] = []
+    settings = KernelSettings()
+    for path in paths:
+        try:
+            loaded = load_rules(path)
+        except OSError as err:
+            raise SourceError(f"cannot read rules file {path}: {err.strerror or err}") from err
+        except RuleError as err:
+            raise SourceError(f"bad rule: {err}") from err
+        rules.extend(loaded.rules)
+        settings = settings.overridden_by(loaded.settings)
+    ours = KernelSettings(
+        enabled=1,
+        failure=cfg.receiver.failure_mode,
+        rate_limit=cfg.receiver.rate_limit,
+        backlog_limit=cfg.receiver.backlog_limit,
+        backlog_wait_time=cfg.receiver.backlog_wait_time,
+    )
+    # The config file wins over settings lines in rule files.
+    return rules, settings.overridden_by(ours)
+
+
+class KernelCounters:
+    """Watches the kernel's lost counter; a rise becomes a marker record."""
+
+    def __init__(self, first: AuditStatus) -> None:
+        self.lost_at_start = first.lost
+        self.last_lost = first.lost
+        self.last = first
+
+    def update(self, status: AuditStatus) -> int:
+        risen = (status.lost - self.last_lost) & 0xFFFFFFFF
+        self.last_lost = status.lost
+        self.last = status
+        return risen
+
+
+def _marker_record(kind: int, text: str) -> tuple[int, bytes, str]:
+    return (kind, text.encode(), "")
+
+
+def run_netlink(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[str, Any]:
+    multicast = cfg.receiver.source == "multicast"
+    session = KernelSession(
+        takeover=cfg.receiver.takeover,
+        state_path=Path(cfg.runtime.dir) / "kernel-state.json",
+        rcvbuf_bytes=cfg.receiver.rcvbuf_bytes,
+    )
+    stats: dict[str, Any] = {}
+    try:
+        if multicast:
+            source = NetlinkSource(multicast=True, rcvbuf_bytes=cfg.receiver.rcvbuf_bytes)
+            source.open()
+            log.info("reading the kernel's multicast audit group (read-only; auditd keeps the audit PID)")
+        else:
+            rules, settings = _rules_and_settings(cfg)
+            try:
+                session.start(pid=os.getpid(), settings=settings, rules=rules)
+            except AuditHeld as held:
+                raise SourceError(
+                    f"the kernel audit PID is held by pid {held.pid} ({held.command}); stop it, "
+                    "use --source multicast to read beside it, or --takeover"
+                ) from held
+            if session.immutable:
+                log.warning("kernel audit configuration is immutable (enabled 2): rules and settings left as they are")
+            log.info("kernel audit: pid %d registered, %d rules loaded", os.getpid(), len(rules))
+            source = session.records_source()
+        counters = KernelCounters(session.status())
+        stats = _read_loop(cfg, ctx, shipper, source, session, counters)
+        source.close()
+    finally:
+        session.close()  # puts back exactly what we changed
+    return stats
+
+
+def _read_loop(
+    cfg: Config, ctx: StageContext, shipper: RecordShipper, source: NetlinkSource,
+    session: KernelSession, counters: KernelCounters,
+) -> dict[str, Any]:
+    poller = select.poll()
+    poller.register(source.fileno(), select.POLLIN)
+    poll_ms = max(1, cfg.receiver.batch_max_ms)
+    next_status = time.monotonic()
+    overruns = 0
+    status_file = runtime.status_path(cfg, "receiver")
+    while not ctx.stop_requested:
+        if poller.poll(poll_ms):
+            records = source.read_records(READ_MAX_RECORDS)
+            if records:
+                shipper.add(records)
+        shipper.flush_due()
+        if source.overruns != overruns:
+            shipper.add([_marker_record(SOCKET_OVERRUN_TYPE, f"overruns={source.overruns - overruns}")])
+            overruns = source.overruns
+        now = time.monotonic()
+        if now >= next_status:
+            next_status = now + cfg.receiver.status_poll_ms / 1000
+            status = session.status()
+            risen = counters.update(status)
+            if risen:
+                log.warning("kernel lost %d audit records (backlog %d)", risen, status.backlog)
+                shipper.add([_marker_record(KERNEL_LOST_TYPE, f"lost={risen} backlog={status.backlog}")])
+            write_status(status_file, {
+                "kernel": {"lost": status.lost, "backlog": status.backlog, "enabled": status.enabled,
+                           "pid": status.pid, "backlog_limit": status.backlog_limit},
+                "records": shipper.stats.records,
+                "socket_overruns": source.overruns,
+            })
+    # Drain what the kernel already queued for us before we go.
+    while records := source.read_records(READ_MAX_RECORDS):
+        shipper.add(records)
+    return {
+        "kernel_lost": (counters.last_lost - counters.lost_at_start) & 0xFFFFFFFF,
+        "socket_overruns": source.overruns,
+    }
+
+
+def run_stream(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[str, Any]:
+    """auditd plugin input: audit.log text lines on stdin or from auditd's af_unix socket."""
+    src = cfg.receiver.source
+    if src == "stdin":
+        fd, sock = 0, None
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(src.removeprefix("unix:"))
+        except OSError as err:
+            raise SourceError(f"cannot connect to {src}: {err.strerror or err}") from err
+        fd = sock.fileno()
+    counters = LineCounters()
+    pending = b""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while not ctx.stop_requested:
+        if poller.poll(max(1, cfg.receiver.batch_max_ms)):
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            shipper.add(lines_to_records(lines, counters))
+        shipper.flush_due()
+    if pending:
+        shipper.add(lines_to_records([pending], counters))
+    if sock is not None:
+        sock.close()
+    return {"lines": counters.lines, "bad_lines": counters.bad_lines}
+
+
+def run_live_source(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[str, Any]:
+    if cfg.receiver.source in ("netlink", "multicast"):
+        return run_netlink(cfg, ctx, shipper)
+    return run_stream(cfg, ctx, shipper)
