@@ -27,7 +27,7 @@ from assembler.normalizations import (
     SYSCALL_NORMALIZATIONS,
     Normalization,
 )
-from assembler.parse import Record, fields
+from assembler.parse import Record
 from auditstream.escape import escape
 from auditstream.logline import type_name
 
@@ -39,15 +39,15 @@ EXECVE = 1309
 EOE = 1320
 PROCTITLE = 1327
 
-# Kernel fields whose text the acting user chooses. They are re-derived from the raw
-# token and passed through escape() whole, so the doc's text maps back to the exact
-# bytes with unescape() ('%' and control characters included). comm is hex-decoded
-# too (go-libaudit leaves it hex; the kernel hex-encodes it like exe).
-_UNTRUSTED_FIELDS: dict[int, tuple[bytes, ...]] = {
-    SYSCALL: (b"comm", b"exe"),
-    CWD: (b"cwd",),
-    PATH: (b"name",),
-    PROCTITLE: (b"proctitle",),
+# Kernel fields whose text the acting user chooses. interpret() takes them from the
+# raw token exactly (quotes removed, nothing stripped), so the doc's text maps back to
+# the exact bytes with unescape(). comm is hex-decoded too (go-libaudit leaves it hex;
+# the kernel hex-encodes it like exe).
+_UNTRUSTED_FIELDS: dict[int, tuple[str, ...]] = {
+    SYSCALL: ("comm", "exe"),
+    CWD: ("cwd",),
+    PATH: ("name",),
+    PROCTITLE: ("proctitle",),
 }
 
 UNSET = "unset"
@@ -192,12 +192,22 @@ _EXECVE_TOKEN = re.compile(rb'(argc|a\d+(?:_len|\[\d+\])?)=("[^"]*"|\S*)')
 _UPPER_HEX = re.compile(rb"(?:[0-9A-F]{2})+")
 
 
+def _category_table() -> dict[int, str]:
+    # The first range that holds a type wins, as in aucoalesce's ordered checks.
+    table: dict[int, str] = {}
+    for name, ranges in _CATEGORY_RANGES:
+        for low, high in ranges:
+            for record_type in range(low, high + 1):
+                table.setdefault(record_type, name)
+    return table
+
+
+_CATEGORY_BY_TYPE = _category_table()
+
+
 def event_category(record_type: int) -> str:
     """aucoalesce's coarse category of a record type (``audit-rule``, ``user-login``…)."""
-    for name, ranges in _CATEGORY_RANGES:
-        if any(low <= record_type <= high for low, high in ranges):
-            return name
-    return "unknown"
+    return _CATEGORY_BY_TYPE.get(record_type, "unknown")
 
 
 def coalesce(records: list[Record]) -> Coalesced:
@@ -214,26 +224,11 @@ def coalesce(records: list[Record]) -> Coalesced:
 
 def _record_data(rec: Record, event: Coalesced) -> tuple[dict[str, str], list[str]] | None:
     try:
-        interpreted = interpret(rec)
+        interpreted = interpret(rec, _UNTRUSTED_FIELDS.get(rec.type, ()))
     except ValueError as err:
         event.warnings.append(f"failed to parse {type_name(rec.type)} message: {err}")
         return None
-    data = dict(interpreted.data)
-    untrusted = _UNTRUSTED_FIELDS.get(rec.type, ())
-    if untrusted:
-        for key, token, quoted in fields(rec.body):
-            name = key.decode("ascii")
-            # Only where the interpreter kept the field ('?', '(null)' stay dropped).
-            if key in untrusted and name in data:
-                data[name] = _exact_text(token, quoted)
-    return data, list(interpreted.keys)
-
-
-def _exact_text(token: bytes, quoted: bool) -> str:
-    if not quoted and _UPPER_HEX.fullmatch(token):
-        # As go-libaudit: the NULs of a decoded value separate words.
-        token = b" ".join(bytes.fromhex(token.decode("ascii")).split(b"\x00"))
-    return escape(token)
+    return interpreted.data, interpreted.keys
 
 
 def _new_event(first: Record, syscall: Record | None) -> Coalesced:
@@ -255,14 +250,36 @@ def _new_event(first: Record, syscall: Record | None) -> Coalesced:
     event.summary.actor_primary = data.get("auid", "")
     event.summary.actor_secondary = data.get("uid", "")
     event.tags = keys
+    user_ids, user_selinux, other = event.user_ids, event.user_selinux, event.data
     for key, value in data.items():
-        if key.endswith(("uid", "gid")):
-            event.user_ids[key] = value
-        elif key.startswith("subj_"):
-            event.user_selinux[key[5:]] = value
+        kind = _KEY_KINDS.get(key)
+        if kind is None:
+            kind = _key_kind(key)
+        if kind is _OTHER:
+            other[key] = value
+        elif kind is _USER_ID:
+            user_ids[key] = value
         else:
-            event.data[key] = value
+            user_selinux[key[5:]] = value
     return event
+
+
+_OTHER, _USER_ID, _SELINUX = "other", "user_id", "selinux"
+# Where each SYSCALL field goes; memoised because the same few dozen keys recur.
+_KEY_KINDS: dict[str, str] = {}
+_MAX_KEY_KINDS = 4096  # hostile input can invent keys: stop memoising, keep working
+
+
+def _key_kind(key: str) -> str:
+    if key.endswith(("uid", "gid")):
+        kind = _USER_ID
+    elif key.startswith("subj_"):
+        kind = _SELINUX
+    else:
+        kind = _OTHER
+    if len(_KEY_KINDS) < _MAX_KEY_KINDS:
+        _KEY_KINDS[key] = kind
+    return kind
 
 
 def _compound(records: list[Record]) -> Coalesced:

@@ -12,6 +12,7 @@ escaped, or passed through :func:`auditstream.escape.escape`; never raw bytes.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from assembler.coalesce import Address, Coalesced, EcsEntity
@@ -35,14 +36,32 @@ _ID_FIELDS = {
 }
 
 
+# Auditbeat's path of each id field's ``id`` and ``name`` under ``user``.
+_ID_PATHS = {
+    key: ((*path.split("."), "id"), (*path.split("."), "name")) if path else (("id",), ("name",))
+    for key, path in _ID_FIELDS.items()
+}
+
+
+@lru_cache(maxsize=4096)
+def _second_text(sec: int) -> str:
+    # strftime is slow and events come many per second: format each second once.
+    return datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def _timestamp(sec: int, msec: int) -> str:
-    stamp = datetime.fromtimestamp((sec * 1000 + msec) // 1000, UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{(sec * 1000 + msec) % 1000:03d}Z"
+    extra, msec = divmod(msec, 1000)
+    return f"{_second_text(sec + extra)}.{msec:03d}Z"
 
 
-def _put(target: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``target[a][b][c] = value`` for ``a.b.c``, creating dicts on the way."""
-    *parents, last = dotted.split(".")
+def _id_paths(key: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    paths = _ID_PATHS.get(key)
+    return paths if paths is not None else ((key, "id"), (key, "name"))
+
+
+def _put(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Set ``target[a][b][c] = value`` for ``(a, b, c)``, creating dicts on the way."""
+    *parents, last = path
     for name in parents:
         child = target.get(name)
         if not isinstance(child, dict):
@@ -124,16 +143,23 @@ def _auditd_fields(records: list[Record], c: Coalesced) -> dict[str, Any]:
         auditd["session"] = c.session
     summary: dict[str, Any] = {}
     s = c.summary
-    for dotted, value in (
-        ("actor.primary", s.actor_primary),
-        ("actor.secondary", s.actor_secondary),
-        ("object.type", s.object_type),
-        ("object.primary", s.object_primary),
-        ("object.secondary", s.object_secondary),
-        ("how", s.how),
-    ):
-        if value:
-            _put(summary, dotted, value)
+    if s.actor_primary or s.actor_secondary:
+        actor = summary["actor"] = {}
+        if s.actor_primary:
+            actor["primary"] = s.actor_primary
+        if s.actor_secondary:
+            actor["secondary"] = s.actor_secondary
+    if s.object_type or s.object_primary or s.object_secondary:
+        obj = summary["object"] = {}
+        for name, value in (
+            ("type", s.object_type),
+            ("primary", s.object_primary),
+            ("secondary", s.object_secondary),
+        ):
+            if value:
+                obj[name] = value
+    if s.how:
+        summary["how"] = s.how
     auditd["summary"] = summary
     if c.paths:
         auditd["paths"] = [dict(path) for path in c.paths]
@@ -156,10 +182,8 @@ def _data_fields(data: dict[str, str]) -> dict[str, Any]:
 def _user_fields(records: list[Record], c: Coalesced) -> dict[str, Any]:
     user: dict[str, Any] = {}
     for key, value in c.user_ids.items():
-        if value == "unset":
-            continue
-        path = _ID_FIELDS.get(key, key)
-        _put(user, f"{path}.id" if path else "id", value)
+        if value != "unset":
+            _put(user, _id_paths(key)[0], value)
     if c.user_selinux:
         user["selinux"] = dict(c.user_selinux)
     # auditd's ENRICHED trailer names the ids (UID="root"); raw logs have no names.
@@ -168,8 +192,7 @@ def _user_fields(records: list[Record], c: Coalesced) -> dict[str, Any]:
         for enriched_key, name in enriched_fields(primary.enriched).items():
             id_key = enriched_key.lower()
             if id_key in c.user_ids and c.user_ids[id_key] != "unset":
-                path = _ID_FIELDS.get(id_key, id_key)
-                _put(user, f"{path}.name" if path else "name", escape(name))
+                _put(user, _id_paths(id_key)[1], escape(name))
     return user
 
 

@@ -15,7 +15,14 @@ from auditstream.logline import format_log_line
 Event = dict[str, Any]
 
 # Reasons that mean the event may be cut short; consumers see how it ended.
-_UNCERTAIN = {CompletionReason.TIMEOUT, CompletionReason.EVICTED, CompletionReason.CLOSED, CompletionReason.LATE}
+_UNCERTAIN = frozenset(
+    (
+        CompletionReason.TIMEOUT,
+        CompletionReason.EVICTED,
+        CompletionReason.CLOSED,
+        CompletionReason.LATE,
+    )
+)
 PARSE_ERROR_SNIPPET_BYTES = 4096
 
 
@@ -40,19 +47,22 @@ def lost_event(lost: LostRange) -> Event:
         "count": lost.count,
     }
     doc = marker_doc("events-lost", lost.node, now_ms // 1000, now_ms % 1000, details)
-    return {"key": [lost.node, now_ms // 1000, now_ms % 1000, lost.first_serial], "raw": [], "doc": doc}
+    key = [lost.node, now_ms // 1000, now_ms % 1000, lost.first_serial]
+    return {"key": key, "raw": [], "doc": doc}
 
 
 def parse_error_event(type_: int, data: bytes, node: str, error: str) -> Event:
     now_ms = time.time_ns() // 1_000_000
+    snippet = data[:PARSE_ERROR_SNIPPET_BYTES]
     details = {
         "cause": "parse_error",
         "error": error,
-        "record": escape(format_log_line(type_, data[:PARSE_ERROR_SNIPPET_BYTES], node) if type_ else data[:PARSE_ERROR_SNIPPET_BYTES]),
+        "record": escape(format_log_line(type_, snippet, node) if type_ else snippet),
         "record_bytes": len(data),
     }
     doc = marker_doc("parse-error", node, now_ms // 1000, now_ms % 1000, details)
-    return {"key": [node, now_ms // 1000, now_ms % 1000, 0], "raw": [[type_, data, node]] if type_ else [], "doc": doc}
+    raw = [[type_, data, node]] if type_ else []
+    return {"key": [node, now_ms // 1000, now_ms % 1000, 0], "raw": raw, "doc": doc}
 
 
 # Synthetic record types the receiver sends (see docs/internals.md).

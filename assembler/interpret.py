@@ -8,12 +8,16 @@ errno names for ``exit``, rule keys (hex multi-keys split on 0x01), arch and
 per-arch syscall names, SECCOMP signal names, upper-case hex decoding of the
 listed fields only, and SOCKADDR decoding (:mod:`assembler.sockaddr`).
 
-Bytes become str by one rule: bytes that are valid UTF-8 are kept as the str they
-decode to, control characters included (JSON escapes them, as Go's encoder does
-for the TTY records in the goldens); only bytes that are not valid UTF-8 go
-through :func:`auditstream.escape.escape` (``%xx``), where Go would write U+FFFD.
-So a value with ``%`` is not escaped and ``escape`` is not reversible for it:
-the untouched record stays in ``Record.data`` for whoever needs the exact bytes.
+Bytes become str by one rule: every value is :func:`auditstream.escape.escape` of
+its bytes (raw tokens and hex-decoded values alike), so ``unescape`` gives back the
+exact bytes. go-libaudit writes decoded bytes into Go strings instead (control
+characters and ``%`` kept, invalid UTF-8 as U+FFFD); the tests compare against its
+goldens passed through the same escape.
+
+Speed: this runs for every record. The body is decoded once (ASCII, else
+surrogateescape, which is lossless), split with one ``findall``, and most bodies
+(no ``msg=``, no duplicate keys, nothing to escape) take the dict-comprehension
+path; hex is decoded only for the fields listed per record type.
 
 Deliberate difference: go-libaudit fails the whole record (``Data()`` error, no
 data at all) when a step's field is missing or malformed — e.g. a SYSCALL
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from assembler.parse import FIELD_REGEX, Record
 from assembler.sockaddr import decode_sockaddr
@@ -54,6 +59,8 @@ _PAM_OLD_FORMAT = (
 # so one decode per record replaces one per field (the hot path: ASCII bodies).
 _FIELDS = re.compile(FIELD_REGEX)
 _DROPPED_VALUES = frozenset(("", "?", "?,", "(null)"))
+# What escape() would change in decoded body text: controls, '%', DEL, non-ASCII.
+_NEEDS_ESCAPE = re.compile("[^\x20-\x24\x26-\x7e]")
 _UNSET_IDS = ("4294967295", "-1")
 _CONTEXT_PARTS = ("_user", "_role", "_domain", "_level", "_category")
 _UPPER_HEX = re.compile(r"(?:[0-9A-F]{2})*")
@@ -112,12 +119,9 @@ def errno_name(n: int) -> str | None:
     return ERRNO_NAMES.get(n)
 
 
-def _bytes_text(raw: bytes) -> str:
-    """Decoded bytes as str: valid UTF-8 kept (controls too), anything else escaped."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return escape(raw)
+def _text(raw: str) -> str:
+    """A raw value (ASCII, or surrogateescape-decoded) as escaped text."""
+    return escape(raw.encode("utf-8", "surrogateescape"))
 
 
 def _go_atoi(value: str) -> int | None:
@@ -141,181 +145,220 @@ def _normalize(record_type: int, body: str) -> str:
     return body
 
 
-class _Fields:
-    """go-libaudit's fieldMap: current values, and the original tokens (with quotes)."""
+def _parse_fields(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """go-libaudit's fieldMap: ``values`` (quotes stripped) and ``origs`` (raw tokens).
 
-    __slots__ = ("origs", "values")
+    Fields in order, later duplicates overwriting, ``?``/``(null)``/empty dropped,
+    ``msg='…'`` merged in place.
+    """
+    pairs = _FIELDS.findall(text)
+    origs = dict(pairs)
+    if len(origs) == len(pairs) and "msg" not in origs:
+        # Fast path: no duplicates, nothing nested (the usual kernel record).
+        values = {key: orig.strip("'\" ") for key, orig in origs.items()}
+        if _DROPPED_VALUES.isdisjoint(values.values()):
+            return values, origs
+        for key in [k for k, v in values.items() if v in _DROPPED_VALUES]:
+            del values[key], origs[key]
+        return values, origs
+    # An explicit stack instead of recursion: msg=msg=msg=… nests once per 4 bytes.
+    values, origs = {}, {}
+    stack = [iter(pairs)]
+    while stack:
+        for key, orig in stack[-1]:
+            value = orig.strip("'\" ")
+            if value in _DROPPED_VALUES:
+                continue
+            if key == "msg":
+                stack.append(iter(_FIELDS.findall(value)))
+                break
+            values[key] = value
+            origs[key] = orig
+        else:
+            stack.pop()
+    return values, origs
 
-    def __init__(self, body: str) -> None:
-        # Fields in order, later duplicates overwriting; msg='…' merged in place. An
-        # explicit stack instead of recursion: msg=msg=msg=… nests once per 4 bytes.
-        values: dict[str, str] = {}
-        origs: dict[str, str] = {}
-        stack = [iter(_FIELDS.findall(body))]
-        while stack:
-            for key, orig in stack[-1]:
-                value = orig.strip("'\" ")
-                if value in _DROPPED_VALUES:
-                    continue
-                if key == "msg":
-                    stack.append(iter(_FIELDS.findall(value)))
-                    break
-                values[key] = value
-                origs[key] = orig
-            else:
-                stack.pop()
-        self.values, self.origs = values, origs
 
-    def add(self, key: str, value: str) -> None:
-        self.values[key] = value
-        self.origs[key] = value
+def _hex_decode(
+    values: dict[str, str], origs: dict[str, str], key: str, nul_ends: bool = False
+) -> None:
+    """Decode the field if its original token is upper-case hex (escaped, like every value).
 
-    def pop(self, key: str) -> str | None:
-        self.origs.pop(key, None)
-        return self.values.pop(key, None)
+    NULs separate strings (proctitle's argv) and become spaces, except where
+    ``nul_ends`` (EXECVE arguments end at their first NUL).
+    """
+    orig = origs.get(key)
+    if orig is None or key not in values:
+        return
+    decoded = _decode_hex_text(orig)
+    if decoded is None:
+        return
+    raw = decoded.split(b"\x00", 1)[0] if nul_ends else decoded.replace(b"\x00", b" ")
+    values[key] = escape(raw)
 
-    def hex_decode(self, key: str, nul_ends: bool = False) -> None:
-        """Decode the field if its original token is upper-case hex.
 
-        NULs separate strings (proctitle's argv) and become spaces, except where
-        ``nul_ends`` (EXECVE arguments end at their first NUL).
-        """
-        orig = self.origs.get(key)
-        if orig is None:
-            return
-        decoded = _decode_hex_text(orig)
-        if decoded is None:
-            return
-        text = decoded.split(b"\x00", 1)[0] if nul_ends else decoded.replace(b"\x00", b" ")
-        self.values[key] = _bytes_text(text)
+def _exact_text(orig: str) -> str:
+    """The token's exact bytes, escaped: quotes removed (nothing else), hex decoded.
 
-    def split_context(self, key: str) -> None:
-        """``subj=user:role:domain:level:category`` -> ``subj_user`` … (at most 5 parts)."""
-        value = self.pop(key)
-        if value is not None:
-            for suffix, part in zip(_CONTEXT_PARTS, value.split(":", 4), strict=False):
-                self.add(key + suffix, part)
+    For text the acting user chooses (comm, exe, cwd, path names, proctitle), where
+    go-libaudit's strip of quote and space characters would lose bytes.
+    """
+    if orig[:1] in ("'", '"'):
+        return _text(orig[1:-1])
+    decoded = _decode_hex_text(orig) if orig else None
+    if decoded is not None:
+        return escape(decoded.replace(b"\x00", b" "))
+    return _text(orig)
 
-    def result(self) -> None:
-        """``success`` (else ``res``) -> ``result`` = success|fail."""
-        value = self.pop("success")
+
+def _split_context(values: dict[str, str], key: str) -> None:
+    """``subj=user:role:domain:level:category`` -> ``subj_user`` … (at most 5 parts)."""
+    value = values.pop(key, None)
+    if value is not None:
+        for suffix, part in zip(_CONTEXT_PARTS, value.split(":", 4), strict=False):
+            values[key + suffix] = part
+
+
+def _result(values: dict[str, str]) -> None:
+    """``success`` (else ``res``) -> ``result`` = success|fail."""
+    value = values.pop("success", None)
+    if value is None:
+        value = values.pop("res", None)
         if value is None:
-            value = self.pop("res")
-            if value is None:
-                return
-        lower = value.lower()
-        ok = lower in ("yes", "1") or lower.startswith("suc")
-        self.add("result", "success" if ok else "fail")
-
-    def exit_name(self) -> None:
-        value = self.values.get("exit")
-        code = _go_atoi(value) if value is not None else None
-        if code is not None and code < 0:
-            name = ERRNO_NAMES.get(-code)
-            if name is not None:
-                self.values["exit"] = name
-
-    def rule_keys(self) -> list[str]:
-        orig = self.origs.get("key")
-        value = self.pop("key")
-        if orig is None or value is None:
-            return []
-        decoded = _decode_hex_text(orig)
-        if decoded is not None:  # key=6578656301... : several keys joined by 0x01
-            return [_bytes_text(part) for part in decoded.split(b"\x01")]
-        return [value.split("=", 1)[-1]]  # key="key=net" -> ["net"]
-
-    def execve_args(self) -> None:
-        argc = self.values.get("argc")
-        if argc is None or not argc.isascii() or not argc.isdigit():
             return
-        for index in range(int(argc)):
-            key = f"a{index}"
-            if key not in self.values:
-                break  # go-libaudit fails the record here; we keep what we have
-            self.hex_decode(key, nul_ends=True)
+    lower = value.lower()
+    ok = lower in ("yes", "1") or lower.startswith("suc")
+    values["result"] = "success" if ok else "fail"
 
-    def syscall_fields(self) -> None:
-        values = self.values
-        arch = values.get("arch")
-        if arch is not None:
-            arch = values["arch"] = arch_name(arch)
+
+def _exit_name(values: dict[str, str], exit_value: str) -> None:
+    if exit_value[:1] != "-":
+        return  # the common case: success, nothing to name
+    code = _go_atoi(exit_value)
+    if code is not None and code < 0:
+        name = ERRNO_NAMES.get(-code)
+        if name is not None:
+            values["exit"] = name
+
+
+def _rule_keys(values: dict[str, str], origs: dict[str, str]) -> list[str]:
+    value = values.pop("key", None)
+    if value is None:
+        return []
+    decoded = _decode_hex_text(origs["key"])
+    if decoded is not None:  # key=6578656301... : several keys joined by 0x01
+        return [escape(part) for part in decoded.split(b"\x01")]
+    return [value.split("=", 1)[-1]]  # key="key=net" -> ["net"]
+
+
+def _execve_args(values: dict[str, str], origs: dict[str, str]) -> None:
+    argc = values.get("argc")
+    if argc is None or not argc.isascii() or not argc.isdigit():
+        return
+    for index in range(int(argc)):
+        key = f"a{index}"
+        if key not in values:
+            break  # go-libaudit fails the record here; we keep what we have
+        _hex_decode(values, origs, key, nul_ends=True)
+
+
+@lru_cache(maxsize=1024)
+def _syscall_name_of(arch: str, syscall: str) -> str | None:
+    number = _go_atoi(syscall)
+    return SYSCALL_NAMES.get(arch, {}).get(number) if number is not None else None
+
+
+def _syscall_fields(values: dict[str, str], origs: dict[str, str]) -> None:
+    arch = values.get("arch")
+    if arch is not None:
+        arch = values["arch"] = _cached_arch_name(arch)
         syscall = values.get("syscall")
-        if syscall is not None and arch is not None:
-            number = _go_atoi(syscall)
-            name = SYSCALL_NAMES.get(arch, {}).get(number) if number is not None else None
+        if syscall is not None:
+            name = _syscall_name_of(arch, syscall)
             if name is not None:
                 values["syscall"] = name
-        self.hex_decode("exe")
-
-    def signal_name(self) -> None:
-        value = self.values.get("sig")
-        number = _go_atoi(value) if value is not None else None
-        name = SIGNAL_NAMES.get(number) if number is not None else None
-        if name is not None:
-            self.values["sig"] = name
-
-    def sockaddr(self) -> None:
-        value = self.values.get("saddr")
-        if value is None or not value.isascii():
-            return
-        decoded = decode_sockaddr(value.encode("ascii"))
-        if decoded is None:
-            return  # go-libaudit fails the record; we keep the raw saddr
-        self.pop("saddr")
-        for key, part in decoded.items():
-            self.add(key, part)
+    _hex_decode(values, origs, "exe")
 
 
-def interpret(rec: Record) -> Interpreted:
-    """Return go-libaudit's auparse ``data`` and ``keys`` for one record."""
+def _signal_name(values: dict[str, str]) -> None:
+    value = values.get("sig")
+    number = _go_atoi(value) if value is not None else None
+    name = SIGNAL_NAMES.get(number) if number is not None else None
+    if name is not None:
+        values["sig"] = name
+
+
+def _sockaddr(values: dict[str, str]) -> None:
+    value = values.get("saddr")
+    if value is None or not value.isascii():
+        return
+    decoded = decode_sockaddr(value.encode("ascii"))
+    if decoded is None:
+        return  # go-libaudit fails the record; we keep the raw saddr
+    del values["saddr"]
+    values.update(decoded)
+
+
+# Hex-encoded fields per record type (decoded only there, as go-libaudit).
+_HEX_FIELDS: dict[int, str] = {
+    _PROCTITLE: "proctitle",
+    _USER_CMD: "cmd",
+    _TTY_TYPES[0]: "data",
+    _TTY_TYPES[1]: "data",
+    _USER_LOGIN: "acct",
+}
+_NORMALIZED_TYPES = frozenset((_AVC, _LOGIN, *_PAM_OLD_FORMAT))
+_cached_arch_name = lru_cache(maxsize=256)(arch_name)
+
+
+def interpret(rec: Record, exact: tuple[str, ...] = ()) -> Interpreted:
+    """Return go-libaudit's auparse ``data`` and ``keys`` for one record.
+
+    ``exact`` names fields whose value is instead the token's exact text (see
+    :func:`_exact_text`); the coalescer asks for it for user-chosen text.
+    """
     body = rec.body
-    ascii_body = body.isascii()
-    text = body.decode("ascii") if ascii_body else body.decode("utf-8", "surrogateescape")
+    text = body.decode("ascii") if body.isascii() else body.decode("utf-8", "surrogateescape")
     record_type = rec.type
-    fm = _Fields(_normalize(record_type, text))
-    values = fm.values
+    if record_type in _NORMALIZED_TYPES:
+        text = _normalize(record_type, text)
+    values, origs = _parse_fields(text)
+    clean = _NEEDS_ESCAPE.search(text) is None
+    if not clean:
+        # Control bytes, '%' or non-ASCII somewhere: escape the raw values first, so
+        # the steps below see (and keep) escaped text; hex decoding escapes its own.
+        values = {key: _text(value) for key, value in values.items()}
     for key in ("auid", "old-auid", "ses"):
         if values.get(key) in _UNSET_IDS:
             values[key] = "unset"
-    fm.split_context("subj")
-    fm.result()
-    fm.exit_name()
-    keys = fm.rule_keys()
-    fm.hex_decode("cwd")
+    if "subj" in values:
+        _split_context(values, "subj")
+    _result(values)
+    exit_value = values.get("exit")
+    if exit_value is not None:
+        _exit_name(values, exit_value)
+    keys = _rule_keys(values, origs) if "key" in values else []
+    if "cwd" in values:
+        _hex_decode(values, origs, "cwd")
 
     if record_type in (_SYSCALL, _SECCOMP):
         if record_type == _SECCOMP:
-            fm.signal_name()
-        fm.syscall_fields()
+            _signal_name(values)
+        _syscall_fields(values, origs)
     elif record_type == _SOCKADDR:
-        fm.sockaddr()
-    elif record_type == _PROCTITLE:
-        fm.hex_decode("proctitle")
-    elif record_type == _USER_CMD:
-        fm.hex_decode("cmd")
-    elif record_type in _TTY_TYPES:
-        fm.hex_decode("data")
+        _sockaddr(values)
     elif record_type == _EXECVE:
-        fm.execve_args()
+        _execve_args(values, origs)
     elif record_type == _PATH:
-        fm.split_context("obj")
-        fm.hex_decode("name")
-    elif record_type == _USER_LOGIN:
-        fm.hex_decode("acct")
-
-    if not ascii_body:
-        # Undecodable bytes ride through as surrogates; give them back to escape().
-        for key, value in values.items():
-            if not value.isascii():
-                values[key] = _surrogates_escaped(value)
-        keys = [_surrogates_escaped(k) for k in keys]
+        _split_context(values, "obj")
+        _hex_decode(values, origs, "name")
+    elif record_type in _HEX_FIELDS:
+        _hex_decode(values, origs, _HEX_FIELDS[record_type])
+    for key in exact:
+        if key in values:
+            orig = origs[key]
+            if clean and orig[:1] == '"':
+                values[key] = orig[1:-1]  # nothing to escape in a clean body
+            else:
+                values[key] = _exact_text(orig)
     return Interpreted(data=values, keys=keys)
-
-
-def _surrogates_escaped(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return escape(value.encode("utf-8", "surrogateescape"))
-    return value

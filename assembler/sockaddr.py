@@ -62,7 +62,7 @@ def decode_sockaddr(saddr: bytes) -> dict[str, str] | None:
         if not _UPPER_HEX.fullmatch(saddr[4:]):
             return None
         path = bytes.fromhex(saddr[4:].decode("ascii")).split(b"\x00", 1)[0]
-        return {"family": "unix", "path": _text(path)}
+        return {"family": "unix", "path": escape(path)}
     if family == _AF_INET:
         if len(saddr) < 16:
             return None
@@ -90,11 +90,3 @@ def decode_sockaddr(saddr: bytes) -> dict[str, str] | None:
     if family == _AF_NETLINK:
         return {"family": "netlink", "saddr": raw}
     return {"family": str(family), "saddr": raw}
-
-
-def _text(raw: bytes) -> str:
-    # Same rule as assembler.interpret: valid UTF-8 stays text, anything else is escaped.
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return escape(raw)

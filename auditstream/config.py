@@ -67,6 +67,7 @@ class TreekeeperConfig:
     max_processes: int = 131072
     state_file: str = ""
     state_max_age_ms: int = 600_000
+    reorder_window_ms: int = 250  # hold events this long so forks are seen before their children's execs
 
 
 @dataclass(slots=True)

@@ -61,6 +61,9 @@ RESERVED_SETTINGS: Final = {
 # Kafka's legal topic names (the broker rejects anything else).
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
+# Bound of the per-key and per-header caches (cleared when full; they only save encoding).
+CACHE_MAX_ENTRIES: Final = 4096
+
 # How long one poll() may block while flushing, so the deadline is checked often.
 POLL_SLICE_S: Final = 0.1
 
@@ -209,14 +212,15 @@ def _librdkafka_option(value: Any) -> dict[str, str | int | float | bool]:
     return settings
 
 
-def _doc_field(doc: Mapping[str, Any], dotted: str) -> Any:
-    """An ECS field from a nested doc ({"host": {"name": …}}), else from a flat "host.name" key."""
-    node: Any = doc
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return doc.get(dotted)
-        node = node[part]
-    return node
+def _doc_field(doc: Mapping[str, Any], outer: str, inner: str) -> Any:
+    """ECS field outer.inner from a nested doc ({"host": {"name": …}}), else from a flat
+    "host.name" key. Per event and hot: isinstance(dict) first, the ABC check is slow."""
+    part = doc.get(outer)
+    if isinstance(part, dict | Mapping):
+        value = part.get(inner)
+        if value is not None:
+            return value
+    return doc.get(f"{outer}.{inner}")
 
 
 def _as_text(value: Any) -> str | None:
@@ -243,6 +247,8 @@ class KafkaSink:
         self._drop_run_open = False
         self._stalled = False
         self._log_counts: dict[str, int] = {}
+        self._key_cache: dict[str, bytes] = {}
+        self._headers_cache: dict[tuple[str, str], Headers] = {}
         self._producer = self._start_producer()
         log.info(
             "kafka sink %s: brokers=%s topic=%s key=%s compression=%s acks=%s",
@@ -409,8 +415,8 @@ class KafkaSink:
 
     def _encode(self, event: Event) -> tuple[bytes, bytes, Headers] | None:
         """(value, key, headers) for one event, or None (counted) if it cannot be sent."""
-        doc = event.get("doc") if isinstance(event, Mapping) else None
-        if not isinstance(doc, Mapping):
+        doc = event.get("doc") if isinstance(event, dict | Mapping) else None
+        if not isinstance(doc, dict | Mapping):
             self._discard("bad_event", "event without a doc mapping")
             return None
         try:
@@ -418,28 +424,46 @@ class KafkaSink:
         except TypeError as exc:
             self._discard("serialize", str(exc))
             return None
-        host = _as_text(_doc_field(doc, "host.name")) or self._local_host
-        key = self._partition_key(doc, host)
+        host = _as_text(_doc_field(doc, "host", "name")) or self._local_host
+        key = host if self.options.key == "host" else self._partition_key(doc, host)
         kind = (
-            _as_text(_doc_field(doc, "event.action"))
-            or _as_text(_doc_field(doc, "event.kind"))
+            _as_text(_doc_field(doc, "event", "action"))
+            or _as_text(_doc_field(doc, "event", "kind"))
             or "event"
         )
-        headers: Headers = [
-            ("schema_version", SCHEMA_VERSION),
-            ("host", _utf8(host)),
-            ("event_kind", _utf8(kind)),
-        ]
-        return value, _utf8(key), headers
+        return value, self._key_bytes(key), self._headers(host, kind)
+
+    def _key_bytes(self, key: str) -> bytes:
+        """Encoded message key, cached: a host has few distinct keys and this runs per event."""
+        encoded = self._key_cache.get(key)
+        if encoded is None:
+            if len(self._key_cache) >= CACHE_MAX_ENTRIES:
+                self._key_cache.clear()
+            encoded = self._key_cache[key] = _utf8(key)
+        return encoded
+
+    def _headers(self, host: str, kind: str) -> Headers:
+        """Message headers, cached per (host, kind); produce() only reads them."""
+        headers = self._headers_cache.get((host, kind))
+        if headers is None:
+            if len(self._headers_cache) >= CACHE_MAX_ENTRIES:
+                self._headers_cache.clear()
+            headers = [
+                ("schema_version", SCHEMA_VERSION),
+                ("host", _utf8(host)),
+                ("event_kind", _utf8(kind)),
+            ]
+            self._headers_cache[(host, kind)] = headers
+        return headers
 
     def _partition_key(self, doc: Mapping[str, Any], host: str) -> str:
         """The message key: one host's / container's / process tree's events share a
         partition, so Kafka keeps them in order."""
         mode = self.options.key
         if mode == "container":
-            return _as_text(_doc_field(doc, "container.id")) or host
+            return _as_text(_doc_field(doc, "container", "id")) or host
         if mode == "process_tree_root":
-            ancestry = _doc_field(doc, "process.ancestry")
+            ancestry = _doc_field(doc, "process", "ancestry")
             if isinstance(ancestry, list):
                 # Ancestry runs from the parent upwards; the last known entity is the root.
                 for ancestor in reversed(ancestry):

@@ -183,3 +183,34 @@ def test_garbage_body_never_breaks_the_doc(body: bytes) -> None:
     doc = build_doc(records, coalesce(records))
     _assert_json_safe(doc)
     assert unescape(doc["auditd"]["records"][0]) == b"type=SYSCALL msg=" + HEADER + body
+
+
+def _enriched_exec() -> list[Record]:
+    return _records(
+        b"type=SYSCALL msg=" + HEADER + b"arch=c000003e syscall=59 success=yes exit=0 a0=1 a1=2"
+        b" a2=3 a3=4 items=0 ppid=10 pid=11 auid=1000 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0"
+        b' sgid=0 fsgid=0 tty=pts0 ses=3 comm="50%" exe="/bin/a%b" key=(null)'
+        b'\x1dARCH=x86_64 SYSCALL=execve AUID="alice" UID="root" GID="wheel" EUID="root"'
+        b' SUID="root" FSUID="root" EGID="wheel" SGID="wheel" FSGID="wheel"',
+        b"type=EOE msg=" + HEADER,
+    )
+
+
+def test_enriched_trailer_names_reach_user_fields() -> None:
+    """The ENRICHED trailer's AUID/UID/GID names land in user.audit.name, user.name, group."""
+    records = _enriched_exec()
+    doc = build_doc(records, coalesce(records))
+    user = doc["user"]
+    assert user["audit"] == {"id": "1000", "name": "alice"}
+    assert (user["id"], user["name"]) == ("0", "root")
+    assert user["group"] == {"id": "0", "name": "wheel"}
+
+
+def test_percent_in_plain_ascii_values_round_trips() -> None:
+    """'%' in quoted ASCII comm/exe is escaped to %25, so unescape gives the exact bytes."""
+    records = _enriched_exec()
+    doc = build_doc(records, coalesce(records))
+    assert doc["process"]["name"] == "50%25"
+    assert unescape(doc["process"]["name"]) == b"50%"
+    assert unescape(doc["process"]["executable"]) == b"/bin/a%b"
+    assert unescape(doc["auditd"]["summary"]["how"]) == b"/bin/a%b"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -27,30 +28,64 @@ def make_batch(first: int, size: int) -> list[dict[str, Any]]:
     ]
 
 
+class StalledFifo:
+    """A FIFO whose reader reads nothing until start_draining(), then everything to EOF.
+
+    The test holds a write end of its own: read() on a FIFO without any writer
+    returns EOF at once, and the sink opens its end lazily in its worker thread,
+    which a loaded machine may not schedule before the drainer's first read.
+    """
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.path = path
+        self.reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self._writer_guard: int | None = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        self._chunks: list[bytes] = []
+        self._drainer: threading.Thread | None = None
+
+    def capacity(self) -> int:
+        """How many bytes the pipe buffers before a writer blocks."""
+        return fcntl.fcntl(self.reader, fcntl.F_GETPIPE_SZ)
+
+    def start_draining(self) -> None:
+        """Read the FIFO to EOF in a thread."""
+        os.set_blocking(self.reader, True)
+
+        def drain() -> None:
+            while chunk := os.read(self.reader, 1 << 16):
+                self._chunks.append(chunk)
+
+        self._drainer = threading.Thread(target=drain, daemon=True)
+        self._drainer.start()
+
+    def drained(self, timeout: float = 60.0) -> bytes:
+        """Everything read; the sink must have closed its end (EOF follows the guard's close)."""
+        assert self._drainer is not None, "start_draining() first"
+        self._close_writer_guard()
+        self._drainer.join(timeout)
+        assert not self._drainer.is_alive(), "the FIFO never reached EOF"
+        return b"".join(self._chunks)
+
+    def _close_writer_guard(self) -> None:
+        guard, self._writer_guard = self._writer_guard, None
+        if guard is not None:
+            os.close(guard)
+
+    def close(self) -> None:
+        """Close the test's ends of the FIFO."""
+        self._close_writer_guard()
+        os.close(self.reader)
+
+
 @contextmanager
-def stalled_fifo(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    """A FIFO with a reader that never reads (until the test drains it)."""
-    fifo = tmp_path / "stalled.fifo"
-    os.mkfifo(fifo)
-    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+def stalled_fifo(tmp_path: Path) -> Iterator[StalledFifo]:
+    """A :class:`StalledFifo` in TMP_PATH, closed afterwards."""
+    fifo = StalledFifo(tmp_path / "stalled.fifo")
     try:
-        yield fifo, reader
+        yield fifo
     finally:
-        os.close(reader)
-
-
-def start_draining(reader: int) -> tuple[threading.Thread, list[bytes]]:
-    """Read the FIFO to EOF in a thread; the chunks land in the returned list."""
-    chunks: list[bytes] = []
-    os.set_blocking(reader, True)
-
-    def drain() -> None:
-        while chunk := os.read(reader, 1 << 16):
-            chunks.append(chunk)
-
-    thread = threading.Thread(target=drain, daemon=True)
-    thread.start()
-    return thread, chunks
+        fifo.close()
 
 
 def jsonl_sink(name: str, path: Path, **options: Any) -> JsonlSink:
@@ -66,27 +101,34 @@ def read_docs(path: Path) -> list[dict[str, Any]]:
 def test_stalled_fifo_with_drop_newest_does_not_stop_the_archive(tmp_path: Path) -> None:
     """A stuck FIFO sink drops exactly what it misses, the archive gets all plus markers."""
     archive_path = tmp_path / "archive.jsonl"
-    with stalled_fifo(tmp_path) as (fifo, reader):
+    batches, size = 200, 5
+    with stalled_fifo(tmp_path) as fifo:
+        assert fifo.capacity() < batches * size * len(PAYLOAD), "the pipe would never fill"
         archive = jsonl_sink("archive", archive_path)
-        pipe = jsonl_sink("pipe", fifo, buffer_bytes=0)
+        pipe = jsonl_sink("pipe", fifo.path, buffer_bytes=0)
         fan = FanOut(
             [archive, pipe],
             [
                 SinkConfig("jsonl", "archive", when_full="block"),
                 SinkConfig("jsonl", "pipe", when_full="drop_newest", queue_max_events=10),
             ],
-            shutdown_timeout_ms=20_000,
+            shutdown_timeout_ms=60_000,
         )
-        batches, size = 200, 5
-        started = time.monotonic()
-        for index in range(batches):
-            fan.submit(make_batch(index * size, size))
-        assert time.monotonic() - started < 10, "the stalled sink held up submit()"
-        drainer, chunks = start_draining(reader)
+
+        def submit_all() -> None:
+            for index in range(batches):
+                fan.submit(make_batch(index * size, size))
+
+        # Nothing reads the FIFO yet, so finishing at all proves submit() did not wait for it.
+        submitter = threading.Thread(target=submit_all, daemon=True)
+        submitter.start()
+        submitter.join(60)
+        assert not submitter.is_alive(), "the stalled sink held up submit()"
+        fifo.start_draining()
         assert fan.close()
-        drainer.join(10)
+        pipe_bytes = fifo.drained()
     total = batches * size
-    pipe_serials = [json.loads(line)["n"] for line in b"".join(chunks).splitlines()]
+    pipe_serials = [json.loads(line)["n"] for line in pipe_bytes.splitlines()]
     stats = fan.stats()
     dropped = stats["pipe"].discarded_by_reason.get("queue_full", 0)
     assert dropped > 0
@@ -112,8 +154,8 @@ def test_stalled_fifo_with_drop_newest_does_not_stop_the_archive(tmp_path: Path)
 
 def test_block_mode_submit_waits_for_the_sink(tmp_path: Path) -> None:
     """With when_full = block, submit() blocks while the FIFO is stuck and loses nothing."""
-    with stalled_fifo(tmp_path) as (fifo, reader):
-        pipe = jsonl_sink("pipe", fifo, buffer_bytes=0)
+    with stalled_fifo(tmp_path) as fifo:
+        pipe = jsonl_sink("pipe", fifo.path, buffer_bytes=0)
         fan = FanOut([pipe], [SinkConfig("jsonl", "pipe", when_full="block", queue_max_events=10)])
         batches, size = 100, 5
 
@@ -125,12 +167,12 @@ def test_block_mode_submit_waits_for_the_sink(tmp_path: Path) -> None:
         submitter.start()
         submitter.join(0.5)
         assert submitter.is_alive(), "submit() should block while the sink cannot write"
-        drainer, chunks = start_draining(reader)
-        submitter.join(20)
+        fifo.start_draining()
+        submitter.join(60)
         assert not submitter.is_alive()
         assert fan.close()
-        drainer.join(10)
-    serials = [json.loads(line)["n"] for line in b"".join(chunks).splitlines()]
+        pipe_bytes = fifo.drained()
+    serials = [json.loads(line)["n"] for line in pipe_bytes.splitlines()]
     assert serials == list(range(batches * size))
     assert fan.stats()["pipe"].component_discarded_events_total == 0
 
@@ -230,8 +272,8 @@ def test_drops_inside_a_sink_become_markers_for_the_others(tmp_path: Path) -> No
 
 def test_shutdown_timeout_bounds_close_and_counts_leftovers(tmp_path: Path) -> None:
     """close() returns after shutdown_timeout_ms and counts what is still queued."""
-    with stalled_fifo(tmp_path) as (fifo, reader):
-        pipe = jsonl_sink("pipe", fifo, buffer_bytes=0)
+    with stalled_fifo(tmp_path) as fifo:
+        pipe = jsonl_sink("pipe", fifo.path, buffer_bytes=0)
         fan = FanOut(
             [pipe],
             [SinkConfig("jsonl", "pipe", when_full="drop_newest", queue_max_events=200)],
@@ -243,8 +285,8 @@ def test_shutdown_timeout_bounds_close_and_counts_leftovers(tmp_path: Path) -> N
         assert fan.close() is False
         elapsed = time.monotonic() - started
         stats = fan.stats()["pipe"]
-        drainer, _ = start_draining(reader)  # unblock the stuck worker so it can finish
-        drainer.join(10)
+        fifo.start_draining()  # unblock the stuck worker so it can finish
+        fifo.drained()
     assert elapsed < 3
     assert stats.discarded_by_reason.get("shutdown_timeout", 0) > 0
     assert stats.component_received_events_total == 500

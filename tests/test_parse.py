@@ -147,9 +147,9 @@ def test_pathological_bodies_stay_fast() -> None:
 
 
 def test_nul_bytes_in_body() -> None:
-    """NUL bytes in raw values are kept as text; NULs in hex proctitle become spaces."""
+    """NUL bytes in raw values are %-escaped; NULs in hex proctitle become spaces."""
     rec = parse_record(SYSCALL, b"audit(1.2:3): comm=a\x00b exe=\"x\x00y\"")
-    assert interpret(rec).data == {"comm": "a\x00b", "exe": "x\x00y"}
+    assert interpret(rec).data == {"comm": "a%00b", "exe": "x%00y"}
     title = parse_record(PROCTITLE, b"audit(1.2:3): proctitle=6368726F6E7964002D71")
     assert interpret(title).data["proctitle"] == "chronyd -q"
 
@@ -164,10 +164,26 @@ def test_invalid_utf8_is_escaped_reversibly() -> None:
     assert unescape(interpret(hexed).data["a0"]) == b"\xffA"
 
 
-def test_decoded_control_characters_stay_text() -> None:
-    """Decoded bytes that are valid UTF-8 keep their control characters (JSON escapes them)."""
-    rec = parse_record(1319, b"audit(1.2:3): data=1B5B410D")
-    assert interpret(rec).data["data"] == "\x1b[A\r"
+def test_decoded_control_characters_are_escaped() -> None:
+    """Decoded bytes with control characters or '%' are %-escaped, so they map back exactly."""
+    rec = parse_record(1319, b"audit(1.2:3): data=1B5B410D25")
+    assert interpret(rec).data["data"] == "%1b[A%0d%25"
+    assert unescape(interpret(rec).data["data"]) == b"\x1b[A\r%"
+
+
+def test_percent_in_plain_ascii_value_is_escaped() -> None:
+    """A '%' in an otherwise plain ASCII raw value becomes %25 (every value is reversible)."""
+    rec = parse_record(SYSCALL, b'audit(1.2:3): comm="100%" pid=7')
+    assert interpret(rec).data == {"comm": "100%25", "pid": "7"}
+
+
+def test_exact_fields_keep_every_byte() -> None:
+    """Fields asked for exactly keep quote/space edges and get hex comm decoded."""
+    rec = parse_record(SYSCALL, b'audit(1.2:3): comm=41004225 exe=" /x\'" pid=1')
+    plain = interpret(rec).data
+    exact = interpret(rec, exact=("comm", "exe")).data
+    assert plain["comm"] == "41004225" and plain["exe"] == "/x"
+    assert exact["comm"] == "A B%25" and exact["exe"] == " /x'"
 
 
 def test_interpret_rules() -> None:

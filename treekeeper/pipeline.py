@@ -12,7 +12,9 @@ from auditstream.config import Config
 from sinks import build_sink
 from sinks.config import sink_configs_from_tables
 from sinks.fanout import FanOut
-from treekeeper.tree import ProcessTable, TableConfig
+from treekeeper import state
+from treekeeper.procfs import LiveProcSource
+from treekeeper.tree import ProcessTable, ReorderWindow, TableConfig
 
 log = logging.getLogger("auditstream.treekeeper")
 Event = dict[str, Any]
@@ -37,69 +39,85 @@ def fanout_stats(fanout: FanOut) -> dict[str, Any]:
 
 
 class TreeStep:
-    """Feeds each event to the process table and enriches it; emits lifecycle events."""
+    """Feeds each event to the process table and enriches it; emits lifecycle events.
+
+    Events pass through a short reorder window (``reorder_window_ms`` of event time) so
+    the table sees forks before the children's execs even when EOEs, or sharded
+    assemblers, deliver them out of order. Markers skip the window.
+    """
 
     def __init__(self, cfg: Config) -> None:
         t = cfg.treekeeper
         self.enabled = t.enabled
         self.event_time = cfg.receiver.source == "file"
-        host = "" if self.event_time else socket.gethostname()
-        self.table = ProcessTable(
-            TableConfig(
-                host=host,
-                exit_grace_ms=t.exit_grace_ms,
-                max_processes=t.max_processes,
-                ancestry_max_depth=t.ancestry_max_depth,
-            )
+        self.state_file = t.state_file
+        table_cfg = TableConfig(
+            host="" if self.event_time else socket.gethostname(),
+            exit_grace_ms=t.exit_grace_ms,
+            max_processes=t.max_processes,
+            ancestry_max_depth=t.ancestry_max_depth,
         )
+        restored = state.load(t.state_file, t.state_max_age_ms, table_cfg) if t.state_file else None
+        self.table = restored or ProcessTable(table_cfg)
+        self.window: ReorderWindow[Event] = ReorderWindow(window_ms=t.reorder_window_ms)
         self.clock_ms = 0
-        self.events_out = 0
         self.lifecycle_events = 0
-        if self.enabled and not self.event_time:
-            from treekeeper.procfs import LiveProcSource
-
+        if self.enabled and not self.event_time and restored is None:
             found = self.table.scan(LiveProcSource())
             log.info("process table started from /proc: %d processes", found)
 
     def _now(self) -> int:
         return self.clock_ms if self.event_time else time.time_ns() // 1_000_000
 
+    def _apply(self, event: Event, out: list[Event]) -> None:
+        doc = event["doc"]
+        lifecycle = self.table.observe(doc)
+        self.table.enrich(doc)
+        out.append(event)
+        if lifecycle:
+            self.lifecycle_events += len(lifecycle)
+            out.extend({"key": event["key"], "raw": [], "doc": life} for life in lifecycle)
+
     def process(self, events: list[Event]) -> list[Event]:
         if not self.enabled:
-            self.events_out += len(events)
             return events
         out: list[Event] = []
-        table = self.table
         for event in events:
-            doc = event["doc"]
-            if event["raw"]:  # markers carry no process
-                lifecycle = table.observe(doc)
-                table.enrich(doc)
-                if self.event_time:
-                    stamp = table.event_ms(doc)
-                    if stamp > self.clock_ms:
-                        self.clock_ms = stamp
-            else:
-                lifecycle = []
-            out.append(event)
-            out.extend({"key": event["key"], "raw": [], "doc": life} for life in lifecycle)
-        self.lifecycle_events += len(out) - len(events)
-        self.events_out += len(out)
+            if not event["raw"]:  # markers carry no process and need no order
+                out.append(event)
+                continue
+            _, sec, msec, serial = event["key"]
+            at_ms = sec * 1000 + msec
+            if at_ms > self.clock_ms:
+                self.clock_ms = at_ms
+            for ready in self.window.push(event, at_ms, serial):
+                self._apply(ready, out)
+        out.extend(self.maintain())
         return out
 
     def maintain(self) -> list[Event]:
+        """Release what the window holds past its time, delete processes past their grace."""
         if not self.enabled:
             return []
-        return self._wrap(self.table.maintain(self._now()))
+        now = self._now()
+        out: list[Event] = []
+        for ready in self.window.due(now):
+            self._apply(ready, out)
+        gone = self.table.maintain(now)
+        out.extend({"key": ["", 0, 0, 0], "raw": [], "doc": d} for d in gone)
+        self.lifecycle_events += len(gone)
+        return out
 
     def close(self) -> list[Event]:
-        return []
-
-    def _wrap(self, docs: list[dict[str, Any]]) -> list[Event]:
-        self.lifecycle_events += len(docs)
-        self.events_out += len(docs)
-        return [{"key": ["", 0, 0, 0], "raw": [], "doc": d} for d in docs]
+        if not self.enabled:
+            return []
+        out: list[Event] = []
+        for ready in self.window.flush():
+            self._apply(ready, out)
+        if self.state_file:
+            state.save(self.table, self.state_file)
+        return out
 
     def stats(self) -> dict[str, Any]:
         tree = dataclasses.asdict(self.table.stats) if self.enabled else {}
-        return {"events_out": self.events_out, "lifecycle_events": self.lifecycle_events, "tree": tree}
+        return {"lifecycle_events": self.lifecycle_events, "tree": tree}

@@ -11,6 +11,7 @@ import zmq
 from auditstream import runtime, wire
 from auditstream.config import Config
 from auditstream.stage import StageContext, merge_stats, write_status
+from treekeeper.control import ControlServer
 from treekeeper.pipeline import TreeStep, build_fanout, fanout_stats
 
 log = logging.getLogger("auditstream.treekeeper")
@@ -29,6 +30,15 @@ def run(cfg: Config, ctx: StageContext) -> int:
         zctx.term()
         return 2
     step = TreeStep(cfg)
+    control = ControlServer(zctx, cfg.runtime.dir)
+    sent = 0
+
+    def submit(batch: list[dict[str, Any]]) -> None:
+        nonlocal sent
+        if batch:
+            sent += len(batch)
+            fanout.submit(batch)
+
     eofs_expected = cfg.assembler.instances
     upstream: dict[str, Any] = {}
     received = 0
@@ -37,27 +47,29 @@ def run(cfg: Config, ctx: StageContext) -> int:
         frame = inlet.recv(IDLE_POLL_MS)
         now = time.monotonic()
         if frame is None:
-            fanout.submit(step.maintain())
+            submit(step.maintain())
             if ctx.stop_requested:
                 break  # upstream is gone and we were told to stop
         elif frame.kind == wire.EVENTS:
             events = frame.body["events"]
             received += len(events)
-            fanout.submit(step.process(events))
+            submit(step.process(events))
         elif frame.kind == wire.EOF_KIND:
             merge_stats(upstream, frame.body.get("stats", {}))
             eofs_expected -= 1
+        control.serve(step.table)
         if now - last_status >= STATUS_EVERY_S:
             last_status = now
             write_status(runtime.status_path(cfg, "treekeeper"), {"received_events": received, "sinks": fanout_stats(fanout)})
-    fanout.submit(step.close())
+    submit(step.close())
     fanout.close()
     stats = {
-        "treekeeper": {"received_events": received, "frame_gaps": inlet.stats.gaps, **step.stats()},
+        "treekeeper": {"received_events": received, "events_out": sent, "frame_gaps": inlet.stats.gaps, **step.stats()},
         "sinks": fanout_stats(fanout),
     }
     merge_stats(upstream, stats)
     write_status(runtime.summary_path(cfg), upstream)
+    control.close()
     inlet.close()
     zctx.term()
     return 0

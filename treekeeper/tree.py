@@ -166,6 +166,14 @@ class ReorderWindow(Generic[T]):
             out.append(heapq.heappop(self._heap)[3])
         return out
 
+    def due(self, now_ms: int) -> list[T]:
+        """Release what is older than the window at ``now_ms`` (live: the wall clock)."""
+        out: list[T] = []
+        limit = now_ms - self.window_ms
+        while self._heap and self._heap[0][0] < limit:
+            out.append(heapq.heappop(self._heap)[3])
+        return out
+
     def flush(self) -> list[T]:
         """Release everything held, in order (end of input)."""
         out = [heapq.heappop(self._heap)[3] for _ in range(len(self._heap))]
