@@ -134,7 +134,7 @@ class EcsUser:
 
 @dataclass(slots=True)
 class Coalesced:
-    """One event, summarised. Strings are JSON-safe (escaped where untrusted)."""
+    """One event, summarised. Strings are JSON-safe: text from the records is escaped."""
 
     sec: int
     msec: int
