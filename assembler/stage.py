@@ -41,8 +41,13 @@ class Assembly:
             timeout_ms=cfg.assembler.event_timeout_ms,
         )
         self.counts: dict[str, int] = {
-            "records": 0, "parse_errors": 0, "events": 0, "lost_events": 0,
-            "lost_markers": 0, "interpret_errors": 0, "kernel_loss_markers": 0,
+            "records": 0,
+            "parse_errors": 0,
+            "events": 0,
+            "lost_events": 0,
+            "lost_markers": 0,
+            "interpret_errors": 0,
+            "kernel_loss_markers": 0,
         }
         self.warn = RateLimitedLog(log)
 
@@ -54,7 +59,9 @@ class Assembly:
             self.counts["interpret_errors"] += 1
             self.warn.warning("interpret", "cannot interpret event %s: %r", records[0].serial, err)
             for rec in records:
-                self.out.append(parse_error_event(rec.type, rec.data, rec.node, f"interpret: {err!r}"))
+                self.out.append(
+                    parse_error_event(rec.type, rec.data, rec.node, f"interpret: {err!r}")
+                )
 
     def _lost(self, lost: LostRange) -> None:
         self.counts["lost_events"] += lost.count
@@ -102,8 +109,12 @@ class Assembly:
 
 def run(cfg: Config, ctx: StageContext) -> int:
     zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    inlet = wire.Inlet(zctx, runtime.assembler_endpoint(cfg, ctx.index), hwm=cfg.runtime.hwm_messages)
-    outlet = wire.Outlet(zctx, runtime.treekeeper_endpoint(cfg), sender=ctx.index, hwm=cfg.runtime.hwm_messages)
+    inlet = wire.Inlet(
+        zctx, runtime.assembler_endpoint(cfg, ctx.index), hwm=cfg.runtime.hwm_messages
+    )
+    outlet = wire.Outlet(
+        zctx, runtime.treekeeper_endpoint(cfg), sender=ctx.index, hwm=cfg.runtime.hwm_messages
+    )
     assembly = Assembly(cfg, event_time=cfg.receiver.source == "file")
 
     def ship() -> None:

@@ -24,7 +24,9 @@ def sink_table(arg: str) -> dict[str, Any]:
         return {"type": "jsonl", "name": "stdout", "path": "-"}
     kind, sep, target = arg.partition(":")
     if not sep or not target:
-        raise config_mod.ConfigError(f"--sink {arg!r}: expected TYPE:TARGET, e.g. jsonl:events.jsonl")
+        raise config_mod.ConfigError(
+            f"--sink {arg!r}: expected TYPE:TARGET, e.g. jsonl:events.jsonl"
+        )
     if kind in ("jsonl", "file"):
         return {"type": kind, "name": arg, "path": target}
     if kind == "kafka":
@@ -79,7 +81,9 @@ def _print_summary(cfg: config_mod.Config) -> None:
     rec = stats.get("receiver", {})
     asm = stats.get("assembler", {})
     sinks = stats.get("sinks", {})
-    sent = ", ".join(f"{name} {s.get('component_sent_events_total', 0)}" for name, s in sinks.items())
+    sent = ", ".join(
+        f"{name} {s.get('component_sent_events_total', 0)}" for name, s in sinks.items()
+    )
     print(
         f"auditstream: {rec.get('records', 0)} records read, "
         f"{stats.get('treekeeper', {}).get('events_out', asm.get('events', 0))} events out, "
@@ -153,12 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("-c", "--config", help="TOML configuration file")
-        p.add_argument("--sink", action="append", metavar="TYPE:TARGET",
-                       help="jsonl:PATH (- = stdout), file:PATH, kafka:BROKERS/TOPIC; repeatable")
+        p.add_argument(
+            "--sink",
+            action="append",
+            metavar="TYPE:TARGET",
+            help="jsonl:PATH (- = stdout), file:PATH, kafka:BROKERS/TOPIC; repeatable",
+        )
         p.add_argument("--assemblers", type=int, help="number of assembler processes")
         p.add_argument("--log-json", action="store_true", help="log as JSON lines on stderr")
 
-    p = sub.add_parser("replay", help="replay audit.log files (or - for stdin) through the pipeline")
+    p = sub.add_parser(
+        "replay", help="replay audit.log files (or - for stdin) through the pipeline"
+    )
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
     p.add_argument("--follow", action="store_true", help="keep reading the last file as it grows")
@@ -167,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="capture live from the kernel")
     p.add_argument("--source", help="netlink (default), multicast, stdin, unix:PATH")
-    p.add_argument("--record", metavar="PATH", help="also write every raw record to PATH (replayable)")
+    p.add_argument(
+        "--record", metavar="PATH", help="also write every raw record to PATH (replayable)"
+    )
     p.add_argument("--takeover", action="store_true", help="take the audit PID from its holder")
     common(p)
     p.set_defaults(func=cmd_run)

@@ -45,7 +45,8 @@ def _pipeline_status(run_dir: Path) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     run_dir = Path(args.runtime_dir)
-    report = {"kernel": _kernel_status(), "pipeline": _pipeline_status(run_dir)}
+    pipeline = _pipeline_status(run_dir)
+    report = {"kernel": _kernel_status(), "pipeline": pipeline}
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
@@ -55,20 +56,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     if isinstance(kernel, str):
         print(f"  {kernel}")
     else:
-        for key in ("enabled", "pid", "pid_command", "lost", "backlog", "backlog_limit",
-                    "backlog_wait_time", "rate_limit", "failure"):
+        for key in (
+            "enabled",
+            "pid",
+            "pid_command",
+            "lost",
+            "backlog",
+            "backlog_limit",
+            "backlog_wait_time",
+            "rate_limit",
+            "failure",
+        ):
             if key in kernel:
                 print(f"  {key:18} {kernel[key]}")
     print(f"pipeline ({run_dir}):")
-    if not report["pipeline"]:
-        print("  not running (no status files)" if os.access(run_dir, os.R_OK) else f"  cannot read {run_dir}")
-    for stage, data in report["pipeline"].items():
+    if not pipeline:
+        print(
+            "  not running (no status files)"
+            if os.access(run_dir, os.R_OK)
+            else f"  cannot read {run_dir}"
+        )
+    for stage, data in pipeline.items():
         print(f"  {stage}: {json.dumps(data, sort_keys=True)}")
     return 0
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("status", help="kernel audit status and pipeline counters")
-    p.add_argument("--runtime-dir", default=runtime.LIVE_DEFAULT_DIR, help="the running pipeline's runtime dir")
+    p.add_argument(
+        "--runtime-dir", default=runtime.LIVE_DEFAULT_DIR, help="the running pipeline's runtime dir"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)

@@ -23,7 +23,9 @@ def fetch(run_dir: str, timeout_ms: int = 5000) -> list[dict[str, Any]]:
         sock.connect(control_endpoint(run_dir))
         sock.send_json({"get": "tree"})
         if not sock.poll(timeout_ms):
-            raise TimeoutError(f"no answer from the tree keeper in {run_dir} (is `auditstream run` running?)")
+            raise TimeoutError(
+                f"no answer from the tree keeper in {run_dir} (is `auditstream run` running?)"
+            )
         reply = sock.recv_json()
     finally:
         sock.close()
@@ -55,8 +57,11 @@ def render(processes: list[dict[str, Any]], out: Any) -> None:
             if child.get("container_id") == proc.get("container_id"):
                 walk(child, depth + 1)
 
-    roots_host = [p for p in processes if not p.get("container_id")
-                  and (p.get("parent_entity_id") not in by_id)]
+    roots_host = [
+        p
+        for p in processes
+        if not p.get("container_id") and (p.get("parent_entity_id") not in by_id)
+    ]
     out.write("host:\n")
     for root in sorted(roots_host, key=lambda p: p["pid"]):
         walk(root, 1)
@@ -66,7 +71,11 @@ def render(processes: list[dict[str, Any]], out: Any) -> None:
             containers[proc["container_id"]].append(proc)
     for cid, procs in sorted(containers.items()):
         out.write(f"container {cid} ({procs[0].get('container_runtime') or '?'}):\n")
-        roots = [p for p in procs if by_id.get(p.get("parent_entity_id") or "", {}).get("container_id") != cid]
+        roots = [
+            p
+            for p in procs
+            if by_id.get(p.get("parent_entity_id") or "", {}).get("container_id") != cid
+        ]
         for root in sorted(roots, key=lambda p: p["pid"]):
             walk(root, 1)
 
@@ -78,7 +87,9 @@ def cmd_tree(args: argparse.Namespace) -> int:
         print(f"auditstream: {err}", file=sys.stderr)
         return 1
     if args.container:
-        processes = [p for p in processes if (p.get("container_id") or "").startswith(args.container)]
+        processes = [
+            p for p in processes if (p.get("container_id") or "").startswith(args.container)
+        ]
     if args.json:
         json.dump(processes, sys.stdout)
         print()

@@ -67,7 +67,9 @@ class TreekeeperConfig:
     max_processes: int = 131072
     state_file: str = ""
     state_max_age_ms: int = 600_000
-    reorder_window_ms: int = 250  # hold events this long so forks are seen before their children's execs
+    reorder_window_ms: int = (
+        250  # hold events this long so forks are seen before their children's execs
+    )
 
 
 @dataclass(slots=True)
@@ -146,7 +148,9 @@ def validate(cfg: Config) -> None:
     where = cfg.source_path or "<config>"
     src = cfg.receiver.source
     if src not in SOURCES and not src.startswith("unix:"):
-        raise ConfigError(f"{where}: [receiver].source {src!r} is not one of {SOURCES} or unix:PATH")
+        raise ConfigError(
+            f"{where}: [receiver].source {src!r} is not one of {SOURCES} or unix:PATH"
+        )
     if cfg.receiver.when_full not in ("block", "drop_newest"):
         raise ConfigError(f"{where}: [receiver].when_full must be block or drop_newest")
     if cfg.runtime.log_format not in ("text", "json"):

@@ -8,7 +8,7 @@ import sys
 try:  # python-json-logger >= 3
     from pythonjsonlogger.json import JsonFormatter
 except ImportError:  # pragma: no cover - 2.x layout
-    from pythonjsonlogger.jsonlogger import JsonFormatter  # type: ignore[no-redef]
+    from pythonjsonlogger.jsonlogger import JsonFormatter  # type: ignore[attr-defined,no-redef,unused-ignore]
 
 
 def setup(component: str, *, fmt: str = "text", level: str = "info") -> logging.Logger:
@@ -18,11 +18,17 @@ def setup(component: str, *, fmt: str = "text", level: str = "info") -> logging.
         handler.setFormatter(
             JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",
-                rename_fields={"asctime": "@timestamp", "levelname": "log.level", "name": "log.logger"},
+                rename_fields={
+                    "asctime": "@timestamp",
+                    "levelname": "log.level",
+                    "name": "log.logger",
+                },
             )
         )
     else:
-        handler.setFormatter(logging.Formatter(f"auditstream[{component}] %(levelname)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(f"auditstream[{component}] %(levelname)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

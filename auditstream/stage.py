@@ -58,8 +58,12 @@ def stage_main(
     argv: list[str] | None = None,
 ) -> int:
     """Entry point of ``python -m <stage> --config FILE``."""
-    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=f"auditstream {name} stage")
-    parser.add_argument("--config", "-c", required=True, help="TOML config (or the supervisor's JSON)")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {name}", description=f"auditstream {name} stage"
+    )
+    parser.add_argument(
+        "--config", "-c", required=True, help="TOML config (or the supervisor's JSON)"
+    )
     parser.add_argument("--index", type=int, default=0, help="instance number (assemblers)")
     args = parser.parse_args(argv)
     try:

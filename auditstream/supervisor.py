@@ -44,7 +44,9 @@ class RestartPolicy:
 
 
 class Supervisor:
-    def __init__(self, config_path: Path, *, assemblers: int, receiver_stdin: bool, policy: RestartPolicy) -> None:
+    def __init__(
+        self, config_path: Path, *, assemblers: int, receiver_stdin: bool, policy: RestartPolicy
+    ) -> None:
         py = sys.executable
         conf = ["--config", str(config_path)]
         # Start order is downstream first: each stage binds its input before anyone pushes.
@@ -53,7 +55,9 @@ class Supervisor:
             StageProcess(f"assembler-{i}", [py, "-m", "assembler", *conf, "--index", str(i)])
             for i in range(assemblers)
         ]
-        self.stages.append(StageProcess("receiver", [py, "-m", "receiver", *conf], stdin_inherit=receiver_stdin))
+        self.stages.append(
+            StageProcess("receiver", [py, "-m", "receiver", *conf], stdin_inherit=receiver_stdin)
+        )
         self.policy = policy
         self.stop_requested = 0
         self.failed: list[str] = []
@@ -132,7 +136,12 @@ class Supervisor:
                 stage.restart_at = now + stage.backoff_s
                 stage.backoff_s = min(stage.backoff_s * 2, self.policy.max_backoff_s)
                 return
-            log.error("%s died %d times within %.0f s; giving up", stage.name, len(stage.restarts), self.policy.window_s)
+            log.error(
+                "%s died %d times within %.0f s; giving up",
+                stage.name,
+                len(stage.restarts),
+                self.policy.window_s,
+            )
             self.gave_up = True
         else:
             log.error("%s failed (%s); stopping the pipeline", stage.name, how)

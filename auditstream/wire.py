@@ -80,7 +80,9 @@ class InletStats:
 class Inlet:
     """The receiving end of one hop: a bound PULL socket that counts sequence gaps."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, *, hwm: int = 64) -> None:
+    def __init__(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, *, hwm: int = 64
+    ) -> None:
         self.sock = ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, 0)

@@ -55,7 +55,9 @@ class Writer:
         return lines
 
 
-def syscall(nr: int, exit_: int, pid: int, ppid: int, comm: str, exe: str, items: int, a0: str = "0") -> str:
+def syscall(
+    nr: int, exit_: int, pid: int, ppid: int, comm: str, exe: str, items: int, a0: str = "0"
+) -> str:
     return (
         f"arch=c000003e syscall={nr} success=yes exit={exit_} a0={a0} a1=7ffd2a4c a2=0 a3=0 items={items} "
         f"ppid={ppid} pid={pid} auid=1000 uid=1000 gid=1000 euid=1000 suid=1000 fsuid=1000 egid=1000 "
@@ -75,30 +77,54 @@ def process_events(w: Writer, pid: int, shell_pid: int) -> list[list[str]]:
     comm = argv[0][:15]
     title = "\x00".join(argv)
     events = [
-        w.event([
-            ("SYSCALL", syscall(56, pid, shell_pid, 1, "bash", "/usr/bin/bash", 0, a0="1200011")),
-            ("PROCTITLE", "proctitle=2D62617368"),
-        ]),
-        w.event([
-            ("SYSCALL", syscall(59, 0, pid, shell_pid, comm, exe, 2)),
-            ("EXECVE", f"argc={len(argv)} " + " ".join(f"a{i}={untrusted(a)}" for i, a in enumerate(argv))),
-            ("CWD", 'cwd="/home/user"'),
-            ("PATH", path(0, exe)),
-            ("PATH", path(1, "/lib64/ld-linux-x86-64.so.2")),
-            ("PROCTITLE", f"proctitle={hexs(title)}"),
-        ]),
+        w.event(
+            [
+                (
+                    "SYSCALL",
+                    syscall(56, pid, shell_pid, 1, "bash", "/usr/bin/bash", 0, a0="1200011"),
+                ),
+                ("PROCTITLE", "proctitle=2D62617368"),
+            ]
+        ),
+        w.event(
+            [
+                ("SYSCALL", syscall(59, 0, pid, shell_pid, comm, exe, 2)),
+                (
+                    "EXECVE",
+                    f"argc={len(argv)} "
+                    + " ".join(f"a{i}={untrusted(a)}" for i, a in enumerate(argv)),
+                ),
+                ("CWD", 'cwd="/home/user"'),
+                ("PATH", path(0, exe)),
+                ("PATH", path(1, "/lib64/ld-linux-x86-64.so.2")),
+                ("PROCTITLE", f"proctitle={hexs(title)}"),
+            ]
+        ),
     ]
     for name in random.sample(FILES, 2):
-        events.append(w.event([
-            ("SYSCALL", syscall(257, 3, pid, shell_pid, comm, exe, 1, a0="ffffff9c")),
-            ("CWD", 'cwd="/home/user"'),
-            ("PATH", path(0, name)),
-            ("PROCTITLE", f"proctitle={hexs(title)}"),
-        ]))
-    events.append(w.event([
-        ("SYSCALL", syscall(231, 0, pid, shell_pid, comm, exe, 0).replace(" success=yes exit=0", "")),
-        ("PROCTITLE", f"proctitle={hexs(title)}"),
-    ]))
+        events.append(
+            w.event(
+                [
+                    ("SYSCALL", syscall(257, 3, pid, shell_pid, comm, exe, 1, a0="ffffff9c")),
+                    ("CWD", 'cwd="/home/user"'),
+                    ("PATH", path(0, name)),
+                    ("PROCTITLE", f"proctitle={hexs(title)}"),
+                ]
+            )
+        )
+    events.append(
+        w.event(
+            [
+                (
+                    "SYSCALL",
+                    syscall(231, 0, pid, shell_pid, comm, exe, 0).replace(
+                        " success=yes exit=0", ""
+                    ),
+                ),
+                ("PROCTITLE", f"proctitle={hexs(title)}"),
+            ]
+        )
+    )
     return events
 
 
@@ -116,7 +142,7 @@ def generate(lines: int, enriched: bool, seed: int = 7) -> list[str]:
             a, b = pending.pop(0), pending.pop(0)
             if random.random() < 0.2:
                 merged = [x for pair in zip(a, b, strict=False) for x in pair]
-                merged += a[len(b):] + b[len(a):]
+                merged += a[len(b) :] + b[len(a) :]
                 out.extend(merged)
             else:
                 out.extend(a + b)

@@ -14,11 +14,11 @@ from auditstream import runtime
 from auditstream.config import Config
 from auditstream.stage import StageContext, write_status
 from receiver.kernel import AuditHeld, AuditStatus, KernelSession
+from receiver.logsource import SourceError
 from receiver.netlink import NetlinkSource
 from receiver.rules import KernelSettings, Rule, RuleError, load_rules
 from receiver.shipper import RecordShipper
 from receiver.stage import LineCounters, lines_to_records
-from receiver.logsource import SourceError
 
 log = logging.getLogger("auditstream.receiver")
 DEFAULT_RULES = Path(__file__).with_name("default.rules")
@@ -83,7 +83,9 @@ def run_netlink(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[
         if multicast:
             source = NetlinkSource(multicast=True, rcvbuf_bytes=cfg.receiver.rcvbuf_bytes)
             source.open()
-            log.info("reading the kernel's multicast audit group (read-only; auditd keeps the audit PID)")
+            log.info(
+                "reading the kernel's multicast audit group (read-only; auditd keeps the audit PID)"
+            )
         else:
             rules, settings = _rules_and_settings(cfg)
             try:
@@ -94,7 +96,9 @@ def run_netlink(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[
                     "use --source multicast to read beside it, or --takeover"
                 ) from held
             if session.immutable:
-                log.warning("kernel audit configuration is immutable (enabled 2): rules and settings left as they are")
+                log.warning(
+                    "kernel audit configuration is immutable (enabled 2): rules and settings left as they are"
+                )
             log.info("kernel audit: pid %d registered, %d rules loaded", os.getpid(), len(rules))
             source = session.records_source()
         counters = KernelCounters(session.status())
@@ -106,8 +110,12 @@ def run_netlink(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[
 
 
 def _read_loop(
-    cfg: Config, ctx: StageContext, shipper: RecordShipper, source: NetlinkSource,
-    session: KernelSession, counters: KernelCounters,
+    cfg: Config,
+    ctx: StageContext,
+    shipper: RecordShipper,
+    source: NetlinkSource,
+    session: KernelSession,
+    counters: KernelCounters,
 ) -> dict[str, Any]:
     poller = select.poll()
     poller.register(source.fileno(), select.POLLIN)
@@ -122,7 +130,9 @@ def _read_loop(
                 shipper.add(records)
         shipper.flush_due()
         if source.overruns != overruns:
-            shipper.add([_marker_record(SOCKET_OVERRUN_TYPE, f"overruns={source.overruns - overruns}")])
+            shipper.add(
+                [_marker_record(SOCKET_OVERRUN_TYPE, f"overruns={source.overruns - overruns}")]
+            )
             overruns = source.overruns
         now = time.monotonic()
         if now >= next_status:
@@ -131,13 +141,23 @@ def _read_loop(
             risen = counters.update(status)
             if risen:
                 log.warning("kernel lost %d audit records (backlog %d)", risen, status.backlog)
-                shipper.add([_marker_record(KERNEL_LOST_TYPE, f"lost={risen} backlog={status.backlog}")])
-            write_status(status_file, {
-                "kernel": {"lost": status.lost, "backlog": status.backlog, "enabled": status.enabled,
-                           "pid": status.pid, "backlog_limit": status.backlog_limit},
-                "records": shipper.stats.records,
-                "socket_overruns": source.overruns,
-            })
+                shipper.add(
+                    [_marker_record(KERNEL_LOST_TYPE, f"lost={risen} backlog={status.backlog}")]
+                )
+            write_status(
+                status_file,
+                {
+                    "kernel": {
+                        "lost": status.lost,
+                        "backlog": status.backlog,
+                        "enabled": status.enabled,
+                        "pid": status.pid,
+                        "backlog_limit": status.backlog_limit,
+                    },
+                    "records": shipper.stats.records,
+                    "socket_overruns": source.overruns,
+                },
+            )
     # Drain what the kernel already queued for us before we go.
     while records := source.read_records(READ_MAX_RECORDS):
         shipper.add(records)

@@ -68,7 +68,9 @@ class ProgressBar:
         p = self.source.progress
         pct = f"{100 * p.done_bytes / p.total_bytes:5.1f}%" if p.total_bytes else "  -  "
         rate = self.counters.lines / max(now - self.started, 1e-6)
-        sys.stderr.write(f"\r{pct} {self.counters.lines:>10} lines {rate:>9.0f} lines/s  {p.name[-40:]}")
+        sys.stderr.write(
+            f"\r{pct} {self.counters.lines:>10} lines {rate:>9.0f} lines/s  {p.name[-40:]}"
+        )
         if final:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -90,7 +92,10 @@ def run_log_source(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> di
     if bar:
         bar.tick(final=True)
     if counters.bad_lines:
-        log.warning("%d lines were not audit records; they are reported as parse-error events", counters.bad_lines)
+        log.warning(
+            "%d lines were not audit records; they are reported as parse-error events",
+            counters.bad_lines,
+        )
     return {
         "lines": counters.lines,
         "bad_lines": counters.bad_lines,
@@ -109,7 +114,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
     with ExitStack() as stack:
         record_to: BinaryIO | None = None
         if cfg.receiver.record:
-            record_to = stack.enter_context(open(cfg.receiver.record, "ab"))  # noqa: SIM115
+            record_to = stack.enter_context(open(cfg.receiver.record, "ab"))
         shipper = RecordShipper(
             outlets,
             batch_max_records=cfg.receiver.batch_max_records,

@@ -27,7 +27,12 @@ def _kernel_audit_state() -> tuple[str, str] | None:
     if os.geteuid() != 0 or shutil.which("auditctl") is None:
         return None
     status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, check=False).stdout
-    keep = [ln for ln in status.splitlines() if ln.split(" ")[0] in ("enabled", "pid", "backlog_limit", "rate_limit", "failure", "backlog_wait_time")]
+    keep = [
+        ln
+        for ln in status.splitlines()
+        if ln.split(" ")[0]
+        in ("enabled", "pid", "backlog_limit", "rate_limit", "failure", "backlog_wait_time")
+    ]
     rules = subprocess.run(["auditctl", "-l"], capture_output=True, text=True, check=False).stdout
     return "\n".join(keep), rules
 
@@ -42,4 +47,6 @@ def kernel_audit_restored() -> Iterator[None]:
     before = _kernel_audit_state()
     yield
     after = _kernel_audit_state()
-    assert before == after, f"kernel audit state changed by the tests:\nbefore={before}\nafter={after}"
+    assert before == after, (
+        f"kernel audit state changed by the tests:\nbefore={before}\nafter={after}"
+    )

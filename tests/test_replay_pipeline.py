@@ -23,10 +23,16 @@ SUMMARY = re.compile(
 )
 
 
-def replay(*args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+def replay(
+    *args: str, stdin: bytes | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "auditstream", "replay", *args],
-        input=stdin, capture_output=True, timeout=timeout, cwd=REPO, check=False,
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
     )
 
 
@@ -58,13 +64,19 @@ def test_replay_corpus_log_through_three_processes(tmp_path: Path) -> None:
     events = audit_events(jsonl(out))
     ids = {f"{e['@timestamp']}:{e['event']['sequence']}" for e in events}
     assert len(events) == len(ids) == len(audit_ids(log.read_bytes()))
-    records, out_count, lost, bad = summary(result)
+    records, _out, _lost, bad = summary(result)
     assert records == len(log.read_bytes().splitlines())
     assert bad == 0
     syscalls = [e for e in events if e["auditd"]["message_type"] == "syscall"]
     assert len(syscalls) == 7 and all(e["process"]["pid"] > 0 for e in syscalls)
-    assert {e["auditd"]["data"]["syscall"] for e in syscalls} >= {"select", "rt_sigaction", "clock_gettime"}
-    pids = re.findall(rb"stage pids: receiver=(\d+) assembler-0=(\d+) treekeeper=(\d+)", result.stderr)
+    assert {e["auditd"]["data"]["syscall"] for e in syscalls} >= {
+        "select",
+        "rt_sigaction",
+        "clock_gettime",
+    }
+    pids = re.findall(
+        rb"stage pids: receiver=(\d+) assembler-0=(\d+) treekeeper=(\d+)", result.stderr
+    )
     assert pids and len(set(pids[0])) == 3 and str(os.getpid()).encode() not in pids[0]
 
 
@@ -77,7 +89,9 @@ def test_replay_several_files_gzip_and_stdin_in_order(tmp_path: Path) -> None:
     assert replay(str(gz), "--sink", f"jsonl:{out_a}").returncode == 0
     assert replay("-", "--sink", f"jsonl:{out_b}", stdin=normal).returncode == 0
     seq = [e["event"]["sequence"] for e in audit_events(jsonl(out_a))]
-    assert seq == [e["event"]["sequence"] for e in audit_events(jsonl(out_b))] == [58, 59, 60, 61, 62]
+    assert (
+        seq == [e["event"]["sequence"] for e in audit_events(jsonl(out_b))] == [58, 59, 60, 61, 62]
+    )
 
 
 def test_lost_messages_become_a_marker_with_the_range(tmp_path: Path) -> None:
@@ -130,7 +144,9 @@ def test_bad_config_key_names_key_and_file(tmp_path: Path) -> None:
     conf.write_text("[assembler]\nevent_timeout = 5\n")
     result = subprocess.run(
         [sys.executable, "-m", "auditstream", "check-config", "-c", str(conf)],
-        capture_output=True, check=False, cwd=REPO,
+        capture_output=True,
+        check=False,
+        cwd=REPO,
     )
     assert result.returncode == 2
     assert b"event_timeout" in result.stderr and str(conf).encode() in result.stderr
@@ -139,8 +155,17 @@ def test_bad_config_key_names_key_and_file(tmp_path: Path) -> None:
 def test_example_config_checks_out() -> None:
     """The shipped example configuration is valid."""
     result = subprocess.run(
-        [sys.executable, "-m", "auditstream", "check-config", "-c", "deploy/auditstream.example.toml"],
-        capture_output=True, check=False, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "auditstream",
+            "check-config",
+            "-c",
+            "deploy/auditstream.example.toml",
+        ],
+        capture_output=True,
+        check=False,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
 
@@ -155,21 +180,35 @@ def test_enriched_laurel_logs_replay(corpus: Path, tmp_path: Path) -> None:
     expected = set()
     for log in logs:
         expected |= audit_ids(log.read_bytes())
-    assert {str(e["event"]["sequence"]) for e in events} == {i.split(b":")[1].decode() for i in expected}
+    assert {str(e["event"]["sequence"]) for e in events} == {
+        i.split(b":")[1].decode() for i in expected
+    }
     node = [e for e in events if e.get("host", {}).get("name") == "work"]
     assert node, "node= prefix reaches host.name"
 
 
-@pytest.mark.skipif(shutil.which("ausearch") is None, reason="ausearch (Debian package auditd) not installed")
+@pytest.mark.skipif(
+    shutil.which("ausearch") is None, reason="ausearch (Debian package auditd) not installed"
+)
 def test_file_sink_is_read_by_ausearch_as_the_input(tmp_path: Path) -> None:
     """`ausearch -if` finds as many events in the file sink's output as in the input log."""
     log = tmp_path / "in.log"
-    subprocess.run([sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", "3000", "--out", str(log)], check=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", "3000", "--out", str(log)],
+        check=True,
+    )
     out = tmp_path / "copy.log"
-    assert replay(str(log), "--sink", f"file:{out}", "--sink", f"jsonl:{tmp_path / 'e.jsonl'}").returncode == 0
+    assert (
+        replay(
+            str(log), "--sink", f"file:{out}", "--sink", f"jsonl:{tmp_path / 'e.jsonl'}"
+        ).returncode
+        == 0
+    )
 
     def count(path: Path) -> int:
-        res = subprocess.run(["ausearch", "-if", str(path), "--raw"], capture_output=True, check=False)
+        res = subprocess.run(
+            ["ausearch", "-if", str(path), "--raw"], capture_output=True, check=False
+        )
         return len(audit_ids(res.stdout))
 
     assert count(out) == count(log) == len(audit_ids(log.read_bytes()))

@@ -23,18 +23,20 @@ def snapshot(table: ProcessTable) -> list[dict[str, Any]]:
         if proc.exited_at is not None or proc.tentative:
             continue
         parent = table.get(proc.parent) if proc.parent else None
-        out.append({
-            "pid": proc.pid,
-            "ppid": proc.ppid,
-            "entity_id": proc.entity_id,
-            "parent_entity_id": parent.entity_id if parent else None,
-            "executable": proc.executable,
-            "name": proc.name,
-            "args": proc.args,
-            "container_id": proc.container.id if proc.container else None,
-            "container_runtime": proc.container.runtime if proc.container else None,
-            "inferred": proc.inferred,
-        })
+        out.append(
+            {
+                "pid": proc.pid,
+                "ppid": proc.ppid,
+                "entity_id": proc.entity_id,
+                "parent_entity_id": parent.entity_id if parent else None,
+                "executable": proc.executable,
+                "name": proc.name,
+                "args": proc.args,
+                "container_id": proc.container.id if proc.container else None,
+                "container_runtime": proc.container.runtime if proc.container else None,
+                "inferred": proc.inferred,
+            }
+        )
     return out
 
 

@@ -60,11 +60,19 @@ def run(cfg: Config, ctx: StageContext) -> int:
         control.serve(step.table)
         if now - last_status >= STATUS_EVERY_S:
             last_status = now
-            write_status(runtime.status_path(cfg, "treekeeper"), {"received_events": received, "sinks": fanout_stats(fanout)})
+            write_status(
+                runtime.status_path(cfg, "treekeeper"),
+                {"received_events": received, "sinks": fanout_stats(fanout)},
+            )
     submit(step.close())
     fanout.close()
     stats = {
-        "treekeeper": {"received_events": received, "events_out": sent, "frame_gaps": inlet.stats.gaps, **step.stats()},
+        "treekeeper": {
+            "received_events": received,
+            "events_out": sent,
+            "frame_gaps": inlet.stats.gaps,
+            **step.stats(),
+        },
         "sinks": fanout_stats(fanout),
     }
     merge_stats(upstream, stats)
