@@ -103,6 +103,7 @@ def _start(cfg: config_mod.Config, *, live: bool, receiver_stdin: bool) -> int:
         assemblers=cfg.assembler.instances,
         receiver_stdin=receiver_stdin,
         policy=RestartPolicy(enabled=live),
+        ready_file=runtime.ready_path(cfg),
     )
     code = supervisor.run()
     _print_summary(cfg)

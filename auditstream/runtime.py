@@ -43,3 +43,8 @@ def summary_path(cfg: Config) -> Path:
 
 def status_path(cfg: Config, stage: str) -> Path:
     return Path(cfg.runtime.dir) / f"status-{stage}.json"
+
+
+def ready_path(cfg: Config) -> Path:
+    """The tree keeper creates it once its sinks are open; upstream stages start after."""
+    return Path(cfg.runtime.dir) / "treekeeper.ready"

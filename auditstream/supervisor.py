@@ -19,6 +19,8 @@ log = logging.getLogger("auditstream.supervisor")
 
 POLL_S = 0.05
 STOP_GRACE_S = 30.0  # how long a stage may take to drain after its upstream stopped
+FAIL_GRACE_S = 3.0  # after a stage failed, nothing downstream of it can drain: do not wait long
+READY_TIMEOUT_S = 120.0  # sinks' start-up checks (a Kafka health check takes up to its timeout)
 
 
 @dataclass(slots=True)
@@ -45,7 +47,13 @@ class RestartPolicy:
 
 class Supervisor:
     def __init__(
-        self, config_path: Path, *, assemblers: int, receiver_stdin: bool, policy: RestartPolicy
+        self,
+        config_path: Path,
+        *,
+        assemblers: int,
+        receiver_stdin: bool,
+        policy: RestartPolicy,
+        ready_file: Path | None = None,
     ) -> None:
         py = sys.executable
         conf = ["--config", str(config_path)]
@@ -59,6 +67,7 @@ class Supervisor:
             StageProcess("receiver", [py, "-m", "receiver", *conf], stdin_inherit=receiver_stdin)
         )
         self.policy = policy
+        self.ready_file = ready_file
         self.stop_requested = 0
         self.failed: list[str] = []
         self.gave_up = False
@@ -79,7 +88,12 @@ class Supervisor:
         """Run until every stage has exited; return the process exit code."""
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            for stage in self.stages:
+            # The tree keeper opens the sinks first: a bad sink fails the start, not later.
+            self._spawn(self.stages[0])
+            if not self._wait_ready(self.stages[0]):
+                self.failed.append(self.stages[0].name)
+                return 1
+            for stage in self.stages[1:]:
                 self._spawn(stage)
             pids = " ".join(f"{s.name}={s.proc.pid}" for s in reversed(self.stages) if s.proc)
             log.info("stage pids: %s", pids)
@@ -88,6 +102,23 @@ class Supervisor:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
         return 0 if not self.failed else 1
+
+    def _wait_ready(self, stage: StageProcess) -> bool:
+        if self.ready_file is None:
+            return True
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self.ready_file.exists():
+            code = stage.proc.poll() if stage.proc else None
+            if code is not None:
+                stage.exit_code = code
+                log.error("%s could not start (exit code %s)", stage.name, code)
+                return False
+            if self.stop_requested or time.monotonic() > deadline:
+                log.error("%s did not become ready; stopping", stage.name)
+                self._terminate_all(signal.SIGTERM)
+                return False
+            time.sleep(POLL_S)
+        return True
 
     def _loop(self) -> None:
         signalled = 0
@@ -103,8 +134,9 @@ class Supervisor:
                     receiver.proc.send_signal(signal.SIGTERM)
                 else:
                     self._terminate_all(signal.SIGTERM)
-            if stop_started is not None and now - stop_started > STOP_GRACE_S:
-                log.error("stages did not drain within %.0f s; killing them", STOP_GRACE_S)
+            grace = FAIL_GRACE_S if self.failed else STOP_GRACE_S
+            if stop_started is not None and now - stop_started > grace:
+                log.error("stages did not drain within %.0f s; killing them", grace)
                 self._terminate_all(signal.SIGKILL)
                 stop_started = now
             alive = False

@@ -30,6 +30,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
         zctx.term()
         return 2
     step = TreeStep(cfg)
+    runtime.ready_path(cfg).touch(mode=0o600)
     control = ControlServer(zctx, cfg.runtime.dir)
     sent = 0
 
@@ -77,6 +78,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
     }
     merge_stats(upstream, stats)
     write_status(runtime.summary_path(cfg), upstream)
+    runtime.ready_path(cfg).unlink(missing_ok=True)
     control.close()
     inlet.close()
     zctx.term()
