@@ -136,9 +136,13 @@ class _OpenEvent(Generic[RecordT]):
 class _NodeSerials:
     """One node's serial space: unwrapping, completed-but-unsettled serials, frontier."""
 
-    __slots__ = ("completed_at", "frontier", "last_seen", "pending")
+    __slots__ = ("completed_at", "frontier", "last_seen", "offset", "pending", "stride")
 
-    def __init__(self) -> None:
+    def __init__(self, stride: int = 1, offset: int = 0) -> None:
+        # With N sharded assemblers this one sees only serials offset, offset+N, …:
+        # gaps are tracked on serial // N, and reported back in kernel serials.
+        self.stride = stride
+        self.offset = offset
         # Unwrapped serial of the newest event opened; None before the first.
         self.last_seen: int | None = None
         # Every unwrapped serial below the frontier is settled; None until first settle.
@@ -148,6 +152,8 @@ class _NodeSerials:
 
     def unwrap(self, serial: int) -> tuple[int, bool]:
         """Map a 32-bit serial to this node's unbounded line; True on a discontinuity."""
+        if self.stride != 1:
+            serial //= self.stride  # sharded: rollover then reads as a discontinuity, not loss
         serial &= SERIAL_MASK
         last = self.last_seen
         if last is None:
@@ -210,9 +216,11 @@ class _NodeSerials:
             if frontier is not None and frontier < lowest:
                 gap = lowest - frontier
                 if gap <= DISCONTINUITY_JUMP:  # larger: a new serial space, counted at unwrap
-                    lost.append(
-                        LostRange(node, frontier & SERIAL_MASK, (lowest - 1) & SERIAL_MASK, gap)
-                    )
+                    first, last = frontier & SERIAL_MASK, (lowest - 1) & SERIAL_MASK
+                    if self.stride != 1:
+                        first = first * self.stride + self.offset
+                        last = last * self.stride + self.offset
+                    lost.append(LostRange(node, first, last, gap))
             self.frontier = lowest + 1
             while pending and pending[0] == lowest + 1:
                 lowest = heapq.heappop(pending)
@@ -233,7 +241,9 @@ class Reassembler(Generic[RecordT]):
         timeout_ms: int = 2000,
         max_recent: int = 16384,
         max_records_per_event: int = 8192,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        """``shard`` = (index, count): this reassembler gets serials with serial % count == index."""
         if min(max_in_flight, max_recent, max_records_per_event) < 1 or timeout_ms < 0:
             raise ValueError("limits must be >= 1 and timeout_ms >= 0")
         self._on_complete = on_complete
@@ -246,6 +256,7 @@ class Reassembler(Generic[RecordT]):
         self._open: OrderedDict[EventKey, _OpenEvent[RecordT]] = OrderedDict()
         self._recent: OrderedDict[EventKey, None] = OrderedDict()
         self._nodes: dict[str, _NodeSerials] = {}
+        self._shard_index, self._shard_count = shard
         self._clock = 0
         self._stats = ReassemblerStats()
 
@@ -323,7 +334,7 @@ class Reassembler(Generic[RecordT]):
         if node is None:
             if len(self._nodes) >= MAX_NODES:
                 self._forget_oldest_node()
-            node = self._nodes[name] = _NodeSerials()
+            node = self._nodes[name] = _NodeSerials(self._shard_count, self._shard_index)
         return node
 
     def _forget_oldest_node(self) -> None:

@@ -30,15 +30,17 @@ IDLE_POLL_MS = 100
 class Assembly:
     """Records in, events out, with the counters the summary needs."""
 
-    def __init__(self, cfg: Config, *, event_time: bool) -> None:
+    def __init__(self, cfg: Config, *, event_time: bool, index: int = 0) -> None:
         self.out: list[Event] = []
         self.event_time = event_time  # files: timeouts in the log's own time
+        self.shards = cfg.assembler.instances
         self.clock_ms = 0
         self.reassembler = Reassembler(
             self._complete,
             self._lost,
             max_in_flight=cfg.assembler.max_in_flight,
             timeout_ms=cfg.assembler.event_timeout_ms,
+            shard=(index, cfg.assembler.instances),
         )
         self.counts: dict[str, int] = {
             "records": 0,
@@ -66,7 +68,10 @@ class Assembly:
     def _lost(self, lost: LostRange) -> None:
         self.counts["lost_events"] += lost.count
         self.counts["lost_markers"] += 1
-        self.out.append(lost_event(lost))
+        event = lost_event(lost)
+        if self.shards > 1:  # this assembler sees every Nth serial: the range is strided
+            event["doc"]["auditstream"]["marker"]["serial_stride"] = self.shards
+        self.out.append(event)
 
     def push_batch(self, recs: list[list[Any]]) -> None:
         self.counts["records"] += len(recs)
@@ -115,7 +120,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
     outlet = wire.Outlet(
         zctx, runtime.treekeeper_endpoint(cfg), sender=ctx.index, hwm=cfg.runtime.hwm_messages
     )
-    assembly = Assembly(cfg, event_time=cfg.receiver.source == "file")
+    assembly = Assembly(cfg, event_time=cfg.receiver.source == "file", index=ctx.index)
 
     def ship() -> None:
         if assembly.out:
@@ -147,6 +152,8 @@ def run(cfg: Config, ctx: StageContext) -> int:
     rs = assembly.reassembler.stats
     stats["late_records"] = getattr(rs, "late_records", 0)
     stats["frame_gaps"] = inlet.stats.gaps
+    if ctx.index != 0:
+        upstream.pop("receiver", None)  # every assembler got the receiver's eof; count it once
     merge_stats(upstream, {"assembler": stats})
     outlet.send(wire.EOF_KIND, {"stats": upstream})
     outlet.close()
