@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from assembler.interpret import interpret
 from assembler.normalizations import (
@@ -205,6 +206,11 @@ def _category_table() -> dict[int, str]:
 _CATEGORY_BY_TYPE = _category_table()
 
 
+@lru_cache(maxsize=512)
+def _lower_type_name(record_type: int) -> str:
+    return type_name(record_type).lower()
+
+
 def event_category(record_type: int) -> str:
     """aucoalesce's coarse category of a record type (``audit-rule``, ``user-login``…)."""
     return _CATEGORY_BY_TYPE.get(record_type, "unknown")
@@ -238,7 +244,7 @@ def _new_event(first: Record, syscall: Record | None) -> Coalesced:
         serial=first.serial,
         node=first.node,
         category=event_category(first.type),
-        record_type=type_name(first.type).lower(),
+        record_type=_lower_type_name(first.type),
     )
     parsed = _record_data(syscall or first, event)
     if parsed is None:
@@ -250,36 +256,40 @@ def _new_event(first: Record, syscall: Record | None) -> Coalesced:
     event.summary.actor_primary = data.get("auid", "")
     event.summary.actor_secondary = data.get("uid", "")
     event.tags = keys
-    user_ids, user_selinux, other = event.user_ids, event.user_selinux, event.data
-    for key, value in data.items():
-        kind = _KEY_KINDS.get(key)
-        if kind is None:
-            kind = _key_kind(key)
-        if kind is _OTHER:
-            other[key] = value
-        elif kind is _USER_ID:
-            user_ids[key] = value
-        else:
-            user_selinux[key[5:]] = value
+    route = _ROUTES.get(tuple(data))
+    if route is None:
+        route = _route(tuple(data))
+    other_keys, id_keys, selinux_keys = route
+    event.data = {key: data[key] for key in other_keys}
+    if id_keys:
+        event.user_ids = {key: data[key] for key in id_keys}
+    if selinux_keys:
+        event.user_selinux = {key[5:]: data[key] for key in selinux_keys}
     return event
 
 
-_OTHER, _USER_ID, _SELINUX = "other", "user_id", "selinux"
-# Where each SYSCALL field goes; memoised because the same few dozen keys recur.
-_KEY_KINDS: dict[str, str] = {}
-_MAX_KEY_KINDS = 4096  # hostile input can invent keys: stop memoising, keep working
+# Where a record's fields go (other data, user ids, subject SELinux context), per key
+# sequence: a kernel's SYSCALL records share a handful of layouts, so this is memoised.
+_Route = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+_ROUTES: dict[tuple[str, ...], _Route] = {}
+_MAX_ROUTES = 1024  # hostile input can invent layouts: start over when full
 
 
-def _key_kind(key: str) -> str:
-    if key.endswith(("uid", "gid")):
-        kind = _USER_ID
-    elif key.startswith("subj_"):
-        kind = _SELINUX
-    else:
-        kind = _OTHER
-    if len(_KEY_KINDS) < _MAX_KEY_KINDS:
-        _KEY_KINDS[key] = kind
-    return kind
+def _route(keys: tuple[str, ...]) -> _Route:
+    other: list[str] = []
+    ids: list[str] = []
+    selinux: list[str] = []
+    for key in keys:
+        if key.endswith(("uid", "gid")):
+            ids.append(key)
+        elif key.startswith("subj_"):
+            selinux.append(key)
+        else:
+            other.append(key)
+    if len(_ROUTES) >= _MAX_ROUTES:
+        _ROUTES.clear()
+    route = _ROUTES[keys] = (tuple(other), tuple(ids), tuple(selinux))
+    return route
 
 
 def _compound(records: list[Record]) -> Coalesced:
@@ -490,14 +500,14 @@ def _apply_summary_fields(norm: Normalization, event: Coalesced) -> None:
 
 def _ecs_source(reference: str, event: Coalesced) -> str:
     summary = event.summary
-    named = {
-        "subject.primary": summary.actor_primary,
-        "subject.secondary": summary.actor_secondary,
-        "object.primary": summary.object_primary,
-        "object.secondary": summary.object_secondary,
-    }
-    if reference in named:
-        return named[reference]
+    if reference == "subject.primary":
+        return summary.actor_primary
+    if reference == "subject.secondary":
+        return summary.actor_secondary
+    if reference == "object.primary":
+        return summary.object_primary
+    if reference == "object.secondary":
+        return summary.object_secondary
     table, _, key = reference.partition(".")
     if table == "data":
         return event.data.get(key, "")
@@ -507,15 +517,18 @@ def _ecs_source(reference: str, event: Coalesced) -> str:
 
 
 def _ecs_target(reference: str, event: Coalesced) -> EcsEntity:
+    if reference == "group":
+        return event.ecs_group
     user = event.ecs_user
-    targets = {
-        "user": user.subject,
-        "user.effective": user.effective,
-        "user.target": user.target,
-        "user.changes": user.changes,
-        "group": event.ecs_group,
-    }
-    return targets[reference]
+    if reference == "user":
+        return user.subject
+    if reference == "user.effective":
+        return user.effective
+    if reference == "user.target":
+        return user.target
+    if reference == "user.changes":
+        return user.changes
+    raise KeyError(reference)
 
 
 def _set_file_object(event: Coalesced, index_hint: int) -> None:
@@ -546,9 +559,10 @@ def _set_file_object(event: Coalesced, index_hint: int) -> None:
         event.summary.object_type = "file"
     info.uid = chosen.get("ouid", "")
     info.gid = chosen.get("ogid", "")
-    for key, value in chosen.items():
-        if key.startswith("obj_"):
-            info.selinux[key[4:]] = value
+    if "\x00obj_" in "\x00" + "\x00".join(chosen):  # one C-level scan, usually absent
+        for key, value in chosen.items():
+            if key.startswith("obj_"):
+                info.selinux[key[4:]] = value
 
 
 def _set_socket_object(event: Coalesced) -> None:

@@ -43,6 +43,10 @@ _ID_PATHS = {
 }
 
 
+# The dicts above each id field's ``id`` under ``user`` ("uid" -> none, "egid" -> effective.group).
+_ID_PARENTS = {key: paths[0][:-1] for key, paths in _ID_PATHS.items()}
+
+
 @lru_cache(maxsize=4096)
 def _second_text(sec: int) -> str:
     # strftime is slow and events come many per second: format each second once.
@@ -82,6 +86,23 @@ def raw_record_text(rec: Record) -> str:
     return f"type={type_name(rec.type)} msg={escape(rec.data)}"
 
 
+def raw_records_text(records: list[Record]) -> list[str]:
+    """:func:`raw_record_text` of each record; one check decides for the whole event."""
+    joined = b" ".join([rec.data for rec in records])
+    # escape() changes controls, '%', DEL and non-ASCII; printable ASCII passes as is.
+    if not joined.isascii() or b"%" in joined or not joined.decode("ascii").isprintable():
+        return [raw_record_text(rec) for rec in records]
+    return [_record_prefix(rec.type) + rec.data.decode("ascii") for rec in records]
+
+
+@lru_cache(maxsize=512)
+def _record_prefix(record_type: int) -> str:
+    return f"type={type_name(record_type)} msg="
+
+
+_OUTCOMES = {"success": "success", "fail": "failure"}
+
+
 def build_doc(records: list[Record], coalesced: Coalesced) -> dict[str, Any]:
     """The ECS document for one event; ``records`` are the event's raw records."""
     c = coalesced
@@ -91,7 +112,7 @@ def build_doc(records: list[Record], coalesced: Coalesced) -> dict[str, Any]:
     except (OverflowError, ValueError, OSError):
         warnings.append(f"timestamp out of range: {c.sec}.{c.msec:03d}")
         stamp = _timestamp(0, 0)
-    outcome = {"success": "success", "fail": "failure"}.get(c.result, "unknown")
+    outcome = _OUTCOMES.get(c.result, "unknown")
     event: dict[str, Any] = {
         "kind": "event",
         "module": "auditd",
@@ -163,11 +184,13 @@ def _auditd_fields(records: list[Record], c: Coalesced) -> dict[str, Any]:
     auditd["summary"] = summary
     if c.paths:
         auditd["paths"] = [dict(path) for path in c.paths]
-    auditd["records"] = [raw_record_text(rec) for rec in records]
+    auditd["records"] = raw_records_text(records)
     return auditd
 
 
 def _data_fields(data: dict[str, str]) -> dict[str, Any]:
+    if "\x00socket_" not in "\x00" + "\x00".join(data):
+        return dict(data)  # no SOCKADDR fields (most events): nothing to nest
     out: dict[str, Any] = {}
     nest_sockets = not isinstance(data.get("socket"), str)
     for key, value in data.items():
@@ -182,13 +205,29 @@ def _data_fields(data: dict[str, str]) -> dict[str, Any]:
 def _user_fields(records: list[Record], c: Coalesced) -> dict[str, Any]:
     user: dict[str, Any] = {}
     for key, value in c.user_ids.items():
-        if value != "unset":
-            _put(user, _id_paths(key)[0], value)
+        if value == "unset":
+            continue
+        # Unrolled _put: parents are never "id"/"name" (keys end in uid/gid).
+        parents = _ID_PARENTS.get(key)
+        if parents is None:
+            user.setdefault(key, {})["id"] = value
+        elif not parents:
+            user["id"] = value
+        elif len(parents) == 1:
+            user.setdefault(parents[0], {})["id"] = value
+        else:  # effective.group and the like
+            user.setdefault(parents[0], {}).setdefault(parents[1], {})["id"] = value
     if c.user_selinux:
         user["selinux"] = dict(c.user_selinux)
+    if not records:
+        return user
     # auditd's ENRICHED trailer names the ids (UID="root"); raw logs have no names.
-    primary = next((r for r in records if r.type == 1300), records[0] if records else None)
-    if primary is not None and primary.enriched:
+    primary = records[0]
+    for rec in records:
+        if rec.type == 1300:
+            primary = rec
+            break
+    if primary.enriched:
         for enriched_key, name in enriched_fields(primary.enriched).items():
             id_key = enriched_key.lower()
             if id_key in c.user_ids and c.user_ids[id_key] != "unset":
@@ -197,18 +236,18 @@ def _user_fields(records: list[Record], c: Coalesced) -> dict[str, Any]:
 
 
 def _add_ecs_entities(doc: dict[str, Any], c: Coalesced) -> None:
-    slots: tuple[tuple[str, EcsEntity], ...] = (
-        ("user", c.ecs_user.subject),
-        ("user.effective", c.ecs_user.effective),
-        ("user.target", c.ecs_user.target),
-        ("user.changes", c.ecs_user.changes),
-        ("group", c.ecs_group),
+    slots: tuple[tuple[tuple[str, ...], EcsEntity], ...] = (
+        (("user",), c.ecs_user.subject),
+        (("user", "effective"), c.ecs_user.effective),
+        (("user", "target"), c.ecs_user.target),
+        (("user", "changes"), c.ecs_user.changes),
+        (("group",), c.ecs_group),
     )
-    for dotted, entity in slots:
+    for path, entity in slots:
         if not entity.id and not entity.name:
             continue
         node: dict[str, Any] = doc
-        for name in dotted.split("."):
+        for name in path:
             node = node.setdefault(name, {})
         # As Auditbeat: an "unset" id is dropped, a name replaces a stale one; but a
         # name the ENRICHED trailer gave for this very id is kept.

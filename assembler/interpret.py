@@ -15,9 +15,10 @@ characters and ``%`` kept, invalid UTF-8 as U+FFFD); the tests compare against i
 goldens passed through the same escape.
 
 Speed: this runs for every record. The body is decoded once (ASCII, else
-surrogateescape, which is lossless), split with one ``findall``, and most bodies
-(no ``msg=``, no duplicate keys, nothing to escape) take the dict-comprehension
-path; hex is decoded only for the fields listed per record type.
+surrogateescape, which is lossless); a plain body (see ``_PLAIN_BODY``) is split with
+str methods, anything else with one ``findall``; hex is decoded only for the fields
+listed per record type; non-SYSCALL results are memoised (bounded), since CWD,
+PROCTITLE and many PATH records repeat byte for byte.
 
 Deliberate difference: go-libaudit fails the whole record (``Data()`` error, no
 data at all) when a step's field is missing or malformed — e.g. a SYSCALL
@@ -59,8 +60,6 @@ _PAM_OLD_FORMAT = (
 # so one decode per record replaces one per field (the hot path: ASCII bodies).
 _FIELDS = re.compile(FIELD_REGEX)
 _DROPPED_VALUES = frozenset(("", "?", "?,", "(null)"))
-# What escape() would change in decoded body text: controls, '%', DEL, non-ASCII.
-_NEEDS_ESCAPE = re.compile("[^\x20-\x24\x26-\x7e]")
 _UNSET_IDS = ("4294967295", "-1")
 _CONTEXT_PARTS = ("_user", "_role", "_domain", "_level", "_category")
 _UPPER_HEX = re.compile(r"(?:[0-9A-F]{2})*")
@@ -145,12 +144,41 @@ def _normalize(record_type: int, body: str) -> str:
     return body
 
 
+# A body the plain split handles: space-separated key=value, values without '=', spaces or
+# single quotes, double-quoted as a whole or not at all (the usual kernel record).
+_PLAIN_FIELD = r'[a-z0-9_-]+=(?:"[^"\'\s=]*"|[^"\'\s=]+)'
+_PLAIN_BODY = re.compile(f"{_PLAIN_FIELD}(?: {_PLAIN_FIELD})*")
+
+
+def _drop_empty(
+    values: dict[str, str], origs: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    if _DROPPED_VALUES.isdisjoint(values.values()):
+        return values, origs
+    for key in [k for k, v in values.items() if v in _DROPPED_VALUES]:
+        del values[key], origs[key]
+    return values, origs
+
+
 def _parse_fields(text: str) -> tuple[dict[str, str], dict[str, str]]:
     """go-libaudit's fieldMap: ``values`` (quotes stripped) and ``origs`` (raw tokens).
 
     Fields in order, later duplicates overwriting, ``?``/``(null)``/empty dropped,
     ``msg='…'`` merged in place.
     """
+    if _PLAIN_BODY.fullmatch(text) is not None:
+        # Every token is key=value with no '=' in the value: split at spaces and '='
+        # with C-level str methods; removing the quotes gives the stripped values.
+        flat = text.replace(" ", "=").split("=")
+        keys = flat[::2]
+        origs = dict(zip(keys, flat[1::2], strict=True))
+        if len(origs) == len(keys) and "msg" not in origs:
+            if '"' in text:
+                unquoted = text.replace('"', "").replace(" ", "=").split("=")
+                values = dict(zip(keys, unquoted[1::2], strict=True))
+            else:
+                values = origs.copy()
+            return _drop_empty(values, origs)
     pairs = _FIELDS.findall(text)
     origs = dict(pairs)
     if len(origs) == len(pairs) and "msg" not in origs:
@@ -188,8 +216,8 @@ def _hex_decode(
     ``nul_ends`` (EXECVE arguments end at their first NUL).
     """
     orig = origs.get(key)
-    if orig is None or key not in values:
-        return
+    if orig is None or orig[:1] == '"' or key not in values:
+        return  # a quoted value is never hex
     decoded = _decode_hex_text(orig)
     if decoded is None:
         return
@@ -311,26 +339,49 @@ _NORMALIZED_TYPES = frozenset((_AVC, _LOGIN, *_PAM_OLD_FORMAT))
 _cached_arch_name = lru_cache(maxsize=256)(arch_name)
 
 
+# Memo of recent results: CWD, PROCTITLE and many PATH/user records repeat byte for byte
+# (the same command, directory, library). Bounded; cleared whole when full, so hostile
+# input that never repeats costs one dict insert per record.
+_MEMO: dict[tuple[int, bytes, tuple[str, ...]], Interpreted] = {}
+_MEMO_MAX_ENTRIES = 2048
+_MEMO_MAX_BODY = 1024
+
+
 def interpret(rec: Record, exact: tuple[str, ...] = ()) -> Interpreted:
     """Return go-libaudit's auparse ``data`` and ``keys`` for one record.
 
     ``exact`` names fields whose value is instead the token's exact text (see
-    :func:`_exact_text`); the coalescer asks for it for user-chosen text.
+    :func:`_exact_text`); the coalescer asks for it for user-chosen text. The caller
+    owns the result (a fresh dict and list each call).
     """
     body = rec.body
-    text = body.decode("ascii") if body.isascii() else body.decode("utf-8", "surrogateescape")
-    record_type = rec.type
+    if rec.type == _SYSCALL or len(body) > _MEMO_MAX_BODY:
+        return _interpret(rec.type, body, exact)  # SYSCALL bodies (pid, exit…) rarely repeat
+    memo_key = (rec.type, body, exact)
+    known = _MEMO.get(memo_key)
+    if known is None:
+        if len(_MEMO) >= _MEMO_MAX_ENTRIES:
+            _MEMO.clear()
+        known = _MEMO[memo_key] = _interpret(rec.type, body, exact)
+    return Interpreted(dict(known.data), list(known.keys))
+
+
+def _interpret(record_type: int, body: bytes, exact: tuple[str, ...]) -> Interpreted:
+    ascii_body = body.isascii()
+    text = body.decode("ascii") if ascii_body else body.decode("utf-8", "surrogateescape")
     if record_type in _NORMALIZED_TYPES:
         text = _normalize(record_type, text)
     values, origs = _parse_fields(text)
-    clean = _NEEDS_ESCAPE.search(text) is None
+    # Does anything need escape() (controls, '%', DEL, non-ASCII)? C-level str tests.
+    clean = ascii_body and "%" not in text and text.isprintable()
     if not clean:
         # Control bytes, '%' or non-ASCII somewhere: escape the raw values first, so
         # the steps below see (and keep) escaped text; hex decoding escapes its own.
         values = {key: _text(value) for key, value in values.items()}
-    for key in ("auid", "old-auid", "ses"):
-        if values.get(key) in _UNSET_IDS:
-            values[key] = "unset"
+    if "4294967295" in text or "-1" in text:  # substring guard: usually neither is there
+        for key in ("auid", "old-auid", "ses"):
+            if values.get(key) in _UNSET_IDS:
+                values[key] = "unset"
     if "subj" in values:
         _split_context(values, "subj")
     _result(values)

@@ -133,9 +133,10 @@ def run(cfg: Config, ctx: StageContext) -> int:
         if frame is None:
             assembly.maintain()
             ship()
-            if ctx.stop_requested:  # no eof is coming (upstream died): drain done, stop
+            if ctx.should_stop_when_idle(time.monotonic()):  # no eof is coming: upstream died
                 break
             continue
+        ctx.input_arrived()
         if frame.kind == wire.RECORDS:
             assembly.push_batch(frame.body["recs"])
             if len(assembly.out) >= OUT_BATCH_EVENTS or not inlet.sock.poll(0):

@@ -16,6 +16,13 @@ from typing import Any
 from auditstream import config as config_mod
 from auditstream import logs
 
+# A stage exits with this when its configuration or source cannot work (EX_CONFIG):
+# restarting it would fail the same way, so the supervisor stops instead.
+EXIT_FATAL = 78
+# After a stop signal a downstream stage keeps draining until its input has been quiet
+# this long (or its upstream's eof arrives): signals can reach every stage at once.
+STOP_IDLE_S = 2.0
+
 
 @dataclass(slots=True)
 class StageContext:
@@ -25,6 +32,18 @@ class StageContext:
     index: int = 0
     stop_requested: bool = False
     signals: list[int] = field(default_factory=list)
+    quiet_since: float | None = None
+
+    def should_stop_when_idle(self, now: float) -> bool:
+        """True once a stop was asked and the input has been quiet for STOP_IDLE_S."""
+        if not self.stop_requested:
+            return False
+        if self.quiet_since is None:
+            self.quiet_since = now
+        return now - self.quiet_since >= STOP_IDLE_S
+
+    def input_arrived(self) -> None:
+        self.quiet_since = None
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested = True

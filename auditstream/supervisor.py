@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from auditstream.stage import EXIT_FATAL
+
 log = logging.getLogger("auditstream.supervisor")
 
 POLL_S = 0.05
@@ -77,7 +79,9 @@ class Supervisor:
 
     def _spawn(self, stage: StageProcess) -> None:
         stdin = None if stage.stdin_inherit else subprocess.DEVNULL
-        stage.proc = subprocess.Popen(stage.argv, stdin=stdin)
+        # Own session: a terminal's Ctrl-C reaches the supervisor only, which stops the
+        # stages in pipeline order.
+        stage.proc = subprocess.Popen(stage.argv, stdin=stdin, start_new_session=True)
         stage.exit_code = None
         stage.restart_at = None
 
@@ -134,7 +138,10 @@ class Supervisor:
                     receiver.proc.send_signal(signal.SIGTERM)
                 else:
                     self._terminate_all(signal.SIGTERM)
-            grace = FAIL_GRACE_S if self.failed else STOP_GRACE_S
+            # A failed receiver sent its eof, so the rest can drain; any other failure
+            # breaks the pipe and nothing behind it will drain.
+            broken = any(name != "receiver" for name in self.failed)
+            grace = FAIL_GRACE_S if broken else STOP_GRACE_S
             if stop_started is not None and now - stop_started > grace:
                 log.error("stages did not drain within %.0f s; killing them", grace)
                 self._terminate_all(signal.SIGKILL)
@@ -161,7 +168,9 @@ class Supervisor:
         if code == 0:
             return
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
-        if self.policy.enabled and not stopping:
+        if code == EXIT_FATAL:
+            log.error("%s cannot run (%s); stopping the pipeline", stage.name, how)
+        elif self.policy.enabled and not stopping:
             stage.restarts = [t for t in stage.restarts if now - t < self.policy.window_s] + [now]
             if len(stage.restarts) <= self.policy.max_restarts:
                 log.error("%s died (%s); restarting in %.1f s", stage.name, how, stage.backoff_s)

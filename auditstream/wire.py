@@ -58,8 +58,9 @@ class Outlet:
         self._counter = (self._counter + 1) & _COUNTER_MASK
         return True
 
-    def close(self) -> None:
-        self.sock.close()
+    def close(self, linger_ms: int | None = None) -> None:
+        """Close; with ``linger_ms`` give up on undelivered frames after that long."""
+        self.sock.close(linger=linger_ms)
 
 
 @dataclass(slots=True)
@@ -74,6 +75,7 @@ class Frame:
 class InletStats:
     frames: int = 0
     gaps: int = 0  # frames missing between two received ones, per sender, added up
+    sender_restarts: int = 0  # a sender started counting from 0 again
     expected: dict[int, int] = field(default_factory=dict)
 
 
@@ -99,7 +101,10 @@ class Inlet:
         sender, counter = seq >> _COUNTER_BITS, seq & _COUNTER_MASK
         expected = self.stats.expected.get(sender)
         if expected is not None and counter != expected:
-            self.stats.gaps += (counter - expected) & _COUNTER_MASK
+            if counter == 0:
+                self.stats.sender_restarts += 1
+            else:
+                self.stats.gaps += (counter - expected) & _COUNTER_MASK
         self.stats.expected[sender] = (counter + 1) & _COUNTER_MASK
         self.stats.frames += 1
         return Frame(kind, sender, counter, unpack_body(body))

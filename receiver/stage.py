@@ -13,11 +13,12 @@ import zmq
 from auditstream import runtime, wire
 from auditstream.config import Config
 from auditstream.logline import LineError, split_log_line
-from auditstream.stage import StageContext
+from auditstream.stage import EXIT_FATAL, StageContext
 from receiver.logsource import LogSource, SourceError
 from receiver.shipper import RawRecord, RecordShipper
 
 log = logging.getLogger("auditstream.receiver")
+EXIT_LINGER_MS = 30_000  # at exit, wait this long for the assembler to take what we sent
 
 
 class LineCounters:
@@ -132,10 +133,14 @@ def run(cfg: Config, ctx: StageContext) -> int:
                 stats = run_live_source(cfg, ctx, shipper)
         except SourceError as err:
             log.error("%s", err)
-            code = 1
+            code = EXIT_FATAL
         except Exception:
-            log.exception("receiver failed; forwarding what was read and stopping")
-            code = 1
+            # Downstream stays up (no eof): the supervisor restarts us live, or stops the run.
+            log.exception("receiver failed")
+            for outlet in outlets:
+                outlet.close(linger_ms=EXIT_LINGER_MS)
+            zctx.term()
+            return 1
         stats.update(
             records=shipper.stats.records,
             batches=shipper.stats.batches,
@@ -145,6 +150,6 @@ def run(cfg: Config, ctx: StageContext) -> int:
         # eof travels even after an error so downstream drains and exits cleanly.
         shipper.send_eof({"receiver": stats, "failed": code != 0})
     for outlet in outlets:
-        outlet.close()
+        outlet.close(linger_ms=EXIT_LINGER_MS)
     zctx.term()
     return code

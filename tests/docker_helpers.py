@@ -29,6 +29,7 @@ IMAGE = "auditstream-busybox:test"
 BUSYBOX = Path("/bin/busybox")
 LOCK_DIR = Path("/run/lock" if Path("/run/lock").is_dir() else "/tmp")
 KERNEL_LOCK = LOCK_DIR / "auditstream-kernel.lock"
+LOCK_WAIT_S = 180
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,16 @@ def exclusive_clean_kernel() -> Iterator[tuple[dict[str, int], str]]:
     if shutil.which("auditctl") is None:
         pytest.skip("auditctl (package auditd) is not installed")
     with KERNEL_LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:  # wait for the other kernel tests, but not forever
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.skip(f"{KERNEL_LOCK} still held by another kernel test "
+                                f"after {LOCK_WAIT_S} s")
+                time.sleep(0.5)
         found = kernel_audit_state()
         status, rules = found
         if status.get("pid") != 0 or rules.strip() != "No rules" or status.get("enabled") != 0:

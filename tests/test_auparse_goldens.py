@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from assembler.interpret import interpret
+from assembler.interpret import _FIELDS, _parse_fields, interpret
 from assembler.parse import ParseError, Record, parse_record
 from auditstream.escape import escape
 from auditstream.logline import LineError, split_log_line, type_name
@@ -93,3 +95,70 @@ def test_line_matches_golden(name: str, number: int, line: bytes, expected: Any)
     assert got.keys == [escaped(key) for key in expected.get("keys", [])]
     assert "error" not in expected
     assert got.data == {key: escaped(value) for key, value in expected["data"].items()}
+
+
+def _regex_fields(text: str) -> tuple[dict[str, str], dict[str, str]] | None:
+    """The regex reading of a body without duplicates or msg=, None otherwise."""
+    pairs = _FIELDS.findall(text)
+    origs = dict(pairs)
+    if len(origs) != len(pairs) or "msg" in origs:
+        return None
+    values = {key: orig.strip("'\" ") for key, orig in origs.items()}
+    dropped = [key for key, value in values.items() if value in ("", "?", "?,", "(null)")]
+    for key in dropped:
+        del values[key], origs[key]
+    return values, origs
+
+
+_BODY_PIECES = st.sampled_from(
+    [
+        "a",
+        "b",
+        "-",
+        "_",
+        "1",
+        "=",
+        '"',
+        "'",
+        " ",
+        "x=",
+        '="',
+        '" ',
+        "?",
+        "(null)",
+        "\t",
+        "\v",
+        "A",
+        "msg=",
+        "\x85",
+        "%",
+        "\\",
+        "k=v",
+        'n="p q"',
+        ' c="bash"',
+        ' e=""',
+        " d=?",
+    ]
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_BODY_PIECES, min_size=1, max_size=16).map("".join))
+def test_plain_split_equals_regex_fields(text: str) -> None:
+    """The str-method split of plain bodies gives exactly the regex's fields, in order."""
+    expected = _regex_fields(text)
+    if expected is None:
+        return
+    values, origs = _parse_fields(text)
+    assert (values, origs) == expected
+    assert list(values) == list(expected[0]) and list(origs) == list(expected[1])
+
+
+def test_interpret_results_are_fresh_copies() -> None:
+    """Memoised records still give the caller its own dict: mutating one leaves the next intact."""
+    rec = parse_record(1307, b'audit(1700000000.001:5): cwd="/home/user"')
+    first = interpret(rec)
+    first.data["cwd"] = "changed"
+    first.keys.append("x")
+    second = interpret(rec)
+    assert second.data == {"cwd": "/home/user"} and second.keys == []

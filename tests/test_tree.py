@@ -164,6 +164,145 @@ def test_exec_before_fork_is_merged() -> None:
     assert proc is not None and proc.executable == "/bin/cat"  # the fork did not undo the exec
 
 
+PY_PID, PY_PPID, SH_PID, TR_PID = 25762, 25760, 25770, 25771
+PYTEST_ARGS = ["python", "-m", "pytest"]
+SH_ARGS = ["sh", "-c", "echo hi | tr a-z A-Z"]
+# vfork takes no arguments: its a0 is a leftover register (here with bit 0x8000 set,
+# which as clone flags would read CLONE_PARENT). Python's posix_spawn-style clone
+# is CLONE_VM|CLONE_VFORK|SIGCHLD; a plain fork-like clone is 0x1200011.
+SPAWNS = {
+    "vfork": ("vfork", "7f3a1c5e8b40"),
+    "clone-vfork": ("clone", "4111"),
+    "clone-fork": ("clone", "1200011"),
+    "clone3": ("clone3", "7ffd2a4c8b40"),  # a0 points to struct clone_args
+}
+
+
+def spawn_sh_child_exec_first(
+    t: ProcessTable, syscall: str, a0: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """python spawns ``sh -c``; the kernel emits the child's execve before the parent's
+    fork/vfork/clone (lower serial, same ms). Return the exec doc and the fork's output."""
+    run(t, execve(0, PY_PID, PY_PPID, "/usr/bin/python3.11", PYTEST_ARGS))
+    sh_exec = execve(100, SH_PID, PY_PID, "/usr/bin/dash", SH_ARGS)
+    assert run(t, sh_exec) == ["process-exec"]
+    spawn = ev(100, syscall, PY_PID, PY_PPID, exit=str(SH_PID), a0=a0,
+               exe="/usr/bin/python3.11", comm="python3")  # fmt: skip
+    assert spawn["event"]["sequence"] == sh_exec["event"]["sequence"] + 1
+    out = t.observe(spawn)
+    t.enrich(spawn)
+    return sh_exec, out
+
+
+@pytest.mark.parametrize("spawn", sorted(SPAWNS))
+def test_child_exec_before_parent_fork_keeps_child_image(spawn: str) -> None:
+    """A child's execve emitted before its parent's fork/vfork/clone keeps the exec'd image."""
+    t = ProcessTable(TableConfig(host="h"))
+    sh_exec, out = spawn_sh_child_exec_first(t, *SPAWNS[spawn])
+    python = t.lookup(PY_PID, BASE_MS + 100)
+    assert python is not None and python.args == PYTEST_ARGS
+    # The exec doc itself: its recorded ppid decides parent and ancestry.
+    assert sh_exec["process"]["parent"]["pid"] == PY_PID
+    assert sh_exec["process"]["parent"]["entity_id"] == python.entity_id
+    assert sh_exec["process"]["parent"]["args"] == PYTEST_ARGS
+    assert [a["pid"] for a in sh_exec["process"]["ancestry"]] == [PY_PID]
+
+    assert actions(out) == ["process-started"]
+    started = out[0]["process"]
+    assert started["pid"] == SH_PID
+    assert started["executable"] == "/usr/bin/dash" and started["args"] == SH_ARGS
+    assert started["parent"] == {"pid": PY_PID, "entity_id": python.entity_id}
+    assert started["entity_id"] == sh_exec["process"]["entity_id"]
+    assert started["start"] == stamp(BASE_MS + 100)
+
+    sh = t.lookup(SH_PID, BASE_MS + 100)
+    assert sh is not None and not sh.inferred
+    assert sh.executable == "/usr/bin/dash" and sh.args == SH_ARGS and sh.name == "dash"
+    assert sh.title == " ".join(SH_ARGS) and sh.cwd == "/"
+    assert sh.parent == python.key and sh.creator == python.key and sh.ppid == PY_PID
+    assert len([p for p in t.processes.values() if p.pid == SH_PID]) == 1
+    assert t.stats.merged_placeholders == 1 and t.stats.missed_exits == 0
+
+    assert run(t, fork(101, SH_PID, PY_PID, TR_PID, exe="/usr/bin/dash")) == ["process-started"]
+    tr_exec = execve(102, TR_PID, SH_PID, "/usr/bin/tr", ["tr", "a-z", "A-Z"])
+    assert run(t, tr_exec) == ["process-exec"]
+    parent = tr_exec["process"]["parent"]
+    assert parent["pid"] == SH_PID and parent["entity_id"] == sh.entity_id
+    assert parent["args"] == SH_ARGS and parent["executable"] == "/usr/bin/dash"
+    ancestry = tr_exec["process"]["ancestry"]
+    assert [a["pid"] for a in ancestry] == [SH_PID, PY_PID]
+    assert [a["args"] for a in ancestry] == [SH_ARGS, PYTEST_ARGS]
+
+
+def test_grandchild_exec_before_clone_too() -> None:
+    """Both spawns reordered child-exec first: tr's parent and ancestry are sh, then python."""
+    t = ProcessTable()
+    spawn_sh_child_exec_first(t, "clone", "1200011")
+    tr_exec = execve(101, TR_PID, SH_PID, "/usr/bin/tr", ["tr", "a-z", "A-Z"])
+    run(t, tr_exec)
+    assert tr_exec["process"]["parent"]["args"] == SH_ARGS
+    out = t.observe(fork(101, SH_PID, PY_PID, TR_PID, exe="/usr/bin/dash"))
+    assert actions(out) == ["process-started"]
+    assert out[0]["process"]["executable"] == "/usr/bin/tr"
+    assert out[0]["process"]["parent"]["pid"] == SH_PID
+    later = ev(102, "write", TR_PID, SH_PID, exit="3", exe="/usr/bin/tr")
+    run(t, later)
+    assert later["process"]["entity_id"] == tr_exec["process"]["entity_id"]
+    assert later["process"]["parent"]["args"] == SH_ARGS
+    assert [a["args"][0] for a in later["process"]["ancestry"]] == ["sh", "python"]
+
+
+def test_child_exec_first_with_unknown_parent_links_the_caller() -> None:
+    """The exec's ppid names a parent the table learns of only from the fork: it is linked."""
+    t = ProcessTable()
+    sh_exec = execve(100, SH_PID, PY_PID, "/usr/bin/dash", SH_ARGS)
+    run(t, sh_exec)
+    assert "entity_id" not in sh_exec["process"]["parent"]
+    out = t.observe(ev(100, "vfork", PY_PID, PY_PPID, exit=str(SH_PID), a0="7f3a1c5e8b40",
+                       exe="/usr/bin/python3.11", comm="python3"))  # fmt: skip
+    python = t.lookup(PY_PID, BASE_MS + 100)
+    assert python is not None and python.inferred
+    assert out[-1]["process"]["parent"] == {"pid": PY_PID, "entity_id": python.entity_id}
+    assert out[-1]["process"]["args"] == SH_ARGS
+
+
+def test_child_exec_first_does_not_merge_with_reused_pid() -> None:
+    """PID reuse: an exited process or one seen before the fork is never the forked child."""
+    t = ProcessTable()
+    run(t, execve(0, PY_PID, PY_PPID, "/usr/bin/python3.11", PYTEST_ARGS))
+    run(t, execve(10, 4000, 1, "/bin/bash", ["bash"]))
+    run(t, fork(20, 4000, 1, SH_PID, exe="/bin/bash"))
+    run(t, execve(21, SH_PID, 4000, "/bin/sleep", ["sleep", "0"]))
+    old_doc = exit_group(30, SH_PID, 4000)
+    run(t, old_doc)
+    old = t.lookup(SH_PID, BASE_MS + 30)
+    assert old is not None
+    sh_exec = execve(100, SH_PID, PY_PID, "/usr/bin/dash", SH_ARGS)
+    run(t, sh_exec)
+    out = t.observe(ev(100, "vfork", PY_PID, PY_PPID, exit=str(SH_PID), a0="7f3a1c5e8b40",
+                       exe="/usr/bin/python3.11", comm="python3"))  # fmt: skip
+    assert out[0]["process"]["entity_id"] == sh_exec["process"]["entity_id"] != old.entity_id
+    assert old.args == ["sleep", "0"] and old.parent == t.current[4000]
+    # A placeholder first seen before a fork is an older process: the fork makes a new one.
+    run(t, ev(200, "openat", 5000, 4000, exit="3", exe="/bin/cat", comm="cat"))
+    stale = t.lookup(5000, BASE_MS + 200)
+    out = t.observe(fork(300, PY_PID, PY_PPID, 5000, exe="/usr/bin/python3.11"))
+    fresh = t.lookup(5000, BASE_MS + 300)
+    assert stale is not None and fresh is not None and fresh is not stale
+    assert stale.executable == "/bin/cat" and fresh.parent == t.current[PY_PID]
+    assert out[-1]["process"]["entity_id"] == fresh.entity_id
+    # A placeholder first seen after the fork but under an unrelated parent is a later
+    # process reusing the pid: the late fork's child neither merges nor ends it.
+    newer_doc = ev(500, "openat", 6000, 4000, exit="3", exe="/bin/cat", comm="cat")
+    run(t, newer_doc)
+    newer = t.lookup(6000, BASE_MS + 500)
+    out = t.observe(fork(400, PY_PID, PY_PPID, 6000, exe="/usr/bin/python3.11"))
+    assert newer is not None and newer.exited_at is None and newer.executable == "/bin/cat"
+    assert t.lookup(6000, BASE_MS + 500) is newer
+    assert out[-1]["process"]["entity_id"] != newer.entity_id
+    assert out[-1]["process"]["executable"] == "/usr/bin/python3.11"
+
+
 def test_unknown_pid_gives_inferred_placeholder() -> None:
     """An event from an unknown pid creates a placeholder from what the event says."""
     t = ProcessTable()

@@ -49,9 +49,10 @@ def run(cfg: Config, ctx: StageContext) -> int:
         now = time.monotonic()
         if frame is None:
             submit(step.maintain())
-            if ctx.stop_requested:
-                break  # upstream is gone and we were told to stop
+            if ctx.should_stop_when_idle(now):
+                break  # told to stop, and upstream has gone quiet: no eof is coming
         elif frame.kind == wire.EVENTS:
+            ctx.input_arrived()
             events = frame.body["events"]
             received += len(events)
             submit(step.process(events))

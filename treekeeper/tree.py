@@ -400,7 +400,10 @@ class ProcessTable:
         if syscall in FORK_SYSCALLS:
             child_pid = _int(data.get("exit"))
             if auditd.get("result") != "fail" and child_pid is not None and child_pid > 0:
-                self._fork(actor, child_pid, syscall, _hex(data.get("a0")), at_ms, out)
+                # Only clone's a0 is its flags; fork/vfork take no arguments (a0 is
+                # whatever the register held) and clone3's a0 points to a struct.
+                flags = _hex(data.get("a0")) if syscall == "clone" else None
+                self._fork(actor, child_pid, syscall, flags, at_ms, out)
         elif syscall in EXEC_SYSCALLS:
             if auditd.get("result") == "success":
                 self._exec(actor, process, at_ms, out)
@@ -552,18 +555,15 @@ class ProcessTable:
         existing = self.get(self.current.get(child_pid))
         make_current = True
         if existing is not None:
-            if (
-                existing.inferred
-                and existing.started_at is None
-                and existing.first_seen >= at_ms
-                and existing.ppid in (0, ppid, 1)
-            ):
+            if self._is_forked_child(existing, caller, ppid, at_ms):
                 self._merge(existing, caller, ppid, parent, container, at_ms, out)
                 return
             if existing.tentative:
                 self._delete(existing, out)
                 existing = None
-            elif existing.started_at is not None and existing.started_at > at_ms:
+            elif (existing.started_at is not None and existing.started_at > at_ms) or (
+                existing.inferred and existing.started_at is None and existing.first_seen > at_ms
+            ):
                 make_current = False  # a late fork of an older process with this pid
             elif existing.exited_at is None:
                 self._retire(existing, at_ms, out)
@@ -600,6 +600,24 @@ class ProcessTable:
         else:
             out.append(lifecycle_doc(self, "process-started", child, at_ms))
 
+    @staticmethod
+    def _is_forked_child(proc: Process, caller: Process, ppid: int, at_ms: int) -> bool:
+        """Is ``proc`` a placeholder made from events of the child this fork creates?
+
+        vfork suspends the parent until the child execs, and a fork's child may run
+        and exec before the parent's syscall returns: the kernel then emits the
+        child's events first. Such a placeholder was first seen at or after the fork
+        and has no fork of its own. Its recorded ppid is the caller, the caller's
+        parent (CLONE_PARENT) or a reaper if the caller died meanwhile; any other
+        ppid means a later process reusing the pid, which must stay separate.
+        """
+        return (
+            proc.inferred
+            and proc.started_at is None
+            and proc.first_seen >= at_ms
+            and proc.ppid in (0, 1, ppid, caller.pid, caller.ppid)
+        )
+
     def _merge(
         self,
         proc: Process,
@@ -610,15 +628,28 @@ class ProcessTable:
         at_ms: int,
         out: list[Doc],
     ) -> None:
-        """A fork that arrives after events of its child: the placeholder is that child."""
+        """A fork that arrives after events of its child: the placeholder is that child.
+
+        Only the links are filled in. The child's own events are newer than the fork,
+        so its image (an exec's executable, args, cwd) and the ppid they recorded win.
+        """
         self.stats.merged_placeholders += 1
         proc.inferred = False
         proc.creator = caller.key
         proc.started_at = at_ms
-        if proc.parent is None or proc.ppid in (0, ppid):
+        if proc.ppid == 0:
             self._set_parent(proc, ppid, parent, at_ms, out)
+        elif proc.parent is None:
+            recorded = caller if caller.pid == proc.ppid else None
+            if recorded is None and parent is not None and parent.pid == proc.ppid:
+                recorded = parent
+            if recorded is None:
+                recorded = self.lookup(proc.ppid, at_ms)
+            if recorded is not None:
+                self._set_parent(proc, proc.ppid, recorded, at_ms, out)
         if proc.executable is None:
-            proc.executable, proc.name, proc.args = caller.executable, caller.name, caller.args
+            proc.executable, proc.name = caller.executable, caller.name
+            proc.args, proc.cwd, proc.title = caller.args, caller.cwd, caller.title
             proc.ancestry_entry = None
         if proc.container is None and container is not None:
             self._set_container(proc, container, at_ms, out)

@@ -1,0 +1,235 @@
+"""Live benchmark: auditstream run vs Debian's auditd under an open() load of rising rates.
+
+    python bench/live.py                         # 5k..50k events/s, 5 s each
+    python bench/live.py --rates 5000,20000,50000 --seconds 3
+
+For each rate and each reader: start it with one rule (`-a always,exit -F arch=b64 -S
+open,openat -F exe=<loadgen> -k load`; auditstream loads only that rule, not its lifecycle
+rules, so both readers see the same kernel traffic), run ../shared/bench/loadgen.c, stop the
+reader, and count `load` events out, the kernel's `lost` delta and CPU seconds per process.
+Holds /run/lock/auditstream-kernel.lock throughout; needs root and a clean kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOADGEN_C = Path(__file__).resolve().parents[2] / "shared" / "bench" / "loadgen.c"
+LOCK_PATH = Path("/run/lock/auditstream-kernel.lock")
+SETTINGS = ("enabled", "failure", "pid", "rate_limit", "backlog_limit", "backlog_wait_time")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+AUDITD_CONF = """\
+local_events = yes
+write_logs = yes
+log_file = {log}
+log_format = ENRICHED
+flush = INCREMENTAL_ASYNC
+freq = 50
+max_log_file = 0
+max_log_file_action = IGNORE
+space_left = 2
+space_left_action = IGNORE
+admin_space_left = 1
+admin_space_left_action = IGNORE
+disk_full_action = IGNORE
+disk_error_action = IGNORE
+plugin_dir = {plugins}
+q_depth = 2000
+overflow_action = IGNORE
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One reader at one rate."""
+
+    reader: str
+    rate: int
+    generated: int
+    events_out: int
+    kernel_lost: int
+    cpu_s: dict[str, float]
+
+
+def kernel_status() -> dict[str, int]:
+    """`auditctl -s` numeric lines."""
+    text = subprocess.run(["auditctl", "-s"], check=True, capture_output=True, text=True).stdout
+    return {n: int(v.split()[0]) for n, _, v in (ln.partition(" ") for ln in text.splitlines())
+            if v.split() and v.split()[0].isdigit()}
+
+
+def kernel_rules() -> str:
+    """`auditctl -l`."""
+    return subprocess.run(["auditctl", "-l"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def kernel_lock() -> Iterator[dict[str, int]]:
+    """Hold the kernel lock, insist on a clean kernel, and check it is left as found."""
+    with LOCK_PATH.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = kernel_status()
+        if found["pid"] or found["enabled"] == 2 or kernel_rules() != "No rules":
+            raise SystemExit("kernel audit is in use (pid holder, rules or immutable): not clean")
+        yield found
+        now = kernel_status()
+        if now["enabled"] != found["enabled"]:
+            subprocess.run(["auditctl", "-e", str(found["enabled"])], check=True, capture_output=True)
+        changed = [n for n in SETTINGS if kernel_status()[n] != found[n]]
+        if changed or kernel_rules() != "No rules":
+            print(f"WARNING: kernel left changed: {changed} rules={kernel_rules()!r}", file=sys.stderr)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def stage_pids(supervisor: int) -> dict[str, int]:
+    """The supervisor's stage children by name."""
+    out: dict[str, int] = {}
+    for child in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split():
+        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        if b"-m" in argv:
+            out[argv[argv.index(b"-m") + 1].decode()] = int(child)
+    return out
+
+
+def run_loadgen(loadgen: Path, rate: int, seconds: float) -> int:
+    """Run the load and return the achieved number of open() calls."""
+    out = subprocess.run([str(loadgen), str(rate), str(seconds)], check=True, capture_output=True, text=True)
+    return int(out.stdout.split()[0])
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `check()` until true."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def bench_auditstream(work: Path, loadgen: Path, rule: str, rate: int, seconds: float) -> Result:
+    """`auditstream run` with only the load rule, JSONL sink."""
+    rules = work / "load.rules"
+    rules.write_text(rule + "\n")
+    config = work / "c.toml"
+    config.write_text(f'[runtime]\ndir = "{work}/run"\n[receiver]\nrules_files = ["{rules}"]\n')
+    out = work / "events.jsonl"
+    with (work / "stderr").open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "auditstream", "run", "-c", str(config),
+                                 "--sink", f"jsonl:{out}"], cwd=REPO, stderr=err,
+                                stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: kernel_status()["pid"] == stage_pids(proc.pid).get("receiver", -1), 20,
+                   "the receiver to register")
+        lost0 = kernel_status()["lost"]
+        generated = run_loadgen(loadgen, rate, seconds)
+        time.sleep(1.0)  # let the pipeline catch up before sampling CPU
+        lost = kernel_status()["lost"] - lost0
+        cpu = {name: cpu_seconds(pid) for name, pid in stage_pids(proc.pid).items()}
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    count = sum(1 for line in out.open("rb") if b'"load"' in line and b'"tags"' in line)
+    return Result("auditstream", rate, generated, count, lost, cpu)
+
+
+def bench_auditd(work: Path, loadgen: Path, rule: str, rate: int, seconds: float) -> Result:
+    """Debian's auditd, ENRICHED log in `work`, no plugins; stopped by pid."""
+    log = work / "audit.log"
+    (work / "plugins").mkdir(exist_ok=True)
+    conf = work / "auditd.conf"
+    conf.write_text(AUDITD_CONF.format(log=log, plugins=work / "plugins"))
+    conf.chmod(0o600)
+    backlog0 = kernel_status()
+    proc = subprocess.Popen(["/usr/sbin/auditd", "-n", "-c", str(work)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    added = False
+    try:
+        wait_until(lambda: kernel_status()["pid"] == proc.pid, 10, "auditd to start")
+        # Same kernel settings as auditstream uses (backlog 8192), as in DESIGN §7.
+        subprocess.run(["auditctl", "-b", "8192", "--backlog_wait_time", "0"], check=True, capture_output=True)
+        subprocess.run(["auditctl", *rule.split()], check=True, capture_output=True)
+        added = True
+        lost0 = kernel_status()["lost"]
+        generated = run_loadgen(loadgen, rate, seconds)
+        time.sleep(1.0)
+        lost = kernel_status()["lost"] - lost0
+        cpu = {"auditd": cpu_seconds(proc.pid)}
+    finally:
+        if added:
+            subprocess.run(["auditctl", "-d", *rule.split()[1:]], check=True, capture_output=True)
+        subprocess.run(["auditctl", "-b", str(backlog0["backlog_limit"]), "--backlog_wait_time",
+                        str(backlog0["backlog_wait_time"])], check=True, capture_output=True)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        subprocess.run(["auditctl", "-e", str(backlog0["enabled"])], check=True, capture_output=True)
+    count = sum(1 for line in log.open("rb") if line.startswith(b"type=SYSCALL") and b'key="load"' in line)
+    return Result("auditd", rate, generated, count, lost, cpu)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="5000,10000,20000,30000,40000,50000", help="events/s, comma separated")
+    parser.add_argument("--seconds", type=float, default=5.0, help="load duration per rate")
+    parser.add_argument("--json", action="store_true", help="also print the results as JSON")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (kernel audit)")
+    rates = [int(r) for r in args.rates.split(",")]
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="auditstream-bench-") as tmp, kernel_lock():
+        loadgen = Path(tmp) / "loadgen"
+        subprocess.run(["gcc", "-O2", "-o", str(loadgen), str(LOADGEN_C)], check=True)
+        rule = f"-a always,exit -F arch=b64 -S open,openat -F exe={loadgen} -k load"
+        for rate in rates:
+            for name, bench in (("auditstream", bench_auditstream), ("auditd", bench_auditd)):
+                work = Path(tmp) / f"{name}-{rate}"
+                work.mkdir()
+                results.append(bench(work, loadgen, rule, rate, args.seconds))
+    print_table(results)
+    if args.json:
+        print(json.dumps([_as_dict(r) for r in results]))
+    return 0
+
+
+def _as_dict(result: Result) -> dict[str, object]:
+    return {name: getattr(result, name) for name in Result.__slots__}
+
+
+def print_table(results: list[Result]) -> None:
+    """One line per rate: auditstream and auditd side by side."""
+    print("| rate/s | generated | auditstream out | lost | CPU s (receiver/assembler/treekeeper)"
+          " | auditd out | lost | auditd CPU s |")
+    print("|---|---|---|---|---|---|---|---|")
+    by_rate: dict[int, dict[str, Result]] = {}
+    for r in results:
+        by_rate.setdefault(r.rate, {})[r.reader] = r
+    for rate, pair in by_rate.items():
+        ours, theirs = pair["auditstream"], pair["auditd"]
+        cpu = "/".join(f"{ours.cpu_s.get(n, 0.0):.1f}" for n in ("receiver", "assembler", "treekeeper"))
+        print(f"| {rate} | {ours.generated} / {theirs.generated} | {ours.events_out} | {ours.kernel_lost} | {cpu}"
+              f" | {theirs.events_out} | {theirs.kernel_lost} | {theirs.cpu_s['auditd']:.1f} |")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,350 @@
+"""Helpers for live-capture tests: the kernel lock, `auditstream run` and auditd as children.
+
+Every test that touches the kernel audit subsystem holds `/run/lock/auditstream-kernel.lock`
+for its whole duration (fixture `kernel_clean`), starts only from a clean kernel (no pid
+holder, no rules, not immutable) and leaves `auditctl -s` / `auditctl -l` as it found them,
+repairing and failing the test if something was left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RULES = REPO / "receiver" / "default.rules"
+LOCK_PATH = Path("/run/lock" if Path("/run/lock").is_dir() else "/tmp") / "auditstream-kernel.lock"
+AUDITD = Path("/usr/sbin/auditd")
+# The settings `auditctl -s` prints that a test may change and must put back.
+SETTINGS = ("enabled", "failure", "pid", "rate_limit", "backlog_limit", "backlog_wait_time")
+# auditctl flag that sets each setting back (pid cannot be set: it drops when its holder exits).
+SETTING_FLAGS = {
+    "enabled": "-e",
+    "failure": "-f",
+    "rate_limit": "-r",
+    "backlog_limit": "-b",
+    "backlog_wait_time": "--backlog_wait_time",
+}
+Event = dict[str, Any]
+
+
+def auditctl(*args: str) -> str:
+    """Run auditctl and return its stdout (it must succeed)."""
+    return subprocess.run(["auditctl", *args], check=True, capture_output=True, text=True).stdout
+
+
+def kernel_status() -> dict[str, int]:
+    """`auditctl -s` as a dict of its numeric lines (enabled, pid, lost, ...)."""
+    status: dict[str, int] = {}
+    for line in auditctl("-s").splitlines():
+        name, _, value = line.partition(" ")
+        words = value.split()
+        if words and words[0].isdigit():
+            status[name] = int(words[0])
+    return status
+
+
+@dataclass(frozen=True, slots=True)
+class KernelState:
+    """What a live test must leave exactly as it found it."""
+
+    settings: dict[str, int]
+    rules: str
+
+    @classmethod
+    def read(cls) -> KernelState:
+        """The kernel's current settings and rule listing."""
+        status = kernel_status()
+        return cls({name: status[name] for name in SETTINGS}, auditctl("-l").strip())
+
+    def dirty_reason(self) -> str | None:
+        """Why this state is not a clean starting point, or None."""
+        if self.settings["pid"] != 0:
+            return f"kernel audit pid is held by pid {self.settings['pid']}"
+        if self.settings["enabled"] == 2:
+            return "kernel audit configuration is immutable (enabled 2)"
+        if self.rules != "No rules":
+            return "audit rules are loaded"
+        return None
+
+
+def kernel_unusable_reason() -> str | None:
+    """Why this machine cannot run live kernel tests, or None."""
+    if os.geteuid() != 0:
+        return "needs root for the kernel audit subsystem"
+    if shutil.which("auditctl") is None:
+        return "auditctl (package auditd) is not installed"
+    probe = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        return f"NETLINK_AUDIT cannot be used here: {probe.stderr.strip()}"
+    return None
+
+
+def restore_kernel(found: KernelState) -> list[str]:
+    """Put settings and rules back to `found`; return what had to be repaired."""
+    now = KernelState.read()
+    repaired: list[str] = []
+    if now.rules != found.rules and found.rules == "No rules":
+        # Safe only because we hold the lock and the kernel had no rules when we took it.
+        auditctl("-D")
+        repaired.append(f"rules left behind:\n{now.rules}")
+    for name, flag in SETTING_FLAGS.items():
+        if now.settings[name] != found.settings[name]:
+            auditctl(flag, str(found.settings[name]))
+            repaired.append(f"{name} {now.settings[name]} -> {found.settings[name]}")
+    if now.settings["pid"] != found.settings["pid"]:
+        repaired.append(f"audit pid still held by {now.settings['pid']}")
+    return repaired
+
+
+@pytest.fixture
+def kernel_clean() -> Iterator[KernelState]:
+    """Hold the kernel lock for the test, require a clean kernel, and put it back afterwards."""
+    reason = kernel_unusable_reason()
+    if reason:
+        pytest.skip(reason)
+    with LOCK_PATH.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = KernelState.read()
+        dirty = found.dirty_reason()
+        if dirty:
+            pytest.skip(f"kernel audit is in use ({dirty}): not clean")
+        yield found
+        repaired = restore_kernel(found)
+        assert not repaired, f"the test left the kernel changed (repaired): {repaired}"
+
+
+def write_config(path: Path, runtime_dir: Path, rules_files: list[Path] | None = None) -> Path:
+    """A TOML config with its own runtime dir and, when given, rule files."""
+    lines = ["[runtime]", f"dir = {json.dumps(str(runtime_dir))}", "[receiver]"]
+    if rules_files is not None:
+        lines.append(f"rules_files = {json.dumps([str(p) for p in rules_files])}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class LiveRun:
+    """`auditstream run` as a child process in its own session (so it can be killed as a group)."""
+
+    args: list[str]
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    returncode: int | None = None
+    stderr_text: str = ""
+    stopped_in_s: float = 0.0
+    _stderr_path: Path = field(init=False)
+
+    def start(self) -> LiveRun:
+        """Start the command; stderr goes to a file in workdir."""
+        self._stderr_path = self.workdir / "auditstream.stderr"
+        with self._stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "auditstream", *self.args],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        """The supervisor's pid."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stage_pids(self) -> dict[str, int]:
+        """The supervisor's children by stage name (receiver, assembler-0, treekeeper)."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        stages: dict[str, int] = {}
+        for child in children:
+            try:
+                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"-m" in argv:
+                name = argv[argv.index(b"-m") + 1].decode()
+                if name == "assembler" and b"--index" in argv:
+                    name += "-" + argv[argv.index(b"--index") + 1].decode()
+                stages[name] = int(child)
+        return stages
+
+    def wait_registered(self, timeout_s: float = 20.0) -> int:
+        """Wait until our receiver holds the kernel audit pid; return that pid."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"auditstream run exited early: {self.read_stderr()}")
+            pid = kernel_status()["pid"]
+            if pid and pid == self.stage_pids().get("receiver"):
+                return pid
+            time.sleep(0.1)
+        raise AssertionError(f"receiver never registered with the kernel: {self.read_stderr()}")
+
+    def wait_file(self, path: Path, timeout_s: float = 20.0) -> None:
+        """Wait until `path` exists (e.g. the receiver's first status file)."""
+        deadline = time.monotonic() + timeout_s
+        while not path.exists():
+            assert self.proc is not None
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{path} never appeared: {self.read_stderr()}")
+            time.sleep(0.1)
+
+    def read_stderr(self) -> str:
+        """What the pipeline wrote on stderr so far."""
+        return self._stderr_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 40.0) -> int:
+        """Signal the supervisor, wait for it, and return its exit code."""
+        assert self.proc is not None
+        started = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.returncode = self.proc.wait(timeout=timeout_s)
+        finally:
+            self.stopped_in_s = time.monotonic() - started
+            self.kill()
+            self.stderr_text = self.read_stderr()
+        return self.returncode
+
+    def kill(self) -> None:
+        """Kill our session's processes if any is still alive (used in finally)."""
+        if self.proc is None:
+            return
+        # Also reaps stray stages of a supervisor that died: they share its session.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=10)
+
+
+def read_events(path: Path) -> list[Event]:
+    """All complete JSON lines of a JSONL sink file ([] if it does not exist yet)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in data.split(b"\n")[:-1] if line.strip()]
+
+
+def wait_for_events(
+    path: Path, match: Callable[[Event], bool], count: int = 1, timeout_s: float = 15.0
+) -> list[Event]:
+    """Wait until `path` holds at least `count` events matching `match`; return them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [e for e in read_events(path) if match(e)]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def is_audit_event(event: Event) -> bool:
+    """An event made from kernel records (not a lifecycle or marker event)."""
+    return bool(event.get("auditd", {}).get("records"))
+
+
+def syscall_of(event: Event) -> str | None:
+    """The syscall name of an audit event."""
+    value = event.get("auditd", {}).get("data", {}).get("syscall")
+    return value if isinstance(value, str) else None
+
+
+AUDITD_CONF = """\
+local_events = yes
+write_logs = yes
+log_file = {log_file}
+log_format = ENRICHED
+flush = INCREMENTAL_ASYNC
+freq = 50
+max_log_file = 0
+max_log_file_action = IGNORE
+space_left = 2
+space_left_action = IGNORE
+admin_space_left = 1
+admin_space_left_action = IGNORE
+disk_full_action = IGNORE
+disk_error_action = IGNORE
+plugin_dir = {plugin_dir}
+q_depth = 2000
+overflow_action = IGNORE
+end_of_event_timeout = 2
+"""
+
+
+@dataclass
+class AuditdDaemon:
+    """Debian's auditd in the foreground (`-n`) with a private config: no plugins, log in `workdir`.
+
+    It loads no rules itself (rules come from augenrules, which we do not run) but leaves the
+    kernel's enabled flag at 1 when it exits: `kernel_clean` puts that back.
+    """
+
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    enabled_before: int | None = None
+
+    @property
+    def log_file(self) -> Path:
+        """Where auditd writes its (ENRICHED) log."""
+        return self.workdir / "log" / "audit.log"
+
+    def start(self, timeout_s: float = 10.0) -> AuditdDaemon:
+        """Start auditd and wait until it holds the kernel audit pid."""
+        (self.workdir / "plugins").mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "auditd.conf"
+        conf.write_text(AUDITD_CONF.format(log_file=self.log_file, plugin_dir=self.workdir / "plugins"))
+        conf.chmod(0o600)  # auditd refuses a config others can write
+        self.enabled_before = kernel_status()["enabled"]
+        with (self.workdir / "auditd.out").open("wb") as out:
+            self.proc = subprocess.Popen(
+                [str(AUDITD), "-n", "-c", str(self.workdir)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            )
+        deadline = time.monotonic() + timeout_s
+        while kernel_status()["pid"] != self.proc.pid:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"auditd did not start: {(self.workdir / 'auditd.out').read_text()}")
+            time.sleep(0.1)
+        return self
+
+    @property
+    def pid(self) -> int:
+        """auditd's pid."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        """SIGTERM (auditd ignores SIGINT; SIGKILL after 10 s), then put back the enabled flag."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        # auditd enables auditing at start and leaves it enabled when it exits.
+        if self.enabled_before is not None and kernel_status()["enabled"] != self.enabled_before:
+            auditctl("-e", str(self.enabled_before))

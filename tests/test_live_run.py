@@ -1,0 +1,291 @@
+"""`auditstream run` against the live kernel: enrichment, auditd beside it, record/replay, SIGTERM.
+
+All real: the kernel, Debian's auditd and the pipeline's processes. Each test holds the kernel
+lock (`kernel_clean`, from live_helpers) and leaves `auditctl -s` / `-l` as it found them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from live_helpers import (
+    AUDITD,
+    DEFAULT_RULES,
+    REPO,
+    AuditdDaemon,
+    Event,
+    KernelState,
+    LiveRun,
+    auditctl,
+    is_audit_event,
+    kernel_clean,
+    read_events,
+    syscall_of,
+    wait_for_events,
+    write_config,
+)
+
+pytestmark = pytest.mark.kernel
+__all__ = ["kernel_clean"]  # the fixture is used by name
+
+PYTHON_EXE = os.path.realpath(sys.executable)
+
+
+@pytest.fixture
+def runs() -> Iterator[list[LiveRun]]:
+    """`auditstream run` children of a test; each is killed (as a group) if still alive."""
+    made: list[LiveRun] = []
+    yield made
+    for run in made:
+        run.kill()
+
+
+def start_run(runs: list[LiveRun], workdir: Path, *args: str) -> LiveRun:
+    """Start `auditstream run ARGS` and remember it for cleanup."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = LiveRun(["run", *args], workdir)
+    runs.append(run)
+    return run.start()
+
+
+def execs_of(events: list[Event], pid: int) -> list[Event]:
+    """The successful execve audit events of process `pid` (a PATH search fails on the way)."""
+    return [
+        e for e in events
+        if is_audit_event(e) and syscall_of(e) == "execve" and e.get("process", {}).get("pid") == pid
+        and e["event"].get("outcome") == "success"
+    ]
+
+
+def test_live_run_enriches_exec_connect_and_watched_delete(
+    kernel_clean: KernelState, runs: list[LiveRun], tmp_path: Path
+) -> None:
+    """A shell pipeline, a TCP connect and a watched rm become events with the right process and parent."""
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    victim = watched / "victim.txt"
+    victim.write_text("x")
+    watch_rules = tmp_path / "watch.rules"
+    watch_rules.write_text(f"-w {watched} -p wa -k watched\n")
+    config = write_config(tmp_path / "c.toml", tmp_path / "run", [DEFAULT_RULES, watch_rules])
+    out = tmp_path / "events.jsonl"
+    run = start_run(runs, tmp_path, "-c", str(config), "--sink", f"jsonl:{out}")
+    receiver_pid = run.wait_registered()
+
+    pipeline = "echo hi | tr a-z A-Z > /dev/null"
+    shell = subprocess.Popen(["sh", "-c", pipeline])
+    shell.wait()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        connect = f"import socket; socket.create_connection(('127.0.0.1', {port})).close()"
+        client = subprocess.Popen([sys.executable, "-c", connect])
+        server.accept()[0].close()
+        client.wait()
+    remover = subprocess.Popen(["rm", str(victim)])
+    remover.wait()
+
+    deleted = wait_for_events(out, lambda e: e.get("file", {}).get("path") == str(victim))
+    assert deleted, f"no deletion event in {out}: {run.read_stderr()}"
+    assert run.stop(signal.SIGINT) == 0, run.stderr_text
+    assert f"receiver={receiver_pid}" in run.stderr_text
+    events = read_events(out)
+
+    me = os.getpid()
+    (sh_exec,) = execs_of(events, shell.pid)
+    assert sh_exec["process"]["executable"] == os.path.realpath(shutil.which("sh") or "sh")
+    assert sh_exec["process"]["args"] == ["sh", "-c", pipeline]
+    assert sh_exec["process"]["parent"]["pid"] == me
+    assert sh_exec["process"]["parent"]["executable"] == PYTHON_EXE
+    tr_execs = [
+        e for e in events
+        if is_audit_event(e) and syscall_of(e) == "execve"
+        and e["process"].get("args") == ["tr", "a-z", "A-Z"]
+    ]
+    assert len(tr_execs) == 1, tr_execs
+    assert tr_execs[0]["process"]["executable"] == os.path.realpath(shutil.which("tr") or "tr")
+    assert tr_execs[0]["process"]["parent"]["pid"] == shell.pid
+    assert tr_execs[0]["process"]["parent"]["args"] == ["sh", "-c", pipeline]
+
+    connects = [
+        e for e in events
+        if is_audit_event(e) and syscall_of(e) == "connect" and e["process"]["pid"] == client.pid
+    ]
+    assert [c.get("destination") for c in connects] == [{"ip": "127.0.0.1", "port": port}]
+    assert connects[0]["process"]["executable"] == PYTHON_EXE
+    assert connects[0]["process"]["parent"]["pid"] == me
+    assert connects[0]["process"]["args"] == [sys.executable, "-c", connect]
+
+    (deletion,) = deleted
+    assert "watched" in deletion["tags"]
+    assert syscall_of(deletion) in ("unlink", "unlinkat")
+    assert deletion["event"]["action"] == "deleted"
+    assert deletion["process"]["pid"] == remover.pid
+    assert deletion["process"]["name"] == "rm"
+    assert deletion["process"]["args"] == ["rm", str(victim)]
+    assert deletion["process"]["parent"]["pid"] == me
+    assert deletion["process"]["parent"]["executable"] == PYTHON_EXE
+    assert not victim.exists()
+
+
+def serials_in_auditd_log(log_file: Path, key: str, pids: list[int]) -> set[int]:
+    """Serials of SYSCALL records with rule key `key` by one of `pids` in an auditd log."""
+    serials: set[int] = set()
+    wanted = {f" pid={pid} ".encode() for pid in pids}
+    for line in log_file.read_bytes().split(b"\n"):
+        if (
+            line.startswith(b"type=SYSCALL ")
+            and f' key="{key}"'.encode() in line
+            and any(w in line for w in wanted)
+        ):
+            serials.add(int(line.split(b":", 2)[1].split(b")", 1)[0]))
+    return serials
+
+
+@pytest.fixture
+def auditd(kernel_clean: KernelState, tmp_path: Path) -> Iterator[AuditdDaemon]:
+    """Debian's auditd holding the audit pid for the test; stopped by pid and enabled flag put back."""
+    if not AUDITD.exists():
+        pytest.skip(f"{AUDITD} (package auditd) is not installed")
+    daemon = AuditdDaemon(tmp_path / "auditd")
+    try:
+        yield daemon.start()
+    finally:
+        daemon.stop()
+
+
+def test_unicast_run_refused_beside_auditd(
+    auditd: AuditdDaemon, runs: list[LiveRun], tmp_path: Path
+) -> None:
+    """With auditd holding the audit pid, unicast `run` exits non-zero quickly, naming auditd."""
+    config = write_config(tmp_path / "u.toml", tmp_path / "u-run")
+    refused = start_run(runs, tmp_path / "unicast", "-c", str(config),
+                        "--sink", f"jsonl:{tmp_path / 'u.jsonl'}")
+    assert refused.proc is not None
+    try:
+        code = refused.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"auditstream run did not exit within 15 s: {refused.read_stderr()}")
+    stderr = refused.read_stderr()
+    assert code != 0
+    assert f"pid {auditd.pid} (/usr/sbin/auditd" in stderr, stderr
+
+
+@pytest.mark.slow
+def test_multicast_run_beside_auditd_sees_what_auditd_logs(
+    auditd: AuditdDaemon, runs: list[LiveRun], tmp_path: Path
+) -> None:
+    """`run --source multicast` next to auditd gets the same exec events (same serials) as auditd's log."""
+    key = f"live-mc-{os.getpid()}"
+    rule = ["always,exit", "-F", "arch=b64", "-S", "execve", "-F", f"ppid={os.getpid()}", "-k", key]
+    auditctl("-a", *rule)
+    try:
+        out = tmp_path / "mc.jsonl"
+        run_dir = tmp_path / "mc-run"
+        multicast = start_run(runs, tmp_path / "mc", "--source", "multicast", "-c",
+                              str(write_config(tmp_path / "m.toml", run_dir)), "--sink", f"jsonl:{out}")
+        multicast.wait_file(run_dir / "status-receiver.json")
+        pids: list[int] = []
+        for _ in range(4):
+            child = subprocess.Popen(["/bin/true"])
+            child.wait()
+            pids.append(child.pid)
+        ours = wait_for_events(out, lambda e: key in e.get("tags", []), count=len(pids))
+        assert multicast.stop(signal.SIGTERM) == 0, multicast.stderr_text
+    finally:
+        auditctl("-d", *rule)
+    auditd.stop()  # flushes its log
+    assert auditd.proc is not None and auditd.proc.returncode == 0
+    # Only the execs the test made: other children of this process (auditctl after the stop)
+    # are in auditd's log but were never meant to be in ours.
+    theirs = serials_in_auditd_log(auditd.log_file, key, pids)
+    assert len(theirs) >= len(pids)  # a failed PATH lookup is an execve event too
+    assert {e["event"]["sequence"] for e in ours if e["process"]["pid"] in pids} == theirs
+    assert set(pids) <= {e["process"]["pid"] for e in ours}
+
+
+def audit_event_keys(events: list[Event]) -> set[tuple[int, str | None, int, str]]:
+    """(sequence, syscall, pid, executable) of the audit events."""
+    return {
+        (e["event"]["sequence"], syscall_of(e), e.get("process", {}).get("pid", 0),
+         e.get("process", {}).get("executable", ""))
+        for e in events if is_audit_event(e)
+    }
+
+
+@pytest.mark.slow
+def test_recorded_raw_replays_to_the_same_events(
+    kernel_clean: KernelState, runs: list[LiveRun], tmp_path: Path
+) -> None:
+    """`run --record raw.log` then `replay raw.log` gives the same audit events as live."""
+    raw = tmp_path / "raw.log"
+    live_out = tmp_path / "live.jsonl"
+    config = write_config(tmp_path / "c.toml", tmp_path / "run")
+    run = start_run(runs, tmp_path, "-c", str(config), "--record", str(raw), "--sink", f"jsonl:{live_out}")
+    run.wait_registered()
+    script = "for i in 1 2 3; do ls / > /dev/null; cat /etc/hostname > /dev/null; done"
+    shell = subprocess.Popen(["sh", "-c", script])
+    shell.wait()
+    assert wait_for_events(live_out, lambda e: e.get("process", {}).get("parent", {}).get("pid") == shell.pid,
+                           count=6)
+    assert run.stop(signal.SIGINT) == 0, run.stderr_text
+
+    replayed = tmp_path / "replayed.jsonl"
+    replay = subprocess.run(
+        [sys.executable, "-m", "auditstream", "replay", str(raw), "--sink", f"jsonl:{replayed}"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+    assert replay.returncode == 0, replay.stderr
+    live = audit_event_keys(read_events(live_out))
+    again = audit_event_keys(read_events(replayed))
+    assert len(live) > 6
+    assert live - again == set() and again - live == set()
+
+
+def summary_of(run_dir: Path) -> dict[str, object]:
+    """The pipeline's summary.json."""
+    data = json.loads((run_dir / "summary.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.mark.slow
+def test_sigterm_under_exec_load_loses_nothing(
+    kernel_clean: KernelState, runs: list[LiveRun], tmp_path: Path
+) -> None:
+    """SIGTERM while /bin/true is exec'd in a tight loop: clean exit, no loss, no loss marker."""
+    run_dir = tmp_path / "run"
+    out = tmp_path / "events.jsonl"
+    run = start_run(runs, tmp_path, "-c", str(write_config(tmp_path / "c.toml", run_dir)),
+                    "--sink", f"jsonl:{out}")
+    run.wait_registered()
+    load = subprocess.Popen(["sh", "-c", "while :; do /bin/true; done"])
+    try:
+        time.sleep(3)
+        code = run.stop(signal.SIGTERM)
+    finally:
+        load.kill()
+        load.wait()
+    assert code == 0, run.stderr_text
+    assert run.stopped_in_s < 15, f"stopping took {run.stopped_in_s:.1f} s"
+    assert " 0 events lost" in run.stderr_text, run.stderr_text
+    summary = summary_of(run_dir)
+    receiver = summary["receiver"]
+    assert isinstance(receiver, dict)
+    assert receiver["kernel_lost"] == 0 and receiver["socket_overruns"] == 0
+    events = read_events(out)
+    loop_execs = [e for e in events if is_audit_event(e) and syscall_of(e) == "execve"
+                  and e["process"].get("parent", {}).get("pid") == load.pid]
+    assert len(loop_execs) > 50, f"only {len(loop_execs)} execs of the loop arrived"
+    markers = [e for e in events if "auditstream-marker" in e.get("tags", [])]
+    assert markers == []
