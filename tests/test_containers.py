@@ -161,3 +161,32 @@ def test_live_scan_children_inherit_container() -> None:
     doc = execve(2, 901, 900, "/bin/id", ["id"])
     run(t, doc)
     assert doc["container"] == {"id": CID, "runtime": "docker"}
+
+
+def test_replay_docker_exec_through_runc_exec_and_unseen_init_clone() -> None:
+    """docker exec as logged: `runc exec ID` → runc:[2:INIT] (its clone never seen) → sh is inside."""
+    t = ProcessTable()
+    _shim(t)
+    run(t, fork(1, 500, 1, 620, exe="/usr/bin/containerd-shim-runc-v2"))
+    runc_exec = [
+        "runc",
+        "--root",
+        "/run/runc/moby",
+        "exec",
+        "--process",
+        "/tmp/p.json",
+        "--detach",
+        CID,
+    ]
+    run(t, execve(2, 620, 500, "/usr/bin/runc", runc_exec))
+    # runc's nsexec stage clones the init with CLONE_PARENT: its first event is its own.
+    first = ev(3, "clone3", 622, 620, exit="10", comm="runc:[2:INIT]", exe="/usr/bin/runc")
+    run(t, first)
+    sh = execve(4, 622, 620, "/bin/sh", ["sh", "-c", "ls /"])
+    run(t, sh)
+    assert sh["container"]["id"] == CID
+    # A hook is a plain fork of runc that execs: it stays outside.
+    run(t, fork(5, 620, 500, 623, exe="/usr/bin/runc"))
+    hook = execve(6, 623, 620, "/usr/bin/hook", ["hook"])
+    run(t, hook)
+    assert "container" not in hook

@@ -17,6 +17,7 @@ from treekeeper.procfs import LiveProcSource
 from treekeeper.tree import ProcessTable, ReorderWindow, TableConfig
 
 log = logging.getLogger("auditstream.treekeeper")
+EXEC_SYSCALLS = ("execve", "execveat")
 Event = dict[str, Any]
 
 
@@ -72,11 +73,27 @@ class TreeStep:
     def _apply(self, event: Event, out: list[Event]) -> None:
         doc = event["doc"]
         lifecycle = self.table.observe(doc)
+        if not self.event_time:
+            lifecycle += self._live_container(doc)
         self.table.enrich(doc)
         out.append(event)
         if lifecycle:
             self.lifecycle_events += len(lifecycle)
             out.extend({"key": event["key"], "raw": [], "doc": life} for life in lifecycle)
+
+    def _live_container(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
+        """Live, an exec'd process's cgroup names its container (docker, containerd, CRI-O…)."""
+        if doc.get("auditd", {}).get("data", {}).get("syscall") not in EXEC_SYSCALLS:
+            return []
+        pid = doc.get("process", {}).get("pid")
+        if not isinstance(pid, int):
+            return []
+        try:
+            with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as fh:
+                text = fh.read()
+        except OSError:
+            return []  # gone already: the log's own ancestry has to do
+        return self.table.adopt_cgroup(pid, self.table.event_ms(doc), text)
 
     def process(self, events: list[Event]) -> list[Event]:
         if not self.enabled:

@@ -137,6 +137,8 @@ class Process:
 
 
 T = TypeVar("T")
+# runc names its setup stages runc:[0:PARENT], runc:[1:CHILD], runc:[2:INIT] (comm).
+RUNC_INIT_COMM = "runc:["
 
 
 class ReorderWindow(Generic[T]):
@@ -445,6 +447,8 @@ class ProcessTable:
         )
         self._take_image(proc, process, at_ms, with_args=False)
         proc.role, proc.managed = containers.classify(proc.executable, None)
+        if proc.name is not None and proc.name.startswith(RUNC_INIT_COMM):
+            proc.role = RuntimeRole.RUNTIME_INIT  # runc's nsexec stages, seen before any exec
         self.current[pid] = key
         self._insert(proc, out)
         self._inferred.append(key)
@@ -675,7 +679,19 @@ class ProcessTable:
                 self._set_container(proc, target, at_ms, out)
         elif proc.role is RuntimeRole.NONE and proc.container is None:
             parent = self.get(proc.parent)
-            if parent is not None and parent.role is RuntimeRole.SHIM and parent.managed:
+            # A shim's child, or runc init (docker exec: parent is `runc exec ID`) turning
+            # into the container's command. A runc hook is a plain fork of runc, not init.
+            if (
+                parent is not None
+                and parent.managed
+                and (
+                    parent.role is RuntimeRole.SHIM
+                    or (
+                        parent.role is RuntimeRole.RUNTIME
+                        and previous_role is RuntimeRole.RUNTIME_INIT
+                    )
+                )
+            ):
                 self._set_container(proc, parent.managed, at_ms, out)
         out.append(lifecycle_doc(self, "process-exec", proc, at_ms))
 
@@ -728,6 +744,16 @@ class ProcessTable:
             self._set_parent(child, reaper.pid if reaper is not None else 1, reaper, at_ms, out)
 
     # -- containers ---------------------------------------------------------
+
+    def adopt_cgroup(self, pid: int, at_ms: int, cgroup_text: str) -> list[Doc]:
+        """Live: attribute ``pid`` from its /proc cgroup when the log alone did not."""
+        out: list[Doc] = []
+        proc = self.lookup(pid, at_ms)
+        if proc is not None and proc.container is None:
+            ref = containers.from_cgroup(cgroup_text)
+            if ref is not None:
+                self._set_container(proc, ref, at_ms, out)
+        return out
 
     def _set_container(self, proc: Process, ref: ContainerRef, at_ms: int, out: list[Doc]) -> None:
         if proc.container is not None:
