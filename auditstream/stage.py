@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ EXIT_FATAL = 78
 # After a stop signal a downstream stage keeps draining until its input has been quiet
 # this long (or its upstream's eof arrives): signals can reach every stage at once.
 STOP_IDLE_S = 2.0
+GC_THRESHOLD_ALLOCATIONS = 200_000
 
 
 @dataclass(slots=True)
@@ -92,6 +94,10 @@ def stage_main(
         return 2
     component = f"{name}-{args.index}" if name == "assembler" else name
     logs.setup(component, fmt=cfg.runtime.log_format, level=cfg.runtime.log_level)
+    # Events are trees of small dicts without cycles: reference counting frees them. The
+    # cyclic collector's default thresholds make it rescan them constantly; run it rarely.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD_ALLOCATIONS, 50, 100)
     ctx = StageContext(name=name, index=args.index)
     signal.signal(signal.SIGTERM, ctx._on_signal)
     signal.signal(signal.SIGINT, ctx._on_signal)

@@ -20,7 +20,7 @@ from auditstream.stage import EXIT_FATAL
 log = logging.getLogger("auditstream.supervisor")
 
 POLL_S = 0.05
-STOP_GRACE_S = 30.0  # how long a stage may take to drain after its upstream stopped
+STOP_GRACE_S = 60.0  # how long a stage may take to drain after its upstream stopped
 FAIL_GRACE_S = 3.0  # after a stage failed, nothing downstream of it can drain: do not wait long
 READY_TIMEOUT_S = 120.0  # sinks' start-up checks (a Kafka health check takes up to its timeout)
 

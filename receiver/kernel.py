@@ -240,6 +240,17 @@ class KernelSession:
                 raise NetlinkError(exc.errno, f"{rule.origin}: cannot add rule: {exc}") from None
             log.info("%s: rule already present, left to its owner", rule.origin)
 
+    def quiesce(self) -> None:
+        """Stop new records (put the enabled flag back) but stay registered.
+
+        What the kernel already queued for us is still delivered, so the receiver can
+        drain it before restore() unregisters the PID (unregistering first loses it).
+        """
+        if not self._started or "enabled" not in self._changes.settings:
+            return
+        set_status(self._open(), "enabled", self._changes.settings.pop("enabled"))
+        self._save_state()
+
     def restore(self) -> None:
         """Put back what start() changed. Idempotent; failures are logged, then raised."""
         if not self._started:

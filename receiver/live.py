@@ -26,6 +26,9 @@ READ_MAX_RECORDS = 4096
 # Synthetic record types (negative: never a kernel type) that ask the assembler for a marker.
 KERNEL_LOST_TYPE = -1
 SOCKET_OVERRUN_TYPE = -2
+DRAIN_MAX_S = 20.0  # below the supervisor's 30 s stop grace
+DRAIN_QUIET_S = 0.3
+DRAIN_POLL_MS = 50
 
 
 def _rules_and_settings(cfg: Config) -> tuple[list[Rule], KernelSettings]:
@@ -158,13 +161,43 @@ def _read_loop(
                     "socket_overruns": source.overruns,
                 },
             )
-    # Drain what the kernel already queued for us before we go.
-    while records := source.read_records(READ_MAX_RECORDS):
-        shipper.add(records)
+    drained = _drain(session, source, shipper, poller)
+    log.info("stopped: %d records read after the stop signal", drained)
     return {
         "kernel_lost": (counters.last_lost - counters.lost_at_start) & 0xFFFFFFFF,
         "socket_overruns": source.overruns,
     }
+
+
+def _drain(
+    session: KernelSession, source: NetlinkSource, shipper: RecordShipper, poller: select.poll
+) -> int:
+    """Stop new records, then read what the kernel and the socket still hold.
+
+    Unregistering the PID with records queued would lose them: the kernel hands
+    them to printk instead. Bounded in time so a stuck pipeline cannot hold the stop.
+    """
+    try:
+        session.quiesce()
+    except OSError as err:
+        log.error("could not stop new audit records before draining: %s", err)
+    drained = 0
+    deadline = time.monotonic() + DRAIN_MAX_S
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        if poller.poll(DRAIN_POLL_MS):
+            records = source.read_records(READ_MAX_RECORDS)
+            if records:
+                drained += len(records)
+                shipper.add(records)
+                quiet_since = time.monotonic()
+                continue
+        if time.monotonic() - quiet_since >= DRAIN_QUIET_S and session.status().backlog == 0:
+            break
+    else:
+        log.error("kernel still had audit records queued after %.0f s of draining", DRAIN_MAX_S)
+    shipper.flush()
+    return drained
 
 
 def run_stream(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[str, Any]:
