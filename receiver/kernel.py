@@ -240,7 +240,7 @@ class KernelSession:
                 raise NetlinkError(exc.errno, f"{rule.origin}: cannot add rule: {exc}") from None
             log.info("%s: rule already present, left to its owner", rule.origin)
 
-    def quiesce(self) -> None:
+    def quiesce(self, conn: AuditNetlink | None = None) -> None:
         """Stop new records (put the enabled flag back) but stay registered.
 
         What the kernel already queued for us is still delivered, so the receiver can
@@ -248,7 +248,8 @@ class KernelSession:
         """
         if not self._started or "enabled" not in self._changes.settings:
             return
-        set_status(self._open(), "enabled", self._changes.settings.pop("enabled"))
+        # `conn`: a second socket, whose reply is not queued behind our records.
+        set_status(conn or self._open(), "enabled", self._changes.settings.pop("enabled"))
         self._save_state()
 
     def restore(self) -> None:

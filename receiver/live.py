@@ -13,9 +13,9 @@ from typing import Any
 from auditstream import runtime
 from auditstream.config import Config
 from auditstream.stage import StageContext, write_status
-from receiver.kernel import AuditHeld, AuditStatus, KernelSession
+from receiver.kernel import AuditHeld, AuditStatus, KernelSession, get_status
 from receiver.logsource import SourceError
-from receiver.netlink import NetlinkSource
+from receiver.netlink import AuditNetlink, NetlinkSource
 from receiver.rules import KernelSettings, Rule, RuleError, load_rules
 from receiver.shipper import RecordShipper
 from receiver.stage import LineCounters, lines_to_records
@@ -26,6 +26,7 @@ READ_MAX_RECORDS = 4096
 # Synthetic record types (negative: never a kernel type) that ask the assembler for a marker.
 KERNEL_LOST_TYPE = -1
 SOCKET_OVERRUN_TYPE = -2
+CONTROL_RCVBUF_BYTES = 1 << 20
 DRAIN_MAX_S = 20.0  # below the supervisor's 30 s stop grace
 DRAIN_QUIET_S = 0.3
 DRAIN_POLL_MS = 50
@@ -104,8 +105,15 @@ def run_netlink(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[
                 )
             log.info("kernel audit: pid %d registered, %d rules loaded", os.getpid(), len(rules))
             source = session.records_source()
-        counters = KernelCounters(session.status())
-        stats = _read_loop(cfg, ctx, shipper, source, session, counters)
+        # Status polls go over a socket of their own: on the records socket the reply
+        # would queue behind every record the kernel sent before it.
+        control = AuditNetlink(rcvbuf_bytes=CONTROL_RCVBUF_BYTES)
+        control.open()
+        try:
+            counters = KernelCounters(get_status(control))
+            stats = _read_loop(cfg, ctx, shipper, source, session, control, counters)
+        finally:
+            control.close()
         source.close()
     finally:
         session.close()  # puts back exactly what we changed
@@ -118,6 +126,7 @@ def _read_loop(
     shipper: RecordShipper,
     source: NetlinkSource,
     session: KernelSession,
+    control: AuditNetlink,
     counters: KernelCounters,
 ) -> dict[str, Any]:
     poller = select.poll()
@@ -140,7 +149,7 @@ def _read_loop(
         now = time.monotonic()
         if now >= next_status:
             next_status = now + cfg.receiver.status_poll_ms / 1000
-            status = session.status()
+            status = get_status(control)
             risen = counters.update(status)
             if risen:
                 log.warning("kernel lost %d audit records (backlog %d)", risen, status.backlog)
@@ -161,7 +170,7 @@ def _read_loop(
                     "socket_overruns": source.overruns,
                 },
             )
-    drained = _drain(session, source, shipper, poller)
+    drained = _drain(session, control, source, shipper, poller)
     log.info("stopped: %d records read after the stop signal", drained)
     return {
         "kernel_lost": (counters.last_lost - counters.lost_at_start) & 0xFFFFFFFF,
@@ -170,7 +179,11 @@ def _read_loop(
 
 
 def _drain(
-    session: KernelSession, source: NetlinkSource, shipper: RecordShipper, poller: select.poll
+    session: KernelSession,
+    control: AuditNetlink,
+    source: NetlinkSource,
+    shipper: RecordShipper,
+    poller: select.poll,
 ) -> int:
     """Stop new records, then read what the kernel and the socket still hold.
 
@@ -178,7 +191,7 @@ def _drain(
     them to printk instead. Bounded in time so a stuck pipeline cannot hold the stop.
     """
     try:
-        session.quiesce()
+        session.quiesce(control)
     except OSError as err:
         log.error("could not stop new audit records before draining: %s", err)
     drained = 0
@@ -192,7 +205,7 @@ def _drain(
                 shipper.add(records)
                 quiet_since = time.monotonic()
                 continue
-        if time.monotonic() - quiet_since >= DRAIN_QUIET_S and session.status().backlog == 0:
+        if time.monotonic() - quiet_since >= DRAIN_QUIET_S and get_status(control).backlog == 0:
             break
     else:
         log.error("kernel still had audit records queued after %.0f s of draining", DRAIN_MAX_S)
