@@ -10,6 +10,7 @@ on the same input in the same run. Machines here are noisy: read the ratios.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from assembler.stage import Assembly  # noqa: E402
 from auditstream.config import Config  # noqa: E402
+from auditstream.stage import GC_THRESHOLD_ALLOCATIONS  # noqa: E402
 from receiver.logsource import LogSource  # noqa: E402
 from receiver.stage import LineCounters, lines_to_records  # noqa: E402
 from sinks import build_sink, parse_sink_arg  # noqa: E402
@@ -38,6 +40,8 @@ def timed(fn: Callable[[], object]) -> float:
 
 def stage_timings(log: Path, tmp: Path) -> dict[str, float]:
     """Each stage's own work in this process, without ZeroMQ: seconds for the whole log."""
+    gc.freeze()  # the same collector settings as the stage processes (auditstream/stage.py)
+    gc.set_threshold(GC_THRESHOLD_ALLOCATIONS, 50, 100)
     cfg = Config()
     cfg.receiver.source = "file"
     counters = LineCounters()
