@@ -27,3 +27,11 @@ def test_mypy_strict_passes_on_the_packages() -> None:
         [sys.executable, "-m", "mypy", *PACKAGES], cwd=REPO, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_top_gives_the_command_ci_runs() -> None:
+    """The README's test command is the one .ci/run executes (tests/README-command)."""
+    command = (REPO / "tests" / "README-command").read_text().strip()
+    readme = (REPO / "README.md").read_text()
+    assert command in readme.split("## ")[0], "README's top must show the test command CI runs"
+    assert "tests/README-command" in (REPO / ".ci" / "run").read_text()
