@@ -230,3 +230,48 @@ def test_sharded_assemblers_give_the_same_events_and_no_false_loss(tmp_path: Pat
         assert summary(result)[0] == len(log.read_bytes().splitlines())
         outs.append(sorted(e["event"]["sequence"] for e in audit_events(jsonl(out))))
     assert outs[0] == outs[1] and len(outs[0]) == len(audit_ids(log.read_bytes()))
+
+
+def test_run_as_auditd_plugin_reads_stdin(tmp_path: Path) -> None:
+    """`run --source stdin` (the auditd plugin) reads audit.log lines from stdin and ends at EOF."""
+    conf = tmp_path / "plugin.toml"
+    conf.write_text(f'[runtime]\ndir = "{tmp_path / "run"}"\n[receiver]\nsource = "stdin"\n')
+    out = tmp_path / "events.jsonl"
+    normal = (GOLIB / "testdata" / "normal.log").read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "auditstream", "run", "-c", str(conf), "--sink", f"jsonl:{out}"],
+        input=normal, capture_output=True, timeout=60, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [e["event"]["sequence"] for e in audit_events(jsonl(out))] == [58, 59, 60, 61, 62]
+
+
+def test_run_from_auditd_unix_socket(tmp_path: Path) -> None:
+    """`run --source unix:PATH` reads audit.log lines from an af_unix stream socket."""
+    import socket
+    import threading
+
+    path = tmp_path / "audispd_events"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    normal = (GOLIB / "testdata" / "normal.log").read_bytes()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        conn.sendall(normal)
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    conf = tmp_path / "unix.toml"
+    conf.write_text(f'[runtime]\ndir = "{tmp_path / "run"}"\n')
+    out = tmp_path / "events.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "auditstream", "run", "-c", str(conf), "--source", f"unix:{path}",
+         "--sink", f"jsonl:{out}"],
+        capture_output=True, timeout=60, cwd=REPO, check=False,
+    )  # fmt: skip
+    server.close()
+    assert result.returncode == 0, result.stderr
+    assert [e["event"]["sequence"] for e in audit_events(jsonl(out))] == [58, 59, 60, 61, 62]
