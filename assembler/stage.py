@@ -75,6 +75,10 @@ class Assembly:
 
     def push_batch(self, recs: list[list[Any]]) -> None:
         self.counts["records"] += len(recs)
+        if (
+            not self.event_time
+        ):  # live: one clock read per batch (records of a batch arrived together)
+            self.clock_ms = time.monotonic_ns() // 1_000_000
         for type_, data, node in recs:
             if type_ <= 0:
                 self._special(type_, data, node)
@@ -90,8 +94,6 @@ class Assembly:
                 stamp = rec.sec * 1000 + rec.msec
                 if stamp > self.clock_ms:
                     self.clock_ms = stamp
-            else:
-                self.clock_ms = time.monotonic_ns() // 1_000_000
             self.reassembler.push(rec, self.clock_ms)
 
     def _special(self, type_: int, data: bytes, node: str) -> None:

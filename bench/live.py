@@ -27,29 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+# The kernel lock, settings and auditd config are the live tests' own (one definition).
+from live_helpers import AUDITD_CONF, LOCK_PATH, SETTINGS, auditctl, kernel_status  # noqa: E402
+
 LOADGEN_C = Path(__file__).resolve().parents[2] / "shared" / "bench" / "loadgen.c"
-LOCK_PATH = Path("/run/lock/auditstream-kernel.lock")
-SETTINGS = ("enabled", "failure", "pid", "rate_limit", "backlog_limit", "backlog_wait_time")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-AUDITD_CONF = """\
-local_events = yes
-write_logs = yes
-log_file = {log}
-log_format = ENRICHED
-flush = INCREMENTAL_ASYNC
-freq = 50
-max_log_file = 0
-max_log_file_action = IGNORE
-space_left = 2
-space_left_action = IGNORE
-admin_space_left = 1
-admin_space_left_action = IGNORE
-disk_full_action = IGNORE
-disk_error_action = IGNORE
-plugin_dir = {plugins}
-q_depth = 2000
-overflow_action = IGNORE
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +48,9 @@ class Result:
     cpu_s: dict[str, float]
 
 
-def kernel_status() -> dict[str, int]:
-    """`auditctl -s` numeric lines."""
-    text = subprocess.run(["auditctl", "-s"], check=True, capture_output=True, text=True).stdout
-    return {n: int(v.split()[0]) for n, _, v in (ln.partition(" ") for ln in text.splitlines())
-            if v.split() and v.split()[0].isdigit()}
-
-
 def kernel_rules() -> str:
     """`auditctl -l`."""
-    return subprocess.run(["auditctl", "-l"], check=True, capture_output=True, text=True).stdout.strip()
+    return auditctl("-l").strip()
 
 
 @contextlib.contextmanager
@@ -87,10 +64,14 @@ def kernel_lock() -> Iterator[dict[str, int]]:
         yield found
         now = kernel_status()
         if now["enabled"] != found["enabled"]:
-            subprocess.run(["auditctl", "-e", str(found["enabled"])], check=True, capture_output=True)
+            subprocess.run(
+                ["auditctl", "-e", str(found["enabled"])], check=True, capture_output=True
+            )
         changed = [n for n in SETTINGS if kernel_status()[n] != found[n]]
         if changed or kernel_rules() != "No rules":
-            print(f"WARNING: kernel left changed: {changed} rules={kernel_rules()!r}", file=sys.stderr)
+            print(
+                f"WARNING: kernel left changed: {changed} rules={kernel_rules()!r}", file=sys.stderr
+            )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -111,7 +92,9 @@ def stage_pids(supervisor: int) -> dict[str, int]:
 
 def run_loadgen(loadgen: Path, rate: int, seconds: float) -> int:
     """Run the load and return the achieved number of open() calls."""
-    out = subprocess.run([str(loadgen), str(rate), str(seconds)], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [str(loadgen), str(rate), str(seconds)], check=True, capture_output=True, text=True
+    )
     return int(out.stdout.split()[0])
 
 
@@ -132,12 +115,28 @@ def bench_auditstream(work: Path, loadgen: Path, rule: str, rate: int, seconds: 
     config.write_text(f'[runtime]\ndir = "{work}/run"\n[receiver]\nrules_files = ["{rules}"]\n')
     out = work / "events.jsonl"
     with (work / "stderr").open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "auditstream", "run", "-c", str(config),
-                                 "--sink", f"jsonl:{out}"], cwd=REPO, stderr=err,
-                                stdout=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "auditstream",
+                "run",
+                "-c",
+                str(config),
+                "--sink",
+                f"jsonl:{out}",
+            ],
+            cwd=REPO,
+            stderr=err,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
-        wait_until(lambda: kernel_status()["pid"] == stage_pids(proc.pid).get("receiver", -1), 20,
-                   "the receiver to register")
+        wait_until(
+            lambda: kernel_status()["pid"] == stage_pids(proc.pid).get("receiver", -1),
+            20,
+            "the receiver to register",
+        )
         lost0 = kernel_status()["lost"]
         generated = run_loadgen(loadgen, rate, seconds)
         time.sleep(1.0)  # let the pipeline catch up before sampling CPU
@@ -158,16 +157,21 @@ def bench_auditd(work: Path, loadgen: Path, rule: str, rate: int, seconds: float
     log = work / "audit.log"
     (work / "plugins").mkdir(exist_ok=True)
     conf = work / "auditd.conf"
-    conf.write_text(AUDITD_CONF.format(log=log, plugins=work / "plugins"))
+    conf.write_text(AUDITD_CONF.format(log_file=log, plugin_dir=work / "plugins"))
     conf.chmod(0o600)
     backlog0 = kernel_status()
-    proc = subprocess.Popen(["/usr/sbin/auditd", "-n", "-c", str(work)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["/usr/sbin/auditd", "-n", "-c", str(work)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     added = False
     try:
         wait_until(lambda: kernel_status()["pid"] == proc.pid, 10, "auditd to start")
         # Same kernel settings as auditstream uses (backlog 8192), as in DESIGN §7.
-        subprocess.run(["auditctl", "-b", "8192", "--backlog_wait_time", "0"], check=True, capture_output=True)
+        subprocess.run(
+            ["auditctl", "-b", "8192", "--backlog_wait_time", "0"], check=True, capture_output=True
+        )
         subprocess.run(["auditctl", *rule.split()], check=True, capture_output=True)
         added = True
         lost0 = kernel_status()["lost"]
@@ -178,18 +182,35 @@ def bench_auditd(work: Path, loadgen: Path, rule: str, rate: int, seconds: float
     finally:
         if added:
             subprocess.run(["auditctl", "-d", *rule.split()[1:]], check=True, capture_output=True)
-        subprocess.run(["auditctl", "-b", str(backlog0["backlog_limit"]), "--backlog_wait_time",
-                        str(backlog0["backlog_wait_time"])], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "auditctl",
+                "-b",
+                str(backlog0["backlog_limit"]),
+                "--backlog_wait_time",
+                str(backlog0["backlog_wait_time"]),
+            ],
+            check=True,
+            capture_output=True,
+        )
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-        subprocess.run(["auditctl", "-e", str(backlog0["enabled"])], check=True, capture_output=True)
-    count = sum(1 for line in log.open("rb") if line.startswith(b"type=SYSCALL") and b'key="load"' in line)
+        subprocess.run(
+            ["auditctl", "-e", str(backlog0["enabled"])], check=True, capture_output=True
+        )
+    count = sum(
+        1 for line in log.open("rb") if line.startswith(b"type=SYSCALL") and b'key="load"' in line
+    )
     return Result("auditd", rate, generated, count, lost, cpu)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="5000,10000,20000,30000,40000,50000", help="events/s, comma separated")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rates", default="5000,10000,20000,30000,40000,50000", help="events/s, comma separated"
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="load duration per rate")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args()
@@ -218,17 +239,23 @@ def _as_dict(result: Result) -> dict[str, object]:
 
 def print_table(results: list[Result]) -> None:
     """One line per rate: auditstream and auditd side by side."""
-    print("| rate/s | generated | auditstream out | lost | CPU s (receiver/assembler/treekeeper)"
-          " | auditd out | lost | auditd CPU s |")
+    print(
+        "| rate/s | generated | auditstream out | lost | CPU s (receiver/assembler/treekeeper)"
+        " | auditd out | lost | auditd CPU s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     by_rate: dict[int, dict[str, Result]] = {}
     for r in results:
         by_rate.setdefault(r.rate, {})[r.reader] = r
     for rate, pair in by_rate.items():
         ours, theirs = pair["auditstream"], pair["auditd"]
-        cpu = "/".join(f"{ours.cpu_s.get(n, 0.0):.1f}" for n in ("receiver", "assembler", "treekeeper"))
-        print(f"| {rate} | {ours.generated} / {theirs.generated} | {ours.events_out} | {ours.kernel_lost} | {cpu}"
-              f" | {theirs.events_out} | {theirs.kernel_lost} | {theirs.cpu_s['auditd']:.1f} |")
+        cpu = "/".join(
+            f"{ours.cpu_s.get(n, 0.0):.1f}" for n in ("receiver", "assembler", "treekeeper")
+        )
+        print(
+            f"| {rate} | {ours.generated} / {theirs.generated} | {ours.events_out} | {ours.kernel_lost} | {cpu}"
+            f" | {theirs.events_out} | {theirs.kernel_lost} | {theirs.cpu_s['auditd']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

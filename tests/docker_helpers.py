@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from live_helpers import LOCK_PATH, auditctl
 
 IMAGE = "auditstream-busybox:test"
 BUSYBOX = Path("/bin/busybox")
-LOCK_DIR = Path("/run/lock" if Path("/run/lock").is_dir() else "/tmp")
-KERNEL_LOCK = LOCK_DIR / "auditstream-kernel.lock"
 LOCK_WAIT_S = 180
 
 
@@ -49,8 +48,12 @@ class DockerDaemon:
     def cli(self, *args: str, timeout: float = 60, check: bool = True) -> str:
         """Run `docker ARGS` against this daemon and return its stdout."""
         done = subprocess.run(
-            ["docker", *args], env=self.env, capture_output=True, text=True,
-            timeout=timeout, check=False,
+            ["docker", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and done.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)} failed: {done.stderr.strip()}")
@@ -76,8 +79,11 @@ def processes_mentioning(text: str) -> list[int]:
     needle = text.encode()
     found = []
     for entry in Path("/proc").iterdir():
-        if (entry.name.isdigit() and int(entry.name) != os.getpid()
-                and any(needle in part for part in _cmdline(int(entry.name)))):
+        if (
+            entry.name.isdigit()
+            and int(entry.name) != os.getpid()
+            and any(needle in part for part in _cmdline(int(entry.name)))
+        ):
             found.append(int(entry.name))
     return found
 
@@ -120,16 +126,24 @@ def build_busybox_image(daemon_root: Path, env: dict[str, str]) -> None:
     (rootfs / "bin").mkdir(parents=True)
     (rootfs / "tmp").mkdir()
     shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-    subprocess.run([str(rootfs / "bin" / "busybox"), "--install", "-s", str(rootfs / "bin")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(rootfs / "bin" / "busybox"), "--install", "-s", str(rootfs / "bin")],
+        check=True,
+        capture_output=True,
+    )
     for link in (rootfs / "bin").iterdir():  # --install writes absolute host paths
         if link.is_symlink():
             link.unlink()
             link.symlink_to("busybox")
     tarball = daemon_root / "rootfs.tar"
     subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
-    subprocess.run(["docker", "import", str(tarball), IMAGE], env=env, check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        ["docker", "import", str(tarball), IMAGE],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def _wait_for_daemon(env: dict[str, str], dockerd: subprocess.Popen[bytes], log: Path) -> None:
@@ -138,8 +152,13 @@ def _wait_for_daemon(env: dict[str, str], dockerd: subprocess.Popen[bytes], log:
         if dockerd.poll() is not None:
             tail = log.read_text()[-2000:]
             raise RuntimeError(f"dockerd exited with {dockerd.returncode}: {tail}")
-        probe = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], env=env,
-                               capture_output=True, timeout=20, check=False)
+        probe = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            env=env,
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
         if probe.returncode == 0:
             return
         time.sleep(0.3)
@@ -167,10 +186,23 @@ def private_dockerd() -> Iterator[DockerDaemon]:
     env = {**os.environ, "DOCKER_HOST": f"unix://{socket}"}
     with log.open("wb") as log_out:
         dockerd = subprocess.Popen(
-            ["dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none",
-             "--data-root", str(root / "docker"), "--exec-root", str(root / "exec"),
-             "--pidfile", str(root / "docker.pid"), "-H", f"unix://{socket}"],
-            stdout=log_out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                "dockerd",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--bridge=none",
+                "--data-root",
+                str(root / "docker"),
+                "--exec-root",
+                str(root / "exec"),
+                "--pidfile",
+                str(root / "docker.pid"),
+                "-H",
+                f"unix://{socket}",
+            ],
+            stdout=log_out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     daemon = DockerDaemon(root=root, socket=socket, pid=dockerd.pid, image=IMAGE)
     try:
@@ -192,19 +224,18 @@ def private_dockerd() -> Iterator[DockerDaemon]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _auditctl(*args: str) -> str:
-    return subprocess.run(["auditctl", *args], capture_output=True, text=True, check=True).stdout
-
-
 def kernel_audit_state() -> tuple[dict[str, int], str]:
     """`auditctl -s` (numeric lines, without the moving counters) and `auditctl -l`."""
     status: dict[str, int] = {}
-    for line in _auditctl("-s").splitlines():
+    for line in auditctl("-s").splitlines():
         name, _, value = line.partition(" ")
-        if value.split() and value.split()[0].isdigit() and name not in ("lost", "backlog",
-                                                                          "backlog_wait_time_actual"):
+        if (
+            value.split()
+            and value.split()[0].isdigit()
+            and name not in ("lost", "backlog", "backlog_wait_time_actual")
+        ):
             status[name] = int(value.split()[0])
-    return status, _auditctl("-l")
+    return status, auditctl("-l")
 
 
 @contextlib.contextmanager
@@ -214,7 +245,7 @@ def exclusive_clean_kernel() -> Iterator[tuple[dict[str, int], str]]:
         pytest.skip("needs root for the kernel audit subsystem")
     if shutil.which("auditctl") is None:
         pytest.skip("auditctl (package auditd) is not installed")
-    with KERNEL_LOCK.open("w") as lock:
+    with LOCK_PATH.open("w") as lock:
         deadline = time.monotonic() + LOCK_WAIT_S
         while True:  # wait for the other kernel tests, but not forever
             try:
@@ -222,12 +253,15 @@ def exclusive_clean_kernel() -> Iterator[tuple[dict[str, int], str]]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    pytest.skip(f"{KERNEL_LOCK} still held by another kernel test "
-                                f"after {LOCK_WAIT_S} s")
+                    pytest.skip(
+                        f"{LOCK_PATH} still held by another kernel test after {LOCK_WAIT_S} s"
+                    )
                 time.sleep(0.5)
         found = kernel_audit_state()
         status, rules = found
         if status.get("pid") != 0 or rules.strip() != "No rules" or status.get("enabled") != 0:
-            pytest.skip(f"kernel audit is not clean (pid {status.get('pid')}, "
-                        f"enabled {status.get('enabled')}, rules: {rules.strip()!r})")
+            pytest.skip(
+                f"kernel audit is not clean (pid {status.get('pid')}, "
+                f"enabled {status.get('enabled')}, rules: {rules.strip()!r})"
+            )
         yield found

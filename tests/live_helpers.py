@@ -186,14 +186,19 @@ class LiveRun:
         return stages
 
     def wait_registered(self, timeout_s: float = 20.0) -> int:
-        """Wait until our receiver holds the kernel audit pid; return that pid."""
+        """Wait until our receiver holds the kernel audit pid and has enabled auditing.
+
+        The receiver registers the pid first, loads its rules, and sets `enabled` last:
+        only then are the test's own syscalls audited.
+        """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"auditstream run exited early: {self.read_stderr()}")
-            pid = kernel_status()["pid"]
-            if pid and pid == self.stage_pids().get("receiver"):
+            status = kernel_status()
+            pid = status["pid"]
+            if pid and pid == self.stage_pids().get("receiver") and status["enabled"] == 1:
                 return pid
             time.sleep(0.1)
         raise AssertionError(f"receiver never registered with the kernel: {self.read_stderr()}")
@@ -312,19 +317,25 @@ class AuditdDaemon:
         (self.workdir / "plugins").mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "auditd.conf"
-        conf.write_text(AUDITD_CONF.format(log_file=self.log_file, plugin_dir=self.workdir / "plugins"))
+        conf.write_text(
+            AUDITD_CONF.format(log_file=self.log_file, plugin_dir=self.workdir / "plugins")
+        )
         conf.chmod(0o600)  # auditd refuses a config others can write
         self.enabled_before = kernel_status()["enabled"]
         with (self.workdir / "auditd.out").open("wb") as out:
             self.proc = subprocess.Popen(
                 [str(AUDITD), "-n", "-c", str(self.workdir)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
             )
         deadline = time.monotonic() + timeout_s
         while kernel_status()["pid"] != self.proc.pid:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise AssertionError(f"auditd did not start: {(self.workdir / 'auditd.out').read_text()}")
+                raise AssertionError(
+                    f"auditd did not start: {(self.workdir / 'auditd.out').read_text()}"
+                )
             time.sleep(0.1)
         return self
 

@@ -72,8 +72,14 @@ def read_jsonl(path: Path) -> list[Doc]:
 
 def auditstream(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the auditstream CLI of this checkout to completion."""
-    return subprocess.run([sys.executable, "-m", "auditstream", *args], cwd=REPO, timeout=timeout,
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "auditstream", *args],
+        cwd=REPO,
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def ppid_of(pid: int) -> int:
@@ -132,9 +138,22 @@ def start_run(tmp: Path, volume: Path) -> subprocess.Popen[str]:
     )
     stderr = (tmp / "run.stderr").open("w")
     run = subprocess.Popen(
-        [sys.executable, "-m", "auditstream", "run", "-c", str(config),
-         "--sink", f"jsonl:{tmp / 'live.jsonl'}", "--record", str(tmp / "raw.log")],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+        [
+            sys.executable,
+            "-m",
+            "auditstream",
+            "run",
+            "-c",
+            str(config),
+            "--sink",
+            f"jsonl:{tmp / 'live.jsonl'}",
+            "--record",
+            str(tmp / "raw.log"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
     )
     stderr.close()
 
@@ -142,7 +161,8 @@ def start_run(tmp: Path, volume: Path) -> subprocess.Popen[str]:
         if run.poll() is not None:
             raise AssertionError(f"auditstream run exited: {(tmp / 'run.stderr').read_text()}")
         status, rules = kernel_audit_state()
-        return status.get("pid", 0) != 0 and "-k volume" in rules  # auditctl -l shows -w as -k
+        # The receiver loads its rules, then sets `enabled` last (auditctl -l shows -w as -k).
+        return status.get("pid", 0) != 0 and status.get("enabled") == 1 and "-k volume" in rules
 
     try:
         wait_for("auditstream run to load its rules", ready, timeout_s=30)
@@ -170,33 +190,75 @@ def drive_containers(docker: DockerDaemon, tmp: Path, volume: Path) -> dict[str,
     """Start the four containers and note what /proc and docker say while they live."""
     token = uuid.uuid4().hex[:12]
     seen: dict[str, Any] = {}
-    long_id = docker.cli("run", "-d", "--network", "none", docker.image,
-                         "sh", "-c", f'sh -c "sleep 300; :"; : {token}').strip()
+    long_id = docker.cli(
+        "run",
+        "-d",
+        "--network",
+        "none",
+        docker.image,
+        "sh",
+        "-c",
+        f'sh -c "sleep 300; :"; : {token}',
+    ).strip()
     init_pid = int(docker.inspect(long_id)["State"]["Pid"])
     inner_sh = wait_for("the inner shell", lambda: children_of(init_pid))[0]
     sleep_pid = wait_for("the sleep", lambda: children_of(inner_sh))[0]
-    seen.update(long_id=long_id, long_init_pid=init_pid, long_init_ppid=ppid_of(init_pid),
-                inner_sh_pid=inner_sh, sleep_pid=sleep_pid, sleep_ppid=ppid_of(sleep_pid),
-                sleep_exe=os.readlink(f"/proc/{sleep_pid}/exe"))
+    seen.update(
+        long_id=long_id,
+        long_init_pid=init_pid,
+        long_init_ppid=ppid_of(init_pid),
+        inner_sh_pid=inner_sh,
+        sleep_pid=sleep_pid,
+        sleep_ppid=ppid_of(sleep_pid),
+        sleep_exe=os.readlink(f"/proc/{sleep_pid}/exe"),
+    )
 
     exec_script = f"sleep 2; ls / {token}; :"
-    with subprocess.Popen(["docker", "exec", long_id, "sh", "-c", exec_script], env=docker.env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as docker_exec:
-        exec_sh = wait_for("the docker exec'd shell", lambda: find_pid(
-            b"sh\0-c\0" + exec_script.encode() + b"\0", long_id))
+    with subprocess.Popen(
+        ["docker", "exec", long_id, "sh", "-c", exec_script],
+        env=docker.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as docker_exec:
+        exec_sh = wait_for(
+            "the docker exec'd shell",
+            lambda: find_pid(b"sh\0-c\0" + exec_script.encode() + b"\0", long_id),
+        )
         seen.update(exec_sh_pid=exec_sh, exec_sh_ppid=ppid_of(exec_sh))
         assert docker_exec.wait(timeout=30) == 0
 
     short_args = ["sh", "-c", f"echo hi {token}; :"]
-    docker.cli("run", "--rm", "--network", "none", "--cidfile", str(tmp / "short.cid"),
-               docker.image, *short_args)
+    docker.cli(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--cidfile",
+        str(tmp / "short.cid"),
+        docker.image,
+        *short_args,
+    )
     (volume / "victim.txt").write_text("delete me\n")
     victim_args = ["sh", "-c", f"rm /data/victim.txt; : {token}"]
-    docker.cli("run", "--rm", "--network", "none", "--cidfile", str(tmp / "victim.cid"),
-               "-v", f"{volume}:/data", docker.image, *victim_args)
+    docker.cli(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--cidfile",
+        str(tmp / "victim.cid"),
+        "-v",
+        f"{volume}:/data",
+        docker.image,
+        *victim_args,
+    )
     assert not (volume / "victim.txt").exists()
-    seen.update(short_id=(tmp / "short.cid").read_text().strip(), short_args=short_args,
-                victim_id=(tmp / "victim.cid").read_text().strip(), victim_args=victim_args)
+    seen.update(
+        short_id=(tmp / "short.cid").read_text().strip(),
+        short_args=short_args,
+        victim_id=(tmp / "victim.cid").read_text().strip(),
+        victim_args=victim_args,
+    )
     return seen
 
 
@@ -211,9 +273,9 @@ def docker_daemon() -> Iterator[DockerDaemon]:
 
 
 @pytest.fixture(scope="module")
-def capture(docker_daemon: DockerDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    Capture
-]:
+def capture(
+    docker_daemon: DockerDaemon, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Capture]:
     """Run the whole scenario once under `auditstream run`, then replay its raw capture."""
     tmp = tmp_path_factory.mktemp("docker-live")
     volume = tmp / "volume"
@@ -223,8 +285,9 @@ def capture(docker_daemon: DockerDaemon, tmp_path_factory: pytest.TempPathFactor
         try:
             seen = drive_containers(docker_daemon, tmp, volume)
             time.sleep(1.5)  # past the reorder window, so the tree holds the sleep
-            tree = auditstream("tree", "--json", "--container", seen["long_id"],
-                               "--runtime-dir", str(tmp / "run"))
+            tree = auditstream(
+                "tree", "--json", "--container", seen["long_id"], "--runtime-dir", str(tmp / "run")
+            )
             assert tree.returncode == 0, tree.stderr
         finally:
             code = stop_run(run)
@@ -232,10 +295,12 @@ def capture(docker_daemon: DockerDaemon, tmp_path_factory: pytest.TempPathFactor
             assert after == found, f"kernel audit state changed: {found} -> {after}"
         assert code == 0, (tmp / "run.stderr").read_text()[-3000:]
     docker_daemon.cli("rm", "-f", seen["long_id"])
-    result = Capture(**seen, volume_dir=volume, tree=json.loads(tree.stdout),
-                     live=read_jsonl(tmp / "live.jsonl"))
-    replay = auditstream("replay", str(tmp / "raw.log"), "--sink",
-                         f"jsonl:{tmp / 'replayed.jsonl'}", timeout=90)
+    result = Capture(
+        **seen, volume_dir=volume, tree=json.loads(tree.stdout), live=read_jsonl(tmp / "live.jsonl")
+    )
+    replay = auditstream(
+        "replay", str(tmp / "raw.log"), "--sink", f"jsonl:{tmp / 'replayed.jsonl'}", timeout=90
+    )
     assert replay.returncode == 0, replay.stderr
     result.replayed = read_jsonl(tmp / "replayed.jsonl")
     result.replay_stderr = replay.stderr
@@ -247,8 +312,12 @@ def capture(docker_daemon: DockerDaemon, tmp_path_factory: pytest.TempPathFactor
 
 def exec_events(docs: list[Doc]) -> list[Doc]:
     """Successful execve/execveat syscall events (not lifecycle docs)."""
-    return [d for d in docs if d.get("auditd", {}).get("data", {}).get("syscall") in EXEC_SYSCALLS
-            and d.get("event", {}).get("outcome") == "success"]
+    return [
+        d
+        for d in docs
+        if d.get("auditd", {}).get("data", {}).get("syscall") in EXEC_SYSCALLS
+        and d.get("event", {}).get("outcome") == "success"
+    ]
 
 
 def args_of(doc: Doc) -> list[str]:
@@ -265,8 +334,11 @@ def container_of(doc: Doc) -> str | None:
 
 def kernel_ppids(docs: list[Doc]) -> dict[int, int]:
     """pid -> ppid as the kernel wrote it in the SYSCALL records of exec events."""
-    return {d["process"]["pid"]: d["process"]["parent"]["pid"] for d in exec_events(docs)
-            if isinstance(d.get("process", {}).get("parent", {}).get("pid"), int)}
+    return {
+        d["process"]["pid"]: d["process"]["parent"]["pid"]
+        for d in exec_events(docs)
+        if isinstance(d.get("process", {}).get("parent", {}).get("pid"), int)
+    }
 
 
 def descendants(ppids: dict[int, int], roots: set[int]) -> set[int]:
@@ -284,8 +356,11 @@ def descendants(ppids: dict[int, int], roots: set[int]) -> set[int]:
 
 def init_exec(docs: list[Doc], args: list[str]) -> Doc:
     """The one exec event of a container's first process (busybox with exactly `args`)."""
-    found = [d for d in exec_events(docs) if args_of(d) == args
-             and d["process"].get("executable") == BUSYBOX_IN_IMAGE]
+    found = [
+        d
+        for d in exec_events(docs)
+        if args_of(d) == args and d["process"].get("executable") == BUSYBOX_IN_IMAGE
+    ]
     assert len(found) == 1, f"{len(found)} exec events of {args}"
     return found[0]
 
@@ -308,7 +383,8 @@ def expected_containers(cap: Capture, docs: list[Doc]) -> dict[int, str]:
 def is_runtime(doc: Doc) -> bool:
     """runc itself (create, exec, init): the runtime, exec'd before the container's command."""
     return args_of(doc)[:2] == ["runc", "init"] or str(
-        doc["process"].get("executable", "")).endswith("/runc")
+        doc["process"].get("executable", "")
+    ).endswith("/runc")
 
 
 # -- the tests ------------------------------------------------------------------------
@@ -348,19 +424,30 @@ def test_live_parents_match_proc(capture: Capture) -> None:
     assert sleep["process"]["parent"]["pid"] == capture.sleep_ppid
     assert sleep["process"]["parent"].get("executable") == BUSYBOX_IN_IMAGE
     assert [a["pid"] for a in sleep["process"]["ancestry"][:2]] == [
-        capture.inner_sh_pid, capture.long_init_pid]
-    init = [d for d in execs if d["process"]["pid"] == capture.long_init_pid
-            and d["process"].get("executable") == BUSYBOX_IN_IMAGE]
+        capture.inner_sh_pid,
+        capture.long_init_pid,
+    ]
+    init = [
+        d
+        for d in execs
+        if d["process"]["pid"] == capture.long_init_pid
+        and d["process"].get("executable") == BUSYBOX_IN_IMAGE
+    ]
     assert len(init) == 1
     assert init[0]["process"]["parent"]["pid"] == capture.long_init_ppid
-    exec_sh = [d for d in execs if d["process"]["pid"] == capture.exec_sh_pid
-               and args_of(d)[:2] == ["sh", "-c"]]
+    exec_sh = [
+        d
+        for d in execs
+        if d["process"]["pid"] == capture.exec_sh_pid and args_of(d)[:2] == ["sh", "-c"]
+    ]
     assert len(exec_sh) == 1
     # The exec'd shell's parent at exec time may still be `runc exec` (it reparents to the
     # shim, /proc's PPid, only later): so the enrichment must agree with the kernel's ppid.
     exec_parent = exec_sh[0]["process"]["parent"]
-    assert exec_parent["pid"] in (capture.exec_sh_ppid, *[
-        d["process"]["pid"] for d in execs if is_runtime(d) or "runc" in args_of(d)[:1]])
+    assert exec_parent["pid"] in (
+        capture.exec_sh_ppid,
+        *[d["process"]["pid"] for d in execs if is_runtime(d) or "runc" in args_of(d)[:1]],
+    )
     assert container_of(exec_sh[0]) == capture.long_id
 
 
@@ -377,8 +464,12 @@ def test_volume_deletion_names_process_and_container(capture: Capture) -> None:
     #   jq -c 'select((.tags // []) | index("volume")) | select(.event.action == "deleted")
     #          | {container: .container.id, pid: .process.pid, exe: .process.executable,
     #             args: .process.args, parent: .process.parent.args, file: .file.path}' events.jsonl
-    deleted = [d for d in capture.live if "volume" in d.get("tags", [])
-               and d.get("auditd", {}).get("data", {}).get("syscall") in ("unlink", "unlinkat")]
+    deleted = [
+        d
+        for d in capture.live
+        if "volume" in d.get("tags", [])
+        and d.get("auditd", {}).get("data", {}).get("syscall") in ("unlink", "unlinkat")
+    ]
     assert len(deleted) == 1, [d.get("auditd", {}).get("data") for d in deleted]
     event = deleted[0]
     assert event["event"].get("action") == "deleted"
@@ -400,8 +491,9 @@ def test_tree_lists_the_long_running_container(capture: Capture) -> None:
         assert pid in by_pid, f"pid {pid} missing from the tree: {sorted(by_pid)}"
         assert by_pid[pid]["container_id"] == capture.long_id
     assert by_pid[capture.sleep_pid]["ppid"] == capture.sleep_ppid
-    assert by_pid[capture.sleep_pid]["parent_entity_id"] == by_pid[capture.inner_sh_pid][
-        "entity_id"]
+    assert (
+        by_pid[capture.sleep_pid]["parent_entity_id"] == by_pid[capture.inner_sh_pid]["entity_id"]
+    )
     assert {p["container_id"] for p in capture.tree} == {capture.long_id}
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from live_helpers import LOCK_PATH, auditctl, kernel_status
 
 from receiver.kernel import AuditHeld, AuditStatus, KernelSession
 from receiver.netlink import NetlinkSource
@@ -27,7 +28,6 @@ pytestmark = pytest.mark.kernel
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RULES = REPO / "deploy" / "rules" / "default.rules"
-LOCK_PATH = Path("/run/lock" if Path("/run/lock").is_dir() else "/tmp") / "auditstream-kernel.lock"
 WATCH_AND_FILTER_RULES = """\
 -w /etc/passwd -p wa -k identity
 -w /tmp -k tmpdir
@@ -38,21 +38,6 @@ WATCH_AND_FILTER_RULES = """\
 -a always,task -F uid=0
 """
 EVENT_TYPES = {1300, 1309, 1307, 1302, 1327, 1320}  # SYSCALL EXECVE CWD PATH PROCTITLE EOE
-
-
-def auditctl(*args: str) -> str:
-    """Run auditctl and return its stdout (it must succeed)."""
-    return subprocess.run(["auditctl", *args], check=True, capture_output=True, text=True).stdout
-
-
-def auditctl_status() -> dict[str, int]:
-    """`auditctl -s` as a dict of its numeric lines."""
-    status: dict[str, int] = {}
-    for line in auditctl("-s").splitlines():
-        name, _, value = line.partition(" ")
-        if value.split()[0].isdigit():
-            status[name] = int(value.split()[0])
-    return status
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -69,11 +54,11 @@ def clean_kernel() -> Iterator[dict[str, int]]:
         pytest.skip(f"NETLINK_AUDIT cannot be used here: {exc}")
     with LOCK_PATH.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        found = auditctl_status()
+        found = kernel_status()
         if found["pid"] != 0 or auditctl("-l").strip() != "No rules" or found["enabled"] == 2:
             pytest.skip("kernel audit is in use (pid holder, rules or immutable): not clean")
         yield found
-        after = auditctl_status()
+        after = kernel_status()
         assert (after["pid"], after["enabled"]) == (0, found["enabled"])
         assert after["backlog_limit"] == found["backlog_limit"]
         assert auditctl("-l").strip() == "No rules"
@@ -123,7 +108,7 @@ def test_status_matches_auditctl() -> None:
     """AUDIT_GET gives what `auditctl -s` prints."""
     with KernelSession() as session:
         status = session.status()
-    printed = auditctl_status()
+    printed = kernel_status()
     for name in ("enabled", "failure", "pid", "rate_limit", "backlog_limit", "backlog_wait_time"):
         assert getattr(status, name) == printed[name], name
     assert isinstance(status, AuditStatus)
@@ -270,7 +255,7 @@ def test_sigkill_leftovers_are_restored(
     with start_holder(str(state)) as holder:
         os.kill(holder.pid, signal.SIGKILL)
     assert "auditstream-holder" in auditctl("-l")
-    assert auditctl_status()["backlog_limit"] == 4321
+    assert kernel_status()["backlog_limit"] == 4321
     assert state.exists()
 
     session = KernelSession(state_path=state)
@@ -278,9 +263,9 @@ def test_sigkill_leftovers_are_restored(
     session.start(pid=os.getpid(), settings=KernelSettings(), rules=[])
     assert session.leftovers_restored
     assert auditctl("-l").strip() == "No rules"
-    status = auditctl_status()
+    status = kernel_status()
     assert status["pid"] == os.getpid()
     assert status["backlog_limit"] == clean_kernel["backlog_limit"]
     session.restore()
     assert not state.exists()
-    assert auditctl_status()["pid"] == 0
+    assert kernel_status()["pid"] == 0
