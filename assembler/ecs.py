@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from assembler.coalesce import Address, Coalesced, EcsEntity
+from assembler.coalesced import ECS_SLOTS, Address, Coalesced, EcsEntity
 from assembler.parse import Record, enriched_fields
 from auditstream.escape import escape
 from auditstream.logline import type_name
@@ -53,9 +53,24 @@ def _second_text(sec: int) -> str:
     return datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+@lru_cache(maxsize=256)
+def host_name(node: str) -> str:
+    """A log's ``node=`` name as ``host.name``: escaped like any untrusted text, since a
+    hostile file can put control bytes or ``%`` there (plain names pass unchanged)."""
+    if node.isascii() and node.isprintable() and "%" not in node:
+        return node
+    return escape(node.encode("utf-8", "surrogateescape"))
+
+
+# ".000Z" … ".999Z": the millisecond tail of every timestamp, formatted once.
+_MSEC_SUFFIXES = tuple(f".{msec:03d}Z" for msec in range(1000))
+
+
 def _timestamp(sec: int, msec: int) -> str:
+    if 0 <= msec < 1000:  # parse_record already carried whole seconds over
+        return _second_text(sec) + _MSEC_SUFFIXES[msec]
     extra, msec = divmod(msec, 1000)
-    return f"{_second_text(sec + extra)}.{msec:03d}Z"
+    return _second_text(sec + extra) + _MSEC_SUFFIXES[msec]
 
 
 def _id_paths(key: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -88,63 +103,96 @@ def raw_record_text(rec: Record) -> str:
 
 def raw_records_text(records: list[Record]) -> list[str]:
     """:func:`raw_record_text` of each record; one check decides for the whole event."""
-    joined = b" ".join([rec.data for rec in records])
+    joined = b"\n".join([rec.data for rec in records])
     # escape() changes controls, '%', DEL and non-ASCII; printable ASCII passes as is.
-    if not joined.isascii() or b"%" in joined or not joined.decode("ascii").isprintable():
+    # Deleting every byte that passes must leave the joining LFs alone (a C-level scan).
+    if joined.translate(None, _PASSES_ESCAPE) != b"\n" * (len(records) - 1):
         return [raw_record_text(rec) for rec in records]
-    return [_record_prefix(rec.type) + rec.data.decode("ascii") for rec in records]
+    prefixes = _RECORD_PREFIXES
+    return [
+        prefixes[rec.type] + text
+        for rec, text in zip(records, joined.decode("ascii").split("\n"), strict=True)
+    ]
 
 
-@lru_cache(maxsize=512)
-def _record_prefix(record_type: int) -> str:
-    return f"type={type_name(record_type)} msg="
+_PASSES_ESCAPE = bytes(byte for byte in range(0x20, 0x7F) if byte != 0x25)
+
+
+class _RecordPrefixes(dict[int, str]):
+    """``type=NAME msg=`` per record type, made on first use (bounded: types are ints
+    the receiver parsed, but a hostile log can name many)."""
+
+    def __missing__(self, record_type: int) -> str:
+        if len(self) >= 1024:
+            self.clear()
+        prefix = self[record_type] = f"type={type_name(record_type)} msg="
+        return prefix
+
+
+_RECORD_PREFIXES = _RecordPrefixes()
 
 
 _OUTCOMES = {"success": "success", "fail": "failure"}
 
 
 def build_doc(records: list[Record], coalesced: Coalesced) -> dict[str, Any]:
-    """The ECS document for one event; ``records`` are the event's raw records."""
+    """The ECS document for one event; ``records`` are the event's raw records.
+
+    The document takes over containers the event owns (``data``, ``file``, ``warnings``):
+    build it once per coalesced event.
+    """
     c = coalesced
-    warnings = list(c.warnings)
+    warnings = c.warnings
     try:
         stamp = _timestamp(c.sec, c.msec)
     except (OverflowError, ValueError, OSError):
-        warnings.append(f"timestamp out of range: {c.sec}.{c.msec:03d}")
+        warnings = [*warnings, f"timestamp out of range: {c.sec}.{c.msec:03d}"]
         stamp = _timestamp(0, 0)
-    outcome = _OUTCOMES.get(c.result, "unknown")
-    event: dict[str, Any] = {
-        "kind": "event",
-        "module": "auditd",
-        "action": c.summary.action,
-        "outcome": c.ecs_outcome or outcome,
-        "sequence": c.serial,
-    }
+    outcome = c.ecs_outcome or _OUTCOMES.get(c.result, "unknown")
+    event: dict[str, Any]
+    if c.action:
+        event = {
+            "kind": "event",
+            "module": "auditd",
+            "action": c.action,
+            "outcome": outcome,
+            "sequence": c.serial,
+        }
+    else:
+        event = {"kind": "event", "module": "auditd", "outcome": outcome, "sequence": c.serial}
     if c.ecs_category:
         event["category"] = list(c.ecs_category)
     if c.ecs_type:
         event["type"] = list(c.ecs_type)
-    if not c.summary.action:
-        del event["action"]
+    user = _user_fields(records, c)
     doc: dict[str, Any] = {
         "@timestamp": stamp,
         "event": event,
         "auditd": _auditd_fields(records, c),
-        "user": _user_fields(records, c),
+        "user": user,
     }
-    _add_ecs_entities(doc, c)
+    if c.ecs_entities:
+        _add_ecs_entities(doc, c.ecs_entities)
+    effective = user.get("effective")
+    if isinstance(effective, dict):
+        # As Auditbeat: user.effective goes when it repeats the user.
+        for key in ("id", "name"):
+            if user.get(key) and effective.get(key) == user.get(key):
+                del user["effective"]
+                break
     process = _process_fields(c)
     if process:
         doc["process"] = process
     if c.file is not None:
-        doc["file"] = _file_fields(c)
-    for key, address in (("source", c.source), ("destination", c.destination)):
-        if address is not None:
-            doc[key] = _address_fields(address)
+        doc["file"] = c.file
+    if c.source is not None:
+        doc["source"] = _address_fields(c.source)
+    if c.destination is not None:
+        doc["destination"] = _address_fields(c.destination)
     if c.direction:
         doc["network"] = {"direction": c.direction}
     if c.node:
-        doc["host"] = {"name": c.node}
+        doc["host"] = {"name": host_name(c.node)}
     if c.tags:
         doc["tags"] = list(c.tags)
     if warnings:
@@ -163,34 +211,35 @@ def _auditd_fields(records: list[Record], c: Coalesced) -> dict[str, Any]:
     if c.session and c.session != "unset":
         auditd["session"] = c.session
     summary: dict[str, Any] = {}
-    s = c.summary
-    if s.actor_primary or s.actor_secondary:
+    primary, secondary = c.actor_primary, c.actor_secondary
+    if primary or secondary:
         actor = summary["actor"] = {}
-        if s.actor_primary:
-            actor["primary"] = s.actor_primary
-        if s.actor_secondary:
-            actor["secondary"] = s.actor_secondary
-    if s.object_type or s.object_primary or s.object_secondary:
+        if primary:
+            actor["primary"] = primary
+        if secondary:
+            actor["secondary"] = secondary
+    object_type, primary, secondary = c.object_type, c.object_primary, c.object_secondary
+    if object_type or primary or secondary:
         obj = summary["object"] = {}
-        for name, value in (
-            ("type", s.object_type),
-            ("primary", s.object_primary),
-            ("secondary", s.object_secondary),
-        ):
-            if value:
-                obj[name] = value
-    if s.how:
-        summary["how"] = s.how
+        if object_type:
+            obj["type"] = object_type
+        if primary:
+            obj["primary"] = primary
+        if secondary:
+            obj["secondary"] = secondary
+    if c.how:
+        summary["how"] = c.how
     auditd["summary"] = summary
     if c.paths:
-        auditd["paths"] = [dict(path) for path in c.paths]
+        # Copies: the PATH dicts are the interpreter memo's own.
+        auditd["paths"] = list(map(dict, c.paths))
     auditd["records"] = raw_records_text(records)
     return auditd
 
 
 def _data_fields(data: dict[str, str]) -> dict[str, Any]:
     if "\x00socket_" not in "\x00" + "\x00".join(data):
-        return dict(data)  # no SOCKADDR fields (most events): nothing to nest
+        return data  # no SOCKADDR fields (most events): nothing to nest
     out: dict[str, Any] = {}
     nest_sockets = not isinstance(data.get("socket"), str)
     for key, value in data.items():
@@ -202,9 +251,49 @@ def _data_fields(data: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+# The id fields of a kernel SYSCALL record, in its order: the usual event's user.
+_KERNEL_ID_LAYOUT = ("auid", "uid", "gid", "euid", "suid", "fsuid", "egid", "sgid", "fsgid")
+
+
 def _user_fields(records: list[Record], c: Coalesced) -> dict[str, Any]:
+    ids = c.user_ids
+    user: dict[str, Any]
+    if len(ids) == 9 and tuple(ids) == _KERNEL_ID_LAYOUT and "unset" not in ids.values():
+        # What the loop in _user_ids makes of these, as one literal.
+        auid, uid, gid, euid, suid, fsuid, egid, sgid, fsgid = ids.values()
+        user = {
+            "audit": {"id": auid},
+            "id": uid,
+            "group": {"id": gid},
+            "effective": {"id": euid, "group": {"id": egid}},
+            "saved": {"id": suid, "group": {"id": sgid}},
+            "filesystem": {"id": fsuid, "group": {"id": fsgid}},
+        }
+    else:
+        user = _user_ids(ids)
+    if c.user_selinux:
+        user["selinux"] = dict(c.user_selinux)
+    if not records:
+        return user
+    # auditd's ENRICHED trailer names the ids (UID="root"); raw logs have no names.
+    primary = records[0]
+    if primary.type != 1300:
+        for rec in records:
+            if rec.type == 1300:
+                primary = rec
+                break
+    if primary.enriched:
+        for enriched_key, name in enriched_fields(primary.enriched).items():
+            id_key = enriched_key.lower()
+            if id_key in ids and ids[id_key] != "unset":
+                _put(user, _id_paths(id_key)[1], escape(name))
+    return user
+
+
+def _user_ids(ids: dict[str, str]) -> dict[str, Any]:
+    """Each id under its Auditbeat path (``egid`` -> ``effective.group.id``), unset ones left out."""
     user: dict[str, Any] = {}
-    for key, value in c.user_ids.items():
+    for key, value in ids.items():
         if value == "unset":
             continue
         # Unrolled _put: parents are never "id"/"name" (keys end in uid/gid).
@@ -214,40 +303,33 @@ def _user_fields(records: list[Record], c: Coalesced) -> dict[str, Any]:
         elif not parents:
             user["id"] = value
         elif len(parents) == 1:
-            user.setdefault(parents[0], {})["id"] = value
+            parent = parents[0]
+            if parent in user:
+                user[parent]["id"] = value
+            else:
+                user[parent] = {"id": value}
         else:  # effective.group and the like
             user.setdefault(parents[0], {}).setdefault(parents[1], {})["id"] = value
-    if c.user_selinux:
-        user["selinux"] = dict(c.user_selinux)
-    if not records:
-        return user
-    # auditd's ENRICHED trailer names the ids (UID="root"); raw logs have no names.
-    primary = records[0]
-    for rec in records:
-        if rec.type == 1300:
-            primary = rec
-            break
-    if primary.enriched:
-        for enriched_key, name in enriched_fields(primary.enriched).items():
-            id_key = enriched_key.lower()
-            if id_key in c.user_ids and c.user_ids[id_key] != "unset":
-                _put(user, _id_paths(id_key)[1], escape(name))
     return user
 
 
-def _add_ecs_entities(doc: dict[str, Any], c: Coalesced) -> None:
-    slots: tuple[tuple[tuple[str, ...], EcsEntity], ...] = (
-        (("user",), c.ecs_user.subject),
-        (("user", "effective"), c.ecs_user.effective),
-        (("user", "target"), c.ecs_user.target),
-        (("user", "changes"), c.ecs_user.changes),
-        (("group",), c.ecs_group),
-    )
-    for path, entity in slots:
-        if not entity.id and not entity.name:
+# Where each ECS slot lives in the document.
+_SLOT_PATHS = {
+    "user": ("user",),
+    "user.effective": ("user", "effective"),
+    "user.target": ("user", "target"),
+    "user.changes": ("user", "changes"),
+    "group": ("group",),
+}
+
+
+def _add_ecs_entities(doc: dict[str, Any], entities: dict[str, EcsEntity]) -> None:
+    for slot in ECS_SLOTS:
+        entity = entities.get(slot)
+        if entity is None or (not entity.id and not entity.name):
             continue
         node: dict[str, Any] = doc
-        for name in path:
+        for name in _SLOT_PATHS[slot]:
             node = node.setdefault(name, {})
         # As Auditbeat: an "unset" id is dropped, a name replaces a stale one; but a
         # name the ENRICHED trailer gave for this very id is kept.
@@ -260,55 +342,27 @@ def _add_ecs_entities(doc: dict[str, Any], c: Coalesced) -> None:
             node["id"] = entity.id
         if entity.name:
             node["name"] = entity.name
-    user = doc["user"]
-    effective = user.get("effective")
-    if isinstance(effective, dict):
-        for key in ("id", "name"):
-            if user.get(key) and effective.get(key) == user.get(key):
-                del user["effective"]
-                break
 
 
 def _process_fields(c: Coalesced) -> dict[str, Any]:
-    p = c.process
     process: dict[str, Any] = {}
-    pid, ppid = _as_int(p.pid), _as_int(p.ppid)
+    pid, ppid = _as_int(c.pid), _as_int(c.ppid)
     if pid is not None:
         process["pid"] = pid
     if ppid is not None:
         process["parent"] = {"pid": ppid}
-    for key, value in (
-        ("title", p.title),
-        ("name", p.name),
-        ("executable", p.exe),
-        ("working_directory", p.cwd),
-    ):
-        if value:
-            process[key] = value
-    if p.args:
-        process["args"] = list(p.args)
-        process["args_count"] = len(p.args)
+    if c.title:
+        process["title"] = c.title
+    if c.name:
+        process["name"] = c.name
+    if c.exe:
+        process["executable"] = c.exe
+    if c.cwd:
+        process["working_directory"] = c.cwd
+    if c.args:
+        process["args"] = list(c.args)
+        process["args_count"] = len(c.args)
     return process
-
-
-def _file_fields(c: Coalesced) -> dict[str, Any]:
-    assert c.file is not None
-    f = c.file
-    out: dict[str, Any] = {
-        key: value
-        for key, value in (
-            ("path", f.path),
-            ("device", f.device),
-            ("inode", f.inode),
-            ("mode", f.mode),
-            ("uid", f.uid),
-            ("gid", f.gid),
-        )
-        if value
-    }
-    if f.selinux:
-        out["selinux"] = dict(f.selinux)
-    return out
 
 
 def _address_fields(address: Address) -> dict[str, Any]:
@@ -348,5 +402,5 @@ def marker_doc(
         "tags": [MARKER_TAG],
     }
     if node:
-        doc["host"] = {"name": node}
+        doc["host"] = {"name": host_name(node)}
     return doc

@@ -54,10 +54,12 @@ def lost_event(lost: LostRange) -> Event:
 def parse_error_event(type_: int, data: bytes, node: str, error: str) -> Event:
     now_ms = time.time_ns() // 1_000_000
     snippet = data[:PARSE_ERROR_SNIPPET_BYTES]
+    # The prefix alone from format_log_line: it turns CR/LF in data into spaces (for log
+    # files), and escape() already keeps them off the line, exactly (%0a).
     details = {
         "cause": "parse_error",
         "error": error,
-        "record": escape(format_log_line(type_, snippet, node) if type_ else snippet),
+        "record": escape(format_log_line(type_, b"", node) + snippet if type_ else snippet),
         "record_bytes": len(data),
     }
     doc = marker_doc("parse-error", node, now_ms // 1000, now_ms % 1000, details)

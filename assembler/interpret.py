@@ -30,6 +30,7 @@ stay: :func:`interpret` never raises.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -146,39 +147,57 @@ def _normalize(record_type: int, body: str) -> str:
 
 # A body the plain split handles: space-separated key=value, values without '=', spaces or
 # single quotes, double-quoted as a whole or not at all (the usual kernel record).
-_PLAIN_FIELD = r'[a-z0-9_-]+=(?:"[^"\'\s=]*"|[^"\'\s=]+)'
-_PLAIN_BODY = re.compile(f"{_PLAIN_FIELD}(?: {_PLAIN_FIELD})*")
+# Possessive quantifiers: nothing here can match by giving characters back, so the
+# engine need not remember where it could have.
+_PLAIN_FIELD = r'[a-z0-9_-]++=(?:"[^"\'\s=]*+"|[^"\'\s=]++)'
+_PLAIN_BODY = re.compile(f"{_PLAIN_FIELD}(?: {_PLAIN_FIELD})*+")
 
 
-def _drop_empty(
-    values: dict[str, str], origs: dict[str, str]
-) -> tuple[dict[str, str], dict[str, str]]:
-    if _DROPPED_VALUES.isdisjoint(values.values()):
-        return values, origs
-    for key in [k for k, v in values.items() if v in _DROPPED_VALUES]:
-        del values[key], origs[key]
-    return values, origs
+class _PlainTokens(Mapping[str, str]):
+    """The raw tokens of a plain body, rebuilt on demand instead of a second dict per record.
+
+    A plain token is its value, with its double quotes put back if the body has
+    ``key="`` at a token start (values hold no spaces or '=', so nothing else can).
+    """
+
+    __slots__ = ("_text", "_values")
+
+    def __init__(self, text: str, values: dict[str, str]) -> None:
+        self._text = text
+        self._values = values  # the split's values: the steps change theirs, not these
+
+    def __getitem__(self, key: str) -> str:
+        value = self._values[key]
+        quoted = f'{key}="'
+        if self._text.startswith(quoted) or f" {quoted}" in self._text:
+            return f'"{value}"'
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
-def _parse_fields(text: str) -> tuple[dict[str, str], dict[str, str]]:
+def _parse_fields(text: str) -> tuple[dict[str, str], Mapping[str, str]]:
     """go-libaudit's fieldMap: ``values`` (quotes stripped) and ``origs`` (raw tokens).
 
     Fields in order, later duplicates overwriting, ``?``/``(null)``/empty dropped,
     ``msg='…'`` merged in place.
     """
     if _PLAIN_BODY.fullmatch(text) is not None:
-        # Every token is key=value with no '=' in the value: split at spaces and '='
-        # with C-level str methods; removing the quotes gives the stripped values.
-        flat = text.replace(" ", "=").split("=")
+        # Every token is key=value with no '=' in the value: split the quote-free text at
+        # spaces and '=' with C-level str methods.
+        unquoted = text.replace('"', "") if '"' in text else text
+        flat = unquoted.replace(" ", "=").split("=")
         keys = flat[::2]
-        origs = dict(zip(keys, flat[1::2], strict=True))
-        if len(origs) == len(keys) and "msg" not in origs:
-            if '"' in text:
-                unquoted = text.replace('"', "").replace(" ", "=").split("=")
-                values = dict(zip(keys, unquoted[1::2], strict=True))
-            else:
-                values = origs.copy()
-            return _drop_empty(values, origs)
+        values = dict(zip(keys, flat[1::2], strict=True))
+        if len(values) == len(keys) and "msg" not in values:
+            if not _DROPPED_VALUES.isdisjoint(values.values()):
+                for key in [k for k, v in values.items() if v in _DROPPED_VALUES]:
+                    del values[key]
+            return values, _PlainTokens(text, values.copy())
     pairs = _FIELDS.findall(text)
     origs = dict(pairs)
     if len(origs) == len(pairs) and "msg" not in origs:
@@ -208,7 +227,7 @@ def _parse_fields(text: str) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def _hex_decode(
-    values: dict[str, str], origs: dict[str, str], key: str, nul_ends: bool = False
+    values: dict[str, str], origs: Mapping[str, str], key: str, nul_ends: bool = False
 ) -> None:
     """Decode the field if its original token is upper-case hex (escaped, like every value).
 
@@ -269,17 +288,19 @@ def _exit_name(values: dict[str, str], exit_value: str) -> None:
             values["exit"] = name
 
 
-def _rule_keys(values: dict[str, str], origs: dict[str, str]) -> list[str]:
+def _rule_keys(values: dict[str, str], origs: Mapping[str, str]) -> list[str]:
     value = values.pop("key", None)
     if value is None:
         return []
-    decoded = _decode_hex_text(origs["key"])
-    if decoded is not None:  # key=6578656301... : several keys joined by 0x01
-        return [escape(part) for part in decoded.split(b"\x01")]
+    # Hex only if the token was (unquoted, so the value is the token): the token is
+    # looked up only for values that look like hex.
+    decoded = _decode_hex_text(value)
+    if decoded is not None and origs["key"] == value:
+        return [escape(part) for part in decoded.split(b"\x01")]  # 6578656301…: several keys
     return [value.split("=", 1)[-1]]  # key="key=net" -> ["net"]
 
 
-def _execve_args(values: dict[str, str], origs: dict[str, str]) -> None:
+def _execve_args(values: dict[str, str], origs: Mapping[str, str]) -> None:
     argc = values.get("argc")
     if argc is None or not argc.isascii() or not argc.isdigit():
         return
@@ -296,7 +317,7 @@ def _syscall_name_of(arch: str, syscall: str) -> str | None:
     return SYSCALL_NAMES.get(arch, {}).get(number) if number is not None else None
 
 
-def _syscall_fields(values: dict[str, str], origs: dict[str, str]) -> None:
+def _syscall_fields(values: dict[str, str], origs: Mapping[str, str], decode_exe: bool) -> None:
     arch = values.get("arch")
     if arch is not None:
         arch = values["arch"] = _cached_arch_name(arch)
@@ -305,7 +326,8 @@ def _syscall_fields(values: dict[str, str], origs: dict[str, str]) -> None:
             name = _syscall_name_of(arch, syscall)
             if name is not None:
                 values["syscall"] = name
-    _hex_decode(values, origs, "exe")
+    if decode_exe:
+        _hex_decode(values, origs, "exe")
 
 
 def _signal_name(values: dict[str, str]) -> None:
@@ -336,6 +358,8 @@ _HEX_FIELDS: dict[int, str] = {
     _USER_LOGIN: "acct",
 }
 _NORMALIZED_TYPES = frozenset((_AVC, _LOGIN, *_PAM_OLD_FORMAT))
+# Bytes escape() leaves as they are: printable ASCII except '%'.
+_PASSES_ESCAPE = bytes(byte for byte in range(0x20, 0x7F) if byte != 0x25)
 _cached_arch_name = lru_cache(maxsize=256)(arch_name)
 
 
@@ -357,23 +381,38 @@ def interpret(rec: Record, exact: tuple[str, ...] = ()) -> Interpreted:
     body = rec.body
     if rec.type == _SYSCALL or len(body) > _MEMO_MAX_BODY:
         return _interpret(rec.type, body, exact)  # SYSCALL bodies (pid, exit…) rarely repeat
+    known = interpret_shared(rec, exact)
+    return Interpreted(dict(known.data), list(known.keys))
+
+
+def interpret_shared(rec: Record, exact: tuple[str, ...] = ()) -> Interpreted:
+    """:func:`interpret`, but the result may be the memo's own: read it, never change it.
+
+    For the coalescer, which only reads the records it folds in (no copy per record).
+    """
+    body = rec.body
+    if rec.type == _SYSCALL or len(body) > _MEMO_MAX_BODY:
+        return _interpret(rec.type, body, exact)
     memo_key = (rec.type, body, exact)
     known = _MEMO.get(memo_key)
     if known is None:
         if len(_MEMO) >= _MEMO_MAX_ENTRIES:
             _MEMO.clear()
         known = _MEMO[memo_key] = _interpret(rec.type, body, exact)
-    return Interpreted(dict(known.data), list(known.keys))
+    return known
 
 
 def _interpret(record_type: int, body: bytes, exact: tuple[str, ...]) -> Interpreted:
     ascii_body = body.isascii()
     text = body.decode("ascii") if ascii_body else body.decode("utf-8", "surrogateescape")
+    # Does anything need escape() (controls, '%', DEL, non-ASCII)? C-level tests: deleting
+    # every byte that passes leaves nothing.
     if record_type in _NORMALIZED_TYPES:
         text = _normalize(record_type, text)
+        clean = ascii_body and "%" not in text and text.isprintable()
+    else:
+        clean = not body.translate(None, _PASSES_ESCAPE)
     values, origs = _parse_fields(text)
-    # Does anything need escape() (controls, '%', DEL, non-ASCII)? C-level str tests.
-    clean = ascii_body and "%" not in text and text.isprintable()
     if not clean:
         # Control bytes, '%' or non-ASCII somewhere: escape the raw values first, so
         # the steps below see (and keep) escaped text; hex decoding escapes its own.
@@ -389,27 +428,46 @@ def _interpret(record_type: int, body: bytes, exact: tuple[str, ...]) -> Interpr
     if exit_value is not None:
         _exit_name(values, exit_value)
     keys = _rule_keys(values, origs) if "key" in values else []
-    if "cwd" in values:
+    # Hex decoding of a field in ``exact`` is skipped: the exact pass below replaces it.
+    if "cwd" in values and "cwd" not in exact:
         _hex_decode(values, origs, "cwd")
 
     if record_type in (_SYSCALL, _SECCOMP):
         if record_type == _SECCOMP:
             _signal_name(values)
-        _syscall_fields(values, origs)
+        _syscall_fields(values, origs, "exe" not in exact)
     elif record_type == _SOCKADDR:
         _sockaddr(values)
     elif record_type == _EXECVE:
         _execve_args(values, origs)
     elif record_type == _PATH:
         _split_context(values, "obj")
-        _hex_decode(values, origs, "name")
+        if "name" not in exact:
+            _hex_decode(values, origs, "name")
     elif record_type in _HEX_FIELDS:
-        _hex_decode(values, origs, _HEX_FIELDS[record_type])
+        if _HEX_FIELDS[record_type] not in exact:
+            _hex_decode(values, origs, _HEX_FIELDS[record_type])
+    # In a clean plain body a value is its token without the quotes: that is the exact
+    # text already, unless an unquoted token was hex (so only hex-looking values look back).
+    plain_clean = clean and type(origs) is _PlainTokens
     for key in exact:
-        if key in values:
+        value = values.get(key)
+        if value is not None:
+            if plain_clean and _UPPER_HEX.fullmatch(value) is None:
+                continue
             orig = origs[key]
             if clean and orig[:1] == '"':
                 values[key] = orig[1:-1]  # nothing to escape in a clean body
             else:
                 values[key] = _exact_text(orig)
+        elif f'{key}="' in text and (kept := _last_quoted_token(text, key)) is not None:
+            values[key] = _exact_text(kept)
     return Interpreted(data=values, keys=keys)
+
+
+def _last_quoted_token(text: str, key: str) -> str | None:
+    """The token of ``key`` if it was quoted: go-libaudit drops ``?``, ``(null)`` and
+    quote-only values, but the kernel quotes only real text (a file named ``?``), so for
+    user-chosen text that value stays (``""`` stays dropped: nothing to show)."""
+    tokens = [orig for name, orig in _FIELDS.findall(text) if name == key]
+    return tokens[-1] if tokens and tokens[-1][:1] == '"' and len(tokens[-1]) > 2 else None

@@ -6,8 +6,9 @@ regex match; anything else takes the step-by-step path that says what is wrong.
 The field syntax is go-libaudit's (auparse):
 
 * a field is ``key=value`` with ``key`` in ``[a-z0-9_-]+``; the value is an
-  unquoted run without quotes or whitespace, or a ``'…'`` / ``"…"`` string (a
-  backslash-quote does not end it). Upper-case ENRICHED keys never match, and
+  unquoted run without quotes or whitespace, a ``'…'`` string (a backslash-quote does
+  not end it) or a ``"…"`` string, which ends at the next ``"``. Upper-case ENRICHED
+  keys never match, and
   text that is not ``key=value`` (``a1[0]=…``, ``avc:  denied``) is skipped.
 * "whitespace" is Go's ``\\s``: space, tab, LF, CR and FF (not VT, not 0x1d).
 
@@ -28,13 +29,17 @@ _MAX_SERIAL = 2**32 - 1
 _MAX_DIGITS = 18
 _GO_SPACE = b" \t\n\r\f"
 
-# go-libaudit's field regex, with Go's \s spelled out (Python's \s adds \v). The
-# look-behind changes no match (a key preceded by a key character would have matched
-# one position earlier) but stops Python's backtracking from going quadratic on a
-# long run of key characters without '=' (RE2, which Go uses, is linear anyway).
+# go-libaudit's field regex, with Go's \s spelled out (Python's \s adds \v), except that
+# a "…" value ends at the next '"' (go-libaudit skips backslash-quote): the kernel quotes
+# untrusted text without escaping '\', so a comm ending in '\' (any user can set one)
+# would swallow the exe= field after it, and a binary named /tmp/exe=/bin/ls then forged
+# exe=/bin/ls. auparse (C) and ausearch read it this way too. The look-behind changes
+# no match (a key preceded by a key character would have matched one position earlier)
+# but stops Python's backtracking from going quadratic on a long run of key characters
+# without '=' (RE2, which Go uses, is linear anyway).
 FIELD_REGEX = (
     r"""(?<![a-z0-9_-])([a-z0-9_-]+)="""
-    r"""((?:[^"'\t\n\f\r ]+)|'(?:\\'|[^'])*'|"(?:\\"|[^"])*")"""
+    r"""((?:[^"'\t\n\f\r ]+)|'(?:\\'|[^'])*'|"[^"]*")"""
 )
 FIELD_PATTERN = re.compile(FIELD_REGEX.encode("ascii"))
 # An ENRICHED key starts after a space (or at the start); its value runs to the next key.

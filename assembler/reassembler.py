@@ -88,6 +88,10 @@ class CompletionReason(enum.Enum):
     CLOSED = "closed"
     LATE = "late"
 
+    # Members are singletons compared by identity: hash them by identity too. Enum's own
+    # __hash__ is a Python function, run for every counter update and set lookup per event.
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, slots=True)
 class LostRange:
@@ -125,12 +129,13 @@ def completes_alone(record_type: int) -> bool:
 class _OpenEvent(Generic[RecordT]):
     """An event still collecting records."""
 
-    __slots__ = ("first_ms", "records", "unwrapped")
+    __slots__ = ("batch", "first_ms", "records", "unwrapped")
 
-    def __init__(self, record: RecordT, first_ms: int, unwrapped: int) -> None:
+    def __init__(self, record: RecordT, first_ms: int, unwrapped: int, batch: int) -> None:
         self.records = [record]
         self.first_ms = first_ms
         self.unwrapped = unwrapped
+        self.batch = batch  # the input batch of its first record (redelivery watermark)
 
 
 class _NodeSerials:
@@ -259,6 +264,9 @@ class Reassembler(Generic[RecordT]):
         self._shard_index, self._shard_count = shard
         self._clock = 0
         self._stats = ReassemblerStats()
+        # The number of the input batch being pushed (set by the caller); open events keep
+        # the one of their first record, so the caller knows which batches are fully out.
+        self.batch = 0
 
     @property
     def stats(self) -> ReassemblerStats:
@@ -273,7 +281,8 @@ class Reassembler(Generic[RecordT]):
         if now_ms > self._clock:
             self._clock = now_ms
         rtype = rec.type
-        if completes_alone(rtype):
+        # completes_alone(rtype), inlined: this runs for every record.
+        if (rtype < 1300 or rtype >= 2100 or rtype == KERNEL_TYPE) and rtype != LOGIN_TYPE:
             node = self._node(rec.node)
             unwrapped, jumped = node.unwrap(rec.serial)
             if jumped:
@@ -303,10 +312,25 @@ class Reassembler(Generic[RecordT]):
         if jumped:
             stats.discontinuities += 1
         # An EOE seen first opens the event: the rest of it is still on its way.
-        self._open[key] = _OpenEvent(rec, self._clock, unwrapped)
+        self._open[key] = _OpenEvent(rec, self._clock, unwrapped, self.batch)
         if len(self._open) > self._max_in_flight:
             oldest_key, oldest = self._open.popitem(last=False)
             self._finish(oldest_key, oldest, CompletionReason.EVICTED, already_removed=True)
+
+    def oldest_open_batch(self) -> int | None:
+        """The input batch of the oldest open event's first record (None: nothing open).
+
+        Events are opened in arrival order and batch numbers only grow, so the oldest
+        open event holds the smallest number.
+        """
+        for event in self._open.values():
+            return event.batch
+        return None
+
+    def renumber_open(self, batch: int) -> None:
+        """Give every open event ``batch`` as its first batch (the batch numbering restarted)."""
+        for event in self._open.values():
+            event.batch = batch
 
     def maintain(self, now_ms: int) -> None:
         """Complete events older than the timeout and report gaps that can no longer fill."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -17,14 +18,22 @@ from assembler.events import (
 )
 from assembler.parse import ParseError, Record, parse_record
 from assembler.reassembler import CompletionReason, LostRange, Reassembler
+from assembler.redelivery import (
+    RESTART_GAP_TYPE,
+    BatchStream,
+    replay_gap_events,
+    restart_gap_event,
+)
 from auditstream import runtime, wire
+from auditstream.component_status import PROCESSING, ComponentStatus
 from auditstream.config import Config
 from auditstream.logs import RateLimitedLog
-from auditstream.stage import StageContext, merge_stats
+from auditstream.stage import StageContext, merge_stats, write_status
 
 log = logging.getLogger("auditstream.assembler")
 OUT_BATCH_EVENTS = 256
 IDLE_POLL_MS = 100
+STATUS_EVERY_S = 1.0
 
 
 class Assembly:
@@ -35,6 +44,10 @@ class Assembly:
         self.event_time = event_time  # files: timeouts in the log's own time
         self.shards = cfg.assembler.instances
         self.clock_ms = 0
+        # The receive stamp of the batch being pushed: events completed by one of its
+        # records carry it (for an EOE-ended event, the EOE's receive time). None outside
+        # push_batch, so events completed by a timeout carry no stamp.
+        self.recv_ns: int | None = None
         self.reassembler = Reassembler(
             self._complete,
             self._lost,
@@ -55,7 +68,10 @@ class Assembly:
 
     def _complete(self, records: list[Record], reason: CompletionReason) -> None:
         try:
-            self.out.append(event_from_records(records, reason))
+            event = event_from_records(records, reason)
+            if self.recv_ns is not None:
+                event["recv_ns"] = self.recv_ns  # outside "doc": never written by a sink
+            self.out.append(event)
             self.counts["events"] += 1
         except Exception as err:  # a bug or hostile record must not stop the stream
             self.counts["interpret_errors"] += 1
@@ -73,7 +89,14 @@ class Assembly:
             event["doc"]["auditstream"]["marker"]["serial_stride"] = self.shards
         self.out.append(event)
 
-    def push_batch(self, recs: list[list[Any]]) -> None:
+    def push_batch(self, recs: list[list[Any]], recv_ns: int | None = None) -> None:
+        self.recv_ns = recv_ns
+        try:
+            self._push_records(recs)
+        finally:
+            self.recv_ns = None
+
+    def _push_records(self, recs: list[list[Any]]) -> None:
         self.counts["records"] += len(recs)
         if (
             not self.event_time
@@ -102,6 +125,9 @@ class Assembly:
             self.counts["parse_errors"] += 1
             self.out.append(parse_error_event(0, data, node, "not an audit record line"))
             return
+        if type_ == RESTART_GAP_TYPE:  # a restarted live receiver names what it lost
+            self.out.append(restart_gap_event(data, node))
+            return
         self.counts["kernel_loss_markers"] += 1
         self.out.append(receiver_marker_event(type_, data))
 
@@ -113,53 +139,154 @@ class Assembly:
     def close(self) -> None:
         self.reassembler.close()
 
+    def status(self, index: int, events_sent: int, inlet: wire.Inlet) -> dict[str, Any]:
+        """``status-assembler-N.json``: records in, events out, open events, errors."""
+        component = ComponentStatus(
+            f"assembler-{index}",
+            "transform",
+            "assembler",
+            received_events=self.counts["records"],
+            sent_events=events_sent,
+        )
+        component.error(PROCESSING, "parse_failed", self.counts["parse_errors"])
+        component.error(PROCESSING, "interpret_failed", self.counts["interpret_errors"])
+        rs = self.reassembler.stats
+        return {
+            "component": component.as_json(),
+            **self.counts,
+            "late_records": rs.late_records,
+            "open_events": rs.in_flight,  # the assembler's own queue: events waiting for EOE
+            "frames_received": inlet.stats.frames,
+            "frame_gaps": inlet.stats.gaps,
+        }
+
 
 def run(cfg: Config, ctx: StageContext) -> int:
     zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     inlet = wire.Inlet(
         zctx, runtime.assembler_endpoint(cfg, ctx.index), hwm=cfg.runtime.hwm_messages
     )
+    # immediate: while the tree keeper is down we wait, rather than queue for a dead peer.
     outlet = wire.Outlet(
-        zctx, runtime.treekeeper_endpoint(cfg), sender=ctx.index, hwm=cfg.runtime.hwm_messages
+        zctx,
+        runtime.treekeeper_endpoint(cfg),
+        sender=ctx.index,
+        hwm=cfg.runtime.hwm_messages,
+        immediate=True,
+        watch=True,
     )
     assembly = Assembly(cfg, event_time=cfg.receiver.source == "file", index=ctx.index)
+    stream = BatchStream()  # the receiver's numbered batches (docs/recovery.md)
+
+    events_sent = 0
+    status_file = runtime.status_path(cfg, f"assembler-{ctx.index}")
+    next_status = 0.0
+    shipped_watermark: dict[str, Any] = {}
 
     def ship() -> None:
-        if assembly.out:
-            outlet.send(wire.EVENTS, {"events": assembly.out})
+        nonlocal events_sent, shipped_watermark
+        watermark = stream.frame_fields(assembly.reassembler.oldest_open_batch())
+        # An empty frame too when only the watermark moved: the receiver waits for it.
+        if assembly.out or watermark != shipped_watermark:
+            send_downstream(outlet, wire.EVENTS, {"events": assembly.out, **watermark}, ctx)
+            events_sent += len(assembly.out)
             assembly.out = []
+            shipped_watermark = watermark
 
     upstream: dict[str, Any] = {}
+    eof_forwarded = False
     while True:
         frame = inlet.recv(IDLE_POLL_MS)
+        if (now := time.monotonic()) >= next_status:
+            next_status = now + STATUS_EVERY_S
+            write_status(status_file, assembly.status(ctx.index, events_sent, inlet))
         if frame is None:
             assembly.maintain()
             ship()
+            # After our eof went on, the receiver may still need us for a resend (a stage
+            # behind us restarted) until it says stop; a stop signal ends that wait.
+            if ctx.stop_requested and eof_forwarded:
+                break
             if ctx.should_stop_when_idle(time.monotonic()):  # no eof is coming: upstream died
                 break
             continue
         ctx.input_arrived()
         if frame.kind == wire.RECORDS:
-            assembly.push_batch(frame.body["recs"])
+            if not stream.accept(frame.body):
+                continue
+            assembly.reassembler.batch = frame.body.get("batch", 0)
+            assembly.push_batch(frame.body["recs"], frame.body.get("recv_ns"))
             if len(assembly.out) >= OUT_BATCH_EVENTS or not inlet.sock.poll(0):
                 assembly.maintain()
                 ship()
+        elif frame.kind == wire.RESUME:
+            if stream.resume(frame.body):  # start over: the receiver resends what is not durable
+                assembly = Assembly(cfg, event_time=cfg.receiver.source == "file", index=ctx.index)
+                upstream = {}
+            else:  # same records, new numbering (a live receiver restarted)
+                assembly.reassembler.renumber_open(int(frame.body["from"]))
+            assembly.out.extend(replay_gap_events(frame.body))
+            eof_forwarded = False
         elif frame.kind == wire.EOF_KIND:
             merge_stats(upstream, frame.body.get("stats", {}))
+            _forward_eof(assembly, stream, inlet, outlet, upstream, ship, ctx)
+            upstream = {}
+            eof_forwarded = True
+        elif frame.kind == wire.STOP:
             break
         # A signal alone does not stop us while frames flow: the receiver stops first and its
         # eof drains the pipe in order.
+    if not eof_forwarded:  # stopped without an eof (upstream died): still report our counters
+        _forward_eof(assembly, stream, inlet, outlet, upstream, ship, ctx)
+    outlet.close(linger_ms=EXIT_LINGER_MS)
+    inlet.close()
+    zctx.term()
+    return 0
+
+
+EXIT_LINGER_MS = 10_000  # a tree keeper that is gone for longer cannot take our tail anyway
+
+
+def _forward_eof(
+    assembly: Assembly,
+    stream: BatchStream,
+    inlet: wire.Inlet,
+    outlet: wire.Outlet,
+    upstream: dict[str, Any],
+    ship: Callable[[], None],
+    ctx: StageContext,
+) -> None:
+    """Complete every open event, ship them, and send the eof with our counters."""
     assembly.close()
     ship()
     stats = dict(assembly.counts)
     rs = assembly.reassembler.stats
     stats["late_records"] = getattr(rs, "late_records", 0)
     stats["frame_gaps"] = inlet.stats.gaps
+    stats["refused_batches"] = (
+        stream.stats.stale_batches
+        + stream.stats.duplicate_batches
+        + stream.stats.out_of_order_batches
+    )
+    stats["resets"] = stream.stats.resets
     if ctx.index != 0:
         upstream.pop("receiver", None)  # every assembler got the receiver's eof; count it once
     merge_stats(upstream, {"assembler": stats})
-    outlet.send(wire.EOF_KIND, {"stats": upstream})
-    outlet.close()
-    inlet.close()
-    zctx.term()
-    return 0
+    body = {"stats": upstream, **stream.frame_fields(None)}
+    send_downstream(outlet, wire.EOF_KIND, body, ctx)
+
+
+def send_downstream(
+    outlet: wire.Outlet, kind: bytes, body: dict[str, Any], ctx: StageContext
+) -> bool:
+    """Send, waiting while the tree keeper is busy or away; give up only when told to stop
+    and no tree keeper is connected (it finished, or is gone: its successor gets a resend)."""
+    watch = outlet.watch
+    while not outlet.send(kind, body, block=False):
+        if watch is not None:
+            watch.poll()
+            if ctx.stop_requested and not watch.connected:
+                log.warning("stopping, no tree keeper connected: %s not sent", kind.decode())
+                return False
+        outlet.writable(IDLE_POLL_MS)
+    return True

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from auditstream import __version__, logs, runtime
+from auditstream import __version__, logs, privilege, runtime
 from auditstream import config as config_mod
+from auditstream.stage import write_status
 from auditstream.supervisor import RestartPolicy, Supervisor
 
 DEFAULT_LIVE_SINK = "jsonl:/var/log/auditstream/events.jsonl"
@@ -71,7 +72,7 @@ def _apply_common(cfg: config_mod.Config, args: argparse.Namespace, *, default_s
     check_sinks(cfg)
 
 
-def _print_summary(cfg: config_mod.Config) -> None:
+def _print_summary(cfg: config_mod.Config, *, restarts: int = 0) -> None:
     path = runtime.summary_path(cfg)
     try:
         stats = json.loads(path.read_text())
@@ -91,9 +92,36 @@ def _print_summary(cfg: config_mod.Config) -> None:
         f"{asm.get('parse_errors', 0)} records failed to parse; sent: {sent or 'none'}",
         file=sys.stderr,
     )
+    tk = stats.get("treekeeper", {})
+    stats["supervisor"] = {"restarts": restarts}
+    try:
+        write_status(path, stats)  # summary.json gets the restarts the supervisor counted
+    except OSError as err:
+        log.warning("cannot add the restart count to %s: %s", path, err)
+    print(
+        f"auditstream: recovery: {restarts} stage restarts, "
+        f"{rec.get('redelivered_batches', 0)} batches redelivered, "
+        f"{tk.get('duplicates_dropped', 0)} duplicates dropped, "
+        f"{tk.get('gap_markers', 0)} gap markers",
+        file=sys.stderr,
+    )
+
+
+def _privileges(cfg: config_mod.Config) -> privilege.SpawnPrivileges | None:
+    """As root: how each stage drops privileges; refuses a `[runtime] user` that cannot run them."""
+    plan = privilege.spawn_privileges(cfg)
+    if plan is not None and plan.account is not None:
+        problems = privilege.stage_account_problems(cfg, plan.account)
+        if problems:
+            raise config_mod.ConfigError(
+                f"{cfg.source_path}: [runtime].user: the stages cannot run as "
+                f"{plan.account.user}: " + "; ".join(problems)
+            )
+    return plan
 
 
 def _start(cfg: config_mod.Config, *, live: bool, receiver_stdin: bool) -> int:
+    privileges = _privileges(cfg)
     created = not cfg.runtime.dir
     run_dir = runtime.make_private_dir(cfg, live=live)
     conf_path = run_dir / "effective-config.json"
@@ -102,11 +130,14 @@ def _start(cfg: config_mod.Config, *, live: bool, receiver_stdin: bool) -> int:
         conf_path,
         assemblers=cfg.assembler.instances,
         receiver_stdin=receiver_stdin,
-        policy=RestartPolicy(enabled=live),
+        # Replay too: a restarted stage gets what it lost again (docs/recovery.md).
+        policy=RestartPolicy(enabled=True),
         ready_file=runtime.ready_path(cfg),
+        privileges=privileges,
+        capturing_file=runtime.status_path(cfg, "receiver") if live else None,
     )
     code = supervisor.run()
-    _print_summary(cfg)
+    _print_summary(cfg, restarts=supervisor.restarts)
     if created and not live:
         shutil.rmtree(run_dir, ignore_errors=True)
     return code

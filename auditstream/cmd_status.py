@@ -33,7 +33,7 @@ def _kernel_status() -> dict[str, Any] | str:
 
 def _pipeline_status(run_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for path in sorted(run_dir.glob("status-*.json")):
+    for path in runtime.status_files(run_dir):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):

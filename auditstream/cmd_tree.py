@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -82,7 +83,7 @@ def render(processes: list[dict[str, Any]], out: Any) -> None:
 
 def cmd_tree(args: argparse.Namespace) -> int:
     try:
-        processes = fetch(args.runtime_dir)
+        processes = fetch(str(runtime.stage_dir_of(Path(args.runtime_dir))))
     except (TimeoutError, RuntimeError, zmq.ZMQError) as err:
         print(f"auditstream: {err}", file=sys.stderr)
         return 1

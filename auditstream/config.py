@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auditstream import privilege
+
 SOURCES = ("netlink", "multicast", "file", "stdin")  # plus "unix:/path"
 
 
@@ -29,6 +31,8 @@ class RuntimeConfig:
     treekeeper_endpoint: str = ""
     hwm_messages: int = 64  # ZeroMQ high-water mark per hop, in batches
     metrics_listen: str = ""  # "127.0.0.1:9464" serves Prometheus text
+    user: str = ""  # run as root: assembler(s) and tree keeper run as this user, no capabilities
+    group: str = ""  # their group ("" = the user's primary group); the runtime dir is root:group
 
 
 @dataclass(slots=True)
@@ -49,6 +53,10 @@ class ReceiverConfig:
     rcvbuf_bytes: int = 64 << 20
     when_full: str = "block"  # block | drop_newest
     status_poll_ms: int = 1000
+    # Batches per assembler kept until the tree keeper acknowledges them (redelivery after
+    # a crash, docs/recovery.md): a file source waits when full, a live one stops protecting.
+    replay_buffer_batches: int = 256
+    cpu_affinity: list[int] = field(default_factory=list)  # CPU numbers to pin to; [] = any
 
 
 @dataclass(slots=True)
@@ -57,6 +65,7 @@ class AssemblerConfig:
     event_timeout_ms: int = 2000
     max_in_flight: int = 1000
     resolve_ids: bool = False  # uid/gid names from this host's user database
+    cpu_affinity: list[int] = field(default_factory=list)  # assembler i: [i % len]; [] = any
 
 
 @dataclass(slots=True)
@@ -70,6 +79,7 @@ class TreekeeperConfig:
     reorder_window_ms: int = (
         250  # hold events this long so forks are seen before their children's execs
     )
+    cpu_affinity: list[int] = field(default_factory=list)  # CPU numbers to pin to; [] = any
 
 
 @dataclass(slots=True)
@@ -160,11 +170,47 @@ def validate(cfg: Config) -> None:
         ("[assembler].max_in_flight", cfg.assembler.max_in_flight),
         ("[receiver].batch_max_records", cfg.receiver.batch_max_records),
         ("[runtime].hwm_messages", cfg.runtime.hwm_messages),
+        ("[receiver].replay_buffer_batches", cfg.receiver.replay_buffer_batches),
     ):
         if value < 1:
             raise ConfigError(f"{where}: {name} must be at least 1, got {value}")
     if cfg.assembler.event_timeout_ms < 0 or cfg.treekeeper.exit_grace_ms < 0:
         raise ConfigError(f"{where}: timeouts must not be negative")
+    if cfg.runtime.user or cfg.runtime.group:
+        try:
+            privilege.resolve_account(cfg.runtime.user, cfg.runtime.group)
+        except privilege.AccountError as err:
+            raise ConfigError(f"{where}: [runtime].{err.key}: {err}") from None
+    for section in ("receiver", "assembler", "treekeeper"):
+        cpus = getattr(cfg, section).cpu_affinity
+        _check_cpus(cpus, f"{where}: [{section}].cpu_affinity")
+    if cfg.runtime.metrics_listen:
+        parse_listen(cfg.runtime.metrics_listen, f"{where}: [runtime].metrics_listen")
+
+
+def _check_cpus(cpus: list[int], where: str) -> None:
+    count = os.cpu_count() or 1
+    for cpu in cpus:
+        if not 0 <= cpu < count:
+            raise ConfigError(
+                f"{where}: CPU {cpu} does not exist (this machine has CPUs 0..{count - 1})"
+            )
+
+
+def parse_listen(address: str, where: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6) as (host, port); a ConfigError names ``where``."""
+    host, sep, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        valid_host = ":" in host
+    else:
+        valid_host = bool(host) and ":" not in host
+    valid_host = valid_host and all(c.isalnum() or c in ".-:_" for c in host)
+    if not sep or not valid_host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(
+            f"{where}: {address!r} is not HOST:PORT (e.g. \"127.0.0.1:9464\", \"[::1]:9464\")"
+        )
+    return host, int(port_text)
 
 
 def _refuse_world_readable_secrets(path: Path, text: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import signal
 import sys
@@ -15,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 from auditstream import config as config_mod
-from auditstream import logs
+from auditstream import logs, privilege
 
 # A stage exits with this when its configuration or source cannot work (EX_CONFIG):
 # restarting it would fail the same way, so the supervisor stops instead.
@@ -73,6 +74,18 @@ def write_status(path: Path, status: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def cpu_affinity_for(cfg: config_mod.Config, name: str, index: int) -> set[int]:
+    """CPUs the stage is pinned to (empty: not pinned); assemblers round-robin the list."""
+    if name == "assembler":
+        cpus = cfg.assembler.cpu_affinity
+        return {cpus[index % len(cpus)]} if cpus else set()
+    if name == "receiver":
+        return set(cfg.receiver.cpu_affinity)
+    if name == "treekeeper":
+        return set(cfg.treekeeper.cpu_affinity)
+    return set()
+
+
 def stage_main(
     name: str,
     run: Callable[[config_mod.Config, StageContext], int],
@@ -86,6 +99,9 @@ def stage_main(
         "--config", "-c", required=True, help="TOML config (or the supervisor's JSON)"
     )
     parser.add_argument("--index", type=int, default=0, help="instance number (assemblers)")
+    parser.add_argument(
+        "--supervisor-pid", type=int, default=0, help="stop when this parent process is gone"
+    )
     args = parser.parse_args(argv)
     try:
         cfg = config_mod.load(args.config)
@@ -94,6 +110,15 @@ def stage_main(
         return 2
     component = f"{name}-{args.index}" if name == "assembler" else name
     logs.setup(component, fmt=cfg.runtime.log_format, level=cfg.runtime.log_level)
+    # Before any thread starts (ZeroMQ's, the sinks'): threads inherit the mask.
+    if cpus := cpu_affinity_for(cfg, name, args.index):
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError as err:  # e.g. a CPU outside this cgroup's cpuset
+            logging.getLogger(f"auditstream.{name}").error(
+                "cannot pin to CPUs %s: %s", sorted(cpus), err.strerror or err
+            )
+            return EXIT_FATAL
     # Events are trees of small dicts without cycles: reference counting frees them. The
     # cyclic collector's default thresholds make it rescan them constantly; run it rarely.
     gc.freeze()
@@ -103,4 +128,19 @@ def stage_main(
     signal.signal(signal.SIGINT, ctx._on_signal)
     # A broken stdout pipe (jq exited) must not kill the stage with a traceback.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL if name != "treekeeper" else signal.SIG_IGN)
+    _stop_with_supervisor(args.supervisor_pid)
     return run(cfg, ctx)
+
+
+def _stop_with_supervisor(supervisor_pid: int) -> None:
+    """A stage whose supervisor died (SIGKILL, OOM) stops like on SIGTERM: drains, exits.
+
+    Without this, stages run in their own sessions and would be orphaned forever.
+    """
+    try:
+        privilege.signal_on_parent_death(signal.SIGTERM)
+    except OSError as err:
+        logging.getLogger("auditstream.stage").warning("no parent-death signal: %s", err)
+    # The supervisor may have died before prctl: then our parent is already someone else.
+    if supervisor_pid and os.getppid() != supervisor_pid:
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -7,6 +7,7 @@ become loop flags; the loop polls children.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import ClassVar
 
+from auditstream import config as config_mod
+from auditstream import privilege, sdnotify
 from auditstream.stage import EXIT_FATAL
 
 log = logging.getLogger("auditstream.supervisor")
@@ -23,6 +27,7 @@ POLL_S = 0.05
 STOP_GRACE_S = 60.0  # how long a stage may take to drain after its upstream stopped
 FAIL_GRACE_S = 3.0  # after a stage failed, nothing downstream of it can drain: do not wait long
 READY_TIMEOUT_S = 120.0  # sinks' start-up checks (a Kafka health check takes up to its timeout)
+METRICS_STOP_S = 5.0
 
 
 @dataclass(slots=True)
@@ -45,6 +50,7 @@ class RestartPolicy:
     max_restarts: int = 5
     window_s: float = 60.0
     max_backoff_s: float = 10.0
+    initial_backoff_s: ClassVar[float] = 0.5
 
 
 class Supervisor:
@@ -56,9 +62,11 @@ class Supervisor:
         receiver_stdin: bool,
         policy: RestartPolicy,
         ready_file: Path | None = None,
+        privileges: privilege.SpawnPrivileges | None = None,
+        capturing_file: Path | None = None,
     ) -> None:
         py = sys.executable
-        conf = ["--config", str(config_path)]
+        conf = ["--config", str(config_path), "--supervisor-pid", str(os.getpid())]
         # Start order is downstream first: each stage binds its input before anyone pushes.
         self.stages = [StageProcess("treekeeper", [py, "-m", "treekeeper", *conf])]
         self.stages += [
@@ -68,20 +76,38 @@ class Supervisor:
         self.stages.append(
             StageProcess("receiver", [py, "-m", "receiver", *conf], stdin_inherit=receiver_stdin)
         )
+        # The Prometheus endpoint only reads status files: it starts last (after the tree
+        # keeper is ready) and is stopped once the pipeline is done; it has nothing to drain.
+        self.metrics: StageProcess | None = None
+        if config_mod.load(config_path).runtime.metrics_listen:
+            self.metrics = StageProcess("metrics", [py, "-m", "auditstream.metrics", *conf])
+            self.stages.append(self.metrics)
         self.policy = policy
         self.ready_file = ready_file
+        # As root: how each stage drops privileges (auditstream/privilege.py).
+        self.privileges = privileges
+        if privileges is not None and privileges.account is not None:
+            privilege.share_with_group(config_path, privileges.account, 0o640)
+        # systemd's READY=1 waits for this file (live: the receiver's first status, written
+        # once its source is open and its rules loaded), else only for the stages' start.
+        self.capturing_file = capturing_file
+        self.ready_notified = False
+        self.stopping_notified = False
         self.stop_requested = 0
         self.failed: list[str] = []
         self.gave_up = False
+        self.restarts = 0  # stages restarted after dying (redelivery covers what they held)
+        self.source_done = False  # the receiver exited 0: nothing is left to resend
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested += 1
 
     def _spawn(self, stage: StageProcess) -> None:
         stdin = None if stage.stdin_inherit else subprocess.DEVNULL
+        options = self.privileges.popen_options(stage.name) if self.privileges else {}
         # Own session: a terminal's Ctrl-C reaches the supervisor only, which stops the
         # stages in pipeline order.
-        stage.proc = subprocess.Popen(stage.argv, stdin=stdin, start_new_session=True)
+        stage.proc = subprocess.Popen(stage.argv, stdin=stdin, start_new_session=True, **options)
         stage.exit_code = None
         stage.restart_at = None
 
@@ -101,8 +127,10 @@ class Supervisor:
                 self._spawn(stage)
             pids = " ".join(f"{s.name}={s.proc.pid}" for s in reversed(self.stages) if s.proc)
             log.info("stage pids: %s", pids)
+            self._notify_ready()
             self._loop()
         finally:
+            self._notify_stopping()
             for sig, handler in old.items():
                 signal.signal(sig, handler)
         return 0 if not self.failed else 1
@@ -113,6 +141,18 @@ class Supervisor:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not self.ready_file.exists():
             code = stage.proc.poll() if stage.proc else None
+            # Killed while starting (not failed on its own): start it again, within bounds.
+            if (
+                code is not None
+                and code < 0
+                and self.policy.enabled
+                and not self.stop_requested
+                and self.restarts < self.policy.max_restarts
+            ):
+                log.error("%s died while starting (signal %d); restarting", stage.name, -code)
+                self.restarts += 1
+                self._spawn(stage)
+                continue
             if code is not None:
                 stage.exit_code = code
                 log.error("%s could not start (exit code %s)", stage.name, code)
@@ -129,9 +169,11 @@ class Supervisor:
         stop_started: float | None = None
         while True:
             now = time.monotonic()
+            self._notify_ready()
             if self.stop_requested > signalled:
                 signalled = self.stop_requested
                 stop_started = stop_started or now
+                self._notify_stopping()
                 # Stop the source; its eof drains the rest in pipeline order.
                 receiver = self._stage("receiver")
                 if signalled == 1 and receiver.proc and receiver.exit_code is None:
@@ -150,6 +192,10 @@ class Supervisor:
             for stage in self.stages:
                 self._check(stage, now, stopping=stop_started is not None)
                 alive = alive or stage.exit_code is None or stage.restart_at is not None
+            if alive and self._pipeline_done():
+                stop_started = stop_started or now
+                self._stop_metrics()
+                continue
             if not alive:
                 return
             time.sleep(POLL_S)
@@ -165,16 +211,22 @@ class Supervisor:
         if code is None:
             return
         stage.exit_code = code
-        if code == 0:
+        # Our own SIGTERM can reach a stage still importing, before its handler exists:
+        # it had taken no input yet, so that death loses nothing.
+        if code == 0 or (stopping and code == -signal.SIGTERM):
+            self._exited_cleanly(stage)
             return
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         if code == EXIT_FATAL:
             log.error("%s cannot run (%s); stopping the pipeline", stage.name, how)
-        elif self.policy.enabled and not stopping:
+        elif self.policy.enabled and not stopping and not self.source_done:
             stage.restarts = [t for t in stage.restarts if now - t < self.policy.window_s] + [now]
             if len(stage.restarts) <= self.policy.max_restarts:
+                if len(stage.restarts) == 1:  # the first death in the window: no flapping
+                    stage.backoff_s = RestartPolicy.initial_backoff_s
                 log.error("%s died (%s); restarting in %.1f s", stage.name, how, stage.backoff_s)
                 stage.restart_at = now + stage.backoff_s
+                self.restarts += 1
                 stage.backoff_s = min(stage.backoff_s * 2, self.policy.max_backoff_s)
                 return
             log.error(
@@ -188,6 +240,61 @@ class Supervisor:
             log.error("%s failed (%s); stopping the pipeline", stage.name, how)
         self.failed.append(stage.name)
         self.stop_requested = max(self.stop_requested, 2)
+
+    def _exited_cleanly(self, stage: StageProcess) -> None:
+        # The receiver exits 0 once everything it sent is durable (or it was told to stop):
+        # no stage that dies after it could be given anything again, so none restarts.
+        if stage.name == "receiver":
+            self.source_done = True
+            for other in self.stages:
+                other.restart_at = None
+        # The tree keeper exits 0 after every assembler's eof, everything written: what
+        # still runs (an assembler waiting for a stop, a receiver waiting for acks) is done.
+        elif stage.name == "treekeeper" and self.stop_requested < 2:
+            self.stop_requested = 2
+
+    def _pipeline_done(self) -> bool:
+        """Every stage but the metrics endpoint has exited for good."""
+        return all(
+            s.exit_code is not None and s.restart_at is None
+            for s in self.stages
+            if s is not self.metrics
+        )
+
+    def _stop_metrics(self) -> None:
+        """Stop the metrics endpoint; its exit (or our signal) is never a pipeline failure."""
+        stage = self.metrics
+        if stage is None:
+            return
+        stage.restart_at = None
+        if stage.proc is None or stage.exit_code is not None:
+            stage.exit_code = stage.exit_code if stage.exit_code is not None else 0
+            return
+        stage.proc.send_signal(signal.SIGTERM)
+        try:
+            code = stage.proc.wait(timeout=METRICS_STOP_S)
+        except subprocess.TimeoutExpired:
+            stage.proc.kill()
+            code = stage.proc.wait()
+        if code not in (0, -signal.SIGTERM):
+            log.warning("metrics endpoint exited with code %s at stop", code)
+        stage.exit_code = code
+
+    def _notify_ready(self) -> None:
+        """Tell systemd (Type=notify) once that the stages run and, live, capture."""
+        if self.ready_notified or self.stopping_notified:
+            return
+        if self.capturing_file is not None and not self.capturing_file.exists():
+            return
+        self.ready_notified = True
+        pids = " ".join(f"{s.name}={s.proc.pid}" for s in reversed(self.stages) if s.proc)
+        sdnotify.notify("READY=1", f"STATUS=stages running: {pids}")
+
+    def _notify_stopping(self) -> None:
+        """Tell systemd (Type=notify) once that the stop has begun."""
+        if not self.stopping_notified:
+            self.stopping_notified = True
+            sdnotify.notify("STOPPING=1")
 
     def _terminate_all(self, sig: int) -> None:
         for stage in self.stages:

@@ -4,6 +4,12 @@
 sender's index, low 48 bits: its counter) so a receiver counts gaps per sender,
 ``body`` msgpack with bytes kept as bytes. Records and events travel in batches:
 per-message overhead, not parsing, is what limits a Python pipeline.
+
+Redelivery (docs/recovery.md) adds kinds: ``resume`` and ``stop`` (receiver to
+assembler), ``hello`` and ``ack`` (tree keeper to receiver, on a hop of its own where
+the tree keeper binds in its own directory and the receiver connects).
+Its sockets set ZMQ_IMMEDIATE, so nothing queues for a peer that is not there, and
+watch their connections (:class:`PeerWatch`) to learn that a peer came back.
 """
 
 from __future__ import annotations
@@ -14,10 +20,15 @@ from typing import Any
 
 import msgpack
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 RECORDS = b"records"
 EVENTS = b"events"
 EOF_KIND = b"eof"
+RESUME = b"resume"  # receiver -> assembler: the batch stream (re)starts here (docs/recovery.md)
+STOP = b"stop"  # receiver -> assembler: everything is durable, exit
+HELLO = b"hello"  # tree keeper -> receiver: its token, on every (re)connect
+ACK = b"ack"  # tree keeper -> receiver: batches below a number are durable in every sink
 
 _SEQ = struct.Struct(">Q")
 _COUNTER_BITS = 48
@@ -36,13 +47,28 @@ class Outlet:
     """The sending end of one hop: a PUSH socket with a bounded queue."""
 
     def __init__(
-        self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, *, sender: int = 0, hwm: int = 64
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        *,
+        sender: int = 0,
+        hwm: int = 64,
+        immediate: bool = False,
+        watch: bool = False,
+        bind: bool = False,
     ) -> None:
         self.sock = ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         # -1: a finite source's tail is delivered before the process exits.
         self.sock.setsockopt(zmq.LINGER, -1)
-        self.sock.connect(endpoint)
+        if immediate:  # queue only for a connected peer: a dead one must not swallow frames
+            self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        # The monitor exists before connect(), so the first connection is seen too.
+        self.watch = PeerWatch(self.sock) if watch else None
+        if bind:  # the ack hop: the tree keeper binds in its own directory
+            self.sock.bind(endpoint)
+        else:
+            self.sock.connect(endpoint)
         self.endpoint = endpoint
         self._sender = sender << _COUNTER_BITS
         self._counter = 0
@@ -58,9 +84,58 @@ class Outlet:
         self._counter = (self._counter + 1) & _COUNTER_MASK
         return True
 
+    def send_packed(self, kind: bytes, packed: bytes, *, block: bool = True) -> bool:
+        """:meth:`send` for a body already packed (the receiver's replay buffer keeps bytes)."""
+        seq = _SEQ.pack(self._sender | self._counter)
+        try:
+            self.sock.send_multipart(
+                [kind, seq, packed], flags=0 if block else zmq.NOBLOCK, copy=False
+            )
+        except zmq.Again:
+            return False
+        self._counter = (self._counter + 1) & _COUNTER_MASK
+        return True
+
+    def writable(self, timeout_ms: int) -> bool:
+        """Wait up to ``timeout_ms`` until a frame can be sent without blocking."""
+        return bool(self.sock.poll(timeout_ms, zmq.POLLOUT))
+
     def close(self, linger_ms: int | None = None) -> None:
         """Close; with ``linger_ms`` give up on undelivered frames after that long."""
+        if self.watch is not None:
+            self.watch.close()
         self.sock.close(linger=linger_ms)
+
+
+class PeerWatch:
+    """Counts completed handshakes of a connecting socket: a new one means a peer (re)joined."""
+
+    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+        self._sock = sock
+        self._monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        )
+        self.joins = 0
+        self.leaves = 0
+        self.connected = False
+
+    def poll(self) -> int:
+        """Read pending monitor events; return how many peers joined since the last call."""
+        joined = 0
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                joined += 1
+                self.connected = True
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.leaves += 1
+                self.connected = False
+        self.joins += joined
+        return joined
+
+    def close(self) -> None:
+        self._sock.disable_monitor()
+        self._monitor.close(linger=0)
 
 
 @dataclass(slots=True)
@@ -83,12 +158,20 @@ class Inlet:
     """The receiving end of one hop: a bound PULL socket that counts sequence gaps."""
 
     def __init__(
-        self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, *, hwm: int = 64
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        *,
+        hwm: int = 64,
+        connect: bool = False,
     ) -> None:
         self.sock = ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(endpoint)
+        if connect:  # the ack hop: the receiver connects to the tree keeper
+            self.sock.connect(endpoint)
+        else:
+            self.sock.bind(endpoint)
         self.endpoint = endpoint
         self.stats = InletStats()
 

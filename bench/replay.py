@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import shutil
 import subprocess
@@ -133,6 +134,7 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=300_000, help="lines to generate")
     parser.add_argument("--assemblers", type=int, default=1)
     parser.add_argument("--no-stages", action="store_true", help="skip the per-stage timings")
+    parser.add_argument("--json-out", type=Path, help="also write the results here as JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="auditstream-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -175,6 +177,9 @@ def main() -> None:
                 continue
             ratio = f"{base / secs:.2f}x" if base else "-"
             print(f"{name:56} {secs:8.2f} {lines / secs:10.0f} {ratio:>10}")
+        if args.json_out:
+            table = [{"what": name, "seconds": secs} for name, secs in rows]
+            args.json_out.write_text(json.dumps({"lines": lines, "rows": table}))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from auditstream import runtime
+from auditstream import privilege, runtime
+from auditstream.component_status import RECEIVING, ComponentStatus
 from auditstream.config import Config
 from auditstream.stage import StageContext, write_status
 from receiver.kernel import AuditHeld, AuditStatus, KernelSession, get_status
@@ -71,6 +72,44 @@ class KernelCounters:
         return risen
 
 
+def receiver_status(
+    cfg: Config, shipper: RecordShipper, *, socket_overruns: int = 0, bad_lines: int = 0
+) -> dict[str, Any]:
+    """The source-independent part of ``status-receiver.json`` (counts are records)."""
+    batched = sum(len(batch) for batch in shipper.batches)
+    stats = shipper.stats
+    component = ComponentStatus(
+        "receiver",
+        "source",
+        cfg.receiver.source.partition(":")[0],
+        received_events=stats.records,
+        sent_events=stats.records - stats.dropped_records - batched,
+        discarded_events={"queue_full": stats.dropped_records},
+    )
+    component.error(RECEIVING, "socket_overrun", socket_overruns)
+    component.error(RECEIVING, "not_a_record", bad_lines)
+    return {
+        "component": component.as_json(),
+        "batched_records": batched,  # read, not yet sent: the receiver's own queue
+        "frames_sent": stats.batches,
+        "blocked_sends": stats.blocked_sends,
+    }
+
+
+def drop_privileges(source: str) -> int:
+    """As root, keep only the capabilities this source still needs (auditstream/privilege.py).
+
+    A step that fails is logged and counted (the returned number), never fatal.
+    """
+    result = privilege.keep_only(privilege.receiver_kept_caps(source))
+    for error in result.errors:
+        log.error("dropping privileges: %s", error)
+    if not result.skipped:
+        kept = ", ".join(privilege.cap_names(result.permitted)) or "none"
+        log.info("capabilities kept: %s", kept)
+    return len(result.errors)
+
+
 def _marker_record(kind: int, text: str) -> tuple[int, bytes, str]:
     return (kind, text.encode(), "")
 
@@ -103,21 +142,66 @@ def run_netlink(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[
                 log.warning(
                     "kernel audit configuration is immutable (enabled 2): rules and settings left as they are"
                 )
-            log.info("kernel audit: pid %d registered, %d rules loaded", os.getpid(), len(rules))
+            else:
+                log.info(
+                    "kernel audit: pid %d registered, %d rules loaded", os.getpid(), len(rules)
+                )
             source = session.records_source()
         # Status polls go over a socket of their own: on the records socket the reply
         # would queue behind every record the kernel sent before it.
         control = AuditNetlink(rcvbuf_bytes=CONTROL_RCVBUF_BYTES)
         control.open()
+        # Sockets open, rules loaded: from here on only status polls and the restore at exit.
+        privilege_errors = drop_privileges(cfg.receiver.source)
         try:
             counters = KernelCounters(get_status(control))
             stats = _read_loop(cfg, ctx, shipper, source, session, control, counters)
+            stats["privilege_errors"] = privilege_errors
         finally:
             control.close()
         source.close()
     finally:
         session.close()  # puts back exactly what we changed
     return stats
+
+
+# Since Linux 5.15 (and its stable backports) kauditd waits only HZ/10 for room in our
+# socket; after that the record takes the retry/hold path, where a kernel booted without
+# audit=1 drops it without counting it as lost. So the reader must never stall: when the
+# assemblers fall behind, batches wait in the receiver (unsent, in the replay buffers),
+# and past the buffers' bound the reader only trickles -- a few records per tick keeps
+# kauditd's send succeeding, the kernel backlog fills, and backlog_wait_time throttles
+# the audited processes (lossless). Past 4x the bound reading stops (a stuck pipeline).
+CONGESTED_TICK_MS = 10
+TRICKLE_RECORDS = 32
+STALL_FACTOR = 4
+
+
+class ReadPacing:
+    """How many records the netlink reader may take now, from the unsent backlog."""
+
+    def __init__(self, shipper: RecordShipper) -> None:
+        self.shipper = shipper
+        self.trickle_ticks = 0
+        self.stalled_ticks = 0
+
+    def records_to_read(self) -> int:
+        guard = self.shipper.guard
+        guard.poll()  # hand queued batches to assemblers that have room again
+        unsent, bound = guard.unsent_batches(), guard.capacity()
+        if unsent < bound:
+            return READ_MAX_RECORDS
+        if unsent < STALL_FACTOR * bound:
+            self.trickle_ticks += 1
+            return TRICKLE_RECORDS
+        if self.stalled_ticks == 0:
+            log.error(
+                "assemblers took nothing while %d batches waited: reading paused; the kernel "
+                "may drop records now (reported as serial gaps)",
+                unsent,
+            )
+        self.stalled_ticks += 1
+        return 0
 
 
 def _read_loop(
@@ -135,11 +219,15 @@ def _read_loop(
     next_status = time.monotonic()
     overruns = 0
     status_file = runtime.status_path(cfg, "receiver")
+    pacing = ReadPacing(shipper)
     while not ctx.stop_requested:
-        if poller.poll(poll_ms):
-            records = source.read_records(READ_MAX_RECORDS)
+        limit = pacing.records_to_read()
+        if limit and poller.poll(poll_ms if limit == READ_MAX_RECORDS else CONGESTED_TICK_MS):
+            records = source.read_records(limit)
             if records:
                 shipper.add(records)
+        elif not limit:
+            time.sleep(CONGESTED_TICK_MS / 1000)
         shipper.flush_due()
         if source.overruns != overruns:
             shipper.add(
@@ -159,6 +247,7 @@ def _read_loop(
             write_status(
                 status_file,
                 {
+                    **receiver_status(cfg, shipper, socket_overruns=source.overruns),
                     "kernel": {
                         "lost": status.lost,
                         "backlog": status.backlog,
@@ -168,6 +257,9 @@ def _read_loop(
                     },
                     "records": shipper.stats.records,
                     "socket_overruns": source.overruns,
+                    "unsent_batches": shipper.guard.unsent_batches(),
+                    "trickle_ticks": pacing.trickle_ticks,
+                    "stalled_ticks": pacing.stalled_ticks,
                 },
             )
     drained = _drain(session, control, source, shipper, poller)
@@ -175,6 +267,9 @@ def _read_loop(
     return {
         "kernel_lost": (counters.last_lost - counters.lost_at_start) & 0xFFFFFFFF,
         "socket_overruns": source.overruns,
+        "queued_sends": shipper.stats.queued_sends,
+        "trickle_ticks": pacing.trickle_ticks,
+        "stalled_ticks": pacing.stalled_ticks,
     }
 
 
@@ -225,10 +320,13 @@ def run_stream(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[s
         except OSError as err:
             raise SourceError(f"cannot connect to {src}: {err.strerror or err}") from err
         fd = sock.fileno()
+    privilege_errors = drop_privileges(src)  # the source is open: nothing more is needed
     counters = LineCounters()
     pending = b""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
+    status_file = runtime.status_path(cfg, "receiver")
+    next_status = time.monotonic()
     while not ctx.stop_requested:
         if poller.poll(max(1, cfg.receiver.batch_max_ms)):
             chunk = os.read(fd, 1 << 20)
@@ -238,11 +336,19 @@ def run_stream(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[s
             pending = lines.pop()
             shipper.add(lines_to_records(lines, counters))
         shipper.flush_due()
+        if (now := time.monotonic()) >= next_status:
+            next_status = now + cfg.receiver.status_poll_ms / 1000
+            status = receiver_status(cfg, shipper, bad_lines=counters.bad_lines)
+            write_status(status_file, {**status, "records": shipper.stats.records})
     if pending:
         shipper.add(lines_to_records([pending], counters))
     if sock is not None:
         sock.close()
-    return {"lines": counters.lines, "bad_lines": counters.bad_lines}
+    return {
+        "lines": counters.lines,
+        "bad_lines": counters.bad_lines,
+        "privilege_errors": privilege_errors,
+    }
 
 
 def run_live_source(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[str, Any]:

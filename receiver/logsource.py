@@ -7,7 +7,7 @@ import io
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -58,7 +58,9 @@ def _open(path: str) -> tuple[BinaryIO, BinaryIO]:
 class LogSource:
     """Yields lists of raw lines (bytes, newline kept) from the files, in order."""
 
-    def __init__(self, paths: list[str], *, follow: bool = False) -> None:
+    def __init__(
+        self, paths: list[str], *, follow: bool = False, start: tuple[int, int] = (0, 0)
+    ) -> None:
         self.paths = paths or ["-"]
         self.follow = follow
         self.progress = FileProgress()
@@ -67,12 +69,27 @@ class LogSource:
             if path != "-" and os.path.exists(path):
                 self.progress.total_bytes += os.path.getsize(path)
         self._base = 0
+        # (file index, offset in its decompressed text) where reading starts (a checkpoint
+        # of a restarted receiver) and, after each chunk, where the next one begins.
+        self.start = start
+        self.position = start
+        # Follow mode, while waiting for the file to grow: called every 0.2 s; True stops.
+        self.on_idle: Callable[[], bool] | None = None
 
     def chunks(self) -> Iterator[list[bytes]]:
+        first, offset = self.start
         for index, path in enumerate(self.paths):
+            if index < first:
+                if path != "-" and os.path.exists(path):
+                    self._base += os.path.getsize(path)
+                continue
             reader, raw = _open(path)
             self.progress.name = path
+            self.position = (index, 0)
             try:
+                if index == first and offset:
+                    reader.seek(offset)  # gzip: decompresses up to there
+                    self.position = (index, offset)
                 yield from self._read(reader, raw, last=index == len(self.paths) - 1)
             except (OSError, EOFError, gzip.BadGzipFile) as err:
                 raise SourceError(f"error reading {path}: {err}") from err
@@ -88,6 +105,8 @@ class LogSource:
             lines = reader.readlines(READ_HINT)
             if not lines:
                 if self.follow and last and raw is not sys.stdin.buffer:
+                    if self.on_idle is not None and self.on_idle():
+                        break  # told to stop while waiting for more
                     time.sleep(0.2)  # follow: wait for auditd to append
                     continue
                 break
@@ -98,7 +117,10 @@ class LogSource:
                 pending = lines.pop()  # an incomplete line being written right now
             if raw is not sys.stdin.buffer and isinstance(raw, io.BufferedReader):
                 self.progress.done_bytes = self._base + raw.tell()
+                self.position = (self.position[0], reader.tell() - len(pending))
             if lines:
                 yield lines
         if pending:
+            if raw is not sys.stdin.buffer:
+                self.position = (self.position[0], reader.tell())
             yield [pending]

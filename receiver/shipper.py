@@ -1,4 +1,9 @@
-"""Batch raw records and ship them to the assembler(s), sharded by serial number."""
+"""Batch raw records and ship them to the assembler(s), sharded by serial number.
+
+Each batch goes through the :class:`receiver.redelivery.DeliveryGuard`, which numbers
+it, keeps it until the tree keeper acknowledges it and sends it again after a crash
+downstream (docs/recovery.md).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,13 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from auditstream import wire
 from auditstream.logline import format_log_line
+from receiver.checkpoint import SerialMark
+from receiver.redelivery import DeliveryGuard
+from receiver.replaybuffer import serial_of
 
 RawRecord = tuple[int, bytes, str]
-
-
-def serial_of(data: bytes) -> int:
-    """The SERIAL of ``audit(SEC.MSEC:SERIAL)``, or 0 when the header is malformed."""
-    colon = data.find(b":", 6, 40)
-    close = data.find(b")", colon, 60)
-    if colon < 0 or close < 0:
-        return 0
-    digits = data[colon + 1 : close]
-    return int(digits) if digits.isdigit() else 0
+__all__ = ["RawRecord", "RecordShipper", "ShipperStats", "serial_of"]
 
 
 @dataclass(slots=True)
@@ -27,6 +25,7 @@ class ShipperStats:
     records: int = 0
     batches: int = 0
     blocked_sends: int = 0  # times a full assembler pushed back
+    queued_sends: int = 0  # batches kept unsent because the assembler was full (live)
     dropped_records: int = 0  # when_full = drop_newest
     recorded_records: int = 0
 
@@ -36,28 +35,36 @@ class RecordShipper:
 
     def __init__(
         self,
-        outlets: list[wire.Outlet],
+        guard: DeliveryGuard,
         *,
         batch_max_records: int,
         batch_max_ms: int,
         drop_when_full: bool = False,
         record_to: BinaryIO | None = None,
+        never_block: bool = False,
     ) -> None:
-        self.outlets = outlets
+        self.guard = guard
+        # Live kernel sources: a send must never stall the netlink read (see receiver/live.py).
+        self.never_block = never_block
         self.batch_max = batch_max_records
         self.batch_max_s = batch_max_ms / 1000
         self.drop_when_full = drop_when_full
         self.record_to = record_to
-        self.batches: list[list[RawRecord]] = [[] for _ in outlets]
-        self.oldest = [0.0 for _ in outlets]
+        shards = len(guard.outlets)
+        self.batches: list[list[RawRecord]] = [[] for _ in range(shards)]
+        self.oldest = [0.0 for _ in range(shards)]
         self.stats = ShipperStats()
+        # Live: the durable serial mark (it names what a predecessor may have lost).
+        self.serial_mark: SerialMark | None = None
 
     def add(self, records: list[RawRecord]) -> None:
         if self.record_to is not None:
             self.record_to.write(b"".join(format_log_line(t, d, n) + b"\n" for t, d, n in records))
             self.stats.recorded_records += len(records)
         self.stats.records += len(records)
-        shards = len(self.outlets)
+        if self.serial_mark is not None:
+            records = self.serial_mark.records_read(records) + records
+        shards = len(self.batches)
         now = time.monotonic()
         for rec in records:
             index = serial_of(rec[1]) % shards if shards > 1 else 0
@@ -70,6 +77,7 @@ class RecordShipper:
 
     def flush_due(self) -> None:
         """Send batches older than batch_max_ms (keeps latency bounded at low rates)."""
+        self.guard.poll()  # acknowledgements and resends also flow while the source is quiet
         now = time.monotonic()
         for index, batch in enumerate(self.batches):
             if batch and now - self.oldest[index] >= self.batch_max_s:
@@ -85,19 +93,30 @@ class RecordShipper:
     def _send(self, index: int) -> None:
         batch = self.batches[index]
         self.batches[index] = []
-        body = {"recs": batch, "recv_ns": time.time_ns()}
-        outlet = self.outlets[index]
-        if outlet.send(wire.RECORDS, body, block=False):
-            self.stats.batches += 1
-            return
-        self.stats.blocked_sends += 1
-        if self.drop_when_full:
+        body: dict[str, object] = {"recs": batch, "recv_ns": time.time_ns()}
+        outcome = self.guard.send_batch(
+            index, body, len(batch), drop=self.drop_when_full, wait=not self.never_block
+        )
+        if outcome == "queued":
+            self.stats.queued_sends += 1
+        if outcome == "dropped":
+            self.stats.blocked_sends += 1
             self.stats.dropped_records += len(batch)
             return
-        outlet.send(wire.RECORDS, body)  # block: backpressure reaches the source
+        if outcome == "blocked":
+            self.stats.blocked_sends += 1
         self.stats.batches += 1
 
     def send_eof(self, stats: dict[str, object]) -> None:
+        """Send what is batched, then the eof (after every batch, and again after a resend)."""
+        if self.serial_mark is not None:
+            self.add(self.serial_mark.leftover_markers())
         self.flush()
-        for outlet in self.outlets:
-            outlet.send(wire.EOF_KIND, {"stats": stats})
+        self.guard.finish({"stats": stats})
+
+    def batches_needed(self) -> list[int]:
+        """Per shard: how many batches must be acknowledged to cover every record added."""
+        return [
+            number + (1 if batch else 0)
+            for number, batch in zip(self.guard.next_numbers(), self.batches, strict=True)
+        ]

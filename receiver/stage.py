@@ -10,15 +10,16 @@ from typing import Any, BinaryIO
 
 import zmq
 
-from auditstream import runtime, wire
 from auditstream.config import Config
 from auditstream.logline import LineError, split_log_line
+from auditstream.redelivery import HELLO_WAIT_S, checkpoint_path, serial_mark_path
 from auditstream.stage import EXIT_FATAL, StageContext
+from receiver.checkpoint import CheckpointKeeper, SerialMark, load_checkpoint
 from receiver.logsource import LogSource, SourceError
+from receiver.redelivery import DeliveryGuard
 from receiver.shipper import RawRecord, RecordShipper
 
 log = logging.getLogger("auditstream.receiver")
-EXIT_LINGER_MS = 30_000  # at exit, wait this long for the assembler to take what we sent
 
 
 class LineCounters:
@@ -77,12 +78,39 @@ class ProgressBar:
         sys.stderr.flush()
 
 
-def run_log_source(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[str, Any]:
-    source = LogSource(cfg.receiver.files, follow=cfg.receiver.follow)
+def run_log_source(
+    cfg: Config, ctx: StageContext, shipper: RecordShipper, keeper: CheckpointKeeper | None
+) -> dict[str, Any]:
+    files = cfg.receiver.files
     counters = LineCounters()
+    start = (0, 0)
+    if keeper is not None:
+        resumed = load_checkpoint(keeper.path, files)
+        if resumed is not None:
+            start = resumed.position
+            restore_counters(resumed.counters, counters, shipper)
+            log.warning(
+                "restarted: resuming %s at byte %d from the checkpoint",
+                files[resumed.file_index],
+                resumed.offset,
+            )
+    source = LogSource(files, follow=cfg.receiver.follow, start=start)
     bar = ProgressBar(source, counters) if cfg.receiver.progress else None
+    if keeper is not None:
+        shipper.guard.on_acks = keeper.update
+
+    def idle() -> bool:  # follow mode, nothing new: keep acknowledgements and resends moving
+        shipper.flush_due()
+        return ctx.stop_requested
+
+    source.on_idle = idle
     for lines in source.chunks():
         shipper.add(lines_to_records(lines, counters))
+        if keeper is not None:
+            keeper.chunk_read(
+                source.position, shipper.batches_needed(), counter_values(counters, shipper)
+            )
+            keeper.update(shipper.guard.acked_below())
         if bar:
             bar.tick()
         if ctx.stop_requested:
@@ -105,28 +133,63 @@ def run_log_source(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> di
     }
 
 
+def counter_values(counters: LineCounters, shipper: RecordShipper) -> dict[str, int]:
+    """The counters a checkpoint keeps, so a restarted receiver's summary stays exact."""
+    return {
+        "lines": counters.lines,
+        "bad_lines": counters.bad_lines,
+        "blank_lines": counters.blank_lines,
+        "comment_lines": counters.comment_lines,
+        "records": shipper.stats.records,
+    }
+
+
+def restore_counters(saved: dict[str, int], counters: LineCounters, shipper: RecordShipper) -> None:
+    counters.lines = saved.get("lines", 0)
+    counters.bad_lines = saved.get("bad_lines", 0)
+    counters.blank_lines = saved.get("blank_lines", 0)
+    counters.comment_lines = saved.get("comment_lines", 0)
+    shipper.stats.records = saved.get("records", 0)
+
+
 def run(cfg: Config, ctx: StageContext) -> int:
     zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    outlets = [
-        wire.Outlet(zctx, runtime.assembler_endpoint(cfg, i), hwm=cfg.runtime.hwm_messages)
-        for i in range(cfg.assembler.instances)
-    ]
+    file_source = cfg.receiver.source == "file"
+    guard = DeliveryGuard(
+        zctx,
+        cfg,
+        may_wait=file_source,
+        # A file source resumes from its checkpoint: the assemblers drop what they hold, as
+        # it comes again. Live, what they hold is all there is (the kernel cannot resend).
+        reset_on_start=file_source and "-" not in cfg.receiver.files,
+    )
     code = 0
     with ExitStack() as stack:
         record_to: BinaryIO | None = None
         if cfg.receiver.record:
             record_to = stack.enter_context(open(cfg.receiver.record, "ab"))
         shipper = RecordShipper(
-            outlets,
+            guard,
             batch_max_records=cfg.receiver.batch_max_records,
             batch_max_ms=cfg.receiver.batch_max_ms,
             drop_when_full=cfg.receiver.when_full == "drop_newest",
             record_to=record_to,
+            never_block=cfg.receiver.source in ("netlink", "multicast"),
         )
+        guard.wait_for_hello(HELLO_WAIT_S, lambda: ctx.stop_requested)
+        keeper: CheckpointKeeper | None = None
+        if file_source and "-" not in cfg.receiver.files:  # a pipe cannot be read again
+            keeper = CheckpointKeeper(checkpoint_path(cfg), cfg.receiver.files)
+        else:  # what a predecessor read and did not deliver is gone: say which serials
+            mark = SerialMark(serial_mark_path(cfg))
+            mark.inherit()
+            shipper.serial_mark = mark
+            guard.on_acks = lambda _acked: mark.acked(guard.durable_serials)
+            stack.callback(mark.close)
         stats: dict[str, Any] = {}
         try:
-            if cfg.receiver.source == "file":
-                stats = run_log_source(cfg, ctx, shipper)
+            if file_source:
+                stats = run_log_source(cfg, ctx, shipper, keeper)
             else:
                 from receiver.live import run_live_source
 
@@ -135,10 +198,10 @@ def run(cfg: Config, ctx: StageContext) -> int:
             log.error("%s", err)
             code = EXIT_FATAL
         except Exception:
-            # Downstream stays up (no eof): the supervisor restarts us live, or stops the run.
+            # Downstream stays up (no eof): the supervisor restarts us, and our successor
+            # resends what is not durable (file) or the gap shows as lost serials (live).
             log.exception("receiver failed")
-            for outlet in outlets:
-                outlet.close(linger_ms=EXIT_LINGER_MS)
+            guard.close(durable=False)
             zctx.term()
             return 1
         stats.update(
@@ -146,10 +209,20 @@ def run(cfg: Config, ctx: StageContext) -> int:
             batches=shipper.stats.batches,
             blocked_sends=shipper.stats.blocked_sends,
             dropped_records=shipper.stats.dropped_records,
+            **guard.counters(),
         )
         # eof travels even after an error so downstream drains and exits cleanly.
         shipper.send_eof({"receiver": stats, "failed": code != 0})
-    for outlet in outlets:
-        outlet.close(linger_ms=EXIT_LINGER_MS)
+        stop_signals = len(ctx.signals)
+
+        def give_up() -> bool:
+            # A signal after our eof went out: the supervisor is ending the run.
+            return len(ctx.signals) > stop_signals
+
+        durable = guard.wait_durable(give_up)
+        if durable and keeper is not None:
+            keeper.update(guard.acked_below(), force=True)
+        guard.send_stop()
+    guard.close(durable=durable)
     zctx.term()
     return code

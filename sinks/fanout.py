@@ -21,6 +21,17 @@
   passed; what is still queued then is counted as discarded
   (``shutdown_timeout``) and logged. Events already inside a stuck sink's own
   buffer stay unaccounted (the sink's thread is stuck in write(2)).
+- Latency: an event carrying ``recv_ns`` (the receiver's wall-clock stamp of
+  the batch that completed it) is observed into the sink's histogram once a
+  successful write of it has been flushed (``now - recv_ns``). A worker whose
+  queue never runs empty flushes anyway every ``MAX_UNFLUSHED_STAMPS`` stamped
+  events, so the pending stamps stay bounded.
+- Durability for redelivery (docs/recovery.md): ``submit`` numbers its batches;
+  a worker counts a batch done once written (or discarded, counted) and flushed,
+  and flushes at least every ``DURABLE_FLUSH_S`` under load. ``durable_seq()``
+  is the number below which every sink is done, so the tree keeper can
+  acknowledge upstream. A batch a sink dropped counts as done for it (the drop
+  is counted and reported by a marker).
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+from auditstream.latency import LatencyHistogram
 from sinks.base import Event, Sink
 from sinks.config import SinkConfig
 from sinks.rotation import SinkWriteError
@@ -42,6 +54,8 @@ log = logging.getLogger(__name__)
 
 MARKER_INTERVAL_S = 1.0
 DEFAULT_SHUTDOWN_TIMEOUT_MS = 5000
+MAX_UNFLUSHED_STAMPS = 65_536
+DURABLE_FLUSH_S = 0.2  # under load, flush at least this often so acknowledgements flow
 
 CallOutcome = Literal["ok", "accounted", "failed"]
 
@@ -111,6 +125,8 @@ class _EventQueue:
     def __init__(self, max_events: int) -> None:
         self._max_events = max_events
         self._batches: deque[list[Event]] = deque()
+        self._seqs: deque[int] = deque()  # submit's number of each batch (0: a marker)
+        self.taken_seq = 0  # the number of the batch get() returned last (worker thread only)
         self._events = 0
         self._closed = False
         self._abandoned = False
@@ -121,7 +137,9 @@ class _EventQueue:
     def _fits(self, count: int) -> bool:
         return self._events == 0 or self._events + count <= self._max_events
 
-    def put(self, batch: list[Event], block: bool, timeout: float | None = None) -> bool:
+    def put(
+        self, batch: list[Event], block: bool, timeout: float | None = None, seq: int = 0
+    ) -> bool:
         """Queue the batch; False when it does not fit (in time) or the queue was abandoned."""
         with self._lock:
             if block:
@@ -129,6 +147,7 @@ class _EventQueue:
             if self._abandoned or not self._fits(len(batch)):
                 return False
             self._batches.append(batch)
+            self._seqs.append(seq)
             self._events += len(batch)
             self._not_empty.notify()
             return True
@@ -140,6 +159,7 @@ class _EventQueue:
             if self._abandoned or not self._batches:
                 return None
             batch = self._batches.popleft()
+            self.taken_seq = self._seqs.popleft()
             self._events -= len(batch)
             self._not_full.notify_all()
             return batch
@@ -147,6 +167,19 @@ class _EventQueue:
     def is_empty(self) -> bool:
         with self._lock:
             return not self._batches
+
+    def skip(self, seq: int) -> None:
+        """A numbered batch this sink will not get (dropped): done once the ones before are."""
+        with self._lock:
+            if not self._abandoned:
+                self._batches.append([])
+                self._seqs.append(seq)
+                self._not_empty.notify()
+
+    @property
+    def depth_events(self) -> int:
+        """Events queued now (read without the lock: a gauge, one int)."""
+        return self._events
 
     def close(self) -> None:
         """No more batches will come; get() returns None after the last one."""
@@ -160,6 +193,7 @@ class _EventQueue:
             self._abandoned = True
             left, self._events = self._events, 0
             self._batches.clear()
+            self._seqs.clear()
             self._not_empty.notify_all()
             self._not_full.notify_all()
             return left
@@ -187,6 +221,11 @@ class _Lane:
     episode: _DropEpisode | None = None
     accounted_failures: int = 0  # SinkWriteErrors seen, only to rate-limit their logging
     dropped_batches: int = 0  # batches dropped for a full queue, only to rate-limit logging
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    written_seq: int = 0  # submit number of the last batch written (or dropped)
+    durable_seq: int = 0  # ... and flushed: every batch up to it is done for this sink
+    flushed_at: float = 0.0
+    unflushed_stamps: list[int] = field(default_factory=list)  # recv_ns written, not yet flushed
 
     def discard(self, reason: str, count: int) -> None:
         self.discarded[reason] = self.discarded.get(reason, 0) + count
@@ -194,6 +233,19 @@ class _Lane:
     def error(self, error_type: str) -> int:
         self.errors[error_type] = self.errors.get(error_type, 0) + 1
         return self.errors[error_type]
+
+    def hold_stamps(self, events: list[Event]) -> None:
+        """Remember the receive stamps of events just written (observed after the flush)."""
+        self.unflushed_stamps.extend(
+            stamp for event in events if (stamp := event.get("recv_ns")) is not None
+        )
+
+    def observe_flushed(self, flushed: bool) -> None:
+        """Observe held stamps as latencies now that they reached the OS (or forget them)."""
+        stamps, self.unflushed_stamps = self.unflushed_stamps, []
+        if flushed and stamps:
+            now = time.time_ns()
+            self.latency.observe_many(now - stamp for stamp in stamps)
 
 
 def _worth_logging(count: int) -> bool:
@@ -219,6 +271,7 @@ class FanOut:
         self._retry_backoff_s = retry_backoff_ms / 1000
         self._closed = False
         self._closing = False
+        self.submitted = 0  # batches numbered by submit()
         # Markers for drops inside sinks (take_drops), queued by workers, posted by submit().
         self._sink_drop_notices: deque[tuple[_Lane, Event]] = deque()
         self._lanes = [
@@ -231,25 +284,42 @@ class FanOut:
             )
             lane.thread.start()
 
-    def submit(self, batch: Sequence[Event]) -> None:
-        """Offer the batch to every sink (blocking or dropping per sink as configured)."""
+    def submit(self, batch: Sequence[Event]) -> int:
+        """Offer the batch to every sink (blocking or dropping per sink as configured).
+
+        Returns the batch's number (see :meth:`durable_seq`); an empty batch gets none
+        and returns the last number given.
+        """
         if self._closed:
             raise RuntimeError("FanOut.submit after close")
         self._post_sink_drop_notices(None)
         events = list(batch)
         if events:
+            self.submitted += 1
             for lane in self._lanes:
-                self._offer(lane, events)
+                self._offer(lane, events, seq=self.submitted)
+        return self.submitted
+
+    def durable_seq(self) -> int:
+        """Every batch ``submit`` numbered up to this is written and flushed by every sink."""
+        return min((lane.durable_seq for lane in self._lanes), default=self.submitted)
 
     def _offer(
-        self, lane: _Lane, events: list[Event], marker: bool = False, timeout: float | None = None
+        self,
+        lane: _Lane,
+        events: list[Event],
+        marker: bool = False,
+        timeout: float | None = None,
+        seq: int = 0,
     ) -> None:
         lane.received += len(events)
         block = lane.config.when_full == "block"
-        if lane.queue.put(events, block=block, timeout=timeout):
+        if lane.queue.put(events, block=block, timeout=timeout, seq=seq):
             if lane.episode is not None and not marker:
                 self._end_episode(lane)
             return
+        if seq:
+            lane.queue.skip(seq)
         if self._closing:  # no episode may start now: nothing would end it
             lane.discard("queue_full" if not block else "shutdown_timeout", len(events))
             log.error("sink %s: %d events discarded at shutdown", lane.sink.name, len(events))
@@ -356,23 +426,56 @@ class FanOut:
             )
         return result
 
+    def queue_depths(self) -> dict[str, tuple[int, int]]:
+        """Per sink: (events queued now, queue_max_events)."""
+        return {
+            lane.sink.name: (lane.queue.depth_events, lane.config.queue_max_events)
+            for lane in self._lanes
+        }
+
+    def latency(self) -> dict[str, LatencyHistogram]:
+        """Per sink: receive-to-flushed-write latency of the events that carry ``recv_ns``."""
+        return {lane.sink.name: lane.latency for lane in self._lanes}
+
     def _run(self, lane: _Lane) -> None:
         while (events := lane.queue.get()) is not None:
-            self._deliver(lane, events)
-            if lane.queue.is_empty():
-                self._guarded(lane, lane.sink.flush, "flush")
+            seq = lane.queue.taken_seq
+            if events and self._deliver(lane, events):
+                lane.hold_stamps(events)
+            if seq:
+                lane.written_seq = seq
+            if (
+                lane.queue.is_empty()
+                or len(lane.unflushed_stamps) >= MAX_UNFLUSHED_STAMPS
+                or time.monotonic() - lane.flushed_at >= DURABLE_FLUSH_S
+            ):
+                flushed = self._guarded(lane, lane.sink.flush, "flush") == "ok"
+                lane.observe_flushed(flushed)
+                lane.flushed_at = time.monotonic()
+                self._note_durable(lane)
             self._collect_sink_drops(lane)
-        self._guarded(lane, lane.sink.close, "close")
+        closed = self._guarded(lane, lane.sink.close, "close") == "ok"
+        lane.observe_flushed(closed)
         self._collect_sink_drops(lane)
 
-    def _deliver(self, lane: _Lane, events: list[Event]) -> None:
+    def _note_durable(self, lane: _Lane) -> None:
+        # A sink that still holds undelivered events after its flush (it may report them
+        # through an ``undelivered()`` method) is not done with them yet.
+        undelivered = getattr(lane.sink, "undelivered", None)
+        if callable(undelivered) and undelivered():
+            return
+        lane.durable_seq = lane.written_seq
+
+    def _deliver(self, lane: _Lane, events: list[Event]) -> bool:
+        """Write with retries; True when the sink took the whole batch without error."""
         for attempt in range(self._write_attempts):
             outcome = self._guarded(lane, lambda: lane.sink.write_batch(events), "write")
             if outcome != "failed":  # done, or the sink accounted for its loss itself
-                return
+                return outcome == "ok"
             if attempt + 1 < self._write_attempts:
                 time.sleep(self._retry_backoff_s * 2**attempt)
         lane.discard("write_error", len(events))
+        return False
 
     def _guarded(self, lane: _Lane, action: Callable[[], None], what: str) -> CallOutcome:
         """Run a sink call; count and log what it raises."""

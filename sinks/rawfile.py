@@ -17,6 +17,11 @@ Decisions:
   (it hex-encodes untrusted text), so any of them means a forged or damaged record.
 - A node name with whitespace or control characters would shift the ``type=``
   field; those characters become ``_`` (``errors["node_escaped"]``).
+- Over-long lines: ausearch reads a line in pieces of ``MAX_LINE_BYTES`` (fgets into
+  auditd's 8970-byte MAX_AUDIT_MESSAGE_LENGTH buffer) and takes each further piece for
+  a record of its own, so text placed at that offset would forge a record. A longer
+  line is cut to ``MAX_LINE_BYTES`` (``errors["line_truncated"]``); the jsonl sink's
+  ``auditd.records`` keeps the whole record.
 - A record that is not ``[int, bytes, str]`` is skipped and counted
   (``errors["malformed_record"]``); the rest of the event is written.
 """
@@ -31,6 +36,8 @@ from sinks.config import FileOutputConfig, SinkConfig, file_output_config
 from sinks.rotation import RotatingWriter, SinkWriteError
 
 _TO_SPACE = bytes.maketrans(b"\n\r\x00", b"   ")
+# ausearch's fgets() buffer is 8970 bytes: a line of up to 8969 bytes arrives whole.
+MAX_LINE_BYTES = 8969
 
 
 class RawFileSink:
@@ -101,6 +108,9 @@ class RawFileSink:
                 self.stats.error("nul_escaped", nuls)
             text = text.translate(_TO_SPACE)
         line = text if number == 0 else format_log_line(number, text, self._node(node))
+        if len(line) > MAX_LINE_BYTES:
+            self.stats.error("line_truncated")
+            line = line[:MAX_LINE_BYTES]
         return line + b"\n"
 
     def _node(self, node: str) -> str:

@@ -234,7 +234,13 @@ class LiveRun:
         """Kill our session's processes if any is still alive (used in finally)."""
         if self.proc is None:
             return
-        # Also reaps stray stages of a supervisor that died: they share its session.
+        # Stages run in sessions of their own: kill them by pid, then the supervisor's group.
+        stages: dict[str, int] = {}
+        with contextlib.suppress(OSError):
+            stages = self.stage_pids() if self.proc.poll() is None else {}
+        for pid in stages.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         if self.proc.poll() is None:

@@ -37,13 +37,13 @@ def _drop_empty(fields: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if value not in ("", None, [], {})}
 
 
-def _entity(entity: EcsEntity) -> dict[str, str]:
+def _entity(c: Coalesced, slot: str) -> dict[str, str]:
+    entity = (c.ecs_entities or {}).get(slot, EcsEntity())
     return _drop_empty({"name": entity.name, "id": entity.id})
 
 
 def aucoalesce_view(c: Coalesced) -> dict[str, Any]:
     """Our coalesced event in the JSON shape of go-libaudit's aucoalesce.Event."""
-    s = c.summary
     event: dict[str, Any] = {
         "@timestamp": _go_time(c.sec, c.msec),
         "sequence": c.serial,
@@ -52,64 +52,54 @@ def aucoalesce_view(c: Coalesced) -> dict[str, Any]:
         "session": c.session,
         "summary": _drop_empty(
             {
-                "actor": _drop_empty({"primary": s.actor_primary, "secondary": s.actor_secondary}),
-                "action": s.action,
-                "how": s.how,
+                "actor": _drop_empty({"primary": c.actor_primary, "secondary": c.actor_secondary}),
+                "action": c.action,
+                "how": c.how,
             }
         )
         | {
             "object": _drop_empty(
                 {
-                    "type": s.object_type,
-                    "primary": s.object_primary,
-                    "secondary": s.object_secondary,
+                    "type": c.object_type,
+                    "primary": c.object_primary,
+                    "secondary": c.object_secondary,
                 }
             )
         },
         "user": _drop_empty({"ids": c.user_ids, "selinux": c.user_selinux}),
         "process": _drop_empty(
             {
-                "pid": c.process.pid,
-                "ppid": c.process.ppid,
-                "title": c.process.title,
-                "name": c.process.name,
-                "exe": c.process.exe,
-                "cwd": c.process.cwd,
-                "args": c.process.args,
+                "pid": c.pid,
+                "ppid": c.ppid,
+                "title": c.title,
+                "name": c.name,
+                "exe": c.exe,
+                "cwd": c.cwd,
+                "args": list(c.args),
             }
         ),
         "ecs": {
             "event": _drop_empty(
                 {
                     "kind": c.ecs_kind,
-                    "category": c.ecs_category,
-                    "type": c.ecs_type,
+                    "category": list(c.ecs_category),
+                    "type": list(c.ecs_type),
                     "outcome": c.ecs_outcome,
                 }
             ),
-            "user": _entity(c.ecs_user.subject)
+            "user": _entity(c, "user")
             | {
-                "effective": _entity(c.ecs_user.effective),
-                "target": _entity(c.ecs_user.target),
-                "changes": _entity(c.ecs_user.changes),
+                "effective": _entity(c, "user.effective"),
+                "target": _entity(c, "user.target"),
+                "changes": _entity(c, "user.changes"),
             },
-            "group": _entity(c.ecs_group),
+            "group": _entity(c, "group"),
         },
     }
     event |= _drop_empty({"result": c.result, "tags": c.tags, "data": c.data, "paths": c.paths})
     if c.file is not None:
-        f = c.file
-        event["file"] = _drop_empty(
-            {
-                "path": f.path,
-                "device": f.device,
-                "inode": f.inode,
-                "mode": f.mode,
-                "uid": f.uid,
-                "gid": f.gid,
-                "selinux": f.selinux,
-            }
-        )
+        # Already in its ECS shape: the non-empty fields of aucoalesce's file object.
+        event["file"] = dict(c.file)
     for key, address in (("source", c.source), ("destination", c.destination)):
         if address is not None:
             event[key] = _drop_empty({"ip": address.ip, "port": address.port, "path": address.path})

@@ -591,3 +591,20 @@ def test_scan_real_proc_matches_ps() -> None:
     assert all(scanned[pid] == stable[pid] for pid in common)
     init = t.lookup(1, 2**62)
     assert init is not None and init.started_at is not None and init.name
+
+
+def test_ancestry_args_are_capped() -> None:
+    """An ancestor with huge arguments adds at most 1024 characters of them to each event."""
+    t = ProcessTable()
+    huge = ["sh", "-c", "x" * 100_000]
+    run(t, fork(100, SH_PID, 1, SH_PID + 1, exe="/usr/bin/dash"))
+    run(t, execve(101, SH_PID + 1, SH_PID, "/usr/bin/dash", huge))
+    run(t, fork(102, SH_PID + 1, SH_PID, TR_PID, exe="/usr/bin/dash"))
+    tr_exec = execve(103, TR_PID, SH_PID + 1, "/usr/bin/tr", ["tr", "a-z", "A-Z"])
+    run(t, tr_exec)
+    nearest = tr_exec["process"]["ancestry"][0]
+    assert nearest["pid"] == SH_PID + 1 and nearest["args_truncated"] is True
+    assert nearest["args"][:2] == ["sh", "-c"]
+    assert sum(len(a) for a in nearest["args"]) == 1024
+    assert tr_exec["process"]["parent"]["args"] == huge  # the parent section stays whole
+    assert tr_exec["process"]["args"] == ["tr", "a-z", "A-Z"]

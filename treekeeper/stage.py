@@ -9,9 +9,14 @@ from typing import Any
 import zmq
 
 from auditstream import runtime, wire
+from auditstream.component_status import ComponentStatus
 from auditstream.config import Config
+from auditstream.redelivery import is_restart
 from auditstream.stage import StageContext, merge_stats, write_status
+from sinks.fanout import FanOut
+from treekeeper.acks import AckSender
 from treekeeper.control import ControlServer
+from treekeeper.dedupe import Dedupe, recover_sink_tails
 from treekeeper.pipeline import TreeStep, build_fanout, fanout_stats
 
 log = logging.getLogger("auditstream.treekeeper")
@@ -19,9 +24,33 @@ IDLE_POLL_MS = 100
 STATUS_EVERY_S = 1.0
 
 
+def status_of(received: int, sent: int, inlet: wire.Inlet, fanout: FanOut) -> dict[str, Any]:
+    """``status-treekeeper.json``: counters, per-sink queue depths and latency histograms."""
+    component = ComponentStatus(
+        "treekeeper", "transform", "treekeeper", received_events=received, sent_events=sent
+    )
+    return {
+        "component": component.as_json(),
+        "received_events": received,
+        "frames_received": inlet.stats.frames,
+        "frame_gaps": inlet.stats.gaps,
+        "sinks": fanout_stats(fanout),
+        "sink_queues": {
+            name: {"events": depth, "max_events": limit}
+            for name, (depth, limit) in fanout.queue_depths().items()
+        },
+        "latency": {name: hist.snapshot() for name, hist in fanout.latency().items()},
+    }
+
+
 def run(cfg: Config, ctx: StageContext) -> int:
     zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     inlet = wire.Inlet(zctx, runtime.treekeeper_endpoint(cfg), hwm=cfg.runtime.hwm_messages)
+    dedupe = Dedupe.for_config(cfg)  # redelivery sends some events twice (docs/recovery.md)
+    if is_restart(runtime.stage_dir(cfg), "treekeeper"):
+        # Before the sinks open: cut a half-written line, learn what they already hold.
+        known = recover_sink_tails(cfg, dedupe)
+        log.warning("restarted: %d records already in the sinks will not be written twice", known)
     try:
         fanout = build_fanout(cfg)
     except Exception as err:
@@ -31,20 +60,24 @@ def run(cfg: Config, ctx: StageContext) -> int:
         return 2
     step = TreeStep(cfg)
     runtime.ready_path(cfg).touch(mode=0o600)
-    control = ControlServer(zctx, cfg.runtime.dir)
+    control = ControlServer(zctx, str(runtime.stage_dir(cfg)))
+    acks = AckSender(zctx, cfg)
     sent = 0
+    gap_markers = 0
 
     def submit(batch: list[dict[str, Any]]) -> None:
-        nonlocal sent
+        nonlocal sent, gap_markers
+        acks.tracker.released(batch)
         if batch:
             sent += len(batch)
-            fanout.submit(batch)
+            gap_markers += sum(1 for e in batch if not e["raw"] and _is_gap_marker(e))
+            acks.tracker.submitted(fanout.submit(batch))
 
-    eofs_expected = cfg.assembler.instances
-    upstream: dict[str, Any] = {}
+    # Only an eof made for this tree keeper (our token) ends the input of an assembler.
+    eofs: dict[int, dict[str, Any]] = {}
     received = 0
     last_status = 0.0
-    while eofs_expected > 0:
+    while len(eofs) < cfg.assembler.instances:
         frame = inlet.recv(IDLE_POLL_MS)
         now = time.monotonic()
         if frame is None:
@@ -53,26 +86,37 @@ def run(cfg: Config, ctx: StageContext) -> int:
                 break  # told to stop, and upstream has gone quiet: no eof is coming
         elif frame.kind == wire.EVENTS:
             ctx.input_arrived()
-            events = frame.body["events"]
+            events = dedupe.filter(frame.body["events"])
             received += len(events)
+            acks.tracker.frame_arrived(frame.sender, frame.body, events, fanout.submitted)
             submit(step.process(events))
         elif frame.kind == wire.EOF_KIND:
-            merge_stats(upstream, frame.body.get("stats", {}))
-            eofs_expected -= 1
+            acks.tracker.frame_arrived(frame.sender, frame.body, [], fanout.submitted)
+            if frame.body.get("token") in (None, acks.token):
+                eofs[frame.sender] = frame.body.get("stats", {})
+        acks.service(fanout.durable_seq())
         control.serve(step.table)
         if now - last_status >= STATUS_EVERY_S:
             last_status = now
             write_status(
-                runtime.status_path(cfg, "treekeeper"),
-                {"received_events": received, "sinks": fanout_stats(fanout)},
+                runtime.status_path(cfg, "treekeeper"), status_of(received, sent, inlet, fanout)
             )
     submit(step.close())
     fanout.close()
+    acks.service(fanout.durable_seq())  # everything is flushed: the last acknowledgements
+    upstream: dict[str, Any] = {}
+    for index in sorted(eofs):
+        merge_stats(upstream, eofs[index])
+    # The final counters and latencies, flushed: what a reader sees after the stop.
+    write_status(runtime.status_path(cfg, "treekeeper"), status_of(received, sent, inlet, fanout))
     stats = {
         "treekeeper": {
             "received_events": received,
             "events_out": sent,
             "frame_gaps": inlet.stats.gaps,
+            "duplicates_dropped": dedupe.dropped,
+            "gap_markers": gap_markers,
+            "acks_sent": acks.acks_sent,
             **step.stats(),
         },
         "sinks": fanout_stats(fanout),
@@ -81,6 +125,16 @@ def run(cfg: Config, ctx: StageContext) -> int:
     write_status(runtime.summary_path(cfg), upstream)
     runtime.ready_path(cfg).unlink(missing_ok=True)
     control.close()
+    acks.close(linger_ms=ACK_LINGER_MS)
     inlet.close()
     zctx.term()
     return 0
+
+
+ACK_LINGER_MS = 2000  # the last acknowledgements to a live receiver; none if it is gone
+
+
+def _is_gap_marker(event: dict[str, Any]) -> bool:
+    """An events-lost marker (serial gap, or batches a resend could no longer cover)."""
+    action = event.get("doc", {}).get("event", {}).get("action")
+    return bool(action == "events-lost")

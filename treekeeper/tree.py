@@ -89,6 +89,11 @@ class TreeStats:
     bad_times: int = 0
 
 
+# Every event repeats its ancestors' args: without a cap, one process started with
+# megabytes of arguments would make each descendant's event megabytes long.
+ANCESTRY_ARGS_MAX_CHARS = 1024
+
+
 @dataclass(slots=True, eq=False)
 class Process:
     """One process as the table knows it; None means unknown."""
@@ -131,10 +136,31 @@ class Process:
             if self.executable is not None:
                 entry["executable"] = self.executable
             if self.args is not None:
-                entry["args"] = self.args
+                args, truncated = _capped_args(self.args, ANCESTRY_ARGS_MAX_CHARS)
+                entry["args"] = args
+                if truncated:
+                    entry["args_truncated"] = True
             self.ancestry_entry = entry
         return self.ancestry_entry
 
+
+def _capped_args(args: list[str], budget: int) -> tuple[list[str], bool]:
+    """At most ``budget`` characters of ``args`` (the last one cut short), and whether any were cut."""
+    total = sum(len(arg) for arg in args)
+    if total <= budget:
+        return args, False
+    kept: list[str] = []
+    for arg in args:
+        if len(arg) >= budget:
+            kept.append(arg[:budget])
+            break
+        kept.append(arg)
+        budget -= len(arg)
+    return kept, True
+
+
+# Older processes of one pid that lookup() walks back through; real chains are a few long.
+PREVIOUS_CHAIN_MAX = 64
 
 T = TypeVar("T")
 # runc names its setup stages runc:[0:PARENT], runc:[1:CHILD], runc:[2:INIT] (comm).
@@ -280,7 +306,12 @@ class ProcessTable:
     def lookup(self, pid: int, at_ms: int) -> Process | None:
         """The process that had ``pid`` at time ``at_ms``, if the table knows it."""
         key = self.current.get(pid)
-        while key is not None:
+        # A deleted process's key can be taken again, so a stale ``previous`` may lead
+        # back into the chain (a hostile log whose time jumps back made a cycle and hung
+        # the stage): walk at most PREVIOUS_CHAIN_MAX incarnations.
+        for _ in range(PREVIOUS_CHAIN_MAX):
+            if key is None:
+                return None
             proc = self.processes.get(key)
             if proc is None:
                 return None

@@ -1,0 +1,62 @@
+"""What the receiver and the tree keeper share for redelivery: the ack hop and restart marks.
+
+The tree keeper acknowledges durable batches to the receiver on a PUSH -> PULL hop of
+its own. The tree keeper binds ``treekeeper-acks.sock`` in the stages' directory and
+the receiver connects, like every other hop: with ``[runtime] user`` the stages may
+not create sockets where root writes, and root can connect anywhere. A stage learns
+whether it is a restart within the same run from a mark file holding the supervisor's
+pid: a mark from another supervisor is a previous run's leftover.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from auditstream import runtime
+from auditstream.config import Config
+
+# How long the receiver waits at start for the tree keeper's hello before it reads
+# anyway, unprotected (a tree keeper that never says hello cannot acknowledge).
+HELLO_WAIT_S = 10.0
+
+
+def acks_endpoint(cfg: Config) -> str:
+    return f"ipc://{runtime.stage_dir(cfg)}/treekeeper-acks.sock"
+
+
+def checkpoint_path(cfg: Config) -> Path:
+    return Path(cfg.runtime.dir) / "receiver-checkpoint.json"
+
+
+def serial_mark_path(cfg: Config) -> Path:
+    return Path(cfg.runtime.dir) / "receiver-serials.json"
+
+
+def is_restart(directory: Path, stage: str) -> bool:
+    """True if this stage already ran under the same supervisor (this start is a restart).
+
+    Marks the stage as started (in ``directory``, one it may write) either way.
+    """
+    path = directory / f"{stage}.started"
+    owner = str(os.getppid())
+    try:
+        restarted = path.read_text().strip() == owner
+    except OSError:
+        restarted = False
+    if not restarted:
+        write_atomically(path, owner.encode())
+    return restarted
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so a reader (or a crash) never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,134 @@
+"""Every benchmark of the speed goals in one run, with the peers beside us, as one table.
+
+    python bench/all.py                      # root: replay, live and latency
+    python bench/all.py --quick              # smaller log and shorter loads
+    python bench/all.py --skip-live          # replay only (no root needed)
+
+Runs bench/replay.py (auditstream vs Debian's laurel and `ausearch -i` on one generated
+log), bench/live.py (auditstream vs Debian's auditd under ../shared/bench/loadgen.c at
+rising rates) and bench/latency.py (receive-to-sink latency at 10k events/s), each in
+its own process, one after the other, then prints the goals of the speed issue with our
+figure, the peer's figure from the same run and the ratio. This machine is shared and
+noisy: read the ratios, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+
+
+def run(script: str, args: list[str], out: Path) -> Any:
+    """Run one benchmark script (its own table goes to our stdout); return its JSON."""
+    print(f"\n== {script} {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, str(BENCH / script), *args, "--json-out", str(out)], check=True)
+    return json.loads(out.read_text())
+
+
+def replay_rows(data: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    lines = data["lines"]
+    rate = {row["what"]: lines / row["seconds"] for row in data["rows"] if row["seconds"]}
+    ours = next((v for k, v in rate.items() if k.startswith("auditstream replay")), None)
+    laurel = next((v for k, v in rate.items() if k.startswith("laurel")), None)
+    ausearch = next((v for k, v in rate.items() if k.startswith("ausearch")), None)
+    rows = []
+    if ours and laurel:
+        ratio = ours / laurel
+        rows.append(("replay lines/s vs laurel", f"{ours:,.0f}", f"{laurel:,.0f}",
+                     f"{ratio:.2f}x", "met" if ratio >= 1.5 else "not met (>= 1.5x)"))  # fmt: skip
+    if ours and ausearch:
+        rows.append(("replay lines/s vs ausearch -i", f"{ours:,.0f}", f"{ausearch:,.0f}",
+                     f"{ours / ausearch:.2f}x", "-"))  # fmt: skip
+    return rows
+
+
+def lossless(results: list[dict[str, Any]], reader: str, seconds: float) -> int:
+    """The highest rate at which `reader` lost nothing and the load ran at >= 95 % of it."""
+    best = 0
+    for r in results:
+        if r["reader"] != reader:
+            continue
+        full_speed = r["generated"] >= 0.95 * r["rate"] * seconds
+        if full_speed and r["kernel_lost"] == 0 and r["events_out"] >= r["generated"]:
+            best = max(best, r["rate"])
+    return best
+
+
+def live_rows(results: list[dict[str, Any]], seconds: float) -> list[tuple[str, str, str, str, str]]:
+    ours, theirs = lossless(results, "auditstream", seconds), lossless(results, "auditd", seconds)
+    ratio = f"{ours / theirs:.2f}x" if theirs else "-"
+    verdict = "met" if ours >= 50_000 and theirs and ours >= 5 * theirs else "not met (50k/s, 5x)"
+    rows = [("live: highest lossless rate at full speed", f"{ours:,}/s", f"{theirs:,}/s",
+             ratio, verdict)]  # fmt: skip
+    by_rate: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in results:
+        by_rate.setdefault(r["rate"], {})[r["reader"]] = r
+    for rate, pair in sorted(by_rate.items()):
+        if "auditstream" not in pair or "auditd" not in pair:
+            continue
+        mine, peer = pair["auditstream"], pair["auditd"]
+        my_cpu = sum(mine["cpu_s"].values()) / max(mine["generated"] / 1000, 1e-9)
+        peer_cpu = peer["cpu_s"].get("auditd", 0.0) / max(peer["generated"] / 1000, 1e-9)
+        rows.append((f"live {rate:,}/s: CPU s per 1k events", f"{my_cpu:.3f}", f"{peer_cpu:.3f}",
+                     f"{my_cpu / peer_cpu:.2f}x" if peer_cpu else "-",
+                     "met" if peer_cpu and my_cpu <= peer_cpu else "not met (<= auditd)"))  # fmt: skip
+    return rows
+
+
+def latency_rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    for r in results:
+        recent = r.get("recent") or {}
+        p99 = recent.get("p99_s")
+        if p99 is None:
+            continue
+        figure = f"p50 {recent['p50_s'] * 1000:.0f} / p99 {p99 * 1000:.0f} / max {recent['max_s'] * 1000:.0f} ms"
+        rows.append((f"latency at {r['rate']:,}/s (EOE events)", figure, "-", "-",
+                     "met" if p99 <= 0.05 else "not met (p99 <= 50 ms)"))  # fmt: skip
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller log, shorter loads")
+    parser.add_argument("--assemblers", type=int, default=2)
+    parser.add_argument("--skip-live", action="store_true", help="replay only")
+    args = parser.parse_args()
+    lines = "60000" if args.quick else "300000"
+    seconds = 2.0 if args.quick else 5.0
+    rates = "10000,20000,50000" if args.quick else "5000,10000,20000,30000,40000,50000"
+    rows: list[tuple[str, str, str, str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="auditstream-all-") as tmp:
+        work = Path(tmp)
+        replay = run("replay.py", ["--lines", lines, "--assemblers", str(args.assemblers)],
+                     work / "replay.json")  # fmt: skip
+        rows += replay_rows(replay)
+        if not args.skip_live:
+            if os.geteuid() != 0:
+                raise SystemExit("the live benchmarks need root (or use --skip-live)")
+            live = run("live.py", ["--rates", rates, "--seconds", str(seconds)], work / "live.json")
+            rows += live_rows(live, seconds)
+            latency = run("latency.py", ["--rate", "10000", "--seconds", str(seconds),
+                                         "--assemblers", str(args.assemblers)],
+                          work / "latency.json")  # fmt: skip
+            rows += latency_rows(latency)
+    print(f"\n== summary ({os.cpu_count()} cores, one run)")
+    print("| goal | auditstream | peer | ratio | verdict |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

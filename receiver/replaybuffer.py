@@ -1,0 +1,176 @@
+"""The receiver's replay buffer: numbered batches of one shard, kept until they are durable.
+
+Every batch sent to an assembler gets the next number of its shard and stays here
+until the tree keeper acknowledges that everything made from batches below some
+number is written and flushed by every sink. If the assembler (or the tree keeper)
+restarts, the batches still here are sent again, in order (docs/recovery.md).
+
+The buffer is bounded. A file source waits for acknowledgements when it is full; a
+live source cannot make the kernel wait, so it stops protecting its oldest batch
+(``evict_oldest``) and remembers that batch's serial range: should a resend need it,
+that range is reported as lost instead of being silently gone.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import msgpack
+
+
+def serial_of(data: bytes) -> int:
+    """The SERIAL of ``audit(SEC.MSEC:SERIAL)``, or 0 when the header is malformed."""
+    colon = data.find(b":", 6, 40)
+    close = data.find(b")", colon, 60)
+    if colon < 0 or close < 0:
+        return 0
+    digits = data[colon + 1 : close]
+    return int(digits) if digits.isdigit() else 0
+
+
+@dataclass(slots=True)
+class BufferedBatch:
+    number: int
+    body: bytes  # the packed records frame body, as sent
+    records: int
+    last: tuple[str, int] | None  # (node, serial) of its last audit record
+
+
+@dataclass(slots=True)
+class SerialGap:
+    """Serials of batches evicted before they were acknowledged (may be lost on a resend)."""
+
+    node: str
+    first_serial: int
+    last_serial: int
+    count: int  # distinct serials
+    below_batch: int  # the evicted batches' numbers are all below this
+
+    def as_wire(self) -> list[object]:
+        return [self.node, self.first_serial, self.last_serial, self.count]
+
+
+@dataclass(slots=True)
+class ShardBufferStats:
+    batches: int = 0  # numbered and kept
+    redelivered_batches: int = 0  # sent again after a peer came back
+    evicted_batches: int = 0  # dropped unacknowledged because the buffer was full
+    reported_gaps: int = 0  # serial ranges handed to a resume as possibly lost
+
+
+class ShardBuffer:
+    """One shard's numbered batches from the oldest unacknowledged one on."""
+
+    def __init__(self, shard: int, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("replay buffer capacity must be at least 1 batch")
+        self.shard = shard
+        self.capacity = capacity
+        self.next_number = 0  # the number the next batch gets
+        self.acked_below = 0  # every batch below this is durable downstream
+        self.cursor = 0  # the number of the next batch to transmit
+        self.sent_below = 0  # every batch below this was transmitted at least once
+        self._kept: deque[BufferedBatch] = deque()
+        self._gaps: list[SerialGap] = []
+        self.stats = ShardBufferStats()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def is_full(self) -> bool:
+        return len(self._kept) >= self.capacity
+
+    def add(self, body: dict[str, object], records: int) -> BufferedBatch:
+        """Number ``body`` (it gains ``batch``), pack it and keep it."""
+        body["batch"] = self.next_number
+        packed = msgpack.packb(body, use_bin_type=True)
+        batch = BufferedBatch(self.next_number, packed, records, _last_record(body.get("recs")))
+        self._kept.append(batch)
+        self.next_number += 1
+        self.stats.batches += 1
+        return batch
+
+    def unsent(self) -> Iterator[BufferedBatch]:
+        """Batches from the cursor on, oldest first."""
+        if not self._kept:
+            return
+        start = self.cursor - self._kept[0].number
+        for index in range(max(start, 0), len(self._kept)):
+            yield self._kept[index]
+
+    def mark_sent(self, batch: BufferedBatch) -> None:
+        self.cursor = batch.number + 1
+        if batch.number < self.sent_below:
+            self.stats.redelivered_batches += 1
+        else:
+            self.sent_below = batch.number + 1
+
+    def caught_up(self) -> bool:
+        return self.cursor >= self.next_number
+
+    def ack(self, durable_below: int) -> list[BufferedBatch]:
+        """Forget batches below ``durable_below``; return the ones freed."""
+        if durable_below <= self.acked_below:
+            return []
+        durable_below = min(durable_below, self.next_number)
+        self.acked_below = durable_below
+        freed = []
+        while self._kept and self._kept[0].number < durable_below:
+            freed.append(self._kept.popleft())
+        self.cursor = max(self.cursor, durable_below)
+        self._gaps = [gap for gap in self._gaps if gap.below_batch > durable_below]
+        return freed
+
+    def oldest_is_sent(self) -> bool:
+        return bool(self._kept) and self._kept[0].number < self.cursor
+
+    def evict_oldest(self) -> None:
+        """Stop protecting the oldest (sent) batch; remember its serials for a resend."""
+        batch = self._kept.popleft()
+        self.stats.evicted_batches += 1
+        for gap in serial_gaps(batch):
+            last = self._gaps[-1] if self._gaps else None
+            if last is not None and last.node == gap.node:  # one range per run of evictions
+                last.first_serial = min(last.first_serial, gap.first_serial)
+                last.last_serial = max(last.last_serial, gap.last_serial)
+                last.count += gap.count
+                last.below_batch = gap.below_batch
+            else:
+                self._gaps.append(gap)
+        self.cursor = max(self.cursor, batch.number + 1)
+
+    def rewind(self) -> tuple[int, list[SerialGap]]:
+        """Send everything kept again: the first number to resend and the unprotected gaps."""
+        start = self._kept[0].number if self._kept else self.next_number
+        self.cursor = start
+        gaps, self._gaps = self._gaps, []
+        self.stats.reported_gaps += len(gaps)
+        return start, gaps
+
+    def forget_all(self) -> None:
+        """Nothing is protected (no tree keeper acknowledges): keep no copies."""
+        while self._kept and self._kept[0].number < self.cursor:
+            self._kept.popleft()
+
+
+def _last_record(recs: object) -> tuple[str, int] | None:
+    if isinstance(recs, list):
+        for type_, data, node in reversed(recs):
+            if type_ > 0:
+                return node, serial_of(data)
+    return None
+
+
+def serial_gaps(batch: BufferedBatch) -> list[SerialGap]:
+    """The serial range of each node in a packed records batch."""
+    body = msgpack.unpackb(batch.body, raw=False)
+    serials: dict[str, set[int]] = {}
+    for type_, data, node in body["recs"]:
+        if type_ > 0:
+            serials.setdefault(node, set()).add(serial_of(data))
+    return [
+        SerialGap(node, min(found), max(found), len(found), batch.number + 1)
+        for node, found in sorted(serials.items())
+    ]

@@ -1,0 +1,66 @@
+"""Stages never outlive their supervisor: a SIGKILLed supervisor leaves no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(b")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"
+
+
+def test_stages_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of `auditstream replay --follow` makes every stage drain and exit."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(
+        b"type=SYSCALL msg=audit(1700000000.000:1): arch=c000003e syscall=59 success=yes"
+        b" exit=0 pid=10 ppid=1 comm=\"sh\" exe=\"/bin/sh\"\ntype=EOE msg=audit(1700000000.000:1): \n"
+    )
+    out = tmp_path / "events.jsonl"
+    with (tmp_path / "stderr").open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "auditstream", "replay", "--follow", str(log),
+             "--sink", f"jsonl:{out}"],
+            stderr=stderr,
+        )  # fmt: skip
+    stages: list[int] = []
+    deadline = time.monotonic() + 30
+    while len(stages) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        stages = _children(proc.pid)
+    assert len(stages) >= 3, f"stages did not start: {stages}"
+    time.sleep(1.0)  # let them install their signal handlers
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in stages) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in stages if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"stages outlived their supervisor: {left}"
+    assert out.exists() and b'"sh"' in out.read_bytes()

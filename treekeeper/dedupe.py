@@ -1,0 +1,180 @@
+"""Drop events that were already written: redelivery after a crash sends some twice.
+
+An event's identity is the exact text of its raw records (``auditd.records``: each
+holds the ``audit(SEC.MSEC:SERIAL)`` of the event, so this is the issue's (node,
+timestamp, serial) key, refined to the record): an event is a duplicate when every
+one of its records was already written. So a part of an event sent again is dropped,
+while a LATE record (same key, a record not seen yet) still gets through. A serial-gap
+marker is identified by its range. Other markers (parse errors, kernel loss) carry
+no stable identity and are never dropped: after a crash one may appear twice.
+
+Memory is bounded: the newest ``capacity`` fingerprints are kept, enough to cover
+everything the receiver can still resend. After a restart of the tree keeper the set
+is rebuilt from the tail of each jsonl / file sink that has a path, at most
+``TAIL_MAX_BYTES`` each (docs/recovery.md); stdout and Kafka cannot be read back, so
+there a tree keeper crash can repeat events (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from auditstream.config import Config
+from auditstream.escape import escape
+from auditstream.logline import LineError, split_log_line, type_name
+from sinks.config import file_output_config, sink_configs_from_tables
+
+log = logging.getLogger("auditstream.treekeeper")
+TAIL_MAX_BYTES = 64 << 20
+MIN_CAPACITY = 65_536
+Event = dict[str, Any]
+
+
+class RecentFingerprints:
+    """A set of ints that forgets its oldest members beyond ``capacity``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self._members: set[int] = set()
+        self._order: deque[int] = deque()
+
+    def __contains__(self, fingerprint: int) -> bool:
+        return fingerprint in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def add(self, fingerprint: int) -> None:
+        if fingerprint in self._members:
+            return
+        self._members.add(fingerprint)
+        self._order.append(fingerprint)
+        if len(self._order) > self.capacity:
+            self._members.discard(self._order.popleft())
+
+
+def doc_fingerprints(doc: Any) -> tuple[int, ...] | None:
+    """The identity of an event document, or None for events that are never deduplicated."""
+    if not isinstance(doc, dict):
+        return None
+    auditd = doc.get("auditd")
+    if isinstance(auditd, dict):
+        records = auditd.get("records")
+        if isinstance(records, list) and records:
+            return tuple(hash(record) for record in records if isinstance(record, str))
+    event = doc.get("event")
+    if isinstance(event, dict) and event.get("action") == "events-lost":
+        marker = doc.get("auditstream", {}).get("marker", {})
+        host = doc.get("host", {})
+        node = host.get("name", "") if isinstance(host, dict) else ""
+        if isinstance(marker, dict):
+            fields = ("cause", "first_serial", "last_serial", "serial_stride")
+            return (hash(("events-lost", node, *(str(marker.get(f)) for f in fields))),)
+    return None
+
+
+def line_fingerprint(line: bytes) -> int | None:
+    """The fingerprint of one raw audit.log line (the ``file`` sink) as a record of a doc."""
+    try:
+        type_, data, _node = split_log_line(line)
+    except LineError:
+        return None
+    return hash(f"type={type_name(type_)} msg={escape(data)}")
+
+
+class Dedupe:
+    """Passes each event once; counts what it drops."""
+
+    def __init__(self, capacity: int) -> None:
+        self.seen = RecentFingerprints(capacity)
+        self.dropped = 0
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> Dedupe:
+        # Everything the receiver can resend: its buffers, full, for every assembler.
+        resendable = (
+            cfg.receiver.replay_buffer_batches
+            * cfg.receiver.batch_max_records
+            * cfg.assembler.instances
+        )
+        return cls(max(MIN_CAPACITY, resendable + resendable // 4))
+
+    def filter(self, events: list[Event]) -> list[Event]:
+        """The events not written before, in order; remembers them as written."""
+        kept: list[Event] = []
+        seen = self.seen
+        for event in events:
+            fingerprints = doc_fingerprints(event.get("doc"))
+            if fingerprints:
+                if all(fp in seen for fp in fingerprints):
+                    self.dropped += 1
+                    continue
+                for fp in fingerprints:
+                    seen.add(fp)
+            kept.append(event)
+        return kept
+
+    def learn(self, fingerprints: Iterable[int]) -> None:
+        for fp in fingerprints:
+            self.seen.add(fp)
+
+
+def recover_sink_tails(cfg: Config, dedupe: Dedupe) -> int:
+    """After a restart: cut a half-written last line, learn what the sinks already hold.
+
+    Returns the number of fingerprints learnt. Sinks without a readable path are skipped
+    (stdout, Kafka: at-least-once after a tree keeper crash).
+    """
+    learnt = 0
+    for sink_cfg in sink_configs_from_tables(cfg.sinks):
+        if sink_cfg.type not in ("jsonl", "file"):
+            continue
+        path = file_output_config(sink_cfg).path
+        if path == "-" or not Path(path).is_file():
+            continue
+        try:
+            lines = list(_tail_lines(Path(path)))
+        except OSError as err:
+            log.error("cannot read back %s for duplicate detection: %s", path, err)
+            continue
+        before = len(dedupe.seen)
+        for line in lines:
+            if sink_cfg.type == "file":
+                fp = line_fingerprint(line)
+                if fp is not None:
+                    dedupe.learn((fp,))
+                continue
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            dedupe.learn(doc_fingerprints(doc) or ())
+        learnt += len(dedupe.seen) - before
+        log.info("read back %d lines of %s: duplicates of them will be dropped", len(lines), path)
+    return learnt
+
+
+def _tail_lines(path: Path) -> Iterator[bytes]:
+    """The whole lines in the last TAIL_MAX_BYTES of ``path``, after cutting a partial last one."""
+    with open(path, "r+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        start = max(0, size - TAIL_MAX_BYTES)
+        fh.seek(start)
+        data = fh.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            # A SIGKILL mid-write left half a line: cut it (its event was not acknowledged,
+            # it comes again) so the next line does not glue onto it.
+            fh.truncate(start + end)
+            log.warning("%s: cut %d bytes of a half-written last line", path, len(data) - end)
+    lines = data[:end].split(b"\n")
+    if start > 0:
+        lines = lines[1:]  # the first one may be cut by the window
+    yield from (line for line in lines if line)
