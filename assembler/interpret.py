@@ -444,9 +444,8 @@ def _interpret(record_type: int, body: bytes, exact: tuple[str, ...]) -> Interpr
         _split_context(values, "obj")
         if "name" not in exact:
             _hex_decode(values, origs, "name")
-    elif record_type in _HEX_FIELDS:
-        if _HEX_FIELDS[record_type] not in exact:
-            _hex_decode(values, origs, _HEX_FIELDS[record_type])
+    elif record_type in _HEX_FIELDS and _HEX_FIELDS[record_type] not in exact:
+        _hex_decode(values, origs, _HEX_FIELDS[record_type])
     # In a clean plain body a value is its token without the quotes: that is the exact
     # text already, unless an unquoted token was hex (so only hex-looking values look back).
     plain_clean = clean and type(origs) is _PlainTokens

@@ -42,6 +42,8 @@ class Assembly:
     def __init__(self, cfg: Config, *, event_time: bool, index: int = 0) -> None:
         self.out: list[Event] = []
         self.event_time = event_time  # files: timeouts in the log's own time
+        self.follow = cfg.receiver.follow
+        self.input_at = time.monotonic()
         self.shards = cfg.assembler.instances
         self.clock_ms = 0
         # The receive stamp of the batch being pushed: events completed by one of its
@@ -91,6 +93,7 @@ class Assembly:
 
     def push_batch(self, recs: list[list[Any]], recv_ns: int | None = None) -> None:
         self.recv_ns = recv_ns
+        self.input_at = time.monotonic()
         try:
             self._push_records(recs)
         finally:
@@ -134,6 +137,12 @@ class Assembly:
     def maintain(self) -> None:
         if not self.event_time:
             self.clock_ms = time.monotonic_ns() // 1_000_000
+        elif self.follow:
+            # A followed log may stay quiet for long: its time moves on with the wall
+            # clock meanwhile, so an event's timeout still ends it (tail -f latency).
+            quiet_ms = int((time.monotonic() - self.input_at) * 1000)
+            self.reassembler.maintain(self.clock_ms + quiet_ms)
+            return
         self.reassembler.maintain(self.clock_ms)
 
     def close(self) -> None:

@@ -250,7 +250,9 @@ def test_live_stdin_source_survives_random_sigkills(big_log: Path, tmp_path: Pat
     # Only a dead receiver loses (what it had read and not yet sent): the kernel, or a
     # pipe, cannot give it again. Assembler and tree keeper crashes are redelivered.
     assert in_gap == 0 or "receiver" in victims, (victims, outcome.gaps)
-    assert present > 0
+    # A receiver killed after it read the whole pipe can take everything with it (then
+    # all of it is inside its restart marker); otherwise events must come through.
+    assert present > 0 or "receiver" in victims
 
 
 def test_orderly_stop_mid_replay_loses_nothing(big_log: Path, tmp_path: Path) -> None:

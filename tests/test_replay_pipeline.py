@@ -7,8 +7,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -275,3 +277,43 @@ def test_run_from_auditd_unix_socket(tmp_path: Path) -> None:
     server.close()
     assert result.returncode == 0, result.stderr
     assert [e["event"]["sequence"] for e in audit_events(jsonl(out))] == [58, 59, 60, 61, 62]
+
+
+def test_follow_writes_appended_events_while_the_log_is_quiet(tmp_path: Path) -> None:
+    """`replay --follow`: an appended event without EOE comes out after its timeout, not at stop."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(
+        b'type=SYSCALL msg=audit(1700000000.000:1): arch=c000003e syscall=59 success=yes exit=0'
+        b' pid=10 ppid=1 comm="sh" exe="/bin/sh"\ntype=EOE msg=audit(1700000000.000:1): \n'
+    )
+    out = tmp_path / "events.jsonl"
+    with (tmp_path / "stderr").open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "auditstream", "replay", "--follow", str(log),
+             "--sink", f"jsonl:{out}"],
+            stderr=err,
+        )  # fmt: skip
+    try:
+
+        def sequences() -> list[int]:
+            if not out.exists():
+                return []
+            docs = [json.loads(line) for line in out.read_bytes().splitlines()]
+            return [d["auditd"]["sequence"] for d in docs if "sequence" in d.get("auditd", {})]
+
+        deadline = time.monotonic() + 30
+        while 1 not in sequences() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert 1 in sequences(), "the first event never came out"
+        with log.open("ab") as fh:  # no EOE: only the event timeout (2 s) can end it
+            fh.write(
+                b'type=SYSCALL msg=audit(1700000001.000:2): arch=c000003e syscall=59 success=yes'
+                b' exit=0 pid=11 ppid=10 comm="ls" exe="/bin/ls"\n'
+            )
+        deadline = time.monotonic() + 20
+        while 2 not in sequences() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert 2 in sequences(), "the quiet tail stayed in the pipeline"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)

@@ -51,6 +51,8 @@ class TreeStep:
         t = cfg.treekeeper
         self.enabled = t.enabled
         self.event_time = cfg.receiver.source == "file"
+        self.follow = cfg.receiver.follow
+        self.input_at = time.monotonic()
         self.state_file = t.state_file
         table_cfg = TableConfig(
             host="" if self.event_time else socket.gethostname(),
@@ -68,7 +70,11 @@ class TreeStep:
             log.info("process table started from /proc: %d processes", found)
 
     def _now(self) -> int:
-        return self.clock_ms if self.event_time else time.time_ns() // 1_000_000
+        if not self.event_time:
+            return time.time_ns() // 1_000_000
+        if self.follow:  # a quiet followed log: its time moves on with the wall clock
+            return self.clock_ms + int((time.monotonic() - self.input_at) * 1000)
+        return self.clock_ms
 
     def _apply(self, event: Event, out: list[Event]) -> None:
         doc = event["doc"]
@@ -98,6 +104,7 @@ class TreeStep:
     def process(self, events: list[Event]) -> list[Event]:
         if not self.enabled:
             return events
+        self.input_at = time.monotonic()
         out: list[Event] = []
         for event in events:
             if not event["raw"]:  # markers carry no process and need no order
