@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live import LOADGEN_C, REPO, kernel_lock, run_loadgen, wait_until
+from live import LOADGEN_C, kernel_lock, run_loadgen, start_run, wait_until
 from live_helpers import kernel_status  # bench/live puts tests/ on the path
 
 TARGET_S = 0.050
@@ -122,23 +122,7 @@ def bench(
         f'[receiver]\nrules_files = ["{rules}"]\n[assembler]\ninstances = {assemblers}\n{tree}'
     )
     out = work / "events.jsonl"
-    with (work / "stderr").open("wb") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "auditstream",
-                "run",
-                "-c",
-                str(config),
-                "--sink",
-                f"jsonl:{out}",
-            ],
-            cwd=REPO,
-            stderr=err,
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = start_run(work, config, out)
     samples: list[dict[str, Any]] = []
     stop = threading.Event()
     sampler = threading.Thread(

@@ -107,6 +107,16 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def start_run(work: Path, config: Path, out: Path) -> subprocess.Popen[bytes]:
+    """`auditstream run -c CONFIG` with a jsonl sink; stderr in WORK/stderr, own session."""
+    with (work / "stderr").open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "auditstream", "run", "-c", str(config),
+             "--sink", f"jsonl:{out}"],
+            cwd=REPO, stderr=err, stdout=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+
+
 def bench_auditstream(work: Path, loadgen: Path, rule: str, rate: int, seconds: float) -> Result:
     """`auditstream run` with only the load rule, JSONL sink."""
     rules = work / "load.rules"
@@ -114,23 +124,7 @@ def bench_auditstream(work: Path, loadgen: Path, rule: str, rate: int, seconds: 
     config = work / "c.toml"
     config.write_text(f'[runtime]\ndir = "{work}/run"\n[receiver]\nrules_files = ["{rules}"]\n')
     out = work / "events.jsonl"
-    with (work / "stderr").open("wb") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "auditstream",
-                "run",
-                "-c",
-                str(config),
-                "--sink",
-                f"jsonl:{out}",
-            ],
-            cwd=REPO,
-            stderr=err,
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = start_run(work, config, out)
     try:
         wait_until(
             lambda: kernel_status()["pid"] == stage_pids(proc.pid).get("receiver", -1),
