@@ -373,6 +373,14 @@ class KafkaSink:
         self._flush_producer()
         self._raise_if_fatal()
 
+    def undelivered(self) -> int:
+        """Events handed to librdkafka whose delivery is not confirmed yet.
+
+        The fan-out does not call a batch durable (and the receiver keeps it for a resend)
+        while this is not 0: a SIGKILL would lose what librdkafka still queues.
+        """
+        return 0 if self._closed else len(self._producer)
+
     def _flush_producer(self) -> None:
         remaining = self._serve(self.options.flush_timeout_ms / 1000, flush=True)
         if remaining:

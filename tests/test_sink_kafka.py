@@ -420,3 +420,31 @@ def test_fatal_producer_error_raises_after_counting(cluster: MockKafkaCluster) -
     stats = sink.stats
     assert stats.sent_events == 0
     assert stats.received_events == stats.discarded_events > 0
+
+
+@needs_cluster
+def test_undelivered_counts_what_librdkafka_still_holds(cluster: MockKafkaCluster) -> None:
+    """With every broker down, written events stay undelivered (not durable) until they arrive."""
+    topic = new_topic(cluster)
+    sink = KafkaSink.from_options(
+        {
+            "brokers": cluster.bootstrap,
+            "topic": topic,
+            "flush_timeout_ms": 200,
+            "librdkafka": {"reconnect.backoff.max.ms": 500},
+        }
+    )
+    try:
+        assert sink.undelivered() == 0
+        all_brokers(cluster, up=False)
+        sink.write_batch([make_event(seq) for seq in range(20)])
+        sink.flush()  # times out: the brokers are away
+        assert sink.undelivered() == 20
+        all_brokers(cluster, up=True)
+        deadline = time.monotonic() + 30
+        while sink.undelivered() and time.monotonic() < deadline:
+            sink.flush()
+        assert sink.undelivered() == 0
+        assert sink.stats.sent_events == 20
+    finally:
+        sink.close()
