@@ -7,6 +7,7 @@ import os
 import select
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,18 +115,52 @@ def _marker_record(kind: int, text: str) -> tuple[int, bytes, str]:
     return (kind, text.encode(), "")
 
 
-def run_netlink(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[str, Any]:
+@dataclass(slots=True)
+class KernelSockets:
+    """The netlink sockets of a kernel source, opened before anything else starts."""
+
+    session: KernelSession
+    source: NetlinkSource
+    control: AuditNetlink
+    privilege_errors: int = 0
+
+
+def open_kernel_sockets(cfg: Config) -> KernelSockets:
+    """Open the records and control sockets (big buffers need CAP_NET_ADMIN), then drop to
+    the audit capabilities -- before ZeroMQ starts its threads, which would otherwise keep
+    every capability the process had when they were created (capabilities are per thread)."""
     multicast = cfg.receiver.source == "multicast"
     session = KernelSession(
         takeover=cfg.receiver.takeover,
         state_path=Path(cfg.runtime.dir) / "kernel-state.json",
         rcvbuf_bytes=cfg.receiver.rcvbuf_bytes,
     )
-    stats: dict[str, Any] = {}
     try:
         if multicast:
             source = NetlinkSource(multicast=True, rcvbuf_bytes=cfg.receiver.rcvbuf_bytes)
             source.open()
+        else:
+            source = session.records_source()
+        # Status polls go over a socket of their own: on the records socket the reply
+        # would queue behind every record the kernel sent before it.
+        control = AuditNetlink(rcvbuf_bytes=CONTROL_RCVBUF_BYTES)
+        control.open()
+    except OSError as err:
+        session.close()
+        raise SourceError(str(err)) from err
+    # Sockets open: from here on only AUDIT_SET/rules (CAP_AUDIT_CONTROL) and reading.
+    return KernelSockets(session, source, control, drop_privileges(cfg.receiver.source))
+
+
+def run_netlink(
+    cfg: Config, ctx: StageContext, shipper: RecordShipper, sockets: KernelSockets
+) -> dict[str, Any]:
+    multicast = cfg.receiver.source == "multicast"
+    session, source, control = sockets.session, sockets.source, sockets.control
+    privilege_errors = sockets.privilege_errors
+    stats: dict[str, Any] = {}
+    try:
+        if multicast:
             log.info(
                 "reading the kernel's multicast audit group (read-only; auditd keeps the audit PID)"
             )
@@ -146,13 +181,6 @@ def run_netlink(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[
                 log.info(
                     "kernel audit: pid %d registered, %d rules loaded", os.getpid(), len(rules)
                 )
-            source = session.records_source()
-        # Status polls go over a socket of their own: on the records socket the reply
-        # would queue behind every record the kernel sent before it.
-        control = AuditNetlink(rcvbuf_bytes=CONTROL_RCVBUF_BYTES)
-        control.open()
-        # Sockets open, rules loaded: from here on only status polls and the restore at exit.
-        privilege_errors = drop_privileges(cfg.receiver.source)
         try:
             counters = KernelCounters(get_status(control))
             stats = _read_loop(cfg, ctx, shipper, source, session, control, counters)
@@ -351,7 +379,9 @@ def run_stream(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[s
     }
 
 
-def run_live_source(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[str, Any]:
-    if cfg.receiver.source in ("netlink", "multicast"):
-        return run_netlink(cfg, ctx, shipper)
+def run_live_source(
+    cfg: Config, ctx: StageContext, shipper: RecordShipper, sockets: KernelSockets | None
+) -> dict[str, Any]:
+    if sockets is not None:
+        return run_netlink(cfg, ctx, shipper, sockets)
     return run_stream(cfg, ctx, shipper)

@@ -153,6 +153,16 @@ def restore_counters(saved: dict[str, int], counters: LineCounters, shipper: Rec
 
 
 def run(cfg: Config, ctx: StageContext) -> int:
+    from receiver.live import KernelSockets, open_kernel_sockets, run_live_source  # cycle
+
+    sockets: KernelSockets | None = None
+    early_error: SourceError | None = None
+    if cfg.receiver.source in ("netlink", "multicast"):
+        # Before the first ZeroMQ socket: its threads keep the capabilities of that moment.
+        try:
+            sockets = open_kernel_sockets(cfg)
+        except SourceError as err:
+            early_error = err  # reported below, after downstream can be told (eof)
     zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     file_source = cfg.receiver.source == "file"
     guard = DeliveryGuard(
@@ -188,12 +198,12 @@ def run(cfg: Config, ctx: StageContext) -> int:
             stack.callback(mark.close)
         stats: dict[str, Any] = {}
         try:
+            if early_error is not None:
+                raise early_error
             if file_source:
                 stats = run_log_source(cfg, ctx, shipper, keeper)
             else:
-                from receiver.live import run_live_source
-
-                stats = run_live_source(cfg, ctx, shipper)
+                stats = run_live_source(cfg, ctx, shipper, sockets)
         except SourceError as err:
             log.error("%s", err)
             code = EXIT_FATAL
