@@ -16,7 +16,8 @@ Deliberate differences from go-libaudit (see docs/schema.md):
   input never loses an event.
 
 Speed: the result is one flat :class:`~assembler.coalesced.Coalesced` per event; the
-records folded in are read from the interpreter's memo without copies, and EXECVE
+SYSCALL record's per-process tail is interpreted once (:mod:`assembler.syscall_tail`),
+the records folded in are read from the interpreter's memo without copies, and EXECVE
 argument lists are memoised by record body (commands repeat).
 """
 
@@ -29,6 +30,7 @@ from assembler.coalesced import ECS_SLOTS, UNSET, Address, Coalesced, EcsEntity
 from assembler.interpret import interpret, interpret_shared
 from assembler.parse import Record
 from assembler.summarize import apply_normalization
+from assembler.syscall_tail import interpret_syscall
 from auditstream.escape import escape
 from auditstream.logline import type_name
 
@@ -61,6 +63,7 @@ _UNTRUSTED_FIELDS: dict[int, tuple[str, ...]] = {
     PATH: ("name",),
     PROCTITLE: ("proctitle",),
 }
+_SYSCALL_EXACT = _UNTRUSTED_FIELDS[SYSCALL]
 
 
 class CoalesceError(ValueError):
@@ -145,8 +148,11 @@ def _new_event(lead: Record, source: Record) -> Coalesced:
         _lower_type_name(lead.type),
     )
     try:
-        # interpret() gives a fresh copy: this record's fields are taken apart below.
-        interpreted = interpret(source, _UNTRUSTED_FIELDS.get(source.type, ()))
+        # A fresh result either way: this record's fields are taken apart below.
+        if source.type == SYSCALL:
+            interpreted = interpret_syscall(source, _SYSCALL_EXACT)
+        else:
+            interpreted = interpret(source, _UNTRUSTED_FIELDS.get(source.type, ()))
     except ValueError as err:
         event.warnings.append(f"failed to parse {type_name(source.type)} message: {err}")
         return event

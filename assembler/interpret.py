@@ -15,7 +15,7 @@ characters and ``%`` kept, invalid UTF-8 as U+FFFD); the tests compare against i
 goldens passed through the same escape.
 
 Speed: this runs for every record. The body is decoded once (ASCII, else
-surrogateescape, which is lossless); a plain body (see ``_PLAIN_BODY``) is split with
+surrogateescape, which is lossless); a plain body (see :mod:`assembler.fields`) is split with
 str methods, anything else with one ``findall``; hex is decoded only for the fields
 listed per record type; non-SYSCALL results are memoised (bounded), since CWD,
 PROCTITLE and many PATH records repeat byte for byte.
@@ -30,11 +30,16 @@ stay: :func:`interpret` never raises.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from assembler.parse import FIELD_REGEX, Record
+from assembler.fields import DROPPED_VALUES as _DROPPED_VALUES
+from assembler.fields import FIELDS as _FIELDS
+from assembler.fields import PLAIN_BODY as _PLAIN_BODY
+from assembler.fields import PlainTokens as _PlainTokens
+from assembler.fields import parse_fields as _parse_fields
+from assembler.parse import Record
 from assembler.sockaddr import decode_sockaddr
 from assembler.tables import ARCH_NAMES, ERRNO_NAMES, SIGNAL_NAMES, SYSCALL_NAMES
 from auditstream.escape import escape
@@ -59,8 +64,6 @@ _PAM_OLD_FORMAT = (
 
 # The body is matched as text: bytes decoded with surrogateescape, which is lossless,
 # so one decode per record replaces one per field (the hot path: ASCII bodies).
-_FIELDS = re.compile(FIELD_REGEX)
-_DROPPED_VALUES = frozenset(("", "?", "?,", "(null)"))
 _UNSET_IDS = ("4294967295", "-1")
 _CONTEXT_PARTS = ("_user", "_role", "_domain", "_level", "_category")
 _UPPER_HEX = re.compile(r"(?:[0-9A-F]{2})*")
@@ -82,6 +85,9 @@ class Interpreted:
 
     data: dict[str, str]
     keys: list[str]
+    # The body was plain (see assembler.fields) and split as such: its tokens are exactly
+    # space-separated key=value pairs (what assembler.syscall_tail relies on).
+    plain: bool = False
 
 
 def decode_hex(token: bytes) -> bytes | None:
@@ -143,87 +149,6 @@ def _normalize(record_type: int, body: str) -> str:
     elif record_type in _PAM_OLD_FORMAT:
         body = body.replace(" (hostname=", " hostname=", 2).rstrip(")'")
     return body
-
-
-# A body the plain split handles: space-separated key=value, values without '=', spaces or
-# single quotes, double-quoted as a whole or not at all (the usual kernel record).
-# Possessive quantifiers: nothing here can match by giving characters back, so the
-# engine need not remember where it could have.
-_PLAIN_FIELD = r'[a-z0-9_-]++=(?:"[^"\'\s=]*+"|[^"\'\s=]++)'
-_PLAIN_BODY = re.compile(f"{_PLAIN_FIELD}(?: {_PLAIN_FIELD})*+")
-
-
-class _PlainTokens(Mapping[str, str]):
-    """The raw tokens of a plain body, rebuilt on demand instead of a second dict per record.
-
-    A plain token is its value, with its double quotes put back if the body has
-    ``key="`` at a token start (values hold no spaces or '=', so nothing else can).
-    """
-
-    __slots__ = ("_text", "_values")
-
-    def __init__(self, text: str, values: dict[str, str]) -> None:
-        self._text = text
-        self._values = values  # the split's values: the steps change theirs, not these
-
-    def __getitem__(self, key: str) -> str:
-        value = self._values[key]
-        quoted = f'{key}="'
-        if self._text.startswith(quoted) or f" {quoted}" in self._text:
-            return f'"{value}"'
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-
-def _parse_fields(text: str) -> tuple[dict[str, str], Mapping[str, str]]:
-    """go-libaudit's fieldMap: ``values`` (quotes stripped) and ``origs`` (raw tokens).
-
-    Fields in order, later duplicates overwriting, ``?``/``(null)``/empty dropped,
-    ``msg='…'`` merged in place.
-    """
-    if _PLAIN_BODY.fullmatch(text) is not None:
-        # Every token is key=value with no '=' in the value: split the quote-free text at
-        # spaces and '=' with C-level str methods.
-        unquoted = text.replace('"', "") if '"' in text else text
-        flat = unquoted.replace(" ", "=").split("=")
-        keys = flat[::2]
-        values = dict(zip(keys, flat[1::2], strict=True))
-        if len(values) == len(keys) and "msg" not in values:
-            if not _DROPPED_VALUES.isdisjoint(values.values()):
-                for key in [k for k, v in values.items() if v in _DROPPED_VALUES]:
-                    del values[key]
-            return values, _PlainTokens(text, values.copy())
-    pairs = _FIELDS.findall(text)
-    origs = dict(pairs)
-    if len(origs) == len(pairs) and "msg" not in origs:
-        # Fast path: no duplicates, nothing nested (the usual kernel record).
-        values = {key: orig.strip("'\" ") for key, orig in origs.items()}
-        if _DROPPED_VALUES.isdisjoint(values.values()):
-            return values, origs
-        for key in [k for k, v in values.items() if v in _DROPPED_VALUES]:
-            del values[key], origs[key]
-        return values, origs
-    # An explicit stack instead of recursion: msg=msg=msg=… nests once per 4 bytes.
-    values, origs = {}, {}
-    stack = [iter(pairs)]
-    while stack:
-        for key, orig in stack[-1]:
-            value = orig.strip("'\" ")
-            if value in _DROPPED_VALUES:
-                continue
-            if key == "msg":
-                stack.append(iter(_FIELDS.findall(value)))
-                break
-            values[key] = value
-            origs[key] = orig
-        else:
-            stack.pop()
-    return values, origs
 
 
 def _hex_decode(
@@ -461,7 +386,49 @@ def _interpret(record_type: int, body: bytes, exact: tuple[str, ...]) -> Interpr
                 values[key] = _exact_text(orig)
         elif f'{key}="' in text and (kept := _last_quoted_token(text, key)) is not None:
             values[key] = _exact_text(kept)
-    return Interpreted(data=values, keys=keys)
+    return Interpreted(data=values, keys=keys, plain=type(origs) is _PlainTokens)
+
+
+def interpret_body(record_type: int, body: bytes, exact: tuple[str, ...]) -> Interpreted:
+    """:func:`interpret` of a record body (or a run of its tokens); no memo, fresh result."""
+    return _interpret(record_type, body, exact)
+
+
+# Fields some step other than the per-call ones reads (unset ids, subject context, rule
+# keys, hex or exact text), that nest (msg), or that the result would overwrite in place.
+_NOT_CALL_HEAD_FIELDS = frozenset(
+    ("auid", "old-auid", "ses", "subj", "result", "key", "cwd", "exe", "comm", "msg")
+)
+_NO_TOKENS: dict[str, str] = {}
+
+
+def interpret_call_head(head: bytes) -> dict[str, str] | None:
+    """What :func:`interpret` of a whole SYSCALL record makes of its head run of tokens.
+
+    The head is ``arch syscall success exit a0 … pid``; only its per-call steps apply
+    (result, errno name, arch and syscall names) when it is plain, printable ASCII without
+    quotes or '%', drops no value, and holds no field another step reads. None otherwise.
+    """
+    if b'"' in head or head.translate(None, _PASSES_ESCAPE):
+        return None
+    text = head.decode("ascii")
+    if _PLAIN_BODY.fullmatch(text) is None:
+        return None
+    flat = text.replace(" ", "=").split("=")
+    keys = flat[::2]
+    values = dict(zip(keys, flat[1::2], strict=False))  # equal lengths: the body matched
+    if (
+        len(values) != len(keys)
+        or not _NOT_CALL_HEAD_FIELDS.isdisjoint(values)
+        or not _DROPPED_VALUES.isdisjoint(values.values())
+    ):
+        return None
+    _result(values)
+    exit_value = values.get("exit")
+    if exit_value is not None:
+        _exit_name(values, exit_value)
+    _syscall_fields(values, _NO_TOKENS, decode_exe=False)
+    return values
 
 
 def _last_quoted_token(text: str, key: str) -> str | None:

@@ -138,3 +138,74 @@ def test_timestamp_table_equals_formatting(sec: int, msec: int) -> None:
     extra, rest = divmod(msec, 1000)
     second = datetime.fromtimestamp(sec + extra, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     assert _timestamp(sec, msec) == f"{second}.{rest:03d}Z"
+
+
+# Head and tail pieces of SYSCALL bodies: the kernel's usual tokens, mixed with a few that
+# must send the record down the whole-record path (duplicates across the cut, quotes
+# spanning it, dropped values, fields two steps share, nested msg, bytes to escape).
+_USUAL_HEAD = [
+    "arch=c000003e", "syscall=59", "syscall=257", "success=yes", "success=no", "exit=0",
+    "exit=-13", "exit=-1", "a0=ffffff9c", "a1=7ffd2a4c", "items=2", "ppid=1", "pid=20001",
+]  # fmt: skip
+_ODD_HEAD = [
+    'comm="a', 'b"', "x=1", "x=2", "res=1", "result=ok", "key=k", 'key="k"', "subj=a:b",
+    "subj_user=u", "exit=?", "a1=(null)", 'a2=""', "msg='x=1'", "a3=%41", "a3=caf\xe9",
+    "arch=?", "tty=(none)", "ses=4294967295", "a0='q r'", "uid=5", 'a2="x"', "", "pid=5",
+    "a1=x\ty", "a2=\x01", "exit=-99999999999999999999",
+]  # fmt: skip
+_USUAL_TAIL = [
+    "uid=0", "gid=0", "euid=0", "tty=pts0", "ses=3", 'comm="grep"', 'exe="/usr/bin/grep"',
+    "subj=unconfined", 'key="k1"',
+]  # fmt: skip
+_ODD_TAIL = [
+    "ses=4294967295", "comm=414243", "exe=(null)", 'exe="?"', "subj=u:r:t:s0", "key=(null)",
+    "key=6B6579016B6579", "success=yes", "success=no", "res=1", "arch=c000003e", "arch=40000028",
+    "syscall=2", "pid=5", "x=1", 'comm="a b"', "result=z", "msg='uid=3'", "auid=9", "a3=%41",
+    "subj_role=r", 'comm="caf\xe9"', "", "exit=-2", "items=0", 'b"', "a0=1",
+    'exe="\x7f"', "tty=x\ty", 'comm="?"', 'comm=""',
+]  # fmt: skip
+
+
+def _pieces(usual: list[str], odd: list[str]) -> st.SearchStrategy[list[str]]:
+    """Some usual tokens and at most two odd ones, in any order."""
+    return st.tuples(
+        st.lists(st.sampled_from(usual), max_size=8), st.lists(st.sampled_from(odd), max_size=2)
+    ).flatmap(lambda parts: st.permutations(parts[0] + parts[1]))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    _pieces(_USUAL_HEAD, _ODD_HEAD),
+    st.sampled_from([" auid=1000", " auid=1000", " auid=4294967295", " auid=", "auid=1", ""]),
+    _pieces(_USUAL_TAIL, _ODD_TAIL),
+)
+def test_syscall_head_and_memoised_tail_equal_the_whole_record(
+    head: list[str], cut: str, tail: list[str]
+) -> None:
+    """Interpreting a SYSCALL record as head + remembered tail gives interpret()'s data and keys."""
+    from assembler.syscall_tail import interpret_syscall
+
+    body = (" ".join(head) + cut + (" " if tail else "") + " ".join(tail)).encode("latin-1")
+    rec = Record(1300, "", 1, 2, 3, body.strip(b" "), b"", body)
+    for exact in (("comm", "exe"), ()):
+        whole = interpret(rec, exact)
+        for _ in range(3):  # seen once (whole record), remembered, then from the memo
+            split = interpret_syscall(rec, exact)
+            assert list(split.data.items()) == list(whole.data.items())
+            assert split.keys == whole.keys
+
+
+def test_the_usual_syscall_record_takes_the_split_path() -> None:
+    """A kernel SYSCALL record's head is interpreted alone; a repeated tail is remembered."""
+    from assembler import syscall_tail
+    from assembler.interpret import interpret_call_head
+
+    head = b"arch=c000003e syscall=59 success=yes exit=0 a0=1 a1=2 a2=3 a3=4 items=1 ppid=10 pid=11"
+    tail = b'auid=1000 uid=1000 gid=0 tty=pts0 ses=3 comm="sh" exe="/bin/sh" subj=unconfined'
+    rec = Record(1300, "", 1, 2, 3, head + b" " + tail, b"", b"")
+    assert interpret_call_head(head) is not None
+    for _ in range(2):  # a tail is remembered the second time it is seen
+        syscall_tail.interpret_syscall(rec, ("comm", "exe"))
+    remembered = syscall_tail._TAILS[(tail, ("comm", "exe"))]
+    assert remembered.interpreted is not None
+    assert remembered.interpreted.data["exe"] == "/bin/sh"

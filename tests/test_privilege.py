@@ -620,8 +620,15 @@ def test_live_run_with_user_drops_to_two_caps_and_nobody(
         assert (mode_of(run_dir), run_dir.stat().st_uid, run_dir.stat().st_gid) == (0o750, 0, account.gid)
         stage_dir = run_dir / "stages"
         assert (mode_of(stage_dir), stage_dir.stat().st_uid) == (0o750, account.uid)
-        sockets = [p for p in stage_dir.iterdir() if stat.S_ISSOCK(p.lstat().st_mode)]
-        assert {"assembler-0.sock", "treekeeper.sock"} <= {p.name for p in sockets}
+        def stage_sockets() -> list[Path]:
+            return [p for p in stage_dir.iterdir() if stat.S_ISSOCK(p.lstat().st_mode)]
+
+        wanted = {"assembler-0.sock", "treekeeper.sock"}
+        deadline = time.monotonic() + 20  # an assembler still importing has not bound yet
+        while not wanted <= {p.name for p in stage_sockets()} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        sockets = stage_sockets()
+        assert wanted <= {p.name for p in sockets}
         for sock in sockets:
             assert mode_of(sock) & 0o007 == 0, (sock, oct(mode_of(sock)))
         assert mode_of(run_dir / "effective-config.json") == 0o640
