@@ -30,7 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 # The kernel lock, settings and auditd config are the live tests' own (one definition).
-from live_helpers import AUDITD_CONF, LOCK_PATH, SETTINGS, auditctl, kernel_status  # noqa: E402
+from live_helpers import (  # noqa: E402
+    AUDITD_CONF,
+    LOCK_PATH,
+    SETTINGS,
+    auditctl,
+    kernel_status,
+    stage_pids,
+)
 
 LOADGEN_C = Path(__file__).resolve().parents[2] / "shared" / "bench" / "loadgen.c"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -80,16 +87,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def stage_pids(supervisor: int) -> dict[str, int]:
-    """The supervisor's stage children by name."""
-    out: dict[str, int] = {}
-    for child in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split():
-        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        if b"-m" in argv:
-            out[argv[argv.index(b"-m") + 1].decode()] = int(child)
-    return out
-
-
 def run_loadgen(loadgen: Path, rate: int, seconds: float) -> int:
     """Run the load and return the achieved number of open() calls."""
     out = subprocess.run(
@@ -135,7 +132,10 @@ def bench_auditstream(work: Path, loadgen: Path, rule: str, rate: int, seconds: 
         generated = run_loadgen(loadgen, rate, seconds)
         time.sleep(1.0)  # let the pipeline catch up before sampling CPU
         lost = kernel_status()["lost"] - lost0
-        cpu = {name: cpu_seconds(pid) for name, pid in stage_pids(proc.pid).items()}
+        cpu: dict[str, float] = {}
+        for name, pid in stage_pids(proc.pid).items():  # assembler-N add up as "assembler"
+            stage = name.split("-")[0]
+            cpu[stage] = cpu.get(stage, 0.0) + cpu_seconds(pid)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     finally:

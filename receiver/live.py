@@ -214,8 +214,9 @@ class ReadPacing:
         self.stalled_ticks = 0
 
     def records_to_read(self) -> int:
+        # The shipper's flush_due() at the end of each loop turn has just polled the guard
+        # (acknowledgements in, queued batches out): its counts are current.
         guard = self.shipper.guard
-        guard.poll()  # hand queued batches to assemblers that have room again
         unsent, bound = guard.unsent_batches(), guard.capacity()
         if unsent < bound:
             return READ_MAX_RECORDS

@@ -136,6 +136,27 @@ def write_config(path: Path, runtime_dir: Path, rules_files: list[Path] | None =
     return path
 
 
+def stage_pids(supervisor: int) -> dict[str, int]:
+    """The stages a supervisor runs now, by name (receiver, assembler-N, treekeeper,
+    auditstream.metrics); {} once the supervisor is gone."""
+    try:
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    except OSError:
+        return {}
+    stages: dict[str, int] = {}
+    for child in children:
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-m" in argv:
+            name = argv[argv.index(b"-m") + 1].decode()
+            if name == "assembler" and b"--index" in argv:
+                name += "-" + argv[argv.index(b"--index") + 1].decode()
+            stages[name] = int(child)
+    return stages
+
+
 @dataclass
 class LiveRun:
     """`auditstream run` as a child process in its own session (so it can be killed as a group)."""
@@ -171,19 +192,7 @@ class LiveRun:
 
     def stage_pids(self) -> dict[str, int]:
         """The supervisor's children by stage name (receiver, assembler-0, treekeeper)."""
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
-        stages: dict[str, int] = {}
-        for child in children:
-            try:
-                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"-m" in argv:
-                name = argv[argv.index(b"-m") + 1].decode()
-                if name == "assembler" and b"--index" in argv:
-                    name += "-" + argv[argv.index(b"--index") + 1].decode()
-                stages[name] = int(child)
-        return stages
+        return stage_pids(self.pid)
 
     def wait_registered(self, timeout_s: float = 20.0) -> int:
         """Wait until our receiver holds the kernel audit pid and has enabled auditing.

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from live_helpers import stage_pids
 
 from assembler.reassembler import CompletionReason, Reassembler
 from assembler.redelivery import BatchStream, replay_gap_events, restart_gap_event
@@ -120,26 +121,6 @@ def assert_exactly_once_or_in_gap(keys: list[EventKey], outcome: Outcome) -> tup
     assert not silently_gone, f"{len(silently_gone)} events silently lost, e.g. {silently_gone[:3]}"
     assert present + in_gap == len(keys)
     return present, in_gap
-
-
-def stage_pids(supervisor: int) -> dict[str, int]:
-    """The stage processes the supervisor runs now, by stage name."""
-    found: dict[str, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) != supervisor or b"-m" not in argv:
-            continue
-        module = argv[argv.index(b"-m") + 1].decode()
-        if module == "assembler":
-            module += "-" + argv[argv.index(b"--index") + 1].decode()
-        found[module] = int(entry.name)
-    return found
 
 
 def kill_at_random(

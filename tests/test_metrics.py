@@ -24,6 +24,7 @@ from live_helpers import (
     is_audit_event,
     kernel_clean,
     read_events,
+    stage_pids,
     wait_for_events,
 )
 
@@ -373,9 +374,7 @@ class FollowedReplay:
 
     def stage_pids(self) -> dict[str, int]:
         """Stage name -> pid (assembler-N by index), from the supervisor's children."""
-        run = LiveRun([], self.stderr.parent)
-        run.proc = self.proc
-        return run.stage_pids()
+        return stage_pids(self.proc.pid)
 
     def stop(self) -> int:
         """SIGINT, then wake the follow loop (it sees the stop only when a line arrives)."""

@@ -9,20 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _children(pid: int) -> list[int]:
-    """Pids whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(b")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
+from live_helpers import stage_pids
 
 
 def _alive(pid: int) -> bool:
@@ -51,7 +38,7 @@ def test_stages_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     deadline = time.monotonic() + 30
     while len(stages) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
-        stages = _children(proc.pid)
+        stages = list(stage_pids(proc.pid).values())
     assert len(stages) >= 3, f"stages did not start: {stages}"
     time.sleep(1.0)  # let them install their signal handlers
     os.kill(proc.pid, signal.SIGKILL)
