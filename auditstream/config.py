@@ -51,6 +51,9 @@ class ReceiverConfig:
     rate_limit: int = 0
     failure_mode: int = 1
     rcvbuf_bytes: int = 64 << 20
+    # Kernel sources: lower the receiver's nice value by this much (auditd's priority_boost,
+    # same default): kauditd gives a full socket only 100 ms, so the reader must get the CPU.
+    priority_boost: int = 4
     when_full: str = "block"  # block | drop_newest
     status_poll_ms: int = 1000
     # Batches per assembler kept until the tree keeper acknowledges them (redelivery after
@@ -174,6 +177,10 @@ def validate(cfg: Config) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{where}: {name} must be at least 1, got {value}")
+    if not 0 <= cfg.receiver.priority_boost <= 20:
+        raise ConfigError(
+            f"{where}: [receiver].priority_boost must be 0..20, got {cfg.receiver.priority_boost}"
+        )
     if cfg.assembler.event_timeout_ms < 0 or cfg.treekeeper.exit_grace_ms < 0:
         raise ConfigError(f"{where}: timeouts must not be negative")
     if cfg.runtime.user or cfg.runtime.group:
@@ -208,7 +215,7 @@ def parse_listen(address: str, where: str) -> tuple[str, int]:
     valid_host = valid_host and all(c.isalnum() or c in ".-:_" for c in host)
     if not sep or not valid_host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(
-            f"{where}: {address!r} is not HOST:PORT (e.g. \"127.0.0.1:9464\", \"[::1]:9464\")"
+            f'{where}: {address!r} is not HOST:PORT (e.g. "127.0.0.1:9464", "[::1]:9464")'
         )
     return host, int(port_text)
 

@@ -46,6 +46,7 @@ CAP_NAMES = (
 CAP_DAC_READ_SEARCH = 2
 CAP_SETPCAP = 8
 CAP_NET_ADMIN = 12
+CAP_SYS_NICE = 23
 CAP_AUDIT_CONTROL = 30
 CAP_AUDIT_READ = 37
 
@@ -80,10 +81,11 @@ def cap_names(mask: int) -> list[str]:
 
 # The receiver's capabilities per source: at exec (what its setup needs) and after setup.
 # netlink/multicast: CAP_NET_ADMIN only for SO_RCVBUFFORCE (a 64 MiB socket buffer) while
-# the sockets are opened. file: CAP_DAC_READ_SEARCH, so replay as root reads any file it
-# is given. stdin and unix:PATH need nothing (auditd's socket is root's own).
+# the sockets are opened, CAP_SYS_NICE only for [receiver] priority_boost. file:
+# CAP_DAC_READ_SEARCH, so replay as root reads any file it is given. stdin and unix:PATH
+# need nothing (auditd's socket is root's own).
 AUDIT_CAPS = cap_mask((CAP_AUDIT_CONTROL, CAP_AUDIT_READ))
-NETLINK_SETUP_CAPS = AUDIT_CAPS | cap_mask((CAP_NET_ADMIN,))
+NETLINK_SETUP_CAPS = AUDIT_CAPS | cap_mask((CAP_NET_ADMIN, CAP_SYS_NICE))
 
 
 def receiver_exec_caps(source: str) -> int:

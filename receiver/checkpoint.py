@@ -163,14 +163,28 @@ class SerialMark:
         self.durable = {node: pair[0] for node, pair in inherited.items()}
         return True
 
-    def records_read(self, records: list[tuple[int, bytes, str]]) -> list[tuple[int, bytes, str]]:
-        """Note what was read (persisted); marker records for what a predecessor may have lost."""
+    def records_read(
+        self, records: list[tuple[int, bytes, str]], serials: list[int] | None = None
+    ) -> list[tuple[int, bytes, str]]:
+        """Note what was read (persisted); marker records for what a predecessor may have lost.
+
+        ``serials``: the records' serials if the caller parsed them already.
+        """
         markers: list[tuple[int, bytes, str]] = []
         read = self.read
-        for type_, data, node in records:
+        if serials is None:
+            serials = [serial_of(data) if type_ > 0 else 0 for type_, data, _ in records]
+        if "" in read and not self._inherited and all(not node for _, _, node in records):
+            # The usual case (a kernel source, already reading): only the newest serial moves.
+            newest = max(serials, default=0)
+            if newest > read[""]:
+                read[""] = newest
+            if records:
+                self._write()
+            return markers
+        for (type_, _data, node), serial in zip(records, serials, strict=True):
             if type_ <= 0:
                 continue
-            serial = serial_of(data)
             if node not in read:
                 inherited = self._inherited.pop(node, None)
                 if inherited is not None:

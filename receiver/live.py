@@ -148,8 +148,30 @@ def open_kernel_sockets(cfg: Config) -> KernelSockets:
     except OSError as err:
         session.close()
         raise SourceError(str(err)) from err
+    boost_errors = boost_priority(
+        cfg.receiver.priority_boost
+    )  # needs CAP_SYS_NICE: before the drop
     # Sockets open: from here on only AUDIT_SET/rules (CAP_AUDIT_CONTROL) and reading.
-    return KernelSockets(session, source, control, drop_privileges(cfg.receiver.source))
+    errors = boost_errors + drop_privileges(cfg.receiver.source)
+    return KernelSockets(session, source, control, errors)
+
+
+def boost_priority(boost: int) -> int:
+    """Lower our nice value by ``boost`` (auditd's ``priority_boost``); 1 if that failed.
+
+    kauditd waits only HZ/10 for room in a full reader socket, then drops the record:
+    on a busy machine the reader must be scheduled ahead of the audited load.
+    """
+    if boost <= 0:
+        return 0
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, max(-20, current - boost))
+    except OSError as err:
+        log.error("cannot raise the receiver's priority by %d: %s", boost, err.strerror or err)
+        return 1
+    log.info("receiver priority: nice %d", os.getpriority(os.PRIO_PROCESS, 0))
+    return 0
 
 
 def run_netlink(
@@ -263,6 +285,8 @@ def _read_loop(
                 [_marker_record(SOCKET_OVERRUN_TYPE, f"overruns={source.overruns - overruns}")]
             )
             overruns = source.overruns
+            emptied = _empty_socket(source, shipper)
+            log.warning("socket overrun: read the %d records it held at once", emptied)
         now = time.monotonic()
         if now >= next_status:
             next_status = now + cfg.receiver.status_poll_ms / 1000
@@ -300,6 +324,21 @@ def _read_loop(
         "trickle_ticks": pacing.trickle_ticks,
         "stalled_ticks": pacing.stalled_ticks,
     }
+
+
+def _empty_socket(source: NetlinkSource, shipper: RecordShipper) -> int:
+    """Read everything the socket holds, whatever the pacing says.
+
+    After an overrun netlink marks the socket congested and the kernel sends nothing
+    more to it until its queue is empty, however much room there is: meanwhile each
+    record kauditd tries to send times out (HZ/10) and is dropped. Trickling would keep
+    it congested for good, so the queue (at most ``rcvbuf_bytes``) moves into our buffers.
+    """
+    emptied = 0
+    while records := source.read_records(READ_MAX_RECORDS):
+        emptied += len(records)
+        shipper.add(records)
+    return emptied
 
 
 def _drain(

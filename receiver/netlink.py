@@ -20,6 +20,7 @@ from dataclasses import dataclass
 NETLINK_AUDIT = 9
 AUDIT_NLGRP_READLOG = 1
 NLMSG_HEADER = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+NLMSG_TYPE = struct.Struct("=H")  # nlmsg_type, at offset 4 of the header
 NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 AUDIT_FIRST_USER_MSG = 1100  # types below are control messages, from here on records
@@ -27,6 +28,9 @@ AUDIT_REPLACE = 1329  # the kernel asking the pid holder whether it is alive; no
 RECV_BUFFER_BYTES = 1 << 16  # records are at most 8970 bytes; replies are small
 SOL_NETLINK = 270
 SO_RCVBUFFORCE = 33
+
+
+RawRecord = tuple[int, bytes, str]  # (type, payload, node): the receiver's record
 
 
 class NetlinkError(OSError):
@@ -153,6 +157,44 @@ class AuditNetlink:
             except ValueError:
                 self.malformed += 1
 
+    def receive_records(self, limit: int, others: list[NetlinkMessage]) -> list[RawRecord]:
+        """Read up to ``limit`` records without blocking, as (type, payload, "").
+
+        The record stream's fast path: one datagram is one record, so its payload is taken
+        straight from the buffer (no message objects); anything else -- control replies,
+        AUDIT_REPLACE -- is split as usual and appended to ``others``.
+        """
+        records: list[RawRecord] = []
+        buffer = self._buffer
+        view = memoryview(buffer)
+        recv_into = self.sock.recvfrom_into
+        header_size = NLMSG_HEADER.size
+        while len(records) < limit:
+            try:
+                size, (sender, _groups) = recv_into(buffer)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.overruns += 1
+                    continue
+                raise
+            if sender != 0:
+                self.foreign += 1
+                continue
+            if size >= header_size:
+                msg_type = NLMSG_TYPE.unpack_from(buffer, 4)[0]
+                if msg_type >= AUDIT_FIRST_USER_MSG and msg_type != AUDIT_REPLACE:
+                    records.append((msg_type, bytes(view[header_size:size]).rstrip(b"\x00"), ""))
+                    continue
+            try:
+                others.extend(split_datagram(view[:size]))
+            except ValueError:
+                self.malformed += 1
+        return records
+
     def request(
         self, msg_type: int, payload: bytes = b"", *, reply_type: int | None = None,
         multi: bool = False, timeout_s: float = 5.0,
@@ -231,16 +273,15 @@ class NetlinkSource:
         while pending and len(records) < max_records:
             message = pending.popleft()
             records.append((message.type, message.payload, ""))
-        while len(records) < max_records:
-            messages = self._conn.receive()
-            if messages is None:
-                break
-            for message in messages:
+        if len(records) < max_records:
+            others: list[NetlinkMessage] = []
+            records += self._conn.receive_records(max_records - len(records), others)
+            for message in others:
                 if message.type == AUDIT_REPLACE:
                     self.replace_requests += 1
                 elif message.type < AUDIT_FIRST_USER_MSG:
                     self.control_messages += 1
-                else:
+                else:  # a record behind a control message in one datagram (never seen)
                     records.append((message.type, message.payload, ""))
         return records
 

@@ -199,16 +199,18 @@ class DeliveryGuard:
         return True
 
     def send_batch(
-        self, shard: int, body: dict[str, Any], records: int, *, drop: bool, wait: bool = True
-    ) -> str:
+        self, shard: int, body: dict[str, Any], records: int, *, drop: bool, wait: bool = True,
+        serials: list[int] | None = None,
+    ) -> str:  # fmt: skip
         """Number, keep and send one records batch: "sent", "blocked" (then sent), "dropped",
-        or with ``wait=False`` "queued" (kept unsent; later polls send it)."""
+        or with ``wait=False`` "queued" (kept unsent; later polls send it). ``serials``: see
+        :meth:`ShardBuffer.add`."""
         self.poll()
         if drop and not self.pump(shard):
             return "dropped"  # the assembler is full or away: drop_newest, before numbering
         self._make_room(shard, wait=wait)
         body["epoch"] = self.epoch
-        self.buffers[shard].add(body, records)
+        self.buffers[shard].add(body, records, serials)
         if self.pump(shard):
             return "sent"
         if drop:

@@ -13,8 +13,9 @@ that range is reported as lost instead of being silently gone.
 
 from __future__ import annotations
 
+import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -30,12 +31,30 @@ def serial_of(data: bytes) -> int:
     return int(digits) if digits.isdigit() else 0
 
 
+_HEADER_SERIAL = re.compile(rb"audit\(\d+\.\d+:(\d+)\)")
+
+
+def record_serials(records: Sequence[tuple[int, bytes, str]]) -> list[int]:
+    """The serial of each record (0 for markers and malformed headers), parsed once per read.
+
+    The usual kernel header is one C-level match; anything else gets :func:`serial_of`.
+    """
+    match = _HEADER_SERIAL.match
+    return [
+        (int(m[1]) if (m := match(data)) else serial_of(data)) if type_ > 0 else 0
+        for type_, data, _node in records
+    ]
+
+
 @dataclass(slots=True)
 class BufferedBatch:
     number: int
     body: bytes  # the packed records frame body, as sent
     records: int
     last: tuple[str, int] | None  # (node, serial) of its last audit record
+    # (first, last, distinct) serials when every record is of node "" (live kernel
+    # sources): an eviction then needs no unpacking. None: work it out from ``body``.
+    serial_range: tuple[int, int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -82,11 +101,20 @@ class ShardBuffer:
     def is_full(self) -> bool:
         return len(self._kept) >= self.capacity
 
-    def add(self, body: dict[str, object], records: int) -> BufferedBatch:
-        """Number ``body`` (it gains ``batch``), pack it and keep it."""
+    def add(
+        self, body: dict[str, object], records: int, serials: list[int] | None = None
+    ) -> BufferedBatch:
+        """Number ``body`` (it gains ``batch``), pack it and keep it.
+
+        ``serials``: the records' serials when all are of node "" (see BufferedBatch).
+        """
         body["batch"] = self.next_number
         packed = msgpack.packb(body, use_bin_type=True)
         batch = BufferedBatch(self.next_number, packed, records, _last_record(body.get("recs")))
+        if serials is not None:
+            found = [serial for serial in serials if serial]
+            if found:
+                batch.serial_range = (min(found), max(found), len(set(found)))
         self._kept.append(batch)
         self.next_number += 1
         self.stats.batches += 1
@@ -165,6 +193,9 @@ def _last_record(recs: object) -> tuple[str, int] | None:
 
 def serial_gaps(batch: BufferedBatch) -> list[SerialGap]:
     """The serial range of each node in a packed records batch."""
+    if batch.serial_range is not None:
+        first, last, count = batch.serial_range
+        return [SerialGap("", first, last, count, batch.number + 1)]
     body = msgpack.unpackb(batch.body, raw=False)
     serials: dict[str, set[int]] = {}
     for type_, data, node in body["recs"]:

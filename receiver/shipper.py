@@ -14,7 +14,7 @@ from typing import BinaryIO
 from auditstream.logline import format_log_line
 from receiver.checkpoint import SerialMark
 from receiver.redelivery import DeliveryGuard
-from receiver.replaybuffer import serial_of
+from receiver.replaybuffer import record_serials, serial_of
 
 RawRecord = tuple[int, bytes, str]
 __all__ = ["RawRecord", "RecordShipper", "ShipperStats", "serial_of"]
@@ -52,6 +52,8 @@ class RecordShipper:
         self.record_to = record_to
         shards = len(guard.outlets)
         self.batches: list[list[RawRecord]] = [[] for _ in range(shards)]
+        self.batch_serials: list[list[int]] = [[] for _ in range(shards)]  # live, or sharded
+        self.batch_has_nodes = [False for _ in range(shards)]
         self.oldest = [0.0 for _ in range(shards)]
         self.stats = ShipperStats()
         # Live: the durable serial mark (it names what a predecessor may have lost).
@@ -62,16 +64,34 @@ class RecordShipper:
             self.record_to.write(b"".join(format_log_line(t, d, n) + b"\n" for t, d, n in records))
             self.stats.recorded_records += len(records)
         self.stats.records += len(records)
-        if self.serial_mark is not None:
-            records = self.serial_mark.records_read(records) + records
         shards = len(self.batches)
+        # Parsed once here for the serial mark, the sharding and the replay buffers.
+        serials = record_serials(records) if self.never_block or shards > 1 else None
+        if self.serial_mark is not None:
+            markers = self.serial_mark.records_read(records, serials)
+            if markers:
+                records = markers + records
+                serials = [0] * len(markers) + serials if serials is not None else None
         now = time.monotonic()
-        for rec in records:
-            index = serial_of(rec[1]) % shards if shards > 1 else 0
+        if serials is None:  # one shard, not live: nothing needs the serials
+            batch = self.batches[0]
+            for rec in records:
+                if not batch:
+                    self.oldest[0] = now
+                batch.append(rec)
+                if len(batch) >= self.batch_max:
+                    self._send(0)
+                    batch = self.batches[0]
+            return
+        for rec, serial in zip(records, serials, strict=True):
+            index = serial % shards
             batch = self.batches[index]
             if not batch:
                 self.oldest[index] = now
             batch.append(rec)
+            self.batch_serials[index].append(serial)
+            if rec[2]:
+                self.batch_has_nodes[index] = True
             if len(batch) >= self.batch_max:
                 self._send(index)
 
@@ -93,10 +113,16 @@ class RecordShipper:
     def _send(self, index: int) -> None:
         batch = self.batches[index]
         self.batches[index] = []
+        serials: list[int] | None = self.batch_serials[index]
+        self.batch_serials[index] = []
+        if self.batch_has_nodes[index] or len(serials or ()) != len(batch):
+            serials = None  # per-node ranges: the replay buffer works them out if it must
+        self.batch_has_nodes[index] = False
         body: dict[str, object] = {"recs": batch, "recv_ns": time.time_ns()}
         outcome = self.guard.send_batch(
-            index, body, len(batch), drop=self.drop_when_full, wait=not self.never_block
-        )
+            index, body, len(batch), drop=self.drop_when_full, wait=not self.never_block,
+            serials=serials,
+        )  # fmt: skip
         if outcome == "queued":
             self.stats.queued_sends += 1
         if outcome == "dropped":

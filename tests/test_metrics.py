@@ -312,10 +312,12 @@ def test_assembler_stamps_events_completed_by_a_record_of_the_batch() -> None:
         ("[receiver]\ncpu_affinity = [-1]\n", "[receiver].cpu_affinity"),
         (f"[assembler]\ncpu_affinity = [0, {os.cpu_count()}]\n", "[assembler].cpu_affinity"),
         ('[treekeeper]\ncpu_affinity = ["0"]\n', "[treekeeper].cpu_affinity"),
+        ("[receiver]\npriority_boost = 21\n", "[receiver].priority_boost"),
+        ("[receiver]\npriority_boost = -1\n", "[receiver].priority_boost"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path: Path, toml: str, key: str) -> None:
-    """A bad listen address or CPU number is refused at load with the key named."""
+    """A bad listen address, CPU number or priority boost is refused at load with the key named."""
     path = tmp_path / "bad.toml"
     path.write_text(toml)
     with pytest.raises(config_mod.ConfigError, match=re.escape(key)):

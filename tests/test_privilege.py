@@ -7,6 +7,7 @@ Tests that switch users need root; the live ones also the kernel (lock and resto
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import os
@@ -106,7 +107,7 @@ def test_parse_proc_status_sample() -> None:
         inheritable=0,
         permitted=RECEIVER_MASK,
         effective=RECEIVER_MASK,
-        bounding=NETLINK_SETUP_CAPS,
+        bounding=RECEIVER_MASK | 1 << privilege.CAP_NET_ADMIN,  # the sample's CapBnd
         ambient=0,
         no_new_privs=True,
         uid=0,
@@ -134,10 +135,11 @@ def test_parse_proc_status_refuses_text_without_capabilities() -> None:
 
 
 def test_receiver_caps_per_source() -> None:
-    """netlink and multicast keep the two audit caps (plus CAP_NET_ADMIN only at exec); the others nothing or read-search."""
+    """netlink and multicast keep the two audit caps (plus CAP_NET_ADMIN and CAP_SYS_NICE only at exec); the others nothing or read-search."""
     for source in ("netlink", "multicast"):
         assert privilege.receiver_kept_caps(source) == RECEIVER_MASK
-        assert privilege.receiver_exec_caps(source) == RECEIVER_MASK | 1 << privilege.CAP_NET_ADMIN
+        setup = 1 << privilege.CAP_NET_ADMIN | 1 << privilege.CAP_SYS_NICE
+        assert privilege.receiver_exec_caps(source) == RECEIVER_MASK | setup
     assert privilege.receiver_kept_caps("file") == 1 << privilege.CAP_DAC_READ_SEARCH
     assert privilege.receiver_kept_caps("stdin") == 0
     assert privilege.receiver_exec_caps("unix:/var/run/audispd_events") == 0
@@ -672,6 +674,9 @@ def test_live_run_without_user_keeps_0700_and_still_drops_the_receiver(
         stages = run.stage_pids()
         main = privilege.thread_caps(receiver_pid)
         assert main.effective == main.permitted == RECEIVER_MASK
+        # priority_boost (default 4, as auditd) took effect before CAP_SYS_NICE went.
+        nice_of = functools.partial(os.getpriority, os.PRIO_PROCESS)
+        assert nice_of(receiver_pid) == nice_of(stages["treekeeper"]) - 4
         for stage in ("assembler-0", "treekeeper"):
             caps = privilege.thread_caps(stages[stage])
             assert caps.uid == 0 and caps.effective != 0  # unchanged without `user`
