@@ -65,8 +65,16 @@ class Assembly:
             "lost_markers": 0,
             "interpret_errors": 0,
             "kernel_loss_markers": 0,
+            "docs_not_json": 0,  # sent in msgpack instead (the jsonl sink will refuse them)
         }
         self.warn = RateLimitedLog(log)
+
+    def docs_not_json(self, count: int, reason: str) -> None:
+        """Count docs that orjson refused; they travel in msgpack, as before the JSON transport."""
+        self.counts["docs_not_json"] += count
+        self.warn.warning(
+            "doc-json", "%d event docs are not JSON (%s): sent as msgpack", count, reason
+        )
 
     def _complete(self, records: list[Record], reason: CompletionReason) -> None:
         try:
@@ -159,6 +167,7 @@ class Assembly:
         )
         component.error(PROCESSING, "parse_failed", self.counts["parse_errors"])
         component.error(PROCESSING, "interpret_failed", self.counts["interpret_errors"])
+        component.error(PROCESSING, "doc_not_json", self.counts["docs_not_json"])
         rs = self.reassembler.stats
         return {
             "component": component.as_json(),
@@ -197,7 +206,10 @@ def run(cfg: Config, ctx: StageContext) -> int:
         watermark = stream.frame_fields(assembly.reassembler.oldest_open_batch())
         # An empty frame too when only the watermark moved: the receiver waits for it.
         if assembly.out or watermark != shipped_watermark:
-            send_downstream(outlet, wire.EVENTS, {"events": assembly.out, **watermark}, ctx)
+            packed = wire.pack_events_body(assembly.out, watermark)
+            if packed.msgpack_docs:
+                assembly.docs_not_json(packed.msgpack_docs, packed.first_error)
+            send_downstream(outlet, wire.EVENTS, packed.body, ctx)
             events_sent += len(assembly.out)
             assembly.out = []
             shipped_watermark = watermark
@@ -282,16 +294,15 @@ def _forward_eof(
         upstream.pop("receiver", None)  # every assembler got the receiver's eof; count it once
     merge_stats(upstream, {"assembler": stats})
     body = {"stats": upstream, **stream.frame_fields(None)}
-    send_downstream(outlet, wire.EOF_KIND, body, ctx)
+    send_downstream(outlet, wire.EOF_KIND, wire.pack_body(body), ctx)
 
 
-def send_downstream(
-    outlet: wire.Outlet, kind: bytes, body: dict[str, Any], ctx: StageContext
-) -> bool:
+def send_downstream(outlet: wire.Outlet, kind: bytes, packed: bytes, ctx: StageContext) -> bool:
     """Send, waiting while the tree keeper is busy or away; give up only when told to stop
-    and no tree keeper is connected (it finished, or is gone: its successor gets a resend)."""
+    and no tree keeper is connected (it finished, or is gone: its successor gets a resend).
+    The body is packed once by the caller: a busy tree keeper costs no re-encoding."""
     watch = outlet.watch
-    while not outlet.send(kind, body, block=False):
+    while not outlet.send_packed(kind, packed, block=False):
         if watch is not None:
             watch.poll()
             if ctx.stop_requested and not watch.connected:

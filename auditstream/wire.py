@@ -5,6 +5,10 @@ sender's index, low 48 bits: its counter) so a receiver counts gaps per sender,
 ``body`` msgpack with bytes kept as bytes. Records and events travel in batches:
 per-message overhead, not parsing, is what limits a Python pipeline.
 
+An ``events`` frame carries its events' ECS docs as ONE JSON text (``docs_json``):
+the tree keeper decodes it with one ``orjson.loads``, ~30 % fewer instructions than
+msgpack decoding the same nested dicts (:func:`pack_events_body`, :func:`events_of`).
+
 Redelivery (docs/recovery.md) adds kinds: ``resume`` and ``stop`` (receiver to
 assembler), ``hello`` and ``ack`` (tree keeper to receiver, on a hop of its own where
 the tree keeper binds in its own directory and the receiver connects).
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import orjson
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -35,12 +40,148 @@ _COUNTER_BITS = 48
 _COUNTER_MASK = (1 << _COUNTER_BITS) - 1
 
 
+DOCS_JSON = "docs_json"  # events body field: JSON list of the events' docs, null: doc in msgpack
+_NULL = b"null"
+# Ext types of the tolerant packer: a doc orjson refuses travels in msgpack, and must not
+# break the frame even where msgpack alone would refuse it too.
+_BIG_INT_EXT = 1  # an int beyond 64 bits, as hex text: comes back as the same int
+_OPAQUE_EXT = 2  # an object neither can hold, as its repr: comes back as bytes (not JSON)
+
+
+class DocsError(ValueError):
+    """An events frame whose ``docs_json`` does not decode to one entry per event."""
+
+
+@dataclass(slots=True)
+class PackedEvents:
+    """An events frame body ready to send, and which docs could not travel as JSON."""
+
+    body: bytes
+    msgpack_docs: int  # docs that stayed in the msgpack part (not JSON-encodable)
+    first_error: str  # why the first of them was refused ("" when none was)
+
+
+def pack_events_body(events: list[dict[str, Any]], fields: dict[str, Any]) -> PackedEvents:
+    """The msgpack body ``{"events": [...], "docs_json": bytes, **fields}`` of an events frame.
+
+    Each event's doc goes into one JSON list (one ``orjson.dumps`` for the batch) and
+    the event travels with ``"doc": None`` in its place; a doc orjson refuses (or one
+    that is not a dict) stays in its event, as it always travelled, and gets ``null``
+    in the list. The events given are not changed.
+    """
+    docs = [event.get("doc") for event in events]
+    refused: dict[int, str] = {}
+    try:
+        if not all(type(doc) is dict for doc in docs):
+            raise TypeError("a doc that is not a dict")
+        docs_json = orjson.dumps(docs)
+    except (orjson.JSONEncodeError, TypeError):  # find the culprits, encode the others
+        docs_json, refused = _each_doc_json(docs)
+    slim: list[dict[str, Any]] = []
+    for index, event in enumerate(events):
+        without_doc = dict(event)
+        if index in refused:
+            if "doc" in event:  # an event without one keeps having none
+                without_doc["doc"] = _transportable(event["doc"])
+        else:
+            without_doc["doc"] = None  # keeps the key's place in the dict
+        slim.append(without_doc)
+    body = {"events": slim, DOCS_JSON: docs_json, **fields}
+    try:
+        packed = pack_body(body)
+    except (UnicodeEncodeError, OverflowError, TypeError, ValueError):
+        packed = _pack_tolerant(body)
+    first_error = next(iter(refused.values()), "")
+    return PackedEvents(packed, len(refused), first_error)
+
+
+def _each_doc_json(docs: list[Any]) -> tuple[bytes, dict[int, str]]:
+    """The JSON list of the docs with ``null`` for each one orjson refuses, and why (by index).
+
+    Encoded one by one: a doc as deep as orjson allows fails inside the list only."""
+    parts: list[bytes] = []
+    refused: dict[int, str] = {}
+    for index, doc in enumerate(docs):
+        if type(doc) is not dict:  # missing or not an object: the sinks report it, as before
+            refused[index] = "doc is missing" if doc is None else f"doc is {type(doc).__name__}"
+            parts.append(_NULL)
+            continue
+        try:
+            parts.append(orjson.dumps(doc))
+        except orjson.JSONEncodeError as err:
+            refused[index] = str(err)
+            parts.append(_NULL)
+    return b"[" + b",".join(parts) + b"]", refused
+
+
+def _transportable(doc: Any) -> Any:
+    """The doc itself when msgpack can carry it, else bytes naming why (the sinks mark it)."""
+    if doc is None:
+        return None
+    try:  # there and back, nested as deep as in the body: the unpacker nests less deep
+        unpack_body(_pack_tolerant({"events": [{"doc": doc}]}))
+    except (ValueError, TypeError, OverflowError, msgpack.StackError) as err:
+        reason = str(err) or "nested too deep"
+        return f"doc not transportable: {type(err).__name__}: {reason}".encode()
+    return doc
+
+
+def _tolerant_default(obj: Any) -> msgpack.ExtType:
+    if isinstance(obj, int):
+        return msgpack.ExtType(_BIG_INT_EXT, format(obj, "x").encode())
+    return msgpack.ExtType(_OPAQUE_EXT, repr(obj).encode("utf-8", "backslashreplace"))
+
+
+def _pack_tolerant(body: Any) -> bytes:
+    """msgpack that also carries lone surrogates, ints beyond 64 bits and unknown objects."""
+    return msgpack.packb(  # type: ignore[no-any-return]
+        body, use_bin_type=True, unicode_errors="surrogatepass", default=_tolerant_default
+    )
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _BIG_INT_EXT:
+        try:
+            return int(data, 16)
+        except ValueError:
+            return data  # not what _tolerant_default wrote: keep the bytes, do not fail the frame
+    if code == _OPAQUE_EXT:
+        return data
+    return msgpack.ExtType(code, data)
+
+
+def events_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events of an events frame body with their docs back in place (one ``orjson.loads``).
+
+    A body without ``docs_json`` (an older assembler) is returned as it is. Raises
+    :class:`DocsError` when ``docs_json`` is not a JSON list with one entry per event.
+    """
+    events: list[dict[str, Any]] = body["events"]
+    docs_json = body.get(DOCS_JSON)
+    if docs_json is None:
+        return events
+    try:
+        docs = orjson.loads(docs_json)
+    except (orjson.JSONDecodeError, TypeError) as err:
+        raise DocsError(f"docs_json does not decode: {err}") from None
+    if not isinstance(docs, list) or len(docs) != len(events):
+        found = f"{len(docs)} docs" if isinstance(docs, list) else type(docs).__name__
+        raise DocsError(f"docs_json holds {found} for {len(events)} events")
+    for event, doc in zip(events, docs, strict=True):
+        if doc is not None:
+            event["doc"] = doc
+    return events
+
+
 def pack_body(body: Any) -> bytes:
     return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def unpack_body(raw: bytes) -> Any:
-    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    # surrogatepass and the ext hook read what _pack_tolerant wrote; valid UTF-8 decodes as before.
+    return msgpack.unpackb(
+        raw, raw=False, strict_map_key=False, unicode_errors="surrogatepass", ext_hook=_ext_hook
+    )
 
 
 class Outlet:

@@ -59,6 +59,20 @@ class RecentFingerprints:
         if len(self._order) > self.capacity:
             self._members.discard(self._order.popleft())
 
+    def has_all(self, fingerprints: tuple[int, ...]) -> bool:
+        """Every one of them is a member (one set operation, not a call per fingerprint)."""
+        return self._members.issuperset(fingerprints)
+
+    def add_all(self, fingerprints: tuple[int, ...]) -> None:
+        """:meth:`add` each, in order (inlined: this runs for every record of every event)."""
+        members, order, capacity = self._members, self._order, self.capacity
+        for fingerprint in fingerprints:
+            if fingerprint not in members:
+                members.add(fingerprint)
+                order.append(fingerprint)
+                if len(order) > capacity:
+                    members.discard(order.popleft())
+
 
 def doc_fingerprints(doc: Any) -> tuple[int, ...] | None:
     """The identity of an event document, or None for events that are never deduplicated."""
@@ -68,7 +82,7 @@ def doc_fingerprints(doc: Any) -> tuple[int, ...] | None:
     if isinstance(auditd, dict):
         records = auditd.get("records")
         if isinstance(records, list) and records:
-            return tuple(hash(record) for record in records if isinstance(record, str))
+            return tuple([hash(record) for record in records if isinstance(record, str)])
     event = doc.get("event")
     if isinstance(event, dict) and event.get("action") == "events-lost":
         marker = doc.get("auditstream", {}).get("marker", {})
@@ -113,11 +127,10 @@ class Dedupe:
         for event in events:
             fingerprints = doc_fingerprints(event.get("doc"))
             if fingerprints:
-                if all(fp in seen for fp in fingerprints):
+                if seen.has_all(fingerprints):
                     self.dropped += 1
                     continue
-                for fp in fingerprints:
-                    seen.add(fp)
+                seen.add_all(fingerprints)
             kept.append(event)
         return kept
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from auditstream import runtime, wire
-from auditstream.component_status import ComponentStatus
+from auditstream.component_status import PROCESSING, ComponentStatus
 from auditstream.config import Config
+from auditstream.logs import RateLimitedLog
 from auditstream.redelivery import is_restart
 from auditstream.stage import StageContext, merge_stats, write_status
-from sinks.fanout import FanOut
+from sinks.fanout import FanOut, marker_doc
 from treekeeper.acks import AckSender
 from treekeeper.control import ControlServer
 from treekeeper.dedupe import Dedupe, recover_sink_tails
@@ -24,11 +26,14 @@ IDLE_POLL_MS = 100
 STATUS_EVERY_S = 1.0
 
 
-def status_of(received: int, sent: int, inlet: wire.Inlet, fanout: FanOut) -> dict[str, Any]:
+def status_of(
+    received: int, sent: int, inlet: wire.Inlet, fanout: FanOut, transport_errors: int = 0
+) -> dict[str, Any]:
     """``status-treekeeper.json``: counters, per-sink queue depths and latency histograms."""
     component = ComponentStatus(
         "treekeeper", "transform", "treekeeper", received_events=received, sent_events=sent
     )
+    component.error(PROCESSING, "transport_error", transport_errors)
     return {
         "component": component.as_json(),
         "received_events": received,
@@ -73,6 +78,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
             gap_markers += sum(1 for e in batch if not e["raw"] and _is_gap_marker(e))
             acks.tracker.submitted(fanout.submit(batch))
 
+    transport_errors = TransportErrors()
     # Only an eof made for this tree keeper (our token) ends the input of an assembler.
     eofs: dict[int, dict[str, Any]] = {}
     received = 0
@@ -86,7 +92,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
                 break  # told to stop, and upstream has gone quiet: no eof is coming
         elif frame.kind == wire.EVENTS:
             ctx.input_arrived()
-            events = dedupe.filter(frame.body["events"])
+            events = dedupe.filter(frames_events(frame, transport_errors))
             received += len(events)
             acks.tracker.frame_arrived(frame.sender, frame.body, events, fanout.submitted)
             submit(step.process(events))
@@ -99,7 +105,8 @@ def run(cfg: Config, ctx: StageContext) -> int:
         if now - last_status >= STATUS_EVERY_S:
             last_status = now
             write_status(
-                runtime.status_path(cfg, "treekeeper"), status_of(received, sent, inlet, fanout)
+                runtime.status_path(cfg, "treekeeper"),
+                status_of(received, sent, inlet, fanout, transport_errors.frames),
             )
     submit(step.close())
     fanout.close()
@@ -108,7 +115,10 @@ def run(cfg: Config, ctx: StageContext) -> int:
     for index in sorted(eofs):
         merge_stats(upstream, eofs[index])
     # The final counters and latencies, flushed: what a reader sees after the stop.
-    write_status(runtime.status_path(cfg, "treekeeper"), status_of(received, sent, inlet, fanout))
+    write_status(
+        runtime.status_path(cfg, "treekeeper"),
+        status_of(received, sent, inlet, fanout, transport_errors.frames),
+    )
     stats = {
         "treekeeper": {
             "received_events": received,
@@ -116,6 +126,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
             "frame_gaps": inlet.stats.gaps,
             "duplicates_dropped": dedupe.dropped,
             "gap_markers": gap_markers,
+            "transport_errors": transport_errors.frames,
             "acks_sent": acks.acks_sent,
             **step.stats(),
         },
@@ -132,6 +143,31 @@ def run(cfg: Config, ctx: StageContext) -> int:
 
 
 ACK_LINGER_MS = 2000  # the last acknowledgements to a live receiver; none if it is gone
+
+
+@dataclass(slots=True)
+class TransportErrors:
+    """Events frames whose docs did not decode (a bug upstream): counted, logged, marked."""
+
+    frames: int = 0
+    warn: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
+
+
+def frames_events(frame: wire.Frame, errors: TransportErrors) -> list[dict[str, Any]]:
+    """The frame's events with their docs; an event whose doc was lost in transit becomes a
+    ``transport-error`` marker doc (its key and raw records kept, so the file sink still
+    writes them), never a crash or a silent drop."""
+    try:
+        return wire.events_of(frame.body)
+    except wire.DocsError as err:
+        errors.frames += 1
+        errors.warn.warning("docs", "assembler %d sent undecodable docs: %s", frame.sender, err)
+        events: list[dict[str, Any]] = frame.body["events"]
+        for event in events:
+            if event.get("doc") is None:
+                marker = {"cause": "transport_error", "error": str(err), "key": event.get("key")}
+                event["doc"] = marker_doc("transport-error", marker)
+        return events
 
 
 def _is_gap_marker(event: dict[str, Any]) -> bool:

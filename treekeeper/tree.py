@@ -159,6 +159,9 @@ def _capped_args(args: list[str], budget: int) -> tuple[list[str], bool]:
     return kept, True
 
 
+# "000".."999" -> int: the usual fraction of @timestamp without str.isdigit + int per event.
+_MS_OF_FRACTION = {f"{ms:03d}": ms for ms in range(1000)}
+
 # Older processes of one pid that lookup() walks back through; real chains are a few long.
 PREVIOUS_CHAIN_MAX = 64
 
@@ -290,7 +293,10 @@ class ProcessTable:
                     return self.last_ms
                 self._ts_head, self._ts_base = head, int(base.timestamp()) * 1000
             frac = ts[20:-1] if ts[19] == "." else ""
-            ms = self._ts_base + (int((frac + "00")[:3]) if frac.isdigit() else 0)
+            part = _MS_OF_FRACTION.get(frac)  # "SS.mmmZ", as the assembler writes it
+            if part is None:
+                part = int((frac + "00")[:3]) if frac.isdigit() else 0
+            ms = self._ts_base + part
             if ms > self.last_ms:
                 self.last_ms = ms
             self._ts_last, self._ts_last_ms = ts, ms
