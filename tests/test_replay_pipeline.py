@@ -216,11 +216,11 @@ def test_file_sink_is_read_by_ausearch_as_the_input(tmp_path: Path) -> None:
     assert count(out) == count(log) == len(audit_ids(log.read_bytes()))
 
 
-def test_sharded_assemblers_give_the_same_events_and_no_false_loss(tmp_path: Path) -> None:
-    """With two assemblers (records sharded by serial) the events are the same and no gap is invented."""
+def test_sharded_assemblers_give_the_same_documents_and_no_false_loss(tmp_path: Path) -> None:
+    """Two assemblers (records sharded by serial) give the very documents one gives, enrichment included."""
     log = tmp_path / "in.log"
     subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", "6000", "--out", str(log)],
+        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", "20000", "--out", str(log)],
         check=True,
     )
     outs = []
@@ -230,8 +230,12 @@ def test_sharded_assemblers_give_the_same_events_and_no_false_loss(tmp_path: Pat
         assert result.returncode == 0, result.stderr
         assert summary(result)[2] == 0
         assert summary(result)[0] == len(log.read_bytes().splitlines())
-        outs.append(sorted(e["event"]["sequence"] for e in audit_events(jsonl(out))))
-    assert outs[0] == outs[1] and len(outs[0]) == len(audit_ids(log.read_bytes()))
+        outs.append(sorted(out.read_bytes().splitlines()))
+    # The tree keeper's window waits for the slowest assembler: parents, ancestry and
+    # entity ids do not depend on which shard ran ahead.
+    assert outs[0] == outs[1]
+    sequences = [e["event"]["sequence"] for e in audit_events([json.loads(x) for x in outs[0]])]
+    assert len(sequences) == len(audit_ids(log.read_bytes()))
 
 
 def test_run_as_auditd_plugin_reads_stdin(tmp_path: Path) -> None:

@@ -511,6 +511,17 @@ def test_reorder_window_releases_in_kernel_order() -> None:
     assert w.flush() == ["late"]
 
 
+def test_reorder_window_waits_for_the_slowest_source() -> None:
+    """With two expected sources nothing leaves by time until both sent; then the slower one sets the pace."""
+    w: ReorderWindow[str] = ReorderWindow(window_ms=100, sources=2)
+    assert w.push("a0", 10, 1, source=0) + w.push("b0", 5000, 2, source=0) == []
+    assert w.push("a1", 20, 3, source=1) == []  # source 1 is at 20: 5000 is far ahead
+    assert w.push("b1", 300, 4, source=1) == ["a0", "a1"]  # both past 200 now
+    w.close_source(1)  # source 1 ended: only source 0 holds the window
+    assert w.push("c0", 5200, 5, source=0) == ["b1", "b0"]
+    assert w.flush() == ["c0"]
+
+
 def test_state_roundtrip(tmp_path: Path) -> None:
     """A saved table loads back with the same processes, links and containers."""
     t = ProcessTable(TableConfig(host="h"))

@@ -62,7 +62,11 @@ class TreeStep:
         )
         restored = state.load(t.state_file, t.state_max_age_ms, table_cfg) if t.state_file else None
         self.table = restored or ProcessTable(table_cfg)
-        self.window: ReorderWindow[Event] = ReorderWindow(window_ms=t.reorder_window_ms)
+        # A followed log's quiet shard may never send an event: wait for no one there.
+        expected = 0 if self.follow else cfg.assembler.instances
+        self.window: ReorderWindow[Event] = ReorderWindow(
+            window_ms=t.reorder_window_ms, sources=expected
+        )
         self.clock_ms = 0
         self.lifecycle_events = 0
         if self.enabled and not self.event_time and restored is None:
@@ -101,23 +105,33 @@ class TreeStep:
             return []  # gone already: the log's own ancestry has to do
         return self.table.adopt_cgroup(pid, self.table.event_ms(doc), text)
 
-    def process(self, events: list[Event]) -> list[Event]:
+    def process(self, events: list[Event], source: int = 0) -> list[Event]:
+        """Events of one frame of assembler ``source``: through the window into the table."""
         if not self.enabled:
             return events
         self.input_at = time.monotonic()
         out: list[Event] = []
+        window = self.window
         for event in events:
             if not event["raw"]:  # markers carry no process and need no order
                 out.append(event)
                 continue
             _, sec, msec, serial = event["key"]
-            at_ms = sec * 1000 + msec
-            if at_ms > self.clock_ms:
-                self.clock_ms = at_ms
-            for ready in self.window.push(event, at_ms, serial):
+            for ready in window.push(event, sec * 1000 + msec, serial, source):
                 self._apply(ready, out)
+        # The table's event clock is the slowest assembler's: processes must not be
+        # deleted (exit grace) while another assembler still has their earlier events.
+        self.clock_ms = max(self.clock_ms, window.horizon())
         out.extend(self.maintain())
         return out
+
+    def source_done(self, source: int) -> list[Event]:
+        """Assembler ``source`` sent its eof: the window no longer waits for it."""
+        if not self.enabled:
+            return []
+        self.window.close_source(source)
+        self.clock_ms = max(self.clock_ms, self.window.horizon())
+        return self.maintain()
 
     def maintain(self) -> list[Event]:
         """Release what the window holds past its time, delete processes past their grace."""

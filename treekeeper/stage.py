@@ -95,11 +95,12 @@ def run(cfg: Config, ctx: StageContext) -> int:
             events = dedupe.filter(frames_events(frame, transport_errors))
             received += len(events)
             acks.tracker.frame_arrived(frame.sender, frame.body, events, fanout.submitted)
-            submit(step.process(events))
+            submit(step.process(events, frame.sender))
         elif frame.kind == wire.EOF_KIND:
             acks.tracker.frame_arrived(frame.sender, frame.body, [], fanout.submitted)
             if frame.body.get("token") in (None, acks.token):
                 eofs[frame.sender] = frame.body.get("stats", {})
+                submit(step.source_done(frame.sender))
         acks.service(fanout.durable_seq())
         control.serve(step.table)
         if now - last_status >= STATUS_EVERY_S:

@@ -177,22 +177,42 @@ class ReorderWindow(Generic[T]):
     laurel updates its table from SYSCALL records as they arrive, so it sees forks in
     kernel order. Feeding the table through this window gives us the same order at
     the price of ``window_ms`` latency. ``max_held`` bounds memory under a time jump.
+
+    Each source (assembler) has its own newest time and the window moves with the
+    slowest source that still sends: sharded assemblers drift apart by more than the
+    window under load, and the events of the one behind would come too late.
     """
 
-    def __init__(self, window_ms: int = 250, max_held: int = 10000) -> None:
+    def __init__(self, window_ms: int = 250, max_held: int = 10000, sources: int = 0) -> None:
+        """``sources``: how many must have sent an event before anything is released by time
+        (an assembler that starts late is otherwise already behind); 0 waits for none."""
         self.window_ms = window_ms
         self.max_held = max_held
         self._heap: list[tuple[int, int, int, T]] = []
         self._count = 0
-        self._newest = 0
+        # source -> its newest event time; -1: expected, nothing seen yet
+        self._newest: dict[int, int] = dict.fromkeys(range(sources), -1)
+        self._closed: set[int] = set()  # sources that ended: they do not hold the window
 
-    def push(self, item: T, at_ms: int, serial: int) -> list[T]:
+    def horizon(self) -> int:
+        """The event time every source still sending has reached (below 1 before that)."""
+        open_times = [t for s, t in self._newest.items() if s not in self._closed]
+        if open_times:
+            return min(open_times)
+        return max(self._newest.values(), default=0)
+
+    def close_source(self, source: int) -> None:
+        """``source`` sends nothing more (its eof): stop waiting for it."""
+        self._closed.add(source)
+
+    def push(self, item: T, at_ms: int, serial: int, source: int = 0) -> list[T]:
         """Add one event; return the events now older than the window, in order."""
         self._count += 1
         heapq.heappush(self._heap, (at_ms, serial, self._count, item))
-        self._newest = max(self._newest, at_ms)
+        if at_ms > self._newest.get(source, -1):
+            self._newest[source] = at_ms
         out: list[T] = []
-        limit = self._newest - self.window_ms
+        limit = self.horizon() - self.window_ms
         while self._heap and (self._heap[0][0] < limit or len(self._heap) > self.max_held):
             out.append(heapq.heappop(self._heap)[3])
         return out
