@@ -137,11 +137,24 @@ class AuditNetlink:
     def receive(self) -> list[NetlinkMessage] | None:
         """Read one datagram without blocking: its messages, or None if nothing is queued."""
         view = memoryview(self._buffer)
+        while (size := self._recv_datagram()) >= 0:
+            try:
+                return split_datagram(view[:size])
+            except ValueError:
+                self.malformed += 1
+        return None
+
+    def _recv_datagram(self) -> int:
+        """The size of the next datagram from the kernel, now in the buffer; -1: none queued.
+
+        Overruns (ENOBUFS) are counted, datagrams of other senders counted and skipped.
+        """
+        recv_into, buffer = self.sock.recvfrom_into, self._buffer
         while True:
             try:
-                size, (sender, _groups) = self.sock.recvfrom_into(self._buffer)
+                size, (sender, _groups) = recv_into(buffer)
             except BlockingIOError:
-                return None
+                return -1
             except InterruptedError:
                 continue
             except OSError as exc:
@@ -149,13 +162,9 @@ class AuditNetlink:
                     self.overruns += 1
                     continue
                 raise
-            if sender != 0:
-                self.foreign += 1
-                continue
-            try:
-                return split_datagram(view[:size])
-            except ValueError:
-                self.malformed += 1
+            if sender == 0:
+                return int(size)
+            self.foreign += 1
 
     def receive_records(self, limit: int, others: list[NetlinkMessage]) -> list[RawRecord]:
         """Read up to ``limit`` records without blocking, as (type, payload, "").
@@ -167,23 +176,8 @@ class AuditNetlink:
         records: list[RawRecord] = []
         buffer = self._buffer
         view = memoryview(buffer)
-        recv_into = self.sock.recvfrom_into
         header_size = NLMSG_HEADER.size
-        while len(records) < limit:
-            try:
-                size, (sender, _groups) = recv_into(buffer)
-            except BlockingIOError:
-                break
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self.overruns += 1
-                    continue
-                raise
-            if sender != 0:
-                self.foreign += 1
-                continue
+        while len(records) < limit and (size := self._recv_datagram()) >= 0:
             if size >= header_size:
                 msg_type = NLMSG_TYPE.unpack_from(buffer, 4)[0]
                 if msg_type >= AUDIT_FIRST_USER_MSG and msg_type != AUDIT_REPLACE:
