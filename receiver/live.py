@@ -148,9 +148,8 @@ def open_kernel_sockets(cfg: Config) -> KernelSockets:
     except OSError as err:
         session.close()
         raise SourceError(str(err)) from err
-    boost_errors = boost_priority(
-        cfg.receiver.priority_boost
-    )  # needs CAP_SYS_NICE: before the drop
+    # Needs CAP_SYS_NICE: before the drop.
+    boost_errors = boost_priority(cfg.receiver.priority_boost)
     # Sockets open: from here on only AUDIT_SET/rules (CAP_AUDIT_CONTROL) and reading.
     errors = boost_errors + drop_privileges(cfg.receiver.source)
     return KernelSockets(session, source, control, errors)

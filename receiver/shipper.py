@@ -13,10 +13,10 @@ from typing import BinaryIO
 
 from auditstream.logline import format_log_line
 from receiver.checkpoint import SerialMark
+from receiver.netlink import RawRecord
 from receiver.redelivery import DeliveryGuard
 from receiver.replaybuffer import record_serials, serial_of
 
-RawRecord = tuple[int, bytes, str]
 __all__ = ["RawRecord", "RecordShipper", "ShipperStats", "serial_of"]
 
 
@@ -115,8 +115,8 @@ class RecordShipper:
         self.batches[index] = []
         serials: list[int] | None = self.batch_serials[index]
         self.batch_serials[index] = []
-        if self.batch_has_nodes[index] or len(serials or ()) != len(batch):
-            serials = None  # per-node ranges: the replay buffer works them out if it must
+        if self.batch_has_nodes[index] or not serials:  # nodes, or serials never parsed:
+            serials = None  # the replay buffer works the ranges out if it must
         self.batch_has_nodes[index] = False
         body: dict[str, object] = {"recs": batch, "recv_ns": time.time_ns()}
         outcome = self.guard.send_batch(

@@ -119,9 +119,6 @@ class TreeStep:
             _, sec, msec, serial = event["key"]
             for ready in window.push(event, sec * 1000 + msec, serial, source):
                 self._apply(ready, out)
-        # The table's event clock is the slowest assembler's: processes must not be
-        # deleted (exit grace) while another assembler still has their earlier events.
-        self.clock_ms = max(self.clock_ms, window.horizon())
         out.extend(self.maintain())
         return out
 
@@ -130,13 +127,15 @@ class TreeStep:
         if not self.enabled:
             return []
         self.window.close_source(source)
-        self.clock_ms = max(self.clock_ms, self.window.horizon())
         return self.maintain()
 
     def maintain(self) -> list[Event]:
         """Release what the window holds past its time, delete processes past their grace."""
         if not self.enabled:
             return []
+        # The table's event clock is the slowest assembler's: processes must not be
+        # deleted (exit grace) while another assembler still has their earlier events.
+        self.clock_ms = max(self.clock_ms, self.window.horizon())
         now = self._now()
         out: list[Event] = []
         for ready in self.window.due(now):

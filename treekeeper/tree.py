@@ -193,9 +193,13 @@ class ReorderWindow(Generic[T]):
         # source -> its newest event time; -1: expected, nothing seen yet
         self._newest: dict[int, int] = dict.fromkeys(range(sources), -1)
         self._closed: set[int] = set()  # sources that ended: they do not hold the window
+        self._horizon = self._slowest()
 
     def horizon(self) -> int:
         """The event time every source still sending has reached (below 1 before that)."""
+        return self._horizon
+
+    def _slowest(self) -> int:
         open_times = [t for s, t in self._newest.items() if s not in self._closed]
         if open_times:
             return min(open_times)
@@ -204,15 +208,17 @@ class ReorderWindow(Generic[T]):
     def close_source(self, source: int) -> None:
         """``source`` sends nothing more (its eof): stop waiting for it."""
         self._closed.add(source)
+        self._horizon = self._slowest()
 
     def push(self, item: T, at_ms: int, serial: int, source: int = 0) -> list[T]:
         """Add one event; return the events now older than the window, in order."""
         self._count += 1
         heapq.heappush(self._heap, (at_ms, serial, self._count, item))
-        if at_ms > self._newest.get(source, -1):
+        if at_ms > self._newest.get(source, -1):  # only then can the horizon move
             self._newest[source] = at_ms
+            self._horizon = self._slowest()
         out: list[T] = []
-        limit = self.horizon() - self.window_ms
+        limit = self._horizon - self.window_ms
         while self._heap and (self._heap[0][0] < limit or len(self._heap) > self.max_held):
             out.append(heapq.heappop(self._heap)[3])
         return out
