@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+from auditstream import runtime
 from auditstream.config import Config, parse_listen
 from auditstream.prometheus import CONTENT_TYPE, MetricFamily, render
 from auditstream.stage import EXIT_FATAL, StageContext, stage_main
@@ -49,7 +50,7 @@ _unreadable_warned: set[str] = set()
 def read_statuses(run_dir: Path, now: float) -> list[StageStatus]:
     """Every readable ``status-*.json`` (a file being replaced or half-read is skipped)."""
     found: list[StageStatus] = []
-    for path in sorted(run_dir.glob("status-*.json")):
+    for path in runtime.status_files(run_dir):  # with [runtime] user, most are under stages/
         try:
             data = json.loads(path.read_bytes())
             age = max(0.0, now - path.stat().st_mtime)

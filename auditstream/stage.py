@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -68,7 +69,13 @@ def merge_stats(into: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
 def write_status(path: Path, status: dict[str, Any]) -> None:
     """Atomically replace a small JSON status file (read by `auditstream status`)."""
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Group-readable, in the directory's group: with [runtime] user the metrics process
+    # (that user) reads root's receiver file through the runtime dir's group (a setgid dir
+    # would need CAP_FSETID, which the systemd unit does not grant). Without `user` the dir
+    # is 0700 root. The owner may give a file any group it is in: no capability needed.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with contextlib.suppress(OSError):  # not in that group: stays ours; metrics says so
+        os.fchown(fd, -1, os.stat(path.parent).st_gid)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(status, fh)
     os.replace(tmp, path)

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -134,6 +135,14 @@ def write_config(path: Path, runtime_dir: Path, rules_files: list[Path] | None =
         lines.append(f"rules_files = {json.dumps([str(p) for p in rules_files])}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def stage_pids(supervisor: int) -> dict[str, int]:

@@ -21,6 +21,7 @@ import pytest
 from live_helpers import (
     KernelState,
     LiveRun,
+    free_port,
     is_audit_event,
     kernel_clean,
     read_events,
@@ -325,14 +326,6 @@ def test_config_errors_name_the_key(tmp_path: Path, toml: str, key: str) -> None
 
 
 # --- real processes ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def scrape(port: int) -> tuple[str, str]:

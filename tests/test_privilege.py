@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ import pytest
 from live_helpers import (
     KernelState,
     LiveRun,
+    free_port,
     is_audit_event,
     kernel_clean,
     read_events,
@@ -572,11 +574,13 @@ def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
 
 
-def live_config(path: Path, run_dir: Path, user: str = "") -> Path:
-    """A config: this runtime dir, the packaged rules, optionally a stage user."""
+def live_config(path: Path, run_dir: Path, user: str = "", metrics_port: int = 0) -> Path:
+    """A config: this runtime dir, the packaged rules, optionally a stage user and /metrics."""
     lines = ["[runtime]", f'dir = "{run_dir}"']
     if user:
         lines.append(f'user = "{user}"')
+    if metrics_port:
+        lines.append(f'metrics_listen = "127.0.0.1:{metrics_port}"')
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -592,7 +596,8 @@ def test_live_run_with_user_drops_to_two_caps_and_nobody(
     os.chown(out_dir, account.uid, -1)
     run_dir = world / "run"
     raw = tmp_path / "raw.log"  # root's: the receiver writes it after dropping its privileges
-    config = live_config(world / "c.toml", run_dir, user="nobody")
+    port = free_port()
+    config = live_config(world / "c.toml", run_dir, user="nobody", metrics_port=port)
     out = out_dir / "events.jsonl"
     run = LiveRunWith(["run", "-c", str(config), "--record", str(raw), "--sink", f"jsonl:{out}"],
                       tmp_path, python=stage_python).start()
@@ -600,7 +605,10 @@ def test_live_run_with_user_drops_to_two_caps_and_nobody(
         receiver_pid = run.wait_registered()
         run.wait_file(run_dir / "status-receiver.json")  # written after the drop
         stages = run.stage_pids()
-        assert set(stages) == {"receiver", "assembler-0", "treekeeper"}
+        assert set(stages) == {"receiver", "assembler-0", "treekeeper", "auditstream.metrics"}
+        # The metrics process serves HTTP: nobody, no capability.
+        for name, caps in threads_of(stages["auditstream.metrics"]).items():
+            assert (caps.uid, caps.effective, caps.permitted) == (account.uid, 0, 0), name
 
         receiver = threads_of(receiver_pid)
         main = receiver[next(name for name in receiver if name.endswith(f"/{receiver_pid}"))]
@@ -650,6 +658,14 @@ def test_live_run_with_user_drops_to_two_caps_and_nobody(
 
         assert {"receiver", "assembler-0", "treekeeper"} <= set(cli("status")["pipeline"])
         assert stages["treekeeper"] in {p["pid"] for p in cli("tree")}
+
+        # /metrics, served by nobody, has every stage, root's receiver (kernel figures) included.
+        assert run_dir.joinpath("status-receiver.json").stat().st_gid == account.gid
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            metrics = reply.read().decode()
+        for stage in ("receiver", "assembler-0", "treekeeper"):
+            assert f'component_id="{stage}"' in metrics, (stage, metrics)
+        assert "\nauditstream_kernel_lost_total " in metrics, metrics
     finally:
         code = run.stop(signal.SIGINT)
     assert code == 0, run.stderr_text
