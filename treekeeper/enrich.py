@@ -46,6 +46,10 @@ def _resolve_parent(
     creator = table.get(proc.creator)
     if creator is not None and creator.pid == ppid:
         return creator
+    # Exited, but the kernel had not yet handed its children to the reaper (tree.py).
+    reaped_from = table.get(proc.reaped_from)
+    if reaped_from is not None and reaped_from.pid == ppid:
+        return reaped_from
     return table.lookup(ppid, at_ms)
 
 

@@ -122,6 +122,10 @@ class Process:
     role: RuntimeRole = RuntimeRole.NONE
     managed: ContainerRef | None = None
     previous: Key | None = None
+    # The parent whose exit handed this process to a reaper. The kernel writes a
+    # process's exit record before it reparents the children (the last thread's
+    # exit_notify), so for a few ms their records still name it as ppid.
+    reaped_from: Key | None = None
     children: set[Key] = field(default_factory=set)
     ancestry_entry: dict[str, Any] | None = None
 
@@ -548,10 +552,16 @@ class ProcessTable:
             self._set_parent(proc, ppid, new_parent, at_ms, out)
             return proc
         creator = self.get(proc.creator)
-        if (creator is not None and creator.pid == ppid) or (
-            new_parent is not None
-            and new_parent.exited_at is not None
-            and new_parent.exited_at >= at_ms
+        reaped_from = self.get(proc.reaped_from)
+        if (
+            (creator is not None and creator.pid == ppid)
+            # A CLONE_PARENT child (runc's init) names its creator's parent, not its creator.
+            or (reaped_from is not None and reaped_from.pid == ppid)
+            or (
+                new_parent is not None
+                and new_parent.exited_at is not None
+                and new_parent.exited_at >= at_ms
+            )
         ):
             return proc  # a late event from before the reparenting we already did
         old_parent = self.get(proc.parent)
@@ -804,6 +814,7 @@ class ProcessTable:
         reaper = self._reaper(dead, at_ms)
         for child in live:
             self.stats.reparented += 1
+            child.reaped_from = dead.key
             self._set_parent(child, reaper.pid if reaper is not None else 1, reaper, at_ms, out)
 
     # -- containers ---------------------------------------------------------
