@@ -69,9 +69,13 @@ class TreeStep:
         )
         self.clock_ms = 0
         self.lifecycle_events = 0
-        if self.enabled and not self.event_time and restored is None:
-            found = self.table.scan(LiveProcSource())
-            log.info("process table started from /proc: %d processes", found)
+        if self.enabled and not self.event_time:
+            proc_source = LiveProcSource()
+            # Live, /proc says which pid namespace a forking process is in (namespaces.py).
+            self.table.proc_source = proc_source
+            if restored is None:
+                found = self.table.scan(proc_source)
+                log.info("process table started from /proc: %d processes", found)
 
     def _now(self) -> int:
         if not self.event_time:

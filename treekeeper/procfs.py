@@ -1,4 +1,4 @@
-"""/proc behind a seam: the tree's live start reads processes through ``ProcSource``.
+"""/proc behind a seam: the tree's live start and its pid namespace checks read ``ProcSource``.
 
 ``LiveProcSource`` reads the real /proc; ``FakeProcSource`` serves a dict, for tests.
 Processes come and go while /proc is read, so every read of one process may find
@@ -26,6 +26,16 @@ class ProcInfo:
     cwd: bytes | None = None
     cgroup: bytes | None = None
     threads: int = 1
+    # NSpid of /proc/PID/status: its pid in each pid namespace, outermost first; () unknown.
+    nspid: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NsPidReading:
+    """One process's NSpid line and start time, read together when a fork needs them."""
+
+    nspid: tuple[int, ...]
+    start_ms: int
 
 
 class ProcSource(Protocol):
@@ -36,6 +46,9 @@ class ProcSource(Protocol):
 
     def read(self, pid: int) -> ProcInfo | None:
         """One process, or None if it is gone or unreadable."""
+
+    def nspid(self, pid: int) -> NsPidReading | None:
+        """The pid namespaces ``pid`` is numbered in, or None if it is gone or unreadable."""
 
 
 def parse_stat(text: bytes, boot_ms: int, ticks_per_s: int) -> tuple[int, int, bytes, int] | None:
@@ -60,6 +73,17 @@ def parse_stat(text: bytes, boot_ms: int, ticks_per_s: int) -> tuple[int, int, b
         return None
     start_ms = boot_ms + start_ticks * 1000 // max(ticks_per_s, 1)
     return ppid, start_ms, text[open_at + 1 : close_at], threads
+
+
+def parse_nspid(status: bytes) -> tuple[int, ...]:
+    """The ``NSpid:`` line of /proc/PID/status as ints; () if absent (Linux < 4.1) or malformed."""
+    for line in status.splitlines():
+        if line.startswith(b"NSpid:"):
+            try:
+                return tuple(int(field) for field in line[6:].split())
+            except ValueError:
+                return ()
+    return ()
 
 
 def _boot_ms(root: Path) -> int:
@@ -118,7 +142,19 @@ class LiveProcSource:
             cwd=self._readlink(pid, "cwd"),
             cgroup=self._read_bytes(pid, "cgroup"),
             threads=threads,
+            nspid=parse_nspid(self._read_bytes(pid, "status") or b""),
         )
+
+    def nspid(self, pid: int) -> NsPidReading | None:
+        # status first: a pid reused between the two reads then shows the later start.
+        status = self._read_bytes(pid, "status")
+        stat = self._read_bytes(pid, "stat")
+        if stat is None or status is None:
+            return None
+        parsed = parse_stat(stat, self.boot_ms, self.ticks_per_s)
+        if parsed is None:
+            return None
+        return NsPidReading(parse_nspid(status), parsed[1])
 
 
 class FakeProcSource:
@@ -132,3 +168,7 @@ class FakeProcSource:
 
     def read(self, pid: int) -> ProcInfo | None:
         return self.processes.get(pid)
+
+    def nspid(self, pid: int) -> NsPidReading | None:
+        info = self.processes.get(pid)
+        return NsPidReading(info.nspid, info.start_ms) if info is not None else None

@@ -19,6 +19,9 @@ Decisions (see also DESIGN.md §4):
 - Events that arrive late (sharded assemblers) are matched by event time: an
   event that predates a process's exit still belongs to it; a fork that arrives
   after events of its child merges into the child's placeholder.
+- A fork inside a container's (any non-host) pid namespace returns a pid of that
+  namespace, not a host pid: it creates nothing (namespaces.py); the child is
+  learned from its own records.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from auditstream.escape import escape
-from treekeeper import containers
+from treekeeper import containers, namespaces
 from treekeeper.containers import ContainerRef, RuntimeRole
 from treekeeper.enrich import enrich_doc, lifecycle_doc
+from treekeeper.namespaces import CLONE_NEWPID, PidNs
 from treekeeper.procfs import ProcSource
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,7 @@ class TreeStats:
     placeholders: int = 0
     merged_placeholders: int = 0
     threads_ignored: int = 0
+    namespaced_forks: int = 0  # forks whose return value is a pid of another pid namespace
     tentative_dropped: int = 0
     reparented: int = 0
     missed_exits: int = 0
@@ -121,6 +126,7 @@ class Process:
     container: ContainerRef | None = None
     role: RuntimeRole = RuntimeRole.NONE
     managed: ContainerRef | None = None
+    pid_ns: PidNs = PidNs.UNKNOWN  # not saved in the state file: live, /proc tells again
     previous: Key | None = None
     # The parent whose exit handed this process to a reaper. The kernel writes a
     # process's exit record before it reparents the children (the last thread's
@@ -302,6 +308,8 @@ class ProcessTable:
         self._ts_base = 0
         self._ts_last: object = None
         self._ts_last_ms = 0
+        # Live only: /proc, asked which pid namespace a forking process is in.
+        self.proc_source: ProcSource | None = None
 
     def __len__(self) -> int:
         return len(self.processes)
@@ -438,6 +446,7 @@ class ProcessTable:
             proc.role, proc.managed = containers.classify(exe, args)
             if info.cgroup is not None:
                 proc.container = containers.from_cgroup(info.cgroup)
+            proc.pid_ns = namespaces.from_nspid(info.pid, info.nspid)
             found.append(proc)
         for proc in found:
             self.current[proc.pid] = proc.key
@@ -472,7 +481,8 @@ class ProcessTable:
                 # Only clone's a0 is its flags; fork/vfork take no arguments (a0 is
                 # whatever the register held) and clone3's a0 points to a struct.
                 flags = _hex(data.get("a0")) if syscall == "clone" else None
-                self._fork(actor, child_pid, syscall, flags, at_ms, out)
+                comm = _str(process.get("name"))
+                self._fork(actor, child_pid, syscall, flags, comm, at_ms, out)
         elif syscall in EXEC_SYSCALLS:
             if auditd.get("result") == "success":
                 self._exec(actor, process, at_ms, out)
@@ -525,6 +535,8 @@ class ProcessTable:
             parent = self.get(proc.parent)
             if parent is not None and parent.container is not None and proc.container is None:
                 self._set_container(proc, parent.container, at_ms, out)
+            if parent is not None and parent.pid_ns is PidNs.NESTED:
+                proc.pid_ns = PidNs.NESTED  # a child is in its parent's pid namespace or below
         return proc
 
     def _take_image(
@@ -607,6 +619,7 @@ class ProcessTable:
         child_pid: int,
         syscall: str,
         flags: int | None,
+        comm: str | None,
         at_ms: int,
         out: list[Doc],
     ) -> None:
@@ -617,6 +630,11 @@ class ProcessTable:
         tentative = syscall == "clone3"
         if tentative:
             caller.maybe_threaded = True
+        if namespaces.fork_returns_namespaced_pid(self, caller, comm, at_ms):
+            # Not a host pid: it may name an unrelated host process. The child's own
+            # records (host pid, ppid = the caller) make it a placeholder instead.
+            self.stats.namespaced_forks += 1
+            return
         if flags is not None and flags & CLONE_PARENT:
             ppid, parent = caller.ppid, self.get(caller.parent)
         else:
@@ -663,6 +681,7 @@ class ProcessTable:
             tentative=tentative,
             role=caller.role,
             managed=caller.managed,
+            pid_ns=PidNs.NESTED if flags is not None and flags & CLONE_NEWPID else PidNs.UNKNOWN,
         )
         if make_current:
             child.previous = existing.key if existing is not None else None
