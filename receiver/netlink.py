@@ -17,6 +17,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from receiver.mmsg import MSG_TRUNC, DatagramBatch, RecvMmsg, find_recvmmsg
+
 NETLINK_AUDIT = 9
 AUDIT_NLGRP_READLOG = 1
 NLMSG_HEADER = struct.Struct("=IHHII")  # len, type, flags, seq, pid
@@ -88,9 +90,16 @@ class AuditNetlink:
         self.overruns = 0  # ENOBUFS: the kernel dropped messages for us
         self.foreign = 0  # datagrams not sent by the kernel (port id != 0), dropped
         self.malformed = 0
+        self.truncated = 0  # datagrams longer than a batch slot (MSG_TRUNC): cut short
+        self.batch_reads = 0  # recvmmsg calls that returned datagrams
+        self.batched_datagrams = 0  # datagrams those calls returned
         self._sock: socket.socket | None = None
         self._seq = int(time.monotonic_ns()) & 0x7FFFFFFF
         self._buffer = bytearray(RECV_BUFFER_BYTES)
+        # recvmmsg, found when the socket opens (None: one recvfrom_into per datagram);
+        # its buffers are made on the first record read, so control sockets never have them.
+        self._recvmmsg: RecvMmsg | None = None
+        self._batch: DatagramBatch | None = None
 
     def open(self) -> None:
         """Create and bind the socket; OSError with a clear message if not allowed."""
@@ -111,6 +120,7 @@ class AuditNetlink:
             raise OSError(exc.errno, f"cannot {what}: {exc.strerror}") from None
         sock.setblocking(False)
         self._sock = sock
+        self._recvmmsg = find_recvmmsg()
 
     @property
     def sock(self) -> socket.socket:
@@ -171,23 +181,98 @@ class AuditNetlink:
 
         The record stream's fast path: one datagram is one record, so its payload is taken
         straight from the buffer (no message objects); anything else -- control replies,
-        AUDIT_REPLACE -- is split as usual and appended to ``others``.
+        AUDIT_REPLACE -- is split as usual and appended to ``others``. With recvmmsg one
+        system call reads up to 64 datagrams, never more than ``limit`` asks for, so
+        nothing read waits in our buffers between calls.
         """
         records: list[RawRecord] = []
-        buffer = self._buffer
-        view = memoryview(buffer)
-        header_size = NLMSG_HEADER.size
+        if self._recvmmsg is not None:
+            self._read_batches(limit, records, others)
+            if self._recvmmsg is not None:
+                return records
+        # One datagram per call: no recvmmsg here, or the kernel has just refused it.
+        view = memoryview(self._buffer)
         while len(records) < limit and (size := self._recv_datagram()) >= 0:
-            if size >= header_size:
-                msg_type = NLMSG_TYPE.unpack_from(buffer, 4)[0]
-                if msg_type >= AUDIT_FIRST_USER_MSG and msg_type != AUDIT_REPLACE:
-                    records.append((msg_type, bytes(view[header_size:size]).rstrip(b"\x00"), ""))
-                    continue
-            try:
-                others.extend(split_datagram(view[:size]))
-            except ValueError:
-                self.malformed += 1
+            self._take_datagram(view, 0, size, records, others)
         return records
+
+    def _read_batches(
+        self, limit: int, records: list[RawRecord], others: list[NetlinkMessage]
+    ) -> None:
+        """recvmmsg until ``limit`` records, an empty socket or a short batch."""
+        batch = self._batch
+        if batch is None and self._recvmmsg is not None:
+            batch = self._batch = DatagramBatch(self._recvmmsg)
+        header_size = NLMSG_HEADER.size
+        while batch is not None and (wanted := min(batch.slots, limit - len(records))) > 0:
+            count = self._recv_batch(batch, wanted)
+            if count <= 0:
+                return
+            self.batch_reads += 1
+            self.batched_datagrams += count
+            buffer, slot_bytes, append = batch.buffer, batch.slot_bytes, records.append
+            sizes, flags, senders, types = batch.filled(count)
+            starts = range(0, count * slot_bytes, slot_bytes)
+            slots = zip(starts, sizes, types, senders, flags, strict=True)
+            for start, size, msg_type, sender, flag in slots:
+                if (
+                    msg_type >= AUDIT_FIRST_USER_MSG and msg_type != AUDIT_REPLACE
+                    and size >= header_size and not sender and not flag & MSG_TRUNC
+                ):  # fmt: skip
+                    # The common case inline: a whole record from the kernel.
+                    payload = buffer[start + header_size : start + size].rstrip(b"\x00")
+                    append((msg_type, payload, ""))
+                elif sender:
+                    self.foreign += 1
+                else:
+                    self.truncated += bool(flag & MSG_TRUNC)
+                    self._take_datagram(batch.view, start, size, records, others)
+            if count < wanted:
+                # The socket ran dry (or an error waits for the next call, which the kernel
+                # keeps for it): skip the call that would only say EAGAIN.
+                return
+
+    def _recv_batch(self, batch: DatagramBatch, wanted: int) -> int:
+        """How many datagrams one recvmmsg put in the batch; 0: none queued (or no recvmmsg).
+
+        Overruns (ENOBUFS) are counted as by `_recv_datagram`; ENOSYS (a seccomp filter, an
+        old kernel) turns recvmmsg off for good and the caller reads one datagram per call.
+        """
+        receive, fd = batch.receive, self.sock.fileno()
+        while True:
+            try:
+                return receive(fd, wanted)
+            except BlockingIOError:
+                return 0
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.overruns += 1
+                    continue
+                if exc.errno == errno.ENOSYS:
+                    self._recvmmsg = self._batch = None
+                    return 0
+                raise
+
+    def _take_datagram(
+        self, view: memoryview, start: int, size: int, records: list[RawRecord],
+        others: list[NetlinkMessage],
+    ) -> None:  # fmt: skip
+        """The datagram at ``view[start:start + size]``: a record, or messages for ``others``."""
+        header_size = NLMSG_HEADER.size
+        if size < header_size:
+            self.malformed += 1  # not even a netlink header
+            return
+        msg_type = NLMSG_TYPE.unpack_from(view, start + 4)[0]
+        if msg_type >= AUDIT_FIRST_USER_MSG and msg_type != AUDIT_REPLACE:
+            payload = bytes(view[start + header_size : start + size]).rstrip(b"\x00")
+            records.append((msg_type, payload, ""))
+            return
+        try:
+            others.extend(split_datagram(view[start : start + size]))
+        except ValueError:
+            self.malformed += 1
 
     def request(
         self, msg_type: int, payload: bytes = b"", *, reply_type: int | None = None,
