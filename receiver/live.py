@@ -74,7 +74,12 @@ class KernelCounters:
 
 
 def receiver_status(
-    cfg: Config, shipper: RecordShipper, *, socket_overruns: int = 0, bad_lines: int = 0
+    cfg: Config,
+    shipper: RecordShipper,
+    *,
+    socket_overruns: int = 0,
+    bad_lines: int = 0,
+    datagram_errors: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The source-independent part of ``status-receiver.json`` (counts are records)."""
     batched = sum(len(batch) for batch in shipper.batches)
@@ -89,6 +94,8 @@ def receiver_status(
     )
     component.error(RECEIVING, "socket_overrun", socket_overruns)
     component.error(RECEIVING, "not_a_record", bad_lines)
+    for error_type, count in (datagram_errors or {}).items():
+        component.error(RECEIVING, error_type, count)
     return {
         "component": component.as_json(),
         "batched_records": batched,  # read, not yet sent: the receiver's own queue
@@ -299,7 +306,12 @@ def _read_loop(
             write_status(
                 status_file,
                 {
-                    **receiver_status(cfg, shipper, socket_overruns=source.overruns),
+                    **receiver_status(
+                        cfg,
+                        shipper,
+                        socket_overruns=source.overruns,
+                        datagram_errors=source.datagram_errors(),
+                    ),
                     "kernel": {
                         "lost": status.lost,
                         "backlog": status.backlog,

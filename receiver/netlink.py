@@ -338,6 +338,15 @@ class NetlinkSource:
         """How many times the kernel could not queue for us (ENOBUFS): records were lost."""
         return self._conn.overruns
 
+    def datagram_errors(self) -> dict[str, int]:
+        """Datagrams that held no usable record, by reason (for the status file and metrics)."""
+        conn = self._conn
+        return {
+            "foreign_datagram": conn.foreign,  # not from the kernel: dropped
+            "malformed_datagram": conn.malformed,
+            "truncated_datagram": conn.truncated,
+        }
+
     def open(self) -> None:
         """Unicast: open the socket only (registering the pid is KernelSession's job)."""
         self._conn.open()

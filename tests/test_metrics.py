@@ -34,6 +34,7 @@ from auditstream import config as config_mod
 from auditstream.latency import LatencyHistogram, percentile
 from auditstream.metrics import StageStatus, collect
 from auditstream.prometheus import MetricFamily, escape_label_value, format_value, render
+from receiver.netlink import NLMSG_HEADER, AuditNetlink
 from sinks.config import FileOutputConfig, SinkConfig
 from sinks.fanout import FanOut
 from sinks.jsonl import JsonlSink
@@ -561,6 +562,36 @@ def test_replay_with_metrics_ends_on_its_own(tmp_path: Path) -> None:
         scrape(port)
 
 
+FORGED = 3
+
+
+def audit_netlink_ports(pid: int) -> list[int]:
+    """The netlink port ids of process ``pid``'s NETLINK_AUDIT sockets (/proc/net/netlink)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    rows = Path("/proc/net/netlink").read_text().splitlines()[1:]
+    fields = [row.split() for row in rows]
+    return [int(f[2]) for f in fields if f[1] == "9" and int(f[9]) in inodes]
+
+
+def forge_records(pid: int, count: int) -> None:
+    """Send ``count`` record-shaped datagrams from a user socket to each of ``pid``'s audit sockets."""
+    forger = AuditNetlink()
+    forger.open()
+    try:
+        for port in audit_netlink_ports(pid):
+            for serial in range(count):
+                payload = b"audit(1.000:%d): forged record" % serial
+                header = NLMSG_HEADER.pack(NLMSG_HEADER.size + len(payload), 1300, 0, 0, 0)
+                forger.sock.sendto(header + payload, (port, 0))
+    finally:
+        forger.close()
+
+
 @pytest.mark.kernel
 @pytest.mark.slow
 def test_live_run_exposes_kernel_and_receiver_metrics(
@@ -575,7 +606,7 @@ def test_live_run_exposes_kernel_and_receiver_metrics(
     )
     run = LiveRun(["run", "-c", str(config), "--sink", f"jsonl:{out}"], tmp_path).start()
     try:
-        run.wait_registered()
+        forge_records(run.wait_registered(), FORGED)  # to the receiver's record socket too
         for _ in range(5):
             subprocess.run(["/bin/true"], check=True)
         assert wait_for_events(out, lambda e: e.get("process", {}).get("name") == "true", count=5)
@@ -606,6 +637,11 @@ def test_live_run_exposes_kernel_and_receiver_metrics(
         assert values(
             scraped, "component_errors_total", component_id="receiver", error_type="socket_overrun"
         ) == [0]
+        # Records forged by another socket (not the kernel) were dropped, and counted.
+        assert values(
+            scraped, "component_errors_total", component_id="receiver", error_type="foreign_datagram"
+        ) == [FORGED]
+        assert not any(b"forged" in line for line in out.read_bytes().splitlines())
         assert run.stop(signal.SIGINT) == 0, run.stderr_text
     finally:
         if run.returncode is None:
