@@ -291,6 +291,16 @@ def is_audit_event(event: Event) -> bool:
     return bool(event.get("auditd", {}).get("records"))
 
 
+def replay_audit_events(log: Path, out: Path) -> dict[int, Event]:
+    """`auditstream replay LOG` into the jsonl sink ``out``: its audit events by serial."""
+    done = subprocess.run(
+        [sys.executable, "-m", "auditstream", "replay", str(log), "--sink", f"jsonl:{out}"],
+        cwd=REPO, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return {e["event"]["sequence"]: e for e in read_events(out) if is_audit_event(e)}
+
+
 def syscall_of(event: Event) -> str | None:
     """The syscall name of an audit event."""
     value = event.get("auditd", {}).get("data", {}).get("syscall")

@@ -14,12 +14,9 @@ such a run.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
+from live_helpers import replay_audit_events
 from test_tree import BASE_MS, ev, execve, exit_group, fork, run
 
 from treekeeper.tree import ProcessTable, TableConfig
@@ -84,29 +81,9 @@ def test_a_dead_parents_pid_after_its_exit_grace_is_a_new_process() -> None:
     assert "container" not in later  # unknown ancestry: no guessed container
 
 
-def _exec_docs(path: Path) -> dict[int, dict[str, Any]]:
-    """Successful execve/clone docs of a JSONL sink file, by event serial."""
-    docs: dict[int, dict[str, Any]] = {}
-    for line in path.read_bytes().splitlines():
-        doc = json.loads(line)
-        data = doc.get("auditd", {}).get("data", {})
-        if data.get("syscall") in ("execve", "clone"):
-            docs[doc["event"]["sequence"]] = doc
-    return docs
-
-
 def test_replay_of_the_captured_ordering_names_the_container(tmp_path: Path) -> None:
     """`auditstream replay` of the real records: sh, its clone and the sleep carry the id."""
-    out = tmp_path / "out.jsonl"
-    done = subprocess.run(
-        [sys.executable, "-m", "auditstream", "replay", str(CAPTURE), "--sink", f"jsonl:{out}"],
-        cwd=REPO,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    docs = _exec_docs(out)
+    docs = replay_audit_events(CAPTURE, tmp_path / "out.jsonl")
     # 5502750: runc exec (14104) exit_group; 5502751: sh execve in 14114 with ppid=14104;
     # 5502752: that sh clones, ppid still 14104; 5502753: the sleep (14120) execs.
     sh, clone, sleep = docs[5502751], docs[5502752], docs[5502753]

@@ -14,11 +14,9 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from live_helpers import (
@@ -29,6 +27,7 @@ from live_helpers import (
     is_audit_event,
     kernel_clean,
     read_events,
+    replay_audit_events,
     syscall_of,
     wait_for_events,
     write_config,
@@ -182,28 +181,10 @@ def test_live_probe_of_a_reused_pid_falls_back_to_the_log_rule() -> None:
     assert t.stats.namespaced_forks == 0
 
 
-def _docs_by_serial(path: Path) -> dict[int, dict[str, Any]]:
-    """Audit event docs (not lifecycle or markers) of a JSONL sink file, by serial."""
-    docs: dict[int, dict[str, Any]] = {}
-    for line in path.read_bytes().splitlines():
-        doc = json.loads(line)
-        if doc.get("auditd", {}).get("records"):
-            docs[doc["event"]["sequence"]] = doc
-    return docs
-
-
 def test_replay_keeps_host_processes_out_of_the_container(tmp_path: Path) -> None:
     """`auditstream replay` of a docker exec whose sh forks container pids 812 and 813 (host pids too)."""
     out = tmp_path / "out.jsonl"
-    done = subprocess.run(
-        [sys.executable, "-m", "auditstream", "replay", str(CORPUS_LOG), "--sink", f"jsonl:{out}"],
-        cwd=REPO,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    docs = _docs_by_serial(out)
+    docs = replay_audit_events(CORPUS_LOG, out)
     # 5502748/5502851: host sshd 812 (ppid 1) before and after; 5502752/5502847: the
     # container's sh (14114) clones, exit=812 and exit=813; 5502753/5502848: its children's
     # execs under their host pids 14120 (sleep) and 14125 (ls); 5502852: host cron 813 execs.
