@@ -301,6 +301,29 @@ def replay_audit_events(log: Path, out: Path) -> dict[int, Event]:
     return {e["event"]["sequence"]: e for e in read_events(out) if is_audit_event(e)}
 
 
+ONE_EVENT_LOG = (
+    b'type=SYSCALL msg=audit(1700000000.000:1): arch=c000003e syscall=59 success=yes exit=0'
+    b' pid=10 ppid=1 comm="sh" exe="/bin/sh"\ntype=EOE msg=audit(1700000000.000:1): \n'
+)
+
+
+def start_follow_replay(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """`auditstream replay --follow` of a one-event log (serial 1, `sh`) into a jsonl sink.
+
+    Returns the process, the log (append to it) and the sink file; stderr goes to
+    ``tmp_path/stderr``.
+    """
+    log, out = tmp_path / "audit.log", tmp_path / "events.jsonl"
+    log.write_bytes(ONE_EVENT_LOG)
+    with (tmp_path / "stderr").open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "auditstream", "replay", "--follow", str(log),
+             "--sink", f"jsonl:{out}"],
+            stderr=err, cwd=REPO,
+        )  # fmt: skip
+    return proc, log, out
+
+
 def syscall_of(event: Event) -> str | None:
     """The syscall name of an audit event."""
     value = event.get("auditd", {}).get("data", {}).get("syscall")

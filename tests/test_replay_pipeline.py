@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from live_helpers import start_follow_replay
 
 from auditstream.escape import unescape
 
@@ -285,18 +286,7 @@ def test_run_from_auditd_unix_socket(tmp_path: Path) -> None:
 
 def test_follow_writes_appended_events_while_the_log_is_quiet(tmp_path: Path) -> None:
     """`replay --follow`: an appended event without EOE comes out after its timeout, not at stop."""
-    log = tmp_path / "audit.log"
-    log.write_bytes(
-        b'type=SYSCALL msg=audit(1700000000.000:1): arch=c000003e syscall=59 success=yes exit=0'
-        b' pid=10 ppid=1 comm="sh" exe="/bin/sh"\ntype=EOE msg=audit(1700000000.000:1): \n'
-    )
-    out = tmp_path / "events.jsonl"
-    with (tmp_path / "stderr").open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "auditstream", "replay", "--follow", str(log),
-             "--sink", f"jsonl:{out}"],
-            stderr=err,
-        )  # fmt: skip
+    proc, log, out = start_follow_replay(tmp_path)
     try:
 
         def sequences() -> list[int]:

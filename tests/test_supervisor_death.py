@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from live_helpers import stage_pids
+from live_helpers import stage_pids, start_follow_replay
 
 
 def _alive(pid: int) -> bool:
@@ -22,18 +20,7 @@ def _alive(pid: int) -> bool:
 
 def test_stages_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     """SIGKILL of `auditstream replay --follow` makes every stage drain and exit."""
-    log = tmp_path / "audit.log"
-    log.write_bytes(
-        b"type=SYSCALL msg=audit(1700000000.000:1): arch=c000003e syscall=59 success=yes"
-        b" exit=0 pid=10 ppid=1 comm=\"sh\" exe=\"/bin/sh\"\ntype=EOE msg=audit(1700000000.000:1): \n"
-    )
-    out = tmp_path / "events.jsonl"
-    with (tmp_path / "stderr").open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "auditstream", "replay", "--follow", str(log),
-             "--sink", f"jsonl:{out}"],
-            stderr=stderr,
-        )  # fmt: skip
+    proc, _log, out = start_follow_replay(tmp_path)
     stages: list[int] = []
     deadline = time.monotonic() + 30
     while len(stages) < 3 and time.monotonic() < deadline:

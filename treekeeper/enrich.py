@@ -43,14 +43,8 @@ def _resolve_parent(
     known = table.get(proc.parent)
     if known is not None and known.pid == ppid:
         return known
-    creator = table.get(proc.creator)
-    if creator is not None and creator.pid == ppid:
-        return creator
-    # Exited, but the kernel had not yet handed its children to the reaper (tree.py).
-    reaped_from = table.get(proc.reaped_from)
-    if reaped_from is not None and reaped_from.pid == ppid:
-        return reaped_from
-    return table.lookup(ppid, at_ms)
+    former = table.former_parent(proc, ppid)
+    return former if former is not None else table.lookup(ppid, at_ms)
 
 
 def enrich_doc(table: ProcessTable, doc: dict[str, Any]) -> None:

@@ -347,6 +347,19 @@ class ProcessTable:
     def get(self, key: Key | None) -> Process | None:
         return self.processes.get(key) if key is not None else None
 
+    def former_parent(self, proc: Process, ppid: int) -> Process | None:
+        """The creator, or the parent whose exit handed ``proc`` to a reaper, if it has ``ppid``.
+
+        A record naming either is a late one, from before a reparenting the table already
+        made: the kernel writes a process's exit record before it reparents the children,
+        and a CLONE_PARENT child (runc's init) was created by a process not its parent.
+        """
+        for key in (proc.creator, proc.reaped_from):
+            former = self.get(key)
+            if former is not None and former.pid == ppid:
+                return former
+        return None
+
     def lookup(self, pid: int, at_ms: int) -> Process | None:
         """The process that had ``pid`` at time ``at_ms``, if the table knows it."""
         key = self.current.get(pid)
@@ -563,17 +576,10 @@ class ProcessTable:
         if proc.ppid == 0:
             self._set_parent(proc, ppid, new_parent, at_ms, out)
             return proc
-        creator = self.get(proc.creator)
-        reaped_from = self.get(proc.reaped_from)
-        if (
-            (creator is not None and creator.pid == ppid)
-            # A CLONE_PARENT child (runc's init) names its creator's parent, not its creator.
-            or (reaped_from is not None and reaped_from.pid == ppid)
-            or (
-                new_parent is not None
-                and new_parent.exited_at is not None
-                and new_parent.exited_at >= at_ms
-            )
+        if self.former_parent(proc, ppid) is not None or (
+            new_parent is not None
+            and new_parent.exited_at is not None
+            and new_parent.exited_at >= at_ms
         ):
             return proc  # a late event from before the reparenting we already did
         old_parent = self.get(proc.parent)
