@@ -327,6 +327,16 @@ class Reassembler(Generic[RecordT]):
             return event.batch
         return None
 
+    def open_from(self) -> tuple[int, int] | None:
+        """(event ms, serial) of the open event that sorts first; None: nothing open.
+
+        Arrival order is not key order (records of two CPUs interleave), so all are read:
+        a few live, at most ``max_in_flight``.
+        """
+        if not self._open:
+            return None
+        return min((sec * 1000 + msec, serial) for _, sec, msec, serial in self._open)
+
     def renumber_open(self, batch: int) -> None:
         """Give every open event ``batch`` as its first batch (the batch numbering restarted)."""
         for event in self._open.values():

@@ -50,6 +50,8 @@ class Assembly:
         # records carry it (for an EOE-ended event, the EOE's receive time). None outside
         # push_batch, so events completed by a timeout carry no stamp.
         self.recv_ns: int | None = None
+        # Live: (event ms, serial) of the last record received, for sent_below().
+        self.last_key: tuple[int, int] | None = None
         self.reassembler = Reassembler(
             self._complete,
             self._lost,
@@ -113,6 +115,7 @@ class Assembly:
             not self.event_time
         ):  # live: one clock read per batch (records of a batch arrived together)
             self.clock_ms = time.monotonic_ns() // 1_000_000
+        last: Record | None = None
         for type_, data, node in recs:
             if type_ <= 0:
                 self._special(type_, data, node)
@@ -129,6 +132,22 @@ class Assembly:
                 if stamp > self.clock_ms:
                     self.clock_ms = stamp
             self.reassembler.push(rec, self.clock_ms)
+            last = rec
+        if last is not None and not self.event_time:
+            self.last_key = (last.sec * 1000 + last.msec, last.serial)
+
+    def sent_below(self) -> list[int] | None:
+        """Live: [event ms, serial] below which every event seen here has been completed
+        (the tree keeper's reorder window releases on it); None in replay, where only
+        event time may release, so that documents never depend on timing."""
+        if self.last_key is None:
+            return None
+        ms, serial = self.last_key
+        below = (ms, serial + 1)  # the last record's own event is complete or open
+        open_from = self.reassembler.open_from()
+        if open_from is not None and open_from < below:
+            below = open_from
+        return [below[0], below[1]]
 
     def _special(self, type_: int, data: bytes, node: str) -> None:
         """Type 0: a line that is not a record; negative: the receiver reports a loss."""
@@ -200,19 +219,24 @@ def run(cfg: Config, ctx: StageContext) -> int:
     status_file = runtime.status_path(cfg, f"assembler-{ctx.index}")
     next_status = 0.0
     shipped_watermark: dict[str, Any] = {}
+    shipped_claim: list[int] | None = None
 
     def ship() -> None:
-        nonlocal events_sent, shipped_watermark
+        nonlocal events_sent, shipped_watermark, shipped_claim
         watermark = stream.frame_fields(assembly.reassembler.oldest_open_batch())
-        # An empty frame too when only the watermark moved: the receiver waits for it.
-        if assembly.out or watermark != shipped_watermark:
-            packed = wire.pack_events_body(assembly.out, watermark)
+        claim = assembly.sent_below()
+        # An empty frame too when only the watermark moved (the receiver waits for it) or
+        # only the claim did (the tree keeper may hold events another assembler completed).
+        if assembly.out or watermark != shipped_watermark or claim != shipped_claim:
+            fields = watermark if claim is None else {**watermark, wire.SENT_BELOW: claim}
+            packed = wire.pack_events_body(assembly.out, fields)
             if packed.msgpack_docs:
                 assembly.docs_not_json(packed.msgpack_docs, packed.first_error)
             send_downstream(outlet, wire.EVENTS, packed.body, ctx)
             events_sent += len(assembly.out)
             assembly.out = []
             shipped_watermark = watermark
+            shipped_claim = claim
 
     upstream: dict[str, Any] = {}
     eof_forwarded = False

@@ -80,7 +80,7 @@ class TreekeeperConfig:
     state_file: str = ""
     state_max_age_ms: int = 600_000
     reorder_window_ms: int = (
-        250  # hold events this long so forks are seen before their children's execs
+        250  # at most (live: until every assembler has passed them), so forks come before execs
     )
     cpu_affinity: list[int] = field(default_factory=list)  # CPU numbers to pin to; [] = any
 

@@ -41,6 +41,9 @@ _COUNTER_MASK = (1 << _COUNTER_BITS) - 1
 
 
 DOCS_JSON = "docs_json"  # events body field: JSON list of the events' docs, null: doc in msgpack
+# events body field, live: [event ms, serial] below which the assembler has sent every
+# event it has seen (treekeeper/reorder.py releases on it)
+SENT_BELOW = "sent_below"
 _NULL = b"null"
 # Ext types of the tolerant packer: a doc orjson refuses travels in msgpack, and must not
 # break the frame even where msgpack alone would refuse it too.

@@ -13,7 +13,7 @@ import pytest
 
 from treekeeper import state
 from treekeeper.procfs import FakeProcSource, LiveProcSource, ProcInfo, parse_stat
-from treekeeper.tree import CLONE_THREAD, ProcessTable, ReorderWindow, TableConfig
+from treekeeper.tree import CLONE_THREAD, ProcessTable, TableConfig
 
 BASE_MS = 1_700_000_000_000
 _serial = iter(range(1, 1 << 30))
@@ -499,27 +499,6 @@ def test_enrich_does_not_overwrite_record_fields() -> None:
     assert doc["process"]["executable"] == "/bin/other"
     assert doc["process"]["name"] == "other"
     assert "args" not in doc["process"]  # a missed exec: the old args would be wrong
-
-
-def test_reorder_window_releases_in_kernel_order() -> None:
-    """Events pushed out of order leave the window sorted by time then serial."""
-    w: ReorderWindow[str] = ReorderWindow(window_ms=100)
-    out = w.push("c", 30, 3) + w.push("a", 10, 1) + w.push("b", 10, 2)
-    assert out == []
-    out = w.push("late", 500, 9)
-    assert out == ["a", "b", "c"]
-    assert w.flush() == ["late"]
-
-
-def test_reorder_window_waits_for_the_slowest_source() -> None:
-    """With two expected sources nothing leaves by time until both sent; then the slower one sets the pace."""
-    w: ReorderWindow[str] = ReorderWindow(window_ms=100, sources=2)
-    assert w.push("a0", 10, 1, source=0) + w.push("b0", 5000, 2, source=0) == []
-    assert w.push("a1", 20, 3, source=1) == []  # source 1 is at 20: 5000 is far ahead
-    assert w.push("b1", 300, 4, source=1) == ["a0", "a1"]  # both past 200 now
-    w.close_source(1)  # source 1 ended: only source 0 holds the window
-    assert w.push("c0", 5200, 5, source=0) == ["b1", "b0"]
-    assert w.flush() == ["c0"]
 
 
 def test_state_roundtrip(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from treekeeper.tree import ProcessTable, ReorderWindow
+from treekeeper.reorder import ReorderWindow
+from treekeeper.tree import ProcessTable
 
 parse = pytest.importorskip("assembler.parse", reason="assembler.parse not importable yet")
 coalesce_mod = pytest.importorskip("assembler.coalesce", reason="assembler.coalesce not importable")

@@ -14,7 +14,8 @@ from sinks.config import sink_configs_from_tables
 from sinks.fanout import FanOut
 from treekeeper import state
 from treekeeper.procfs import LiveProcSource
-from treekeeper.tree import ProcessTable, ReorderWindow, TableConfig
+from treekeeper.reorder import ReorderWindow
+from treekeeper.tree import ProcessTable, TableConfig
 
 log = logging.getLogger("auditstream.treekeeper")
 EXEC_SYSCALLS = ("execve", "execveat")
@@ -42,9 +43,10 @@ def fanout_stats(fanout: FanOut) -> dict[str, Any]:
 class TreeStep:
     """Feeds each event to the process table and enriches it; emits lifecycle events.
 
-    Events pass through a short reorder window (``reorder_window_ms`` of event time) so
-    the table sees forks before the children's execs even when EOEs, or sharded
-    assemblers, deliver them out of order. Markers skip the window.
+    Events pass through a reorder window (treekeeper/reorder.py) so the table sees forks
+    before the children's execs even when EOEs, or sharded assemblers, deliver them out
+    of order: ``reorder_window_ms`` of event time at most, and live only until every
+    assembler has claimed to have sent what precedes them. Markers skip the window.
     """
 
     def __init__(self, cfg: Config) -> None:
@@ -109,8 +111,14 @@ class TreeStep:
             return []  # gone already: the log's own ancestry has to do
         return self.table.adopt_cgroup(pid, self.table.event_ms(doc), text)
 
-    def process(self, events: list[Event], source: int = 0) -> list[Event]:
-        """Events of one frame of assembler ``source``: through the window into the table."""
+    def process(
+        self, events: list[Event], source: int = 0, sent_below: list[int] | None = None
+    ) -> list[Event]:
+        """Events of one frame of assembler ``source``: through the window into the table.
+
+        ``sent_below`` (live): the frame's claim, [event ms, serial] below which the
+        assembler has sent every event it has seen (treekeeper/reorder.py).
+        """
         if not self.enabled:
             return events
         self.input_at = time.monotonic()
@@ -123,6 +131,9 @@ class TreeStep:
             _, sec, msec, serial = event["key"]
             for ready in window.push(event, sec * 1000 + msec, serial, source):
                 self._apply(ready, out)
+        if sent_below is not None and not self.event_time:
+            for ready in window.claim(source, (int(sent_below[0]), int(sent_below[1]))):
+                self._apply(ready, out)
         out.extend(self.maintain())
         return out
 
@@ -130,8 +141,10 @@ class TreeStep:
         """Assembler ``source`` sent its eof: the window no longer waits for it."""
         if not self.enabled:
             return []
-        self.window.close_source(source)
-        return self.maintain()
+        out: list[Event] = []
+        for ready in self.window.close_source(source):
+            self._apply(ready, out)
+        return out + self.maintain()
 
     def maintain(self) -> list[Event]:
         """Release what the window holds past its time, delete processes past their grace."""
@@ -161,4 +174,8 @@ class TreeStep:
 
     def stats(self) -> dict[str, Any]:
         tree = dataclasses.asdict(self.table.stats) if self.enabled else {}
-        return {"lifecycle_events": self.lifecycle_events, "tree": tree}
+        return {
+            "lifecycle_events": self.lifecycle_events,
+            "released_by_claim": self.window.released_by_claim,
+            "tree": tree,
+        }

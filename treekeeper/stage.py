@@ -95,7 +95,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
             events = dedupe.filter(frames_events(frame, transport_errors))
             received += len(events)
             acks.tracker.frame_arrived(frame.sender, frame.body, events, fanout.submitted)
-            submit(step.process(events, frame.sender))
+            submit(step.process(events, frame.sender, frame.body.get(wire.SENT_BELOW)))
         elif frame.kind == wire.EOF_KIND:
             acks.tracker.frame_arrived(frame.sender, frame.body, [], fanout.submitted)
             if frame.body.get("token") in (None, acks.token):

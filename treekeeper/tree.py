@@ -33,7 +33,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from auditstream.escape import escape
 from treekeeper import containers, namespaces
@@ -175,76 +175,8 @@ _MS_OF_FRACTION = {f"{ms:03d}": ms for ms in range(1000)}
 # Older processes of one pid that lookup() walks back through; real chains are a few long.
 PREVIOUS_CHAIN_MAX = 64
 
-T = TypeVar("T")
 # runc names its setup stages runc:[0:PARENT], runc:[1:CHILD], runc:[2:INIT] (comm).
 RUNC_INIT_COMM = "runc:["
-
-
-class ReorderWindow(Generic[T]):
-    """Hold events for ``window_ms`` of event time; release them in (time, serial) order.
-
-    The assembler completes events in EOE order and N sharded assemblers interleave;
-    laurel updates its table from SYSCALL records as they arrive, so it sees forks in
-    kernel order. Feeding the table through this window gives us the same order at
-    the price of ``window_ms`` latency. ``max_held`` bounds memory under a time jump.
-
-    Each source (assembler) has its own newest time and the window moves with the
-    slowest source that still sends: sharded assemblers drift apart by more than the
-    window under load, and the events of the one behind would come too late.
-    """
-
-    def __init__(self, window_ms: int = 250, max_held: int = 10000, sources: int = 0) -> None:
-        """``sources``: how many must have sent an event before anything is released by time
-        (an assembler that starts late is otherwise already behind); 0 waits for none."""
-        self.window_ms = window_ms
-        self.max_held = max_held
-        self._heap: list[tuple[int, int, int, T]] = []
-        self._count = 0
-        # source -> its newest event time; -1: expected, nothing seen yet
-        self._newest: dict[int, int] = dict.fromkeys(range(sources), -1)
-        self._closed: set[int] = set()  # sources that ended: they do not hold the window
-        self._horizon = self._slowest()
-
-    def horizon(self) -> int:
-        """The event time every source still sending has reached (below 1 before that)."""
-        return self._horizon
-
-    def _slowest(self) -> int:
-        open_times = [t for s, t in self._newest.items() if s not in self._closed]
-        if open_times:
-            return min(open_times)
-        return max(self._newest.values(), default=0)
-
-    def close_source(self, source: int) -> None:
-        """``source`` sends nothing more (its eof): stop waiting for it."""
-        self._closed.add(source)
-        self._horizon = self._slowest()
-
-    def push(self, item: T, at_ms: int, serial: int, source: int = 0) -> list[T]:
-        """Add one event; return the events now older than the window, in order."""
-        self._count += 1
-        heapq.heappush(self._heap, (at_ms, serial, self._count, item))
-        if at_ms > self._newest.get(source, -1):  # only then can the horizon move
-            self._newest[source] = at_ms
-            self._horizon = self._slowest()
-        out: list[T] = []
-        limit = self._horizon - self.window_ms
-        while self._heap and (self._heap[0][0] < limit or len(self._heap) > self.max_held):
-            out.append(heapq.heappop(self._heap)[3])
-        return out
-
-    def due(self, now_ms: int) -> list[T]:
-        """Release what is older than the window at ``now_ms`` (live: the wall clock)."""
-        out: list[T] = []
-        limit = now_ms - self.window_ms
-        while self._heap and self._heap[0][0] < limit:
-            out.append(heapq.heappop(self._heap)[3])
-        return out
-
-    def flush(self) -> list[T]:
-        """Release everything held, in order (end of input)."""
-        out = [heapq.heappop(self._heap)[3] for _ in range(len(self._heap))]
-        return out
 
 
 def _int(value: Any) -> int | None:

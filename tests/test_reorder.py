@@ -1,0 +1,164 @@
+"""The tree keeper's reorder window: by event time, and live by the assemblers' claims."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from assembler.stage import Assembly
+from auditstream.config import Config
+from treekeeper.reorder import ReorderWindow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_reorder_window_releases_in_kernel_order() -> None:
+    """Events pushed out of order leave the window sorted by time then serial."""
+    w: ReorderWindow[str] = ReorderWindow(window_ms=100)
+    out = w.push("c", 30, 3) + w.push("a", 10, 1) + w.push("b", 10, 2)
+    assert out == []
+    out = w.push("late", 500, 9)
+    assert out == ["a", "b", "c"]
+    assert w.flush() == ["late"]
+
+
+def test_reorder_window_waits_for_the_slowest_source() -> None:
+    """With two expected sources nothing leaves by time until both sent; then the slower one sets the pace."""
+    w: ReorderWindow[str] = ReorderWindow(window_ms=100, sources=2)
+    assert w.push("a0", 10, 1, source=0) + w.push("b0", 5000, 2, source=0) == []
+    assert w.push("a1", 20, 3, source=1) == []  # source 1 is at 20: 5000 is far ahead
+    assert w.push("b1", 300, 4, source=1) == ["a0", "a1"]  # both past 200 now
+    w.close_source(1)  # source 1 ended: only source 0 holds the window
+    assert w.push("c0", 5200, 5, source=0) == ["b1", "b0"]
+    assert w.flush() == ["c0"]
+
+
+def test_claim_releases_what_the_only_assembler_has_passed() -> None:
+    """One assembler's sent_below releases, in order, every held event below it and nothing else."""
+    w: ReorderWindow[str] = ReorderWindow(window_ms=60_000, sources=1)
+    assert w.push("b", 1000, 12) + w.push("a", 1000, 11) + w.push("c", 1001, 13) == []
+    assert w.claim(0, (1000, 12)) == ["a"]  # event 12 is still open there
+    assert w.claim(0, (1001, 14)) == ["b", "c"]
+    assert w.released_by_claim == 3
+    assert w.flush() == []
+
+
+def test_claim_waits_for_every_assembler_still_sending() -> None:
+    """With two assemblers nothing leaves by claim until both have claimed past it."""
+    w: ReorderWindow[str] = ReorderWindow(window_ms=60_000, sources=2)
+    assert w.push("s0-101", 1000, 101, source=0) == []
+    assert w.claim(0, (1000, 102)) == []  # assembler 1 has said nothing yet
+    assert w.push("s1-100", 1000, 100, source=1) == []
+    assert w.claim(1, (1000, 100)) == []  # its event 100 is still open
+    assert w.claim(1, (1000, 103)) == ["s1-100", "s0-101"]  # kernel order across shards
+    assert w.push("s0-104", 1000, 104, source=0) == []
+    assert w.claim(0, (1000, 105)) == []  # assembler 1 is only at 103
+    assert w.close_source(1) == ["s0-104"]  # it ended: assembler 0 alone decides
+
+
+def test_claim_never_passes_the_time_order_of_held_events() -> None:
+    """A claim releases by (time, serial), so an earlier-time event with a larger serial goes first."""
+    w: ReorderWindow[str] = ReorderWindow(window_ms=60_000, sources=1)
+    w.push("late-serial", 999, 50)
+    w.push("early-serial", 1000, 10)
+    assert w.claim(0, (1000, 11)) == ["late-serial", "early-serial"]
+
+
+def test_claims_of_a_closed_assembler_are_ignored() -> None:
+    """A claim that arrives after its assembler's eof neither releases nor holds anything."""
+    w: ReorderWindow[str] = ReorderWindow(window_ms=60_000, sources=2)
+    w.push("x", 1000, 7, source=0)
+    assert w.close_source(1) == []
+    assert w.claim(1, (9999, 1)) == []
+    assert w.claim(0, (1000, 8)) == ["x"]
+
+
+def _syscall(serial: int) -> list[object]:
+    return [
+        1300,
+        b"audit(1700000000.250:%d): arch=c000003e syscall=2 success=yes exit=3 pid=7" % serial,
+        "",
+    ]
+
+
+def _eoe(serial: int) -> list[object]:
+    return [1320, b"audit(1700000000.250:%d): " % serial, ""]
+
+
+def test_a_live_assembler_claims_its_oldest_open_event() -> None:
+    """sent_below is the open event that sorts first, or just past the last record when none is open."""
+    assembly = Assembly(Config(), event_time=False)
+    assert assembly.sent_below() is None  # nothing seen: no claim
+    assembly.push_batch([_syscall(100), _syscall(101), _eoe(101)])
+    assert [e["key"][3] for e in assembly.out] == [101]
+    assert assembly.sent_below() == [1700000000250, 100]  # 100 is open
+    assembly.push_batch([_eoe(100)])
+    assert assembly.sent_below() == [1700000000250, 101]  # past the EOE of 100
+
+
+def test_a_replaying_assembler_claims_nothing() -> None:
+    """In replay only event time releases events, so a replay never depends on timing."""
+    assembly = Assembly(Config(), event_time=True)
+    assembly.push_batch([_syscall(100), _eoe(100)])
+    assert len(assembly.out) == 1 and assembly.sent_below() is None
+
+
+def _live_log(count: int) -> bytes:
+    """``count`` open() events stamped now, each SYSCALL ahead of the previous event's EOE."""
+    now = time.time()
+    stamp = b"%d.%03d" % (int(now), int(now * 1000) % 1000)
+    lines = []
+    for serial in range(1, count + 1):
+        head = b"msg=audit(%s:%d): " % (stamp, serial)
+        lines.append(b"type=SYSCALL " + head + b"arch=c000003e syscall=2 success=yes exit=3 pid=7")
+        if serial > 1:
+            lines.append(b"type=EOE msg=audit(%s:%d): " % (stamp, serial - 1))
+    lines.append(b"type=EOE msg=audit(%s:%d): " % (stamp, count))
+    return b"\n".join(lines) + b"\n"
+
+
+@pytest.mark.parametrize("assemblers", [1, 2])
+def test_live_events_leave_long_before_the_window(tmp_path: Path, assemblers: int) -> None:
+    """Live (here from stdin), events pass a 60 s reorder window as soon as every assembler has passed them."""
+    conf = tmp_path / "live.toml"
+    conf.write_text(
+        f'[runtime]\ndir = "{tmp_path / "run"}"\n[receiver]\nsource = "stdin"\n'
+        f"[assembler]\ninstances = {assemblers}\n[treekeeper]\nreorder_window_ms = 60000\n"
+    )
+    out = tmp_path / "events.jsonl"
+    count = 200
+    stderr_file = tmp_path / "stderr"
+    with stderr_file.open("wb") as stderr:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "auditstream", "run", "-c", str(conf), "--sink", f"jsonl:{out}"],
+            stdin=subprocess.PIPE, stderr=stderr, cwd=REPO,
+        )  # fmt: skip
+    assert run.stdin is not None
+    try:
+        run.stdin.write(_live_log(count))
+        run.stdin.flush()  # and kept open: the run goes on
+
+        def sequences() -> list[int]:
+            if not out.exists():
+                return []
+            return [
+                json.loads(line)["event"].get("sequence", 0)
+                for line in out.read_bytes().splitlines()
+            ]
+
+        deadline = time.monotonic() + 30
+        # The newest event waits for the window with two assemblers: the other one's claim
+        # stops at its own last serial, just below it.
+        while len(seen := sequences()) < count - 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(seen)[: count - 1] == list(range(1, count)), f"{len(seen)} events out"
+        assert run.poll() is None
+    finally:
+        run.stdin.close()  # EOF: the run drains and ends
+        assert run.wait(timeout=60) == 0, stderr_file.read_text(errors="replace")
+    assert sorted(sequences()) == list(range(1, count + 1))

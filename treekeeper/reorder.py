@@ -1,0 +1,117 @@
+"""The tree keeper's reorder window: events reach the process table in kernel order.
+
+The assembler completes events in EOE order and N sharded assemblers interleave;
+laurel updates its table from SYSCALL records as they arrive, so it sees forks in
+kernel order. Feeding the table through this window gives us the same order.
+
+Two ways out of the window:
+- by time: an event leaves once it is ``window_ms`` (of event time, or of the wall
+  clock live) older than the slowest source still sending; this is the only way in
+  replay, so a replay's documents never depend on timing;
+- by claim (live): each assembler says with every frame which key it has sent
+  everything below (``sent_below``: its oldest open event, or just past the last
+  record it received). An event below the claims of every source still sending can
+  no longer be overtaken by an event an assembler has already seen, so it leaves at
+  once. The window is then the longest an event waits, not the shortest.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+OrderKey = tuple[int, int]  # (event time in ms, serial): the order the table wants
+
+
+class ReorderWindow(Generic[T]):
+    """Hold events for ``window_ms`` of event time; release them in (time, serial) order.
+
+    Each source (assembler) has its own newest time and the window moves with the
+    slowest source that still sends: sharded assemblers drift apart by more than the
+    window under load, and the events of the one behind would come too late.
+    ``max_held`` bounds memory under a time jump.
+    """
+
+    def __init__(self, window_ms: int = 250, max_held: int = 10000, sources: int = 0) -> None:
+        """``sources``: how many must have sent an event before anything is released by time
+        (an assembler that starts late is otherwise already behind); 0 waits for none."""
+        self.window_ms = window_ms
+        self.max_held = max_held
+        self._heap: list[tuple[int, int, int, T]] = []
+        self._count = 0
+        # source -> its newest event time; -1: expected, nothing seen yet
+        self._newest: dict[int, int] = dict.fromkeys(range(sources), -1)
+        self._closed: set[int] = set()  # sources that ended: they do not hold the window
+        self._horizon = self._slowest()
+        # source -> its latest sent_below claim (live only)
+        self._claims: dict[int, OrderKey] = {}
+        self.released_by_claim = 0
+
+    def horizon(self) -> int:
+        """The event time every source still sending has reached (below 1 before that)."""
+        return self._horizon
+
+    def _slowest(self) -> int:
+        open_times = [t for s, t in self._newest.items() if s not in self._closed]
+        if open_times:
+            return min(open_times)
+        return max(self._newest.values(), default=0)
+
+    def close_source(self, source: int) -> list[T]:
+        """``source`` sends nothing more (its eof): stop waiting for it; return what that frees."""
+        self._closed.add(source)
+        self._claims.pop(source, None)
+        self._horizon = self._slowest()
+        return self._release_claimed()
+
+    def push(self, item: T, at_ms: int, serial: int, source: int = 0) -> list[T]:
+        """Add one event; return the events now older than the window, in order."""
+        self._count += 1
+        heapq.heappush(self._heap, (at_ms, serial, self._count, item))
+        if at_ms > self._newest.get(source, -1):  # only then can the horizon move
+            self._newest[source] = at_ms
+            self._horizon = self._slowest()
+        out: list[T] = []
+        limit = self._horizon - self.window_ms
+        while self._heap and (self._heap[0][0] < limit or len(self._heap) > self.max_held):
+            out.append(heapq.heappop(self._heap)[3])
+        return out
+
+    def claim(self, source: int, sent_below: OrderKey) -> list[T]:
+        """``source`` has sent every event it has seen below ``sent_below``: release, in order,
+        what no source still sending can precede any more."""
+        if source in self._closed:
+            return []
+        self._claims[source] = sent_below
+        return self._release_claimed()
+
+    def _release_claimed(self) -> list[T]:
+        claims = self._claims
+        if not self._heap or not claims:
+            return []
+        # Every source that may still send must have claimed: an expected one that has
+        # not (a late start) could still send anything.
+        for source in self._newest:
+            if source not in claims and source not in self._closed:
+                return []
+        limit = min(claims.values())
+        out: list[T] = []
+        heap = self._heap
+        while heap and (heap[0][0], heap[0][1]) < limit:
+            out.append(heapq.heappop(heap)[3])
+        self.released_by_claim += len(out)
+        return out
+
+    def due(self, now_ms: int) -> list[T]:
+        """Release what is older than the window at ``now_ms`` (live: the wall clock)."""
+        out: list[T] = []
+        limit = now_ms - self.window_ms
+        while self._heap and self._heap[0][0] < limit:
+            out.append(heapq.heappop(self._heap)[3])
+        return out
+
+    def flush(self) -> list[T]:
+        """Release everything held, in order (end of input)."""
+        out = [heapq.heappop(self._heap)[3] for _ in range(len(self._heap))]
+        return out
