@@ -122,6 +122,18 @@ def _marker_record(kind: int, text: str) -> tuple[int, bytes, str]:
     return (kind, text.encode(), "")
 
 
+def datagram_errors(source: NetlinkSource, control: AuditNetlink) -> dict[str, int]:
+    """Datagrams without a usable record, summed over the records and the control socket.
+
+    Anyone with CAP_NET_ADMIN can send to either socket; the status polls read and drop
+    what was sent to the control one, so it is counted there and must be reported too.
+    """
+    errors = source.datagram_errors()
+    for error_type, count in control.datagram_errors().items():
+        errors[error_type] = errors.get(error_type, 0) + count
+    return errors
+
+
 @dataclass(slots=True)
 class KernelSockets:
     """The netlink sockets of a kernel source, opened before anything else starts."""
@@ -310,7 +322,7 @@ def _read_loop(
                         cfg,
                         shipper,
                         socket_overruns=source.overruns,
-                        datagram_errors=source.datagram_errors(),
+                        datagram_errors=datagram_errors(source, control),
                     ),
                     "kernel": {
                         "lost": status.lost,

@@ -136,6 +136,14 @@ class AuditNetlink:
             self._sock.close()
             self._sock = None
 
+    def datagram_errors(self) -> dict[str, int]:
+        """Datagrams this socket read that held no usable record, by reason (status, metrics)."""
+        return {
+            "foreign_datagram": self.foreign,  # not from the kernel: dropped
+            "malformed_datagram": self.malformed,
+            "truncated_datagram": self.truncated,
+        }
+
     def send(self, msg_type: int, payload: bytes, flags: int = NLM_F_REQUEST) -> int:
         """Send one request to the kernel; returns its sequence number."""
         self._seq = (self._seq + 1) & 0xFFFFFFFF
@@ -340,12 +348,7 @@ class NetlinkSource:
 
     def datagram_errors(self) -> dict[str, int]:
         """Datagrams that held no usable record, by reason (for the status file and metrics)."""
-        conn = self._conn
-        return {
-            "foreign_datagram": conn.foreign,  # not from the kernel: dropped
-            "malformed_datagram": conn.malformed,
-            "truncated_datagram": conn.truncated,
-        }
+        return self._conn.datagram_errors()
 
     def open(self) -> None:
         """Unicast: open the socket only (registering the pid is KernelSession's job)."""

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from live_helpers import KernelState, kernel_clean
+from live_helpers import KernelState, kernel_clean, kernel_unusable_reason
 
 from receiver import mmsg
-from receiver.kernel import KernelSession
+from receiver.kernel import KernelSession, get_status
+from receiver.live import datagram_errors
 from receiver.mmsg import MSG_TRUNC, DatagramBatch, find_recvmmsg
 from receiver.netlink import (
     AUDIT_REPLACE,
@@ -285,6 +286,35 @@ def test_datagrams_from_another_socket_are_foreign(batched: bool) -> None:
     finally:
         reader.close()
         forger.close()
+
+
+def test_foreign_datagrams_on_the_control_socket_are_reported() -> None:
+    """Forged records sent to the control socket, dropped by a status poll, count as well."""
+    reason = kernel_unusable_reason()  # AUDIT_GET only: no kernel lock needed
+    if reason:
+        pytest.skip(reason)
+    records, control = AuditNetlink(rcvbuf_bytes=1 << 20), AuditNetlink(rcvbuf_bytes=1 << 20)
+    forger = AuditNetlink(rcvbuf_bytes=1 << 20)
+    source = NetlinkSource(multicast=False, connection=records)
+    try:
+        for conn in (records, control, forger):
+            conn.open()
+        for conn, count in ((records, 3), (control, 2)):
+            port = conn.sock.getsockname()[0]
+            for serial in range(count):
+                datagram = record_datagram(1300, b"audit(1.0:%d): forged" % serial)
+                forger.sock.sendto(datagram, (port, 0))
+        assert source.read_records(100) == []
+        # The poll skips (and counts) the forged datagrams queued ahead of the kernel's reply.
+        get_status(control)
+        assert not control.pending
+        assert source.datagram_errors()["foreign_datagram"] == 3
+        assert datagram_errors(source, control) == {
+            "foreign_datagram": 5, "malformed_datagram": 0, "truncated_datagram": 0,
+        }  # fmt: skip
+    finally:
+        for conn in (records, control, forger):
+            conn.close()
 
 
 BURST_OPENS = 2000
