@@ -52,8 +52,11 @@ def read_statuses(run_dir: Path, now: float) -> list[StageStatus]:
     found: list[StageStatus] = []
     for path in runtime.status_files(run_dir):  # with [runtime] user, most are under stages/
         try:
-            data = json.loads(path.read_bytes())
-            age = max(0.0, now - path.stat().st_mtime)
+            # The age of the very file read: a stage replaces its status by rename, and
+            # a stat of the path afterwards could pair old counts with a fresh age.
+            with path.open("rb") as fh:
+                age = max(0.0, now - os.fstat(fh.fileno()).st_mtime)
+                data = json.loads(fh.read())
         except PermissionError as err:  # e.g. another stage's file under another user
             if path.name not in _unreadable_warned:
                 _unreadable_warned.add(path.name)
