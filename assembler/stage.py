@@ -50,8 +50,11 @@ class Assembly:
         # records carry it (for an EOE-ended event, the EOE's receive time). None outside
         # push_batch, so events completed by a timeout carry no stamp.
         self.recv_ns: int | None = None
-        # Live: (event ms, serial) of the last record received, for sent_below().
+        # Live: (event ms, serial) of the last record received, for sent_below(); with
+        # several assemblers also the receiver's newest record read (read_to of a batch
+        # or TICK), when every record of ours read before it has reached us.
         self.last_key: tuple[int, int] | None = None
+        self.read_to: tuple[int, int] | None = None
         self.reassembler = Reassembler(
             self._complete,
             self._lost,
@@ -101,6 +104,11 @@ class Assembly:
             event["doc"]["auditstream"]["marker"]["serial_stride"] = self.shards
         self.out.append(event)
 
+    def note_read_to(self, read_to: Any) -> None:
+        """The receiver had read up to this (event ms, serial), and sent us all of ours."""
+        if isinstance(read_to, list) and len(read_to) == 2 and all(type(v) is int for v in read_to):
+            self.read_to = (read_to[0], read_to[1])
+
     def push_batch(self, recs: list[list[Any]], recv_ns: int | None = None) -> None:
         self.recv_ns = recv_ns
         self.input_at = time.monotonic()
@@ -140,9 +148,10 @@ class Assembly:
         """Live: [event ms, serial] below which every event seen here has been completed
         (the tree keeper's reorder window releases on it); None in replay, where only
         event time may release, so that documents never depend on timing."""
-        if self.last_key is None:
+        seen = [key for key in (self.last_key, self.read_to) if key is not None]
+        if not seen or self.event_time:
             return None
-        ms, serial = self.last_key
+        ms, serial = max(seen)
         below = (ms, serial + 1)  # the last record's own event is complete or open
         open_from = self.reassembler.open_from()
         if open_from is not None and open_from < below:
@@ -261,6 +270,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
                 continue
             assembly.reassembler.batch = frame.body.get("batch", 0)
             assembly.push_batch(frame.body["recs"], frame.body.get("recv_ns"))
+            assembly.note_read_to(frame.body.get("read_to"))
             if len(assembly.out) >= OUT_BATCH_EVENTS or not inlet.sock.poll(0):
                 assembly.maintain()
                 ship()
@@ -277,6 +287,9 @@ def run(cfg: Config, ctx: StageContext) -> int:
             _forward_eof(assembly, stream, inlet, outlet, upstream, ship, ctx)
             upstream = {}
             eof_forwarded = True
+        elif frame.kind == wire.TICK:
+            assembly.note_read_to(frame.body.get("read_to"))
+            ship()
         elif frame.kind == wire.STOP:
             break
         # A signal alone does not stop us while frames flow: the receiver stops first and its

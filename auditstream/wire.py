@@ -32,6 +32,9 @@ EVENTS = b"events"
 EOF_KIND = b"eof"
 RESUME = b"resume"  # receiver -> assembler: the batch stream (re)starts here (docs/recovery.md)
 STOP = b"stop"  # receiver -> assembler: everything is durable, exit
+# receiver -> assembler, live with several assemblers: {"read_to": [ms, serial]}, the newest
+# record read, when every record of that assembler read before it has been sent to it
+TICK = b"tick"
 HELLO = b"hello"  # tree keeper -> receiver: its token, on every (re)connect
 ACK = b"ack"  # tree keeper -> receiver: batches below a number are durable in every sink
 

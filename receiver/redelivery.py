@@ -222,6 +222,14 @@ class DeliveryGuard:
             self.poll()
         return "blocked"
 
+    def send_tick(self, shard: int, body: dict[str, Any]) -> bool:
+        """Send a TICK to one assembler if nothing of its stream waits here (it must not
+        overtake a batch); never blocks. False: not sent (it is only a hint)."""
+        buf = self.buffers[shard]
+        if self._resume[shard] is not None or buf.next_number != buf.cursor:
+            return False
+        return self.outlets[shard].send(wire.TICK, body, block=False)
+
     def unsent_batches(self) -> int:
         """Batches numbered but not yet taken by their assembler, over all shards."""
         return sum(buf.next_number - buf.cursor for buf in self.buffers)

@@ -46,6 +46,17 @@ def record_serials(records: Sequence[tuple[int, bytes, str]]) -> list[int]:
     ]
 
 
+_HEADER_KEY = re.compile(rb"audit\((\d+)\.(\d+):(\d+)\)")
+
+
+def newest_key(records: Sequence[tuple[int, bytes, str]]) -> tuple[int, int] | None:
+    """(event ms, serial) of the last audit record of ``records``; None if there is none."""
+    for type_, data, _node in reversed(records):
+        if type_ > 0 and (m := _HEADER_KEY.match(data)):
+            return int(m[1]) * 1000 + int(m[2]), int(m[3])
+    return None
+
+
 @dataclass(slots=True)
 class BufferedBatch:
     number: int

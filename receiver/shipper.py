@@ -15,7 +15,7 @@ from auditstream.logline import format_log_line
 from receiver.checkpoint import SerialMark
 from receiver.netlink import RawRecord
 from receiver.redelivery import DeliveryGuard
-from receiver.replaybuffer import record_serials, serial_of
+from receiver.replaybuffer import newest_key, record_serials, serial_of
 
 __all__ = ["RawRecord", "RecordShipper", "ShipperStats", "serial_of"]
 
@@ -58,6 +58,13 @@ class RecordShipper:
         self.stats = ShipperStats()
         # Live: the durable serial mark (it names what a predecessor may have lost).
         self.serial_mark: SerialMark | None = None
+        # Live with several assemblers: (event ms, serial) of the newest record read. Each
+        # batch carries it, and an assembler with nothing batched gets it in a TICK, so
+        # that its claim to the tree keeper's reorder window moves while it is quiet
+        # (treekeeper/reorder.py); a quiet shard would otherwise hold every event.
+        self.read_to: tuple[int, int] | None = None
+        self.conveyed: list[tuple[int, int] | None] = [None for _ in range(shards)]
+        self.last_out = [0.0 for _ in range(shards)]
 
     def add(self, records: list[RawRecord]) -> None:
         if self.record_to is not None:
@@ -83,6 +90,8 @@ class RecordShipper:
                     self._send(0)
                     batch = self.batches[0]
             return
+        if shards > 1 and self.never_block and (key := newest_key(records)) is not None:
+            self.read_to = key
         for rec, serial in zip(records, serials, strict=True):
             index = serial % shards
             batch = self.batches[index]
@@ -102,6 +111,17 @@ class RecordShipper:
         for index, batch in enumerate(self.batches):
             if batch and now - self.oldest[index] >= self.batch_max_s:
                 self._send(index)
+        read_to = self.read_to
+        if read_to is None:
+            return
+        for index, batch in enumerate(self.batches):
+            if (
+                not batch and self.conveyed[index] != read_to
+                and now - self.last_out[index] >= self.batch_max_s
+                and self.guard.send_tick(index, {"read_to": list(read_to)})
+            ):  # fmt: skip
+                self.conveyed[index] = read_to
+                self.last_out[index] = now
 
     def flush(self) -> None:
         for index, batch in enumerate(self.batches):
@@ -119,6 +139,10 @@ class RecordShipper:
             serials = None  # the replay buffer works the ranges out if it must
         self.batch_has_nodes[index] = False
         body: dict[str, object] = {"recs": batch, "recv_ns": time.time_ns()}
+        if self.read_to is not None:  # every record of this shard read so far is in it
+            body["read_to"] = list(self.read_to)
+            self.conveyed[index] = self.read_to
+            self.last_out[index] = time.monotonic()
         outcome = self.guard.send_batch(
             index, body, len(batch), drop=self.drop_when_full, wait=not self.never_block,
             serials=serials,
