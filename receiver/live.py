@@ -14,7 +14,7 @@ from typing import Any
 from auditstream import privilege, runtime
 from auditstream.component_status import RECEIVING, ComponentStatus
 from auditstream.config import Config
-from auditstream.stage import StageContext, write_status
+from auditstream.stage import StageContext, merge_stats, write_status
 from receiver.kernel import AuditHeld, AuditStatus, KernelSession, get_status
 from receiver.logsource import SourceError
 from receiver.netlink import AuditNetlink, NetlinkSource
@@ -128,10 +128,7 @@ def datagram_errors(source: NetlinkSource, control: AuditNetlink) -> dict[str, i
     Anyone with CAP_NET_ADMIN can send to either socket; the status polls read and drop
     what was sent to the control one, so it is counted there and must be reported too.
     """
-    errors = source.datagram_errors()
-    for error_type, count in control.datagram_errors().items():
-        errors[error_type] = errors.get(error_type, 0) + count
-    return errors
+    return merge_stats(source.datagram_errors(), control.datagram_errors())
 
 
 @dataclass(slots=True)
