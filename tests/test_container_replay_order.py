@@ -17,27 +17,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from live_helpers import replay_audit_events
+from runc_trace import CORPUS_CONTAINER_ID, start_runc_exec
 from test_tree import BASE_MS, ev, execve, exit_group, fork, run
 
 from treekeeper.tree import ProcessTable, TableConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURE = REPO / "tests" / "corpus" / "containers" / "docker-exec-runc-exits-first.log"
-CAPTURED_ID = "98ed8dfe133e29d4745e7c1f310b06be23739d5ee45c0dd06e9c303c36d66dae"
 CID = "369bb5f7b143" + "0123456789abcdef" * 3 + "abcd"
-SHIM = "/usr/bin/containerd-shim-runc-v2"
-RUNC = "/usr/sbin/runc"
-CLONE_PARENT_FLAGS = "8011"  # CLONE_PARENT | SIGCHLD, as runc's nsexec clones its stages
 
 
 def _docker_exec_until_runc_exits(t: ProcessTable) -> None:
     """shim 500 → `runc exec` 620 → `runc init` 621 → CLONE_PARENT 622 (runc:[2:INIT]); 620 exits."""
-    run(t, execve(0, 500, 1, SHIM, [SHIM, "-namespace", "moby", "-id", CID]))
-    run(t, fork(1, 500, 1, 620, exe=SHIM))
-    run(t, execve(2, 620, 500, RUNC, ["runc", "--root", "/r", "exec", "--detach", CID]))
-    run(t, fork(3, 620, 500, 621, exe=RUNC))
-    run(t, execve(4, 621, 620, RUNC, ["runc", "init"]))
-    run(t, fork(5, 621, 620, 622, exe=RUNC, a0=CLONE_PARENT_FLAGS, comm="runc:[1:CHILD]"))
+    start_runc_exec(t, CID, 622)
     run(t, exit_group(6, 621, 620))
     run(t, exit_group(10, 620, 500))  # written before the kernel reparents 622 to the shim
 
@@ -91,7 +83,7 @@ def test_replay_of_the_captured_ordering_names_the_container(tmp_path: Path) -> 
     assert clone["process"]["parent"]["pid"] == 14104
     assert sleep["process"]["args"] == ["sleep", "2"]
     for doc in (sh, clone, sleep):
-        assert doc.get("container") == {"id": CAPTURED_ID, "runtime": "docker"}
+        assert doc.get("container") == {"id": CORPUS_CONTAINER_ID, "runtime": "docker"}
     assert clone["process"]["entity_id"] == sh["process"]["entity_id"]
     assert clone["process"]["parent"]["entity_id"] == docs[5502730]["process"]["entity_id"]
     assert sleep["process"]["parent"]["entity_id"] == sh["process"]["entity_id"]

@@ -32,6 +32,7 @@ from live_helpers import (
     wait_for_events,
     write_config,
 )
+from runc_trace import CLONE_PARENT_FLAGS, CORPUS_CONTAINER_ID, RUNC, SHIM, start_runc_exec
 from test_tree import BASE_MS, ev, execve, fork, run
 
 from treekeeper import namespaces
@@ -43,23 +44,14 @@ __all__ = ["kernel_clean"]  # the fixture is used by name
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_LOG = REPO / "tests" / "corpus" / "containers" / "container-fork-pid-is-a-host-pid.log"
-CORPUS_ID = "98ed8dfe133e29d4745e7c1f310b06be23739d5ee45c0dd06e9c303c36d66dae"
 CID = "7e57" + "0123456789abcdef" * 3 + "abcdef012345"
-SHIM = "/usr/bin/containerd-shim-runc-v2"
-RUNC = "/usr/sbin/runc"
-CLONE_PARENT_FLAGS = "8011"  # CLONE_PARENT | SIGCHLD, runc's nsexec stages
 CLONE_NEWPID_FLAGS = "20000011"  # CLONE_NEWPID | SIGCHLD, as bubblewrap or crun clone
 
 
 def _container_sh(t: ProcessTable, sh_pid: int = 622) -> None:
     """shim 500 → `runc exec` 620 → runc init 621 → runc:[1:CHILD] clones 622 → 622 execs sh."""
-    run(t, execve(0, 500, 1, SHIM, [SHIM, "-namespace", "moby", "-id", CID]))
-    run(t, fork(1, 500, 1, 620, exe=SHIM))
-    run(t, execve(2, 620, 500, RUNC, ["runc", "--root", "/r", "exec", "--detach", CID]))
-    run(t, fork(3, 620, 500, 621, exe=RUNC))
-    run(t, execve(4, 621, 620, RUNC, ["runc", "init"]))
-    clone = fork(5, 621, 620, sh_pid, exe=RUNC, a0=CLONE_PARENT_FLAGS, comm="runc:[1:CHILD]")
-    assert run(t, clone) == ["process-started"]  # runc:[1:CHILD] is on the host: a host pid
+    # runc:[1:CHILD] is on the host: its clone returns a host pid, a process is created.
+    assert start_runc_exec(t, CID, sh_pid) == ["process-started"]
     sh = execve(6, sh_pid, 620, "/bin/sh", ["sh", "-c", "sleep 5; ls /; :"])
     run(t, sh)
     assert sh["container"]["id"] == CID
@@ -199,7 +191,7 @@ def test_replay_keeps_host_processes_out_of_the_container(tmp_path: Path) -> Non
     assert sshd_after["process"]["entity_id"] == sshd_before["process"]["entity_id"]
     assert cron["process"]["parent"] == {"pid": 1}
     for container_doc in (first_clone, second_clone, sleep, ls):
-        assert container_doc.get("container") == {"id": CORPUS_ID, "runtime": "docker"}
+        assert container_doc.get("container") == {"id": CORPUS_CONTAINER_ID, "runtime": "docker"}
     sh_entity = first_clone["process"]["entity_id"]
     assert sleep["process"]["parent"]["entity_id"] == sh_entity
     assert ls["process"]["parent"]["entity_id"] == sh_entity
