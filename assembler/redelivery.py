@@ -43,10 +43,16 @@ class BatchStream:
     def resume(self, body: dict[str, Any]) -> bool:
         """Apply a ``resume`` frame; True when the assembler must drop its state (reset)."""
         self.stats.resumes += 1
-        self.epoch = int(body["epoch"])
-        self.expect = int(body["from"])
-        self.token = body.get("token")
+        epoch, start = int(body["epoch"]), int(body["from"])
         reset = bool(body.get("reset", True))
+        # The same receiver resuming the stream we are reading, without a reset: it saw us
+        # join only after it had sent to us. What we have taken stays ours; sent again, it
+        # is a duplicate, not records to take twice (the second pass made lone-EOE events).
+        if not reset and epoch == self.epoch and self.expect is not None:
+            start = max(start, self.expect)
+        self.epoch = epoch
+        self.expect = start
+        self.token = body.get("token")
         if reset:
             self.stats.resets += 1
         return reset

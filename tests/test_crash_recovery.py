@@ -351,6 +351,24 @@ def test_batch_stream_takes_batches_in_order_after_a_resume() -> None:
     assert stream.frame_fields(None) == {"epoch": 7, "durable_below": 4, "token": 9}
 
 
+def test_a_resume_of_the_same_stream_does_not_take_batches_twice() -> None:
+    """Resumed without a reset by the receiver it already reads, batches it took are duplicates."""
+    stream = BatchStream()
+    assert not stream.resume({"epoch": 7, "from": 0, "reset": False, "token": None})
+    assert stream.accept({"batch": 0, "epoch": 7}) and stream.accept({"batch": 1, "epoch": 7})
+    # The receiver noticed our connection late and sends from batch 0 again.
+    assert not stream.resume({"epoch": 7, "from": 0, "reset": False, "token": 9})
+    assert not stream.accept({"batch": 0, "epoch": 7})
+    assert not stream.accept({"batch": 1, "epoch": 7})
+    assert stream.accept({"batch": 2, "epoch": 7})
+    assert stream.stats.duplicate_batches == 2
+    # A reset, or another receiver (a restart: new epoch), starts where the resume says.
+    assert stream.resume({"epoch": 7, "from": 0, "reset": True, "token": 9})
+    assert stream.accept({"batch": 0, "epoch": 7})
+    assert not stream.resume({"epoch": 8, "from": 0, "reset": False, "token": 9})
+    assert stream.accept({"batch": 0, "epoch": 8})
+
+
 @dataclass(frozen=True)
 class Rec:
     type: int
