@@ -89,10 +89,15 @@ def _put(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     target[last] = value
 
 
+_U64_MAX = 2**64 - 1
+
+
 def _as_int(text: str) -> int | None:
-    # Bounded so a hostile 10 kB digit string cannot cost quadratic time.
+    # Bounded so a hostile 10 kB digit string cannot cost quadratic time, and to 64 bits,
+    # which JSON encoders (orjson) can write.
     if text.isascii() and text.isdigit() and len(text) <= 20:
-        return int(text)
+        number = int(text)
+        return number if number <= _U64_MAX else None
     return None
 
 

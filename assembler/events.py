@@ -7,6 +7,7 @@ from typing import Any
 
 from assembler.coalesce import coalesce
 from assembler.ecs import build_doc, marker_doc
+from assembler.native import native_build_doc, native_coalesce
 from assembler.parse import Record
 from assembler.reassembler import CompletionReason, LostRange
 from auditstream.escape import escape
@@ -26,9 +27,20 @@ _UNCERTAIN = frozenset(
 PARSE_ERROR_SNIPPET_BYTES = 4096
 
 
+# The C versions where built and allowed (assembler/native.py); each may decline an
+# event (None), and the Python function, the reference, does it then.
+_NATIVE_COALESCE = native_coalesce()
+_NATIVE_BUILD_DOC = native_build_doc()
+
+
 def event_from_records(records: list[Record], reason: CompletionReason) -> Event:
     first = records[0]
-    doc = build_doc(records, coalesce(records))
+    coalesced = _NATIVE_COALESCE(records) if _NATIVE_COALESCE is not None else None
+    if coalesced is None:
+        coalesced = coalesce(records)
+    doc = _NATIVE_BUILD_DOC(records, coalesced) if _NATIVE_BUILD_DOC is not None else None
+    if doc is None:
+        doc = build_doc(records, coalesced)
     if reason in _UNCERTAIN:
         doc.setdefault("auditstream", {})["completed_by"] = reason.name.lower()
     return {

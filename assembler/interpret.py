@@ -133,7 +133,14 @@ def _text(raw: str) -> str:
 def _go_atoi(value: str) -> int | None:
     if _GO_INT.fullmatch(value) is None:
         return None
-    number = int(value)
+    # Past 19 significant digits it cannot fit in int64; int() of a hostile 5,000-digit
+    # value would raise (Python's digit limit) and lose the whole record.
+    digits = value.lstrip("+-").lstrip("0")
+    if len(digits) > 19:
+        return None
+    number = int(digits or "0")
+    if value[0] == "-":
+        number = -number
     return number if _INT64_MIN <= number <= _INT64_MAX else None
 
 

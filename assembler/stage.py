@@ -16,7 +16,8 @@ from assembler.events import (
     parse_error_event,
     receiver_marker_event,
 )
-from assembler.parse import ParseError, Record, parse_record
+from assembler.native import parse_function
+from assembler.parse import ParseError, Record
 from assembler.reassembler import CompletionReason, LostRange, Reassembler
 from assembler.redelivery import (
     RESTART_GAP_TYPE,
@@ -31,6 +32,7 @@ from auditstream.logs import RateLimitedLog
 from auditstream.stage import StageContext, merge_stats, write_status
 
 log = logging.getLogger("auditstream.assembler")
+_PARSE_RECORD = parse_function()  # C where built (assembler/native.py)
 OUT_BATCH_EVENTS = 256
 IDLE_POLL_MS = 100
 STATUS_EVERY_S = 1.0
@@ -129,7 +131,7 @@ class Assembly:
                 self._special(type_, data, node)
                 continue
             try:
-                rec = parse_record(type_, data, node)
+                rec = _PARSE_RECORD(type_, data, node)
             except ParseError as err:
                 self.counts["parse_errors"] += 1
                 self.warn.warning("parse", "unparseable record: %s", err)

@@ -4,7 +4,8 @@
     python bench/replay.py --log /var/log/audit/audit.log --assemblers 2
 
 Prints lines/s for each and the ratio to Debian's laurel (and ausearch -i) measured
-on the same input in the same run. Machines here are noisy: read the ratios.
+on the same input in the same run. Machines here are noisy: read the ratios. The
+pipeline runs twice: with the C event building where built, and without it.
 """
 
 from __future__ import annotations
@@ -85,7 +86,11 @@ def stage_timings(log: Path, tmp: Path) -> dict[str, float]:
     return out
 
 
-def pipeline(log: Path, tmp: Path, assemblers: int) -> float:
+def pipeline(log: Path, tmp: Path, assemblers: int, native_mode: str | None = None) -> float:
+    """Seconds of `auditstream replay`; ``native_mode`` sets AUDITSTREAM_NATIVE (None: as is)."""
+    env = dict(os.environ)
+    if native_mode is not None:
+        env["AUDITSTREAM_NATIVE"] = native_mode
     cmd = [
         sys.executable,
         "-m",
@@ -98,7 +103,7 @@ def pipeline(log: Path, tmp: Path, assemblers: int) -> float:
         str(assemblers),
     ]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, cwd=REPO, stderr=subprocess.DEVNULL, env=env)
     return time.perf_counter() - start
 
 
@@ -160,6 +165,12 @@ def main() -> None:
             (
                 f"auditstream replay, 3 processes, {args.assemblers} assembler(s)",
                 pipeline(log, tmp, args.assemblers),
+            )
+        )
+        rows.append(
+            (
+                "  the same with AUDITSTREAM_NATIVE=0 (no C code)",
+                pipeline(log, tmp, args.assemblers, "0"),
             )
         )
         if not args.no_stages:

@@ -6,12 +6,14 @@ import logging
 import sys
 import time
 from contextlib import ExitStack
+from functools import partial
 from typing import Any, BinaryIO
 
 import zmq
 
 from auditstream.config import Config
 from auditstream.logline import LineError, split_log_line
+from auditstream.native import load_native
 from auditstream.redelivery import HELLO_WAIT_S, checkpoint_path, serial_mark_path
 from auditstream.stage import EXIT_FATAL, StageContext
 from receiver.checkpoint import CheckpointKeeper, SerialMark, load_checkpoint
@@ -20,6 +22,8 @@ from receiver.redelivery import DeliveryGuard
 from receiver.shipper import RawRecord, RecordShipper
 
 log = logging.getLogger("auditstream.receiver")
+# receiver/csrc/lines.c: split_log_line over a chunk in C where built (auditstream/native.py).
+_SPLIT_LINES = load_native("receiver.native_lines", "split_lines")
 
 
 class LineCounters:
@@ -34,23 +38,27 @@ class LineCounters:
 
 def lines_to_records(lines: list[bytes], counters: LineCounters) -> list[RawRecord]:
     """Split log lines; a line that is not a record travels as type 0 so it is reported."""
-    out: list[RawRecord] = []
-    append = out.append
-    for line in lines:
-        try:
-            append(split_log_line(line))
-        except LineError:
-            stripped = line.strip()
-            if not stripped:
-                counters.blank_lines += 1
-                continue
-            if stripped.startswith(b"#"):
-                counters.comment_lines += 1
-                continue
-            counters.bad_lines += 1
-            append((0, line.rstrip(b"\r\n"), ""))
     counters.lines += len(lines)
-    return out
+    if _SPLIT_LINES is not None:  # C for the usual lines, odd_line for the rest
+        records: list[RawRecord] = _SPLIT_LINES(lines, partial(odd_line, counters=counters))
+        return records
+    return [record for line in lines if (record := odd_line(line, counters)) is not None]
+
+
+def odd_line(line: bytes, counters: LineCounters) -> RawRecord | None:
+    """One line as a record; a blank or comment line counted and None; anything else type 0."""
+    try:
+        return split_log_line(line)
+    except LineError:
+        stripped = line.strip()
+        if not stripped:
+            counters.blank_lines += 1
+            return None
+        if stripped.startswith(b"#"):
+            counters.comment_lines += 1
+            return None
+        counters.bad_lines += 1
+        return (0, line.rstrip(b"\r\n"), "")
 
 
 class ProgressBar:

@@ -214,3 +214,30 @@ def test_percent_in_plain_ascii_values_round_trips() -> None:
     assert unescape(doc["process"]["name"]) == b"50%"
     assert unescape(doc["process"]["executable"]) == b"/bin/a%b"
     assert unescape(doc["auditd"]["summary"]["how"]) == b"/bin/a%b"
+
+
+def test_numbers_beyond_64_bits_are_left_out_so_the_document_stays_json() -> None:
+    """A hostile pid of 20 digits above 2**64 is not made a number, so orjson can still write the doc."""
+    records = _records(
+        b"type=SYSCALL msg=" + HEADER + b"arch=c000003e syscall=59 success=yes exit=0 ppid=18446744073709551615"
+        b" pid=99999999999999999999 auid=0 uid=0 comm=\"sh\" exe=\"/bin/sh\"",
+        b"type=EOE msg=" + HEADER,
+    )
+    doc = build_doc(records, coalesce(records))
+    assert "pid" not in doc["process"]
+    assert doc["process"]["parent"]["pid"] == 2**64 - 1
+    orjson.loads(orjson.dumps(doc))
+
+
+def test_a_huge_exit_value_loses_only_its_errno_name() -> None:
+    """An exit= of 5,000 digits is left unnamed; the record's other fields stay (int() would have raised)."""
+    records = _records(
+        b"type=SYSCALL msg=" + HEADER + b"arch=c000003e syscall=59 success=no exit=-" + b"9" * 5000
+        + b" ppid=1 pid=2 auid=0 uid=0 comm=\"sh\" exe=\"/bin/sh\"",
+        b"type=EOE msg=" + HEADER,
+    )
+    coalesced = coalesce(records)
+    assert coalesced.warnings == []
+    assert coalesced.data["syscall"] == "execve"
+    assert coalesced.data["exit"] == "-" + "9" * 5000
+    assert coalesced.exe == "/bin/sh"

@@ -1,0 +1,43 @@
+"""The C implementations of the assembler's per-event work, when built and allowed.
+
+``assembler/csrc/*.c`` implement :func:`assembler.parse.parse_record` (the usual header;
+it hands anything else to the Python function), :func:`assembler.coalesce.coalesce` and
+:func:`assembler.ecs.build_doc` (for the events they know; for any other event they
+return None and the Python functions do the work). The Python functions stay the
+reference; the differential tests hold the two equal (tests/test_native_*.py).
+
+``AUDITSTREAM_NATIVE`` chooses (:mod:`auditstream.native`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from assembler.coalesced import Coalesced
+from assembler.parse import Record, parse_record
+from auditstream.native import MODE_ENV, NativeUnavailable, load_native
+
+__all__ = ["MODE_ENV", "NativeUnavailable", "native_build_doc", "native_coalesce", "parse_function"]
+
+CoalesceFn = Callable[[list[Record]], Coalesced | None]
+ParseFn = Callable[[int, bytes, str], Record]
+BuildDocFn = Callable[[list[Record], Coalesced], dict[str, Any] | None]
+
+
+def native_coalesce() -> CoalesceFn | None:
+    """The C coalescer (None: not built or not allowed)."""
+    function: CoalesceFn | None = load_native("assembler.native_coalesce", "coalesce")
+    return function
+
+
+def native_build_doc() -> BuildDocFn | None:
+    """The C document builder (None: not built or not allowed)."""
+    function: BuildDocFn | None = load_native("assembler.native_ecs", "build_doc")
+    return function
+
+
+def parse_function() -> ParseFn:
+    """The C header parser where built and allowed, else the Python one."""
+    function: ParseFn | None = load_native("assembler.native_parse", "parse_record")
+    return parse_record if function is None else function

@@ -1,0 +1,163 @@
+/* receiver.native_lines: auditstream/logline.py's split_log_line() over a chunk of lines, in C.
+ *
+ * Reference: auditstream/logline.py (split_log_line, parse_type). For the usual line,
+ * "[node=NAME ]type=TYPE msg=DATA" with TYPE a name, a number of up to 18 digits or
+ * UNKNOWN[number], this makes the same (type, data, node) tuple. Every other line (no
+ * type=, no msg=, an unknown type name, data that is not bytes...) is handed to the
+ * Python callback, which returns the record or None and counts the line (receiver/stage.py).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#define MAX_DIGITS 18
+
+static PyObject *number_by_name; /* auditstream.record_types.NUMBER_BY_NAME */
+
+static int load_references(void) {
+    if (number_by_name != NULL) return 0;
+    PyObject *module = PyImport_ImportModule("auditstream.record_types");
+    if (module == NULL) return -1;
+    number_by_name = PyObject_GetAttrString(module, "NUMBER_BY_NAME");
+    Py_DECREF(module);
+    if (number_by_name != NULL && !PyDict_Check(number_by_name)) {
+        Py_CLEAR(number_by_name);
+        PyErr_SetString(PyExc_TypeError, "NUMBER_BY_NAME is not a dict");
+    }
+    return number_by_name == NULL ? -1 : 0;
+}
+
+/* Decimal digits only, 1-18 of them: the value; else -1. */
+static long long digits_value(const char *text, Py_ssize_t size) {
+    if (size < 1 || size > MAX_DIGITS) return -1;
+    long long value = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        if (text[i] < '0' || text[i] > '9') return -1;
+        value = value * 10 + (text[i] - '0');
+    }
+    return value;
+}
+
+/* The record type of a type= token (a new reference); NULL without an error: not known here. */
+static PyObject *type_number(const char *token, Py_ssize_t size) {
+    long long value = digits_value(token, size);
+    if (value < 0 && size > 9 && memcmp(token, "UNKNOWN[", 8) == 0 && token[size - 1] == ']')
+        value = digits_value(token + 8, size - 9);
+    if (value >= 0) return PyLong_FromLongLong(value);
+    if (size > 64) return NULL;
+    for (Py_ssize_t i = 0; i < size; i++)
+        if ((unsigned char)token[i] >= 0x80) return NULL;
+    PyObject *name = PyUnicode_DecodeASCII(token, size, NULL);
+    if (name == NULL) return NULL;
+    PyObject *number = PyDict_GetItemWithError(number_by_name, name); /* borrowed */
+    Py_DECREF(name);
+    Py_XINCREF(number);
+    return number;
+}
+
+static const char *find(const char *start, const char *end, const char *needle, size_t length) {
+    if (end - start < (Py_ssize_t)length) return NULL;
+    return memmem(start, (size_t)(end - start), needle, length);
+}
+
+/* The record of one usual line (a new reference); NULL without an error: not usual. */
+static PyObject *split_line(PyObject *line, PyObject **last_node_bytes, PyObject **last_node) {
+    const char *start = PyBytes_AS_STRING(line);
+    const char *end = start + PyBytes_GET_SIZE(line);
+    while (end > start && (end[-1] == '\n' || end[-1] == '\r')) end--;
+    PyObject *node = NULL;
+    if (end - start >= 5 && memcmp(start, "node=", 5) == 0) {
+        const char *space = memchr(start, ' ', (size_t)(end - start));
+        if (space == NULL) return NULL;
+        Py_ssize_t size = space - (start + 5);
+        PyObject *known = *last_node_bytes;
+        if (known != NULL && PyBytes_GET_SIZE(known) == size &&
+            memcmp(PyBytes_AS_STRING(known), start + 5, (size_t)size) == 0) {
+            node = *last_node; /* nodes repeat line after line */
+            Py_INCREF(node);
+        } else {
+            node = PyUnicode_DecodeUTF8(start + 5, size, "replace");
+            PyObject *raw = PyBytes_FromStringAndSize(start + 5, size);
+            if (node == NULL || raw == NULL) {
+                Py_XDECREF(node);
+                Py_XDECREF(raw);
+                return NULL;
+            }
+            Py_XSETREF(*last_node_bytes, raw);
+            Py_INCREF(node);
+            Py_XSETREF(*last_node, node);
+        }
+        start = space + 1;
+    }
+    const char *msg = NULL;
+    if (end - start >= 5 && memcmp(start, "type=", 5) == 0) msg = find(start + 5, end, " msg=", 5);
+    PyObject *type = msg == NULL ? NULL : type_number(start + 5, msg - (start + 5));
+    if (type == NULL) {
+        Py_XDECREF(node);
+        return NULL;
+    }
+    if (node == NULL) node = PyUnicode_New(0, 0);
+    PyObject *data = PyBytes_FromStringAndSize(msg + 5, end - (msg + 5));
+    if (node == NULL || data == NULL) {
+        Py_DECREF(type);
+        Py_XDECREF(node);
+        Py_XDECREF(data);
+        return NULL;
+    }
+    PyObject *record = PyTuple_New(3);
+    if (record == NULL) {
+        Py_DECREF(type);
+        Py_DECREF(node);
+        Py_DECREF(data);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(record, 0, type);
+    PyTuple_SET_ITEM(record, 1, data);
+    PyTuple_SET_ITEM(record, 2, node);
+    return record;
+}
+
+static PyObject *split_lines(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "split_lines(lines: list[bytes], odd_line: callable)");
+        return NULL;
+    }
+    if (load_references() < 0) return NULL;
+    PyObject *lines = args[0], *odd_line = args[1];
+    PyObject *out = PyList_New(0);
+    PyObject *last_node_bytes = NULL, *last_node = NULL;
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lines); i++) {
+        PyObject *line = PyList_GET_ITEM(lines, i);
+        Py_INCREF(line); /* the callback may change the list */
+        PyObject *record = PyBytes_CheckExact(line) ? split_line(line, &last_node_bytes, &last_node) : NULL;
+        if (record == NULL && !PyErr_Occurred()) record = PyObject_CallOneArg(odd_line, line);
+        Py_DECREF(line);
+        if (record == NULL) goto failed;
+        if (record != Py_None && PyList_Append(out, record) < 0) {
+            Py_DECREF(record);
+            goto failed;
+        }
+        Py_DECREF(record);
+    }
+    Py_XDECREF(last_node_bytes);
+    Py_XDECREF(last_node);
+    return out;
+failed:
+    Py_XDECREF(last_node_bytes);
+    Py_XDECREF(last_node);
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"split_lines", (PyCFunction)(void (*)(void))split_lines, METH_FASTCALL,
+     "split_lines(lines, odd_line) -> list of (type, data, node); odd_line(line) for the rest."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "native_lines",
+                                    "auditstream.logline.split_log_line over many lines, in C.",
+                                    -1, methods};
+
+PyMODINIT_FUNC PyInit_native_lines(void) { return PyModule_Create(&module); }

@@ -1,0 +1,39 @@
+"""C extensions for the per-record and per-event work (the Python modules stay the reference).
+
+Optional: on a machine without a C compiler or Python headers the build is skipped with a
+warning and the pure-Python path runs (docs/performance.md, "Native event building").
+"""
+
+from setuptools import Extension, setup
+
+_FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+
+setup(
+    ext_modules=[
+        Extension(
+            "assembler.native_parse",
+            ["assembler/csrc/parse.c"],
+            optional=True,
+            extra_compile_args=_FLAGS,
+        ),
+        Extension(
+            "assembler.native_coalesce",
+            ["assembler/csrc/coalesce.c"],
+            depends=["assembler/csrc/coalesce_text.h", "assembler/csrc/coalesce_execve.h"],
+            optional=True,
+            extra_compile_args=_FLAGS,
+        ),
+        Extension(
+            "assembler.native_ecs",
+            ["assembler/csrc/ecs.c"],
+            optional=True,
+            extra_compile_args=_FLAGS,
+        ),
+        Extension(
+            "receiver.native_lines",
+            ["receiver/csrc/lines.c"],
+            optional=True,
+            extra_compile_args=_FLAGS,
+        ),
+    ]
+)

@@ -1,0 +1,146 @@
+"""The C header parser (assembler/csrc/parse.c) gives the Python parse_record's result.
+
+Every line of every log under tests/corpus and the shared conformance corpus, generated
+logs, and hypothesis-made headers go through both; records and errors must be equal.
+Also: the loader's AUDITSTREAM_NATIVE switch (assembler/native.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from assembler import native
+from assembler.parse import ParseError, Record, parse_record
+from auditstream.logline import LineError, split_log_line
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CORPUS = REPO.parent / "shared" / "corpus"
+
+
+def c_parser() -> Callable[[int, bytes, str], Record]:
+    """The C parse_record; skipped when not built, unless CI requires it."""
+    if os.environ.get(native.MODE_ENV) == "1":
+        from assembler.native_parse import parse_record as required
+
+        return required  # type: ignore[no-any-return]
+    module = pytest.importorskip("assembler.native_parse", reason="C extension not built (pip install -e .)")
+    return module.parse_record  # type: ignore[no-any-return]
+
+
+def outcome(parser: Callable[[int, bytes, str], Record], type_: int, data: bytes, node: str) -> object:
+    """The record, or the ParseError's message."""
+    try:
+        return parser(type_, data, node)
+    except ParseError as err:
+        return f"ParseError: {err}"
+
+
+def log_records() -> list[tuple[int, bytes, str]]:
+    """(type, data, node) of every record line of the repository's and the shared corpus' logs."""
+    roots = [REPO / "tests" / "corpus", *([SHARED_CORPUS] if SHARED_CORPUS.is_dir() else [])]
+    paths = [path for root in roots for suffix in ("*.log", "*.txt") for path in sorted(root.rglob(suffix))]
+    records = []
+    for path in paths:
+        for line in path.read_bytes().splitlines():
+            try:
+                records.append(split_log_line(line))
+            except LineError:
+                continue
+    return records
+
+
+def test_every_corpus_record_parses_the_same() -> None:
+    """Each record line of the corpus logs gives the same Record (or error) from C and Python."""
+    cparse = c_parser()
+    records = log_records()
+    assert len(records) > 400, "the corpus logs were not found"
+    for type_, data, node in records:
+        assert outcome(cparse, type_, data, node) == outcome(parse_record, type_, data, node), data
+
+
+def test_generated_log_parses_the_same(tmp_path: Path) -> None:
+    """An ENRICHED bench/gen_log.py log (0x1d trailers) parses the same in C and Python."""
+    cparse = c_parser()
+    log = tmp_path / "gen.log"
+    subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", "3000", "--out", str(log), "--enriched"],
+        check=True,
+    )
+    lines = log.read_bytes().splitlines()
+    assert any(b"\x1d" in line for line in lines)
+    for line in lines:
+        type_, data, node = split_log_line(line)
+        assert outcome(cparse, type_, data, node) == outcome(parse_record, type_, data, node)
+
+
+_HEADERISH = st.lists(
+    st.sampled_from(
+        [b"audit(", b"1", b"0", b"9", b"12345678901234567", b"4294967295", b"4294967296", b".", b":",
+         b")", b": ", b" ", b"\t", b"\n", b"\x0b", b"\x1d", b"\xff", b"-", b"+", b"x=1", b"\x00"]
+    ),
+    max_size=14,
+).map(b"".join)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(prefix=_HEADERISH, rest=st.binary(max_size=40), node=st.sampled_from(["", "host", "h\x00st"]))
+def test_any_header_parses_the_same(prefix: bytes, rest: bytes, node: str) -> None:
+    """Header-like byte strings give the same Record or the same error from C and Python."""
+    cparse = c_parser()
+    data = prefix + rest
+    assert outcome(cparse, 1300, data, node) == outcome(parse_record, 1300, data, node)
+
+
+def test_node_defaults_to_empty_and_wrong_types_go_to_python() -> None:
+    """A call without node, and data that is not bytes, behave as the Python function."""
+    cparse = c_parser()
+    assert cparse(1300, b"audit(1.002:3): a=1") == parse_record(1300, b"audit(1.002:3): a=1")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        cparse(1300, "audit(1.002:3): a=1", "")  # type: ignore[arg-type]
+
+
+def test_many_calls_do_not_leak() -> None:
+    """200k parses of good and bad records leave the process' RSS within 20 MB of where it was."""
+    cparse = c_parser()
+    samples = [b"audit(1790000000.001:1001): a=1 b=2", b"audit(1.2:3): x \x1d UID=root", b"bogus"]
+
+    def rss_kib() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    for _ in range(2000):  # warm up allocator pools
+        for data in samples:
+            outcome(cparse, 1300, data, "n")
+    before = rss_kib()
+    for _ in range(70_000):
+        for data in samples:
+            outcome(cparse, 1300, data, "n")
+    assert rss_kib() - before < 20 * 1024
+
+
+def test_the_switch_chooses_python_c_or_a_clear_failure() -> None:
+    """AUDITSTREAM_NATIVE=0 gives the Python parser; =1 with a module missing names the module."""
+    code = (
+        "from assembler import native, parse\n"
+        "print(native.parse_function() is parse.parse_record)\n"
+        "try:\n"
+        "    native.load_native('assembler.native_missing_module', 'f')\n"
+        "except native.NativeUnavailable as err:\n"
+        "    print('unavailable:', err)\n"
+    )
+    env = {**os.environ, native.MODE_ENV: "0"}
+    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert off.stdout.splitlines()[0] == "True"
+    env[native.MODE_ENV] = "1"
+    required = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "unavailable: AUDITSTREAM_NATIVE=1 but assembler.native_missing_module.f" in required.stdout
