@@ -8,6 +8,9 @@ per-message overhead, not parsing, is what limits a Python pipeline.
 An ``events`` frame carries its events' ECS docs as ONE JSON text (``docs_json``):
 the tree keeper decodes it with one ``orjson.loads``, ~30 % fewer instructions than
 msgpack decoding the same nested dicts (:func:`pack_events_body`, :func:`events_of`).
+``heads_json`` says where each doc is in that text and, for an audit event, where its
+``process`` is and the few fields the tree keeper reads: a tree keeper that only writes
+JSON lines decodes those, not the docs (:func:`events_with_heads`, auditstream/doc_text.py).
 
 Redelivery (docs/recovery.md) adds kinds: ``resume`` and ``stop`` (receiver to
 assembler), ``hello`` and ``ack`` (tree keeper to receiver, on a hop of its own where
@@ -27,6 +30,9 @@ import orjson
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from auditstream.doc_text import DOC_TEXT as DOC_TEXT  # the event field, for wire's users
+from auditstream.doc_text import PROCESS_KEY, DocText, split_at_process
+
 RECORDS = b"records"
 EVENTS = b"events"
 EOF_KIND = b"eof"
@@ -44,6 +50,9 @@ _COUNTER_MASK = (1 << _COUNTER_BITS) - 1
 
 
 DOCS_JSON = "docs_json"  # events body field: JSON list of the events' docs, null: doc in msgpack
+# events body field: JSON list, per event: null (doc not in docs_json), [start, end] of its doc
+# in docs_json, or [start, end, process start, process end, head] (auditstream/doc_text.py)
+HEADS_JSON = "heads_json"
 # events body field, live: [event ms, serial] below which the assembler has sent every
 # event it has seen (treekeeper/reorder.py releases on it)
 SENT_BELOW = "sent_below"
@@ -80,9 +89,11 @@ def pack_events_body(events: list[dict[str, Any]], fields: dict[str, Any]) -> Pa
     try:
         if not all(type(doc) is dict for doc in docs):
             raise TypeError("a doc that is not a dict")
-        docs_json = orjson.dumps(docs)
+        texts = [orjson.dumps(doc) for doc in docs]
     except (orjson.JSONEncodeError, TypeError):  # find the culprits, encode the others
-        docs_json, refused = _each_doc_json(docs)
+        texts, refused = _each_doc_json(docs)
+    docs_json = b"[" + b",".join(texts) + b"]"  # what orjson.dumps(docs) gives
+    heads_json = _heads_json(events, docs, texts, refused)
     slim: list[dict[str, Any]] = []
     for index, event in enumerate(events):
         without_doc = dict(event)
@@ -93,6 +104,8 @@ def pack_events_body(events: list[dict[str, Any]], fields: dict[str, Any]) -> Pa
             without_doc["doc"] = None  # keeps the key's place in the dict
         slim.append(without_doc)
     body = {"events": slim, DOCS_JSON: docs_json, **fields}
+    if heads_json is not None:
+        body[HEADS_JSON] = heads_json
     try:
         packed = pack_body(body)
     except (UnicodeEncodeError, OverflowError, TypeError, ValueError):
@@ -101,8 +114,33 @@ def pack_events_body(events: list[dict[str, Any]], fields: dict[str, Any]) -> Pa
     return PackedEvents(packed, len(refused), first_error)
 
 
-def _each_doc_json(docs: list[Any]) -> tuple[bytes, dict[int, str]]:
-    """The JSON list of the docs with ``null`` for each one orjson refuses, and why (by index).
+def _heads_json(
+    events: list[dict[str, Any]], docs: list[Any], texts: list[bytes], refused: dict[int, str]
+) -> bytes | None:
+    """``heads_json`` for docs encoded as ``texts`` (joined into ``docs_json``); None if it
+    cannot be encoded (the tree keeper then decodes the docs whole)."""
+    heads: list[list[Any] | None] = []
+    start = 1  # after docs_json's "["
+    for index, text in enumerate(texts):
+        end = start + len(text)
+        if index in refused:
+            heads.append(None)
+        else:
+            # Markers (no raw records) are never split: dedupe and the stage read more of them.
+            split = split_at_process(docs[index], text) if events[index].get("raw") else None
+            if split is None:
+                heads.append([start, end])
+            else:
+                heads.append([start, end, start + split[0], start + split[1], split[2]])
+        start = end + 1  # the ","
+    try:
+        return orjson.dumps(heads)
+    except orjson.JSONEncodeError:  # cannot happen for docs that were encoded; stay whole
+        return None
+
+
+def _each_doc_json(docs: list[Any]) -> tuple[list[bytes], dict[int, str]]:
+    """The JSON text of each doc, ``null`` for each one orjson refuses, and why (by index).
 
     Encoded one by one: a doc as deep as orjson allows fails inside the list only."""
     parts: list[bytes] = []
@@ -117,7 +155,7 @@ def _each_doc_json(docs: list[Any]) -> tuple[bytes, dict[int, str]]:
         except orjson.JSONEncodeError as err:
             refused[index] = str(err)
             parts.append(_NULL)
-    return b"[" + b",".join(parts) + b"]", refused
+    return parts, refused
 
 
 def _transportable(doc: Any) -> Any:
@@ -177,6 +215,62 @@ def events_of(body: dict[str, Any]) -> list[dict[str, Any]]:
         if doc is not None:
             event["doc"] = doc
     return events
+
+
+def events_with_heads(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events of an events frame body, each audit event's doc as its head with its text.
+
+    A split doc (auditstream/doc_text.py) becomes its head in ``event["doc"]`` (the fields
+    the tree keeper reads, its ``process`` whole) and its text in ``event["doc_text"]``;
+    the jsonl sink writes the line from both. Other docs are decoded one by one. A body
+    without ``heads_json`` is read by :func:`events_of`. Raises :class:`DocsError` when
+    ``heads_json`` does not fit ``docs_json`` or the events; no event is changed then.
+    """
+    heads_json = body.get(HEADS_JSON)
+    docs_json = body.get(DOCS_JSON)
+    if heads_json is None or type(docs_json) is not bytes:
+        return events_of(body)
+    events: list[dict[str, Any]] = body["events"]
+    try:
+        heads = orjson.loads(heads_json)
+    except (orjson.JSONDecodeError, TypeError) as err:
+        raise DocsError(f"heads_json does not decode: {err}") from None
+    if not isinstance(heads, list) or len(heads) != len(events):
+        found = f"{len(heads)} heads" if isinstance(heads, list) else type(heads).__name__
+        raise DocsError(f"heads_json holds {found} for {len(events)} events")
+    placed = [_place(entry, docs_json) for entry in heads]
+    for event, (doc, text) in zip(events, placed, strict=True):
+        if doc is not None:
+            event["doc"] = doc
+        if text is not None:
+            event[DOC_TEXT] = text
+    return events
+
+
+_NOTHING: tuple[None, None] = (None, None)
+_OPEN_BRACE, _CLOSE_BRACE = ord("{"), ord("}")
+
+
+def _place(entry: Any, docs_json: bytes) -> tuple[Any, DocText | None]:
+    """(doc or head, its text or None) of one ``heads_json`` entry; DocsError if it does not fit."""
+    if entry is None:
+        return _NOTHING  # the doc travelled in the msgpack part (or there is none)
+    try:
+        start, end = entry[0], entry[1]
+        if not (0 < start < end < len(docs_json)) or (
+            docs_json[start] != _OPEN_BRACE or docs_json[end - 1] != _CLOSE_BRACE
+        ):
+            raise ValueError(f"no doc at {start}..{end}")
+        if len(entry) == 2:
+            return orjson.loads(memoryview(docs_json)[start:end]), None
+        at, until, head = entry[2], entry[3], entry[4]
+        if not (start < at <= until < end) or docs_json[at - len(PROCESS_KEY) : at] != PROCESS_KEY:
+            raise ValueError(f"no process value at {at}..{until}")
+        if type(head) is not dict or type(head.get("process")) is not dict:
+            raise ValueError("a head without a process object")
+        return head, (docs_json[start:at], docs_json[until:end])
+    except (ValueError, TypeError, IndexError, KeyError) as err:  # JSONDecodeError too
+        raise DocsError(f"heads_json entry {str(entry)[:80]} does not fit: {err}") from None
 
 
 def pack_body(body: Any) -> bytes:

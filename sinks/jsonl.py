@@ -1,5 +1,9 @@
 """The ``jsonl`` sink: one ECS document per line, ``orjson.dumps(event["doc"]) + b"\\n"``.
 
+An event that carries its doc's text (``doc_text``: the tree keeper decoded only the
+doc's head, auditstream/doc_text.py) is written from that text with the head's
+enriched ``process`` in place: the same bytes.
+
 Docs are JSON-ready by contract and orjson escapes every control character, so a
 hostile string can never start a second line. A doc orjson refuses (bytes, lone
 surrogates, integers beyond 64 bits, nesting deeper than 254, or a doc that is not
@@ -16,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from auditstream.doc_text import DOC_TEXT, doc_line
 from sinks.base import Event, SinkStats
 from sinks.config import FileOutputConfig, SinkConfig, file_output_config
 from sinks.fanout import event_key, marker_doc
@@ -62,6 +67,9 @@ class JsonlSink:
             doc = event["doc"]
             if not isinstance(doc, dict):
                 raise TypeError(f"doc is {type(doc).__name__}, not an object")
+            text = event.get(DOC_TEXT)
+            if text is not None:
+                return doc_line(doc, text), 1
             return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE), 1
         except (orjson.JSONEncodeError, KeyError, TypeError) as err:
             self.stats.error("encode")

@@ -69,9 +69,13 @@ class ReorderWindow(Generic[T]):
         """Add one event; return the events now older than the window, in order."""
         self._count += 1
         heapq.heappush(self._heap, (at_ms, serial, self._count, item))
-        if at_ms > self._newest.get(source, -1):  # only then can the horizon move
+        newest = self._newest.get(source, -1)
+        if at_ms > newest:  # only then can the horizon move
             self._newest[source] = at_ms
-            self._horizon = self._slowest()
+            # The horizon is the slowest open source's time: a source ahead of it moving
+            # further ahead leaves it where it is (no min() over the sources per event).
+            if newest <= self._horizon or source in self._closed:
+                self._horizon = self._slowest()
         out: list[T] = []
         limit = self._horizon - self.window_ms
         while self._heap and (self._heap[0][0] < limit or len(self._heap) > self.max_held):

@@ -19,7 +19,7 @@ from sinks.fanout import FanOut, marker_doc
 from treekeeper.acks import AckSender
 from treekeeper.control import ControlServer
 from treekeeper.dedupe import Dedupe, recover_sink_tails
-from treekeeper.pipeline import TreeStep, build_fanout, fanout_stats
+from treekeeper.pipeline import TreeStep, build_fanout, fanout_stats, sinks_take_doc_text
 
 log = logging.getLogger("auditstream.treekeeper")
 IDLE_POLL_MS = 100
@@ -64,6 +64,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
         zctx.term()
         return 2
     step = TreeStep(cfg)
+    doc_text = sinks_take_doc_text(cfg)  # decode only the docs' heads (auditstream/doc_text.py)
     runtime.ready_path(cfg).touch(mode=0o600)
     control = ControlServer(zctx, str(runtime.stage_dir(cfg)))
     acks = AckSender(zctx, cfg)
@@ -92,7 +93,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
                 break  # told to stop, and upstream has gone quiet: no eof is coming
         elif frame.kind == wire.EVENTS:
             ctx.input_arrived()
-            events = dedupe.filter(frames_events(frame, transport_errors))
+            events = dedupe.filter(frames_events(frame, transport_errors, doc_text=doc_text))
             received += len(events)
             acks.tracker.frame_arrived(frame.sender, frame.body, events, fanout.submitted)
             submit(step.process(events, frame.sender, frame.body.get(wire.SENT_BELOW)))
@@ -154,11 +155,18 @@ class TransportErrors:
     warn: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
 
 
-def frames_events(frame: wire.Frame, errors: TransportErrors) -> list[dict[str, Any]]:
+def frames_events(
+    frame: wire.Frame, errors: TransportErrors, *, doc_text: bool = False
+) -> list[dict[str, Any]]:
     """The frame's events with their docs; an event whose doc was lost in transit becomes a
     ``transport-error`` marker doc (its key and raw records kept, so the file sink still
-    writes them), never a crash or a silent drop."""
+    writes them), never a crash or a silent drop.
+
+    ``doc_text``: audit events get their doc's head and text (:func:`wire.events_with_heads`),
+    for sinks that write the text (:func:`treekeeper.pipeline.sinks_take_doc_text`)."""
     try:
+        if doc_text:
+            return wire.events_with_heads(frame.body)
         return wire.events_of(frame.body)
     except wire.DocsError as err:
         errors.frames += 1
