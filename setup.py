@@ -19,13 +19,18 @@ setup(
         Extension(
             "assembler.native_coalesce",
             ["assembler/csrc/coalesce.c"],
-            depends=["assembler/csrc/coalesce_text.h", "assembler/csrc/coalesce_execve.h"],
+            depends=[
+                "assembler/csrc/coalesce_text.h",
+                "assembler/csrc/coalesce_execve.h",
+                "assembler/csrc/escape.h",
+            ],
             optional=True,
             extra_compile_args=_FLAGS,
         ),
         Extension(
             "assembler.native_ecs",
             ["assembler/csrc/ecs.c"],
+            depends=["assembler/csrc/escape.h"],
             optional=True,
             extra_compile_args=_FLAGS,
         ),
