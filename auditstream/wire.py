@@ -204,17 +204,23 @@ def events_of(body: dict[str, Any]) -> list[dict[str, Any]]:
     docs_json = body.get(DOCS_JSON)
     if docs_json is None:
         return events
-    try:
-        docs = orjson.loads(docs_json)
-    except (orjson.JSONDecodeError, TypeError) as err:
-        raise DocsError(f"docs_json does not decode: {err}") from None
-    if not isinstance(docs, list) or len(docs) != len(events):
-        found = f"{len(docs)} docs" if isinstance(docs, list) else type(docs).__name__
-        raise DocsError(f"docs_json holds {found} for {len(events)} events")
+    docs = _json_list(docs_json, "docs_json", "docs", len(events))
     for event, doc in zip(events, docs, strict=True):
         if doc is not None:
             event["doc"] = doc
     return events
+
+
+def _json_list(text: Any, field: str, noun: str, count: int) -> list[Any]:
+    """``text`` decoded as a JSON list of ``count`` items; :class:`DocsError` naming ``field`` else."""
+    try:
+        items = orjson.loads(text)
+    except (orjson.JSONDecodeError, TypeError) as err:
+        raise DocsError(f"{field} does not decode: {err}") from None
+    if not isinstance(items, list) or len(items) != count:
+        found = f"{len(items)} {noun}" if isinstance(items, list) else type(items).__name__
+        raise DocsError(f"{field} holds {found} for {count} events")
+    return items
 
 
 def events_with_heads(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -231,13 +237,7 @@ def events_with_heads(body: dict[str, Any]) -> list[dict[str, Any]]:
     if heads_json is None or type(docs_json) is not bytes:
         return events_of(body)
     events: list[dict[str, Any]] = body["events"]
-    try:
-        heads = orjson.loads(heads_json)
-    except (orjson.JSONDecodeError, TypeError) as err:
-        raise DocsError(f"heads_json does not decode: {err}") from None
-    if not isinstance(heads, list) or len(heads) != len(events):
-        found = f"{len(heads)} heads" if isinstance(heads, list) else type(heads).__name__
-        raise DocsError(f"heads_json holds {found} for {len(events)} events")
+    heads = _json_list(heads_json, "heads_json", "heads", len(events))
     placed = [_place(entry, docs_json) for entry in heads]
     for event, (doc, text) in zip(events, placed, strict=True):
         if doc is not None:
