@@ -16,9 +16,7 @@ from typing import Any
 
 from assembler.coalesced import Coalesced
 from assembler.parse import Record, parse_record
-from auditstream.native import MODE_ENV, NativeUnavailable, load_native
-
-__all__ = ["MODE_ENV", "NativeUnavailable", "native_build_doc", "native_coalesce", "parse_function"]
+from auditstream.native import load_native
 
 CoalesceFn = Callable[[list[Record]], Coalesced | None]
 ParseFn = Callable[[int, bytes, str], Record]

@@ -30,6 +30,7 @@ from auditstream.component_status import PROCESSING, ComponentStatus
 from auditstream.config import Config
 from auditstream.logs import RateLimitedLog
 from auditstream.stage import StageContext, merge_stats, write_status
+from sinks import sinks_take_doc_text
 
 log = logging.getLogger("auditstream.assembler")
 _PARSE_RECORD = parse_function()  # C where built (assembler/native.py)
@@ -231,6 +232,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
     next_status = 0.0
     shipped_watermark: dict[str, Any] = {}
     shipped_claim: list[int] | None = None
+    heads = sinks_take_doc_text(cfg.sinks)  # else the tree keeper decodes whole docs
 
     def ship() -> None:
         nonlocal events_sent, shipped_watermark, shipped_claim
@@ -240,7 +242,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
         # only the claim did (the tree keeper may hold events another assembler completed).
         if assembly.out or watermark != shipped_watermark or claim != shipped_claim:
             fields = watermark if claim is None else {**watermark, wire.SENT_BELOW: claim}
-            packed = wire.pack_events_body(assembly.out, fields)
+            packed = wire.pack_events_body(assembly.out, fields, heads=heads)
             if packed.msgpack_docs:
                 assembly.docs_not_json(packed.msgpack_docs, packed.first_error)
             send_downstream(outlet, wire.EVENTS, packed.body, ctx)

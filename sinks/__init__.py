@@ -16,6 +16,15 @@ from sinks.config import SinkConfig, sink_config_from_table, sink_configs_from_t
 
 SinkFactory = Callable[[SinkConfig], Sink]
 
+# Sink types that write an audit event from its doc's text and head (auditstream/doc_text.py):
+# jsonl splices the text, file writes the raw records. kafka encodes the whole doc.
+_DOC_TEXT_TYPES = frozenset({"jsonl", "file"})
+
+
+def sinks_take_doc_text(tables: object) -> bool:
+    """Every sink of ``[[sinks]]`` writes from a doc's text and head: no need for whole docs."""
+    return all(sink.type in _DOC_TEXT_TYPES for sink in sink_configs_from_tables(tables))
+
 # The option an argument's TARGET sets, per type (``jsonl:PATH`` sets ``path``).
 _TARGET_OPTION = {"jsonl": "path", "file": "path", "kafka": "target"}
 
@@ -91,4 +100,5 @@ __all__ = [
     "build_sink",
     "parse_sink_arg",
     "sink_configs_from_tables",
+    "sinks_take_doc_text",
 ]

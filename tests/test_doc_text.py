@@ -19,11 +19,12 @@ from test_event_transport import old_frame, sharded_frames
 
 from auditstream import wire
 from auditstream.config import Config
-from auditstream.doc_text import doc_line, split_at_process
+from auditstream.doc_text import DOC_TEXT, doc_line, split_at_process
+from sinks import sinks_take_doc_text
 from sinks.config import FileOutputConfig
 from sinks.jsonl import JsonlSink
 from treekeeper.dedupe import Dedupe
-from treekeeper.pipeline import TreeStep, sinks_take_doc_text
+from treekeeper.pipeline import TreeStep
 from treekeeper.stage import TransportErrors, frames_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def test_audit_doc_arrives_as_head_and_its_line_is_the_whole_doc() -> None:
     head["process"]["entity_id"] = "abc"  # what enrichment does
     head["container"] = {"id": "c1"}
     whole = dict(doc, process=dict(doc["process"], entity_id="abc"), container={"id": "c1"})
-    assert doc_line(head, got[wire.DOC_TEXT]) == orjson.dumps(whole) + b"\n"
+    assert doc_line(head, got[DOC_TEXT]) == orjson.dumps(whole) + b"\n"
 
 
 @pytest.mark.parametrize(
@@ -114,7 +115,7 @@ def test_docs_that_cannot_be_split_travel_whole(why: str, doc: dict[str, Any]) -
     assert split_at_process(doc, orjson.dumps(doc)) is None
     (got,), _ = with_heads([audit_event(1, doc)])
     assert got["doc"] == doc and list(got["doc"]) == list(doc)
-    assert wire.DOC_TEXT not in got
+    assert DOC_TEXT not in got
 
 
 def test_markers_and_msgpack_docs_are_not_split() -> None:
@@ -122,9 +123,9 @@ def test_markers_and_msgpack_docs_are_not_split() -> None:
     marker = {"key": ["", 1, 0, 5], "raw": [], "doc": audit_doc()}
     refused = audit_event(2, audit_doc(bad=b"bytes"))
     got, _ = with_heads([marker, refused, audit_event(3, audit_doc())])
-    assert got[0]["doc"] == marker["doc"] and wire.DOC_TEXT not in got[0]
-    assert got[1]["doc"] == refused["doc"] and wire.DOC_TEXT not in got[1]
-    assert wire.DOC_TEXT in got[2]
+    assert got[0]["doc"] == marker["doc"] and DOC_TEXT not in got[0]
+    assert got[1]["doc"] == refused["doc"] and DOC_TEXT not in got[1]
+    assert DOC_TEXT in got[2]
 
 
 def shifted_process(heads: list[Any]) -> list[Any]:
@@ -164,16 +165,16 @@ def test_heads_that_do_not_fit_become_transport_error_markers(broken: Any, messa
     got = frames_events(wire.Frame(wire.EVENTS, 0, 0, body), errors, doc_text=True)
     assert errors.frames == 1
     assert [e["doc"]["event"]["action"] for e in got] == ["transport-error"] * 2
-    assert all(wire.DOC_TEXT not in e for e in got)
+    assert all(DOC_TEXT not in e for e in got)
 
 
 def test_only_sinks_that_write_text_get_heads() -> None:
     """jsonl and file sinks take heads; a kafka sink needs whole docs."""
     cfg = Config()
     cfg.sinks = [{"type": "jsonl", "path": "/tmp/x.jsonl"}, {"type": "file", "path": "/tmp/x"}]
-    assert sinks_take_doc_text(cfg)
+    assert sinks_take_doc_text(cfg.sinks)
     cfg.sinks = [*cfg.sinks, {"type": "kafka", "brokers": "localhost:9092", "topic": "t"}]
-    assert not sinks_take_doc_text(cfg)
+    assert not sinks_take_doc_text(cfg.sinks)
 
 
 def tree_keeper_jsonl(bodies: list[Event], path: Path, *, doc_text: bool, shards: int) -> bytes:
@@ -229,3 +230,16 @@ def test_heads_give_the_bytes_of_whole_docs(tmp_path: Path, shards: int) -> None
         assert new == old, log.name
         if log.name != "audit.log":  # a container log
             assert b'"container":{"id":' in new
+
+
+def test_an_assembler_feeding_a_kafka_tree_keeper_sends_no_heads() -> None:
+    """With heads=False (a Kafka sink: the tree keeper decodes whole docs) the frame has no heads_json, and reads the same."""
+    events = [
+        {"key": ["", 1, 2, 3], "raw": [[1300, b"audit(1.002:3): x=1", ""]],
+         "doc": {"@timestamp": "t", "process": {"pid": 1}, "auditd": {"records": ["r"]}}},
+    ]  # fmt: skip
+    with_heads = wire.unpack_body(wire.pack_events_body([dict(e) for e in events], {}).body)
+    without = wire.unpack_body(wire.pack_events_body([dict(e) for e in events], {}, heads=False).body)
+    assert wire.HEADS_JSON in with_heads
+    assert wire.HEADS_JSON not in without
+    assert wire.events_of(without) == wire.events_of(with_heads)

@@ -11,13 +11,10 @@ ECS document bytes. Skipped when the module is not built, except under
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import os
 import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import orjson
@@ -35,6 +32,7 @@ from hostile_audit import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from native_helpers import native_module, rss_kib
 from test_ecs_golden_docs import _events, _inputs
 
 from assembler.coalesce import coalesce
@@ -46,18 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOCAL_CORPUS = REPO / "tests" / "corpus"
 
 
-def _native_module() -> ModuleType:
-    """The C module; a skip when it is not built, a failure when CI requires it."""
-    if os.environ.get("AUDITSTREAM_NATIVE") == "1":
-        return importlib.import_module("assembler.native_coalesce")
-    module: ModuleType = pytest.importorskip(
-        "assembler.native_coalesce",
-        reason="assembler.native_coalesce is not built (pip install -e . with gcc)",
-    )
-    return module
-
-
-native = _native_module()
+native = native_module("assembler.native_coalesce")
 
 
 def _default(value: Any) -> Any:
@@ -442,14 +429,6 @@ def test_seed_event_is_handled() -> None:
 # -- no leaks -----------------------------------------------------------------------------------
 
 
-def _rss_kib() -> int:
-    """This process's resident set size (VmRSS) in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS in /proc/self/status")
-
-
 @pytest.mark.skipif(
     not Path("/proc/self/status").exists(), reason="needs /proc/self/status (Linux)"
 )
@@ -462,9 +441,9 @@ def test_no_leak_over_200k_calls() -> None:
     assert native.coalesce(seed) is not None and native.coalesce(declined) is None
     for records in events:  # warm up caches and the allocator
         native.coalesce(records)
-    before = _rss_kib()
+    before = rss_kib()
     for call in range(200_000):
         native.coalesce(events[call % len(events)])
-    grown = _rss_kib() - before
+    grown = rss_kib() - before
     assert grown < 20 * 1024, f"RSS grew by {grown} KiB over 200,000 calls"
     print(f"RSS growth over 200,000 calls: {grown} KiB")

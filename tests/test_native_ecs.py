@@ -9,9 +9,7 @@ Coalesced, since build_doc takes over some of its containers.
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -23,13 +21,13 @@ import pytest
 from hostile_audit import HOSTILE_PIECES, PLANNED_MSEC, PLANNED_SEC, RawRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from native_helpers import native_module, rss_kib
 from test_ecs_golden_docs import _events, _inputs
 from test_sink_fuzz import hostile_batches
 
 from assembler.coalesce import coalesce
 from assembler.coalesced import Coalesced
 from assembler.ecs import build_doc
-from assembler.native import MODE_ENV
 from assembler.parse import ParseError, Record, parse_record
 from auditstream.escape import escape
 
@@ -42,16 +40,7 @@ FUZZ = settings(
 )
 
 
-def _load_native() -> Any:
-    """The C module; a skip when it is not built, a failure when CI requires it."""
-    if os.environ.get(MODE_ENV) == "1":
-        return importlib.import_module("assembler.native_ecs")
-    return pytest.importorskip(
-        "assembler.native_ecs", reason="assembler.native_ecs is not built (pip install -e .)"
-    )
-
-
-native_ecs = _load_native()
+native_ecs: Any = native_module("assembler.native_ecs")
 
 
 def _sharing(doc: dict[str, Any], c: Coalesced) -> tuple[bool, ...]:
@@ -396,13 +385,6 @@ def test_odd_arguments_are_declined() -> None:
         native_ecs.build_doc(records)
 
 
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS in /proc/self/status")
-
-
 def test_no_leak_over_many_calls() -> None:
     """200k calls on handled and declined events leave RSS within 20 MB."""
     events = [[parse_record(type_, _HEAD + body) for type_, body in event] for event in BASE_EVENTS]
@@ -411,9 +393,9 @@ def test_no_leak_over_many_calls() -> None:
     assert native_ecs.build_doc(*pairs[-1]) is None  # declined: the year is past 9999
     for records, c in pairs:
         native_ecs.build_doc(records, c)
-    before = _rss_kib()
+    before = rss_kib()
     for _ in range(200_000 // len(pairs)):
         for records, c in pairs:
             native_ecs.build_doc(records, c)
-    growth_kib = _rss_kib() - before
+    growth_kib = rss_kib() - before
     assert growth_kib < 20 * 1024, f"RSS grew by {growth_kib} KiB"

@@ -7,7 +7,6 @@ through both; records and the blank/comment/bad counts must be equal.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,8 +15,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from native_helpers import native_module, rss_kib
 
-from auditstream.native import MODE_ENV
 from receiver.shipper import RawRecord
 from receiver.stage import LineCounters, odd_line
 
@@ -28,12 +27,7 @@ SplitLines = Callable[[list[bytes], Callable[[bytes], RawRecord | None]], list[R
 
 def c_splitter() -> SplitLines:
     """The C split_lines; skipped when not built, unless CI requires it."""
-    if os.environ.get(MODE_ENV) == "1":
-        from receiver.native_lines import split_lines
-
-        return split_lines  # type: ignore[no-any-return]
-    module = pytest.importorskip("receiver.native_lines", reason="C extension not built (pip install -e .)")
-    return module.split_lines  # type: ignore[no-any-return]
+    return native_module("receiver.native_lines").split_lines  # type: ignore[no-any-return]
 
 
 def both_ways(lines: list[bytes]) -> None:
@@ -89,12 +83,6 @@ def test_many_calls_do_not_leak() -> None:
     """100k splits of usual and odd lines leave the process' RSS within 20 MB of where it was."""
     split_lines = c_splitter()
     lines = [b"node=a type=SYSCALL msg=audit(1.2:3): x=1\n", b"type=1300 msg=y\n", b"node=b type=EOE msg=z\n", b"bad\n"]
-
-    def rss_kib() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
 
     counters = LineCounters()
     for _ in range(2000):

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from native_helpers import native_module, rss_kib
 
-from assembler import native
 from assembler.parse import ParseError, Record, parse_record
 from auditstream.logline import LineError, split_log_line
+from auditstream.native import MODE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO.parent / "shared" / "corpus"
@@ -27,12 +28,7 @@ SHARED_CORPUS = REPO.parent / "shared" / "corpus"
 
 def c_parser() -> Callable[[int, bytes, str], Record]:
     """The C parse_record; skipped when not built, unless CI requires it."""
-    if os.environ.get(native.MODE_ENV) == "1":
-        from assembler.native_parse import parse_record as required
-
-        return required  # type: ignore[no-any-return]
-    module = pytest.importorskip("assembler.native_parse", reason="C extension not built (pip install -e .)")
-    return module.parse_record  # type: ignore[no-any-return]
+    return native_module("assembler.native_parse").parse_record  # type: ignore[no-any-return]
 
 
 def outcome(parser: Callable[[int, bytes, str], Record], type_: int, data: bytes, node: str) -> object:
@@ -112,12 +108,6 @@ def test_many_calls_do_not_leak() -> None:
     cparse = c_parser()
     samples = [b"audit(1790000000.001:1001): a=1 b=2", b"audit(1.2:3): x \x1d UID=root", b"bogus"]
 
-    def rss_kib() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
-
     for _ in range(2000):  # warm up allocator pools
         for data in samples:
             outcome(cparse, 1300, data, "n")
@@ -132,15 +122,16 @@ def test_the_switch_chooses_python_c_or_a_clear_failure() -> None:
     """AUDITSTREAM_NATIVE=0 gives the Python parser; =1 with a module missing names the module."""
     code = (
         "from assembler import native, parse\n"
+        "from auditstream.native import NativeUnavailable, load_native\n"
         "print(native.parse_function() is parse.parse_record)\n"
         "try:\n"
-        "    native.load_native('assembler.native_missing_module', 'f')\n"
-        "except native.NativeUnavailable as err:\n"
+        "    load_native('assembler.native_missing_module', 'f')\n"
+        "except NativeUnavailable as err:\n"
         "    print('unavailable:', err)\n"
     )
-    env = {**os.environ, native.MODE_ENV: "0"}
+    env = {**os.environ, MODE_ENV: "0"}
     off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert off.stdout.splitlines()[0] == "True"
-    env[native.MODE_ENV] = "1"
+    env[MODE_ENV] = "1"
     required = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert "unavailable: AUDITSTREAM_NATIVE=1 but assembler.native_missing_module.f" in required.stdout

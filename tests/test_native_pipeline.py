@@ -14,8 +14,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from native_helpers import native_module
 
-from assembler import native
+from auditstream.native import MODE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 CORPORA = REPO / "tests" / "corpus"
@@ -24,15 +25,13 @@ SHARED_CORPUS = REPO.parent / "shared" / "corpus"
 
 def require_native() -> None:
     """Skip when the C modules are not built, unless CI requires them."""
-    if os.environ.get(native.MODE_ENV) == "1":
-        return
-    for name in ("native_parse", "native_coalesce", "native_ecs"):
-        pytest.importorskip(f"assembler.{name}", reason="C extension not built (pip install -e .)")
+    for name in ("assembler.native_parse", "assembler.native_coalesce", "assembler.native_ecs", "receiver.native_lines"):
+        native_module(name)
 
 
 def replay_lines(logs: list[Path], out: Path, mode: str) -> list[bytes]:
     """`auditstream replay LOGS` with AUDITSTREAM_NATIVE=mode: the output lines, markers' clock masked."""
-    env = {**os.environ, native.MODE_ENV: mode}
+    env = {**os.environ, MODE_ENV: mode}
     done = subprocess.run(
         [sys.executable, "-m", "auditstream", "replay", *map(str, logs), "--sink", f"jsonl:{out}"],
         cwd=REPO, env=env, capture_output=True, timeout=240, check=False,

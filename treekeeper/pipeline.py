@@ -20,9 +20,6 @@ from treekeeper.tree import ProcessTable, TableConfig
 log = logging.getLogger("auditstream.treekeeper")
 EXEC_SYSCALLS = ("execve", "execveat")
 Event = dict[str, Any]
-# Sinks that need no more of an audit event's doc than its head and text (doc_text.py):
-# jsonl writes the text, file writes the raw records. Kafka reads the whole doc.
-DOC_TEXT_SINK_TYPES = frozenset({"jsonl", "file"})
 
 
 def build_fanout(cfg: Config) -> FanOut:
@@ -37,12 +34,6 @@ def build_fanout(cfg: Config) -> FanOut:
             sink.close()
         raise
     return FanOut(sinks, configs)
-
-
-def sinks_take_doc_text(cfg: Config) -> bool:
-    """Every configured sink writes a split doc's text: decode only the docs' heads."""
-    configs = sink_configs_from_tables(cfg.sinks)
-    return all(sink.type in DOC_TEXT_SINK_TYPES for sink in configs)
 
 
 def fanout_stats(fanout: FanOut) -> dict[str, Any]:

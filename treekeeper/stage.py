@@ -15,11 +15,12 @@ from auditstream.config import Config
 from auditstream.logs import RateLimitedLog
 from auditstream.redelivery import is_restart
 from auditstream.stage import StageContext, merge_stats, write_status
+from sinks import sinks_take_doc_text
 from sinks.fanout import FanOut, marker_doc
 from treekeeper.acks import AckSender
 from treekeeper.control import ControlServer
 from treekeeper.dedupe import Dedupe, recover_sink_tails
-from treekeeper.pipeline import TreeStep, build_fanout, fanout_stats, sinks_take_doc_text
+from treekeeper.pipeline import TreeStep, build_fanout, fanout_stats
 
 log = logging.getLogger("auditstream.treekeeper")
 IDLE_POLL_MS = 100
@@ -64,7 +65,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
         zctx.term()
         return 2
     step = TreeStep(cfg)
-    doc_text = sinks_take_doc_text(cfg)  # decode only the docs' heads (auditstream/doc_text.py)
+    doc_text = sinks_take_doc_text(cfg.sinks)  # decode only the docs' heads (auditstream/doc_text.py)
     runtime.ready_path(cfg).touch(mode=0o600)
     control = ControlServer(zctx, str(runtime.stage_dir(cfg)))
     acks = AckSender(zctx, cfg)
@@ -163,7 +164,7 @@ def frames_events(
     writes them), never a crash or a silent drop.
 
     ``doc_text``: audit events get their doc's head and text (:func:`wire.events_with_heads`),
-    for sinks that write the text (:func:`treekeeper.pipeline.sinks_take_doc_text`)."""
+    for sinks that write the text (:func:`sinks.sinks_take_doc_text`)."""
     try:
         if doc_text:
             return wire.events_with_heads(frame.body)
