@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,9 @@ def stage_main(
     parser.add_argument(
         "--supervisor-pid", type=int, default=0, help="stop when this parent process is gone"
     )
+    parser.add_argument(
+        "--start-after", metavar="PATH", help="wait (imports done) until PATH exists, then run"
+    )
     args = parser.parse_args(argv)
     try:
         cfg = config_mod.load(args.config)
@@ -136,7 +140,24 @@ def stage_main(
     # A broken stdout pipe (jq exited) must not kill the stage with a traceback.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL if name != "treekeeper" else signal.SIG_IGN)
     _stop_with_supervisor(args.supervisor_pid)
+    if args.start_after and not _wait_for(Path(args.start_after), ctx):
+        return 0  # stopped before the go: nothing was read, nothing to drain
     return run(cfg, ctx)
+
+
+START_AFTER_POLL_S = 0.01
+
+
+def _wait_for(path: Path, ctx: StageContext) -> bool:
+    """True once ``path`` exists; False if a stop signal came first.
+
+    The supervisor starts the receiver while the tree keeper opens its sinks, so that the
+    receiver's imports overlap the tree keeper's; the source opens only after this."""
+    while not path.exists():
+        if ctx.stop_requested:
+            return False
+        time.sleep(START_AFTER_POLL_S)
+    return True
 
 
 def _stop_with_supervisor(supervisor_pid: int) -> None:

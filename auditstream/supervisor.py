@@ -24,6 +24,7 @@ from auditstream.stage import EXIT_FATAL
 log = logging.getLogger("auditstream.supervisor")
 
 POLL_S = 0.05
+STOP_EARLY_TIMEOUT_S = 5.0
 STOP_GRACE_S = 60.0  # how long a stage may take to drain after its upstream stopped
 FAIL_GRACE_S = 3.0  # after a stage failed, nothing downstream of it can drain: do not wait long
 READY_TIMEOUT_S = 120.0  # sinks' start-up checks (a Kafka health check takes up to its timeout)
@@ -102,12 +103,13 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested += 1
 
-    def _spawn(self, stage: StageProcess) -> None:
+    def _spawn(self, stage: StageProcess, extra_args: list[str] | None = None) -> None:
         stdin = None if stage.stdin_inherit else subprocess.DEVNULL
         options = self.privileges.popen_options(stage.name) if self.privileges else {}
+        argv = stage.argv + (extra_args or [])
         # Own session: a terminal's Ctrl-C reaches the supervisor only, which stops the
         # stages in pipeline order.
-        stage.proc = subprocess.Popen(stage.argv, stdin=stdin, start_new_session=True, **options)
+        stage.proc = subprocess.Popen(argv, stdin=stdin, start_new_session=True, **options)
         stage.exit_code = None
         stage.restart_at = None
 
@@ -119,12 +121,20 @@ class Supervisor:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             # The tree keeper opens the sinks first: a bad sink fails the start, not later.
+            # The other stages start meanwhile, so that their imports (~0.3 s each) overlap
+            # its own: the assemblers only pass on what the receiver sends, and the
+            # receiver opens its source only once the tree keeper is ready (--start-after).
+            early = [s for s in self.stages[1:] if s is not self.metrics]
             self._spawn(self.stages[0])
+            for stage in early:
+                after = ["--start-after", str(self.ready_file)] if stage.name == "receiver" else []
+                self._spawn(stage, after if self.ready_file is not None else [])
             if not self._wait_ready(self.stages[0]):
                 self.failed.append(self.stages[0].name)
+                self._stop_early(early)
                 return 1
-            for stage in self.stages[1:]:
-                self._spawn(stage)
+            if self.metrics is not None:
+                self._spawn(self.metrics)
             pids = " ".join(f"{s.name}={s.proc.pid}" for s in reversed(self.stages) if s.proc)
             log.info("stage pids: %s", pids)
             self._notify_ready()
@@ -134,6 +144,19 @@ class Supervisor:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
         return 0 if not self.failed else 1
+
+    def _stop_early(self, stages: list[StageProcess]) -> None:
+        """Stop stages started beside a tree keeper that did not start (nothing reached them)."""
+        for stage in stages:
+            if stage.proc is not None and stage.proc.poll() is None:
+                stage.proc.terminate()
+        for stage in stages:
+            if stage.proc is not None:
+                try:
+                    stage.proc.wait(timeout=STOP_EARLY_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    stage.proc.kill()
+                    stage.proc.wait()
 
     def _wait_ready(self, stage: StageProcess) -> bool:
         if self.ready_file is None:

@@ -304,3 +304,35 @@ def test_tree_keeper_writes_the_same_bytes_as_with_msgpack_docs(tmp_path: Path) 
     new = tree_keeper_output(new_bodies, tmp_path, "new.jsonl")
     assert old.count(b"\n") > sum(len(f) for f in frames)  # with the tree's lifecycle events
     assert new == old
+
+
+def test_peer_watch_counts_real_joins_and_leaves(tmp_path: Path) -> None:
+    """PeerWatch reads ZeroMQ's own monitor messages: a peer that binds, goes and binds again
+    is two joins and one leave on the connecting socket."""
+    import time
+
+    ctx = zmq.Context()
+    address = f"ipc://{tmp_path / 'peer.sock'}"
+    push = ctx.socket(zmq.PUSH)
+    push.connect(address)
+    watch = wire.PeerWatch(push)
+
+    def settle(until: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not until() and time.monotonic() < deadline:
+            watch.poll()
+            time.sleep(0.01)
+
+    try:
+        for round_ in range(2):
+            pull = ctx.socket(zmq.PULL)
+            pull.bind(address)
+            settle(lambda: watch.connected)
+            assert watch.connected and watch.joins == round_ + 1
+            pull.close(linger=0)
+            if round_ == 0:
+                settle(lambda: not watch.connected)
+                assert watch.leaves == 1 and not watch.connected
+    finally:
+        watch.close()
+        ctx.destroy(linger=0)  # closes a PULL an assertion left open, too
