@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from assembler.interpret import arch_name, decode_hex, errno_name, interpret, syscall_name
 from assembler.parse import ParseError, Record, enriched_fields, fields, parse_record
 from assembler.sockaddr import decode_sockaddr, ipv6_text
-from auditstream.escape import unescape
+from auditstream.escape import escape, unescape
 from auditstream.logline import split_log_line
 
 SYSCALL = 1300
@@ -31,7 +31,11 @@ def test_header_fields() -> None:
     data = b"audit(1490995752.404:20614537): arch=c000003e syscall=59"
     rec = parse_record(SYSCALL, data, "host1")
     assert (rec.type, rec.node, rec.sec, rec.msec, rec.serial) == (
-        SYSCALL, "host1", 1490995752, 404, 20614537,
+        SYSCALL,
+        "host1",
+        1490995752,
+        404,
+        20614537,
     )
     assert rec.body == b"arch=c000003e syscall=59"
     assert rec.enriched == b""
@@ -148,7 +152,7 @@ def test_pathological_bodies_stay_fast() -> None:
 
 def test_nul_bytes_in_body() -> None:
     """NUL bytes in raw values are %-escaped; NULs in hex proctitle become spaces."""
-    rec = parse_record(SYSCALL, b"audit(1.2:3): comm=a\x00b exe=\"x\x00y\"")
+    rec = parse_record(SYSCALL, b'audit(1.2:3): comm=a\x00b exe="x\x00y"')
     assert interpret(rec).data == {"comm": "a%00b", "exe": "x%00y"}
     title = parse_record(PROCTITLE, b"audit(1.2:3): proctitle=6368726F6E7964002D71")
     assert interpret(title).data["proctitle"] == "chronyd -q"
@@ -162,6 +166,23 @@ def test_invalid_utf8_is_escaped_reversibly() -> None:
     assert data["exe"] == "/bin/\u00e9"
     hexed = parse_record(EXECVE, b"audit(1.2:3): argc=1 a0=FF41")
     assert unescape(interpret(hexed).data["a0"]) == b"\xffA"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"\xff" * 65536, "%ff" * 65536),  # every byte its own invalid sequence
+        (b"\xe2\x82" * 30000, "%e2%82" * 30000),  # truncated sequences, one after another
+        (bytes(range(32)) * 2048, "".join(f"%{b:02x}" for b in range(32)) * 2048),
+        (b"\xe2\x82A\xed\xb2\x80\xc3\xa9%\xef\xbb\xbf", "%e2%82A%ed%b2%80\u00e9%25%ef%bb%bf"),
+    ],
+    ids=["ff", "truncated", "controls", "mixed"],
+)
+def test_hostile_bytes_escape_each_byte_exactly(raw: bytes, expected: str) -> None:
+    """64 KiB of invalid UTF-8 or control bytes escape byte for byte (one decode, not one per
+    invalid sequence) and map back exactly; a valid character between them stays text."""
+    assert escape(raw) == expected
+    assert unescape(expected) == raw
 
 
 def test_decoded_control_characters_are_escaped() -> None:
@@ -191,7 +212,7 @@ def test_interpret_rules() -> None:
     rec = parse_record(
         SYSCALL,
         b"audit(1.2:3): arch=c000003e syscall=2 success=no exit=-13 auid=4294967295 "
-        b"ses=-1 subj=u:r:t:s0-s0:c0.c1023 exe=2F62696E2F6C73 key=\"key=net\"",
+        b'ses=-1 subj=u:r:t:s0-s0:c0.c1023 exe=2F62696E2F6C73 key="key=net"',
     )
     got = interpret(rec)
     assert got.keys == ["net"]
@@ -320,8 +341,25 @@ def test_random_bytes_only_raise_parse_error(data: bytes, record_type: int) -> N
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["arch", "syscall", "exit", "saddr", "a0", "argc", "key", "msg",
-                             "subj", "sig", "proctitle", "res", "auid", "cwd", "name"]),
+            st.sampled_from(
+                [
+                    "arch",
+                    "syscall",
+                    "exit",
+                    "saddr",
+                    "a0",
+                    "argc",
+                    "key",
+                    "msg",
+                    "subj",
+                    "sig",
+                    "proctitle",
+                    "res",
+                    "auid",
+                    "cwd",
+                    "name",
+                ]
+            ),
             st.text(alphabet="0123456789ABCDEFabcdef-=:'\" ?()\x00\x01", max_size=20),
         ),
         max_size=12,
