@@ -75,11 +75,16 @@ def _decimal(token: bytes, what: str) -> int:
     return int(token)
 
 
-def parse_record(type: int, data: bytes, node: str = "") -> Record:
-    """Parse ``audit(SEC.MSEC:SERIAL): body`` into a :class:`Record`; raise :class:`ParseError`."""
+def parse_record(type: int, data: bytes, node: str = "", *, trailer: bool = True) -> Record:
+    """Parse ``audit(SEC.MSEC:SERIAL): body`` into a :class:`Record`; raise :class:`ParseError`.
+
+    ``trailer=False``: a 0x1d byte is part of the body, not the start of an ENRICHED
+    trailer. For records read from the kernel, which never appends one: there a 0x1d can
+    only come from user text (an AUDIT_USER message), and must not name fields.
+    """
     match = _FAST_HEADER.match(data)
     if match is None:
-        return _parse_record_checked(type, data, node)
+        return _parse_record_checked(type, data, node, trailer)
     sec, msec, serial = int(match[1]), int(match[2]), int(match[3])
     if serial > _MAX_SERIAL:
         raise ParseError(f"serial {serial} does not fit in 32 bits")
@@ -87,7 +92,7 @@ def parse_record(type: int, data: bytes, node: str = "") -> Record:
         sec += msec // 1000
         msec %= 1000
     body_start = match.end()
-    separator = data.find(_ENRICHED_SEPARATOR, body_start)
+    separator = data.find(_ENRICHED_SEPARATOR, body_start) if trailer else -1
     if separator < 0:
         return Record(type, node, sec, msec, serial, data[body_start:].strip(_GO_SPACE), b"", data)
     return Record(
@@ -102,7 +107,7 @@ def parse_record(type: int, data: bytes, node: str = "") -> Record:
     )
 
 
-def _parse_record_checked(type: int, data: bytes, node: str) -> Record:
+def _parse_record_checked(type: int, data: bytes, node: str, trailer: bool = True) -> Record:
     """The general header path: odd separators after ``)``, and precise errors."""
     start = data.find(_HEADER_PREFIX)
     if start < 0 or (start and data[:start].strip(_GO_SPACE)):
@@ -130,7 +135,7 @@ def _parse_record_checked(type: int, data: bytes, node: str) -> Record:
         space_after = data.find(b" ", close + 1)
         found = [i for i in (colon_after, space_after) if i >= 0]
         body_start = min(found) + 1 if found else len(data)
-    separator = data.find(_ENRICHED_SEPARATOR, body_start)
+    separator = data.find(_ENRICHED_SEPARATOR, body_start) if trailer else -1
     if separator < 0:
         body, enriched = data[body_start:], b""
     else:

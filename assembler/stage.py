@@ -17,7 +17,7 @@ from assembler.events import (
     receiver_marker_event,
 )
 from assembler.native import parse_function
-from assembler.parse import ParseError, Record
+from assembler.parse import ParseError, Record, parse_record
 from assembler.reassembler import CompletionReason, LostRange, Reassembler
 from assembler.redelivery import (
     RESTART_GAP_TYPE,
@@ -34,6 +34,20 @@ from sinks import sinks_take_doc_text
 
 log = logging.getLogger("auditstream.assembler")
 _PARSE_RECORD = parse_function()  # C where built (assembler/native.py)
+# Sources whose records come straight from the kernel, which appends no ENRICHED trailer.
+KERNEL_SOURCES = ("netlink", "multicast")
+
+
+def parse_kernel_record(type_: int, data: bytes, node: str) -> Record:
+    """A record read from the kernel: a 0x1d in it is data (user text), never a trailer.
+
+    Otherwise a process allowed to send user messages could append ``UID="root"``-style
+    fields that would name its own event's ``user.*`` (docs/fuzz.md)."""
+    if b"\x1d" in data:  # rare: the general parser, told there is no trailer
+        return parse_record(type_, data, node, trailer=False)
+    return _PARSE_RECORD(type_, data, node)
+
+
 OUT_BATCH_EVENTS = 256
 IDLE_POLL_MS = 100
 STATUS_EVERY_S = 1.0
@@ -45,6 +59,8 @@ class Assembly:
     def __init__(self, cfg: Config, *, event_time: bool, index: int = 0) -> None:
         self.out: list[Event] = []
         self.event_time = event_time  # files: timeouts in the log's own time
+        kernel = cfg.receiver.source in KERNEL_SOURCES
+        self.parse = parse_kernel_record if kernel else _PARSE_RECORD
         self.follow = cfg.receiver.follow
         self.input_at = time.monotonic()
         self.shards = cfg.assembler.instances
@@ -127,12 +143,13 @@ class Assembly:
         ):  # live: one clock read per batch (records of a batch arrived together)
             self.clock_ms = time.monotonic_ns() // 1_000_000
         last: Record | None = None
+        parse = self.parse
         for type_, data, node in recs:
             if type_ <= 0:
                 self._special(type_, data, node)
                 continue
             try:
-                rec = _PARSE_RECORD(type_, data, node)
+                rec = parse(type_, data, node)
             except ParseError as err:
                 self.counts["parse_errors"] += 1
                 self.warn.warning("parse", "unparseable record: %s", err)

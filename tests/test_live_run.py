@@ -151,6 +151,54 @@ def serials_in_auditd_log(log_file: Path, key: str, pids: list[int]) -> set[int]
     return serials
 
 
+AUDIT_USER_LOGIN = 1112
+# Run in a child: it sets its own login uid (so the event has an auid, whose name the
+# trailer would give) and sends a user message to the kernel, as libaudit does.
+SEND_USER_MESSAGE = """
+import socket, struct, sys
+with open("/proc/self/loginuid", "w") as f:
+    f.write(sys.argv[1])
+payload = sys.argv[3].encode().replace(b"<GS>", bytes([0x1d])) + bytes(1)
+with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9) as sock:  # NETLINK_AUDIT
+    sock.settimeout(5)
+    flags = 0x1 | 0x4  # NLM_F_REQUEST | NLM_F_ACK
+    sock.send(struct.pack("=IHHII", 16 + len(payload), int(sys.argv[2]), flags, 1, 0) + payload)
+    reply = sock.recv(8192)
+kind = struct.unpack_from("=H", reply, 4)[0]
+error = struct.unpack_from("=i", reply, 16)[0]
+sys.exit(0 if kind == 2 and error == 0 else f"no ack: type {kind} error {error}")
+"""
+
+
+def test_0x1d_in_a_live_user_message_is_data_not_a_trailer(
+    kernel_clean: KernelState, runs: list[LiveRun], tmp_path: Path
+) -> None:
+    """A user message carrying 0x1d and `AUID="alice"` does not name the event's user live: the
+    kernel appends no ENRICHED trailer, so the byte stays in the record as %1d."""
+    config = write_config(tmp_path / "c.toml", tmp_path / "run", [DEFAULT_RULES])
+    out = tmp_path / "events.jsonl"
+    run = start_run(runs, tmp_path, "-c", str(config), "--sink", f"jsonl:{out}")
+    run.wait_registered()
+    acct = f"trailer-{os.getpid()}"
+    # The kernel closes msg='...' with a quote: the attacker's X= takes it in.
+    text = f'op=login acct="{acct}" exe="/usr/bin/x" hostname=? addr=? terminal=? res=success'
+    text += '<GS>AUID="alice" UID="root" X='
+    sender = subprocess.run(
+        [sys.executable, "-c", SEND_USER_MESSAGE, "1000", str(AUDIT_USER_LOGIN), text],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert sender.returncode == 0, sender.stderr
+    found = wait_for_events(out, lambda e: acct in json.dumps(e.get("auditd", {}).get("records")))
+    assert run.stop(signal.SIGINT) == 0, run.stderr_text
+    assert len(found) == 1, f"no user-login event in {out}: {run.stderr_text}"
+    (event,) = found
+    (record,) = event["auditd"]["records"]
+    assert "auid=1000 " in record and 'res=success%1dAUID="alice" UID="root" X=\'' in record
+    assert event["auditd"]["message_type"] == "user_login"
+    assert event["user"]["audit"] == {"id": "1000"}  # no name: the id is all the kernel said
+    assert "alice" not in json.dumps(event["user"]) and "root" not in json.dumps(event["user"])
+
+
 @pytest.fixture
 def auditd(kernel_clean: KernelState, tmp_path: Path) -> Iterator[AuditdDaemon]:
     """Debian's auditd holding the audit pid for the test; stopped by pid and enabled flag put back."""

@@ -396,3 +396,38 @@ def test_throughput(capsys: pytest.CaptureFixture[str]) -> None:
         print(f"\nparse_record {parse_rate:,.0f}/s, interpret {interpret_rate:,.0f}/s")
     # Floors far below the targets (100k / 20k per s) so a busy CI host does not flake.
     assert parse_rate > 30_000 and interpret_rate > 8_000
+
+
+HOSTILE_USER_LOGIN = (
+    b"audit(1700000000.123:77): pid=123 uid=1000 auid=1000 ses=3 subj=unconfined msg='op=login"
+    b' acct="zz" exe="/usr/bin/x" hostname=? addr=? terminal=? res=success\x1dUID="root"'
+    b' AUID="root"\''
+)
+
+
+def test_without_trailer_0x1d_is_body() -> None:
+    """trailer=False (kernel records) keeps a 0x1d and what follows in the body, on both header paths."""
+    for data in (HOSTILE_USER_LOGIN, HOSTILE_USER_LOGIN.replace(b"): ", b"):", 1)):
+        rec = parse_record(1112, data, trailer=False)
+        assert rec.enriched == b"" and rec.body.endswith(b'res=success\x1dUID="root" AUID="root"\'')
+        assert parse_record(1112, data).enriched == b'UID="root" AUID="root"\''
+
+
+@pytest.mark.parametrize("source", ["netlink", "multicast", "file", "stdin"])
+def test_kernel_sources_do_not_read_a_trailer(source: str) -> None:
+    """From the kernel (netlink, multicast) a user message's 0x1d names no user; from a log
+    (auditd may have written ENRICHED text) it starts the trailer, as ausearch reads it."""
+    from assembler.stage import Assembly
+    from auditstream.config import Config
+
+    cfg = Config()
+    cfg.receiver.source = source
+    assembly = Assembly(cfg, event_time=True)
+    assembly.push_batch([[1112, HOSTILE_USER_LOGIN, ""]])
+    (event,) = assembly.out
+    user = event["doc"]["user"]
+    assert event["doc"]["auditd"]["records"][0].endswith('res=success%1dUID="root" AUID="root"\'')
+    if source in ("netlink", "multicast"):
+        assert "name" not in user and "name" not in user["audit"], user
+    else:
+        assert user["name"] == "root", user
