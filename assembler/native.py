@@ -12,6 +12,7 @@ reference; the differential tests hold the two equal (tests/test_native_*.py).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from assembler.coalesced import Coalesced
@@ -39,3 +40,9 @@ def parse_function() -> ParseFn:
     """The C header parser where built and allowed, else the Python one."""
     function: ParseFn | None = load_native("assembler.native_parse", "parse_record")
     return parse_record if function is None else function
+
+
+def kernel_parse_function() -> ParseFn:
+    """``parse_record(..., trailer=False)``, for records read from the kernel: C or Python."""
+    function: ParseFn | None = load_native("assembler.native_parse", "parse_kernel_record")
+    return partial(parse_record, trailer=False) if function is None else function

@@ -16,8 +16,8 @@ from assembler.events import (
     parse_error_event,
     receiver_marker_event,
 )
-from assembler.native import parse_function
-from assembler.parse import ParseError, Record, parse_record
+from assembler.native import kernel_parse_function, parse_function
+from assembler.parse import ParseError, Record
 from assembler.reassembler import CompletionReason, LostRange, Reassembler
 from assembler.redelivery import (
     RESTART_GAP_TYPE,
@@ -34,18 +34,12 @@ from sinks import sinks_take_doc_text
 
 log = logging.getLogger("auditstream.assembler")
 _PARSE_RECORD = parse_function()  # C where built (assembler/native.py)
-# Sources whose records come straight from the kernel, which appends no ENRICHED trailer.
+# Sources whose records come straight from the kernel, which appends no ENRICHED trailer:
+# there a 0x1d can only come from user text (an AUDIT_USER message) and must not name
+# fields, or a process allowed to send user messages could name its own event's user.*
+# with a `UID="root"`-style trailer (docs/fuzz.md).
 KERNEL_SOURCES = ("netlink", "multicast")
-
-
-def parse_kernel_record(type_: int, data: bytes, node: str) -> Record:
-    """A record read from the kernel: a 0x1d in it is data (user text), never a trailer.
-
-    Otherwise a process allowed to send user messages could append ``UID="root"``-style
-    fields that would name its own event's ``user.*`` (docs/fuzz.md)."""
-    if b"\x1d" in data:  # rare: the general parser, told there is no trailer
-        return parse_record(type_, data, node, trailer=False)
-    return _PARSE_RECORD(type_, data, node)
+_PARSE_KERNEL_RECORD = kernel_parse_function()  # parse_record(..., trailer=False)
 
 
 OUT_BATCH_EVENTS = 256
@@ -60,7 +54,7 @@ class Assembly:
         self.out: list[Event] = []
         self.event_time = event_time  # files: timeouts in the log's own time
         kernel = cfg.receiver.source in KERNEL_SOURCES
-        self.parse = parse_kernel_record if kernel else _PARSE_RECORD
+        self.parse = _PARSE_KERNEL_RECORD if kernel else _PARSE_RECORD
         self.follow = cfg.receiver.follow
         self.input_at = time.monotonic()
         self.shards = cfg.assembler.instances

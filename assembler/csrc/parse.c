@@ -68,14 +68,19 @@ static PyObject *stripped(PyObject *data, const char *bytes, Py_ssize_t start, P
     return PyBytes_FromStringAndSize(bytes + start, end - start);
 }
 
-static PyObject *call_python(PyObject *type, PyObject *data, PyObject *node) {
-    PyObject *args[3] = {type, data, node};
-    return PyObject_Vectorcall(python_parse, args, 3, NULL);
+static PyObject *trailer_kwnames; /* ("trailer",) */
+
+static PyObject *call_python(PyObject *type, PyObject *data, PyObject *node, int trailer) {
+    PyObject *args[4] = {type, data, node, Py_False};
+    if (trailer) return PyObject_Vectorcall(python_parse, args, 3, NULL);
+    return PyObject_Vectorcall(python_parse, args, 3, trailer_kwnames);
 }
 
-static PyObject *parse_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+/* trailer == 0: a 0x1d is body text (records from the kernel, which appends no trailer). */
+static PyObject *parse(PyObject *const *args, Py_ssize_t nargs, int trailer) {
     if (nargs < 2 || nargs > 3) {
-        PyErr_SetString(PyExc_TypeError, "parse_record(type, data, node='')");
+        PyErr_SetString(PyExc_TypeError, trailer ? "parse_record(type, data, node='')"
+                                                 : "parse_kernel_record(type, data, node='')");
         return NULL;
     }
     if (load_references() < 0) return NULL;
@@ -89,7 +94,7 @@ static PyObject *parse_record(PyObject *self, PyObject *const *args, Py_ssize_t 
     }
     PyObject *result = NULL;
     if (!PyBytes_CheckExact(data)) {
-        result = call_python(type, data, node);
+        result = call_python(type, data, node, trailer);
         Py_XDECREF(empty_node);
         return result;
     }
@@ -105,7 +110,7 @@ static PyObject *parse_record(PyObject *self, PyObject *const *args, Py_ssize_t 
     }
     if (serial < 0 || serial > MAX_SERIAL || pos >= size - 1 || bytes[pos] != ':' ||
         bytes[pos + 1] != ' ') {
-        result = call_python(type, data, node);
+        result = call_python(type, data, node, trailer);
         Py_XDECREF(empty_node);
         return result;
     }
@@ -114,7 +119,7 @@ static PyObject *parse_record(PyObject *self, PyObject *const *args, Py_ssize_t 
         sec += msec / 1000;
         msec %= 1000;
     }
-    const char *separator = memchr(bytes + pos, 0x1d, (size_t)(size - pos));
+    const char *separator = trailer ? memchr(bytes + pos, 0x1d, (size_t)(size - pos)) : NULL;
     PyObject *body, *enriched;
     if (separator == NULL) {
         body = stripped(data, bytes, pos, size);
@@ -142,9 +147,19 @@ static PyObject *parse_record(PyObject *self, PyObject *const *args, Py_ssize_t 
     return result;
 }
 
+static PyObject *parse_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return parse(args, nargs, 1);
+}
+
+static PyObject *parse_kernel_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return parse(args, nargs, 0);
+}
+
 static PyMethodDef methods[] = {
     {"parse_record", (PyCFunction)(void (*)(void))parse_record, METH_FASTCALL,
      "parse_record(type, data, node='') -> Record: assembler.parse.parse_record in C."},
+    {"parse_kernel_record", (PyCFunction)(void (*)(void))parse_kernel_record, METH_FASTCALL,
+     "parse_kernel_record(type, data, node='') -> Record: parse_record(..., trailer=False)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -154,5 +169,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "native_parse",
 PyMODINIT_FUNC PyInit_native_parse(void) {
     empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
     if (empty_bytes == NULL) return NULL;
+    trailer_kwnames = Py_BuildValue("(s)", "trailer");
+    if (trailer_kwnames == NULL) return NULL;
     return PyModule_Create(&module);
 }
