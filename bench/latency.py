@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bytecode import compile_packages
 from live import LOADGEN_C, kernel_lock, run_loadgen, start_run, wait_until
 from live_helpers import kernel_status  # bench/live puts tests/ on the path
 
@@ -210,6 +211,7 @@ def main() -> int:
     parser.add_argument("--keep", metavar="DIR", help="keep each run's files under DIR")
     parser.add_argument("--json-out", type=Path, help="also write the results here as JSON")
     args = parser.parse_args()
+    compile_packages()  # the stages start as an installed copy does (bench/bytecode.py)
     results: list[dict[str, Any]] = []
     if os.geteuid() != 0:
         raise SystemExit("needs root (kernel audit)")

@@ -25,6 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bytecode import compile_packages  # noqa: E402  (bench/ is on the path)
+
 from assembler.stage import Assembly  # noqa: E402
 from auditstream.config import Config  # noqa: E402
 from auditstream.stage import GC_THRESHOLD_ALLOCATIONS  # noqa: E402
@@ -141,6 +143,7 @@ def main() -> None:
     parser.add_argument("--no-stages", action="store_true", help="skip the per-stage timings")
     parser.add_argument("--json-out", type=Path, help="also write the results here as JSON")
     args = parser.parse_args()
+    compile_packages()  # the stages start as an installed copy does (bench/bytecode.py)
     with tempfile.TemporaryDirectory(prefix="auditstream-bench-") as tmpdir:
         tmp = Path(tmpdir)
         log = args.log

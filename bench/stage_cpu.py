@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bytecode import compile_packages  # bench/ is on the path
+
 REPO = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--log", type=Path, required=True, help="audit.log to replay")
     parser.add_argument("--assemblers", type=int, default=2)
     args = parser.parse_args()
+    compile_packages()  # the stages start as an installed copy does (bench/bytecode.py)
     lines = sum(1 for _ in args.log.open("rb"))
     seen: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="auditstream-stage-cpu-") as tmp:
