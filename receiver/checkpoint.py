@@ -19,6 +19,8 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import orjson
+
 from auditstream.redelivery import write_atomically
 from receiver.replaybuffer import serial_of
 
@@ -218,9 +220,8 @@ class SerialMark:
             self._write()
 
     def _write(self) -> None:
-        payload = json.dumps(
-            {"owner": os.getppid(), "durable": self.durable, "read": self.read}
-        ).encode()
+        # Written after every read (live: ~1000 times a second at 50k records/s): orjson.
+        payload = orjson.dumps({"owner": os.getppid(), "durable": self.durable, "read": self.read})
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         # In place, padded with spaces (valid JSON) so a shorter text never leaves a tail.

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import msgpack
 
+from auditstream.native import load_native
+
 
 def serial_of(data: bytes) -> int:
     """The SERIAL of ``audit(SEC.MSEC:SERIAL)``, or 0 when the header is malformed."""
@@ -34,11 +36,33 @@ def serial_of(data: bytes) -> int:
 _HEADER_SERIAL = re.compile(rb"audit\(\d+\.\d+:(\d+)\)")
 
 
+def _record_serial(record: tuple[int, bytes, str]) -> int:
+    """The serial of one record: 0 for markers, :func:`serial_of` for odd headers."""
+    type_, data, _node = record
+    if type_ <= 0:
+        return 0
+    m = _HEADER_SERIAL.match(data)
+    return int(m[1]) if m else serial_of(data)
+
+
+# C (receiver/csrc/lines.c) where built: the usual header read without a regex; it calls
+# _record_serial, the reference, for any record it does not read itself.
+_NATIVE_RECORD_SERIALS = load_native("receiver.native_lines", "record_serials")
+
+
 def record_serials(records: Sequence[tuple[int, bytes, str]]) -> list[int]:
     """The serial of each record (0 for markers and malformed headers), parsed once per read.
 
     The usual kernel header is one C-level match; anything else gets :func:`serial_of`.
     """
+    if _NATIVE_RECORD_SERIALS is not None:
+        serials: list[int] = _NATIVE_RECORD_SERIALS(records, _record_serial)
+        return serials
+    return python_record_serials(records)
+
+
+def python_record_serials(records: Sequence[tuple[int, bytes, str]]) -> list[int]:
+    """:func:`record_serials` in Python (the reference of the C version)."""
     match = _HEADER_SERIAL.match
     return [
         (int(m[1]) if (m := match(data)) else serial_of(data)) if type_ > 0 else 0

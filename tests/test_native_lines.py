@@ -91,3 +91,63 @@ def test_many_calls_do_not_leak() -> None:
     for _ in range(100_000):
         split_lines(lines, lambda line: odd_line(line, counters))
     assert rss_kib() - before < 20 * 1024
+
+
+# -- record_serials ----------------------------------------------------------------------------
+
+_SERIAL_HEADERISH = st.lists(
+    st.sampled_from(
+        [b"audit(", b"1", b"0", b"9", b"123456789012345678", b"1234567890123456789", b".", b":",
+         b")", b": ", b" ", b"\xd9\xa3", b"-", b"+", b"x=1", b"\x00"]
+    ),
+    max_size=12,
+).map(b"".join)
+
+
+def c_record_serials() -> Callable[..., list[int]]:
+    """The C record_serials; skipped when not built, unless CI requires it."""
+    return native_module("receiver.native_lines").record_serials  # type: ignore[no-any-return]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([-5, 0, 1300, 2**70]), _SERIAL_HEADERISH, st.sampled_from(["", "n"])),
+        max_size=6,
+    )
+)
+def test_record_serials_are_the_same(records: list[tuple[int, bytes, str]]) -> None:
+    """Header-like records (markers, odd digits, serials past 18 digits, huge types) give the
+    same serials from C as from the Python reference."""
+    from receiver.replaybuffer import _record_serial, python_record_serials
+
+    assert c_record_serials()(records, _record_serial) == python_record_serials(records)
+
+
+def test_record_serials_of_odd_records_go_to_the_reference() -> None:
+    """Lists instead of tuples, str data, and a serial of 19 digits are handed to the slow path."""
+    from receiver.replaybuffer import _record_serial, python_record_serials, record_serials
+
+    records = [
+        [1300, b"audit(1.2:77): a=1", ""],
+        (1300, b"audit(1.2:1234567890123456789): a=1", ""),
+        (1300, b"audit(1.2:42): a=1", ""),
+    ]
+    assert c_record_serials()(records, _record_serial) == [77, 1234567890123456789, 42]
+    assert record_serials(records) == python_record_serials(records)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):  # what the reference raises for data that is not bytes
+        c_record_serials()([(1300, "audit(1.2:3): x", "")], _record_serial)
+
+
+def test_record_serials_many_calls_do_not_leak() -> None:
+    """100k calls on good, marker and odd records keep RSS within 20 MB."""
+    from receiver.replaybuffer import _record_serial
+
+    serials = c_record_serials()
+    records = [(1300, b"audit(1.2:5): x", ""), (-1, b"lost=3", ""), (1300, b"bogus", "")]
+    for _ in range(2000):
+        serials(records, _record_serial)
+    before = rss_kib()
+    for _ in range(100_000):
+        serials(records, _record_serial)
+    assert rss_kib() - before < 20 * 1024

@@ -150,9 +150,73 @@ failed:
     return NULL;
 }
 
+/* receiver/replaybuffer.py record_serials(): the serial of each (type, data, node) record.
+ * The usual kernel header "audit(DIGITS.DIGITS:SERIAL)" at the start, SERIAL of 1-18
+ * digits, is read here; a type <= 0 (a marker) is 0; anything else (another header, a
+ * longer serial, a record that is not a (int, bytes, str) tuple) goes to slow(record). */
+static int ascii_digit(char c) { return c >= '0' && c <= '9'; }
+
+static long long header_serial(const char *data, Py_ssize_t size) {
+    Py_ssize_t at = 6, start;
+    if (size < 6 || memcmp(data, "audit(", 6) != 0) return -1;
+    for (start = at; at < size && ascii_digit(data[at]); at++) {}
+    if (at == start || at >= size || data[at] != '.') return -1;
+    for (start = ++at; at < size && ascii_digit(data[at]); at++) {}
+    if (at == start || at >= size || data[at] != ':') return -1;
+    long long serial = 0;
+    for (start = ++at; at < size && ascii_digit(data[at]); at++) {
+        if (at - start == MAX_DIGITS) return -1;
+        serial = serial * 10 + (data[at] - '0');
+    }
+    if (at == start || at >= size || data[at] != ')') return -1;
+    return serial;
+}
+
+static PyObject *record_serials(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "record_serials(records, slow: callable)");
+        return NULL;
+    }
+    PyObject *records = PySequence_Fast(args[0], "records must be a sequence");
+    if (records == NULL) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(records);
+    PyObject *out = PyList_New(count);
+    if (out == NULL) {
+        Py_DECREF(records);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *record = PySequence_Fast_GET_ITEM(records, i), *serial = NULL;
+        if (PyTuple_CheckExact(record) && PyTuple_GET_SIZE(record) == 3 &&
+            PyLong_CheckExact(PyTuple_GET_ITEM(record, 0)) &&
+            PyBytes_CheckExact(PyTuple_GET_ITEM(record, 1))) {
+            int overflow = 0;
+            long long type = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(record, 0), &overflow);
+            if (!overflow && type <= 0) {
+                serial = PyLong_FromLong(0);
+            } else if (!overflow) {
+                PyObject *data = PyTuple_GET_ITEM(record, 1);
+                long long value = header_serial(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+                if (value >= 0) serial = PyLong_FromLongLong(value);
+            }
+        }
+        if (serial == NULL && !PyErr_Occurred()) serial = PyObject_CallOneArg(args[1], record);
+        if (serial == NULL) {
+            Py_DECREF(out);
+            Py_DECREF(records);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, serial);
+    }
+    Py_DECREF(records);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"split_lines", (PyCFunction)(void (*)(void))split_lines, METH_FASTCALL,
      "split_lines(lines, odd_line) -> list of (type, data, node); odd_line(line) for the rest."},
+    {"record_serials", (PyCFunction)(void (*)(void))record_serials, METH_FASTCALL,
+     "record_serials(records, slow) -> the serial of each record; slow(record) for the rest."},
     {NULL, NULL, 0, NULL},
 };
 
