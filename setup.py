@@ -35,6 +35,12 @@ setup(
             extra_compile_args=_FLAGS,
         ),
         Extension(
+            "auditstream.native_doc_text",
+            ["auditstream/csrc/doc_text.c"],
+            optional=True,
+            extra_compile_args=_FLAGS,
+        ),
+        Extension(
             "receiver.native_lines",
             ["receiver/csrc/lines.c"],
             optional=True,

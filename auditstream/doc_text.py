@@ -16,9 +16,13 @@ non-empty list (dedupe reads it; markers are never split) and the text
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
+
+from auditstream.native import load_native
 
 PROCESS_KEY = b'"process":'
 _CONTAINER_KEY = b',"container":'
@@ -63,6 +67,18 @@ def split_at_process(doc: dict[str, Any], text: bytes) -> tuple[int, int, dict[s
     return start, start + len(value), head
 
 
+def _native_split() -> Callable[[dict[str, Any], bytes], tuple[int, int, dict[str, Any]] | None]:
+    """:func:`split_at_process` in C where built (auditstream/csrc/doc_text.c: it finds the
+    end of ``process`` by scanning the text instead of encoding it again), else Python."""
+    function = load_native("auditstream.native_doc_text", "split_at_process")
+    if function is None:
+        return split_at_process
+    # C calls the Python function for what it does not do itself (nested "process" keys).
+    native: Callable[[dict[str, Any], bytes], tuple[int, int, dict[str, Any]] | None]
+    native = partial(function, split_at_process)
+    return native
+
+
 def doc_line(doc: dict[str, Any], text: DocText) -> bytes:
     """The JSON line of a split doc: its text with ``doc["process"]`` (and an added
     ``doc["container"]``) in place, byte for byte ``orjson.dumps`` of the whole doc + newline."""
@@ -73,3 +89,7 @@ def doc_line(doc: dict[str, Any], text: DocText) -> bytes:
         return b"".join((before, process, after, b"\n"))
     # Enrichment appended "container" to a doc that had none: it is the doc's last key.
     return b"".join((before, process, after[:-1], _CONTAINER_KEY, orjson.dumps(container), b"}\n"))
+
+
+# What the assembler calls (auditstream/wire.py): C where built.
+SPLIT_AT_PROCESS = _native_split()

@@ -30,7 +30,7 @@ import msgpack
 import orjson
 import zmq
 
-from auditstream.doc_text import DOC_TEXT, PROCESS_KEY, DocText, split_at_process
+from auditstream.doc_text import DOC_TEXT, PROCESS_KEY, SPLIT_AT_PROCESS, DocText
 
 RECORDS = b"records"
 EVENTS = b"events"
@@ -129,7 +129,7 @@ def _heads_json(
             heads.append(None)
         else:
             # Markers (no raw records) are never split: dedupe and the stage read more of them.
-            split = split_at_process(docs[index], text) if events[index].get("raw") else None
+            split = SPLIT_AT_PROCESS(docs[index], text) if events[index].get("raw") else None
             if split is None:
                 heads.append([start, end])
             else:
