@@ -29,6 +29,7 @@ from live_helpers import (
     auditctl,
     is_audit_event,
     kernel_clean,
+    kernel_status,
     read_events,
     syscall_of,
     wait_for_events,
@@ -197,6 +198,44 @@ def test_0x1d_in_a_live_user_message_is_data_not_a_trailer(
     assert event["auditd"]["message_type"] == "user_login"
     assert event["user"]["audit"] == {"id": "1000"}  # no name: the id is all the kernel said
     assert "alice" not in json.dumps(event["user"]) and "root" not in json.dumps(event["user"])
+
+
+def test_kernel_untouched_while_the_sinks_cannot_start(
+    kernel_clean: KernelState, runs: list[LiveRun], tmp_path: Path
+) -> None:
+    """The receiver starts beside the tree keeper but touches the kernel only once the sinks are
+    open: while a Kafka sink waits 4 s for brokers that never answer, the audit pid stays 0 and
+    no rule is added; then the run fails naming the brokers, and no stage is left."""
+    pytest.importorskip("confluent_kafka", reason="confluent-kafka (pip install -e '.[kafka]')")
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.toml", run_dir, [DEFAULT_RULES])
+    config.write_text(
+        config.read_text() + f'[[sinks]]\ntype = "kafka"\nbrokers = ["127.0.0.1:{dead}"]\n'
+        'topic = "t"\nconnect_timeout_ms = 4000\n'
+    )
+    run = start_run(runs, tmp_path, "-c", str(config))
+    assert run.proc is not None
+    seen: set[tuple[int, str]] = set()
+    deadline = time.monotonic() + 30
+    while run.proc.poll() is None and time.monotonic() < deadline:
+        seen.add((kernel_status()["pid"], auditctl("-l").strip()))
+        time.sleep(0.1)
+    assert run.proc.poll() not in (None, 0), run.read_stderr()
+    assert seen == {(0, "No rules")}, seen
+    stderr = run.read_stderr()
+    assert "cannot start sinks" in stderr and "no answer from brokers" in stderr, stderr
+    left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(run_dir).encode() in _read(p)]
+    assert not left, f"stages outlived the failed start: {left}"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 @pytest.fixture
