@@ -13,7 +13,7 @@ from sinks import build_sink
 from sinks.config import sink_configs_from_tables
 from sinks.fanout import FanOut
 from treekeeper import state
-from treekeeper.procfs import LiveProcSource
+from treekeeper.procfs import LiveProcSource, read_file
 from treekeeper.reorder import ReorderWindow
 from treekeeper.tree import ProcessTable, TableConfig
 
@@ -104,11 +104,10 @@ class TreeStep:
         pid = doc.get("process", {}).get("pid")
         if not isinstance(pid, int):
             return []
-        try:
-            with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as fh:
-                text = fh.read()
-        except OSError:
+        raw = read_file(f"/proc/{pid}/cgroup")
+        if raw is None:
             return []  # gone already: the log's own ancestry has to do
+        text = raw.decode("utf-8", errors="replace")
         return self.table.adopt_cgroup(pid, self.table.event_ms(doc), text)
 
     def process(
