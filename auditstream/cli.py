@@ -178,7 +178,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     check_sinks(cfg)
-    print(f"{args.config}: OK ({len(cfg.sinks)} sinks, source {cfg.receiver.source})")
+    rules = ""
+    if cfg.receiver.source == "netlink":  # the rules a live start would load (multicast: none)
+        from receiver.live import rules_and_settings
+        from receiver.logsource import SourceError
+
+        try:
+            loaded, _settings = rules_and_settings(cfg)
+        except SourceError as err:
+            raise config_mod.ConfigError(
+                f"{cfg.source_path}: [receiver].rules_files: {err}"
+            ) from err
+        rules = f", {len(loaded)} rules"
+    print(f"{args.config}: OK ({len(cfg.sinks)} sinks, source {cfg.receiver.source}{rules})")
     return 0
 
 

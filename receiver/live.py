@@ -34,7 +34,10 @@ DRAIN_QUIET_S = 0.3
 DRAIN_POLL_MS = 50
 
 
-def _rules_and_settings(cfg: Config) -> tuple[list[Rule], KernelSettings]:
+def rules_and_settings(cfg: Config) -> tuple[list[Rule], KernelSettings]:
+    """The rules and kernel settings a unicast receiver loads: the rules files (the packaged
+    default.rules when none is given) parsed, no kernel touched; SourceError names the
+    file, line and reason (also used by ``auditstream check-config``)."""
     paths = [Path(p) for p in cfg.receiver.rules_files] or [DEFAULT_RULES]
     rules: list[Rule] = []
     settings = KernelSettings()
@@ -202,7 +205,7 @@ def run_netlink(
                 "reading the kernel's multicast audit group (read-only; auditd keeps the audit PID)"
             )
         else:
-            rules, settings = _rules_and_settings(cfg)
+            rules, settings = rules_and_settings(cfg)
             try:
                 session.start(pid=os.getpid(), settings=settings, rules=rules)
             except AuditHeld as held:

@@ -155,6 +155,30 @@ def test_bad_config_key_names_key_and_file(tmp_path: Path) -> None:
     assert b"event_timeout" in result.stderr and str(conf).encode() in result.stderr
 
 
+def test_check_config_reads_the_rules_a_live_start_would_load(tmp_path: Path) -> None:
+    """check-config parses the rules files (the packaged defaults when none are given) and
+    names the file, line and reason of a bad rule, without touching the kernel."""
+    default = tmp_path / "default.toml"
+    default.write_text('[receiver]\nsource = "netlink"\n')
+    rules = tmp_path / "bad.rules"
+    rules.write_text("-w /etc/passwd -p wa -k identity\n-a always,exit -F arch=b64 -S nosuchcall\n")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[receiver]\nrules_files = ["{rules}"]\n')
+    results = [
+        subprocess.run(
+            [sys.executable, "-m", "auditstream", "check-config", "-c", str(conf)],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=REPO,
+        )
+        for conf in (default, bad)
+    ]
+    assert results[0].returncode == 0 and "source netlink, 8 rules" in results[0].stdout
+    assert results[1].returncode == 2
+    assert f"{rules}:2: syscall name unknown: nosuchcall" in results[1].stderr, results[1].stderr
+
+
 def test_example_config_checks_out() -> None:
     """The shipped example configuration is valid."""
     result = subprocess.run(
