@@ -1,8 +1,8 @@
 """The C implementations of the assembler's per-event work, when built and allowed.
 
 ``assembler/csrc/*.c`` implement :func:`assembler.parse.parse_record` (the usual header;
-it hands anything else to the Python function), :func:`assembler.coalesce.coalesce` and
-:func:`assembler.ecs.build_doc` (for the events they know; for any other event they
+it hands anything else to the Python function) and :func:`assembler.batch.parse_batch`
+with it, :func:`assembler.coalesce.coalesce` and :func:`assembler.ecs.build_doc` (for the events they know; for any other event they
 return None and the Python functions do the work). The Python functions stay the
 reference; the differential tests hold the two equal (tests/test_native_*.py).
 
@@ -11,10 +11,10 @@ reference; the differential tests hold the two equal (tests/test_native_*.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from assembler.batch import BatchItem, parse_batch
 from assembler.coalesced import Coalesced
 from assembler.parse import Record, parse_record
 from auditstream.native import load_native
@@ -22,6 +22,7 @@ from auditstream.native import load_native
 CoalesceFn = Callable[[list[Record]], Coalesced | None]
 ParseFn = Callable[[int, bytes, str], Record]
 BuildDocFn = Callable[[list[Record], Coalesced], dict[str, Any] | None]
+ParseBatchFn = Callable[[Sequence[Sequence[Any]], bool], list[BatchItem]]
 
 
 def native_coalesce() -> CoalesceFn | None:
@@ -42,7 +43,7 @@ def parse_function() -> ParseFn:
     return parse_record if function is None else function
 
 
-def kernel_parse_function() -> ParseFn:
-    """``parse_record(..., trailer=False)``, for records read from the kernel: C or Python."""
-    function: ParseFn | None = load_native("assembler.native_parse", "parse_kernel_record")
-    return partial(parse_record, trailer=False) if function is None else function
+def parse_batch_function() -> ParseBatchFn:
+    """:func:`assembler.batch.parse_batch` in C where built and allowed, else the Python one."""
+    function: ParseBatchFn | None = load_native("assembler.native_parse", "parse_batch")
+    return parse_batch if function is None else function

@@ -317,6 +317,46 @@ class Reassembler(Generic[RecordT]):
             oldest_key, oldest = self._open.popitem(last=False)
             self._finish(oldest_key, oldest, CompletionReason.EVICTED, already_removed=True)
 
+    def push_run(self, records: list[RecordT], now_ms: int) -> None:
+        """:meth:`push` each of ``records``, in order, with one key lookup for all.
+
+        For a run as :func:`assembler.batch.parse_batch` cuts them: one key, no record
+        that completes alone (but in a run of one), an EOE only last. Anything the
+        shortcut does not cover (one record, a key completed recently, a run that may
+        reach ``max_records_per_event``) goes record by record.
+        """
+        first = records[0]
+        if len(records) == 1:
+            self.push(first, now_ms)
+            return
+        key = (first.node, first.sec, first.msec, first.serial)
+        event = self._open.get(key)
+        held = len(event.records) if event is not None else 0
+        if held + len(records) >= self._max_records_per_event or (
+            event is None and key in self._recent
+        ):
+            for rec in records:
+                self.push(rec, now_ms)
+            return
+        stats = self._stats
+        stats.records += len(records)
+        if now_ms > self._clock:
+            self._clock = now_ms
+        if event is None:
+            node = self._node(first.node)
+            unwrapped, jumped = node.unwrap(first.serial)
+            if jumped:
+                stats.discontinuities += 1
+            event = self._open[key] = _OpenEvent(first, self._clock, unwrapped, self.batch)
+            if len(self._open) > self._max_in_flight:
+                oldest_key, oldest = self._open.popitem(last=False)
+                self._finish(oldest_key, oldest, CompletionReason.EVICTED, already_removed=True)
+            event.records += records[1:]
+        else:
+            event.records += records
+        if records[-1].type == EOE_TYPE:
+            self._finish(key, event, CompletionReason.EOE)
+
     def oldest_open_batch(self) -> int | None:
         """The input batch of the oldest open event's first record (None: nothing open).
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import zmq
 
+from assembler.batch import Unparsed
 from assembler.events import (
     Event,
     event_from_records,
@@ -16,8 +17,8 @@ from assembler.events import (
     parse_error_event,
     receiver_marker_event,
 )
-from assembler.native import kernel_parse_function, parse_function
-from assembler.parse import ParseError, Record
+from assembler.native import parse_batch_function
+from assembler.parse import Record
 from assembler.reassembler import CompletionReason, LostRange, Reassembler
 from assembler.redelivery import (
     RESTART_GAP_TYPE,
@@ -33,13 +34,12 @@ from auditstream.stage import StageContext, merge_stats, write_status
 from sinks import sinks_take_doc_text
 
 log = logging.getLogger("auditstream.assembler")
-_PARSE_RECORD = parse_function()  # C where built (assembler/native.py)
+_PARSE_BATCH = parse_batch_function()  # C where built (assembler/native.py)
 # Sources whose records come straight from the kernel, which appends no ENRICHED trailer:
 # there a 0x1d can only come from user text (an AUDIT_USER message) and must not name
 # fields, or a process allowed to send user messages could name its own event's user.*
 # with a `UID="root"`-style trailer (docs/fuzz.md).
 KERNEL_SOURCES = ("netlink", "multicast")
-_PARSE_KERNEL_RECORD = kernel_parse_function()  # parse_record(..., trailer=False)
 
 
 OUT_BATCH_EVENTS = 256
@@ -53,8 +53,9 @@ class Assembly:
     def __init__(self, cfg: Config, *, event_time: bool, index: int = 0) -> None:
         self.out: list[Event] = []
         self.event_time = event_time  # files: timeouts in the log's own time
-        kernel = cfg.receiver.source in KERNEL_SOURCES
-        self.parse = _PARSE_KERNEL_RECORD if kernel else _PARSE_RECORD
+        # Records from the kernel have no ENRICHED trailer (KERNEL_SOURCES).
+        self.trailer = cfg.receiver.source not in KERNEL_SOURCES
+        self.parse_batch = _PARSE_BATCH
         self.follow = cfg.receiver.follow
         self.input_at = time.monotonic()
         self.shards = cfg.assembler.instances
@@ -137,26 +138,32 @@ class Assembly:
         ):  # live: one clock read per batch (records of a batch arrived together)
             self.clock_ms = time.monotonic_ns() // 1_000_000
         last: Record | None = None
-        parse = self.parse
-        for type_, data, node in recs:
-            if type_ <= 0:
-                self._special(type_, data, node)
+        reassembler = self.reassembler
+        for item in self.parse_batch(recs, self.trailer):
+            if isinstance(item, Unparsed):  # a marker or a bad header, in its place
+                self._unparsed(item)
                 continue
-            try:
-                rec = parse(type_, data, node)
-            except ParseError as err:
-                self.counts["parse_errors"] += 1
-                self.warn.warning("parse", "unparseable record: %s", err)
-                self.out.append(parse_error_event(type_, data, node, str(err)))
-                continue
+            first = item[0]
             if self.event_time:
-                stamp = rec.sec * 1000 + rec.msec
+                stamp = first.sec * 1000 + first.msec  # one key: one time for the run
                 if stamp > self.clock_ms:
                     self.clock_ms = stamp
-            self.reassembler.push(rec, self.clock_ms)
-            last = rec
+            if len(item) == 1:
+                reassembler.push(first, self.clock_ms)
+            else:
+                reassembler.push_run(item, self.clock_ms)
+            last = item[-1]
         if last is not None and not self.event_time:
             self.last_key = (last.sec * 1000 + last.msec, last.serial)
+
+    def _unparsed(self, item: Unparsed) -> None:
+        type_, data, node, error = item
+        if error is None:
+            self._special(type_, data, node)
+            return
+        self.counts["parse_errors"] += 1
+        self.warn.warning("parse", "unparseable record: %s", error)
+        self.out.append(parse_error_event(type_, data, node, error))
 
     def sent_below(self) -> list[int] | None:
         """Live: [event ms, serial] below which every event seen here has been completed

@@ -42,7 +42,7 @@ from treekeeper.acks import AckTracker
 from treekeeper.dedupe import Dedupe, doc_fingerprints, recover_sink_tails
 
 REPO = Path(__file__).resolve().parents[1]
-LOG_LINES = 60_000
+LOG_LINES = 100_000  # long enough for the kills to land while a replay runs: it gets faster
 KEY = re.compile(rb"^(?:node=(\S+) )?type=\S+ msg=audit\((\d+)\.(\d+):(\d+)\)", re.M)
 DOC_KEY = re.compile(r"audit\((\d+)\.(\d+):(\d+)\)")
 MAX_KILLS_PER_STAGE = 3  # the supervisor gives up after 5 deaths of one stage in 60 s

@@ -1,7 +1,8 @@
 """The C header parser (assembler/csrc/parse.c) gives the Python parse_record's result.
 
 Every line of every log under tests/corpus and the shared conformance corpus, generated
-logs, and hypothesis-made headers go through both; records and errors must be equal.
+logs, and hypothesis-made headers go through both; records and errors must be equal. The
+same for parse_batch (assembler/batch.py): the same runs and unparsed lines.
 Also: the loader's AUDITSTREAM_NATIVE switch (assembler/native.py).
 """
 
@@ -12,12 +13,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from native_helpers import native_module, rss_kib
 
+from assembler.batch import BatchItem, Unparsed, parse_batch
 from assembler.parse import ParseError, Record, parse_record
 from auditstream.logline import LineError, split_log_line
 from auditstream.native import MODE_ENV
@@ -154,3 +157,76 @@ def test_the_switch_chooses_python_c_or_a_clear_failure() -> None:
     env[MODE_ENV] = "1"
     required = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert "unavailable: AUDITSTREAM_NATIVE=1 but assembler.native_missing_module.f" in required.stdout
+
+
+def c_parse_batch() -> Callable[..., list[BatchItem]]:
+    """The C parse_batch; skipped when not built, unless CI requires it."""
+    return native_module("assembler.native_parse").parse_batch  # type: ignore[no-any-return]
+
+
+def as_comparable(items: list[BatchItem]) -> list[object]:
+    """Runs as lists of Records and Unparsed lines as plain tuples (C and Python items compare equal)."""
+    return [list(item) if type(item) is list else tuple(item) for item in items]
+
+
+def test_batches_cut_the_same_in_c_and_python() -> None:
+    """The corpus records with markers, bad headers and odd types mixed in: same runs and lines from C and Python."""
+    cbatch = c_parse_batch()
+    rows: list[list[object]] = [list(record) for record in log_records()]
+    odd = [[0, b"not a record", ""], [-3, b"lost=5", ""], [1300, b"bogus", "n"], [1320, b"audit(1.2:3): ", ""],
+           [10**30, b"audit(1.2:3): x=1", ""], [1006, b"audit(1.2:3): x=1", ""], [2000, b"audit(1.2:3): x", ""]]  # fmt: skip
+    for index, extra in enumerate(odd):
+        rows.insert(index * 97 % len(rows), extra)
+    for trailer in (True, False):
+        for start in range(0, len(rows), 512):
+            batch = rows[start : start + 512]
+            got, expected = cbatch(batch, trailer), parse_batch(batch, trailer)
+            assert as_comparable(got) == as_comparable(expected)
+            for item in got:
+                assert type(item) is list or type(item) is Unparsed
+    assert any(len(item) > 1 for item in parse_batch(rows) if type(item) is list)
+
+
+_DATA = [b"audit(5.001:7): a=1", b"audit(5.001:8): b", b"audit(5.1001:7): c", b" audit(5.001:7): \x1d X=1",
+         b"audit(5.001:99999999999): x", b"audit(x)", b"", b"audit(6.000:7): d"]  # fmt: skip
+_ROW = st.tuples(
+    st.sampled_from([1300, 1302, 1307, 1320, 1006, 2000, 1100, 0, -1, 2**70]),
+    st.sampled_from(_DATA),
+    st.sampled_from(["", "n", "h\x00"]),
+).map(list)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(rows=st.lists(_ROW, max_size=30), trailer=st.booleans())
+def test_any_batch_cuts_the_same(rows: list[list[object]], trailer: bool) -> None:
+    """Any mix of records, repeats, markers and bad headers: C and Python give the same items."""
+    assert as_comparable(c_parse_batch()(rows, trailer)) == as_comparable(parse_batch(rows, trailer))
+
+
+def test_rows_c_does_not_read_go_to_python() -> None:
+    """A batch with a row that is not a list or tuple of three, or a type that is not an int, behaves as in Python."""
+    cbatch = c_parse_batch()
+    good = [1300, b"audit(1.002:3): a=1", ""]
+    batches: list[list[Any]] = [[good, (1320, b"audit(1.002:3): ", "")], [good, [True, b"audit(1.002:3): x", ""]]]
+    for batch in batches:
+        assert as_comparable(cbatch(batch)) == as_comparable(parse_batch(batch))
+    bad_batches: list[list[Any]] = [[good, [1300, b"x"]], [good, 5]]
+    for bad in bad_batches:
+        with pytest.raises((ValueError, TypeError)) as from_c:
+            cbatch(bad)
+        with pytest.raises(from_c.type):
+            parse_batch(bad)
+
+
+def test_batches_do_not_leak() -> None:
+    """20k batches of runs, markers and header errors leave the process' RSS within 20 MB of where it was."""
+    cbatch = c_parse_batch()
+    batch = [[1300, b"audit(1.002:3): a=1", ""], [1307, b"audit(1.002:3): cwd=/", ""], [1320, b"audit(1.002:3): ", ""],
+             [0, b"junk", ""], [1300, b"bogus", ""], [1100, b"audit(1.002:4): x", ""]]  # fmt: skip
+    for _ in range(2000):
+        cbatch(batch, True)
+    before = rss_kib()
+    for _ in range(20_000):
+        cbatch(batch, True)
+        cbatch(batch, False)
+    assert rss_kib() - before < 20 * 1024

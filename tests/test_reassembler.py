@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from assembler.batch import parse_batch
 from assembler.parse import Record, parse_record
 from assembler.reassembler import (
     EOE_TYPE,
@@ -447,3 +448,84 @@ def test_any_order_and_loss_accounts_for_everything(data: st.DataObject) -> None
     assert reassembler.stats.records == len(pushed)
     assert reassembler.stats.stale_serials == 0
     assert sum(reassembler.stats.events.values()) == len(collector.events)
+
+
+_RUN_TYPES = [SYSCALL, PATH, CWD, EOE_TYPE, LOGIN, CONFIG_CHANGE, 1100, 2000]
+
+
+def _outcome(collector: Collector, reassembler: Reassembler[Record]) -> object:
+    """What a reassembler handed out and counted, comparable between two of them."""
+    events = [([(r.type, r.serial, r.node) for r in records], reason) for records, reason in collector.events]
+    stats = reassembler.stats
+    counters = (stats.records, dict(stats.events), stats.lost, stats.late_records, stats.discontinuities)
+    return events, collector.lost, counters, stats.stale_serials, stats.in_flight
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_runs_give_what_records_one_by_one_give(data: st.DataObject) -> None:
+    """Pushing parse_batch's runs (push_run) hands out and counts exactly what pushing each record does."""
+    rows = data.draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from([*_RUN_TYPES, 0, -2]),
+                st.integers(0, 6),
+                st.sampled_from(["", "b"]),
+                st.sampled_from([0, 1]),
+            ),
+            max_size=60,
+        ),
+        label="rows",
+    )
+    raw: list[tuple[int, bytes, str]] = [
+        (rtype, b"audit(%d.%03d:%d): x=1" % (SEC, msec, serial), node) for rtype, serial, node, msec in rows
+    ]
+    max_in_flight = data.draw(st.sampled_from([1000, 2]), label="max_in_flight")
+    max_records = data.draw(st.sampled_from([8192, 2, 3]), label="max_records")
+    max_recent = data.draw(st.sampled_from([16384, 1]), label="max_recent")
+    batches = data.draw(st.integers(1, 4), label="batches")
+    one, runs = Collector(), Collector()
+    by_record, by_run = (
+        Reassembler(
+            collector.complete,
+            collector.on_lost,
+            timeout_ms=10**9,
+            max_in_flight=max_in_flight,
+            max_records_per_event=max_records,
+            max_recent=max_recent,
+        )
+        for collector in (one, runs)
+    )
+    size = max(1, len(raw) // batches)
+    for start in range(0, len(raw), size):
+        batch = raw[start : start + size]
+        for rtype, payload, node in batch:
+            if rtype > 0:
+                by_record.push(parse_record(rtype, payload, node), start)
+        for item in parse_batch(batch):
+            if type(item) is list:
+                by_run.push_run(item, start)
+        by_record.maintain(start)
+        by_run.maintain(start)
+        assert _outcome(one, by_record) == _outcome(runs, by_run)
+    by_record.close()
+    by_run.close()
+    assert _outcome(one, by_record) == _outcome(runs, by_run)
+
+
+@pytest.mark.parametrize("name", GOLIBAUDIT_CASES)
+def test_golibaudit_scenarios_in_runs(corpus: Path, name: str) -> None:
+    """go-libaudit's four reassembler logs cut into runs give what their records give one by one."""
+    path = corpus / "go-libaudit" / "testdata" / f"{name}.log"
+    lines = [line for line in path.read_bytes().splitlines() if line.strip() and not line.startswith(b"#")]
+    rows = [list(split_log_line(line)) for line in lines]
+    one, runs = Collector(), Collector()
+    by_record, by_run = make(one, max_in_flight=5), make(runs, max_in_flight=5)
+    for record in read_log(path):
+        by_record.push(record, event_ms(record))
+    for item in parse_batch(rows):
+        assert type(item) is list
+        by_run.push_run(item, event_ms(item[0]))
+    assert _outcome(one, by_record) == _outcome(runs, by_run)
+    if name == "normal":  # its events are whole runs (the others interleave or are one record)
+        assert any(len(item) > 1 for item in parse_batch(rows) if type(item) is list)

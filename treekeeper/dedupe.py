@@ -8,8 +8,8 @@ while a LATE record (same key, a record not seen yet) still gets through. A seri
 marker is identified by its range. Other markers (parse errors, kernel loss) carry
 no stable identity and are never dropped: after a crash one may appear twice.
 
-Memory is bounded: the newest ``capacity`` fingerprints are kept, enough to cover
-everything the receiver can still resend. After a restart of the tree keeper the set
+Memory is bounded: at least the newest ``capacity`` fingerprints are kept (at most
+twice that), enough to cover everything the receiver can still resend. After a restart of the tree keeper the set
 is rebuilt from the tail of each jsonl / file sink that has a path, at most
 ``TAIL_MAX_BYTES`` each (docs/recovery.md); stdout and Kafka cannot be read back, so
 there a tree keeper crash can repeat events (at-least-once).
@@ -38,40 +38,42 @@ Event = dict[str, Any]
 
 
 class RecentFingerprints:
-    """A set of ints that forgets its oldest members beyond ``capacity``."""
+    """A set of ints that forgets its oldest members: at least the newest ``capacity`` stay.
+
+    Two generations of sets: members go into ``_current``; when it holds ``capacity``,
+    it becomes ``_previous`` and the one before is dropped. Adding is then one C-level
+    ``set.update`` per event, not a loop over a deque per fingerprint, and at most
+    ``2 * capacity`` members are held.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(1, capacity)
-        self._members: set[int] = set()
-        self._order: deque[int] = deque()
+        self._current: set[int] = set()
+        self._previous: set[int] = set()
 
     def __contains__(self, fingerprint: int) -> bool:
-        return fingerprint in self._members
+        return fingerprint in self._current or fingerprint in self._previous
 
     def __len__(self) -> int:
-        return len(self._members)
+        return len(self._current) + len(self._previous - self._current)
 
     def add(self, fingerprint: int) -> None:
-        if fingerprint in self._members:
-            return
-        self._members.add(fingerprint)
-        self._order.append(fingerprint)
-        if len(self._order) > self.capacity:
-            self._members.discard(self._order.popleft())
+        self.add_all((fingerprint,))
 
     def has_all(self, fingerprints: tuple[int, ...]) -> bool:
-        """Every one of them is a member (one set operation, not a call per fingerprint)."""
-        return self._members.issuperset(fingerprints)
+        """Every one of them is a member."""
+        current = self._current
+        if current.issuperset(fingerprints):
+            return True
+        previous = self._previous
+        return bool(previous) and all(fp in current or fp in previous for fp in fingerprints)
 
     def add_all(self, fingerprints: tuple[int, ...]) -> None:
-        """:meth:`add` each, in order (inlined: this runs for every record of every event)."""
-        members, order, capacity = self._members, self._order, self.capacity
-        for fingerprint in fingerprints:
-            if fingerprint not in members:
-                members.add(fingerprint)
-                order.append(fingerprint)
-                if len(order) > capacity:
-                    members.discard(order.popleft())
+        """Remember each of them as the newest."""
+        current = self._current
+        current.update(fingerprints)
+        if len(current) >= self.capacity:
+            self._previous, self._current = current, set()
 
 
 def doc_fingerprints(doc: Any) -> tuple[int, ...] | None:
