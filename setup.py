@@ -22,6 +22,7 @@ setup(
             depends=[
                 "assembler/csrc/coalesce_text.h",
                 "assembler/csrc/coalesce_execve.h",
+                "assembler/csrc/coalesce_normalize.h",
                 "assembler/csrc/escape.h",
             ],
             optional=True,
@@ -43,6 +44,12 @@ setup(
         Extension(
             "receiver.native_lines",
             ["receiver/csrc/lines.c"],
+            optional=True,
+            extra_compile_args=_FLAGS,
+        ),
+        Extension(
+            "treekeeper.native_enrich",
+            ["treekeeper/csrc/enrich.c"],
             optional=True,
             extra_compile_args=_FLAGS,
         ),

@@ -14,9 +14,11 @@
  * PLAIN_BODY: single-space separated key=value, values bare or double-quoted without quotes,
  * spaces or '=') and clean (printable ASCII other than '%'); EXECVE bodies must be single-space
  * separated argc/aN/aN_len/aN[i] tokens of printable ASCII. The summary and ECS step
- * (assembler.summarize.apply_normalization, table-driven) stays in Python and is called on the
- * result at the same point as in coalesce(). Name tables (arch, syscall, errno) are the Python
- * dicts of assembler.tables, looked up at run time.
+ * (assembler.summarize.apply_normalization, table-driven) runs at the same point as in coalesce():
+ * in C (coalesce_normalize.h) for the record type "syscall" and the Normalization shapes it knows,
+ * reading the Python tables; anything else calls the Python function on the untouched event.
+ * Name tables (arch, syscall, errno) are the Python dicts of assembler.tables, looked up at run
+ * time.
  *
  * Declined (None): any other record type (SOCKADDR, SECCOMP, AVC, user-space records…), a first
  * record that is not SYSCALL, several SYSCALL records, an EOE before the end, no records besides
@@ -27,7 +29,8 @@
  * apply_normalization raises.
  *
  * Layout: this file (module setup, record interpretation, the event) includes
- * coalesce_text.h (strings, escape(), hex) and coalesce_execve.h (EXECVE arguments).
+ * coalesce_text.h (strings, escape(), hex), coalesce_execve.h (EXECVE arguments) and
+ * coalesce_normalize.h (apply_normalization).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -233,10 +236,12 @@ static int load_python_objects(void) {
     return load_slots();
 }
 
+#include "coalesce_normalize.h"
+
 static int ensure_ready(void) {
     if (g_ready)
         return 0;
-    if (load_python_objects() < 0)
+    if (load_python_objects() < 0 || normalize_init() < 0)
         return -1;
     g_ready = 1;
     return 0;
@@ -1066,13 +1071,16 @@ static PyObject *coalesce(PyObject *module, PyObject *records) {
         rc = build_event(&in, &it, &event);
     input_clear(&in);
     if (rc == OK) {
-        /* Table-driven summary and ECS fields: the Python reference, at the same point. */
-        PyObject *done = PyObject_CallOneArg(g_apply_normalization, event);
-        if (done == NULL) {
-            PyErr_Clear(); /* Python's coalesce() raises the same: let it */
-            rc = DECLINE;
+        /* Table-driven summary and ECS fields, at the same point: in C, else the Python
+         * reference on the untouched event. */
+        rc = normalize_event(event);
+        if (rc == DECLINE) {
+            PyObject *done = PyObject_CallOneArg(g_apply_normalization, event);
+            if (done == NULL)
+                PyErr_Clear(); /* Python's coalesce() raises the same: let it */
+            rc = done == NULL ? DECLINE : OK;
+            Py_XDECREF(done);
         }
-        Py_XDECREF(done);
     }
     if (rc == OK)
         rc = lift_process(event);
@@ -1084,10 +1092,17 @@ static PyObject *coalesce(PyObject *module, PyObject *records) {
     Py_RETURN_NONE;
 }
 
+static PyObject *normalize_counts(PyObject *module, PyObject *unused) {
+    return Py_BuildValue("(KK)", g_norm_handled, g_norm_declined);
+}
+
 static PyMethodDef methods[] = {
     {"coalesce", coalesce, METH_O,
      "coalesce(records) -> Coalesced | None: assembler.coalesce.coalesce() for the common kernel "
      "event, or None (not handled here: run the Python function)."},
+    {"_normalize_counts", normalize_counts, METH_NOARGS,
+     "_normalize_counts() -> (handled, declined): events whose apply_normalization ran in C, and "
+     "those left to the Python function, since the module was loaded (for the tests)."},
     {NULL, NULL, 0, NULL},
 };
 
