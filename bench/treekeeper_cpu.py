@@ -16,8 +16,9 @@ median of ``--rounds``. With it: valgrind's callgrind counts the instructions of
 run per stop point (load only, +decode, +dedupe, +tree, +jsonl) and prints the
 differences per input event and per line: deterministic, unaffected by other jobs.
 ``--tree DIR`` runs another checkout's code (e.g. ``git archive HEAD`` unpacked) with
-the same frames. ``AUDITSTREAM_NATIVE=0``: the assembler's Python path builds the
-frames, so they do not depend on which C code is built.
+the same frames. The assembler's Python path builds the frames, so they do not depend on
+which C code is built; the tree keeper's steps run with the caller's
+``AUDITSTREAM_NATIVE`` (C where built; ``=0`` for the Python reference).
 """
 
 from __future__ import annotations
@@ -42,9 +43,22 @@ RECORDS_PER_BATCH = 512
 Event = dict[str, Any]
 
 
+NATIVE_MODE = "AUDITSTREAM_NATIVE"
+_CALLER_MODE = os.environ.get(NATIVE_MODE)  # what the tree keeper's own steps run with
+
+
 def _use_tree(tree: Path) -> None:
-    os.environ["AUDITSTREAM_NATIVE"] = "0"  # before anything imports the assembler
+    os.environ[NATIVE_MODE] = "0"  # before anything imports the assembler
     sys.path.insert(0, str(tree))
+
+
+def _caller_mode_env() -> dict[str, str]:
+    """The environment with the caller's AUDITSTREAM_NATIVE (the frames were built without C)."""
+    env = dict(os.environ)
+    env.pop(NATIVE_MODE, None)
+    if _CALLER_MODE is not None:
+        env[NATIVE_MODE] = _CALLER_MODE
+    return env
 
 
 def build_frames(log: Path, lines: int, shards: int) -> list[tuple[int, list[Event]]]:
@@ -97,6 +111,8 @@ def load_frames(opts: argparse.Namespace) -> list[tuple[int, list[Event]]]:
 
 def run_once(opts: argparse.Namespace, stop: str, out: Path) -> tuple[float, int, int]:
     """Pack the frames, run the per-frame path up to ``stop``; (CPU s of it, events, frames)."""
+    os.environ.clear()
+    os.environ.update(_caller_mode_env())  # the tree keeper's C (treekeeper/native.py) as asked
     from auditstream import wire
     from auditstream.config import Config
     from sinks.config import FileOutputConfig, SinkConfig
@@ -172,7 +188,7 @@ def callgrind_instructions(opts: argparse.Namespace, stop: str, workdir: Path) -
         str(workdir / f"out.{stop}.jsonl"),  # runs at once must not share a file
     ]
     # A fixed hash seed: set and dict layouts (dedupe, the tree) are the same run to run.
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env = {**_caller_mode_env(), "PYTHONHASHSEED": "0"}
     subprocess.run(
         command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )

@@ -40,6 +40,7 @@ from treekeeper import containers, namespaces
 from treekeeper.containers import ContainerRef, RuntimeRole
 from treekeeper.enrich import enrich_doc, lifecycle_doc
 from treekeeper.namespaces import CLONE_NEWPID, PidNs
+from treekeeper.native import EnrichFn, ObserveFn, native_enrich, native_observe_plain
 from treekeeper.procfs import ProcSource
 
 log = logging.getLogger(__name__)
@@ -333,6 +334,8 @@ class ProcessTable:
     def observe(self, doc: dict[str, Any]) -> list[Doc]:
         """Update the table from one event doc; return the lifecycle docs it causes."""
         try:
+            if _NATIVE_OBSERVE is not None and _NATIVE_OBSERVE(self, doc):
+                return []  # a known process's plain event: only event_ms's bookkeeping, done in C
             return self._observe(doc)
         except (TypeError, ValueError, AttributeError) as err:  # hostile doc shapes
             self.stats.bad_docs += 1
@@ -342,7 +345,8 @@ class ProcessTable:
     def enrich(self, doc: dict[str, Any]) -> None:
         """Add process/parent/ancestry/container fields the table knows to ``doc``."""
         try:
-            enrich_doc(self, doc)
+            if _NATIVE_ENRICH is None or not _NATIVE_ENRICH(self, doc):
+                enrich_doc(self, doc)
         except (TypeError, ValueError, AttributeError) as err:
             self.stats.bad_docs += 1
             log.debug("treekeeper: doc not enriched: %s", err)
@@ -862,3 +866,8 @@ class ProcessTable:
                 out.append(lifecycle_doc(self, "container-gone", proc, self.last_ms))
             else:
                 self.container_members[proc.container.id] = left
+
+
+# Last: the C module reads the classes above when it is imported (treekeeper/native.py).
+_NATIVE_ENRICH: EnrichFn | None = native_enrich()
+_NATIVE_OBSERVE: ObserveFn | None = native_observe_plain()
