@@ -296,6 +296,19 @@ static PyObject *take_parse_error(void) {
     return message;
 }
 
+/* A new run [rec] appended to out (rec's reference taken); the run (borrowed), NULL on error. */
+static PyObject *append_run(PyObject *out, PyObject *rec) {
+    PyObject *run = PyList_New(1);
+    if (run == NULL) {
+        Py_DECREF(rec);
+        return NULL;
+    }
+    PyList_SET_ITEM(run, 0, rec);
+    int failed = PyList_Append(out, run) < 0;
+    Py_DECREF(run); /* out holds it */
+    return failed ? NULL : run;
+}
+
 static PyObject *delegate_batch(PyObject *recs, int trailer) {
     PyObject *args[2] = {recs, trailer ? Py_True : Py_False};
     return PyObject_Vectorcall(python_parse_batch, args, 2, NULL);
@@ -350,15 +363,7 @@ static PyObject *parse_batch(PyObject *self, PyObject *const *args, Py_ssize_t n
             goto next;
         }
         if (completes_alone(type_value, overflow)) {
-            PyObject *alone = PyList_New(1);
-            if (alone == NULL) {
-                Py_DECREF(rec);
-                failed = 1;
-                goto next;
-            }
-            PyList_SET_ITEM(alone, 0, rec);
-            failed = PyList_Append(out, alone) < 0;
-            Py_DECREF(alone);
+            failed = append_run(out, rec) == NULL;
             run = NULL;
             goto next;
         }
@@ -375,15 +380,11 @@ static PyObject *parse_batch(PyObject *self, PyObject *const *args, Py_ssize_t n
             failed = PyList_Append(run, rec) < 0;
             Py_DECREF(rec);
         } else {
-            PyObject *fresh = PyList_New(1);
+            PyObject *fresh = append_run(out, rec);
             if (fresh == NULL) {
-                Py_DECREF(rec);
                 failed = 1;
                 goto next;
             }
-            PyList_SET_ITEM(fresh, 0, rec);
-            failed = PyList_Append(out, fresh) < 0;
-            Py_DECREF(fresh);
             /* A run without a readable key takes no other record. */
             run = keyed ? fresh : NULL;
             run_node = *(PyObject **)((char *)rec + field_offsets[F_NODE]);
