@@ -16,11 +16,10 @@ from typing import Any
 
 from assembler.batch import BatchItem, parse_batch
 from assembler.coalesced import Coalesced
-from assembler.parse import Record, parse_record
+from assembler.parse import Record
 from auditstream.native import load_native
 
 CoalesceFn = Callable[[list[Record]], Coalesced | None]
-ParseFn = Callable[[int, bytes, str], Record]
 BuildDocFn = Callable[[list[Record], Coalesced], dict[str, Any] | None]
 ParseBatchFn = Callable[[Sequence[Sequence[Any]], bool], list[BatchItem]]
 
@@ -35,12 +34,6 @@ def native_build_doc() -> BuildDocFn | None:
     """The C document builder (None: not built or not allowed)."""
     function: BuildDocFn | None = load_native("assembler.native_ecs", "build_doc")
     return function
-
-
-def parse_function() -> ParseFn:
-    """The C header parser where built and allowed, else the Python one."""
-    function: ParseFn | None = load_native("assembler.native_parse", "parse_record")
-    return parse_record if function is None else function
 
 
 def parse_batch_function() -> ParseBatchFn:

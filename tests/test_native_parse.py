@@ -141,11 +141,11 @@ def test_many_calls_do_not_leak() -> None:
 
 
 def test_the_switch_chooses_python_c_or_a_clear_failure() -> None:
-    """AUDITSTREAM_NATIVE=0 gives the Python parser; =1 with a module missing names the module."""
+    """AUDITSTREAM_NATIVE=0 gives the Python batch parser; =1 with a module missing names the module."""
     code = (
-        "from assembler import native, parse\n"
+        "from assembler import batch, native\n"
         "from auditstream.native import NativeUnavailable, load_native\n"
-        "print(native.parse_function() is parse.parse_record)\n"
+        "print(native.parse_batch_function() is batch.parse_batch)\n"
         "try:\n"
         "    load_native('assembler.native_missing_module', 'f')\n"
         "except NativeUnavailable as err:\n"
