@@ -247,8 +247,11 @@ class Reassembler(Generic[RecordT]):
         max_recent: int = 16384,
         max_records_per_event: int = 8192,
         shard: tuple[int, int] = (0, 1),
+        max_open_batches: int = 0,
     ) -> None:
-        """``shard`` = (index, count): this reassembler gets serials with serial % count == index."""
+        """``shard`` = (index, count): this reassembler gets serials with serial % count == index.
+        ``max_open_batches``: :meth:`maintain` completes (EVICTED) an event whose first record
+        came that many input batches ago (0: no bound), see :meth:`maintain`."""
         if min(max_in_flight, max_recent, max_records_per_event) < 1 or timeout_ms < 0:
             raise ValueError("limits must be >= 1 and timeout_ms >= 0")
         self._on_complete = on_complete
@@ -257,6 +260,7 @@ class Reassembler(Generic[RecordT]):
         self._timeout_ms = timeout_ms
         self._max_recent = max_recent
         self._max_records_per_event = max_records_per_event
+        self._max_open_batches = max_open_batches
         # Insertion order is age order (the clock never goes back): oldest first.
         self._open: OrderedDict[EventKey, _OpenEvent[RecordT]] = OrderedDict()
         self._recent: OrderedDict[EventKey, None] = OrderedDict()
@@ -393,6 +397,18 @@ class Reassembler(Generic[RecordT]):
             if event.first_ms > deadline:
                 break
             self._finish(key, event, CompletionReason.TIMEOUT)
+        # An open event holds its first batch in the receiver's replay buffer. In replay the
+        # clock is event time, which moves only with more input, and more input waits for
+        # room in that buffer: a record without its EOE (a log cut mid-event) in a log
+        # denser than the buffer holds would stop the stream. So an event is also done
+        # once it is this many batches old; a kernel's records of one event come together.
+        if self._max_open_batches:
+            oldest_allowed = self.batch - self._max_open_batches
+            while open_events:
+                key, event = next(iter(open_events.items()))
+                if event.batch > oldest_allowed:
+                    break
+                self._finish(key, event, CompletionReason.EVICTED)
         self._settle_all(deadline)
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from assembler.events import (
 )
 from assembler.native import parse_batch_function
 from assembler.parse import Record
-from assembler.reassembler import CompletionReason, LostRange, Reassembler
+from assembler.reassembler import EOE_TYPE, CompletionReason, LostRange, Reassembler
 from assembler.redelivery import (
     RESTART_GAP_TYPE,
     BatchStream,
@@ -75,11 +75,14 @@ class Assembly:
             max_in_flight=cfg.assembler.max_in_flight,
             timeout_ms=cfg.assembler.event_timeout_ms,
             shard=(index, cfg.assembler.instances),
+            # Half the receiver's buffer for this shard: acknowledgements keep it from filling.
+            max_open_batches=max(1, cfg.receiver.replay_buffer_batches // 2),
         )
         self.counts: dict[str, int] = {
             "records": 0,
             "parse_errors": 0,
             "events": 0,
+            "lone_eoes": 0,  # an EOE whose event was complete without it, or lies elsewhere
             "lost_events": 0,
             "lost_markers": 0,
             "interpret_errors": 0,
@@ -96,6 +99,11 @@ class Assembly:
         )
 
     def _complete(self, records: list[Record], reason: CompletionReason) -> None:
+        if len(records) == 1 and records[0].type == EOE_TYPE:
+            # It says only "that event ended": after its event timed out, a log given twice,
+            # a file cut after an event's records. Counted, not turned into an error event.
+            self.counts["lone_eoes"] += 1
+            return
         try:
             event = event_from_records(records, reason)
             if self.recv_ns is not None:

@@ -212,6 +212,23 @@ def test_max_in_flight_evicts_oldest() -> None:
     assert reassembler.stats.events[CompletionReason.EVICTED] == 1
 
 
+def test_an_event_open_for_max_open_batches_is_evicted() -> None:
+    """maintain() completes an event whose first record came max_open_batches input batches ago, and no younger one."""
+    collector = Collector()
+    reassembler: Reassembler[Record] = Reassembler(
+        collector.complete, collector.on_lost, timeout_ms=60_000, max_open_batches=3
+    )
+    for batch, serial in ((0, 1), (1, 2), (2, 3)):
+        reassembler.batch = batch
+        reassembler.push(rec(SYSCALL, serial), 0)  # no EOE, and event time stands still
+    reassembler.maintain(0)
+    assert collector.events == []
+    reassembler.batch = 4
+    reassembler.maintain(0)
+    assert collector.serials() == [(1, CompletionReason.EVICTED), (2, CompletionReason.EVICTED)]
+    assert reassembler.oldest_open_batch() == 2
+
+
 def test_interleaved_events() -> None:
     """Records of interleaved events land in their own events, completed in EOE order."""
     collector = Collector()

@@ -12,7 +12,7 @@ import pytest
 
 from assembler.stage import Assembly
 from auditstream.config import Config
-from treekeeper.reorder import ReorderWindow
+from treekeeper.reorder import BACKWARD_RUN, ReorderWindow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,6 +36,42 @@ def test_reorder_window_waits_for_the_slowest_source() -> None:
     w.close_source(1)  # source 1 ended: only source 0 holds the window
     assert w.push("c0", 5200, 5, source=0) == ["b1", "b0"]
     assert w.flush() == ["c0"]
+
+
+def test_time_that_goes_back_for_good_releases_what_was_held() -> None:
+    """BACKWARD_RUN events in a row far behind a source's newest start a new timeline: what was held leaves at once, in order."""
+    w: ReorderWindow[str] = ReorderWindow(window_ms=100, jump_ms=1000)
+    assert w.push("a", 50_000, 1) + w.push("b", 50_050, 2) == []
+    out: list[str] = []
+    for i in range(BACKWARD_RUN - 1):  # an older file: events of its own, in time order
+        out += w.push(f"old{i}", 1000 + i, 100 + i)
+    assert "a" not in out and "b" not in out  # not yet: it might be isolated old events
+    out += w.push("last", 1000 + BACKWARD_RUN, 200)
+    assert out[-2:] == ["a", "b"]  # "last" is held: the new timeline's window applies
+    assert w.timelines == 1 and w.last_jump_ms == 50_050 - (1000 + BACKWARD_RUN)
+    assert w.push("next", 2000, 300) == ["last"]
+
+
+def test_an_isolated_old_event_is_not_a_new_timeline() -> None:
+    """Old events between events of normal time (syscalls that blocked long) leave at once and move nothing."""
+    w: ReorderWindow[str] = ReorderWindow(window_ms=100, jump_ms=1000)
+    w.push("a", 50_000, 1)
+    for i in range(3 * BACKWARD_RUN):
+        assert w.push(f"old{i}", 1000, 10 + i) == [f"old{i}"]  # below the horizon: out at once
+        if i % (BACKWARD_RUN - 1) == 0:
+            w.push(f"now{i}", 50_001 + i, 1000 + i)  # normal time again: the run starts over
+    assert w.timelines == 0
+    assert w.horizon() > 50_000
+
+
+def test_seen_times_move_the_window_like_pushed_ones() -> None:
+    """see() (an event dedupe dropped) moves a source's time and detects a step back, but releases only held events."""
+    w: ReorderWindow[str] = ReorderWindow(window_ms=100, jump_ms=1000)
+    assert w.push("a", 50_000, 1) == []
+    assert w.see(50_200) == ["a"]
+    assert w.push("b", 50_300, 2) == []
+    out = [x for i in range(BACKWARD_RUN) for x in w.see(1000 + i)]
+    assert out == ["b"] and w.timelines == 1
 
 
 def test_claim_releases_what_the_only_assembler_has_passed() -> None:

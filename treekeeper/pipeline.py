@@ -19,6 +19,8 @@ from treekeeper.tree import ProcessTable, TableConfig
 
 log = logging.getLogger("auditstream.treekeeper")
 EXEC_SYSCALLS = ("execve", "execveat")
+MAX_HELD_EVENTS = 10_000  # the reorder window's memory bound
+MIN_HELD_EVENTS = 64
 Event = dict[str, Any]
 
 
@@ -66,11 +68,18 @@ class TreeStep:
         self.table = restored or ProcessTable(table_cfg)
         # A followed log's quiet shard may never send an event: wait for no one there.
         expected = 0 if self.follow else cfg.assembler.instances
+        # Held events keep their batches in the receiver's replay buffers unacknowledged:
+        # hold at most about a tenth of what those buffers take (each event >= 1 record).
+        r = cfg.receiver
+        buffered = r.replay_buffer_batches * r.batch_max_records * cfg.assembler.instances
         self.window: ReorderWindow[Event] = ReorderWindow(
-            window_ms=t.reorder_window_ms, sources=expected
+            window_ms=t.reorder_window_ms,
+            max_held=min(MAX_HELD_EVENTS, max(MIN_HELD_EVENTS, buffered // 10)),
+            sources=expected,
         )
         self.clock_ms = 0
         self.lifecycle_events = 0
+        self.timelines_warned = 0  # the window's count of steps back already logged
         if self.enabled and not self.event_time:
             proc_source = LiveProcSource()
             # Live, /proc says which pid namespace a forking process is in (namespaces.py).
@@ -97,6 +106,18 @@ class TreeStep:
             self.lifecycle_events += len(lifecycle)
             out.extend({"key": event["key"], "raw": [], "doc": life} for life in lifecycle)
 
+    def _warn_timeline(self, source: int) -> None:
+        self.timelines_warned = self.window.timelines
+        log.warning(
+            "event time of assembler-%d went back %.1f s and stayed there (files given newest "
+            "first? give them oldest first, e.g. ls -rv; or a clock step): the reorder window "
+            "let go of what it held; processes of the earlier times are matched as well as "
+            "they can be (%d such steps so far)",
+            source,
+            self.window.last_jump_ms / 1000,
+            self.window.timelines,
+        )
+
     def _live_container(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
         """Live, an exec'd process's cgroup names its container (docker, containerd, CRI-O…)."""
         if doc.get("auditd", {}).get("data", {}).get("syscall") not in EXEC_SYSCALLS:
@@ -111,25 +132,39 @@ class TreeStep:
         return self.table.adopt_cgroup(pid, self.table.event_ms(doc), text)
 
     def process(
-        self, events: list[Event], source: int = 0, sent_below: list[int] | None = None
+        self,
+        events: list[Event],
+        source: int = 0,
+        sent_below: list[int] | None = None,
+        dropped: set[int] | None = None,
     ) -> list[Event]:
         """Events of one frame of assembler ``source``: through the window into the table.
 
         ``sent_below`` (live): the frame's claim, [event ms, serial] below which the
-        assembler has sent every event it has seen (treekeeper/reorder.py).
+        assembler has sent every event it has seen (treekeeper/reorder.py). ``dropped``:
+        ids of the events dedupe dropped; the window still learns their times, in frame
+        order (a log given twice must not hold the end of its first copy until the end).
         """
         if not self.enabled:
-            return events
+            return [event for event in events if id(event) not in dropped] if dropped else events
         self.input_at = time.monotonic()
         out: list[Event] = []
         window = self.window
         for event in events:
+            if dropped and id(event) in dropped:
+                if event["raw"]:
+                    _, sec, msec, _ = event["key"]
+                    for ready in window.see(sec * 1000 + msec, source):
+                        self._apply(ready, out)
+                continue
             if not event["raw"]:  # markers carry no process and need no order
                 out.append(event)
                 continue
             _, sec, msec, serial = event["key"]
             for ready in window.push(event, sec * 1000 + msec, serial, source):
                 self._apply(ready, out)
+        if window.timelines != self.timelines_warned:
+            self._warn_timeline(source)
         if sent_below is not None and not self.event_time:
             for ready in window.claim(source, (int(sent_below[0]), int(sent_below[1]))):
                 self._apply(ready, out)
@@ -176,5 +211,6 @@ class TreeStep:
         return {
             "lifecycle_events": self.lifecycle_events,
             "released_by_claim": self.window.released_by_claim,
+            "time_went_back": self.window.timelines,
             "tree": tree,
         }

@@ -13,6 +13,15 @@ Two ways out of the window:
   record it received). An event below the claims of every source still sending can
   no longer be overtaken by an event an assembler has already seen, so it leaves at
   once. The window is then the longest an event waits, not the shortest.
+
+Event time can go back for good: files given newest first (``replay audit.log*``), a log
+made of several hosts' logs end to end, a clock stepped back, one record stamped far in
+the future. The window would then hold the events ahead of the new times until the end
+of input, and with them the acknowledgements the receiver waits for. So when
+:data:`BACKWARD_RUN` events in a row of one source are more than ``jump_ms`` older than
+its newest, that source starts a new timeline: everything held leaves, in order, and its
+newest time is the new timeline's. An isolated old event (a syscall that blocked for an
+hour is stamped at its entry) does not count: the next event of normal time resets the run.
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 OrderKey = tuple[int, int]  # (event time in ms, serial): the order the table wants
+BACKWARD_RUN = 32  # events in a row behind a source's newest by more than jump_ms
+MIN_JUMP_MS = 1000
 
 
 class ReorderWindow(Generic[T]):
@@ -33,11 +44,20 @@ class ReorderWindow(Generic[T]):
     ``max_held`` bounds memory under a time jump.
     """
 
-    def __init__(self, window_ms: int = 250, max_held: int = 10000, sources: int = 0) -> None:
+    def __init__(
+        self, window_ms: int = 250, max_held: int = 10000, sources: int = 0, jump_ms: int = 0
+    ) -> None:
         """``sources``: how many must have sent an event before anything is released by time
-        (an assembler that starts late is otherwise already behind); 0 waits for none."""
+        (an assembler that starts late is otherwise already behind); 0 waits for none.
+        ``jump_ms``: a step back in one source's event time that may start a new timeline
+        (0: four windows, at least :data:`MIN_JUMP_MS`)."""
         self.window_ms = window_ms
         self.max_held = max_held
+        self.jump_ms = jump_ms or max(MIN_JUMP_MS, 4 * window_ms)
+        # source -> (events in a row far behind its newest, the newest time among them)
+        self._behind: dict[int, tuple[int, int]] = {}
+        self.timelines = 0  # times a source's event time went back for good
+        self.last_jump_ms = 0  # how far back the last one went
         self._heap: list[tuple[int, int, int, T]] = []
         self._count = 0
         # source -> its newest event time; -1: expected, nothing seen yet
@@ -67,20 +87,54 @@ class ReorderWindow(Generic[T]):
 
     def push(self, item: T, at_ms: int, serial: int, source: int = 0) -> list[T]:
         """Add one event; return the events now older than the window, in order."""
+        out = self._note_time(at_ms, source)
         self._count += 1
         heapq.heappush(self._heap, (at_ms, serial, self._count, item))
+        return self._release_by_time(out)
+
+    def see(self, at_ms: int, source: int = 0) -> list[T]:
+        """An event of ``source`` that does not go through the window (a duplicate dropped)
+        still says how far that source's time has moved: return what that releases."""
+        return self._release_by_time(self._note_time(at_ms, source))
+
+    def _note_time(self, at_ms: int, source: int) -> list[T]:
+        """Move ``source``'s newest time; everything held when its time went back for good."""
         newest = self._newest.get(source, -1)
+        if at_ms < newest - self.jump_ms:
+            if self._went_back(source, at_ms, newest):
+                return self.flush()  # what was ahead of the new timeline waits for nothing
+            return []
+        if self._behind:
+            self._behind.pop(source, None)  # back to its time: those were isolated old events
         if at_ms > newest:  # only then can the horizon move
             self._newest[source] = at_ms
             # The horizon is the slowest open source's time: a source ahead of it moving
             # further ahead leaves it where it is (no min() over the sources per event).
             if newest <= self._horizon or source in self._closed:
                 self._horizon = self._slowest()
-        out: list[T] = []
+        return []
+
+    def _release_by_time(self, out: list[T]) -> list[T]:
         limit = self._horizon - self.window_ms
-        while self._heap and (self._heap[0][0] < limit or len(self._heap) > self.max_held):
-            out.append(heapq.heappop(self._heap)[3])
+        heap = self._heap
+        while heap and (heap[0][0] < limit or len(heap) > self.max_held):
+            out.append(heapq.heappop(heap)[3])
         return out
+
+    def _went_back(self, source: int, at_ms: int, newest: int) -> bool:
+        """Count one more event far behind ``source``'s newest; True when its time has gone
+        back for good (its newest is then the new timeline's)."""
+        run, run_newest = self._behind.get(source, (0, at_ms))
+        run, run_newest = run + 1, max(run_newest, at_ms)
+        if run < BACKWARD_RUN:
+            self._behind[source] = (run, run_newest)
+            return False
+        del self._behind[source]
+        self._newest[source] = run_newest
+        self._horizon = self._slowest()
+        self.timelines += 1
+        self.last_jump_ms = newest - run_newest
+        return True
 
     def claim(self, source: int, sent_below: OrderKey) -> list[T]:
         """``source`` has sent every event it has seen below ``sent_below``: release, in order,

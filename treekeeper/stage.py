@@ -94,10 +94,17 @@ def run(cfg: Config, ctx: StageContext) -> int:
                 break  # told to stop, and upstream has gone quiet: no eof is coming
         elif frame.kind == wire.EVENTS:
             ctx.input_arrived()
-            events = dedupe.filter(frames_events(frame, transport_errors, doc_text=doc_text))
+            arrived = frames_events(frame, transport_errors, doc_text=doc_text)
+            events = dedupe.filter(arrived)
             received += len(events)
             acks.tracker.frame_arrived(frame.sender, frame.body, events, fanout.submitted)
-            submit(step.process(events, frame.sender, frame.body.get(wire.SENT_BELOW)))
+            sent_below = frame.body.get(wire.SENT_BELOW)
+            if len(events) == len(arrived):
+                submit(step.process(events, frame.sender, sent_below))
+            else:  # the window learns the dropped ones' times too, in frame order
+                kept = {id(event) for event in events}
+                dropped = {id(event) for event in arrived if id(event) not in kept}
+                submit(step.process(arrived, frame.sender, sent_below, dropped))
         elif frame.kind == wire.EOF_KIND:
             acks.tracker.frame_arrived(frame.sender, frame.body, [], fanout.submitted)
             if frame.body.get("token") in (None, acks.token):
