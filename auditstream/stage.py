@@ -38,6 +38,11 @@ class StageContext:
     stop_requested: bool = False
     signals: list[int] = field(default_factory=list)
     quiet_since: float | None = None
+    supervisor_pid: int = 0
+
+    def orphaned(self) -> bool:
+        """The supervisor is gone (killed): nothing will restart a stage or end the run."""
+        return bool(self.supervisor_pid) and os.getppid() != self.supervisor_pid
 
     def should_stop_when_idle(self, now: float) -> bool:
         """True once a stop was asked and the input has been quiet for STOP_IDLE_S."""
@@ -134,7 +139,7 @@ def stage_main(
     # cyclic collector's default thresholds make it rescan them constantly; run it rarely.
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD_ALLOCATIONS, 50, 100)
-    ctx = StageContext(name=name, index=args.index)
+    ctx = StageContext(name=name, index=args.index, supervisor_pid=args.supervisor_pid or 0)
     signal.signal(signal.SIGTERM, ctx._on_signal)
     signal.signal(signal.SIGINT, ctx._on_signal)
     # A broken stdout pipe (jq exited) must not kill the stage with a traceback.

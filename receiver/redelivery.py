@@ -92,6 +92,9 @@ class DeliveryGuard:
         self.on_acks: Callable[[list[int]], None] | None = None
         # Per node, the newest serial in an acknowledged batch (a live restart reports from it).
         self.durable_serials: dict[str, int] = {}
+        # True once the supervisor is gone: no stage will be restarted, so no wait for a
+        # peer may last longer than ACK_WAIT_MAX_S (the receiver must not outlive the run).
+        self.orphaned: Callable[[], bool] = lambda: False
 
     # -- inputs: acknowledgements, hellos, peers joining -------------------------------
 
@@ -220,6 +223,8 @@ class DeliveryGuard:
         while not self.pump(shard):  # backpressure reaches the source
             self.outlets[shard].writable(WAIT_STEP_MS)
             self.poll()
+            if self.orphaned():
+                return "queued"  # the source stops right after: nothing more comes
         return "blocked"
 
     def send_tick(self, shard: int, body: dict[str, Any]) -> bool:
@@ -245,6 +250,8 @@ class DeliveryGuard:
             self.poll()
             if not buf.is_full():
                 return
+            if self.orphaned():
+                return  # the source stops after this chunk: the buffer grows past its bound
             if not buf.oldest_is_sent():  # a resend is under way: let it go out first
                 if not wait:
                     return  # the caller must not block: the buffer grows past its bound
@@ -255,6 +262,7 @@ class DeliveryGuard:
                 waited_since = now
                 self.stats.waits_for_acks += 1
             all_joined = all(o.watch is not None and o.watch.connected for o in self.outlets)
+            # An assembler away is waited for: the supervisor restarts it.
             if self.may_wait and (now - waited_since < ACK_WAIT_MAX_S or not all_joined):
                 self.acks.sock.poll(WAIT_STEP_MS)
                 continue
@@ -282,11 +290,20 @@ class DeliveryGuard:
 
     def wait_durable(self, should_give_up: Callable[[], bool]) -> bool:
         """Serve resends until everything is acknowledged; False if told to give up first."""
+        last_ack, acks = time.monotonic(), self.stats.acks
         while not self.all_durable():
             if should_give_up():
                 return False
             self.acks.sock.poll(WAIT_STEP_MS)
             self.poll()
+            now = time.monotonic()
+            if self.stats.acks != acks:
+                last_ack, acks = now, self.stats.acks
+            elif now - last_ack > ACK_WAIT_MAX_S and self.orphaned():
+                log.warning(
+                    "supervisor gone and no acknowledgement for %.0f s: exiting", now - last_ack
+                )
+                return False
         return True
 
     def send_stop(self) -> None:

@@ -181,6 +181,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
         # it comes again. Live, what they hold is all there is (the kernel cannot resend).
         reset_on_start=file_source and "-" not in cfg.receiver.files,
     )
+    guard.orphaned = ctx.orphaned
     code = 0
     with ExitStack() as stack:
         record_to: BinaryIO | None = None

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from live_helpers import stage_pids, start_follow_replay
+
+REPO = Path(__file__).resolve().parents[1]
+AUDITSTREAM = (sys.executable, "-m", "auditstream")
 
 
 def _alive(pid: int) -> bool:
@@ -38,3 +43,47 @@ def test_stages_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"stages outlived their supervisor: {left}"
     assert out.exists() and b'"sh"' in out.read_bytes()
+
+
+def test_no_orphan_when_the_tree_keeper_dies_with_the_supervisor(tmp_path: Path) -> None:
+    """With the tree keeper killed first (no acknowledgement ever comes), a killed supervisor still leaves no receiver waiting for one."""
+    log = tmp_path / "in.log"
+    subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", "60000", "--out", str(log)],
+        check=True,
+    )
+    config = tmp_path / "auditstream.toml"
+    config.write_text("[receiver]\nreplay_buffer_batches = 4\nbatch_max_records = 64\n")
+    out = tmp_path / "out.jsonl"
+    with open(tmp_path / "stderr", "wb") as stderr:
+        proc = subprocess.Popen(
+            [*AUDITSTREAM, "replay", "-c", str(config), str(log), "--sink", f"jsonl:{out}"],
+            cwd=REPO,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    stages: dict[str, int] = {}
+    deadline = time.monotonic() + 30
+    while not {"receiver", "assembler-0", "treekeeper"} <= stages.keys():
+        assert time.monotonic() < deadline, f"stages did not start: {stages}"
+        time.sleep(0.05)
+        stages = stage_pids(proc.pid)
+    time.sleep(0.5)
+    os.kill(stages["treekeeper"], signal.SIGKILL)
+    time.sleep(0.5)  # the receiver's small buffer fills: it waits for acknowledgements
+    pids = {pid: name for name, pid in stages.items() if name != "treekeeper"}
+    pids.update({pid: name for name, pid in stage_pids(proc.pid).items()})  # a restart
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [
+        f"{name} {Path(f'/proc/{pid}/cmdline').read_bytes()!r}"
+        for pid, name in pids.items()
+        if _alive(pid)
+    ]
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"stages outlived their supervisor: {left}"
