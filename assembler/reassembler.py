@@ -27,8 +27,8 @@ Loss: per node, serials are unwrapped to an unbounded integer (2^32 rollover is
 continuity) and a frontier marks "every serial below is settled". A gap below a
 completed serial is reported lost only once no open event of that node lies
 below it and the serial after the gap completed ``timeout_ms`` ago (or at
-close), because events complete out of order. A jump of more than 2^24 in
-either direction is a discontinuity (reboot, another log), never loss.
+close), because events complete out of order. A jump of more than 2^24 ahead,
+or of more than 2^12 back, is a discontinuity (reboot, another log), never loss.
 
 Clock: ``now_ms`` is event time for files and wall time live. The reassembler
 keeps the largest value seen, so a clock that steps back never un-expires
@@ -51,6 +51,11 @@ SERIAL_MODULUS = 1 << 32
 SERIAL_MASK = SERIAL_MODULUS - 1
 # Larger serial jumps are a new serial space, not loss (go-libaudit's 2^24 rule).
 DISCONTINUITY_JUMP = 1 << 24
+# Going back, more than this is a new serial space too: the kernel's records come nearly
+# in serial order (out of order by what two CPUs interleave), while a reboot starts again
+# at 1 and an older log given later starts lower; as a gap, either read as the whole
+# distance lost.
+BACKWARD_JUMP = 1 << 12
 # Each new serial space starts this far above the last, so spaces never overlap.
 _SPACE_STRIDE = 1 << 40
 # Bounds on bookkeeping that hostile input could otherwise grow without limit.
@@ -167,7 +172,7 @@ class _NodeSerials:
         delta = (serial - last) & SERIAL_MASK
         if delta >= SERIAL_MODULUS >> 1:
             delta -= SERIAL_MODULUS
-        if -DISCONTINUITY_JUMP <= delta <= DISCONTINUITY_JUMP:
+        if -BACKWARD_JUMP <= delta <= DISCONTINUITY_JUMP:
             unwrapped = last + delta
             if delta > 0:
                 self.last_seen = unwrapped

@@ -347,9 +347,11 @@ def test_rollover_gap() -> None:
     assert reassembler.stats.discontinuities == 0
 
 
-@pytest.mark.parametrize(("before", "after"), [(3_000_000_000, 5), (5, 3_000_000_000)])
+@pytest.mark.parametrize(
+    ("before", "after"), [(3_000_000_000, 5), (5, 3_000_000_000), (500_000, 1), (10_000, 5_000)]
+)
 def test_discontinuity_is_not_loss(before: int, after: int) -> None:
-    """A serial jump beyond 2^24 (either way) counts a discontinuity, not loss."""
+    """A serial jump beyond 2^24 ahead or 2^12 back (a reboot) counts a discontinuity, not loss."""
     collector = Collector()
     reassembler = make(collector, timeout_ms=10)
     complete(reassembler, before, 0)
@@ -360,6 +362,18 @@ def test_discontinuity_is_not_loss(before: int, after: int) -> None:
     assert collector.lost == []
     assert reassembler.stats.discontinuities == 1
     assert reassembler.stats.lost == 0
+
+
+def test_records_a_few_serials_back_are_still_one_serial_space() -> None:
+    """Serials up to 2^12 back (CPUs interleaving) are the same space: the gap they leave is loss."""
+    collector = Collector()
+    reassembler = make(collector, timeout_ms=10)
+    for serial in (5000, 5001, 1000, 1002):
+        complete(reassembler, serial, 0)
+    reassembler.maintain(100)
+    reassembler.close()
+    assert reassembler.stats.discontinuities == 0
+    assert collector.lost == [LostRange("", 1001, 1001, 1), LostRange("", 1003, 4999, 3997)]
 
 
 def test_per_node_serial_spaces() -> None:
