@@ -87,10 +87,25 @@ class ReorderWindow(Generic[T]):
 
     def push(self, item: T, at_ms: int, serial: int, source: int = 0) -> list[T]:
         """Add one event; return the events now older than the window, in order."""
-        out = self._note_time(at_ms, source)
+        # _note_time and _release_by_time, inlined: this runs for every event.
+        newest = self._newest.get(source, -1)
+        if at_ms < newest - self.jump_ms:
+            out = self._note_time(at_ms, source)
+        else:
+            out = []
+            if self._behind:
+                self._behind.pop(source, None)
+            if at_ms > newest:
+                self._newest[source] = at_ms
+                if newest <= self._horizon or source in self._closed:
+                    self._horizon = self._slowest()
         self._count += 1
-        heapq.heappush(self._heap, (at_ms, serial, self._count, item))
-        return self._release_by_time(out)
+        heap = self._heap
+        heapq.heappush(heap, (at_ms, serial, self._count, item))
+        limit = self._horizon - self.window_ms
+        while heap and (heap[0][0] < limit or len(heap) > self.max_held):
+            out.append(heapq.heappop(heap)[3])
+        return out
 
     def see(self, at_ms: int, source: int = 0) -> list[T]:
         """An event of ``source`` that does not go through the window (a duplicate dropped)
