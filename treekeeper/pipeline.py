@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from auditstream.config import Config
+from auditstream.logs import RateLimitedLog
 from sinks import build_sink
 from sinks.config import sink_configs_from_tables
 from sinks.fanout import FanOut
@@ -80,6 +81,7 @@ class TreeStep:
         self.clock_ms = 0
         self.lifecycle_events = 0
         self.timelines_warned = 0  # the window's count of steps back already logged
+        self.warn = RateLimitedLog(log)
         if self.enabled and not self.event_time:
             proc_source = LiveProcSource()
             # Live, /proc says which pid namespace a forking process is in (namespaces.py).
@@ -108,14 +110,15 @@ class TreeStep:
 
     def _warn_timeline(self, source: int) -> None:
         self.timelines_warned = self.window.timelines
-        log.warning(
+        # Rate-limited: merged logs of hosts whose clocks disagree may step back often.
+        self.warn.warning(
+            "time-went-back",
             "event time of assembler-%d went back %.1f s and stayed there (files given newest "
             "first? give them oldest first, e.g. ls -rv; or a clock step): the reorder window "
             "let go of what it held; processes of the earlier times are matched as well as "
-            "they can be (%d such steps so far)",
+            "they can be",
             source,
             self.window.last_jump_ms / 1000,
-            self.window.timelines,
         )
 
     def _live_container(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
