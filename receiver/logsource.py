@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+log = logging.getLogger("auditstream.receiver")
 _GZIP_MAGIC = b"\x1f\x8b"
 READ_HINT = 1 << 20  # bytes of lines per read: few syscalls, bounded memory
+# A rotated file is still read this many 0.2 s polls after its last line: a writer that
+# reopens its log only when told (logrotate, then a signal) may append to it meanwhile.
+ROTATED_QUIET_POLLS = 5
 
 
 class SourceError(OSError):
@@ -75,6 +80,7 @@ class LogSource:
         self.position = start
         # Follow mode, while waiting for the file to grow: called every 0.2 s; True stops.
         self.on_idle: Callable[[], bool] | None = None
+        self.rotations = 0  # followed file rotated or truncated, and opened again
 
     def chunks(self) -> Iterator[list[bytes]]:
         first, offset = self.start
@@ -83,37 +89,64 @@ class LogSource:
                 if path != "-" and os.path.exists(path):
                     self._base += os.path.getsize(path)
                 continue
-            reader, raw = _open(path)
-            self.progress.name = path
-            self.position = (index, 0)
-            try:
-                if index == first and offset:
-                    reader.seek(offset)  # gzip: decompresses up to there
-                    self.position = (index, offset)
-                yield from self._read(reader, raw, last=index == len(self.paths) - 1)
-            except (OSError, EOFError, gzip.BadGzipFile) as err:
-                raise SourceError(f"error reading {path}: {err}") from err
-            finally:
-                if raw is not sys.stdin.buffer:
-                    self._base += os.fstat(raw.fileno()).st_size
-                    reader.close()
-                    raw.close()
+            seek_to = offset if index == first else 0
+            while True:
+                reader, raw = _open(path)
+                self.progress.name = path
+                self.position = (index, 0)
+                replaced = False
+                try:
+                    if seek_to:
+                        reader.seek(seek_to)  # gzip: decompresses up to there
+                        self.position = (index, seek_to)
+                    last = index == len(self.paths) - 1
+                    replaced = yield from self._read(reader, raw, path, last=last)
+                except (OSError, EOFError, gzip.BadGzipFile) as err:
+                    raise SourceError(f"error reading {path}: {err}") from err
+                finally:
+                    if raw is not sys.stdin.buffer:
+                        self._base += os.fstat(raw.fileno()).st_size
+                        reader.close()
+                        raw.close()
+                if not replaced:
+                    break
+                # Followed and rotated (or truncated): go on with what the path is now.
+                self.rotations += 1
+                log.info("%s was rotated or truncated: reading it again from its start", path)
+                seek_to = 0
 
-    def _read(self, reader: BinaryIO, raw: BinaryIO, *, last: bool) -> Iterator[list[bytes]]:
+    def _read(
+        self, reader: BinaryIO, raw: BinaryIO, path: str, *, last: bool
+    ) -> Generator[list[bytes], None, bool]:
+        """Yield the file's lines; True when, followed, the path was rotated or truncated
+        under us (every line of the old file read): the caller opens it again."""
         pending = b""
+        replaced = False
+        quiet = 0  # polls without a line since the path was replaced
         while not self.stop:
             lines = reader.readlines(READ_HINT)
             if not lines:
                 if self.follow and last and raw is not sys.stdin.buffer:
                     if self.on_idle is not None and self.on_idle():
+                        replaced = False  # nothing is opened again
                         break  # told to stop while waiting for more
+                    if replaced:
+                        quiet += 1
+                        if quiet > ROTATED_QUIET_POLLS:
+                            break  # the old file is read to its end and stays quiet
+                    # Like tail -F: auditd renames audit.log and starts a new one (or a
+                    # copytruncate empties it); read what is left of this one, then that.
+                    elif _replaced(path, raw):
+                        replaced = True
+                        continue  # read once more at once: the last lines before the rename
                     time.sleep(0.2)  # follow: wait for auditd to append
                     continue
                 break
+            quiet = 0
             if pending:
                 lines[0] = pending + lines[0]
                 pending = b""
-            if not lines[-1].endswith(b"\n") and self.follow:
+            if not lines[-1].endswith(b"\n") and self.follow and not replaced:
                 pending = lines.pop()  # an incomplete line being written right now
             if raw is not sys.stdin.buffer and isinstance(raw, io.BufferedReader):
                 self.progress.done_bytes = self._base + raw.tell()
@@ -124,3 +157,14 @@ class LogSource:
             if raw is not sys.stdin.buffer:
                 self.position = (self.position[0], reader.tell())
             yield [pending]
+        return replaced and not self.stop
+
+
+def _replaced(path: str, raw: BinaryIO) -> bool:
+    """The path now names another file (rotated), or this one shrank (truncated)."""
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False  # between auditd's rename and its new file: look again later
+    mine = os.fstat(raw.fileno())
+    return (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev) or mine.st_size < raw.tell()

@@ -137,6 +137,7 @@ def run_log_source(
         "lines": counters.lines,
         "bad_lines": counters.bad_lines,
         "blank_lines": counters.blank_lines,
+        "followed_rotations": source.rotations,
         "comment_lines": counters.comment_lines,
     }
 
