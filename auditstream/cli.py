@@ -15,6 +15,7 @@ from auditstream import config as config_mod
 from auditstream.stage import write_status
 from auditstream.supervisor import RestartPolicy, Supervisor
 
+EXIT_EVENTS_DISCARDED = 3  # replay finished, but a sink could not write some events
 DEFAULT_LIVE_SINK = "jsonl:/var/log/auditstream/events.jsonl"
 log = logging.getLogger("auditstream.cli")
 
@@ -72,13 +73,14 @@ def _apply_common(cfg: config_mod.Config, args: argparse.Namespace, *, default_s
     check_sinks(cfg)
 
 
-def _print_summary(cfg: config_mod.Config, *, restarts: int = 0) -> None:
+def _print_summary(cfg: config_mod.Config, *, restarts: int = 0) -> int:
+    """Print the summary lines; return how many events the sinks discarded."""
     path = runtime.summary_path(cfg)
     try:
         stats = json.loads(path.read_text())
     except (OSError, ValueError):
         print("auditstream: no summary (the pipeline did not finish)", file=sys.stderr)
-        return
+        return 0
     rec = stats.get("receiver", {})
     asm = stats.get("assembler", {})
     sinks = stats.get("sinks", {})
@@ -105,6 +107,26 @@ def _print_summary(cfg: config_mod.Config, *, restarts: int = 0) -> None:
         f"{tk.get('gap_markers', 0)} gap markers",
         file=sys.stderr,
     )
+    discarded = {
+        name: s.get("component_discarded_events_total", 0)
+        for name, s in sinks.items()
+        if s.get("component_discarded_events_total", 0)
+    }
+    if discarded:
+        print(
+            "auditstream: NOT WRITTEN: "
+            + ", ".join(
+                f"{name} discarded {count} events ({_reasons(sinks[name])})"
+                for name, count in discarded.items()
+            ),
+            file=sys.stderr,
+        )
+    return sum(discarded.values())
+
+
+def _reasons(sink: dict[str, Any]) -> str:
+    reasons = sink.get("discarded_by_reason") or {}
+    return ", ".join(f"{reason} {count}" for reason, count in reasons.items()) or "see the log"
 
 
 def _privileges(cfg: config_mod.Config) -> privilege.SpawnPrivileges | None:
@@ -137,7 +159,9 @@ def _start(cfg: config_mod.Config, *, live: bool, receiver_stdin: bool) -> int:
         capturing_file=runtime.status_path(cfg, "receiver") if live else None,
     )
     code = supervisor.run()
-    _print_summary(cfg, restarts=supervisor.restarts)
+    discarded = _print_summary(cfg, restarts=supervisor.restarts)
+    if discarded and code == 0 and not live:
+        code = EXIT_EVENTS_DISCARDED  # a replay that did not write everything did not succeed
     if created and not live:
         shutil.rmtree(run_dir, ignore_errors=True)
     return code

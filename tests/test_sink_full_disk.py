@@ -1,0 +1,58 @@
+"""A sink on a full filesystem: the error is named, the loss counted, and a replay fails."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_replay_whose_sink_runs_out_of_space_says_so_and_exits_3(
+    tiny_fs: Path, tmp_path: Path
+) -> None:
+    """ENOSPC: the error names the sink and errno, the summary counts the events not written, and the exit code is 3, not 0."""
+    log = tmp_path / "in.log"
+    subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", "6000", "--out", str(log)],
+        check=True,
+    )
+    out = tiny_fs / "events.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "auditstream", "replay", str(log), "--sink", f"jsonl:{out}"],
+        capture_output=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    stderr = result.stderr.decode(errors="replace")
+    assert result.returncode == 3, stderr
+    assert "No space left on device" in stderr
+    [line] = [x for x in stderr.splitlines() if x.startswith("auditstream: NOT WRITTEN:")]
+    assert f"jsonl:{out} discarded " in line
+    written = len(out.read_bytes().splitlines())
+    sent = int(stderr.split(f"sent: jsonl:{out} ")[1].split()[0])
+    events_out = int(stderr.split(" events out,")[0].rsplit(" ", 1)[1])
+    discarded = int(line.split(" discarded ")[1].split()[0])
+    # A failed write is cut back to the last whole line: what is on disk is what was sent.
+    assert 0 < written == sent
+    assert sent + discarded == events_out
