@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from generated_logs import write_generated_log
 
 REPO = Path(__file__).resolve().parents[1]
 # Small replay buffers (yet enough for the reorder window in flight): an acknowledgement
@@ -57,17 +58,7 @@ def halves(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """A generated log, and its first and second half cut where no event spans the cut."""
     tmp = tmp_path_factory.mktemp("halves")
     whole = tmp / "whole.log"
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "gen_log.py"),
-            "--lines",
-            "12000",
-            "--out",
-            str(whole),
-        ],
-        check=True,
-    )
+    write_generated_log(whole, 12000)
     lines = whole.read_bytes().splitlines(keepends=True)
     last = {_event_id(line): i for i, line in enumerate(lines)}
     reach = 0  # the last line of any event begun so far: cut where no event spans the cut

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from generated_logs import write_generated_log
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,11 +32,7 @@ def test_a_replay_whose_sink_runs_out_of_space_says_so_and_exits_3(
     tiny_fs: Path, tmp_path: Path
 ) -> None:
     """ENOSPC: the error names the sink and errno, the summary counts the events not written, and the exit code is 3, not 0."""
-    log = tmp_path / "in.log"
-    subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", "6000", "--out", str(log)],
-        check=True,
-    )
+    log = write_generated_log(tmp_path / "in.log", 6000)
     out = tiny_fs / "events.jsonl"
     result = subprocess.run(
         [sys.executable, "-m", "auditstream", "replay", str(log), "--sink", f"jsonl:{out}"],

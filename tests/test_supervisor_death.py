@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from generated_logs import write_generated_log
 from live_helpers import stage_pids, start_follow_replay
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,11 +48,7 @@ def test_stages_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
 
 def test_no_orphan_when_the_tree_keeper_dies_with_the_supervisor(tmp_path: Path) -> None:
     """With the tree keeper killed first (no acknowledgement ever comes), a killed supervisor still leaves no receiver waiting for one."""
-    log = tmp_path / "in.log"
-    subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", "60000", "--out", str(log)],
-        check=True,
-    )
+    log = write_generated_log(tmp_path / "in.log", 60000)
     config = tmp_path / "auditstream.toml"
     config.write_text("[receiver]\nreplay_buffer_batches = 4\nbatch_max_records = 64\n")
     out = tmp_path / "out.jsonl"
