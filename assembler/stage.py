@@ -301,8 +301,14 @@ def run(cfg: Config, ctx: StageContext) -> int:
             assembly.reassembler.batch = frame.body.get("batch", 0)
             assembly.push_batch(frame.body["recs"], frame.body.get("recv_ns"))
             assembly.note_read_to(frame.body.get("read_to"))
-            if len(assembly.out) >= OUT_BATCH_EVENTS or not inlet.sock.poll(0):
+            if assembly.event_time:
+                # Replay: timeouts, evictions and gap markers at each batch's end, not when
+                # the input happens to be idle, so that their place in the output never
+                # depends on timing (event time moves only here, so later calls add nothing).
                 assembly.maintain()
+            if len(assembly.out) >= OUT_BATCH_EVENTS or not inlet.sock.poll(0):
+                if not assembly.event_time:
+                    assembly.maintain()
                 ship()
         elif frame.kind == wire.RESUME:
             if stream.resume(frame.body):  # start over: the receiver resends what is not durable
