@@ -7,6 +7,9 @@ warning and the pure-Python path runs (docs/performance.md, "Native event buildi
 from setuptools import Extension, setup
 
 _FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+# auditstream/csrc/pyclass.h: reading the Python classes a C module mirrors (shared).
+_SHARED = {"include_dirs": ["auditstream/csrc"]}
+_PYCLASS = "auditstream/csrc/pyclass.h"
 
 setup(
     ext_modules=[
@@ -24,14 +27,17 @@ setup(
                 "assembler/csrc/coalesce_execve.h",
                 "assembler/csrc/coalesce_normalize.h",
                 "assembler/csrc/escape.h",
+                _PYCLASS,
             ],
+            **_SHARED,
             optional=True,
             extra_compile_args=_FLAGS,
         ),
         Extension(
             "assembler.native_ecs",
             ["assembler/csrc/ecs.c"],
-            depends=["assembler/csrc/escape.h"],
+            depends=["assembler/csrc/escape.h", _PYCLASS],
+            **_SHARED,
             optional=True,
             extra_compile_args=_FLAGS,
         ),
@@ -50,6 +56,8 @@ setup(
         Extension(
             "treekeeper.native_enrich",
             ["treekeeper/csrc/enrich.c"],
+            depends=[_PYCLASS],
+            **_SHARED,
             optional=True,
             extra_compile_args=_FLAGS,
         ),

@@ -144,7 +144,7 @@ def stage_main(
     signal.signal(signal.SIGINT, ctx._on_signal)
     # A broken stdout pipe (jq exited) must not kill the stage with a traceback.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL if name != "treekeeper" else signal.SIG_IGN)
-    _stop_with_supervisor(args.supervisor_pid)
+    _stop_with_supervisor(ctx)
     if args.start_after and not _wait_for(Path(args.start_after), ctx):
         return 0  # stopped before the go: nothing was read, nothing to drain
     return run(cfg, ctx)
@@ -165,7 +165,7 @@ def _wait_for(path: Path, ctx: StageContext) -> bool:
     return True
 
 
-def _stop_with_supervisor(supervisor_pid: int) -> None:
+def _stop_with_supervisor(ctx: StageContext) -> None:
     """A stage whose supervisor died (SIGKILL, OOM) stops like on SIGTERM: drains, exits.
 
     Without this, stages run in their own sessions and would be orphaned forever.
@@ -175,5 +175,5 @@ def _stop_with_supervisor(supervisor_pid: int) -> None:
     except OSError as err:
         logging.getLogger("auditstream.stage").warning("no parent-death signal: %s", err)
     # The supervisor may have died before prctl: then our parent is already someone else.
-    if supervisor_pid and os.getppid() != supervisor_pid:
+    if ctx.orphaned():
         os.kill(os.getpid(), signal.SIGTERM)

@@ -92,8 +92,9 @@ class DeliveryGuard:
         self.on_acks: Callable[[list[int]], None] | None = None
         # Per node, the newest serial in an acknowledged batch (a live restart reports from it).
         self.durable_serials: dict[str, int] = {}
-        # True once the supervisor is gone: no stage will be restarted, so no wait for a
-        # peer may last longer than ACK_WAIT_MAX_S (the receiver must not outlive the run).
+        # True once the supervisor is gone: no stage will be restarted, so the receiver
+        # waits for no room in a buffer, and for acknowledgements only while they come
+        # (at most ACK_WAIT_MAX_S apart): it must not outlive the run.
         self.orphaned: Callable[[], bool] = lambda: False
 
     # -- inputs: acknowledgements, hellos, peers joining -------------------------------

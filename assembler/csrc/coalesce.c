@@ -35,6 +35,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#define PYCLASS_MODULE "native_coalesce"
+#include "pyclass.h"
 #include <stdint.h>
 #include <string.h>
 
@@ -92,15 +94,6 @@ static Py_ssize_t g_nslots;
 static Py_ssize_t g_named[N_NAMED]; /* index into g_slots */
 static int *g_named_of_slot;        /* per slot: its named field, or -1 */
 static PyObject *g_fields_keep;     /* the dataclass Field objects (own the defaults) */
-
-static PyObject *import_attr(const char *module, const char *name) {
-    PyObject *mod = PyImport_ImportModule(module);
-    if (mod == NULL)
-        return NULL;
-    PyObject *attr = PyObject_GetAttrString(mod, name);
-    Py_DECREF(mod);
-    return attr;
-}
 
 static int find_slot(PyObject *name, PyObject *field, Py_ssize_t index, PyObject *missing) {
     PyObject *descr = PyDict_GetItemWithError(g_coalesced->tp_dict, name);

@@ -21,15 +21,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#define PYCLASS_MODULE "native_ecs"
+#include "pyclass.h"
 #include "escape.h"
 #include <string.h>
 #include <limits.h>
-
-#ifdef Py_T_OBJECT_EX
-#define MEMBER_OBJECT_EX Py_T_OBJECT_EX
-#else
-#define MEMBER_OBJECT_EX T_OBJECT_EX
-#endif
 
 /* ---- Python objects looked up at import ------------------------------------------ */
 
@@ -103,39 +99,6 @@ static Py_ssize_t record_offsets[R_COUNT];
 enum { A_IP, A_PORT, A_PATH, A_COUNT };
 static const char *const address_names[A_COUNT] = {"ip", "port", "path"};
 static Py_ssize_t address_offsets[A_COUNT];
-
-static int slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *offset)
-{
-    PyObject *descr = PyObject_GetAttrString((PyObject *)type, name);
-    if (descr == NULL)
-        return -1;
-    int ok = Py_TYPE(descr) == &PyMemberDescr_Type &&
-             ((PyMemberDescrObject *)descr)->d_common.d_type == type &&
-             ((PyMemberDescrObject *)descr)->d_member->type == MEMBER_OBJECT_EX;
-    if (ok)
-        *offset = ((PyMemberDescrObject *)descr)->d_member->offset;
-    Py_DECREF(descr);
-    if (!ok) {
-        PyErr_Format(PyExc_ImportError, "native_ecs: %s.%s is not a slot", type->tp_name, name);
-        return -1;
-    }
-    return 0;
-}
-
-static int slot_offsets(PyTypeObject *type, const char *const *names, Py_ssize_t *offsets,
-                        int count)
-{
-    for (int i = 0; i < count; i++)
-        if (slot_offset(type, names[i], &offsets[i]) < 0)
-            return -1;
-    return 0;
-}
-
-/* A slot's value (borrowed), NULL when unset. The caller checked the exact type. */
-static inline PyObject *slot(PyObject *obj, Py_ssize_t offset)
-{
-    return *(PyObject **)((char *)obj + offset);
-}
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
@@ -1047,26 +1010,6 @@ static PyObject *py_build_doc(PyObject *module, PyObject *const *args, Py_ssize_
 }
 
 /* ---- module ----------------------------------------------------------------------------- */
-
-static PyObject *import_attr(const char *module_name, const char *name)
-{
-    PyObject *module = PyImport_ImportModule(module_name);
-    if (module == NULL)
-        return NULL;
-    PyObject *attr = PyObject_GetAttrString(module, name);
-    Py_DECREF(module);
-    return attr;
-}
-
-static PyTypeObject *import_type(const char *module_name, const char *name)
-{
-    PyObject *type = import_attr(module_name, name);
-    if (type != NULL && !PyType_Check(type)) {
-        PyErr_Format(PyExc_ImportError, "native_ecs: %s.%s is not a class", module_name, name);
-        Py_CLEAR(type);
-    }
-    return (PyTypeObject *)type;
-}
 
 static int load_python_side(void)
 {
