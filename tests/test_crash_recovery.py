@@ -244,10 +244,11 @@ def test_orderly_stop_mid_replay_loses_nothing(big_log: Path, tmp_path: Path) ->
          "--sink", f"jsonl:{out}"],
         cwd=REPO, stderr=subprocess.PIPE,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while "receiver" not in stage_pids(proc.pid) and time.monotonic() < deadline:
+    # Mid-replay: once the first events are written (the tree keeper is ready and the
+    # receiver reading); a stop while the stages still start up reads nothing at all.
+    deadline = time.monotonic() + 60
+    while not (out.exists() and out.stat().st_size > 0) and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     written_at_stop = out.read_bytes().count(b"\n") if out.exists() else 0
     _, stderr = proc.communicate(timeout=120)
