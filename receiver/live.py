@@ -25,6 +25,11 @@ from receiver.stage import LineCounters, lines_to_records
 log = logging.getLogger("auditstream.receiver")
 DEFAULT_RULES = Path(__file__).with_name("default.rules")
 READ_MAX_RECORDS = 4096
+# kauditd sends one datagram per record and each wakes the reader: after a read of fewer
+# records than this, wait a moment so that the next read takes a batch (at most a quarter
+# of batch_max_ms; not when congested). docs/performance.md, "Twelfth pass".
+SMALL_READ_RECORDS = 64
+SMALL_READ_PAUSE_MS = 1.0
 # Synthetic record types (negative: never a kernel type) that ask the assembler for a marker.
 KERNEL_LOST_TYPE = -1
 SOCKET_OVERRUN_TYPE = -2
@@ -285,6 +290,7 @@ def _read_loop(
     poller = select.poll()
     poller.register(source.fileno(), select.POLLIN)
     poll_ms = max(1, cfg.receiver.batch_max_ms)
+    pause_s = min(SMALL_READ_PAUSE_MS, cfg.receiver.batch_max_ms / 4) / 1000
     next_status = time.monotonic()
     overruns = 0
     status_file = runtime.status_path(cfg, "receiver")
@@ -295,6 +301,8 @@ def _read_loop(
             records = source.read_records(limit)
             if records:
                 shipper.add(records)
+                if len(records) < SMALL_READ_RECORDS and limit == READ_MAX_RECORDS and pause_s:
+                    time.sleep(pause_s)
         elif not limit:
             time.sleep(CONGESTED_TICK_MS / 1000)
         shipper.flush_due()
