@@ -97,6 +97,7 @@ class Supervisor:
         self.stop_requested = 0
         self.failed: list[str] = []
         self.gave_up = False
+        self.stopped_starting = False  # a stop signal came before the tree keeper was ready
         self.restarts = 0  # stages restarted after dying (redelivery covers what they held)
         self.source_done = False  # the receiver exited 0: nothing is left to resend
 
@@ -130,8 +131,10 @@ class Supervisor:
                 after = ["--start-after", str(self.ready_file)] if stage.name == "receiver" else []
                 self._spawn(stage, after if self.ready_file is not None else [])
             if not self._wait_ready(self.stages[0]):
+                self._stop_early(self.stages)
+                if self.stopped_starting:
+                    return 0  # asked for, not a failure
                 self.failed.append(self.stages[0].name)
-                self._stop_early(early)
                 return 1
             if self.metrics is not None:
                 self._spawn(self.metrics)
@@ -146,7 +149,8 @@ class Supervisor:
         return 0 if not self.failed else 1
 
     def _stop_early(self, stages: list[StageProcess]) -> None:
-        """Stop stages started beside a tree keeper that did not start (nothing reached them)."""
+        """Stop stages before the receiver was let go (nothing reached them): SIGTERM, then
+        SIGKILL after STOP_EARLY_TIMEOUT_S."""
         for stage in stages:
             if stage.proc is not None and stage.proc.poll() is None:
                 stage.proc.terminate()
@@ -180,9 +184,12 @@ class Supervisor:
                 stage.exit_code = code
                 log.error("%s could not start (exit code %s)", stage.name, code)
                 return False
-            if self.stop_requested or time.monotonic() > deadline:
-                log.error("%s did not become ready; stopping", stage.name)
-                self._terminate_all(signal.SIGTERM)
+            if self.stop_requested:  # the receiver has not been let go: nothing was read
+                log.info("stop requested while %s was starting; stopping", stage.name)
+                self.stopped_starting = True
+                return False
+            if time.monotonic() > deadline:
+                log.error("%s did not become ready in %.0f s; stopping", stage.name, READY_TIMEOUT_S)
                 return False
             time.sleep(POLL_S)
         return True

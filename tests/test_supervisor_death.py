@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from generated_logs import write_generated_log
 from live_helpers import stage_pids, start_follow_replay
 
@@ -84,3 +85,37 @@ def test_no_orphan_when_the_tree_keeper_dies_with_the_supervisor(tmp_path: Path)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
     assert not left, f"stages outlived their supervisor: {left}"
+
+
+def test_stop_while_starting_is_a_stop_not_a_failure(tmp_path: Path) -> None:
+    """SIGTERM while the tree keeper still checks its sinks stops every stage and exits 0, saying nothing was read."""
+    pytest.importorskip("confluent_kafka", reason="needs confluent-kafka (the [kafka] extra)")
+    config = tmp_path / "kafka.toml"
+    # Nobody listens on port 1: the start-up check of the broker waits its whole timeout.
+    config.write_text(
+        '[[sinks]]\ntype = "kafka"\nbrokers = "127.0.0.1:1"\ntopic = "audit"\n'
+        "connect_timeout_ms = 60000\n"
+    )
+    log = write_generated_log(tmp_path / "in.log", 100)
+    proc = subprocess.Popen(
+        [*AUDITSTREAM, "replay", "-c", str(config), str(log)],
+        cwd=REPO, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        stages: list[int] = []
+        deadline = time.monotonic() + 30
+        while len(stages) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            stages = list(stage_pids(proc.pid).values())
+        assert len(stages) >= 3, f"stages did not start: {stages}"
+        time.sleep(1.0)  # let them install their signal handlers
+        os.kill(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, stderr.decode(errors="replace")
+    assert b"stopped while starting; nothing was read" in stderr
+    assert b"did not become ready" not in stderr and b"could not start" not in stderr
+    assert not [pid for pid in stages if _alive(pid)]
