@@ -75,8 +75,9 @@ class Assembly:
             max_in_flight=cfg.assembler.max_in_flight,
             timeout_ms=cfg.assembler.event_timeout_ms,
             shard=(index, cfg.assembler.instances),
-            # Half the receiver's buffer for this shard: acknowledgements keep it from filling.
-            max_open_batches=max(1, cfg.receiver.replay_buffer_batches // 2),
+            # A quarter of the receiver's buffer for this shard: with the unshipped events (at
+            # most an eighth) and what the tree keeper's reorder window holds, it never fills.
+            max_open_batches=max(1, cfg.receiver.replay_buffer_batches // 4),
         )
         self.counts: dict[str, int] = {
             "records": 0,
@@ -254,6 +255,10 @@ def run(cfg: Config, ctx: StageContext) -> int:
     stream = BatchStream()  # the receiver's numbered batches (docs/recovery.md)
 
     events_sent = 0
+    # Unshipped events keep their batches unacknowledged in the receiver's replay buffer:
+    # ship at least every eighth of that buffer, or a small buffer fills before we ship.
+    ship_every_batches = max(1, cfg.receiver.replay_buffer_batches // 8)
+    batches_unshipped = 0
     status_file = runtime.status_path(cfg, f"assembler-{ctx.index}")
     next_status = 0.0
     shipped_watermark: dict[str, Any] = {}
@@ -261,7 +266,8 @@ def run(cfg: Config, ctx: StageContext) -> int:
     heads = sinks_take_doc_text(cfg.sinks)  # else the tree keeper decodes whole docs
 
     def ship() -> None:
-        nonlocal events_sent, shipped_watermark, shipped_claim
+        nonlocal events_sent, shipped_watermark, shipped_claim, batches_unshipped
+        batches_unshipped = 0
         watermark = stream.frame_fields(assembly.reassembler.oldest_open_batch())
         claim = assembly.sent_below()
         # An empty frame too when only the watermark moved (the receiver waits for it) or
@@ -306,7 +312,12 @@ def run(cfg: Config, ctx: StageContext) -> int:
                 # the input happens to be idle, so that their place in the output never
                 # depends on timing (event time moves only here, so later calls add nothing).
                 assembly.maintain()
-            if len(assembly.out) >= OUT_BATCH_EVENTS or not inlet.sock.poll(0):
+            batches_unshipped += 1
+            if (
+                len(assembly.out) >= OUT_BATCH_EVENTS
+                or batches_unshipped >= ship_every_batches
+                or not inlet.sock.poll(0)
+            ):
                 if not assembly.event_time:
                     assembly.maintain()
                 ship()

@@ -12,12 +12,11 @@ import pytest
 from generated_logs import write_generated_log
 
 REPO = Path(__file__).resolve().parents[1]
-# Small replay buffers (yet enough for the reorder window in flight): an acknowledgement
-# that stalls fills them within a few batches,
+# Small replay buffers: an acknowledgement that stalls fills them within a few batches,
 # and the receiver then gives up a batch's protection with a warning after 10 s.
 CONFIG = """
 [receiver]
-replay_buffer_batches = 32
+replay_buffer_batches = 16
 batch_max_records = 128
 """
 
@@ -100,10 +99,10 @@ def test_a_log_given_twice_replays_once_without_stalling(
 def test_a_record_without_its_eoe_does_not_stop_a_dense_replay(
     tmp_path: Path, halves: tuple[Path, Path, Path]
 ) -> None:
-    """A log that begins mid-event: its open event is completed when half a replay buffer old, not held until event time moves on."""
+    """A log that begins mid-event: its open event is completed when a quarter of a replay buffer old, not held until event time moves on."""
     whole, _, _ = halves
     log = tmp_path / "mid-event.log"
-    # The buffers (32 x 128 records) span less event time than the 2 s event timeout here.
+    # The buffers (16 x 128 records) span less event time than the 2 s event timeout here.
     log.write_bytes(b'type=CWD msg=audit(1790000000.000:999): cwd="/root"\n' + whole.read_bytes())
     events, stderr = _replay(tmp_path, "mid-event", log)
     assert "replay buffer of" not in stderr
