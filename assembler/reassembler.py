@@ -58,6 +58,14 @@ DISCONTINUITY_JUMP = 1 << 24
 BACKWARD_JUMP = 1 << 12
 # Each new serial space starts this far above the last, so spaces never overlap.
 _SPACE_STRIDE = 1 << 40
+# What unwrap() says about a serial: in the current space, the second of a new space
+# (the first stood alone until then), or one that stands alone (a stray or a first).
+IN_SPACE, NEW_SPACE, ALONE = 0, 1, 2
+MAX_ALONE_SERIALS = 64  # remembered, so that their completions stay out of gap tracking
+# Gap tracking starts this far below a node's first serial: records come nearly in serial
+# order, so anything lower predates where reading began (a stray, or the tail of an
+# earlier log) and is no evidence that the serials between it and the first were lost.
+START_SLACK = 256
 # Bounds on bookkeeping that hostile input could otherwise grow without limit.
 MAX_PENDING_SERIALS = 1 << 16
 MAX_NODES = 4096
@@ -119,6 +127,8 @@ class ReassemblerStats:
     lost: int = 0
     late_records: int = 0
     discontinuities: int = 0
+    # Events whose serial fit neither the serial space nor began a new one (not tracked).
+    stray_serials: int = 0
     # Events whose serial was already settled (duplicate serial, or reported lost earlier).
     stale_serials: int = 0
     in_flight: int = 0
@@ -146,7 +156,10 @@ class _OpenEvent(Generic[RecordT]):
 class _NodeSerials:
     """One node's serial space: unwrapping, completed-but-unsettled serials, frontier."""
 
-    __slots__ = ("completed_at", "frontier", "last_seen", "offset", "pending", "stride")
+    __slots__ = (
+        "alone", "candidate", "completed_at", "floor", "frontier", "last_seen", "offset",
+        "pending", "stride",
+    )  # fmt: skip
 
     def __init__(self, stride: int = 1, offset: int = 0) -> None:
         # With N sharded assemblers this one sees only serials offset, offset+N, …:
@@ -157,18 +170,24 @@ class _NodeSerials:
         self.last_seen: int | None = None
         # Every unwrapped serial below the frontier is settled; None until first settle.
         self.frontier: int | None = None
+        self.floor = 0  # until the first settle, completions below this are not tracked
         self.pending: list[int] = []  # heap of completed serials at or above the frontier
         self.completed_at: dict[int, int] = {}  # pending serial -> clock when completed
+        # The newest serial that stood alone (unwrapped), and the recent ones: see _alone().
+        self.candidate: int | None = None
+        self.alone: dict[int, None] = {}
 
-    def unwrap(self, serial: int) -> tuple[int, bool]:
-        """Map a 32-bit serial to this node's unbounded line; True on a discontinuity."""
+    def unwrap(self, serial: int) -> tuple[int, int]:
+        """Map a 32-bit serial to this node's unbounded line, and say how it fits
+        (IN_SPACE, NEW_SPACE, ALONE)."""
         if self.stride != 1:
             serial //= self.stride  # sharded: rollover then reads as a discontinuity, not loss
         serial &= SERIAL_MASK
         last = self.last_seen
         if last is None:
             self.last_seen = serial
-            return serial, False
+            self.floor = serial - START_SLACK
+            return serial, IN_SPACE
         delta = (serial - last) & SERIAL_MASK
         if delta >= SERIAL_MODULUS >> 1:
             delta -= SERIAL_MODULUS
@@ -176,14 +195,41 @@ class _NodeSerials:
             unwrapped = last + delta
             if delta > 0:
                 self.last_seen = unwrapped
-            return unwrapped, False
-        # New serial space: far above everything so far, same low 32 bits.
-        unwrapped = ((last + _SPACE_STRIDE) & ~SERIAL_MASK) | serial
-        self.last_seen = unwrapped
-        return unwrapped, True
+            if self.candidate is not None:
+                self.candidate = None  # the space goes on: what stood alone was a stray
+            return unwrapped, IN_SPACE
+        return self._off_space(serial, last)
+
+    def _off_space(self, serial: int, last: int) -> tuple[int, int]:
+        """A serial too far from the space's: the first of a new space (a reboot, an older
+        log) or a stray (a corrupt or forged line). It stands alone, out of gap tracking,
+        until a different serial close to it follows: that one begins the new space. A
+        single stray therefore no longer makes the space's next serials a gap from it."""
+        candidate = self.candidate
+        if candidate is not None:
+            delta = (serial - candidate) & SERIAL_MASK
+            if delta >= SERIAL_MODULUS >> 1:
+                delta -= SERIAL_MODULUS
+            if delta == 0:
+                return candidate, ALONE
+            if -BACKWARD_JUMP <= delta <= DISCONTINUITY_JUMP:
+                unwrapped = candidate + delta
+                self.last_seen = max(candidate, unwrapped)
+                self.candidate = None
+                return unwrapped, NEW_SPACE
+        # Far above everything so far (spaces never overlap), same low 32 bits.
+        unwrapped = ((max(last, candidate or 0) + _SPACE_STRIDE) & ~SERIAL_MASK) | serial
+        self.candidate = unwrapped
+        alone = self.alone
+        alone[unwrapped] = None
+        if len(alone) > MAX_ALONE_SERIALS:
+            del alone[next(iter(alone))]
+        return unwrapped, ALONE
 
     def note_completed(self, unwrapped: int, now_ms: int) -> bool:
         """Record a completed serial; False if it was already settled or completed."""
+        if self.alone and unwrapped in self.alone:
+            return True  # stood alone: neither a gap before it nor a frontier past it
         frontier = self.frontier
         if frontier is not None and unwrapped <= frontier:
             if unwrapped < frontier:
@@ -196,7 +242,7 @@ class _NodeSerials:
                 frontier += 1
             self.frontier = frontier
             return True
-        if unwrapped in self.completed_at:
+        if unwrapped in self.completed_at or (frontier is None and unwrapped < self.floor):
             return False
         heapq.heappush(self.pending, unwrapped)
         self.completed_at[unwrapped] = now_ms
@@ -293,9 +339,9 @@ class Reassembler(Generic[RecordT]):
         # completes_alone(rtype), inlined: this runs for every record.
         if (rtype < 1300 or rtype >= 2100 or rtype == KERNEL_TYPE) and rtype != LOGIN_TYPE:
             node = self._node(rec.node)
-            unwrapped, jumped = node.unwrap(rec.serial)
-            if jumped:
-                stats.discontinuities += 1
+            unwrapped, fit = node.unwrap(rec.serial)
+            if fit:
+                self._count_fit(fit)
             stats.events[CompletionReason.SINGLE] += 1
             self._on_complete([rec], CompletionReason.SINGLE)
             self._note_completed(node, rec.node, unwrapped)
@@ -317,9 +363,9 @@ class Reassembler(Generic[RecordT]):
             self._on_complete([rec], CompletionReason.LATE)
             return
         node = self._node(rec.node)
-        unwrapped, jumped = node.unwrap(rec.serial)
-        if jumped:
-            stats.discontinuities += 1
+        unwrapped, fit = node.unwrap(rec.serial)
+        if fit:
+            self._count_fit(fit)
         # An EOE seen first opens the event: the rest of it is still on its way.
         self._open[key] = _OpenEvent(rec, self._clock, unwrapped, self.batch)
         if len(self._open) > self._max_in_flight:
@@ -353,9 +399,9 @@ class Reassembler(Generic[RecordT]):
             self._clock = now_ms
         if event is None:
             node = self._node(first.node)
-            unwrapped, jumped = node.unwrap(first.serial)
-            if jumped:
-                stats.discontinuities += 1
+            unwrapped, fit = node.unwrap(first.serial)
+            if fit:
+                self._count_fit(fit)
             event = self._open[key] = _OpenEvent(first, self._clock, unwrapped, self.batch)
             if len(self._open) > self._max_in_flight:
                 oldest_key, oldest = self._open.popitem(last=False)
@@ -456,6 +502,12 @@ class Reassembler(Generic[RecordT]):
         node = self._nodes.get(key[0])
         if node is not None:
             self._note_completed(node, key[0], event.unwrapped)
+
+    def _count_fit(self, fit: int) -> None:
+        if fit == NEW_SPACE:
+            self._stats.discontinuities += 1
+        else:  # ALONE: a stray, unless the next serial makes it a new space's first
+            self._stats.stray_serials += 1
 
     def _note_completed(self, node: _NodeSerials, name: str, unwrapped: int) -> None:
         if not node.note_completed(unwrapped, self._clock):

@@ -231,6 +231,7 @@ class Assembly:
             "component": component.as_json(),
             **self.counts,
             "late_records": rs.late_records,
+            "stray_serials": rs.stray_serials,
             "open_events": rs.in_flight,  # the assembler's own queue: events waiting for EOE
             "frames_received": inlet.stats.frames,
             "frame_gaps": inlet.stats.gaps,
@@ -367,6 +368,7 @@ def _forward_eof(
     stats = dict(assembly.counts)
     rs = assembly.reassembler.stats
     stats["late_records"] = getattr(rs, "late_records", 0)
+    stats["stray_serials"] = getattr(rs, "stray_serials", 0)
     stats["frame_gaps"] = inlet.stats.gaps
     stats["refused_batches"] = (
         stream.stats.stale_batches

@@ -365,15 +365,29 @@ def test_discontinuity_is_not_loss(before: int, after: int) -> None:
 
 
 def test_records_a_few_serials_back_are_still_one_serial_space() -> None:
-    """Serials up to 2^12 back (CPUs interleaving) are the same space: the gap they leave is loss."""
+    """Serials a little back (CPUs interleaving) are the same space: the gap they leave is loss."""
     collector = Collector()
     reassembler = make(collector, timeout_ms=10)
-    for serial in (5000, 5001, 1000, 1002):
+    for serial in (5000, 5001, 4900, 4902):
         complete(reassembler, serial, 0)
     reassembler.maintain(100)
     reassembler.close()
     assert reassembler.stats.discontinuities == 0
-    assert collector.lost == [LostRange("", 1001, 1001, 1), LostRange("", 1003, 4999, 3997)]
+    assert collector.lost == [LostRange("", 4901, 4901, 1), LostRange("", 4903, 4999, 97)]
+
+
+def test_serials_far_below_the_first_are_not_a_gap() -> None:
+    """Before anything settled, serials far below the first one (up to 2^12) are neither a new space nor evidence that the serials up to the first were lost."""
+    collector = Collector()
+    reassembler = make(collector, timeout_ms=10)
+    for serial in (5000, 5001, 1000, 1002, 5002):
+        complete(reassembler, serial, 0)
+    reassembler.maintain(100)
+    reassembler.close()
+    assert collector.lost == []
+    assert reassembler.stats.discontinuities == 0
+    assert reassembler.stats.stale_serials == 2
+    assert len(collector.events) == 5
 
 
 def test_per_node_serial_spaces() -> None:
@@ -560,3 +574,32 @@ def test_golibaudit_scenarios_in_runs(corpus: Path, name: str) -> None:
     assert _outcome(one, by_record) == _outcome(runs, by_run)
     if name == "normal":  # its events are whole runs (the others interleave or are one record)
         assert any(len(item) > 1 for item in parse_batch(rows) if type(item) is list)
+
+
+@pytest.mark.parametrize("stray", [5, 3_000_000_000])
+def test_a_stray_serial_is_neither_loss_nor_a_new_space(stray: int) -> None:
+    """One record far outside the serial space (a corrupt or forged line) stands alone: the space's next serials are no gap from it."""
+    collector = Collector()
+    reassembler = make(collector, timeout_ms=10)
+    for serial in (500_000, 500_001, stray, 500_002, 500_003):
+        complete(reassembler, serial, 0)
+    reassembler.maintain(100)
+    reassembler.close()
+    assert collector.lost == []
+    assert reassembler.stats.lost == 0
+    assert reassembler.stats.discontinuities == 0
+    assert reassembler.stats.stray_serials == 1
+    assert [s for s, _ in collector.serials()] == [500_000, 500_001, stray, 500_002, 500_003]
+
+
+def test_a_new_serial_space_still_tracks_gaps_from_its_second_serial() -> None:
+    """After a reboot (serials start again at 1) a gap within the new space is still loss."""
+    collector = Collector()
+    reassembler = make(collector, timeout_ms=10)
+    for serial in (500_000, 500_001, 1, 2, 5):
+        complete(reassembler, serial, 0)
+    reassembler.maintain(100)
+    reassembler.close()
+    assert collector.lost == [LostRange("", 3, 4, 2)]
+    assert reassembler.stats.discontinuities == 1
+    assert reassembler.stats.stray_serials == 1  # the space's first stood alone until 2 came
