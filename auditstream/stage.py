@@ -99,6 +99,15 @@ def cpu_affinity_for(cfg: config_mod.Config, name: str, index: int) -> set[int]:
     return set()
 
 
+def tune_gc() -> None:
+    """Run the cyclic garbage collector rarely (the stages, and the benchmarks that time them).
+
+    Events are trees of small dicts without cycles: reference counting frees them. The
+    collector's default thresholds make it rescan them constantly."""
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD_ALLOCATIONS, 50, 100)
+
+
 def stage_main(
     name: str,
     run: Callable[[config_mod.Config, StageContext], int],
@@ -135,10 +144,7 @@ def stage_main(
                 "cannot pin to CPUs %s: %s", sorted(cpus), err.strerror or err
             )
             return EXIT_FATAL
-    # Events are trees of small dicts without cycles: reference counting frees them. The
-    # cyclic collector's default thresholds make it rescan them constantly; run it rarely.
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD_ALLOCATIONS, 50, 100)
+    tune_gc()
     ctx = StageContext(name=name, index=args.index, supervisor_pid=args.supervisor_pid or 0)
     signal.signal(signal.SIGTERM, ctx._on_signal)
     signal.signal(signal.SIGINT, ctx._on_signal)

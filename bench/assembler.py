@@ -22,6 +22,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 from assembler.stage import Assembly  # noqa: E402
 from auditstream.config import Config  # noqa: E402
 from auditstream.logline import split_log_line  # noqa: E402
+from auditstream.stage import tune_gc  # noqa: E402
 
 BATCH = 512
 
@@ -38,6 +39,7 @@ def main() -> None:
         lines = lines[: args.lines]
     recs: list[list[Any]] = [list(split_log_line(line)) for line in lines]
     assembly = Assembly(Config(), event_time=True)
+    tune_gc()  # as the stage runs
     events = 0
     profiler = cProfile.Profile() if args.profile else None
     start = time.perf_counter()

@@ -115,6 +115,7 @@ def run_once(opts: argparse.Namespace, stop: str, out: Path) -> tuple[float, int
     os.environ.update(_caller_mode_env())  # the tree keeper's C (treekeeper/native.py) as asked
     from auditstream import wire
     from auditstream.config import Config
+    from auditstream.stage import tune_gc
     from sinks.config import FileOutputConfig, SinkConfig
     from sinks.fanout import FanOut
     from sinks.jsonl import JsonlSink
@@ -139,6 +140,7 @@ def run_once(opts: argparse.Namespace, stop: str, out: Path) -> tuple[float, int
     # A jsonl sink alone: the stage decodes only the docs' heads (a tree that can, that is).
     heads = {"doc_text": True} if "doc_text" in inspect.signature(frames_events).parameters else {}
     level = STOPS.index(stop)
+    tune_gc()  # as the stage runs
     started = time.process_time()
     if level > 0:
         for sender, raw in packed:
