@@ -173,7 +173,7 @@ class _NodeSerials:
         self.floor = 0  # until the first settle, completions below this are not tracked
         self.pending: list[int] = []  # heap of completed serials at or above the frontier
         self.completed_at: dict[int, int] = {}  # pending serial -> clock when completed
-        # The newest serial that stood alone (unwrapped), and the recent ones: see _alone().
+        # The newest serial that stood alone (unwrapped), and the recent ones: _off_space().
         self.candidate: int | None = None
         self.alone: dict[int, None] = {}
 
