@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,7 @@ from auditstream import runtime, wire
 from auditstream.component_status import PROCESSING, ComponentStatus
 from auditstream.config import Config
 from auditstream.logs import RateLimitedLog
-from auditstream.stage import StageContext, merge_stats, write_status
+from auditstream.stage import StageContext, merge_stats, set_autogroup_nice, write_status
 from sinks import sinks_take_doc_text
 
 log = logging.getLogger("auditstream.assembler")
@@ -43,6 +44,7 @@ KERNEL_SOURCES = ("netlink", "multicast")
 
 
 OUT_BATCH_EVENTS = 256
+REPLAY_NICE = 10  # the assemblers' nice value in replay (process and autogroup)
 IDLE_POLL_MS = 100
 STATUS_EVERY_S = 1.0
 
@@ -239,6 +241,10 @@ class Assembly:
 
 
 def run(cfg: Config, ctx: StageContext) -> int:
+    if cfg.receiver.source == "file":
+        # The tree keeper is the one stage that cannot be spread over CPUs: when they are
+        # short, it goes first, and the assemblers take what it leaves (docs/performance.md).
+        lower_priority(REPLAY_NICE)
     zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     inlet = wire.Inlet(
         zctx, runtime.assembler_endpoint(cfg, ctx.index), hwm=cfg.runtime.hwm_messages
@@ -381,6 +387,15 @@ def _forward_eof(
     merge_stats(upstream, {"assembler": stats})
     body = {"stats": upstream, **stream.frame_fields(None)}
     send_downstream(outlet, wire.EOF_KIND, wire.pack_body(body), ctx)
+
+
+def lower_priority(nice: int) -> None:
+    """Raise our nice value (and our autogroup's) to ``nice``: needs no privilege."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+    except OSError as err:
+        log.debug("nice value unchanged: %s", err)
+    set_autogroup_nice(nice)
 
 
 def send_downstream(outlet: wire.Outlet, kind: bytes, packed: bytes, ctx: StageContext) -> bool:
