@@ -59,7 +59,7 @@ BACKWARD_JUMP = 1 << 12
 # Each new serial space starts this far above the last, so spaces never overlap.
 _SPACE_STRIDE = 1 << 40
 # What unwrap() says about a serial: in the current space, the second of a new space
-# (the first stood alone until then), or one that stands alone (a stray or a first).
+# (the first stood alone until then), or one that stands alone for now (_NodeSerials._far).
 IN_SPACE, NEW_SPACE, ALONE = 0, 1, 2
 MAX_ALONE_SERIALS = 64  # remembered, so that their completions stay out of gap tracking
 # Gap tracking starts this far below a node's first serial: records come nearly in serial
@@ -157,15 +157,18 @@ class _NodeSerials:
     """One node's serial space: unwrapping, completed-but-unsettled serials, frontier."""
 
     __slots__ = (
-        "alone", "candidate", "completed_at", "floor", "frontier", "last_seen", "offset",
-        "pending", "stride",
+        "alone", "candidate", "candidate_new_space", "completed_at", "floor", "frontier",
+        "last_seen", "offset", "pending", "stats", "stride",
     )  # fmt: skip
 
-    def __init__(self, stride: int = 1, offset: int = 0) -> None:
+    def __init__(
+        self, stride: int = 1, offset: int = 0, stats: ReassemblerStats | None = None
+    ) -> None:
         # With N sharded assemblers this one sees only serials offset, offset+N, …:
         # gaps are tracked on serial // N, and reported back in kernel serials.
         self.stride = stride
         self.offset = offset
+        self.stats = stats if stats is not None else ReassemblerStats()
         # Unwrapped serial of the newest event opened; None before the first.
         self.last_seen: int | None = None
         # Every unwrapped serial below the frontier is settled; None until first settle.
@@ -173,9 +176,11 @@ class _NodeSerials:
         self.floor = 0  # until the first settle, completions below this are not tracked
         self.pending: list[int] = []  # heap of completed serials at or above the frontier
         self.completed_at: dict[int, int] = {}  # pending serial -> clock when completed
-        # The newest serial that stood alone (unwrapped), and the recent ones: _off_space().
+        # A serial far from the space's newest waits for the next to decide (_far()); it
+        # and the recent strays are out of gap tracking: unwrapped -> completion clock.
         self.candidate: int | None = None
-        self.alone: dict[int, None] = {}
+        self.candidate_new_space = False
+        self.alone: dict[int, int | None] = {}
 
     def unwrap(self, serial: int) -> tuple[int, int]:
         """Map a 32-bit serial to this node's unbounded line, and say how it fits
@@ -191,34 +196,43 @@ class _NodeSerials:
         delta = (serial - last) & SERIAL_MASK
         if delta >= SERIAL_MODULUS >> 1:
             delta -= SERIAL_MODULUS
-        if -BACKWARD_JUMP <= delta <= DISCONTINUITY_JUMP:
+        if -BACKWARD_JUMP <= delta <= BACKWARD_JUMP:
             unwrapped = last + delta
             if delta > 0:
                 self.last_seen = unwrapped
-            if self.candidate is not None:
-                self.candidate = None  # the space goes on: what stood alone was a stray
+                if self.candidate is not None:
+                    self._stray()  # the space went on: the far one was a stray
             return unwrapped, IN_SPACE
-        return self._off_space(serial, last)
+        return self._far(serial, last, delta)
 
-    def _off_space(self, serial: int, last: int) -> tuple[int, int]:
-        """A serial too far from the space's: the first of a new space (a reboot, an older
-        log) or a stray (a corrupt or forged line). It stands alone, out of gap tracking,
-        until a different serial close to it follows: that one begins the new space. A
-        single stray therefore no longer makes the space's next serials a gap from it."""
+    def _far(self, serial: int, last: int, delta: int) -> tuple[int, int]:
+        """A serial far from the space's newest. It stands alone, out of gap tracking, until
+        the next serial decides. One close to it (another serial): it was the first of a new
+        space (a reboot, an older log; more than 2^12 back or 2^24 ahead) or the end of a
+        real gap (up to 2^24 ahead), and is tracked from then on. One that goes on from the
+        space's newest: it was a stray (a corrupt or forged line), counted and never
+        tracked. So one stray line no longer reports the distance to it as lost."""
         candidate = self.candidate
         if candidate is not None:
-            delta = (serial - candidate) & SERIAL_MASK
-            if delta >= SERIAL_MODULUS >> 1:
-                delta -= SERIAL_MODULUS
-            if delta == 0:
+            near = (serial - candidate) & SERIAL_MASK
+            if near >= SERIAL_MODULUS >> 1:
+                near -= SERIAL_MODULUS
+            if near == 0:
                 return candidate, ALONE
-            if -BACKWARD_JUMP <= delta <= DISCONTINUITY_JUMP:
-                unwrapped = candidate + delta
+            if -BACKWARD_JUMP <= near <= BACKWARD_JUMP:
+                unwrapped = candidate + near
                 self.last_seen = max(candidate, unwrapped)
                 self.candidate = None
-                return unwrapped, NEW_SPACE
-        # Far above everything so far (spaces never overlap), same low 32 bits.
-        unwrapped = ((max(last, candidate or 0) + _SPACE_STRIDE) & ~SERIAL_MASK) | serial
+                completed = self.alone.pop(candidate, None)
+                if completed is not None:  # it completed while alone: track it now
+                    self.note_completed(candidate, completed)
+                return unwrapped, NEW_SPACE if self.candidate_new_space else IN_SPACE
+            self._stray()  # neither close to it nor to the space: it was a stray
+        if BACKWARD_JUMP < delta <= DISCONTINUITY_JUMP:
+            unwrapped, self.candidate_new_space = last + delta, False
+        else:  # far above everything so far (spaces never overlap), same low 32 bits
+            base = max(last, candidate or 0) + _SPACE_STRIDE
+            unwrapped, self.candidate_new_space = (base & ~SERIAL_MASK) | serial, True
         self.candidate = unwrapped
         alone = self.alone
         alone[unwrapped] = None
@@ -226,10 +240,17 @@ class _NodeSerials:
             del alone[next(iter(alone))]
         return unwrapped, ALONE
 
+    def _stray(self) -> None:
+        self.candidate = None
+        self.stats.stray_serials += 1
+
     def note_completed(self, unwrapped: int, now_ms: int) -> bool:
         """Record a completed serial; False if it was already settled or completed."""
-        if self.alone and unwrapped in self.alone:
-            return True  # stood alone: neither a gap before it nor a frontier past it
+        alone = self.alone
+        if alone and unwrapped in alone:
+            if alone[unwrapped] is None:  # kept, in case the next serial makes it tracked
+                alone[unwrapped] = now_ms
+            return True  # alone: neither a gap before it nor a frontier past it
         frontier = self.frontier
         if frontier is not None and unwrapped <= frontier:
             if unwrapped < frontier:
@@ -475,7 +496,9 @@ class Reassembler(Generic[RecordT]):
         if node is None:
             if len(self._nodes) >= MAX_NODES:
                 self._forget_oldest_node()
-            node = self._nodes[name] = _NodeSerials(self._shard_count, self._shard_index)
+            node = self._nodes[name] = _NodeSerials(
+                self._shard_count, self._shard_index, self._stats
+            )
         return node
 
     def _forget_oldest_node(self) -> None:
@@ -506,8 +529,6 @@ class Reassembler(Generic[RecordT]):
     def _count_fit(self, fit: int) -> None:
         if fit == NEW_SPACE:
             self._stats.discontinuities += 1
-        else:  # ALONE: a stray, unless the next serial makes it a new space's first
-            self._stats.stray_serials += 1
 
     def _note_completed(self, node: _NodeSerials, name: str, unwrapped: int) -> None:
         if not node.note_completed(unwrapped, self._clock):

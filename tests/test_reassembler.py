@@ -576,9 +576,9 @@ def test_golibaudit_scenarios_in_runs(corpus: Path, name: str) -> None:
         assert any(len(item) > 1 for item in parse_batch(rows) if type(item) is list)
 
 
-@pytest.mark.parametrize("stray", [5, 3_000_000_000])
+@pytest.mark.parametrize("stray", [5, 3_000_000_000, 1_500_000])
 def test_a_stray_serial_is_neither_loss_nor_a_new_space(stray: int) -> None:
-    """One record far outside the serial space (a corrupt or forged line) stands alone: the space's next serials are no gap from it."""
+    """One record far from the serial space (a corrupt or forged line; back, far ahead, or up to 2^24 ahead) stands alone: no gap to it or from it."""
     collector = Collector()
     reassembler = make(collector, timeout_ms=10)
     for serial in (500_000, 500_001, stray, 500_002, 500_003):
@@ -592,14 +592,31 @@ def test_a_stray_serial_is_neither_loss_nor_a_new_space(stray: int) -> None:
     assert [s for s, _ in collector.serials()] == [500_000, 500_001, stray, 500_002, 500_003]
 
 
-def test_a_new_serial_space_still_tracks_gaps_from_its_second_serial() -> None:
-    """After a reboot (serials start again at 1) a gap within the new space is still loss."""
+@pytest.mark.parametrize(("serials", "lost"), [((1, 2, 5), (3, 4)), ((1, 3), (2, 2))])
+def test_a_new_serial_space_tracks_gaps_from_its_first_serial(
+    serials: tuple[int, ...], lost: tuple[int, int]
+) -> None:
+    """After a reboot (serials start again at 1) a gap within the new space is loss, the first serial included once the second confirmed the space."""
     collector = Collector()
     reassembler = make(collector, timeout_ms=10)
-    for serial in (500_000, 500_001, 1, 2, 5):
+    for serial in (500_000, 500_001, *serials):
         complete(reassembler, serial, 0)
     reassembler.maintain(100)
     reassembler.close()
-    assert collector.lost == [LostRange("", 3, 4, 2)]
+    first, last = lost
+    assert collector.lost == [LostRange("", first, last, last - first + 1)]
     assert reassembler.stats.discontinuities == 1
-    assert reassembler.stats.stray_serials == 1  # the space's first stood alone until 2 came
+    assert reassembler.stats.stray_serials == 0
+
+
+def test_a_large_real_gap_ahead_is_still_loss() -> None:
+    """Serials that go on from a jump ahead (under 2^24: the kernel lost that many) report the jump as lost."""
+    collector = Collector()
+    reassembler = make(collector, timeout_ms=10)
+    for serial in (1000, 1001, 101_000, 101_001):
+        complete(reassembler, serial, 0)
+    reassembler.maintain(100)
+    reassembler.close()
+    assert collector.lost == [LostRange("", 1002, 100_999, 99_998)]
+    assert reassembler.stats.discontinuities == 0
+    assert reassembler.stats.stray_serials == 0
