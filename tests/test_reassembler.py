@@ -364,26 +364,28 @@ def test_discontinuity_is_not_loss(before: int, after: int) -> None:
     assert reassembler.stats.lost == 0
 
 
-def test_records_a_few_serials_back_are_still_one_serial_space() -> None:
-    """Serials a little back (CPUs interleaving) are the same space: the gap they leave is loss."""
+def _settled(serials: tuple[int, ...]) -> tuple[Collector, Reassembler[Record]]:
+    """A reassembler (10 ms timeout) given a complete event per serial, maintained past the
+    timeout and closed."""
     collector = Collector()
     reassembler = make(collector, timeout_ms=10)
-    for serial in (5000, 5001, 4900, 4902):
+    for serial in serials:
         complete(reassembler, serial, 0)
     reassembler.maintain(100)
     reassembler.close()
+    return collector, reassembler
+
+
+def test_records_a_few_serials_back_are_still_one_serial_space() -> None:
+    """Serials a little back (CPUs interleaving) are the same space: the gap they leave is loss."""
+    collector, reassembler = _settled((5000, 5001, 4900, 4902))
     assert reassembler.stats.discontinuities == 0
     assert collector.lost == [LostRange("", 4901, 4901, 1), LostRange("", 4903, 4999, 97)]
 
 
 def test_serials_far_below_the_first_are_not_a_gap() -> None:
     """Before anything settled, serials far below the first one (up to 2^12) are neither a new space nor evidence that the serials up to the first were lost."""
-    collector = Collector()
-    reassembler = make(collector, timeout_ms=10)
-    for serial in (5000, 5001, 1000, 1002, 5002):
-        complete(reassembler, serial, 0)
-    reassembler.maintain(100)
-    reassembler.close()
+    collector, reassembler = _settled((5000, 5001, 1000, 1002, 5002))
     assert collector.lost == []
     assert reassembler.stats.discontinuities == 0
     assert reassembler.stats.stale_serials == 2
@@ -579,12 +581,7 @@ def test_golibaudit_scenarios_in_runs(corpus: Path, name: str) -> None:
 @pytest.mark.parametrize("stray", [5, 3_000_000_000, 1_500_000])
 def test_a_stray_serial_is_neither_loss_nor_a_new_space(stray: int) -> None:
     """One record far from the serial space (a corrupt or forged line; back, far ahead, or up to 2^24 ahead) stands alone: no gap to it or from it."""
-    collector = Collector()
-    reassembler = make(collector, timeout_ms=10)
-    for serial in (500_000, 500_001, stray, 500_002, 500_003):
-        complete(reassembler, serial, 0)
-    reassembler.maintain(100)
-    reassembler.close()
+    collector, reassembler = _settled((500_000, 500_001, stray, 500_002, 500_003))
     assert collector.lost == []
     assert reassembler.stats.lost == 0
     assert reassembler.stats.discontinuities == 0
@@ -597,12 +594,7 @@ def test_a_new_serial_space_tracks_gaps_from_its_first_serial(
     serials: tuple[int, ...], lost: tuple[int, int]
 ) -> None:
     """After a reboot (serials start again at 1) a gap within the new space is loss, the first serial included once the second confirmed the space."""
-    collector = Collector()
-    reassembler = make(collector, timeout_ms=10)
-    for serial in (500_000, 500_001, *serials):
-        complete(reassembler, serial, 0)
-    reassembler.maintain(100)
-    reassembler.close()
+    collector, reassembler = _settled((500_000, 500_001, *serials))
     first, last = lost
     assert collector.lost == [LostRange("", first, last, last - first + 1)]
     assert reassembler.stats.discontinuities == 1
@@ -611,12 +603,7 @@ def test_a_new_serial_space_tracks_gaps_from_its_first_serial(
 
 def test_a_large_real_gap_ahead_is_still_loss() -> None:
     """Serials that go on from a jump ahead (under 2^24: the kernel lost that many) report the jump as lost."""
-    collector = Collector()
-    reassembler = make(collector, timeout_ms=10)
-    for serial in (1000, 1001, 101_000, 101_001):
-        complete(reassembler, serial, 0)
-    reassembler.maintain(100)
-    reassembler.close()
+    collector, reassembler = _settled((1000, 1001, 101_000, 101_001))
     assert collector.lost == [LostRange("", 1002, 100_999, 99_998)]
     assert reassembler.stats.discontinuities == 0
     assert reassembler.stats.stray_serials == 0

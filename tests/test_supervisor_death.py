@@ -25,16 +25,22 @@ def _alive(pid: int) -> bool:
     return state != b"Z"
 
 
-def test_stages_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
-    """SIGKILL of `auditstream replay --follow` makes every stage drain and exit."""
-    proc, _log, out = start_follow_replay(tmp_path)
+def _wait_for_stages(supervisor: int) -> list[int]:
+    """The pids of a supervisor's three stages once they run and handle signals."""
     stages: list[int] = []
     deadline = time.monotonic() + 30
     while len(stages) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
-        stages = list(stage_pids(proc.pid).values())
+        stages = list(stage_pids(supervisor).values())
     assert len(stages) >= 3, f"stages did not start: {stages}"
     time.sleep(1.0)  # let them install their signal handlers
+    return stages
+
+
+def test_stages_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of `auditstream replay --follow` makes every stage drain and exit."""
+    proc, _log, out = start_follow_replay(tmp_path)
+    stages = _wait_for_stages(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 30
@@ -102,13 +108,7 @@ def test_stop_while_starting_is_a_stop_not_a_failure(tmp_path: Path) -> None:
         cwd=REPO, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     try:
-        stages: list[int] = []
-        deadline = time.monotonic() + 30
-        while len(stages) < 3 and time.monotonic() < deadline:
-            time.sleep(0.2)
-            stages = list(stage_pids(proc.pid).values())
-        assert len(stages) >= 3, f"stages did not start: {stages}"
-        time.sleep(1.0)  # let them install their signal handlers
+        stages = _wait_for_stages(proc.pid)
         os.kill(proc.pid, signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
     finally:
