@@ -33,7 +33,11 @@ _NATIVE_COALESCE = native_coalesce()
 _NATIVE_BUILD_DOC = native_build_doc()
 
 
-def event_from_records(records: list[Record], reason: CompletionReason) -> Event:
+def event_from_records(
+    records: list[Record], reason: CompletionReason, *, raw: bool = True
+) -> Event:
+    """The event of complete ``records``; ``raw=False``: the record count in place of the
+    raw records (no sink writes them: packing and unpacking them cost ~3.5 µs per event)."""
     first = records[0]
     coalesced = _NATIVE_COALESCE(records) if _NATIVE_COALESCE is not None else None
     if coalesced is None:
@@ -45,7 +49,7 @@ def event_from_records(records: list[Record], reason: CompletionReason) -> Event
         doc.setdefault("auditstream", {})["completed_by"] = reason.name.lower()
     return {
         "key": [first.node, first.sec, first.msec, first.serial],
-        "raw": [[r.type, r.data, r.node] for r in records],
+        "raw": [[r.type, r.data, r.node] for r in records] if raw else len(records),
         "doc": doc,
     }
 

@@ -32,7 +32,7 @@ from auditstream.component_status import PROCESSING, ComponentStatus
 from auditstream.config import Config
 from auditstream.logs import RateLimitedLog
 from auditstream.stage import StageContext, merge_stats, set_autogroup_nice, write_status
-from sinks import sinks_take_doc_text
+from sinks import sinks_take_doc_text, sinks_write_raw
 
 log = logging.getLogger("auditstream.assembler")
 _PARSE_BATCH = parse_batch_function()  # C where built (assembler/native.py)
@@ -61,6 +61,7 @@ class Assembly:
         self.follow = cfg.receiver.follow
         self.input_at = time.monotonic()
         self.shards = cfg.assembler.instances
+        self.raw_records = sinks_write_raw(cfg.sinks)  # else events carry the record count
         self.clock_ms = 0
         # The receive stamp of the batch being pushed: events completed by one of its
         # records carry it (for an EOE-ended event, the EOE's receive time). None outside
@@ -108,7 +109,7 @@ class Assembly:
             self.counts["lone_eoes"] += 1
             return
         try:
-            event = event_from_records(records, reason)
+            event = event_from_records(records, reason, raw=self.raw_records)
             if self.recv_ns is not None:
                 event["recv_ns"] = self.recv_ns  # outside "doc": never written by a sink
             self.out.append(event)

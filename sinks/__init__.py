@@ -25,6 +25,14 @@ def sinks_take_doc_text(tables: object) -> bool:
     """Every sink of ``[[sinks]]`` writes from a doc's text and head: no need for whole docs."""
     return all(sink.type in _DOC_TEXT_TYPES for sink in sink_configs_from_tables(tables))
 
+
+
+def sinks_write_raw(tables: object) -> bool:
+    """Some sink of ``[[sinks]]`` writes events' raw records (``file``): else events travel
+    with their record count in place of the records (docs/internals.md)."""
+    return any(sink.type == "file" for sink in sink_configs_from_tables(tables))
+
+
 # The option an argument's TARGET sets, per type (``jsonl:PATH`` sets ``path``).
 _TARGET_OPTION = {"jsonl": "path", "file": "path", "kafka": "target"}
 

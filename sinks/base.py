@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 # One event as the treekeeper hands it over (see docs/internals.md):
 # {"key": [node, sec, msec, serial], "raw": [[type, data, node], ...], "doc": {...ECS...}}
+# ("raw" is the number of records instead when no sink of the run writes raw records)
 Event = Mapping[str, Any]
 
 

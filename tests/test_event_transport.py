@@ -239,11 +239,14 @@ def test_hostile_frame_through_zeromq_and_jsonl_sink(tmp_path: Path) -> None:
     assert "surrogates not allowed" in markers[1]["error"]
 
 
-def sharded_frames(log: Path, shards: int) -> list[list[Event]]:
+def sharded_frames(
+    log: Path, shards: int, sinks: list[dict[str, Any]] | None = None
+) -> list[list[Event]]:
     """The events batches two sharded assemblers ship for ``log``, interleaved in a fixed order."""
     cfg = Config()
     cfg.receiver.source = "file"
     cfg.assembler.instances = shards
+    cfg.sinks = sinks or []
     records: list[list[list[Any]]] = [[] for _ in range(shards)]
     for line in log.read_bytes().splitlines():
         type_, data, node = split_log_line(line)
@@ -304,6 +307,27 @@ def test_tree_keeper_writes_the_same_bytes_as_with_msgpack_docs(tmp_path: Path) 
     new = tree_keeper_output(new_bodies, tmp_path, "new.jsonl")
     assert old.count(b"\n") > sum(len(f) for f in frames)  # with the tree's lifecycle events
     assert new == old
+
+
+def test_events_carry_their_raw_records_only_for_a_file_sink(tmp_path: Path) -> None:
+    """Without a file sink events travel with their record count in place of the records; the jsonl output is the same bytes."""
+    log = tmp_path / "audit.log"
+    subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", "3000", "--out", str(log)],
+        check=True,
+    )
+    counted = sharded_frames(log, 2)
+    with_file = sharded_frames(log, 2, [{"type": "file", "path": str(tmp_path / "copy.log")}])
+    counted_events = [e for f in counted for e in f]
+    listed_events = [e for f in with_file for e in f]
+    assert [e["key"] for e in counted_events] == [e["key"] for e in listed_events]
+    for slim, full in zip(counted_events, listed_events, strict=True):
+        assert type(full["raw"]) is list
+        assert slim["raw"] == len(full["raw"]) > 0
+    bodies = {name: [new_frame(f, {})[0] for f in frames] for name, frames in (
+        ("counted", counted), ("listed", with_file))}  # fmt: skip
+    counted_out = tree_keeper_output(bodies["counted"], tmp_path, "counted.jsonl")
+    assert counted_out == tree_keeper_output(bodies["listed"], tmp_path, "listed.jsonl")
 
 
 def test_peer_watch_counts_real_joins_and_leaves(tmp_path: Path) -> None:
