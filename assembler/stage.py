@@ -242,9 +242,10 @@ class Assembly:
 
 
 def run(cfg: Config, ctx: StageContext) -> int:
-    if cfg.receiver.source == "file":
+    if cfg.receiver.source == "file" and not cfg.receiver.follow:
         # The tree keeper is the one stage that cannot be spread over CPUs: when they are
         # short, it goes first, and the assemblers take what it leaves (docs/performance.md).
+        # Not live or following a log: there they would yield to the host's load as well.
         lower_priority(REPLAY_NICE)
     zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     inlet = wire.Inlet(

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from live_helpers import stage_pids, start_follow_replay
+from live_helpers import ONE_EVENT_LOG, stage_pids, start_follow_replay
 
 from assembler.stage import REPLAY_NICE
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _autogroup_nice(pid: int) -> int | None:
@@ -22,25 +26,61 @@ def _autogroup_nice(pid: int) -> int | None:
     return int(text.split("nice")[1])
 
 
-def test_replay_assemblers_yield_to_the_tree_keeper(tmp_path: Path) -> None:
+def _settled_nice(supervisor: int, want_assembler: int) -> tuple[dict[str, int], dict[str, int]]:
+    """The stages' nice values and pids once all three run and the assembler's nice value is
+    ``want_assembler`` (or after 30 s: the test then sees what it is)."""
+    deadline = time.monotonic() + 30
+    while True:
+        stages = stage_pids(supervisor)
+        try:
+            nice = {name: os.getpriority(os.PRIO_PROCESS, pid) for name, pid in stages.items()}
+        except OSError:  # a stage between fork and exec, or gone
+            nice = {}
+        done = len(nice) >= 3 and nice.get("assembler-0") == want_assembler
+        if done or time.monotonic() > deadline:
+            return nice, stages
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def own_nice() -> int:
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice >= REPLAY_NICE:
+        pytest.skip(f"this test runs at nice {nice} already: nothing to tell apart")
+    return nice
+
+
+def test_replay_assemblers_yield_to_the_tree_keeper(tmp_path: Path, own_nice: int) -> None:
     """Assemblers of a replay run at nice 10, process and autogroup; the tree keeper and receiver keep theirs."""
-    own_nice = os.getpriority(os.PRIO_PROCESS, 0)
-    if own_nice >= REPLAY_NICE:
-        pytest.skip(f"this test runs at nice {own_nice} already: nothing to tell apart")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auditstream", "replay", "-", "--sink", f"jsonl:{tmp_path / 'o'}"],
+        stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(ONE_EVENT_LOG)  # stdin stays open: the replay runs until we close it
+        proc.stdin.flush()
+        nice, pids = _settled_nice(proc.pid, REPLAY_NICE)
+        assert nice.get("assembler-0") == REPLAY_NICE, nice
+        assert nice["treekeeper"] == own_nice and nice["receiver"] == own_nice
+        grouped = _autogroup_nice(pids["assembler-0"])
+        if grouped is not None:  # each stage is a session, so an autogroup, of its own
+            assert grouped == REPLAY_NICE
+            assert _autogroup_nice(pids["treekeeper"]) == 0
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+
+
+def test_a_followed_log_keeps_the_assemblers_at_their_nice(tmp_path: Path, own_nice: int) -> None:
+    """`replay --follow` runs like live: its assemblers do not yield to the host's load."""
     proc, _log, out = start_follow_replay(tmp_path)
     try:
         deadline = time.monotonic() + 30
         while not out.exists() and time.monotonic() < deadline:  # the stages are running
             time.sleep(0.1)
-        assert out.exists(), (tmp_path / "stderr").read_text()
-        stages = stage_pids(proc.pid)
-        assert os.getpriority(os.PRIO_PROCESS, stages["assembler-0"]) == REPLAY_NICE
-        assert os.getpriority(os.PRIO_PROCESS, stages["treekeeper"]) == own_nice
-        assert os.getpriority(os.PRIO_PROCESS, stages["receiver"]) == own_nice
-        grouped = _autogroup_nice(stages["assembler-0"])
-        if grouped is not None:  # each stage is a session, so an autogroup, of its own
-            assert grouped == REPLAY_NICE
-            assert _autogroup_nice(stages["treekeeper"]) == 0
+        nice, _ = _settled_nice(proc.pid, own_nice)
+        assert nice.get("assembler-0") == own_nice, nice
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
