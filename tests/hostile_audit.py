@@ -245,8 +245,13 @@ def garbage_record(payload: bytes, record_type: int = SYSCALL, node: str = "") -
 
 
 def assemble(records: Iterable[RawRecord]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Push records through the assembler stage's own Assembly (file mode) and close it."""
-    assembly = Assembly(Config(), event_time=True)
+    """Push records through the assembler stage's own Assembly (file mode) and close it.
+
+    The events go to a ``file`` sink too (:func:`write_sinks`): configured as such, so that
+    they carry their raw records (sinks.sinks_write_raw)."""
+    cfg = Config()
+    cfg.sinks = [{"type": "jsonl", "path": "events.jsonl"}, {"type": "file", "path": "raw.log"}]
+    assembly = Assembly(cfg, event_time=True)
     assembly.push_batch([list(record) for record in records])
     assembly.close()
     return assembly.out, dict(assembly.counts)
