@@ -8,14 +8,13 @@ all-msgpack frame gave it.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import zmq
+from generated_logs import write_generated_log
 
 from assembler.events import lost_event, parse_error_event
 from assembler.reassembler import LostRange
@@ -290,11 +289,7 @@ def tree_keeper_output(bodies: list[Event], tmp_path: Path, name: str) -> bytes:
 
 def test_tree_keeper_writes_the_same_bytes_as_with_msgpack_docs(tmp_path: Path) -> None:
     """A generated exec-heavy log over two assemblers: identical jsonl output either way."""
-    log = tmp_path / "audit.log"
-    subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", "6000", "--out", str(log)],
-        check=True,
-    )
+    log = write_generated_log(tmp_path / "audit.log", 6000)
     frames = sharded_frames(log, 2)
     assert sum(len(f) for f in frames) == log.read_bytes().count(b"type=EOE ")
     old_bodies = [old_frame(f, {}) for f in frames]
@@ -311,11 +306,7 @@ def test_tree_keeper_writes_the_same_bytes_as_with_msgpack_docs(tmp_path: Path) 
 
 def test_events_carry_their_raw_records_only_for_a_file_sink(tmp_path: Path) -> None:
     """Without a file sink events travel with their record count in place of the records; the jsonl output is the same bytes."""
-    log = tmp_path / "audit.log"
-    subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", "3000", "--out", str(log)],
-        check=True,
-    )
+    log = write_generated_log(tmp_path / "audit.log", 3000)
     counted = sharded_frames(log, 2)
     with_file = sharded_frames(log, 2, [{"type": "file", "path": str(tmp_path / "copy.log")}])
     counted_events = [e for f in counted for e in f]
