@@ -28,7 +28,6 @@ from treekeeper.dedupe import Dedupe
 from treekeeper.pipeline import TreeStep
 from treekeeper.stage import TransportErrors, frames_events
 
-REPO = Path(__file__).resolve().parents[1]
 Event = dict[str, Any]
 
 
