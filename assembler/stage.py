@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +30,7 @@ from auditstream import runtime, wire
 from auditstream.component_status import PROCESSING, ComponentStatus
 from auditstream.config import Config
 from auditstream.logs import RateLimitedLog
-from auditstream.stage import StageContext, merge_stats, set_autogroup_nice, write_status
+from auditstream.stage import StageContext, lower_priority, merge_stats, write_status
 from sinks import sinks_take_doc_text, sinks_write_raw
 
 log = logging.getLogger("auditstream.assembler")
@@ -389,15 +388,6 @@ def _forward_eof(
     merge_stats(upstream, {"assembler": stats})
     body = {"stats": upstream, **stream.frame_fields(None)}
     send_downstream(outlet, wire.EOF_KIND, wire.pack_body(body), ctx)
-
-
-def lower_priority(nice: int) -> None:
-    """Raise our nice value (and our autogroup's) to ``nice``: needs no privilege."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
-    except OSError as err:
-        log.debug("nice value unchanged: %s", err)
-    set_autogroup_nice(nice)
 
 
 def send_downstream(outlet: wire.Outlet, kind: bytes, packed: bytes, ctx: StageContext) -> bool:

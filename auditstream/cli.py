@@ -161,11 +161,7 @@ def _start(cfg: config_mod.Config, *, live: bool, receiver_stdin: bool) -> int:
     code = supervisor.run()
     if supervisor.stopped_starting:
         print("auditstream: stopped while starting; nothing was read", file=sys.stderr)
-        if created and not live:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        return code
-    discarded = _print_summary(cfg, restarts=supervisor.restarts)
-    if discarded and code == 0 and not live:
+    elif _print_summary(cfg, restarts=supervisor.restarts) and code == 0 and not live:
         code = EXIT_EVENTS_DISCARDED  # a replay that did not write everything did not succeed
     if created and not live:
         shutil.rmtree(run_dir, ignore_errors=True)

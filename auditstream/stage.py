@@ -102,19 +102,20 @@ def cpu_affinity_for(cfg: config_mod.Config, name: str, index: int) -> set[int]:
 AUTOGROUP = Path("/proc/self/autogroup")
 
 
-def set_autogroup_nice(nice: int) -> bool:
-    """Give this process's autogroup the nice value ``nice``; False where that cannot be done.
+def lower_priority(nice: int) -> None:
+    """Raise this process's nice value, and its autogroup's, to ``nice`` (no privilege needed).
 
     Each stage runs in a session of its own, and with the kernel's autogroup scheduling
     (sched_autogroup_enabled, processes in the root CPU cgroup) the scheduler shares the
     CPUs fairly among sessions first: a process's own nice value then only ranks it
     within its session, i.e. against nothing. The autogroup's nice value ranks the
-    session. Raising it needs no privilege; lowering it needs CAP_SYS_NICE."""
+    session."""
     try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+    except OSError as err:
+        logging.getLogger("auditstream.stage").debug("nice value unchanged: %s", err)
+    with contextlib.suppress(OSError):  # no autogroup support
         AUTOGROUP.write_text(str(nice))
-    except OSError:  # no autogroup support, or not permitted
-        return False
-    return True
 
 
 def tune_gc() -> None:

@@ -26,7 +26,6 @@ def sinks_take_doc_text(tables: object) -> bool:
     return all(sink.type in _DOC_TEXT_TYPES for sink in sink_configs_from_tables(tables))
 
 
-
 def sinks_write_raw(tables: object) -> bool:
     """Some sink of ``[[sinks]]`` writes events' raw records (``file``): else events travel
     with their record count in place of the records (docs/internals.md)."""

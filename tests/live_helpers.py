@@ -307,6 +307,20 @@ ONE_EVENT_LOG = (
 )
 
 
+def replay(
+    *args: str, stdin: bytes | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
+    """`auditstream replay ARGS` to its end, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "auditstream", "replay", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+
+
 def start_follow_replay(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
     """`auditstream replay --follow` of a one-event log (serial 1, `sh`) into a jsonl sink.
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from live_helpers import start_follow_replay
+from live_helpers import replay, start_follow_replay
 
 from auditstream.escape import unescape
 
@@ -24,19 +24,6 @@ SUMMARY = re.compile(
     rb"auditstream: (\d+) records read, (\d+) events out, (\d+) events lost \(serial gaps\), "
     rb"(\d+) records failed to parse"
 )
-
-
-def replay(
-    *args: str, stdin: bytes | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "auditstream", "replay", *args],
-        input=stdin,
-        capture_output=True,
-        timeout=timeout,
-        cwd=REPO,
-        check=False,
-    )
 
 
 def jsonl(path: Path) -> list[dict]:

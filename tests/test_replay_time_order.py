@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from generated_logs import write_generated_log
+from live_helpers import replay
 
-REPO = Path(__file__).resolve().parents[1]
 # Small replay buffers: an acknowledgement that stalls fills them within a few batches,
 # and the receiver then gives up a batch's protection with a warning after 10 s.
 CONFIG = """
@@ -25,15 +23,7 @@ def _replay(tmp_path: Path, name: str, *logs: Path) -> tuple[list[dict], str]:
     config = tmp_path / "auditstream.toml"
     config.write_text(CONFIG)
     out = tmp_path / f"{name}.jsonl"
-    result = subprocess.run(
-        [sys.executable, "-m", "auditstream", "replay", "-c", str(config)]
-        + [str(log) for log in logs]
-        + ["--sink", f"jsonl:{out}"],
-        capture_output=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
+    result = replay("-c", str(config), *map(str, logs), "--sink", f"jsonl:{out}", timeout=120)
     stderr = result.stderr.decode(errors="replace")
     assert result.returncode == 0, stderr
     return [json.loads(line) for line in out.read_bytes().splitlines()], stderr

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from generated_logs import write_generated_log
-
-REPO = Path(__file__).resolve().parents[1]
+from live_helpers import replay
 
 
 @pytest.fixture
@@ -34,13 +32,7 @@ def test_a_replay_whose_sink_runs_out_of_space_says_so_and_exits_3(
     """ENOSPC: the error names the sink and errno, the summary counts the events not written, and the exit code is 3, not 0."""
     log = write_generated_log(tmp_path / "in.log", 6000)
     out = tiny_fs / "events.jsonl"
-    result = subprocess.run(
-        [sys.executable, "-m", "auditstream", "replay", str(log), "--sink", f"jsonl:{out}"],
-        capture_output=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
+    result = replay(str(log), "--sink", f"jsonl:{out}", timeout=120)
     stderr = result.stderr.decode(errors="replace")
     assert result.returncode == 3, stderr
     assert "No space left on device" in stderr
