@@ -285,7 +285,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
             packed = wire.pack_events_body(assembly.out, fields, heads=heads)
             if packed.msgpack_docs:
                 assembly.docs_not_json(packed.msgpack_docs, packed.first_error)
-            send_downstream(outlet, wire.EVENTS, packed.body, ctx)
+            send_downstream(outlet, wire.EVENTS, packed.body, ctx, tail=packed.docs_json)
             events_sent += len(assembly.out)
             assembly.out = []
             shipped_watermark = watermark
@@ -390,12 +390,14 @@ def _forward_eof(
     send_downstream(outlet, wire.EOF_KIND, wire.pack_body(body), ctx)
 
 
-def send_downstream(outlet: wire.Outlet, kind: bytes, packed: bytes, ctx: StageContext) -> bool:
+def send_downstream(
+    outlet: wire.Outlet, kind: bytes, packed: bytes, ctx: StageContext, *, tail: bytes | None = None
+) -> bool:
     """Send, waiting while the tree keeper is busy or away; give up only when told to stop
     and no tree keeper is connected (it finished, or is gone: its successor gets a resend).
     The body is packed once by the caller: a busy tree keeper costs no re-encoding."""
     watch = outlet.watch
-    while not outlet.send_packed(kind, packed, block=False):
+    while not outlet.send_packed(kind, packed, tail=tail, block=False):
         if watch is not None:
             watch.poll()
             if ctx.stop_requested and not watch.connected:

@@ -4,20 +4,21 @@ The tree keeper reads a dozen fields of a doc and changes only ``process`` (and 
 ``container``, treekeeper/enrich.py), yet decoding the whole doc was ~40 % of its CPU.
 So the assembler marks, in each doc's JSON text, where the value of the top-level
 ``process`` key is, and sends a *head*: a small dict of the fields the tree keeper
-reads (:data:`HEAD_FIELDS`). The tree keeper decodes only the heads; a jsonl line is
+reads (:data:`HEAD_AUDITD`, :data:`HEAD_DATA`). The tree keeper decodes only the heads; a jsonl line is
 the text before ``process``, the enriched ``process``, and the text after it
 (:func:`doc_line`), the same bytes ``orjson.dumps`` of the whole enriched doc gives.
 
-A doc is split only when that is exact: ``process`` is a dict, there is no
-``container`` yet (enrichment appends it as the last key), ``auditd.records`` is a
-non-empty list (dedupe reads it; markers are never split) and the text
-``"process":{...}`` occurs once in the doc's text.
+A doc is split only when that is exact: ``process`` is a dict and there is no
+``container`` yet (enrichment appends it as the last key), and ``auditd.records`` is a
+non-empty list (dedupe reads it; markers are never split). The assembler encodes
+``process`` alone and the rest of the doc with a mark in its place, so it knows where
+``process`` is without searching the text (:func:`encode_docs`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -34,9 +35,71 @@ DocText = tuple[bytes, bytes]  # (text before process's value, text after it): d
 DOC_TEXT = "doc_text"  # the event field that holds a split doc's DocText (in the tree keeper)
 
 
-def split_at_process(doc: dict[str, Any], text: bytes) -> tuple[int, int, dict[str, Any]] | None:
-    """(start, end) of ``process``'s value in ``text`` (``orjson.dumps(doc)``) and the doc's
-    head, or None when the doc must travel whole."""
+# orjson writes a Fragment's bytes as they are and escapes every control character in
+# strings, so a NUL byte in its output is this mark and nothing else.
+_MARK = orjson.Fragment(b"\0")
+_NULL = b"null"
+
+
+@dataclass(slots=True)
+class EncodedDocs:
+    """The docs of a batch of events as one JSON text, and what travels beside it."""
+
+    docs_json: bytes  # the JSON list of the docs, ``null`` for each refused one
+    heads: list[Any] | None  # per event: None, [start, end] or [start, end, at, until, head]
+    slim: list[dict[str, Any]]  # the events with ``"doc": None`` (refused ones keep theirs)
+    refused: dict[int, str]  # why orjson refused a doc, by event index
+
+
+def encode_docs(events: list[dict[str, Any]], with_heads: bool) -> EncodedDocs:
+    """The events' docs as one JSON list; with ``with_heads``, each audit doc split at its
+    ``process`` (:func:`splittable`) with its head, ``process`` in it as its JSON text.
+
+    A split doc's ``process`` is encoded alone and the rest of the doc with the mark in
+    its place (the doc is put back as it was), so ``process`` is encoded once and found
+    without a search: the bytes are those of ``orjson.dumps(doc)``.
+    """
+    pieces: list[bytes] = [b"["]
+    heads: list[Any] = []
+    slim: list[dict[str, Any]] = []
+    refused: dict[int, str] = {}
+    start = 1
+    for index, event in enumerate(events):
+        if index:
+            pieces.append(b",")
+            start += 1
+        doc = event.get("doc")
+        slim_event = dict(event)
+        head: list[Any] | None = None
+        if type(doc) is not dict:  # missing or not an object: the sinks report it, as before
+            refused[index] = "doc is missing" if doc is None else f"doc is {type(doc).__name__}"
+        else:
+            try:
+                split = _encode_split(doc, start) if with_heads and event.get("raw") else None
+                if split is None:
+                    text = orjson.dumps(doc)
+                    head = [start, start + len(text)]
+                    pieces.append(text)
+                else:
+                    head, texts = split
+                    pieces.extend(texts)
+                slim_event["doc"] = None  # keeps the key's place in the dict
+            except orjson.JSONEncodeError as err:
+                refused[index] = str(err)
+        if head is None:
+            pieces.append(_NULL)
+            start += len(_NULL)
+        else:
+            start = head[1]
+        heads.append(head)
+        slim.append(slim_event)
+    pieces.append(b"]")
+    return EncodedDocs(b"".join(pieces), heads if with_heads else None, slim, refused)
+
+
+def splittable(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(process, auditd) of a doc that may travel split, else None: ``process`` is a dict,
+    there is no ``container`` yet and ``auditd.records`` is a non-empty list."""
     process = doc.get("process")
     if type(process) is not dict or "container" in doc:
         return None
@@ -46,36 +109,48 @@ def split_at_process(doc: dict[str, Any], text: bytes) -> tuple[int, int, dict[s
     records = auditd.get("records")
     if type(records) is not list or not records:
         return None
+    return process, auditd
+
+
+def _encode_split(doc: dict[str, Any], start: int) -> tuple[list[Any], list[bytes]] | None:
+    """(head entry, [text before process, process, text after]) of a doc at ``start`` in
+    docs_json, or None when it does not split; raises what orjson raises."""
+    found = splittable(doc)
+    if found is None:
+        return None
+    process, auditd = found
     value = orjson.dumps(process)
-    at = text.find(PROCESS_KEY)  # a short needle: several times faster to find
-    if at >= 0 and text.find(PROCESS_KEY, at + 1) < 0:  # once: the top-level key
-        if text[at + len(PROCESS_KEY) : at + len(PROCESS_KEY) + len(value)] != value:
-            return None
-    else:  # nested "process" keys too: the top-level one is where its whole value follows
-        at = text.find(PROCESS_KEY + value)
-        # Twice (a nested section that looks the same): which one is the top level is unknown.
-        if at < 0 or text.find(PROCESS_KEY + value, at + 1) >= 0:
-            return None
+    doc["process"] = _MARK  # the key keeps its place
+    try:
+        text = orjson.dumps(doc)
+    finally:
+        doc["process"] = process
+    at = text.find(b"\0")
+    if at < 0 or text.find(b"\0", at + 1) >= 0:  # the mark's bytes in a Fragment of the doc
+        return None
     head_auditd = {name: auditd[name] for name in HEAD_AUDITD if name in auditd}
     data = auditd.get("data")
     if type(data) is dict:
         head_auditd["data"] = {name: data[name] for name in HEAD_DATA if name in data}
-    head: dict[str, Any] = {"process": process, "auditd": head_auditd}
+    head: dict[str, Any] = {"process": orjson.Fragment(value), "auditd": head_auditd}
     if "@timestamp" in doc:
         head["@timestamp"] = doc["@timestamp"]
-    start = at + len(PROCESS_KEY)
-    return start, start + len(value), head
+    at += start
+    entry = [start, start + len(text) - 1 + len(value), at, at + len(value), head]
+    return entry, [text[: at - start], value, text[at - start + 1 :]]
 
 
-def _native_split() -> Callable[[dict[str, Any], bytes], tuple[int, int, dict[str, Any]] | None]:
-    """:func:`split_at_process` in C where built (auditstream/csrc/doc_text.c: it finds the
-    end of ``process`` by scanning the text instead of encoding it again), else Python."""
-    function = load_native("auditstream.native_doc_text", "split_at_process")
+def _native_encode() -> Callable[[list[dict[str, Any]], bool], EncodedDocs]:
+    """:func:`encode_docs` in C where built (auditstream/csrc/doc_text.c), else Python."""
+    function = load_native("auditstream.native_doc_text", "encode_docs")
     if function is None:
-        return split_at_process
-    # C calls the Python function for what it does not do itself (nested "process" keys).
-    native: Callable[[dict[str, Any], bytes], tuple[int, int, dict[str, Any]] | None]
-    native = partial(function, split_at_process)
+        return encode_docs
+
+    def native(events: list[dict[str, Any]], with_heads: bool) -> EncodedDocs:
+        return EncodedDocs(
+            *function(orjson.dumps, orjson.Fragment, orjson.JSONEncodeError, events, with_heads)
+        )
+
     return native
 
 
@@ -92,4 +167,4 @@ def doc_line(doc: dict[str, Any], text: DocText) -> bytes:
 
 
 # What the assembler calls (auditstream/wire.py): C where built.
-SPLIT_AT_PROCESS = _native_split()
+ENCODE_DOCS = _native_encode()

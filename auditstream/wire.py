@@ -5,7 +5,8 @@ sender's index, low 48 bits: its counter) so a receiver counts gaps per sender,
 ``body`` msgpack with bytes kept as bytes. Records and events travel in batches:
 per-message overhead, not parsing, is what limits a Python pipeline.
 
-An ``events`` frame carries its events' ECS docs as ONE JSON text (``docs_json``):
+An ``events`` frame carries its events' ECS docs as ONE JSON text (``docs_json``, a fourth
+frame part: msgpack would copy it in and out, :meth:`Outlet.send_packed`, :meth:`Inlet.recv`):
 the tree keeper decodes it with one ``orjson.loads``, ~30 % fewer instructions than
 msgpack decoding the same nested dicts (:func:`pack_events_body`, :func:`events_of`).
 ``heads_json`` says where each doc is in that text and, for an audit event, where its
@@ -21,6 +22,7 @@ watch their connections (:class:`PeerWatch`) to learn that a peer came back.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ import msgpack
 import orjson
 import zmq
 
-from auditstream.doc_text import DOC_TEXT, PROCESS_KEY, SPLIT_AT_PROCESS, DocText
+from auditstream.doc_text import DOC_TEXT, ENCODE_DOCS, PROCESS_KEY, DocText
 
 RECORDS = b"records"
 EVENTS = b"events"
@@ -55,7 +57,6 @@ HEADS_JSON = "heads_json"
 # events body field, live: [event ms, serial] below which the assembler has sent every
 # event it has seen (treekeeper/reorder.py releases on it)
 SENT_BELOW = "sent_below"
-_NULL = b"null"
 # Ext types of the tolerant packer: a doc orjson refuses travels in msgpack, and must not
 # break the frame even where msgpack alone would refuse it too.
 _BIG_INT_EXT = 1  # an int beyond 64 bits, as hex text: comes back as the same int
@@ -68,96 +69,56 @@ class DocsError(ValueError):
 
 @dataclass(slots=True)
 class PackedEvents:
-    """An events frame body ready to send, and which docs could not travel as JSON."""
+    """An events frame ready to send, and which docs could not travel as JSON."""
 
-    body: bytes
+    body: bytes  # msgpack, without docs_json
+    docs_json: bytes  # the frame's last part (:meth:`Outlet.send_packed`)
     msgpack_docs: int  # docs that stayed in the msgpack part (not JSON-encodable)
     first_error: str  # why the first of them was refused ("" when none was)
+
+    def unpacked(self) -> Any:
+        """The body as the tree keeper's inlet reads it (:func:`events_body`)."""
+        return events_body(self.body, self.docs_json)
 
 
 def pack_events_body(
     events: list[dict[str, Any]], fields: dict[str, Any], *, heads: bool = True
 ) -> PackedEvents:
-    """The msgpack body ``{"events": [...], "docs_json": bytes, **fields}`` of an events frame.
+    """The msgpack body ``{"events": [...], "heads_json": bytes, **fields}`` of an events
+    frame and its ``docs_json``, which travels as a frame part of its own (msgpack would
+    copy its ~1 KB per event in and out).
 
-    Each event's doc goes into one JSON list (one ``orjson.dumps`` for the batch) and
-    the event travels with ``"doc": None`` in its place; a doc orjson refuses (or one
-    that is not a dict) stays in its event, as it always travelled, and gets ``null``
-    in the list. The events given are not changed.
+    Each event's doc goes into one JSON list (auditstream/doc_text.py ``encode_docs``)
+    and the event travels with ``"doc": None`` in its place; a doc orjson refuses (or one
+    that is not a dict) stays in its event, as it always travelled, and gets ``null`` in
+    the list. With ``heads`` (a tree keeper that reads them: sinks.sinks_take_doc_text)
+    each audit doc's head and where its ``process`` is go in ``heads_json``. The events
+    given are not changed.
     """
-    docs = [event.get("doc") for event in events]
-    refused: dict[int, str] = {}
-    try:
-        if not all(type(doc) is dict for doc in docs):
-            raise TypeError("a doc that is not a dict")
-        texts = [orjson.dumps(doc) for doc in docs]
-    except (orjson.JSONEncodeError, TypeError):  # find the culprits, encode the others
-        texts, refused = _each_doc_json(docs)
-    docs_json = b"[" + b",".join(texts) + b"]"  # what orjson.dumps(docs) gives
-    # Only for a tree keeper that reads heads (sinks.sinks_take_doc_text): ~9 µs per event.
-    heads_json = _heads_json(events, docs, texts, refused) if heads else None
-    slim: list[dict[str, Any]] = []
-    for index, event in enumerate(events):
-        without_doc = dict(event)
-        if index in refused:
-            if "doc" in event:  # an event without one keeps having none
-                without_doc["doc"] = _transportable(event["doc"])
-        else:
-            without_doc["doc"] = None  # keeps the key's place in the dict
-        slim.append(without_doc)
-    body = {"events": slim, DOCS_JSON: docs_json, **fields}
-    if heads_json is not None:
-        body[HEADS_JSON] = heads_json
+    encoded = ENCODE_DOCS(events, heads)
+    slim, refused = encoded.slim, encoded.refused
+    for index in refused:
+        if "doc" in events[index]:  # an event without one keeps having none
+            slim[index]["doc"] = _transportable(events[index]["doc"])
+    body: dict[str, Any] = {"events": slim, **fields}
+    if encoded.heads is not None:
+        # Cannot fail for docs that were encoded; if it did, the docs would travel whole.
+        with contextlib.suppress(orjson.JSONEncodeError):
+            body[HEADS_JSON] = orjson.dumps(encoded.heads)
     try:
         packed = pack_body(body)
     except (UnicodeEncodeError, OverflowError, TypeError, ValueError):
         packed = _pack_tolerant(body)
     first_error = next(iter(refused.values()), "")
-    return PackedEvents(packed, len(refused), first_error)
+    return PackedEvents(packed, encoded.docs_json, len(refused), first_error)
 
 
-def _heads_json(
-    events: list[dict[str, Any]], docs: list[Any], texts: list[bytes], refused: dict[int, str]
-) -> bytes | None:
-    """``heads_json`` for docs encoded as ``texts`` (joined into ``docs_json``); None if it
-    cannot be encoded (the tree keeper then decodes the docs whole)."""
-    heads: list[list[Any] | None] = []
-    start = 1  # after docs_json's "["
-    for index, text in enumerate(texts):
-        end = start + len(text)
-        if index in refused:
-            heads.append(None)
-        else:
-            # Markers (no raw records) are never split: dedupe and the stage read more of them.
-            split = SPLIT_AT_PROCESS(docs[index], text) if events[index].get("raw") else None
-            if split is None:
-                heads.append([start, end])
-            else:
-                heads.append([start, end, start + split[0], start + split[1], split[2]])
-        start = end + 1  # the ","
-    try:
-        return orjson.dumps(heads)
-    except orjson.JSONEncodeError:  # cannot happen for docs that were encoded; stay whole
-        return None
-
-
-def _each_doc_json(docs: list[Any]) -> tuple[list[bytes], dict[int, str]]:
-    """The JSON text of each doc, ``null`` for each one orjson refuses, and why (by index).
-
-    Encoded one by one: a doc as deep as orjson allows fails inside the list only."""
-    parts: list[bytes] = []
-    refused: dict[int, str] = {}
-    for index, doc in enumerate(docs):
-        if type(doc) is not dict:  # missing or not an object: the sinks report it, as before
-            refused[index] = "doc is missing" if doc is None else f"doc is {type(doc).__name__}"
-            parts.append(_NULL)
-            continue
-        try:
-            parts.append(orjson.dumps(doc))
-        except orjson.JSONEncodeError as err:
-            refused[index] = str(err)
-            parts.append(_NULL)
-    return parts, refused
+def events_body(body: bytes, docs_json: bytes | None) -> Any:
+    """An events frame's body unpacked, with its ``docs_json`` part (if any) in it."""
+    unpacked = unpack_body(body)
+    if docs_json is not None and type(unpacked) is dict:
+        unpacked[DOCS_JSON] = docs_json
+    return unpacked
 
 
 def _transportable(doc: Any) -> Any:
@@ -327,13 +288,15 @@ class Outlet:
         self._counter = (self._counter + 1) & _COUNTER_MASK
         return True
 
-    def send_packed(self, kind: bytes, packed: bytes, *, block: bool = True) -> bool:
-        """:meth:`send` for a body already packed (the receiver's replay buffer keeps bytes)."""
+    def send_packed(
+        self, kind: bytes, packed: bytes, *, tail: bytes | None = None, block: bool = True
+    ) -> bool:
+        """:meth:`send` for a body already packed (the receiver's replay buffer keeps bytes);
+        ``tail``: an events frame's ``docs_json``, a part of its own."""
         seq = _SEQ.pack(self._sender | self._counter)
+        parts = [kind, seq, packed] if tail is None else [kind, seq, packed, tail]
         try:
-            self.sock.send_multipart(
-                [kind, seq, packed], flags=0 if block else zmq.NOBLOCK, copy=False
-            )
+            self.sock.send_multipart(parts, flags=0 if block else zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return False
         self._counter = (self._counter + 1) & _COUNTER_MASK
@@ -430,7 +393,7 @@ class Inlet:
         """Next frame, or None when ``timeout_ms`` passes first."""
         if timeout_ms is not None and not self.sock.poll(timeout_ms):
             return None
-        kind, seq_raw, body = self.sock.recv_multipart()
+        kind, seq_raw, body, *tail = self.sock.recv_multipart()
         (seq,) = _SEQ.unpack(seq_raw)
         sender, counter = seq >> _COUNTER_BITS, seq & _COUNTER_MASK
         expected = self.stats.expected.get(sender)
@@ -441,6 +404,8 @@ class Inlet:
                 self.stats.gaps += (counter - expected) & _COUNTER_MASK
         self.stats.expected[sender] = (counter + 1) & _COUNTER_MASK
         self.stats.frames += 1
+        if tail:  # an events frame's docs_json
+            return Frame(kind, sender, counter, events_body(body, tail[0]))
         return Frame(kind, sender, counter, unpack_body(body))
 
     def close(self) -> None:

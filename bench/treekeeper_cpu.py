@@ -124,7 +124,7 @@ def run_once(opts: argparse.Namespace, stop: str, out: Path) -> tuple[float, int
     from treekeeper.stage import TransportErrors, frames_events
 
     frames = load_frames(opts)
-    packed = [(sender, wire.pack_events_body(events, {}).body) for sender, events in frames]
+    packed = [(sender, wire.pack_events_body(events, {})) for sender, events in frames]
     del frames
     events_in = 0
     cfg = Config()
@@ -139,12 +139,15 @@ def run_once(opts: argparse.Namespace, stop: str, out: Path) -> tuple[float, int
     errors = TransportErrors()
     # A jsonl sink alone: the stage decodes only the docs' heads (a tree that can, that is).
     heads = {"doc_text": True} if "doc_text" in inspect.signature(frames_events).parameters else {}
+    unpack = getattr(wire, "events_body", None)
     level = STOPS.index(stop)
     tune_gc()  # as the stage runs
     started = time.process_time()
     if level > 0:
         for sender, raw in packed:
-            frame = wire.Frame(wire.EVENTS, sender, 0, wire.unpack_body(raw))
+            # docs_json as a frame part of its own (an older tree: inside the body)
+            body = unpack(raw.body, raw.docs_json) if unpack else wire.unpack_body(raw.body)
+            frame = wire.Frame(wire.EVENTS, sender, 0, body)
             events = frames_events(frame, errors, **heads)
             events_in += len(events)
             if level < 2:

@@ -19,7 +19,7 @@ from test_event_transport import old_frame, sharded_frames
 
 from auditstream import wire
 from auditstream.config import Config
-from auditstream.doc_text import DOC_TEXT, doc_line, split_at_process
+from auditstream.doc_text import DOC_TEXT, doc_line, encode_docs
 from sinks import sinks_take_doc_text
 from sinks.config import FileOutputConfig
 from sinks.jsonl import JsonlSink
@@ -57,7 +57,7 @@ def audit_event(serial: int, doc: Any) -> Event:
 
 def with_heads(events: list[Event]) -> tuple[list[Event], Event]:
     """The events after the hop, with heads (as a jsonl-only tree keeper reads them), and the body."""
-    body: Event = wire.unpack_body(wire.pack_events_body(events, {}).body)
+    body: Event = wire.pack_events_body(events, {}).unpacked()
     return wire.events_with_heads(dict(body, events=[dict(e) for e in body["events"]])), body
 
 
@@ -85,16 +85,21 @@ def test_audit_doc_arrives_as_head_and_its_line_is_the_whole_doc() -> None:
         {"process": {"pid": 1}, "auditd": {"records": [RECORD]}},  # process is the first key
         {"auditd": {"records": [RECORD]}, "process": {"pid": 1}},  # ... and the last one
         {"auditd": {"records": [RECORD], "data": "not a dict"}, "process": {}, "x": 1},
+        # the same "process":{...} text nested before the top-level key
+        {"a": {"process": {"pid": 1}}, "auditd": {"records": [RECORD]}, "process": {"pid": 1}},
     ],
 )
 def test_split_at_either_end_of_the_doc(doc: dict[str, Any]) -> None:
-    """Whatever the position of process, the text around it and the head rebuild the doc."""
-    text = orjson.dumps(doc)
-    split = split_at_process(doc, text)
-    assert split is not None
-    start, end, head = split
-    assert orjson.loads(text[start:end]) == doc["process"]
-    assert doc_line(head, (text[:start], text[end:])) == text + b"\n"
+    """Wherever process is, and whatever looks like it, the text around it and the head
+    rebuild the doc."""
+    encoded = encode_docs([audit_event(1, doc)], with_heads=True)
+    assert encoded.heads is not None
+    start, end, at, until, head = encoded.heads[0]
+    text = encoded.docs_json[start:end]
+    assert text == orjson.dumps(doc)
+    assert orjson.loads(encoded.docs_json[at:until]) == doc["process"]
+    head = orjson.loads(orjson.dumps(head))  # as the tree keeper decodes it
+    assert doc_line(head, (text[: at - start], text[until - start :])) == text + b"\n"
 
 
 @pytest.mark.parametrize(
@@ -105,14 +110,12 @@ def test_split_at_either_end_of_the_doc(doc: dict[str, Any]) -> None:
         ("a container already", audit_doc(container={"id": "c0"})),
         ("no records", {"process": {"pid": 1}, "auditd": {"result": "success"}}),
         ("empty records", audit_doc(auditd={"records": []})),
-        ("the same process text nested before", {"a": {"process": {"pid": 10}}, **audit_doc()}),
     ],
 )
 def test_docs_that_cannot_be_split_travel_whole(why: str, doc: dict[str, Any]) -> None:
     """A doc the splice could get wrong is not split: the tree keeper decodes it whole."""
-    if why == "the same process text nested before":
-        doc["process"] = {"pid": 10}
-    assert split_at_process(doc, orjson.dumps(doc)) is None
+    heads = encode_docs([audit_event(1, doc)], with_heads=True).heads
+    assert heads is not None and len(heads[0]) == 2
     (got,), _ = with_heads([audit_event(1, doc)])
     assert got["doc"] == doc and list(got["doc"]) == list(doc)
     assert DOC_TEXT not in got
@@ -156,7 +159,7 @@ def head_without_process(heads: list[Any]) -> list[Any]:
 def test_heads_that_do_not_fit_become_transport_error_markers(broken: Any, message: str) -> None:
     """A broken heads_json: DocsError, then a counted transport-error marker per event."""
     events = [audit_event(1, audit_doc()), audit_event(2, audit_doc())]
-    body: Event = wire.unpack_body(wire.pack_events_body(events, {}).body)
+    body: Event = wire.pack_events_body(events, {}).unpacked()
     heads = broken(orjson.loads(body[wire.HEADS_JSON]))
     body[wire.HEADS_JSON] = heads if isinstance(heads, bytes) else orjson.dumps(heads)
     with pytest.raises(wire.DocsError, match=message):
@@ -223,7 +226,7 @@ def test_heads_give_the_bytes_of_whole_docs(tmp_path: Path, shards: int) -> None
         old = tree_keeper_jsonl(
             [old_frame(f, {}) for f in frames], tmp_path / "old", doc_text=False, shards=shards
         )
-        new_bodies = [wire.unpack_body(wire.pack_events_body(f, {}).body) for f in frames]
+        new_bodies = [wire.pack_events_body(f, {}).unpacked() for f in frames]
         split = sum(1 for b in new_bodies for h in orjson.loads(b[wire.HEADS_JSON]) if len(h) == 5)
         assert split > 0.5 * sum(len(f) for f in frames), f"{log.name}: few docs split"
         new = tree_keeper_jsonl(new_bodies, tmp_path / "new", doc_text=True, shards=shards)
@@ -238,8 +241,8 @@ def test_an_assembler_feeding_a_kafka_tree_keeper_sends_no_heads() -> None:
         {"key": ["", 1, 2, 3], "raw": [[1300, b"audit(1.002:3): x=1", ""]],
          "doc": {"@timestamp": "t", "process": {"pid": 1}, "auditd": {"records": ["r"]}}},
     ]  # fmt: skip
-    with_heads = wire.unpack_body(wire.pack_events_body([dict(e) for e in events], {}).body)
-    without = wire.unpack_body(wire.pack_events_body([dict(e) for e in events], {}, heads=False).body)
+    with_heads = wire.pack_events_body([dict(e) for e in events], {}).unpacked()
+    without = wire.pack_events_body([dict(e) for e in events], {}, heads=False).unpacked()
     assert wire.HEADS_JSON in with_heads
     assert wire.HEADS_JSON not in without
     assert wire.events_of(without) == wire.events_of(with_heads)

@@ -1,8 +1,9 @@
-"""The C split_at_process (auditstream/csrc/doc_text.c) gives doc_text.split_at_process's result.
+"""The C encode_docs (auditstream/csrc/doc_text.c) gives doc_text.encode_docs's result.
 
-The reference is the Python function: hand-made docs at the edges, hypothesis-made docs
-whose strings and nested keys look like the ``"process":`` key, and every doc of a
-generated log go through both; the (start, end, head) or None must be equal.
+The reference is the Python function: hand-made events at the edges (refusals, docs
+orjson refuses, nested look-alike ``process`` keys, a Fragment holding the mark's byte),
+hypothesis-made docs, and every doc of a generated log go through both; docs_json, the
+heads (as JSON), the slim events and the refusals must be equal, and the docs unchanged.
 """
 
 from __future__ import annotations
@@ -17,34 +18,53 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from native_helpers import native_module, rss_kib
-from test_doc_text import RECORD, audit_doc
+from test_doc_text import RECORD, audit_doc, audit_event
 
 from assembler.stage import Assembly
 from auditstream.config import Config
-from auditstream.doc_text import split_at_process
+from auditstream.doc_text import EncodedDocs, encode_docs
 from auditstream.logline import split_log_line
 
 REPO = Path(__file__).resolve().parents[1]
-Split = Callable[[dict[str, Any], bytes], Any]
+Event = dict[str, Any]
 
 
-def c_split() -> Split:
-    """The C function with the Python one as its fallback; skipped when not built."""
-    function = native_module("auditstream.native_doc_text").split_at_process
-    return lambda doc, text: function(split_at_process, doc, text)
+def c_encode() -> Callable[[list[Event], bool], EncodedDocs]:
+    """The C function with orjson's callables bound; skipped when not built."""
+    function = native_module("auditstream.native_doc_text").encode_docs
+
+    def encode(events: list[Event], with_heads: bool) -> EncodedDocs:
+        return EncodedDocs(
+            *function(orjson.dumps, orjson.Fragment, orjson.JSONEncodeError, events, with_heads)
+        )
+
+    return encode
 
 
-def assert_same(doc: dict[str, Any]) -> None:
-    """C and Python split orjson.dumps(doc) the same way."""
-    text = orjson.dumps(doc)
-    assert c_split()(doc, text) == split_at_process(doc, text), text
+def comparable(encoded: EncodedDocs) -> tuple[Any, ...]:
+    """What must be equal: heads compared as the JSON they are sent as."""
+    heads = None if encoded.heads is None else orjson.dumps(encoded.heads)
+    return encoded.docs_json, heads, encoded.slim, encoded.refused
 
 
-def test_hand_made_docs_split_the_same() -> None:
-    """First and last key, refusals, nested look-alikes and strings holding the key's text."""
+def assert_same(events: list[Event]) -> EncodedDocs:
+    """C and Python encode the events the same way, with and without heads, and leave them as
+    they were; the C result with heads."""
+    before = repr(events)  # values and key order (a Fragment cannot be deep-copied)
+    results = []
+    for with_heads in (True, False):
+        python = encode_docs(events, with_heads)
+        results.append(c_encode()(events, with_heads))
+        assert comparable(results[-1]) == comparable(python)
+        assert repr(events) == before
+    return results[0]
+
+
+def test_hand_made_events_encode_the_same() -> None:
+    """First and last key, refusals, docs orjson refuses, look-alike keys and strings."""
     nested = {"a": {"process": {"pid": 10}}, **audit_doc()}
     nested["process"] = {"pid": 10}
-    docs = [
+    docs: list[Any] = [
         audit_doc(),
         {"process": {"pid": 1}, "auditd": {"records": [RECORD]}},
         {"auditd": {"records": [RECORD]}, "process": {"pid": 1}},
@@ -55,17 +75,30 @@ def test_hand_made_docs_split_the_same() -> None:
         {"process": {"pid": 1}, "auditd": {"result": "success"}},
         audit_doc(auditd={"records": []}),
         nested,
-        audit_doc(a={"process": {"pid": 11}}),  # a nested key with another value
         audit_doc(note='"process":{"pid":10}', process={"title": '\\"process\\":{}}"', "pid": 3}),
-        audit_doc(process={"args": ["}", "{", "]", "\\", '"']}),
+        audit_doc(process={"args": ["}", "{", "]", "\\", '"', "\x00"]}),
+        audit_doc(mark=orjson.Fragment(b'"\x00"')),  # the mark's byte in the doc's own text
+        audit_doc(process={"bad": "\ud800"}),  # orjson refuses process
+        audit_doc(bad="\ud800"),  # ... or the rest of the doc
+        audit_doc(process={"huge": 2**70}),
+        ["not", "a", "dict"],
+        None,
     ]
-    for doc in docs:
-        assert_same(doc)
+    events = [audit_event(n, doc) for n, doc in enumerate(docs)]
+    events.append({"key": ["", 1, 2, 3], "raw": 0, "doc": audit_doc()})  # a marker: not split
+    events.append({"key": ["", 1, 2, 4], "raw": 1})  # no doc at all
+    native = assert_same(events)
+    assert native.heads is not None
+    assert sum(1 for head in native.heads if head is not None and len(head) == 5) == 7
+    assert set(native.refused) == {13, 14, 15, 16, 17, 19}
+    assert assert_same([]).docs_json == b"[]"
 
 
 _KEYISH = st.sampled_from(["process", "auditd", "records", "container", "a", "@timestamp", "data"])
 _TEXTISH = st.lists(
-    st.sampled_from(['"process":', "process", '"', "\\", "{", "}", "[", "]", ":", ",", "é", "x"]),
+    st.sampled_from(
+        ['"process":', "process", '"', "\\", "{", "}", "[", "]", ":", "\x00", "é", "x"]
+    ),
     max_size=6,
 ).map("".join)
 _JSON = st.recursive(
@@ -77,7 +110,7 @@ _JSON = st.recursive(
 )
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(
     process=st.dictionaries(_KEYISH, _JSON, max_size=3),
     extra=st.dictionaries(
@@ -85,18 +118,20 @@ _JSON = st.recursive(
     ),
     records=st.lists(_TEXTISH, max_size=2),
     process_last=st.booleans(),
+    raw=st.sampled_from([0, 1, [], [[1300, b"x", ""]]]),
 )
-def test_any_doc_splits_the_same(
-    process: dict[str, Any], extra: dict[str, Any], records: list[str], process_last: bool
+def test_any_doc_encodes_the_same(
+    process: dict[str, Any], extra: dict[str, Any], records: list[str], process_last: bool, raw: Any
 ) -> None:
-    """Docs with look-alike keys and strings, at any position, split the same in C and Python."""
+    """Docs with look-alike keys and strings, at any position, encode the same in C and Python."""
     doc: dict[str, Any] = {"auditd": {"result": "success", "records": records}, **extra}
     doc = {**doc, "process": process} if process_last else {"process": process, **doc}
-    assert_same(doc)
+    event = {"key": ["", 1, 2, 3], "raw": raw, "doc": doc}
+    assert_same([event, audit_event(4, audit_doc()), dict(event)])
 
 
-def test_generated_log_docs_split_the_same(tmp_path: Path) -> None:
-    """Every doc the assembler makes of a generated log splits the same in C and Python."""
+def test_generated_log_docs_encode_the_same(tmp_path: Path) -> None:
+    """Every event the assembler makes of a generated log encodes the same in C and Python."""
     log = tmp_path / "gen.log"
     subprocess.run(
         [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", "3000", "--out", str(log)],
@@ -105,26 +140,25 @@ def test_generated_log_docs_split_the_same(tmp_path: Path) -> None:
     assembly = Assembly(Config(), event_time=True)
     assembly.push_batch([list(split_log_line(line)) for line in log.read_bytes().splitlines()])
     assembly.close()
-    split = 0
-    for event in assembly.out:
-        doc = event["doc"]
-        text = orjson.dumps(doc)
-        got = c_split()(doc, text)
-        assert got == split_at_process(doc, text)
-        split += got is not None
-    assert split > 500
+    native = assert_same(assembly.out)
+    assert native.heads is not None
+    assert sum(1 for head in native.heads if head is not None and len(head) == 5) > 500
 
 
 def test_many_calls_do_not_leak() -> None:
-    """200k splits (split, refused, fallback) keep RSS within 20 MB."""
-    nested = {"a": {"process": {"pid": 1}}, "process": {"pid": 1}, "auditd": {"records": ["r"]}}
-    cases = [(doc, orjson.dumps(doc)) for doc in (audit_doc(), audit_doc(container={}), nested)]
-    split = c_split()
-    for _ in range(2000):
-        for doc, text in cases:
-            split(doc, text)
+    """200k events (split, whole, refused by shape and by orjson) keep RSS within 20 MB."""
+    events = [
+        audit_event(1, audit_doc()),
+        audit_event(2, audit_doc(container={})),
+        audit_event(3, audit_doc(process={"bad": "\ud800"})),
+        audit_event(4, audit_doc(bad="\ud800")),
+        audit_event(5, None),
+    ]
+    encode = c_encode()
+    for _ in range(1000):
+        encode(events, True)
     before = rss_kib()
-    for _ in range(70_000):
-        for doc, text in cases:
-            split(doc, text)
+    for _ in range(40_000):
+        encode(events, True)
+        encode(events, False)
     assert rss_kib() - before < 20 * 1024

@@ -596,7 +596,7 @@ def test_generated_log_heads_enrich_the_same(generated_frames: list[tuple[int, l
     """The heads a jsonl-only tree keeper decodes (wire.events_with_heads) enrich the same."""
     heads: list[Doc] = []
     for sender, events in generated_frames:
-        body = wire.unpack_body(wire.pack_events_body(events, {"sender": sender}).body)
+        body = wire.pack_events_body(events, {"sender": sender}).unpacked()
         heads += [event["doc"] for event in wire.events_with_heads(body) if event["raw"]]
     tally = Pair().run(heads)
     assert tally.declined == 0 and tally.handled == len(heads)

@@ -1,25 +1,21 @@
-/* auditstream.native_doc_text: auditstream/doc_text.py's split_at_process() in C.
+/* auditstream.native_doc_text: auditstream/doc_text.py's encode_docs() in C.
  *
- * Reference: auditstream/doc_text.py. For a doc whose text (orjson.dumps(doc)) holds the
- * key "process": once, the value's end is found by scanning the JSON text (strings and
- * their escapes skipped) instead of encoding `process` again and comparing; the head is
- * the same dict. Every other case (the key several times, shapes the Python function
- * refuses) gives what the Python function gives: None for the refusals, and the call of
- * `fallback(doc, text)` (the Python function) when the key occurs more than once. The
- * fallback comes first so that functools.partial binds it without a Python frame.
+ * Reference: auditstream/doc_text.py. The same loop over a batch of events without a
+ * Python frame per event: orjson.dumps is called for each doc (twice for a split one:
+ * `process` alone, then the doc with a Fragment holding a NUL byte in its place), and
+ * docs_json is written once into a bytes object of its final size. orjson's functions
+ * and exception come as arguments, so this file needs no orjson headers.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
-
-static const char PROCESS_KEY[] = "\"process\":";
-#define PROCESS_KEY_LEN ((Py_ssize_t)(sizeof(PROCESS_KEY) - 1))
 
 static const char *const HEAD_AUDITD_NAMES[] = {"result", "records"};
 static const char *const HEAD_DATA_NAMES[] = {"syscall", "exit", "a0"};
 /* The keys as interned str, made once: PyDict_GetItemString makes and hashes a str per call. */
 static PyObject *HEAD_AUDITD[2], *HEAD_DATA[3];
 static PyObject *KEY_PROCESS, *KEY_AUDITD, *KEY_RECORDS, *KEY_CONTAINER, *KEY_DATA, *KEY_TIMESTAMP;
+static PyObject *KEY_DOC, *KEY_RAW, *NUL_BYTES;
 
 static int init_keys(void) {
     for (int i = 0; i < 2; i++)
@@ -32,62 +28,17 @@ static int init_keys(void) {
     KEY_CONTAINER = PyUnicode_InternFromString("container");
     KEY_DATA = PyUnicode_InternFromString("data");
     KEY_TIMESTAMP = PyUnicode_InternFromString("@timestamp");
-    return KEY_PROCESS && KEY_AUDITD && KEY_CONTAINER && KEY_DATA && KEY_TIMESTAMP ? 0 : -1;
+    KEY_DOC = PyUnicode_InternFromString("doc");
+    KEY_RAW = PyUnicode_InternFromString("raw");
+    NUL_BYTES = PyBytes_FromStringAndSize("", 1);
+    return KEY_PROCESS && KEY_AUDITD && KEY_CONTAINER && KEY_DATA && KEY_TIMESTAMP && KEY_DOC &&
+                   KEY_RAW && NUL_BYTES
+               ? 0
+               : -1;
 }
 
 /* A borrowed value or NULL (absent); NULL with an exception set on error. */
 static PyObject *item(PyObject *dict, PyObject *key) { return PyDict_GetItemWithError(dict, key); }
-
-/* Horspool's search for the key: glibc's memmem goes byte by byte through the ~2 KB of a
- * doc's text for a needle like this one, while the key's distinct bytes let this skip up to
- * its whole length at each step (Python's bytes.find skips too: the C version must not be
- * slower than the Python one it replaces). */
-static unsigned char key_skip[256];
-
-static void init_key_skip(void) {
-    for (int c = 0; c < 256; c++) key_skip[c] = (unsigned char)PROCESS_KEY_LEN;
-    for (Py_ssize_t i = 0; i < PROCESS_KEY_LEN - 1; i++)
-        key_skip[(unsigned char)PROCESS_KEY[i]] = (unsigned char)(PROCESS_KEY_LEN - 1 - i);
-}
-
-static Py_ssize_t search_key(const char *text, Py_ssize_t size, Py_ssize_t from) {
-    const Py_ssize_t last = PROCESS_KEY_LEN - 1;
-    for (Py_ssize_t at = from; at + last < size;) {
-        unsigned char tail = (unsigned char)text[at + last];
-        if (tail == (unsigned char)PROCESS_KEY[last] && memcmp(text + at, PROCESS_KEY, (size_t)last) == 0)
-            return at;
-        at += key_skip[tail];
-    }
-    return -1;
-}
-
-/* Where the key occurs: the first offset (or -1) and whether there is a second. */
-static Py_ssize_t find_key(const char *text, Py_ssize_t size, int *more) {
-    Py_ssize_t at = search_key(text, size, 0);
-    *more = at >= 0 && search_key(text, size, at + 1) >= 0;
-    return at;
-}
-
-/* The end (one past the closing brace) of the JSON object starting at text[start]; -1 if
- * the text there is not a whole object. */
-static Py_ssize_t object_end(const char *text, Py_ssize_t size, Py_ssize_t start) {
-    if (start >= size || text[start] != '{') return -1;
-    Py_ssize_t depth = 0;
-    for (Py_ssize_t at = start; at < size; at++) {
-        char c = text[at];
-        if (c == '"') {
-            for (at++; at < size && text[at] != '"'; at++) {
-                if (text[at] == '\\') at++; /* the escaped character */
-            }
-            if (at >= size) return -1;
-        } else if (c == '{' || c == '[') {
-            depth++;
-        } else if (c == '}' || c == ']') {
-            if (--depth == 0) return at + 1;
-        }
-    }
-    return -1;
-}
 
 /* {name: source[name] for name in names if name in source} in that order; NULL on error. */
 static PyObject *pick(PyObject *source, PyObject *const *names, size_t count) {
@@ -137,48 +88,270 @@ static PyObject *head_of(PyObject *doc, PyObject *process, PyObject *auditd) {
     return head;
 }
 
-static PyObject *split_at_process(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyCallable_Check(args[0]) || !PyDict_Check(args[1]) ||
-        !PyBytes_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "split_at_process(fallback, doc: dict, text: bytes)");
+/* (process, auditd) borrowed when the doc may travel split (doc_text.splittable): 1; 0 when
+ * not; -1 on error. */
+static int splittable(PyObject *doc, PyObject **process, PyObject **auditd) {
+    *process = item(doc, KEY_PROCESS);
+    if (*process == NULL || !PyDict_CheckExact(*process)) return PyErr_Occurred() ? -1 : 0;
+    if (item(doc, KEY_CONTAINER) != NULL) return 0;
+    if (PyErr_Occurred()) return -1;
+    *auditd = item(doc, KEY_AUDITD);
+    if (*auditd == NULL || !PyDict_CheckExact(*auditd)) return PyErr_Occurred() ? -1 : 0;
+    PyObject *records = item(*auditd, KEY_RECORDS);
+    if (records == NULL || !PyList_CheckExact(records) || PyList_GET_SIZE(records) == 0)
+        return PyErr_Occurred() ? -1 : 0;
+    return 1;
+}
+
+/* One event's doc: its text, and for a split doc the mark's offset in it and process's text. */
+typedef struct {
+    PyObject *text;  /* NULL: refused, "null" */
+    PyObject *value; /* process's text, or NULL: not split */
+    Py_ssize_t at;   /* the mark's offset in text */
+} Piece;
+
+typedef struct {
+    PyObject *dumps, *fragment, *encode_error, *mark;
+} Orjson;
+
+/* The one NUL byte in text (the mark), or -1 when there is none or more than one. */
+static Py_ssize_t mark_at(PyObject *text) {
+    const char *bytes = PyBytes_AS_STRING(text), *end = bytes + PyBytes_GET_SIZE(text);
+    const char *at = memchr(bytes, 0, (size_t)(end - bytes));
+    if (at == NULL || memchr(at + 1, 0, (size_t)(end - at - 1)) != NULL) return -1;
+    return at - bytes;
+}
+
+/* Encode a split doc into piece: 1 done, 0 not split after all, -1 error (maybe JSON's). */
+static int encode_split(const Orjson *json, PyObject *doc, PyObject *process, Piece *piece) {
+    PyObject *value = PyObject_CallOneArg(json->dumps, process);
+    if (value == NULL) return -1;
+    Py_INCREF(process); /* the doc's reference goes while the mark is in its place */
+    if (PyDict_SetItem(doc, KEY_PROCESS, json->mark) < 0) {
+        Py_DECREF(process);
+        Py_DECREF(value);
+        return -1;
+    }
+    PyObject *text = PyObject_CallOneArg(json->dumps, doc);
+    int restored = PyDict_SetItem(doc, KEY_PROCESS, process);
+    Py_DECREF(process);
+    if (text == NULL || restored < 0) {
+        Py_XDECREF(text);
+        Py_DECREF(value);
+        return -1;
+    }
+    Py_ssize_t at = mark_at(text);
+    if (at < 0) {
+        Py_DECREF(text);
+        Py_DECREF(value);
+        return 0;
+    }
+    piece->text = text;
+    piece->value = value;
+    piece->at = at;
+    return 1;
+}
+
+/* [start, end] or [start, end, at, until, head] for a piece at start in docs_json. */
+static PyObject *head_entry(const Orjson *json, PyObject *doc, PyObject *auditd, const Piece *piece,
+                            Py_ssize_t start, Py_ssize_t end) {
+    if (piece->value == NULL) return Py_BuildValue("[nn]", start, end);
+    PyObject *fragment = PyObject_CallOneArg(json->fragment, piece->value);
+    if (fragment == NULL) return NULL;
+    PyObject *head = head_of(doc, fragment, auditd);
+    Py_DECREF(fragment);
+    if (head == NULL) return NULL;
+    Py_ssize_t at = start + piece->at;
+    return Py_BuildValue("[nnnnN]", start, end, at, at + PyBytes_GET_SIZE(piece->value), head);
+}
+
+static Py_ssize_t piece_size(const Piece *piece) {
+    if (piece->text == NULL) return 4; /* null */
+    Py_ssize_t size = PyBytes_GET_SIZE(piece->text);
+    return piece->value == NULL ? size : size - 1 + PyBytes_GET_SIZE(piece->value);
+}
+
+static char *write_piece(char *out, const Piece *piece) {
+    if (piece->text == NULL) {
+        memcpy(out, "null", 4);
+        return out + 4;
+    }
+    const char *text = PyBytes_AS_STRING(piece->text);
+    Py_ssize_t size = PyBytes_GET_SIZE(piece->text);
+    if (piece->value == NULL) {
+        memcpy(out, text, (size_t)size);
+        return out + size;
+    }
+    Py_ssize_t value_size = PyBytes_GET_SIZE(piece->value);
+    memcpy(out, text, (size_t)piece->at);
+    memcpy(out + piece->at, PyBytes_AS_STRING(piece->value), (size_t)value_size);
+    memcpy(out + piece->at + value_size, text + piece->at + 1, (size_t)(size - piece->at - 1));
+    return out + size - 1 + value_size;
+}
+
+/* refused[index] = why; the pending JSON error is consumed. 0, or -1 on error. */
+static int refuse_json(PyObject *refused, Py_ssize_t index) {
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    PyObject *why = value != NULL ? PyObject_Str(value) : PyUnicode_FromString("");
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    PyObject *key = PyLong_FromSsize_t(index);
+    int failed = why == NULL || key == NULL || PyDict_SetItem(refused, key, why) < 0;
+    Py_XDECREF(why);
+    Py_XDECREF(key);
+    return failed ? -1 : 0;
+}
+
+static int refuse_shape(PyObject *refused, Py_ssize_t index, PyObject *doc) {
+    PyObject *why;
+    if (doc == NULL || doc == Py_None) {
+        why = PyUnicode_FromString("doc is missing");
+    } else {
+        PyObject *name = PyType_GetName(Py_TYPE(doc));
+        why = name != NULL ? PyUnicode_FromFormat("doc is %U", name) : NULL;
+        Py_XDECREF(name);
+    }
+    PyObject *key = PyLong_FromSsize_t(index);
+    int failed = why == NULL || key == NULL || PyDict_SetItem(refused, key, why) < 0;
+    Py_XDECREF(why);
+    Py_XDECREF(key);
+    return failed ? -1 : 0;
+}
+
+/* One event: its slim copy appended, its piece filled (or refused). 0, or -1 on error. */
+static int encode_event(const Orjson *json, PyObject *event, Py_ssize_t index, int with_heads,
+                        PyObject *slim, PyObject *refused, Piece *piece) {
+    if (!PyDict_Check(event)) {
+        PyErr_SetString(PyExc_TypeError, "an event that is not a dict");
+        return -1;
+    }
+    PyObject *slim_event = PyDict_Copy(event);
+    if (slim_event == NULL) return -1;
+    int appended = PyList_Append(slim, slim_event);
+    Py_DECREF(slim_event);
+    if (appended < 0) return -1;
+    PyObject *doc = item(event, KEY_DOC);
+    if (doc == NULL && PyErr_Occurred()) return -1;
+    if (doc == NULL || !PyDict_CheckExact(doc)) return refuse_shape(refused, index, doc);
+    int split = 0;
+    if (with_heads) {
+        PyObject *raw = item(event, KEY_RAW), *process, *auditd;
+        int has_raw = raw == NULL ? (PyErr_Occurred() ? -1 : 0) : PyObject_IsTrue(raw);
+        if (has_raw < 0) return -1;
+        if (has_raw && (split = splittable(doc, &process, &auditd)) > 0) {
+            split = encode_split(json, doc, process, piece);
+        }
+        if (split < 0) {
+            if (!PyErr_ExceptionMatches(json->encode_error)) return -1;
+            return refuse_json(refused, index);
+        }
+    }
+    if (split == 0) {
+        piece->text = PyObject_CallOneArg(json->dumps, doc);
+        if (piece->text == NULL) {
+            if (!PyErr_ExceptionMatches(json->encode_error)) return -1;
+            return refuse_json(refused, index);
+        }
+    }
+    /* keeps the key's place in the dict */
+    return PyDict_SetItem(PyList_GET_ITEM(slim, index), KEY_DOC, Py_None);
+}
+
+static void free_pieces(Piece *pieces, Py_ssize_t count) {
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_XDECREF(pieces[i].text);
+        Py_XDECREF(pieces[i].value);
+    }
+    PyMem_Free(pieces);
+}
+
+/* docs_json of the pieces and, with heads, the list of head entries into *heads. */
+static PyObject *join_pieces(const Orjson *json, PyObject *events, const Piece *pieces,
+                             Py_ssize_t count, PyObject *heads) {
+    Py_ssize_t total = 2 + (count > 0 ? count - 1 : 0);
+    for (Py_ssize_t i = 0; i < count; i++) total += piece_size(&pieces[i]);
+    PyObject *docs_json = PyBytes_FromStringAndSize(NULL, total);
+    if (docs_json == NULL) return NULL;
+    char *out = PyBytes_AS_STRING(docs_json);
+    *out++ = '[';
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (i) *out++ = ',';
+        Py_ssize_t start = out - PyBytes_AS_STRING(docs_json);
+        out = write_piece(out, &pieces[i]);
+        if (heads == NULL) continue;
+        PyObject *entry;
+        if (pieces[i].text == NULL) {
+            entry = Py_NewRef(Py_None);
+        } else {
+            PyObject *doc = item(PyList_GET_ITEM(events, i), KEY_DOC);
+            PyObject *auditd = pieces[i].value != NULL ? item(doc, KEY_AUDITD) : NULL;
+            entry = head_entry(json, doc, auditd, &pieces[i], start,
+                               out - PyBytes_AS_STRING(docs_json));
+        }
+        if (entry == NULL || PyList_Append(heads, entry) < 0) {
+            Py_XDECREF(entry);
+            Py_DECREF(docs_json);
+            return NULL;
+        }
+        Py_DECREF(entry);
+    }
+    *out = ']';
+    return docs_json;
+}
+
+static PyObject *encode_docs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyCallable_Check(args[0]) || !PyCallable_Check(args[1]) ||
+        !PyType_Check(args[2]) || !PyList_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_docs(dumps, Fragment, JSONEncodeError, events: list, with_heads)");
         return NULL;
     }
-    PyObject *fallback = args[0], *doc = args[1], *text = args[2];
-    PyObject *process = item(doc, KEY_PROCESS);
-    if (process == NULL || !PyDict_CheckExact(process) || item(doc, KEY_CONTAINER) != NULL) {
-        if (PyErr_Occurred()) return NULL;
-        Py_RETURN_NONE;
+    int with_heads = PyObject_IsTrue(args[4]);
+    if (with_heads < 0) return NULL;
+    Orjson json = {args[0], args[1], args[2], NULL};
+    PyObject *events = args[3];
+    Py_ssize_t count = PyList_GET_SIZE(events);
+    Piece *pieces = PyMem_Calloc((size_t)(count ? count : 1), sizeof(Piece));
+    PyObject *slim = PyList_New(0), *refused = PyDict_New();
+    PyObject *heads = with_heads ? PyList_New(0) : NULL, *docs_json = NULL, *result = NULL;
+    json.mark = PyObject_CallOneArg(json.fragment, NUL_BYTES);
+    if (pieces == NULL || slim == NULL || refused == NULL ||
+        (with_heads && heads == NULL) || json.mark == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        /* the list's own reference: a dumps call cannot drop an event meanwhile */
+        PyObject *event = Py_NewRef(PyList_GET_ITEM(events, i));
+        int failed = encode_event(&json, event, i, with_heads, slim, refused, &pieces[i]);
+        Py_DECREF(event);
+        if (failed < 0) goto done;
     }
-    PyObject *auditd = item(doc, KEY_AUDITD);
-    PyObject *records = auditd != NULL && PyDict_CheckExact(auditd) ? item(auditd, KEY_RECORDS) : NULL;
-    if (records == NULL || !PyList_CheckExact(records) || PyList_GET_SIZE(records) == 0) {
-        if (PyErr_Occurred()) return NULL;
-        Py_RETURN_NONE;
-    }
-    const char *bytes = PyBytes_AS_STRING(text);
-    Py_ssize_t size = PyBytes_GET_SIZE(text);
-    int more = 0;
-    Py_ssize_t at = find_key(bytes, size, &more);
-    if (at < 0 || more) /* absent (the reference says None), or nested keys: the reference */
-        return PyObject_Vectorcall(fallback, args + 1, 2, NULL);
-    Py_ssize_t start = at + PROCESS_KEY_LEN, end = object_end(bytes, size, start);
-    if (end < 0) return PyObject_Vectorcall(fallback, args + 1, 2, NULL);
-    PyObject *head = head_of(doc, process, auditd);
-    if (head == NULL) return NULL;
-    return Py_BuildValue("(nnN)", start, end, head);
+    docs_json = join_pieces(&json, events, pieces, count, heads);
+    if (docs_json != NULL)
+        result = PyTuple_Pack(4, docs_json, heads != NULL ? heads : Py_None, slim, refused);
+done:
+    if (pieces != NULL) free_pieces(pieces, count);
+    Py_XDECREF(json.mark);
+    Py_XDECREF(slim);
+    Py_XDECREF(refused);
+    Py_XDECREF(heads);
+    Py_XDECREF(docs_json);
+    return result;
 }
 
 static PyMethodDef methods[] = {
-    {"split_at_process", (PyCFunction)(void (*)(void))split_at_process, METH_FASTCALL,
-     "split_at_process(fallback, doc, text) -> (start, end, head) | None: doc_text's, in C."},
+    {"encode_docs", (PyCFunction)(void (*)(void))encode_docs, METH_FASTCALL,
+     "encode_docs(dumps, Fragment, JSONEncodeError, events, with_heads) -> (docs_json, heads, "
+     "slim, refused): doc_text's, in C."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "native_doc_text",
-                                    "auditstream.doc_text.split_at_process in C.", -1, methods};
+                                    "auditstream.doc_text.encode_docs in C.", -1, methods};
 
 PyMODINIT_FUNC PyInit_native_doc_text(void) {
-    init_key_skip();
     if (init_keys() < 0) return NULL;
     return PyModule_Create(&module);
 }
