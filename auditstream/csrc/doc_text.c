@@ -189,7 +189,16 @@ static char *write_piece(char *out, const Piece *piece) {
     return out + size - 1 + value_size;
 }
 
-/* refused[index] = why; the pending JSON error is consumed. 0, or -1 on error. */
+/* refused[index] = why (a new reference, taken; NULL: an error is set). 0, or -1 on error. */
+static int refuse(PyObject *refused, Py_ssize_t index, PyObject *why) {
+    PyObject *key = why != NULL ? PyLong_FromSsize_t(index) : NULL;
+    int failed = key == NULL || PyDict_SetItem(refused, key, why) < 0;
+    Py_XDECREF(why);
+    Py_XDECREF(key);
+    return failed ? -1 : 0;
+}
+
+/* refused[index] = str(the pending JSON error), which is consumed. */
 static int refuse_json(PyObject *refused, Py_ssize_t index) {
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
@@ -198,27 +207,17 @@ static int refuse_json(PyObject *refused, Py_ssize_t index) {
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(traceback);
-    PyObject *key = PyLong_FromSsize_t(index);
-    int failed = why == NULL || key == NULL || PyDict_SetItem(refused, key, why) < 0;
-    Py_XDECREF(why);
-    Py_XDECREF(key);
-    return failed ? -1 : 0;
+    return refuse(refused, index, why);
 }
 
+/* refused[index] = why a doc that is not a dict cannot travel as JSON. */
 static int refuse_shape(PyObject *refused, Py_ssize_t index, PyObject *doc) {
-    PyObject *why;
-    if (doc == NULL || doc == Py_None) {
-        why = PyUnicode_FromString("doc is missing");
-    } else {
-        PyObject *name = PyType_GetName(Py_TYPE(doc));
-        why = name != NULL ? PyUnicode_FromFormat("doc is %U", name) : NULL;
-        Py_XDECREF(name);
-    }
-    PyObject *key = PyLong_FromSsize_t(index);
-    int failed = why == NULL || key == NULL || PyDict_SetItem(refused, key, why) < 0;
-    Py_XDECREF(why);
-    Py_XDECREF(key);
-    return failed ? -1 : 0;
+    if (doc == NULL || doc == Py_None)
+        return refuse(refused, index, PyUnicode_FromString("doc is missing"));
+    PyObject *name = PyType_GetName(Py_TYPE(doc));
+    PyObject *why = name != NULL ? PyUnicode_FromFormat("doc is %U", name) : NULL;
+    Py_XDECREF(name);
+    return refuse(refused, index, why);
 }
 
 /* One event: its slim copy appended, its piece filled (or refused). 0, or -1 on error. */
