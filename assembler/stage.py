@@ -374,8 +374,8 @@ def _forward_eof(
     ship()
     stats = dict(assembly.counts)
     rs = assembly.reassembler.stats
-    stats["late_records"] = getattr(rs, "late_records", 0)
-    stats["stray_serials"] = getattr(rs, "stray_serials", 0)
+    stats["late_records"] = rs.late_records
+    stats["stray_serials"] = rs.stray_serials
     stats["frame_gaps"] = inlet.stats.gaps
     stats["refused_batches"] = (
         stream.stats.stale_batches

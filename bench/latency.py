@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bytecode import compile_packages
-from live import LOADGEN_C, kernel_lock, run_loadgen, start_run, wait_until
+from live import build_loadgen, kernel_lock, run_loadgen, start_run, wait_until
 from live_helpers import kernel_status  # bench/live puts tests/ on the path
 
 TARGET_S = 0.050
@@ -218,8 +218,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="auditstream-latency-") as scratch, kernel_lock():
         tmp = args.keep or scratch
         Path(tmp).mkdir(parents=True, exist_ok=True)
-        loadgen = Path(tmp) / "loadgen"
-        subprocess.run(["gcc", "-O2", "-o", str(loadgen), str(LOADGEN_C)], check=True)
+        loadgen = build_loadgen(Path(tmp))
         for i, reorder_ms in enumerate(args.reorder_window_ms or [None]):
             work = Path(tmp) / f"run-{i}"
             work.mkdir(exist_ok=True)

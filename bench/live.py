@@ -56,6 +56,13 @@ class Result:
     cpu_s: dict[str, float]
 
 
+def build_loadgen(directory: Path) -> Path:
+    """../shared/bench/loadgen.c compiled into ``directory``."""
+    loadgen = directory / "loadgen"
+    subprocess.run(["gcc", "-O2", "-o", str(loadgen), str(LOADGEN_C)], check=True)
+    return loadgen
+
+
 def kernel_rules() -> str:
     """`auditctl -l`."""
     return auditctl("-l").strip()
@@ -224,8 +231,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="auditstream-bench-") as scratch, kernel_lock():
         tmp = args.keep or scratch
         Path(tmp).mkdir(parents=True, exist_ok=True)
-        loadgen = Path(tmp) / "loadgen"
-        subprocess.run(["gcc", "-O2", "-o", str(loadgen), str(LOADGEN_C)], check=True)
+        loadgen = build_loadgen(Path(tmp))
         rule = f"-a always,exit -F arch=b64 -S open,openat -F exe={loadgen} -k load"
         for rate in rates:
             for name, bench in (("auditstream", bench_auditstream), ("auditd", bench_auditd)):

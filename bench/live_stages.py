@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -78,8 +77,7 @@ def main() -> int:
     args = parser.parse_args()
     live.compile_packages()
     with tempfile.TemporaryDirectory(prefix="auditstream-bench-") as tmp, live.kernel_lock():
-        loadgen = Path(tmp) / "loadgen"
-        subprocess.run(["gcc", "-O2", "-o", str(loadgen), str(live.LOADGEN_C)], check=True)
+        loadgen = live.build_loadgen(Path(tmp))
         for number in range(args.rounds):
             work = Path(tmp) / f"round-{number}"
             work.mkdir()

@@ -88,16 +88,16 @@ static PyObject *head_of(PyObject *doc, PyObject *process, PyObject *auditd) {
     return head;
 }
 
-/* (process, auditd) borrowed when the doc may travel split (doc_text.splittable): 1; 0 when
- * not; -1 on error. */
-static int splittable(PyObject *doc, PyObject **process, PyObject **auditd) {
+/* 1 with the doc's process (borrowed) when the doc may travel split (doc_text.splittable);
+ * 0 when not; -1 on error. */
+static int splittable(PyObject *doc, PyObject **process) {
     *process = item(doc, KEY_PROCESS);
     if (*process == NULL || !PyDict_CheckExact(*process)) return PyErr_Occurred() ? -1 : 0;
     if (item(doc, KEY_CONTAINER) != NULL) return 0;
     if (PyErr_Occurred()) return -1;
-    *auditd = item(doc, KEY_AUDITD);
-    if (*auditd == NULL || !PyDict_CheckExact(*auditd)) return PyErr_Occurred() ? -1 : 0;
-    PyObject *records = item(*auditd, KEY_RECORDS);
+    PyObject *auditd = item(doc, KEY_AUDITD);
+    if (auditd == NULL || !PyDict_CheckExact(auditd)) return PyErr_Occurred() ? -1 : 0;
+    PyObject *records = item(auditd, KEY_RECORDS);
     if (records == NULL || !PyList_CheckExact(records) || PyList_GET_SIZE(records) == 0)
         return PyErr_Occurred() ? -1 : 0;
     return 1;
@@ -237,12 +237,11 @@ static int encode_event(const Orjson *json, PyObject *event, Py_ssize_t index, i
     if (doc == NULL || !PyDict_CheckExact(doc)) return refuse_shape(refused, index, doc);
     int split = 0;
     if (with_heads) {
-        PyObject *raw = item(event, KEY_RAW), *process, *auditd;
+        PyObject *raw = item(event, KEY_RAW), *process;
         int has_raw = raw == NULL ? (PyErr_Occurred() ? -1 : 0) : PyObject_IsTrue(raw);
         if (has_raw < 0) return -1;
-        if (has_raw && (split = splittable(doc, &process, &auditd)) > 0) {
+        if (has_raw && (split = splittable(doc, &process)) > 0)
             split = encode_split(json, doc, process, piece);
-        }
         if (split < 0) {
             if (!PyErr_ExceptionMatches(json->encode_error)) return -1;
             return refuse_json(refused, index);
