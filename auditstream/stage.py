@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import json
 import logging
@@ -127,6 +128,39 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD_ALLOCATIONS, 50, 100)
 
 
+# glibc's mallopt() parameters (malloc.h) and what the stages ask for.
+M_TRIM_THRESHOLD = -1
+M_TOP_PAD = -2
+M_MMAP_THRESHOLD = -3
+HEAP_TRIM_THRESHOLD_BYTES = 32 << 20
+HEAP_TOP_PAD_BYTES = 4 << 20
+# Setting the others turns off glibc's own raising of this one: frames of ~1 MB would
+# each get (and fault in) a fresh mmap.
+HEAP_MMAP_THRESHOLD_BYTES = 8 << 20
+
+
+def keep_freed_heap() -> bool:
+    """Have glibc keep up to 32 MiB of freed heap for reuse; False where it cannot (not glibc).
+
+    Every batch allocates and frees megabytes (the docs' JSON text, orjson's and msgpack's
+    buffers): with glibc's defaults the top of the heap went back to the kernel and was
+    faulted in again each time, 147k page faults and ~15 % of an assembler's time
+    (docs/performance.md). A user's own GLIBC_TUNABLES for malloc win."""
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(
+        mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD_BYTES)
+        and mallopt(M_TOP_PAD, HEAP_TOP_PAD_BYTES)
+        and mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD_BYTES)
+    )
+
+
 def stage_main(
     name: str,
     run: Callable[[config_mod.Config, StageContext], int],
@@ -164,6 +198,7 @@ def stage_main(
             )
             return EXIT_FATAL
     tune_gc()
+    keep_freed_heap()
     ctx = StageContext(name=name, index=args.index, supervisor_pid=args.supervisor_pid or 0)
     signal.signal(signal.SIGTERM, ctx._on_signal)
     signal.signal(signal.SIGINT, ctx._on_signal)

@@ -26,7 +26,7 @@ from assembler.stage import Assembly  # noqa: E402
 from auditstream import wire  # noqa: E402
 from auditstream.config import Config  # noqa: E402
 from auditstream.logline import split_log_line  # noqa: E402
-from auditstream.stage import tune_gc  # noqa: E402
+from auditstream.stage import keep_freed_heap, tune_gc  # noqa: E402
 
 BATCH = 512
 
@@ -47,6 +47,7 @@ def main() -> None:
     if args.ship:  # as the stage with a jsonl sink: the record count in place of the records
         assembly.raw_records = False
     tune_gc()  # as the stage runs
+    keep_freed_heap()
     events = 0
     profiler = cProfile.Profile() if args.profile else None
     start = time.perf_counter()

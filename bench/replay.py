@@ -29,7 +29,7 @@ from bytecode import compile_packages  # noqa: E402  (bench/ is on the path)
 
 from assembler.stage import Assembly  # noqa: E402
 from auditstream.config import Config  # noqa: E402
-from auditstream.stage import GC_THRESHOLD_ALLOCATIONS  # noqa: E402
+from auditstream.stage import GC_THRESHOLD_ALLOCATIONS, keep_freed_heap  # noqa: E402
 from receiver.logsource import LogSource  # noqa: E402
 from receiver.stage import LineCounters, lines_to_records  # noqa: E402
 from sinks import build_sink, parse_sink_arg  # noqa: E402
@@ -46,6 +46,7 @@ def stage_timings(log: Path, tmp: Path) -> dict[str, float]:
     """Each stage's own work in this process, without ZeroMQ: seconds for the whole log."""
     gc.freeze()  # the same collector settings as the stage processes (auditstream/stage.py)
     gc.set_threshold(GC_THRESHOLD_ALLOCATIONS, 50, 100)
+    keep_freed_heap()  # as the stages do
     cfg = Config()
     cfg.receiver.source = "file"
     counters = LineCounters()

@@ -2,7 +2,7 @@
 
     python bench/stage_cpu.py --log /tmp/big.log --assemblers 2
 
-Samples utime+stime of the supervisor and each stage from /proc every 0.1 s while
+Samples utime+stime (and minor page faults) of the supervisor and each stage from /proc every 0.1 s while
 `auditstream replay` runs (the last sample before a stage exits counts) and prints
 seconds and microseconds per input line for each. On 2 cores the single-instance
 stages (receiver, tree keeper) set the ceiling that more assemblers cannot lift.
@@ -24,12 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pid: int) -> float | None:
+def _usage(pid: int) -> tuple[float, int] | None:
+    """CPU seconds and minor page faults of ``pid`` so far."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return (int(fields[11]) + int(fields[12])) / TICKS, int(fields[7])
 
 
 def _stage_name(pid: int) -> str | None:
@@ -63,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     compile_packages()  # the stages start as an installed copy does (bench/bytecode.py)
     lines = sum(1 for _ in args.log.open("rb"))
-    seen: dict[str, float] = {}
+    seen: dict[str, tuple[float, int]] = {}
     with tempfile.TemporaryDirectory(prefix="auditstream-stage-cpu-") as tmp:
         cmd = [sys.executable, "-m", "auditstream", "replay", str(args.log),
                "--sink", f"jsonl:{Path(tmp) / 'out.jsonl'}", "--assemblers", str(args.assemblers)]  # fmt: skip
@@ -71,11 +72,11 @@ def main() -> None:
         proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.DEVNULL)
         while proc.poll() is None:
             for pid in _children(proc.pid):
-                name, cpu = _stage_name(pid), _cpu_seconds(pid)
-                if name is not None and cpu is not None:  # a zombie has no cmdline
-                    seen[name] = max(seen.get(name, 0.0), cpu)
-            if (cpu := _cpu_seconds(proc.pid)) is not None:
-                seen["supervisor"] = cpu
+                name, usage = _stage_name(pid), _usage(pid)
+                if name is not None and usage is not None:  # a zombie has no cmdline
+                    seen[name] = max(seen.get(name, (0.0, 0)), usage)
+            if (usage := _usage(proc.pid)) is not None:
+                seen["supervisor"] = usage
             time.sleep(0.1)
         wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -83,10 +84,11 @@ def main() -> None:
     print(
         f"{args.log}: {lines} lines in {wall:.2f} s ({lines / wall:,.0f} lines/s), {os.cpu_count()} cores"
     )
-    print(f"{'process':14} {'CPU s':>7} {'us/line':>8}")
+    print(f"{'process':14} {'CPU s':>7} {'us/line':>8} {'page faults':>12}")
     for name in sorted(seen):
-        print(f"{name:14} {seen[name]:7.2f} {seen[name] / lines * 1e6:8.1f}")
-    total = sum(seen.values())
+        cpu, faults = seen[name]
+        print(f"{name:14} {cpu:7.2f} {cpu / lines * 1e6:8.1f} {faults:12,}")
+    total = sum(cpu for cpu, _ in seen.values())
     print(f"{'total':14} {total:7.2f} {total / lines * 1e6:8.1f}")
 
 

@@ -113,9 +113,8 @@ def run_once(opts: argparse.Namespace, stop: str, out: Path) -> tuple[float, int
     """Pack the frames, run the per-frame path up to ``stop``; (CPU s of it, events, frames)."""
     os.environ.clear()
     os.environ.update(_caller_mode_env())  # the tree keeper's C (treekeeper/native.py) as asked
-    from auditstream import wire
+    from auditstream import stage, wire
     from auditstream.config import Config
-    from auditstream.stage import tune_gc
     from sinks.config import FileOutputConfig, SinkConfig
     from sinks.fanout import FanOut
     from sinks.jsonl import JsonlSink
@@ -141,7 +140,9 @@ def run_once(opts: argparse.Namespace, stop: str, out: Path) -> tuple[float, int
     heads = {"doc_text": True} if "doc_text" in inspect.signature(frames_events).parameters else {}
     unpack = getattr(wire, "events_body", None)
     level = STOPS.index(stop)
-    tune_gc()  # as the stage runs
+    stage.tune_gc()  # as the stage runs
+    if hasattr(stage, "keep_freed_heap"):  # an older tree has none
+        stage.keep_freed_heap()
     started = time.process_time()
     if level > 0:
         for sender, raw in packed:
