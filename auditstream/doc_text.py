@@ -4,7 +4,7 @@ The tree keeper reads a dozen fields of a doc and changes only ``process`` (and 
 ``container``, treekeeper/enrich.py), yet decoding the whole doc was ~40 % of its CPU.
 So the assembler marks, in each doc's JSON text, where the value of the top-level
 ``process`` key is, and sends a *head*: a small dict of the fields the tree keeper
-reads (:data:`HEAD_AUDITD`, :data:`HEAD_DATA`). The tree keeper decodes only the heads; a jsonl line is
+reads (:data:`HEAD_AUDITD`, :data:`HEAD_DATA`, :data:`RECORD_HASHES`). The tree keeper decodes only the heads; a jsonl line is
 the text before ``process``, the enriched ``process``, and the text after it
 (:func:`doc_line`), the same bytes ``orjson.dumps`` of the whole enriched doc gives.
 
@@ -28,8 +28,14 @@ from auditstream.native import load_native
 PROCESS_KEY = b'"process":'
 _CONTAINER_KEY = b',"container":'
 # What the tree keeper reads of an audit event doc (tree.py, enrich.py, dedupe.py, pipeline.py).
-HEAD_AUDITD = ("result", "records")
+HEAD_AUDITD = ("result",)
 HEAD_DATA = ("syscall", "exit", "a0")
+# In place of auditd.records: hash() of each record, dedupe's fingerprints. Decoding the
+# records' text (~700 bytes per event) and hashing it were ~10 % of the tree keeper. The
+# supervisor gives every stage of a run one PYTHONHASHSEED; the tree keeper reads the
+# heads only from an assembler whose HASH_PROBE equals its own (auditstream/wire.py).
+RECORD_HASHES = "record_hashes"
+HASH_PROBE = hash("auditstream: stages of one run hash alike")
 
 DocText = tuple[bytes, bytes]  # (text before process's value, text after it): doc_line()
 DOC_TEXT = "doc_text"  # the event field that holds a split doc's DocText (in the tree keeper)
@@ -129,6 +135,7 @@ def _encode_split(doc: dict[str, Any], start: int) -> tuple[list[Any], list[byte
     if at < 0 or text.find(b"\0", at + 1) >= 0:  # the mark's bytes in a Fragment of the doc
         return None
     head_auditd = {name: auditd[name] for name in HEAD_AUDITD if name in auditd}
+    head_auditd[RECORD_HASHES] = [hash(r) for r in auditd["records"] if isinstance(r, str)]
     data = auditd.get("data")
     if type(data) is dict:
         head_auditd["data"] = {name: data[name] for name in HEAD_DATA if name in data}

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -20,6 +22,9 @@ from typing import ClassVar
 from auditstream import config as config_mod
 from auditstream import privilege, sdnotify
 from auditstream.stage import EXIT_FATAL
+
+# PYTHONHASHSEED's largest value (0 turns randomization off).
+HASH_SEED_MAX = 4294967295
 
 log = logging.getLogger("auditstream.supervisor")
 
@@ -54,6 +59,19 @@ class RestartPolicy:
     initial_backoff_s: ClassVar[float] = 0.5
 
 
+def stage_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The stages' environment: ours, with one PYTHONHASHSEED for every stage of the run.
+
+    The assemblers send hash() of each record and the tree keeper compares them with
+    hashes of its own (auditstream/doc_text.py RECORD_HASHES), so all stages must hash
+    alike. The seed is random per run, as Python's own would be; a restarted stage gets
+    the same one. A seed the user set (a number) is kept."""
+    env = dict(environ)
+    if not env.get("PYTHONHASHSEED", "").isdigit():
+        env["PYTHONHASHSEED"] = str(secrets.randbelow(HASH_SEED_MAX) + 1)
+    return env
+
+
 class Supervisor:
     def __init__(
         self,
@@ -85,6 +103,7 @@ class Supervisor:
             self.stages.append(self.metrics)
         self.policy = policy
         self.ready_file = ready_file
+        self.stage_env = stage_environment(os.environ)
         # As root: how each stage drops privileges (auditstream/privilege.py).
         self.privileges = privileges
         if privileges is not None and privileges.account is not None:
@@ -110,7 +129,9 @@ class Supervisor:
         argv = stage.argv + (extra_args or [])
         # Own session: a terminal's Ctrl-C reaches the supervisor only, which stops the
         # stages in pipeline order.
-        stage.proc = subprocess.Popen(argv, stdin=stdin, start_new_session=True, **options)
+        stage.proc = subprocess.Popen(
+            argv, stdin=stdin, start_new_session=True, env=self.stage_env, **options
+        )
         stage.exit_code = None
         stage.restart_at = None
 
@@ -189,7 +210,9 @@ class Supervisor:
                 self.stopped_starting = True
                 return False
             if time.monotonic() > deadline:
-                log.error("%s did not become ready in %.0f s; stopping", stage.name, READY_TIMEOUT_S)
+                log.error(
+                    "%s did not become ready in %.0f s; stopping", stage.name, READY_TIMEOUT_S
+                )
                 return False
             time.sleep(POLL_S)
         return True

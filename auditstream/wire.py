@@ -32,7 +32,7 @@ import msgpack
 import orjson
 import zmq
 
-from auditstream.doc_text import DOC_TEXT, ENCODE_DOCS, PROCESS_KEY, DocText
+from auditstream.doc_text import DOC_TEXT, ENCODE_DOCS, HASH_PROBE, PROCESS_KEY, DocText
 
 RECORDS = b"records"
 EVENTS = b"events"
@@ -54,6 +54,9 @@ DOCS_JSON = "docs_json"  # events body field: JSON list of the events' docs, nul
 # events body field: JSON list, per event: null (doc not in docs_json), [start, end] of its doc
 # in docs_json, or [start, end, process start, process end, head] (auditstream/doc_text.py)
 HEADS_JSON = "heads_json"
+# events body field beside heads_json: the assembler's doc_text.HASH_PROBE. The heads' record
+# hashes are fingerprints only for a tree keeper whose hash() agrees (one PYTHONHASHSEED).
+HASH_PROBE_FIELD = "hash_probe"
 # events body field, live: [event ms, serial] below which the assembler has sent every
 # event it has seen (treekeeper/reorder.py releases on it)
 SENT_BELOW = "sent_below"
@@ -105,6 +108,7 @@ def pack_events_body(
         # Cannot fail for docs that were encoded; if it did, the docs would travel whole.
         with contextlib.suppress(orjson.JSONEncodeError):
             body[HEADS_JSON] = orjson.dumps(encoded.heads)
+            body[HASH_PROBE_FIELD] = HASH_PROBE
     try:
         packed = pack_body(body)
     except (UnicodeEncodeError, OverflowError, TypeError, ValueError):
@@ -192,12 +196,14 @@ def events_with_heads(body: dict[str, Any]) -> list[dict[str, Any]]:
     A split doc (auditstream/doc_text.py) becomes its head in ``event["doc"]`` (the fields
     the tree keeper reads, its ``process`` whole) and its text in ``event["doc_text"]``;
     the jsonl sink writes the line from both. Other docs are decoded one by one. A body
-    without ``heads_json`` is read by :func:`events_of`. Raises :class:`DocsError` when
-    ``heads_json`` does not fit ``docs_json`` or the events; no event is changed then.
+    without ``heads_json``, or from a sender whose ``hash()`` differs from ours (its record
+    hashes would never match: :func:`hashes_agree`), is read by :func:`events_of`. Raises
+    :class:`DocsError` when ``heads_json`` does not fit ``docs_json`` or the events; no
+    event is changed then.
     """
     heads_json = body.get(HEADS_JSON)
     docs_json = body.get(DOCS_JSON)
-    if heads_json is None or type(docs_json) is not bytes:
+    if heads_json is None or type(docs_json) is not bytes or not hashes_agree(body):
         return events_of(body)
     events: list[dict[str, Any]] = body["events"]
     heads = _json_list(heads_json, "heads_json", "heads", len(events))
@@ -208,6 +214,11 @@ def events_with_heads(body: dict[str, Any]) -> list[dict[str, Any]]:
         if text is not None:
             event[DOC_TEXT] = text
     return events
+
+
+def hashes_agree(body: dict[str, Any]) -> bool:
+    """The sender's hash() is ours: its heads' record hashes can be compared with ours."""
+    return body.get(HASH_PROBE_FIELD) == HASH_PROBE
 
 
 _NOTHING: tuple[None, None] = (None, None)

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from auditstream.config import Config
+from auditstream.doc_text import DOC_TEXT, RECORD_HASHES
 from auditstream.escape import escape
 from auditstream.logline import LineError, split_log_line, type_name
 from sinks.config import file_output_config, sink_configs_from_tables
@@ -95,6 +96,19 @@ def doc_fingerprints(doc: Any) -> tuple[int, ...] | None:
     return None
 
 
+def head_fingerprints(head: Any) -> tuple[int, ...] | None:
+    """The identity of an event whose doc travelled as a head: the record hashes the
+    assembler computed (auditstream/doc_text.py), equal to :func:`doc_fingerprints`'s."""
+    auditd = head.get("auditd") if isinstance(head, dict) else None
+    hashes = auditd.get(RECORD_HASHES) if isinstance(auditd, dict) else None
+    if isinstance(hashes, list) and all(map(_is_int, hashes)):  # no Python frame per item
+        return tuple(hashes)
+    return None
+
+
+_is_int = int.__instancecheck__
+
+
 def line_fingerprint(line: bytes) -> int | None:
     """The fingerprint of one raw audit.log line (the ``file`` sink) as a record of a doc."""
     try:
@@ -126,7 +140,9 @@ class Dedupe:
         kept: list[Event] = []
         seen = self.seen
         for event in events:
-            fingerprints = doc_fingerprints(event.get("doc"))
+            doc = event.get("doc")
+            # A head (its text beside it) carries hashes of the records, a whole doc the records.
+            fingerprints = head_fingerprints(doc) if DOC_TEXT in event else doc_fingerprints(doc)
             if fingerprints:
                 if seen.has_all(fingerprints):
                     self.dropped += 1

@@ -137,6 +137,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
             "duplicates_dropped": dedupe.dropped,
             "gap_markers": gap_markers,
             "transport_errors": transport_errors.frames,
+            "foreign_hash_frames": transport_errors.foreign_hashes,
             "acks_sent": acks.acks_sent,
             **step.stats(),
         },
@@ -160,6 +161,7 @@ class TransportErrors:
     """Events frames whose docs did not decode (a bug upstream): counted, logged, marked."""
 
     frames: int = 0
+    foreign_hashes: int = 0  # frames whose heads hash unlike us: decoded whole (slower), not lost
     warn: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
 
 
@@ -174,6 +176,14 @@ def frames_events(
     for sinks that write the text (:func:`sinks.sinks_take_doc_text`)."""
     try:
         if doc_text:
+            if wire.HEADS_JSON in frame.body and not wire.hashes_agree(frame.body):
+                errors.foreign_hashes += 1
+                errors.warn.warning(
+                    "hash-probe",
+                    "assembler %d hashes unlike this tree keeper (started apart from the "
+                    "supervisor, without one PYTHONHASHSEED?): its docs are decoded whole",
+                    frame.sender,
+                )
             return wire.events_with_heads(frame.body)
         return wire.events_of(frame.body)
     except wire.DocsError as err:

@@ -10,28 +10,30 @@
 #include <Python.h>
 #include <string.h>
 
-static const char *const HEAD_AUDITD_NAMES[] = {"result", "records"};
+static const char *const HEAD_AUDITD_NAMES[] = {"result"};
 static const char *const HEAD_DATA_NAMES[] = {"syscall", "exit", "a0"};
 /* The keys as interned str, made once: PyDict_GetItemString makes and hashes a str per call. */
-static PyObject *HEAD_AUDITD[2], *HEAD_DATA[3];
+static PyObject *HEAD_AUDITD[1], *HEAD_DATA[3];
 static PyObject *KEY_PROCESS, *KEY_AUDITD, *KEY_RECORDS, *KEY_CONTAINER, *KEY_DATA, *KEY_TIMESTAMP;
+static PyObject *KEY_RECORD_HASHES;
 static PyObject *KEY_DOC, *KEY_RAW, *NUL_BYTES;
 
 static int init_keys(void) {
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 1; i++)
         if ((HEAD_AUDITD[i] = PyUnicode_InternFromString(HEAD_AUDITD_NAMES[i])) == NULL) return -1;
     for (int i = 0; i < 3; i++)
         if ((HEAD_DATA[i] = PyUnicode_InternFromString(HEAD_DATA_NAMES[i])) == NULL) return -1;
     KEY_PROCESS = PyUnicode_InternFromString("process");
     KEY_AUDITD = PyUnicode_InternFromString("auditd");
-    KEY_RECORDS = HEAD_AUDITD[1];
+    KEY_RECORDS = PyUnicode_InternFromString("records");
+    KEY_RECORD_HASHES = PyUnicode_InternFromString("record_hashes");
     KEY_CONTAINER = PyUnicode_InternFromString("container");
     KEY_DATA = PyUnicode_InternFromString("data");
     KEY_TIMESTAMP = PyUnicode_InternFromString("@timestamp");
     KEY_DOC = PyUnicode_InternFromString("doc");
     KEY_RAW = PyUnicode_InternFromString("raw");
     NUL_BYTES = PyBytes_FromStringAndSize("", 1);
-    return KEY_PROCESS && KEY_AUDITD && KEY_CONTAINER && KEY_DATA && KEY_TIMESTAMP && KEY_DOC &&
+    return KEY_PROCESS && KEY_AUDITD && KEY_RECORDS && KEY_RECORD_HASHES && KEY_CONTAINER && KEY_DATA && KEY_TIMESTAMP && KEY_DOC &&
                    KEY_RAW && NUL_BYTES
                ? 0
                : -1;
@@ -55,9 +57,38 @@ static PyObject *pick(PyObject *source, PyObject *const *names, size_t count) {
     return out;
 }
 
-static PyObject *head_of(PyObject *doc, PyObject *process, PyObject *auditd) {
-    PyObject *head_auditd = pick(auditd, HEAD_AUDITD, 2);
+/* [hash(r) for r in records if isinstance(r, str)]: dedupe's fingerprints (doc_text.py). */
+static PyObject *record_hashes(PyObject *records) {
+    Py_ssize_t count = PyList_GET_SIZE(records), kept = 0;
+    PyObject *out = PyList_New(count);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        if (!PyUnicode_Check(record)) continue;
+        Py_hash_t hash = PyObject_Hash(record);
+        PyObject *value = hash == -1 ? NULL : PyLong_FromSsize_t((Py_ssize_t)hash);
+        if (value == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, kept++, value);
+    }
+    Py_SET_SIZE(out, kept); /* the slots past kept were never filled: NULL */
+    return out;
+}
+
+/* The head: process (its text as a Fragment), auditd's result, record hashes and data's
+ * syscall/exit/a0, and @timestamp. records is the doc's non-empty list (splittable). */
+static PyObject *head_of(PyObject *doc, PyObject *process, PyObject *auditd, PyObject *records) {
+    PyObject *head_auditd = pick(auditd, HEAD_AUDITD, 1);
     if (head_auditd == NULL) return NULL;
+    PyObject *hashes = record_hashes(records);
+    int failed = hashes == NULL || PyDict_SetItem(head_auditd, KEY_RECORD_HASHES, hashes) < 0;
+    Py_XDECREF(hashes);
+    if (failed) {
+        Py_DECREF(head_auditd);
+        return NULL;
+    }
     PyObject *data = item(auditd, KEY_DATA);
     if (data != NULL && PyDict_CheckExact(data)) {
         PyObject *head_data = pick(data, HEAD_DATA, 3);
@@ -158,7 +189,12 @@ static PyObject *head_entry(const Orjson *json, PyObject *doc, PyObject *auditd,
     if (piece->value == NULL) return Py_BuildValue("[nn]", start, end);
     PyObject *fragment = PyObject_CallOneArg(json->fragment, piece->value);
     if (fragment == NULL) return NULL;
-    PyObject *head = head_of(doc, fragment, auditd);
+    PyObject *records = item(auditd, KEY_RECORDS);
+    PyObject *head = records != NULL && PyList_CheckExact(records)
+                         ? head_of(doc, fragment, auditd, records)
+                         : NULL; /* splittable() saw a list: only a bug could change it */
+    if (head == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_RuntimeError, "auditd.records changed while encoding");
     Py_DECREF(fragment);
     if (head == NULL) return NULL;
     Py_ssize_t at = start + piece->at;
