@@ -19,7 +19,7 @@ from test_doc_text import RECORD, audit_doc, audit_event, with_heads
 from auditstream import wire
 from auditstream.doc_text import DOC_TEXT, RECORD_HASHES
 from auditstream.supervisor import stage_environment
-from treekeeper.dedupe import Dedupe, doc_fingerprints, head_fingerprints
+from treekeeper.dedupe import Dedupe, RecentFingerprints, doc_fingerprints, head_fingerprints
 from treekeeper.stage import TransportErrors, frames_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,3 +90,14 @@ def test_heads_of_a_sender_that_hashes_otherwise_are_decoded_whole() -> None:
     assert DOC_TEXT not in got
     assert got["doc"] == doc
     assert errors.foreign_hashes == 1 and errors.frames == 0
+
+
+def test_fingerprints_span_two_generations() -> None:
+    """Members of the older and the newer set count alike; a third generation forgets the first."""
+    seen = RecentFingerprints(3)
+    seen.add_all((1, 2, 3))  # full: becomes the older generation
+    seen.add_all((4,))
+    assert seen.has_all((4, 1)) and seen.has_all((1, 4)) and seen.has_all((2, 3))
+    assert not seen.has_all((5, 1)) and not seen.has_all((1, 5)) and not seen.has_all((5,))
+    seen.add_all((5, 6))  # the newer fills: (1, 2, 3) are forgotten
+    assert not seen.has_all((1,)) and seen.has_all((4, 5, 6))

@@ -66,7 +66,12 @@ class RecentFingerprints:
         if current.issuperset(fingerprints):
             return True
         previous = self._previous
-        return bool(previous) and all(fp in current or fp in previous for fp in fingerprints)
+        if not previous:
+            return False
+        first = fingerprints[0]  # a new event's: in neither set (no generator for those)
+        if first not in current and first not in previous:
+            return False
+        return all(fp in current or fp in previous for fp in fingerprints)
 
     def add_all(self, fingerprints: tuple[int, ...]) -> None:
         """Remember each of them as the newest."""
