@@ -10,6 +10,7 @@ _FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-fiel
 # auditstream/csrc/pyclass.h: reading the Python classes a C module mirrors (shared).
 _SHARED = {"include_dirs": ["auditstream/csrc"]}
 _PYCLASS = "auditstream/csrc/pyclass.h"
+_CIVIL_DAYS = "auditstream/csrc/civil_days.h"  # dates from day counts (ecs.c, enrich.c)
 
 setup(
     ext_modules=[
@@ -36,7 +37,7 @@ setup(
         Extension(
             "assembler.native_ecs",
             ["assembler/csrc/ecs.c"],
-            depends=["assembler/csrc/escape.h", _PYCLASS],
+            depends=["assembler/csrc/escape.h", _PYCLASS, _CIVIL_DAYS],
             **_SHARED,
             optional=True,
             extra_compile_args=_FLAGS,
@@ -56,7 +57,7 @@ setup(
         Extension(
             "treekeeper.native_enrich",
             ["treekeeper/csrc/enrich.c"],
-            depends=[_PYCLASS],
+            depends=[_PYCLASS, _CIVIL_DAYS],
             **_SHARED,
             optional=True,
             extra_compile_args=_FLAGS,

@@ -24,6 +24,7 @@
 #define PYCLASS_MODULE "native_ecs"
 #include "pyclass.h"
 #include "escape.h"
+#include "civil_days.h"
 #include <string.h>
 #include <limits.h>
 
@@ -216,19 +217,6 @@ static int record_is_syscall(PyObject *rec)
 
 #define MAX_SECOND 253402300799LL /* 9999-12-31T23:59:59Z */
 
-static void civil_from_days(long long days, long long *year, unsigned *month, unsigned *day)
-{
-    days += 719468; /* days are >= 0 here: 1970 and later */
-    long long era = days / 146097;
-    unsigned doe = (unsigned)(days - era * 146097);
-    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    unsigned mp = (5 * doy + 2) / 153;
-    *day = doy - (153 * mp + 2) / 5 + 1;
-    *month = mp < 10 ? mp + 3 : mp - 9;
-    *year = (long long)yoe + era * 400 + (*month <= 2);
-}
-
 /* value (0 <= value < 10**width) as width decimal digits at out */
 static void put_digits(char *out, long long value, int width)
 {
@@ -259,8 +247,8 @@ static PyObject *timestamp_text(PyObject *sec_obj, PyObject *msec_obj)
     }
     if (sec < 0 || sec > MAX_SECOND)
         return NULL;
-    long long year;
-    unsigned month, day;
+    int64_t year;
+    int month, day;
     civil_from_days(sec / 86400, &year, &month, &day);
     long long in_day = sec % 86400;
     char text[25] = "YYYY-MM-DDTHH:MM:SS.mmmZ";

@@ -43,6 +43,7 @@
 #include <structmember.h>
 #define PYCLASS_MODULE "native_enrich"
 #include "pyclass.h"
+#include "civil_days.h"
 #include <stdint.h>
 #include <string.h>
 
@@ -222,19 +223,6 @@ static int64_t days_from_civil(int64_t y, int m, int d)
     int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
     int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     return era * 146097 + doe - 719468;
-}
-
-static void civil_from_days(int64_t z, int64_t *year, int *month, int *day)
-{
-    z += 719468;
-    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    int64_t doe = z - era * 146097;
-    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    int64_t mp = (5 * doy + 2) / 153;
-    *day = (int)(doy - (153 * mp + 2) / 5 + 1);
-    *month = (int)(mp < 10 ? mp + 3 : mp - 9);
-    *year = yoe + era * 400 + (*month <= 2);
 }
 
 static int digits(const unsigned char *text, int count, int *value)
