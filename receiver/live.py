@@ -14,7 +14,7 @@ from typing import Any
 from auditstream import privilege, runtime
 from auditstream.component_status import RECEIVING, ComponentStatus
 from auditstream.config import Config
-from auditstream.stage import AUTOGROUP, StageContext, merge_stats, write_status
+from auditstream.stage import StageContext, merge_stats, write_status
 from receiver.kernel import AuditHeld, AuditStatus, KernelSession, get_status
 from receiver.logsource import SourceError
 from receiver.netlink import AuditNetlink, NetlinkSource
@@ -183,27 +183,17 @@ def boost_priority(boost: int) -> int:
     """Lower our nice value by ``boost`` (auditd's ``priority_boost``); 1 if that failed.
 
     kauditd waits only HZ/10 for room in a full reader socket, then drops the record:
-    on a busy machine the reader must be scheduled ahead of the audited load. With
-    autogroup scheduling a process's nice value ranks it only within its session (each
-    stage has one of its own), so the session's autogroup gets the same nice value.
+    on a busy machine the reader must be scheduled ahead of the audited load.
     """
     if boost <= 0:
         return 0
     try:
         current = os.getpriority(os.PRIO_PROCESS, 0)
-        nice = max(-20, current - boost)
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        os.setpriority(os.PRIO_PROCESS, 0, max(-20, current - boost))
     except OSError as err:
         log.error("cannot raise the receiver's priority by %d: %s", boost, err.strerror or err)
         return 1
-    try:
-        AUTOGROUP.write_text(str(nice))
-    except FileNotFoundError:
-        pass  # no autogroup scheduling: the process's nice value is what ranks it
-    except OSError as err:
-        log.error("cannot raise the receiver's autogroup priority to nice %d: %s", nice, err)
-        return 1
-    log.info("receiver priority: nice %d", nice)
+    log.info("receiver priority: nice %d", os.getpriority(os.PRIO_PROCESS, 0))
     return 0
 
 
