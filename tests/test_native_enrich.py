@@ -208,13 +208,27 @@ def plain_by_python(table: ProcessTable, doc: Doc) -> bool:
     if isinstance(syscall, str) and (syscall in SPECIAL):
         return False
     proc = table.lookup(pid, at_ms)
-    return (
-        proc is not None
-        and not proc.tentative
-        and (ppid is None or ppid == proc.ppid)
-        and proc.executable is not None
-        and not (at_ms >= proc.image_ms and proc.inferred)
-    )
+    if (
+        proc is None
+        or proc.tentative
+        or (ppid is not None and ppid != proc.ppid)
+        or proc.executable is None
+    ):
+        return False
+    if at_ms >= proc.image_ms and proc.inferred:
+        return image_stays(table, proc, process, at_ms)
+    return True
+
+
+IMAGE_FIELDS = ("executable", "name", "args", "cwd", "title")
+
+
+def image_stays(table: ProcessTable, proc: tree.Process, process: Doc, at_ms: int) -> bool:
+    """The reference's ``_take_image`` on a copy of a placeholder changes nothing but
+    ``image_ms`` and the cached ancestry entry: it is seen again with the image it had."""
+    probe = copy.copy(proc)
+    table._take_image(probe, process, at_ms, with_args=False)
+    return all(getattr(probe, name) == getattr(proc, name) for name in IMAGE_FIELDS)
 
 
 def python_observe(table: ProcessTable, doc: Doc) -> list[Doc]:
@@ -913,3 +927,35 @@ def test_hostile_docs_observe_the_same(depth: int) -> None:
     tally = pair.steps(steps)
     assert tally.observed_in_c > 0 and tally.observed_in_python > 0, tally
     assert tally.observe_kinds.get((False, True), 0) == 0, tally
+
+
+def test_a_placeholder_seen_again_with_its_image_is_observed_in_c() -> None:
+    """Events of a process whose fork was never seen (a placeholder) that show the image it has
+    are taken by observe_plain (image_ms moves, the cached entry goes); any other image, name
+    or cwd, or a str subclass, is left to Python. Tables and enriched docs stay the same."""
+    pair = Pair(c_observes=True)
+    at = BASE_MS + LAST + 500
+    steps: list[Step] = [(plain(at, 8100, 1, exe="/bin/p81", comm="p81"), True)]
+    same = plain(at + 1, 8100, 1, exe="/bin/p81", comm="p81")
+    same["process"]["working_directory"] = "/srv"  # the first cwd it shows is taken in Python
+    steps.append((same, True))
+    for offset in range(2, 6):  # the same image again; and a child whose lineage shows it
+        steps.append((plain(at + offset, 8100, 1, exe="/bin/p81", comm="p81"), True))
+        steps.append((plain(at + offset, 8101, 8100, exe="/bin/c", comm="c"), True))
+    steps.append((plain(at + 6, 8100, 1), True))  # no executable: nothing to take
+    steps.append((plain(at + 7, 8100, 1, exe="/bin/p81", comm=""), True))  # empty name: kept
+    for changed in (
+        plain(at + 8, 8100, 1, exe="/bin/p81", comm="other"),
+        plain(at + 9, 8100, 1, exe="/bin/new", comm="p81"),
+        plain(at + 10, 8100, 1, exe=StrSub("/bin/new"), comm="p81"),
+    ):
+        steps.append((changed, True))
+    moved = plain(at + 11, 8100, 1, exe="/bin/new", comm="p81")
+    moved["process"]["working_directory"] = "/elsewhere"
+    steps.append((moved, True))
+    steps.append((plain(at + 12, 8101, 8100, exe="/bin/c", comm="c"), True))
+    tally = pair.steps(steps)
+    assert tally.observe_kinds.get((False, True), 0) == 0, tally
+    assert tally.observe_kinds.get((True, True), 0) >= 8, tally  # the repeats of both processes
+    assert tally.observe_kinds.get((False, False), 0) >= 4, tally  # the changes, in Python
+    assert pair.c_table.lookup(8100, at + 12) is not None

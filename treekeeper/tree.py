@@ -335,7 +335,7 @@ class ProcessTable:
         """Update the table from one event doc; return the lifecycle docs it causes."""
         try:
             if _NATIVE_OBSERVE is not None and _NATIVE_OBSERVE(self, doc):
-                return []  # a known process's plain event: only event_ms's bookkeeping, done in C
+                return []  # a known process's plain event: only bookkeeping, done in C
             return self._observe(doc)
         except (TypeError, ValueError, AttributeError) as err:  # hostile doc shapes
             self.stats.bad_docs += 1

@@ -16,7 +16,9 @@
  *
  * observe_plain(table, doc) -> bool: True when _observe would change nothing but
  * event_ms's bookkeeping and return [] (a known, confirmed process, same ppid, its image
- * known, a syscall that is no fork, exec or exit); the bookkeeping is then done here.
+ * known, a syscall that is no fork, exec or exit); the bookkeeping is then done here. A
+ * placeholder (inferred) whose event shows the image it has is taken too: _take_image
+ * then only moves image_ms and drops the cached ancestry entry, done here as well.
  * False: declined, nothing changed, the caller runs _observe.
  *
  * Declined: a table, process, stats, config or container of another type than the
@@ -78,7 +80,7 @@ static long previous_chain_max;
     X(s_entry, "entry") X(s_config, "config") X(s_processes, "processes")                \
     X(s_current, "current") X(s_stats, "stats") X(s_last_ms, "last_ms")                  \
     X(s_ts_head, "_ts_head") X(s_ts_base, "_ts_base") X(s_ts_last, "_ts_last")           \
-    X(s_ts_last_ms, "_ts_last_ms")
+    X(s_ts_last_ms, "_ts_last_ms") X(s_working_directory, "working_directory")
 
 #define DECLARE_STRING(var, text) static PyObject *var;
 STRING_LIST(DECLARE_STRING)
@@ -93,7 +95,7 @@ STRING_LIST(DECLARE_STRING)
     X(P_STARTED_AT, "started_at") X(P_IMAGE_MS, "image_ms") X(P_INFERRED, "inferred")    \
     X(P_TENTATIVE, "tentative") X(P_EXITED_AT, "exited_at") X(P_CONTAINER, "container")  \
     X(P_PREVIOUS, "previous") X(P_REAPED_FROM, "reaped_from")                            \
-    X(P_ANCESTRY_ENTRY, "ancestry_entry")
+    X(P_ANCESTRY_ENTRY, "ancestry_entry") X(P_CWD, "cwd")
 
 #define FIELD_ENUM(id, name) id,
 enum { PROCESS_FIELDS(FIELD_ENUM) P_COUNT };
@@ -114,6 +116,13 @@ static Py_ssize_t container_offsets[CR_COUNT];
 static inline PyObject *pslot(PyObject *proc, int field)
 {
     return slot(proc, process_offsets[field]);
+}
+
+/* Set a Process slot to value (a new reference, stolen). */
+static inline void pslot_set(PyObject *proc, int field, PyObject *value)
+{
+    PyObject **at = (PyObject **)((char *)proc + process_offsets[field]);
+    Py_XSETREF(*at, value);
 }
 
 /* ---- the classes unchanged ------------------------------------------------------- */
@@ -930,9 +939,46 @@ static int section_of(PyObject *parent, PyObject *key, PyObject **out)
 
 /* 1: _observe returns [] having changed only event_ms's state (commit *et when *timed);
  * 0 with !*timed: it returns [] before event_ms; -1: decline. */
-static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed)
+/* What _take_image(proc, process, at_ms, with_args=False) would do to an inferred process:
+ * 0 nothing (the event names no executable), 1 only image_ms and the cached ancestry entry
+ * (the same executable, and no other name or working directory), -1 more (or a str
+ * subclass, which _str() accepts and the comparisons here would not mirror): Python. */
+static int inferred_image_change(PyObject *process, PyObject *proc)
+{
+    PyObject *exe = PyDict_GetItemWithError(process, s_executable);
+    if (exe == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyUnicode_Check(exe))
+        return 0; /* _str(): None, and _take_image returns at once */
+    if (!PyUnicode_CheckExact(exe))
+        return -1;
+    PyObject *own = pslot(proc, P_EXECUTABLE);
+    if (own == NULL || !PyUnicode_CheckExact(own) || PyUnicode_Compare(exe, own) != 0)
+        return -1; /* a new image: title, args */
+    /* proc.name = _str(name) or proc.name; proc.cwd = cwd if it is a str */
+    PyObject *const keys[2] = {s_name, s_working_directory};
+    const int fields[2] = {P_NAME, P_CWD};
+    for (int i = 0; i < 2; i++) {
+        PyObject *value = PyDict_GetItemWithError(process, keys[i]);
+        if (value == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            continue;
+        }
+        if (!PyUnicode_Check(value) || (i == 0 && PyUnicode_GET_LENGTH(value) == 0))
+            continue; /* not a str, or an empty name: the process keeps its own */
+        PyObject *mine = pslot(proc, fields[i]);
+        if (!PyUnicode_CheckExact(value) || mine == NULL || !PyUnicode_CheckExact(mine) ||
+            PyUnicode_Compare(value, mine) != 0)
+            return -1;
+    }
+    return 1;
+}
+
+static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed, PyObject **touched)
 {
     *timed = 0;
+    *touched = NULL;
     PyObject *process, *parent_section, *auditd, *data;
     if (section_of(doc, s_process, &process) < 0)
         return -1;
@@ -989,8 +1035,15 @@ static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed)
     PyObject *executable = pslot(proc, P_EXECUTABLE), *inferred = pslot(proc, P_INFERRED);
     if (executable == NULL || executable == Py_None || !i64_of(pslot(proc, P_IMAGE_MS), &image_ms))
         return -1;
-    if (et->ms >= image_ms && inferred != Py_False)
-        return -1;
+    if (et->ms >= image_ms && inferred != Py_False) {
+        if (inferred != Py_True)
+            return -1;
+        int change = inferred_image_change(process, proc);
+        if (change < 0)
+            return -1;
+        if (change > 0)
+            *touched = proc; /* a placeholder seen again with the image it had */
+    }
     return 1;
 }
 
@@ -1008,14 +1061,28 @@ static PyObject *py_observe_plain(PyObject *self, PyObject *const *args, Py_ssiz
         Py_RETURN_FALSE;
     EventTime et;
     int timed = 0;
-    int planned = plan_observe(&t, doc, &et, &timed);
+    PyObject *touched = NULL;
+    int planned = plan_observe(&t, doc, &et, &timed, &touched);
     if (planned < 0) {
         PyErr_Clear();
         table_release(&t);
         Py_RETURN_FALSE;
     }
+    Py_XINCREF(touched);
     int failed = timed && event_time_commit(&t, &et) < 0;
     table_release(&t);
+    if (!failed && touched != NULL) {
+        /* _take_image's changes when the image stayed: image_ms, and the cached entry */
+        PyObject *at = PyLong_FromLongLong(et.ms);
+        if (at == NULL) {
+            failed = 1;
+        } else {
+            pslot_set(touched, P_IMAGE_MS, at);
+            Py_INCREF(Py_None);
+            pslot_set(touched, P_ANCESTRY_ENTRY, Py_None);
+        }
+    }
+    Py_XDECREF(touched);
     if (failed)
         return NULL;
     Py_RETURN_TRUE;
