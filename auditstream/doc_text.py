@@ -4,15 +4,16 @@ The tree keeper reads a dozen fields of a doc and changes only ``process`` (and 
 ``container``, treekeeper/enrich.py), yet decoding the whole doc was ~40 % of its CPU.
 So the assembler marks, in each doc's JSON text, where the value of the top-level
 ``process`` key is, and sends a *head*: a small dict of the fields the tree keeper
-reads (:data:`HEAD_AUDITD`, :data:`HEAD_DATA`, :data:`RECORD_HASHES`). The tree keeper decodes only the heads; a jsonl line is
-the text before ``process``, the enriched ``process``, and the text after it
-(:func:`doc_line`), the same bytes ``orjson.dumps`` of the whole enriched doc gives.
+reads (:data:`HEAD_AUDITD`, :data:`HEAD_DATA`, :data:`RECORD_HASHES`). The tree keeper
+decodes only the heads; a jsonl line is the text before ``process``, the enriched
+``process``, and the text after it (:func:`doc_line`), the same bytes ``orjson.dumps`` of
+the whole enriched doc gives.
 
 A doc is split only when that is exact: ``process`` is a dict and there is no
 ``container`` yet (enrichment appends it as the last key), and ``auditd.records`` is a
-non-empty list (dedupe reads it; markers are never split). The assembler encodes
-``process`` alone and the rest of the doc with a mark in its place, so it knows where
-``process`` is without searching the text (:func:`encode_docs`).
+non-empty list (its hashes are dedupe's fingerprints; markers are never split). The
+assembler encodes ``process`` alone and the rest of the doc with a mark in its place, so
+it knows where ``process`` is without searching the text (:func:`encode_docs`).
 """
 
 from __future__ import annotations

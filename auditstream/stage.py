@@ -144,7 +144,7 @@ def keep_freed_heap() -> bool:
 
     Every batch allocates and frees megabytes (the docs' JSON text, orjson's and msgpack's
     buffers): with glibc's defaults the top of the heap went back to the kernel and was
-    faulted in again each time, 147k page faults and ~15 % of an assembler's time
+    faulted in again each time, 148k page faults and ~15 % of an assembler's time
     (docs/performance.md). A user's own GLIBC_TUNABLES for malloc win."""
     if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False

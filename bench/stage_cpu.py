@@ -2,9 +2,9 @@
 
     python bench/stage_cpu.py --log /tmp/big.log --assemblers 2
 
-Samples utime+stime (and minor page faults) of the supervisor and each stage from /proc every 0.1 s while
-`auditstream replay` runs (the last sample before a stage exits counts) and prints
-seconds and microseconds per input line for each. On 2 cores the single-instance
+Samples utime+stime and minor page faults of the supervisor and each stage from /proc
+every 0.1 s while `auditstream replay` runs (the last sample before a stage exits counts)
+and prints seconds, microseconds per input line and page faults for each. On 2 cores the single-instance
 stages (receiver, tree keeper) set the ceiling that more assemblers cannot lift.
 """
 

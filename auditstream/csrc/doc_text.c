@@ -33,8 +33,8 @@ static int init_keys(void) {
     KEY_DOC = PyUnicode_InternFromString("doc");
     KEY_RAW = PyUnicode_InternFromString("raw");
     NUL_BYTES = PyBytes_FromStringAndSize("", 1);
-    return KEY_PROCESS && KEY_AUDITD && KEY_RECORDS && KEY_RECORD_HASHES && KEY_CONTAINER && KEY_DATA && KEY_TIMESTAMP && KEY_DOC &&
-                   KEY_RAW && NUL_BYTES
+    return KEY_PROCESS && KEY_AUDITD && KEY_RECORDS && KEY_RECORD_HASHES && KEY_CONTAINER &&
+                   KEY_DATA && KEY_TIMESTAMP && KEY_DOC && KEY_RAW && NUL_BYTES
                ? 0
                : -1;
 }
@@ -119,11 +119,15 @@ static PyObject *head_of(PyObject *doc, PyObject *process, PyObject *auditd, PyO
     return head;
 }
 
-/* 1 with the doc's process (borrowed) when the doc may travel split (doc_text.splittable);
- * 0 when not; -1 on error. */
-static int splittable(PyObject *doc, PyObject **process) {
-    *process = item(doc, KEY_PROCESS);
-    if (*process == NULL || !PyDict_CheckExact(*process)) return PyErr_Occurred() ? -1 : 0;
+/* What a doc that may travel split has (borrowed; doc_text.splittable). */
+typedef struct {
+    PyObject *process, *auditd, *records;
+} Splittable;
+
+/* 1 with found filled when the doc may travel split; 0 when not; -1 on error. */
+static int splittable(PyObject *doc, Splittable *found) {
+    PyObject *process = item(doc, KEY_PROCESS);
+    if (process == NULL || !PyDict_CheckExact(process)) return PyErr_Occurred() ? -1 : 0;
     if (item(doc, KEY_CONTAINER) != NULL) return 0;
     if (PyErr_Occurred()) return -1;
     PyObject *auditd = item(doc, KEY_AUDITD);
@@ -131,13 +135,16 @@ static int splittable(PyObject *doc, PyObject **process) {
     PyObject *records = item(auditd, KEY_RECORDS);
     if (records == NULL || !PyList_CheckExact(records) || PyList_GET_SIZE(records) == 0)
         return PyErr_Occurred() ? -1 : 0;
+    *found = (Splittable){process, auditd, records};
     return 1;
 }
 
-/* One event's doc: its text, and for a split doc the mark's offset in it and process's text. */
+/* One event's doc: its text, and for a split doc the mark's offset in it, process's text
+ * and the head. */
 typedef struct {
     PyObject *text;  /* NULL: refused, "null" */
     PyObject *value; /* process's text, or NULL: not split */
+    PyObject *head;  /* the head (split docs only) */
     Py_ssize_t at;   /* the mark's offset in text */
 } Piece;
 
@@ -153,8 +160,10 @@ static Py_ssize_t mark_at(PyObject *text) {
     return at - bytes;
 }
 
-/* Encode a split doc into piece: 1 done, 0 not split after all, -1 error (maybe JSON's). */
-static int encode_split(const Orjson *json, PyObject *doc, PyObject *process, Piece *piece) {
+/* Encode a split doc and its head into piece: 1 done, 0 not split after all, -1 error
+ * (maybe JSON's). */
+static int encode_split(const Orjson *json, PyObject *doc, const Splittable *found, Piece *piece) {
+    PyObject *process = found->process;
     PyObject *value = PyObject_CallOneArg(json->dumps, process);
     if (value == NULL) return -1;
     Py_INCREF(process); /* the doc's reference goes while the mark is in its place */
@@ -177,28 +186,28 @@ static int encode_split(const Orjson *json, PyObject *doc, PyObject *process, Pi
         Py_DECREF(value);
         return 0;
     }
+    PyObject *fragment = PyObject_CallOneArg(json->fragment, value);
+    PyObject *head =
+        fragment != NULL ? head_of(doc, fragment, found->auditd, found->records) : NULL;
+    Py_XDECREF(fragment);
+    if (head == NULL) {
+        Py_DECREF(text);
+        Py_DECREF(value);
+        return -1;
+    }
     piece->text = text;
     piece->value = value;
+    piece->head = head;
     piece->at = at;
     return 1;
 }
 
 /* [start, end] or [start, end, at, until, head] for a piece at start in docs_json. */
-static PyObject *head_entry(const Orjson *json, PyObject *doc, PyObject *auditd, const Piece *piece,
-                            Py_ssize_t start, Py_ssize_t end) {
+static PyObject *head_entry(const Piece *piece, Py_ssize_t start, Py_ssize_t end) {
     if (piece->value == NULL) return Py_BuildValue("[nn]", start, end);
-    PyObject *fragment = PyObject_CallOneArg(json->fragment, piece->value);
-    if (fragment == NULL) return NULL;
-    PyObject *records = item(auditd, KEY_RECORDS);
-    PyObject *head = records != NULL && PyList_CheckExact(records)
-                         ? head_of(doc, fragment, auditd, records)
-                         : NULL; /* splittable() saw a list: only a bug could change it */
-    if (head == NULL && !PyErr_Occurred())
-        PyErr_SetString(PyExc_RuntimeError, "auditd.records changed while encoding");
-    Py_DECREF(fragment);
-    if (head == NULL) return NULL;
     Py_ssize_t at = start + piece->at;
-    return Py_BuildValue("[nnnnN]", start, end, at, at + PyBytes_GET_SIZE(piece->value), head);
+    return Py_BuildValue("[nnnnO]", start, end, at, at + PyBytes_GET_SIZE(piece->value),
+                         piece->head);
 }
 
 static Py_ssize_t piece_size(const Piece *piece) {
@@ -273,11 +282,12 @@ static int encode_event(const Orjson *json, PyObject *event, Py_ssize_t index, i
     if (doc == NULL || !PyDict_CheckExact(doc)) return refuse_shape(refused, index, doc);
     int split = 0;
     if (with_heads) {
-        PyObject *raw = item(event, KEY_RAW), *process;
+        PyObject *raw = item(event, KEY_RAW);
+        Splittable found;
         int has_raw = raw == NULL ? (PyErr_Occurred() ? -1 : 0) : PyObject_IsTrue(raw);
         if (has_raw < 0) return -1;
-        if (has_raw && (split = splittable(doc, &process)) > 0)
-            split = encode_split(json, doc, process, piece);
+        if (has_raw && (split = splittable(doc, &found)) > 0)
+            split = encode_split(json, doc, &found, piece);
         if (split < 0) {
             if (!PyErr_ExceptionMatches(json->encode_error)) return -1;
             return refuse_json(refused, index);
@@ -298,13 +308,13 @@ static void free_pieces(Piece *pieces, Py_ssize_t count) {
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_XDECREF(pieces[i].text);
         Py_XDECREF(pieces[i].value);
+        Py_XDECREF(pieces[i].head);
     }
     PyMem_Free(pieces);
 }
 
 /* docs_json of the pieces and, with heads, the list of head entries into *heads. */
-static PyObject *join_pieces(const Orjson *json, PyObject *events, const Piece *pieces,
-                             Py_ssize_t count, PyObject *heads) {
+static PyObject *join_pieces(const Piece *pieces, Py_ssize_t count, PyObject *heads) {
     Py_ssize_t total = 2 + (count > 0 ? count - 1 : 0);
     for (Py_ssize_t i = 0; i < count; i++) total += piece_size(&pieces[i]);
     PyObject *docs_json = PyBytes_FromStringAndSize(NULL, total);
@@ -316,15 +326,9 @@ static PyObject *join_pieces(const Orjson *json, PyObject *events, const Piece *
         Py_ssize_t start = out - PyBytes_AS_STRING(docs_json);
         out = write_piece(out, &pieces[i]);
         if (heads == NULL) continue;
-        PyObject *entry;
-        if (pieces[i].text == NULL) {
-            entry = Py_NewRef(Py_None);
-        } else {
-            PyObject *doc = item(PyList_GET_ITEM(events, i), KEY_DOC);
-            PyObject *auditd = pieces[i].value != NULL ? item(doc, KEY_AUDITD) : NULL;
-            entry = head_entry(json, doc, auditd, &pieces[i], start,
-                               out - PyBytes_AS_STRING(docs_json));
-        }
+        PyObject *entry = pieces[i].text == NULL
+                              ? Py_NewRef(Py_None)
+                              : head_entry(&pieces[i], start, out - PyBytes_AS_STRING(docs_json));
         if (entry == NULL || PyList_Append(heads, entry) < 0) {
             Py_XDECREF(entry);
             Py_DECREF(docs_json);
@@ -362,7 +366,7 @@ static PyObject *encode_docs(PyObject *self, PyObject *const *args, Py_ssize_t n
         Py_DECREF(event);
         if (failed < 0) goto done;
     }
-    docs_json = join_pieces(&json, events, pieces, count, heads);
+    docs_json = join_pieces(pieces, count, heads);
     if (docs_json != NULL)
         result = PyTuple_Pack(4, docs_json, heads != NULL ? heads : Py_None, slim, refused);
 done:

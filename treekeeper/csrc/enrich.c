@@ -937,8 +937,6 @@ static int section_of(PyObject *parent, PyObject *key, PyObject **out)
     return PyDict_Check(value) ? -1 : 0;
 }
 
-/* 1: _observe returns [] having changed only event_ms's state (commit *et when *timed);
- * 0 with !*timed: it returns [] before event_ms; -1: decline. */
 /* What _take_image(proc, process, at_ms, with_args=False) would do to an inferred process:
  * 0 nothing (the event names no executable), 1 only image_ms and the cached ancestry entry
  * (the same executable, and no other name or working directory), -1 more (or a str
@@ -975,6 +973,9 @@ static int inferred_image_change(PyObject *process, PyObject *proc)
     return 1;
 }
 
+/* 1: _observe returns [] having changed only event_ms's state (commit *et when *timed) and,
+ * for a placeholder seen again (*touched), its image_ms and cached ancestry entry; 0 with
+ * !*timed: it returns [] before event_ms; -1: decline. */
 static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed, PyObject **touched)
 {
     *timed = 0;
