@@ -21,6 +21,7 @@ from receiver.netlink import AuditNetlink, NetlinkSource
 from receiver.rules import KernelSettings, Rule, RuleError, load_rules
 from receiver.shipper import RecordShipper
 from receiver.stage import LineCounters, lines_to_records
+from receiver.statuspoll import KernelStatusPoller
 
 log = logging.getLogger("auditstream.receiver")
 DEFAULT_RULES = Path(__file__).with_name("default.rules")
@@ -73,11 +74,13 @@ class KernelCounters:
         self.lost_at_start = first.lost
         self.last_lost = first.lost
         self.last = first
+        self.taken_at = time.monotonic()
 
     def update(self, status: AuditStatus) -> int:
         risen = (status.lost - self.last_lost) & 0xFFFFFFFF
         self.last_lost = status.lost
         self.last = status
+        self.taken_at = time.monotonic()
         return risen
 
 
@@ -145,6 +148,8 @@ class KernelSockets:
 
     session: KernelSession
     source: NetlinkSource
+    # Used by the status thread (receiver/statuspoll.py) while it runs, by the reader
+    # before it starts and after it stopped.
     control: AuditNetlink
     privilege_errors: int = 0
 
@@ -226,12 +231,15 @@ def run_netlink(
                 log.info(
                     "kernel audit: pid %d registered, %d rules loaded", os.getpid(), len(rules)
                 )
+        poller = KernelStatusPoller(lambda: get_status(control), cfg.receiver.status_poll_ms / 1000)
         try:
             counters = KernelCounters(get_status(control))
-            stats = _read_loop(cfg, ctx, shipper, source, session, control, counters)
+            poller.start()
+            stats = _read_loop(cfg, ctx, shipper, sockets, poller, counters)
             stats["privilege_errors"] = privilege_errors
         finally:
-            control.close()
+            if poller.stop():
+                control.close()  # else the held thread still uses it: it goes with the process
         source.close()
     finally:
         session.close()  # puts back exactly what we changed
@@ -282,19 +290,20 @@ def _read_loop(
     cfg: Config,
     ctx: StageContext,
     shipper: RecordShipper,
-    source: NetlinkSource,
-    session: KernelSession,
-    control: AuditNetlink,
+    sockets: KernelSockets,
+    status_poller: KernelStatusPoller,
     counters: KernelCounters,
 ) -> dict[str, Any]:
+    source = sockets.source
     poller = select.poll()
     poller.register(source.fileno(), select.POLLIN)
     poll_ms = max(1, cfg.receiver.batch_max_ms)
     pause_s = min(SMALL_READ_PAUSE_MS, cfg.receiver.batch_max_ms / 4) / 1000
-    next_status = time.monotonic()
     overruns = 0
     status_file = runtime.status_path(cfg, "receiver")
     pacing = ReadPacing(shipper)
+    poll_errors = 0
+    next_status = time.monotonic()
     while not ctx.stop_requested:
         limit = pacing.records_to_read()
         if limit and poller.poll(poll_ms if limit == READ_MAX_RECORDS else CONGESTED_TICK_MS):
@@ -313,16 +322,22 @@ def _read_loop(
             overruns = source.overruns
             emptied = _empty_socket(source, shipper)
             log.warning("socket overrun: read the %d records it held at once", emptied)
-        now = time.monotonic()
-        if now >= next_status:
-            next_status = now + cfg.receiver.status_poll_ms / 1000
-            status = get_status(control)
+        reading = status_poller.take()
+        if reading is not None and reading.error is not None:
+            poll_errors += 1
+            log.error("kernel audit status: %s", reading.error)
+        elif reading is not None and reading.status is not None:
+            status = reading.status
             risen = counters.update(status)
             if risen:
                 log.warning("kernel lost %d audit records (backlog %d)", risen, status.backlog)
                 shipper.add(
                     [_marker_record(KERNEL_LOST_TYPE, f"lost={risen} backlog={status.backlog}")]
                 )
+        now = time.monotonic()
+        if now >= next_status:  # on its own clock: a poll held in the kernel must show
+            next_status = now + cfg.receiver.status_poll_ms / 1000
+            status = counters.last
             write_status(
                 status_file,
                 {
@@ -330,7 +345,7 @@ def _read_loop(
                         cfg,
                         shipper,
                         socket_overruns=source.overruns,
-                        datagram_errors=datagram_errors(source, control),
+                        datagram_errors=datagram_errors(source, sockets.control),
                     ),
                     "kernel": {
                         "lost": status.lost,
@@ -344,9 +359,13 @@ def _read_loop(
                     "unsent_batches": shipper.guard.unsent_batches(),
                     "trickle_ticks": pacing.trickle_ticks,
                     "stalled_ticks": pacing.stalled_ticks,
+                    "status_polls_held": status_poller.slow_polls,
+                    "status_poll_longest_ms": round(status_poller.longest_poll_s * 1000, 1),
+                    "status_poll_errors": poll_errors,
+                    "status_age_s": round(now - counters.taken_at, 1),
                 },
             )
-    drained = _drain(session, control, source, shipper, poller)
+    drained = _drain(sockets, shipper, poller, status_poller)
     log.info("stopped: %d records read after the stop signal", drained)
     return {
         "kernel_lost": (counters.last_lost - counters.lost_at_start) & 0xFFFFFFFF,
@@ -354,6 +373,7 @@ def _read_loop(
         "queued_sends": shipper.stats.queued_sends,
         "trickle_ticks": pacing.trickle_ticks,
         "stalled_ticks": pacing.stalled_ticks,
+        "status_polls_held": status_poller.slow_polls,
     }
 
 
@@ -373,19 +393,23 @@ def _empty_socket(source: NetlinkSource, shipper: RecordShipper) -> int:
 
 
 def _drain(
-    session: KernelSession,
-    control: AuditNetlink,
-    source: NetlinkSource,
+    sockets: KernelSockets,
     shipper: RecordShipper,
     poller: select.poll,
+    status_poller: KernelStatusPoller,
 ) -> int:
     """Stop new records, then read what the kernel and the socket still hold.
 
     Unregistering the PID with records queued would lose them: the kernel hands
     them to printk instead. Bounded in time so a stuck pipeline cannot hold the stop.
     """
+    source = sockets.source
+    # The control socket is the reader's again once the status thread has stopped; if the
+    # kernel still holds that thread's request, the session's own socket serves (its
+    # reply queues behind records) and the drain ends on quiet alone.
+    control = sockets.control if status_poller.stop() else None
     try:
-        session.quiesce(control)
+        sockets.session.quiesce(control)
     except OSError as err:
         log.error("could not stop new audit records before draining: %s", err)
     drained = 0
@@ -399,7 +423,9 @@ def _drain(
                 shipper.add(records)
                 quiet_since = time.monotonic()
                 continue
-        if time.monotonic() - quiet_since >= DRAIN_QUIET_S and get_status(control).backlog == 0:
+        if time.monotonic() - quiet_since >= DRAIN_QUIET_S and (
+            control is None or get_status(control).backlog == 0
+        ):
             break
     else:
         log.error("kernel still had audit records queued after %.0f s of draining", DRAIN_MAX_S)
