@@ -250,9 +250,11 @@ def run_netlink(
 # socket; after that the record takes the retry/hold path, where a kernel booted without
 # audit=1 drops it without counting it as lost. So the reader must never stall: when the
 # assemblers fall behind, batches wait in the receiver (unsent, in the replay buffers),
-# and past the buffers' bound the reader only trickles -- a few records per tick keeps
-# kauditd's send succeeding, the kernel backlog fills, and backlog_wait_time throttles
-# the audited processes (lossless). Past 4x the bound reading stops (a stuck pipeline).
+# and past the buffers' bound the reader only trickles -- at most 32 records per read (not
+# per 10 ms: pacing it cost the other stages more than it saved, docs/design.md) keeps
+# kauditd's send succeeding, the socket and the kernel backlog fill, and backlog_wait_time
+# throttles the audited processes (lossless). Past 4x the bound reading stops (a stuck
+# pipeline).
 CONGESTED_TICK_MS = 10
 TRICKLE_RECORDS = 32
 STALL_FACTOR = 4
