@@ -43,6 +43,9 @@ from treekeeper.dedupe import Dedupe, doc_fingerprints, recover_sink_tails
 
 REPO = Path(__file__).resolve().parents[1]
 LOG_LINES = 100_000  # long enough for the kills to land while a replay runs: it gets faster
+# A replay too quick for the kills runs again on a log this many times as long (at most twice).
+LONGER_LOG_FACTOR = 3
+FEED_SECONDS = 4.0  # the stdin test's pipe flows at LOG_LINES / 2 per this many seconds
 KEY = re.compile(rb"^(?:node=(\S+) )?type=\S+ msg=audit\((\d+)\.(\d+):(\d+)\)", re.M)
 DOC_KEY = re.compile(r"audit\((\d+)\.(\d+):(\d+)\)")
 MAX_KILLS_PER_STAGE = 3  # the supervisor gives up after 5 deaths of one stage in 60 s
@@ -53,16 +56,21 @@ EventKey = tuple[str, int, int, int]
 # -- end to end ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def big_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An exec-heavy generated audit.log large enough that a replay lasts a few seconds."""
-    path = tmp_path_factory.mktemp("crash") / "big.log"
+def generated_log(directory: Path, lines: int) -> Path:
+    """An exec-heavy audit.log of ``lines`` lines from bench/gen_log.py."""
+    path = directory / f"big-{lines}.log"
     subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", str(LOG_LINES),
+        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", str(lines),
          "--out", str(path)],
         check=True, capture_output=True,
     )  # fmt: skip
     return path
+
+
+@pytest.fixture(scope="module")
+def big_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An exec-heavy generated audit.log large enough that a replay lasts a few seconds."""
+    return generated_log(tmp_path_factory.mktemp("crash"), LOG_LINES)
 
 
 def input_keys(log: bytes) -> list[EventKey]:
@@ -158,9 +166,15 @@ def run_pipeline(
         assert proc.stdin is not None
         pipe, proc.stdin = proc.stdin, None  # the feeder owns it; communicate() must not
 
-        def feed() -> None:
+        def feed() -> None:  # a live source flows: FEED_SECONDS, whatever the machine's speed
+            lines = stdin.read_bytes().splitlines(keepends=True)
+            chunks = 40
+            step = -(-len(lines) // chunks)
             with pipe:
-                pipe.write(stdin.read_bytes())
+                for start in range(0, len(lines), step):
+                    pipe.write(b"".join(lines[start : start + step]))
+                    pipe.flush()
+                    time.sleep(FEED_SECONDS / chunks)
 
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
@@ -190,15 +204,21 @@ def test_replay_survives_random_sigkills_exactly_once(
     big_log: Path, tmp_path: Path, assemblers: int, seed: int
 ) -> None:
     """Replay with every stage SIGKILLed at random moments: each input event is written exactly once."""
-    out = tmp_path / "events.jsonl"
-    result, victims = run_pipeline(
-        ["replay", str(big_log), "--sink", f"jsonl:{out}", "--assemblers", str(assemblers)],
-        stdin=None, seed=seed, kills=6, pause=(0.25, 0.6),
-    )  # fmt: skip
-    stderr = result.stderr.decode(errors="replace")
-    assert result.returncode == 0, stderr
+    log = big_log
+    for attempt in range(3):  # a machine fast enough to end the replay first: a longer log
+        out = tmp_path / f"events-{attempt}.jsonl"
+        result, victims = run_pipeline(
+            ["replay", str(log), "--sink", f"jsonl:{out}", "--assemblers", str(assemblers)],
+            stdin=None, seed=seed, kills=6, pause=(0.25, 0.6),
+        )  # fmt: skip
+        stderr = result.stderr.decode(errors="replace")
+        assert result.returncode == 0, stderr
+        if len(victims) >= 5 or attempt == 2:
+            break
+        lines = LOG_LINES * LONGER_LOG_FACTOR ** (attempt + 1)
+        log = generated_log(tmp_path, lines)
     assert len(victims) >= 5, f"the replay ended before enough kills landed: {victims}"
-    keys = input_keys(big_log.read_bytes())
+    keys = input_keys(log.read_bytes())
     outcome = read_outcome(out)
     present, in_gap = assert_exactly_once_or_in_gap(keys, outcome)
     # A file can always be read again: nothing needs to be reported lost.

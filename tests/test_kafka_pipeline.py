@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import IO
 
 import pytest
 from kafka_mock_cluster import bundled_librdkafka, mock_kafka_cluster
@@ -38,6 +40,22 @@ def generated_log(tmp_path: Path, lines: int) -> Path:
         stdout=subprocess.DEVNULL,
     )
     return log
+
+
+OUTAGE_SECONDS = 5.0
+FEED_SECONDS = OUTAGE_SECONDS + 4.0
+
+
+def feed_slowly(pipe: IO[bytes], log: Path) -> None:
+    """Write the log to the pipe in 40 chunks over FEED_SECONDS, then close it."""
+    lines = log.read_bytes().splitlines(keepends=True)
+    chunks = 40
+    step = -(-len(lines) // chunks)
+    with pipe:
+        for start in range(0, len(lines), step):
+            pipe.write(b"".join(lines[start : start + step]))
+            pipe.flush()
+            time.sleep(FEED_SECONDS / chunks)
 
 
 def replay_cmd(log: Path, bootstrap: str, topic: str, jsonl: Path) -> list[str]:
@@ -81,9 +99,14 @@ def test_broker_outage_during_replay_loses_and_duplicates_nothing(tmp_path: Path
     out = tmp_path / "events.jsonl"
     with mock_kafka_cluster() as cluster:
         topic = new_topic(cluster)
-        proc = subprocess.Popen(
-            replay_cmd(log, cluster.bootstrap, topic, out), cwd=REPO, stderr=subprocess.PIPE
-        )
+        # From a pipe that flows for FEED_SECONDS, so that the replay outlasts the outage
+        # however fast the machine (a file was read to the end before the brokers came back).
+        command = replay_cmd(Path("-"), cluster.bootstrap, topic, out)
+        proc = subprocess.Popen(command, cwd=REPO, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdin is not None
+        pipe, proc.stdin = proc.stdin, None  # the feeder owns it; communicate() must not
+        feeder = threading.Thread(target=feed_slowly, args=(pipe, log), daemon=True)
+        feeder.start()
         # Wait for the first events to land, then take every broker down for 5 s.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (out.exists() and out.stat().st_size > 0):
@@ -91,16 +114,15 @@ def test_broker_outage_during_replay_loses_and_duplicates_nothing(tmp_path: Path
         for broker in (1, 2, 3):
             cluster.broker_down(broker)
         still_running_during_outage = proc.poll() is None
-        time.sleep(5)
+        time.sleep(OUTAGE_SECONDS)
         for broker in (1, 2, 3):
             cluster.broker_up(broker)
+        feeder.join(timeout=60)
         stderr = proc.communicate(timeout=180)[1]
         assert proc.returncode == 0, stderr.decode(errors="replace")
         messages = read_topic(cluster.bootstrap, topic)
     archived = [json.loads(line) for line in out.read_bytes().splitlines()]
-    assert still_running_during_outage, (
-        "the replay ended before the outage began; make the log larger"
-    )
+    assert still_running_during_outage, "the replay ended before the outage began"
     got = audit_sequences([m.doc for m in messages])
     assert got == audit_sequences(archived)
     assert set(got.values()) == {1}
