@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -302,7 +302,7 @@ def replay_audit_events(log: Path, out: Path) -> dict[int, Event]:
 
 
 ONE_EVENT_LOG = (
-    b'type=SYSCALL msg=audit(1700000000.000:1): arch=c000003e syscall=59 success=yes exit=0'
+    b"type=SYSCALL msg=audit(1700000000.000:1): arch=c000003e syscall=59 success=yes exit=0"
     b' pid=10 ppid=1 comm="sh" exe="/bin/sh"\ntype=EOE msg=audit(1700000000.000:1): \n'
 )
 
@@ -430,3 +430,15 @@ class AuditdDaemon:
         # auditd enables auditing at start and leaves it enabled when it exits.
         if self.enabled_before is not None and kernel_status()["enabled"] != self.enabled_before:
             auditctl("-e", str(self.enabled_before))
+
+
+def feed_slowly(pipe: IO[bytes], log: Path, seconds: float, chunks: int = 40) -> None:
+    """Write the log's lines to ``pipe`` in ``chunks`` over ``seconds``, then close it: a
+    source that flows for as long whatever the machine's speed."""
+    lines = log.read_bytes().splitlines(keepends=True)
+    step = max(1, -(-len(lines) // chunks))
+    with pipe:
+        for start in range(0, len(lines), step):
+            pipe.write(b"".join(lines[start : start + step]))
+            pipe.flush()
+            time.sleep(seconds / chunks)

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from live_helpers import stage_pids
+from live_helpers import feed_slowly, stage_pids
 
 from assembler.reassembler import CompletionReason, Reassembler
 from assembler.redelivery import BatchStream, replay_gap_events, restart_gap_event
@@ -166,17 +166,8 @@ def run_pipeline(
         assert proc.stdin is not None
         pipe, proc.stdin = proc.stdin, None  # the feeder owns it; communicate() must not
 
-        def feed() -> None:  # a live source flows: FEED_SECONDS, whatever the machine's speed
-            lines = stdin.read_bytes().splitlines(keepends=True)
-            chunks = 40
-            step = -(-len(lines) // chunks)
-            with pipe:
-                for start in range(0, len(lines), step):
-                    pipe.write(b"".join(lines[start : start + step]))
-                    pipe.flush()
-                    time.sleep(FEED_SECONDS / chunks)
-
-        feeder = threading.Thread(target=feed, daemon=True)
+        # A live source flows for FEED_SECONDS, whatever the machine's speed.
+        feeder = threading.Thread(target=feed_slowly, args=(pipe, stdin, FEED_SECONDS), daemon=True)
         feeder.start()
     deadline = time.monotonic() + 30
     while "receiver" not in stage_pids(proc.pid) and time.monotonic() < deadline:

@@ -9,10 +9,10 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import IO
 
 import pytest
 from kafka_mock_cluster import bundled_librdkafka, mock_kafka_cluster
+from live_helpers import feed_slowly
 from test_sink_kafka import KCAT, new_topic, read_topic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,18 +44,6 @@ def generated_log(tmp_path: Path, lines: int) -> Path:
 
 OUTAGE_SECONDS = 5.0
 FEED_SECONDS = OUTAGE_SECONDS + 4.0
-
-
-def feed_slowly(pipe: IO[bytes], log: Path) -> None:
-    """Write the log to the pipe in 40 chunks over FEED_SECONDS, then close it."""
-    lines = log.read_bytes().splitlines(keepends=True)
-    chunks = 40
-    step = -(-len(lines) // chunks)
-    with pipe:
-        for start in range(0, len(lines), step):
-            pipe.write(b"".join(lines[start : start + step]))
-            pipe.flush()
-            time.sleep(FEED_SECONDS / chunks)
 
 
 def replay_cmd(log: Path, bootstrap: str, topic: str, jsonl: Path) -> list[str]:
@@ -105,7 +93,7 @@ def test_broker_outage_during_replay_loses_and_duplicates_nothing(tmp_path: Path
         proc = subprocess.Popen(command, cwd=REPO, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.stdin is not None
         pipe, proc.stdin = proc.stdin, None  # the feeder owns it; communicate() must not
-        feeder = threading.Thread(target=feed_slowly, args=(pipe, log), daemon=True)
+        feeder = threading.Thread(target=feed_slowly, args=(pipe, log, FEED_SECONDS), daemon=True)
         feeder.start()
         # Wait for the first events to land, then take every broker down for 5 s.
         deadline = time.monotonic() + 30
