@@ -12,7 +12,6 @@ without audit=1). Here only this thread sleeps; the reader takes the newest read
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,8 +19,7 @@ from dataclasses import dataclass
 
 from receiver.kernel import AuditStatus
 
-log = logging.getLogger("auditstream.receiver")
-# A poll that takes longer than this was held by the kernel: logged, counted.
+# A poll that takes longer than this was held by the kernel: counted.
 SLOW_POLL_S = 0.05
 
 
@@ -31,8 +29,6 @@ class StatusReading:
 
     status: AuditStatus | None
     error: OSError | None
-    taken_at: float  # time.monotonic() when the request was sent
-    seconds: float  # how long the kernel took to answer
 
 
 class KernelStatusPoller:
@@ -58,10 +54,6 @@ class KernelStatusPoller:
             reading, self._newest = self._newest, None
         return reading
 
-    def poll_now(self) -> None:
-        """Ask for a reading without waiting for the interval (drain)."""
-        self._wake.set()
-
     def stop(self, timeout_s: float = 1.0) -> bool:
         """Stop polling; False if the thread is still held in the kernel (it is a daemon)."""
         self._stopping = True
@@ -83,6 +75,6 @@ class KernelStatusPoller:
             if seconds > SLOW_POLL_S:
                 self.slow_polls += 1
             with self._lock:
-                self._newest = StatusReading(status, error, started, seconds)
+                self._newest = StatusReading(status, error)
             self._wake.wait(self._interval_s)
             self._wake.clear()

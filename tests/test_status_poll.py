@@ -70,11 +70,9 @@ def test_take_does_not_wait_for_a_poll_the_kernel_holds() -> None:
         assert time.monotonic() - started < 0.1
         time.sleep(SLOW_POLL_S * 2)
         release.set()
-        reading = wait_for(poller)
-        assert reading.status == status(lost=2)
-        assert reading.seconds > SLOW_POLL_S
+        assert wait_for(poller).status == status(lost=2)
         assert poller.slow_polls == 1
-        assert poller.longest_poll_s >= reading.seconds
+        assert poller.longest_poll_s > SLOW_POLL_S
     finally:
         release.set()
         assert poller.stop()
@@ -100,27 +98,6 @@ def test_a_failed_poll_is_a_reading_with_its_error() -> None:
         assert first.status is None and isinstance(first.error, NetlinkError)
         assert first.error.errno == errno.EPERM
         assert wait_for(poller).status == status(lost=7)
-    finally:
-        assert poller.stop()
-
-
-def test_poll_now_does_not_wait_for_the_interval() -> None:
-    """poll_now() asks at once however long the interval is (the drain's backlog check)."""
-    count = 0
-
-    def fetch() -> AuditStatus:
-        nonlocal count
-        count += 1
-        return status(backlog=count)
-
-    poller = KernelStatusPoller(fetch, interval_s=3600)
-    poller.start()
-    try:
-        assert wait_for(poller).status == status(backlog=1)
-        asked = time.monotonic()
-        poller.poll_now()
-        reading = wait_for(poller, timeout_s=2)
-        assert reading.status == status(backlog=2) and reading.taken_at >= asked
     finally:
         assert poller.stop()
 
