@@ -1,10 +1,12 @@
 """The C implementation of the tree keeper's per-event enrichment, when built and allowed.
 
 ``treekeeper/csrc/enrich.c`` implements :func:`treekeeper.enrich.enrich_doc` (``enrich``)
-and the plain case of ``ProcessTable._observe`` (``observe_plain``: a known process doing
-no fork, exec or exit). Each returns True when it did the work exactly as the Python code
-would, and False, having changed nothing, when it leaves the event to Python, which stays
-the reference; tests/test_native_enrich.py holds the two equal.
+and the preamble of ``ProcessTable._observe`` (``observe``: event time and the actor, when
+that is a known process needing no change; all of it when the event is no fork, exec or
+exit). ``enrich`` returns True when it did the work exactly as the Python code would;
+``observe`` True, or ``(actor, at_ms)`` for ``ProcessTable._act`` to finish. Both return
+False, having changed nothing, when they leave the event to Python, which stays the
+reference; tests/test_native_enrich.py holds the two equal.
 
 The C module reads treekeeper.tree's classes when it is imported, so tree.py loads it on
 its last line. ``AUDITSTREAM_NATIVE`` chooses (:mod:`auditstream.native`).
@@ -18,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 from auditstream.native import load_native
 
 if TYPE_CHECKING:
-    from treekeeper.tree import ProcessTable
+    from treekeeper.tree import Process, ProcessTable
 
 EnrichFn = Callable[["ProcessTable", dict[str, Any]], bool]
-ObserveFn = Callable[["ProcessTable", dict[str, Any]], bool]
+# True: done; (actor, at_ms): _act does the rest; False: _observe does it all.
+ObserveFn = Callable[["ProcessTable", dict[str, Any]], "bool | tuple[Process, int]"]
 
 
 def native_enrich() -> EnrichFn | None:
@@ -30,7 +33,7 @@ def native_enrich() -> EnrichFn | None:
     return function
 
 
-def native_observe_plain() -> ObserveFn | None:
-    """The C check-and-bookkeeping of a plain event's observe (None: not built or not allowed)."""
-    function: ObserveFn | None = load_native("treekeeper.native_enrich", "observe_plain")
+def native_observe() -> ObserveFn | None:
+    """The C preamble of ProcessTable._observe (None: not built or not allowed)."""
+    function: ObserveFn | None = load_native("treekeeper.native_enrich", "observe")
     return function

@@ -40,7 +40,7 @@ from treekeeper import containers, namespaces
 from treekeeper.containers import ContainerRef, RuntimeRole
 from treekeeper.enrich import enrich_doc, lifecycle_doc
 from treekeeper.namespaces import CLONE_NEWPID, PidNs
-from treekeeper.native import EnrichFn, ObserveFn, native_enrich, native_observe_plain
+from treekeeper.native import EnrichFn, ObserveFn, native_enrich, native_observe
 from treekeeper.procfs import ProcSource
 
 log = logging.getLogger(__name__)
@@ -334,8 +334,14 @@ class ProcessTable:
     def observe(self, doc: dict[str, Any]) -> list[Doc]:
         """Update the table from one event doc; return the lifecycle docs it causes."""
         try:
-            if _NATIVE_OBSERVE is not None and _NATIVE_OBSERVE(self, doc):
-                return []  # a known process's plain event: only bookkeeping, done in C
+            if _NATIVE_OBSERVE is not None:
+                taken = _NATIVE_OBSERVE(self, doc)
+                if taken is True:
+                    return []  # a known process's plain event: only bookkeeping, done in C
+                if taken is not False:  # a fork, exec or exit of a process C resolved
+                    out: list[Doc] = []
+                    self._act(doc, taken[0], taken[1], out)
+                    return out
             return self._observe(doc)
         except (TypeError, ValueError, AttributeError) as err:  # hostile doc shapes
             self.stats.bad_docs += 1
@@ -419,11 +425,17 @@ class ProcessTable:
             return []
         at_ms = self.event_ms(doc)
         ppid = _pid(_section(process, "parent").get("pid"))
+        out: list[Doc] = []
+        actor = self._actor(pid, ppid, at_ms, process, out)
+        self._act(doc, actor, at_ms, out)
+        return out
+
+    def _act(self, doc: dict[str, Any], actor: Process, at_ms: int, out: list[Doc]) -> None:
+        """The fork, exec or exit that ``actor``'s event records, if it is one."""
+        process = _section(doc, "process")
         auditd = _section(doc, "auditd")
         data = _section(auditd, "data")
         syscall = data.get("syscall")
-        out: list[Doc] = []
-        actor = self._actor(pid, ppid, at_ms, process, out)
         if syscall in FORK_SYSCALLS:
             child_pid = _int(data.get("exit"))
             if auditd.get("result") != "fail" and child_pid is not None and child_pid > 0:
@@ -438,7 +450,6 @@ class ProcessTable:
         elif syscall == "exit_group" or (syscall == "exit" and not actor.maybe_threaded):
             code = _hex(data.get("a0"))
             self._exit(actor, None if code is None else code & 0xFF, at_ms, out)
-        return out
 
     def _actor(
         self, pid: int, ppid: int | None, at_ms: int, process: dict[str, Any], out: list[Doc]
@@ -870,4 +881,4 @@ class ProcessTable:
 
 # Last: the C module reads the classes above when it is imported (treekeeper/native.py).
 _NATIVE_ENRICH: EnrichFn | None = native_enrich()
-_NATIVE_OBSERVE: ObserveFn | None = native_observe_plain()
+_NATIVE_OBSERVE: ObserveFn | None = native_observe()

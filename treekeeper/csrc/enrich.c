@@ -14,12 +14,15 @@
  * call made here (Process.entry() on a cache miss) propagates after the doc changes that
  * enrich_doc makes before that call, as enrich_doc's own exception would.
  *
- * observe_plain(table, doc) -> bool: True when _observe would change nothing but
- * event_ms's bookkeeping and return [] (a known, confirmed process, same ppid, its image
- * known, a syscall that is no fork, exec or exit); the bookkeeping is then done here. A
- * placeholder (inferred) whose event shows the image it has is taken too: _take_image
- * then only moves image_ms and drops the cached ancestry entry, done here as well.
- * False: declined, nothing changed, the caller runs _observe.
+ * observe(table, doc) -> True, False or (actor, at_ms): _observe's preamble (event_ms and
+ * _actor) when _actor would find a known, confirmed process, same ppid, its image known.
+ * True: the syscall is no fork, exec or exit, so _observe would change nothing but
+ * event_ms's bookkeeping and return []; that bookkeeping is done here. (actor, at_ms): a
+ * fork, exec or exit (by name; whether it succeeded is the caller's to read); the
+ * bookkeeping is done here and the caller runs _act(doc, actor, at_ms, out). A placeholder
+ * (inferred) whose event shows the image it has is taken too: _take_image then only moves
+ * image_ms and drops the cached ancestry entry, done here as well. False: declined,
+ * nothing changed, the caller runs _observe.
  *
  * Declined: a table, process, stats, config or container of another type than the
  * reference's classes, a ProcessTable or Process whose methods are not those of import time
@@ -973,13 +976,18 @@ static int inferred_image_change(PyObject *process, PyObject *proc)
     return 1;
 }
 
-/* 1: _observe returns [] having changed only event_ms's state (commit *et when *timed) and,
- * for a placeholder seen again (*touched), its image_ms and cached ancestry entry; 0 with
- * !*timed: it returns [] before event_ms; -1: decline. */
-static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed, PyObject **touched)
+/* 1: _observe's preamble changes only event_ms's state (commit *et when *timed) and, for a
+ * placeholder seen again (*touched), its image_ms and cached ancestry entry; its actor is
+ * *actor (borrowed), and *lifecycle says the syscall is a fork, exec or exit (else
+ * _observe returns [] at that point); 0 with !*timed: it returns [] before event_ms;
+ * -1: decline. */
+static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed, PyObject **touched,
+                        PyObject **actor, int *lifecycle)
 {
     *timed = 0;
     *touched = NULL;
+    *actor = NULL;
+    *lifecycle = 0;
     PyObject *process, *parent_section, *auditd, *data;
     if (section_of(doc, s_process, &process) < 0)
         return -1;
@@ -1020,8 +1028,9 @@ static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed, PyOb
             special = PyUnicode_Compare(syscall, s_exit) == 0 ||
                       PyUnicode_Compare(syscall, s_exit_group) == 0;
         }
-        if (special != 0)
-            return -1; /* a fork, exec or exit (or an error): Python */
+        if (special < 0)
+            return -1;
+        *lifecycle = special; /* a fork, exec or exit: the caller's _act does the rest */
     }
     /* _actor: a known process, no change */
     PyObject *proc;
@@ -1045,13 +1054,14 @@ static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed, PyOb
         if (change > 0)
             *touched = proc; /* a placeholder seen again with the image it had */
     }
+    *actor = proc;
     return 1;
 }
 
-static PyObject *py_observe_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "observe_plain(table, doc)");
+        PyErr_SetString(PyExc_TypeError, "observe(table, doc)");
         return NULL;
     }
     PyObject *table = args[0], *doc = args[1];
@@ -1061,13 +1071,24 @@ static PyObject *py_observe_plain(PyObject *self, PyObject *const *args, Py_ssiz
     if (table_view(table, &t) < 0)
         Py_RETURN_FALSE;
     EventTime et;
-    int timed = 0;
-    PyObject *touched = NULL;
-    int planned = plan_observe(&t, doc, &et, &timed, &touched);
+    int timed = 0, lifecycle = 0;
+    PyObject *touched = NULL, *actor = NULL;
+    int planned = plan_observe(&t, doc, &et, &timed, &touched, &actor, &lifecycle);
     if (planned < 0) {
         PyErr_Clear();
         table_release(&t);
         Py_RETURN_FALSE;
+    }
+    PyObject *result = NULL;
+    if (lifecycle) { /* built before anything changes: a failure here changes nothing */
+        PyObject *at = PyLong_FromLongLong(et.ms);
+        result = at != NULL ? PyTuple_Pack(2, actor, at) : NULL;
+        Py_XDECREF(at);
+        if (result == NULL) {
+            PyErr_Clear();
+            table_release(&t);
+            Py_RETURN_FALSE;
+        }
     }
     Py_XINCREF(touched);
     int failed = timed && event_time_commit(&t, &et) < 0;
@@ -1084,8 +1105,12 @@ static PyObject *py_observe_plain(PyObject *self, PyObject *const *args, Py_ssiz
         }
     }
     Py_XDECREF(touched);
-    if (failed)
+    if (failed) {
+        Py_XDECREF(result);
         return NULL;
+    }
+    if (result != NULL)
+        return result;
     Py_RETURN_TRUE;
 }
 
@@ -1158,9 +1183,10 @@ static PyMethodDef methods[] = {
     {"enrich", (PyCFunction)(void (*)(void))py_enrich, METH_FASTCALL,
      "enrich(table, doc) -> bool: treekeeper.enrich.enrich_doc done here (True), or nothing "
      "done and left to Python (False)."},
-    {"observe_plain", (PyCFunction)(void (*)(void))py_observe_plain, METH_FASTCALL,
-     "observe_plain(table, doc) -> bool: True when ProcessTable._observe would only update "
-     "its event time state and return [] (done here); False: nothing done, left to Python."},
+    {"observe", (PyCFunction)(void (*)(void))py_observe, METH_FASTCALL,
+     "observe(table, doc) -> True | False | (actor, at_ms): ProcessTable._observe's preamble "
+     "done here for a known process; True: nothing more to do; (actor, at_ms): a fork, exec "
+     "or exit for _act; False: nothing done, left to Python."},
     {"iso_ms", py_iso_ms, METH_O,
      "iso_ms(ms) -> str | None: treekeeper.enrich.iso_ms, None where not done here."},
     {NULL, NULL, 0, NULL}};
