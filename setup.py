@@ -57,7 +57,7 @@ setup(
         Extension(
             "treekeeper.native_enrich",
             ["treekeeper/csrc/enrich.c"],
-            depends=[_PYCLASS, _CIVIL_DAYS],
+            depends=["treekeeper/csrc/enrich_lifecycle.h", _PYCLASS, _CIVIL_DAYS],
             **_SHARED,
             optional=True,
             extra_compile_args=_FLAGS,

@@ -17,6 +17,7 @@ jsonl-only tree keeper decodes), and scripted hostile docs and table states.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -26,7 +27,7 @@ import random
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,7 +45,7 @@ from auditstream import wire
 from auditstream.native import MODE_ENV
 from treekeeper import tree
 from treekeeper.containers import ContainerRef
-from treekeeper.enrich import enrich_doc, iso_ms
+from treekeeper.enrich import enrich_doc, iso_ms, lifecycle_doc
 from treekeeper.procfs import FakeProcSource, ProcInfo
 from treekeeper.tree import Process, ProcessTable, TableConfig
 
@@ -261,6 +262,11 @@ def c_observe(table: ProcessTable, doc: Doc, tally: Tally) -> tuple[list[Doc], s
     """observe with C's ``observe`` first, as ProcessTable.observe calls it; a decline must
     change nothing. The lifecycle docs, and what C did (PLAIN, ACTED or PY)."""
     before = (as_json(doc), full_state(table))
+    with c_lifecycle():
+        return _c_observe(table, doc, tally, before)
+
+
+def _c_observe(table: ProcessTable, doc: Doc, tally: Tally, before: Any) -> tuple[list[Doc], str]:
     taken = native.observe(table, doc)
     if taken is True:
         tally.observed_in_c += 1
@@ -353,7 +359,8 @@ class Pair:
 
     def maintain(self) -> None:
         """Delete exited processes as the stage does, at the table's own time."""
-        c_out = self.c_table.maintain(self.c_table.last_ms)
+        with contextlib.nullcontext() if not self.c_observes else c_lifecycle():
+            c_out = self.c_table.maintain(self.c_table.last_ms)
         py_out = self.py_table.maintain(self.py_table.last_ms)
         assert as_json(c_out) == as_json(py_out)
 
@@ -383,6 +390,17 @@ def _python_observe_in_tree(monkeypatch: pytest.MonkeyPatch) -> None:
     """ProcessTable.observe and enrich run Python only here: the tests call C themselves."""
     monkeypatch.setattr(tree, "_NATIVE_ENRICH", None)
     monkeypatch.setattr(tree, "_NATIVE_OBSERVE", None, raising=False)
+    monkeypatch.setattr(tree, "_lifecycle_doc", lifecycle_doc)
+
+
+@contextlib.contextmanager
+def c_lifecycle() -> Iterator[None]:
+    """The table's lifecycle docs made by C's lifecycle_doc meanwhile (the C table's side)."""
+    tree._lifecycle_doc = native.lifecycle_doc
+    try:
+        yield
+    finally:
+        tree._lifecycle_doc = lifecycle_doc
 
 
 # ---- inputs -------------------------------------------------------------------------------
@@ -841,6 +859,73 @@ def test_a_patched_class_is_declined_until_restored(monkeypatch: pytest.MonkeyPa
         assert native.enrich(table, copy.deepcopy(doc)) is True
 
 
+LIFECYCLE_ACTIONS = ("process-started", "process-exec", "process-exited",
+                     "container-first-seen", "container-gone")  # fmt: skip
+
+
+def lifecycle_outcome(make: Callable[..., Doc], *args: Any) -> tuple[bytes | str, Any]:
+    """A lifecycle doc's JSON and its process.args object, or the exception's type name."""
+    try:
+        doc = make(*args)
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError, OSError) as err:
+        return type(err).__name__, None
+    return as_json(doc), doc["process"].get("args")
+
+
+@pytest.mark.parametrize("host", ["", "node-1"])
+@pytest.mark.parametrize("name", ["as built", *sorted(ODD_TABLES)])
+def test_lifecycle_docs_are_python_s(name: str, host: str) -> None:
+    """C's lifecycle_doc gives enrich.lifecycle_doc's doc (the same JSON, args the process's
+    own list) or its exception, for every process of the scenario's tables in odd states,
+    every action, odd times and an unknown action."""
+    table = ProcessTable(TableConfig(host=host))
+    table.scan(FakeProcSource(proc_infos()))
+    for doc, _ in scenario():
+        table.observe(doc)
+    for proc in list(table.processes.values())[::2]:
+        proc.exit_code = proc.pid % 256  # half with an exit code, half without
+    if name != "as built":
+        ODD_TABLES[name](table)
+    processes = getattr(table, "processes", {})
+    assert processes
+    count = 0
+    for proc in list(processes.values()):
+        for action in (*LIFECYCLE_ACTIONS, "process-unknown", StrSub("process-exec")):
+            for at_ms in (BASE_MS + LAST, BASE_MS + 1, 253402300800000, -1, True):
+                mine = lifecycle_outcome(native.lifecycle_doc, table, action, proc, at_ms)
+                theirs = lifecycle_outcome(lifecycle_doc, table, action, proc, at_ms)
+                assert mine[0] == theirs[0], (name, proc, action, at_ms)
+                assert mine[1] is theirs[1]
+                count += 1
+    assert count > 100
+
+
+def test_lifecycle_doc_declines_into_the_python_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where C's lifecycle_doc declines (a patched class, a time it does not write) it calls
+    enrich.lifecycle_doc as it is then; otherwise it does not call it."""
+    table = ProcessTable()
+    for doc, _ in scenario(chain=3):
+        table.observe(doc)
+    proc = table.lookup(1002, table.last_ms)
+    assert proc is not None
+    calls: list[str] = []
+
+    def spy(*args: Any) -> Doc:
+        calls.append(args[1])
+        return lifecycle_doc(*args)
+
+    monkeypatch.setattr("treekeeper.enrich.lifecycle_doc", spy)
+    native.lifecycle_doc(table, "process-exec", proc, BASE_MS + LAST)
+    assert calls == []
+    with pytest.raises(ValueError):  # the year 10000: Python's own error
+        native.lifecycle_doc(table, "process-exited", proc, 253402300800000)
+    native.lifecycle_doc(table, "process-exec", proc, True)  # a bool: not an exact int
+    assert calls == ["process-exited", "process-exec"]
+    monkeypatch.setattr(ProcessTable, "get", lambda self, key: None)
+    doc = native.lifecycle_doc(table, "process-started", proc, BASE_MS + LAST)
+    assert calls[-1] == "process-started" and "entity_id" not in doc["process"]["parent"]
+
+
 def test_tree_uses_the_c_function_as_the_mode_says() -> None:
     """A fresh interpreter's ProcessTable.enrich goes through C unless AUDITSTREAM_NATIVE=0."""
     code = "import treekeeper.tree as t; print(t._NATIVE_ENRICH is not None)"
@@ -853,7 +938,7 @@ def test_tree_uses_the_c_function_as_the_mode_says() -> None:
 
 def test_memory_does_not_grow() -> None:
     """200k calls over every path (enriched with ancestry and container, parsed times, bad
-    times, declines, cache misses of entry()) leave the RSS flat."""
+    times, declines, cache misses of entry()) and 375k lifecycle docs leave the RSS flat."""
     table = ProcessTable()
     table.scan(FakeProcSource(proc_infos()))
     for doc, _ in scenario(chain=20):
@@ -864,6 +949,8 @@ def test_memory_does_not_grow() -> None:
             plain(LAST + 1, 3001, 3000), plain(LAST + 1, 2000, 1005)]  # fmt: skip
     times = [stamp(BASE_MS + LAST + i * 1000) for i in range(50)]
     fresh = [1019, 1018]
+    lifecycle_cases = [(table.processes[table.current[pid]], action)
+                       for pid in (7001, 1019, 3001) for action in LIFECYCLE_ACTIONS]  # fmt: skip
 
     def one_round(i: int) -> None:
         for doc in docs:
@@ -872,6 +959,8 @@ def test_memory_does_not_grow() -> None:
                 mine["@timestamp"] = times[i % len(times)]
             native.enrich(table, mine)
             native.observe(table, mine)
+        for proc, action in lifecycle_cases:
+            native.lifecycle_doc(table, action, proc, BASE_MS + LAST + i)
         if i % 5 == 0:
             for proc in table.processes.values():
                 if proc.pid in fresh:

@@ -6,7 +6,8 @@ that is a known process needing no change; all of it when the event is no fork, 
 exit). ``enrich`` returns True when it did the work exactly as the Python code would;
 ``observe`` True, or ``(actor, at_ms)`` for ``ProcessTable._act`` to finish. Both return
 False, having changed nothing, when they leave the event to Python, which stays the
-reference; tests/test_native_enrich.py holds the two equal.
+reference; tests/test_native_enrich.py holds the two equal. ``lifecycle_doc`` makes
+:func:`treekeeper.enrich.lifecycle_doc`'s doc, and calls that function where it declines.
 
 The C module reads treekeeper.tree's classes when it is imported, so tree.py loads it on
 its last line. ``AUDITSTREAM_NATIVE`` chooses (:mod:`auditstream.native`).
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 EnrichFn = Callable[["ProcessTable", dict[str, Any]], bool]
 # True: done; (actor, at_ms): _act does the rest; False: _observe does it all.
+LifecycleFn = Callable[["ProcessTable", str, "Process", int], dict[str, Any]]
 ObserveFn = Callable[["ProcessTable", dict[str, Any]], "bool | tuple[Process, int]"]
 
 
@@ -36,4 +38,10 @@ def native_enrich() -> EnrichFn | None:
 def native_observe() -> ObserveFn | None:
     """The C preamble of ProcessTable._observe (None: not built or not allowed)."""
     function: ObserveFn | None = load_native("treekeeper.native_enrich", "observe")
+    return function
+
+
+def native_lifecycle_doc() -> LifecycleFn | None:
+    """The C ``lifecycle_doc`` (None: not built or not allowed)."""
+    function: LifecycleFn | None = load_native("treekeeper.native_enrich", "lifecycle_doc")
     return function

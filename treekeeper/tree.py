@@ -40,7 +40,14 @@ from treekeeper import containers, namespaces
 from treekeeper.containers import ContainerRef, RuntimeRole
 from treekeeper.enrich import enrich_doc, lifecycle_doc
 from treekeeper.namespaces import CLONE_NEWPID, PidNs
-from treekeeper.native import EnrichFn, ObserveFn, native_enrich, native_observe
+from treekeeper.native import (
+    EnrichFn,
+    LifecycleFn,
+    ObserveFn,
+    native_enrich,
+    native_lifecycle_doc,
+    native_observe,
+)
 from treekeeper.procfs import ProcSource
 
 log = logging.getLogger(__name__)
@@ -460,7 +467,7 @@ class ProcessTable:
             return self._placeholder(pid, ppid, at_ms, process, out)
         if proc.tentative:  # a clone3 child seen acting as a process: it is one
             proc.tentative = False
-            out.append(lifecycle_doc(self, "process-started", proc, at_ms))
+            out.append(_lifecycle_doc(self, "process-started", proc, at_ms))
         if ppid is not None and ppid != proc.ppid:
             proc = self._ppid_changed(proc, ppid, at_ms, process, out)
         if proc.executable is None or (at_ms >= proc.image_ms and proc.inferred):
@@ -647,7 +654,7 @@ class ProcessTable:
         if tentative:
             self._tentative.append((at_ms, child.key))
         else:
-            out.append(lifecycle_doc(self, "process-started", child, at_ms))
+            out.append(_lifecycle_doc(self, "process-started", child, at_ms))
 
     @staticmethod
     def _is_forked_child(proc: Process, caller: Process, ppid: int, at_ms: int) -> bool:
@@ -702,7 +709,7 @@ class ProcessTable:
             proc.ancestry_entry = None
         if proc.container is None and container is not None:
             self._set_container(proc, container, at_ms, out)
-        out.append(lifecycle_doc(self, "process-started", proc, at_ms))
+        out.append(_lifecycle_doc(self, "process-started", proc, at_ms))
 
     def _exec(self, proc: Process, process: dict[str, Any], at_ms: int, out: list[Doc]) -> None:
         if proc.exec_ms is not None and at_ms < proc.exec_ms:
@@ -738,7 +745,7 @@ class ProcessTable:
                 )
             ):
                 self._set_container(proc, parent.managed, at_ms, out)
-        out.append(lifecycle_doc(self, "process-exec", proc, at_ms))
+        out.append(_lifecycle_doc(self, "process-exec", proc, at_ms))
 
     def _exit(self, proc: Process, code: int | None, at_ms: int, out: list[Doc]) -> None:
         if proc.exited_at is not None:
@@ -747,7 +754,7 @@ class ProcessTable:
         proc.exit_code = code
         heapq.heappush(self._exited, (at_ms, proc.key))
         self._reparent_children(proc, at_ms, out)
-        out.append(lifecycle_doc(self, "process-exited", proc, at_ms))
+        out.append(_lifecycle_doc(self, "process-exited", proc, at_ms))
 
     def _retire(self, proc: Process, at_ms: int, out: list[Doc]) -> None:
         """End a process whose exit we missed (its pid now belongs to another)."""
@@ -813,7 +820,7 @@ class ProcessTable:
         count = self.container_members.get(ref.id, 0)
         self.container_members[ref.id] = count + 1
         if count == 0 and proc is not None:
-            out.append(lifecycle_doc(self, "container-first-seen", proc, at_ms))
+            out.append(_lifecycle_doc(self, "container-first-seen", proc, at_ms))
 
     # -- storage ------------------------------------------------------------
 
@@ -874,7 +881,7 @@ class ProcessTable:
             left = self.container_members.get(proc.container.id, 1) - 1
             if left <= 0:
                 self.container_members.pop(proc.container.id, None)
-                out.append(lifecycle_doc(self, "container-gone", proc, self.last_ms))
+                out.append(_lifecycle_doc(self, "container-gone", proc, self.last_ms))
             else:
                 self.container_members[proc.container.id] = left
 
@@ -882,3 +889,5 @@ class ProcessTable:
 # Last: the C module reads the classes above when it is imported (treekeeper/native.py).
 _NATIVE_ENRICH: EnrichFn | None = native_enrich()
 _NATIVE_OBSERVE: ObserveFn | None = native_observe()
+# The C lifecycle_doc calls the Python one itself wherever it declines.
+_lifecycle_doc: LifecycleFn = native_lifecycle_doc() or lifecycle_doc

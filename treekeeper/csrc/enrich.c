@@ -40,6 +40,8 @@
  * slots dataclasses) and from the ProcessTable's instance dict (a plain class: the module
  * checks at import that the class defines none of those names itself).
  *
+ * lifecycle_doc(table, action, proc, at_ms) -> dict: enrich.lifecycle_doc (enrich_lifecycle.h).
+ *
  * The module imports treekeeper.tree when it is imported: treekeeper/tree.py loads it on
  * its last line, once the classes exist.
  */
@@ -83,7 +85,12 @@ static long previous_chain_max;
     X(s_entry, "entry") X(s_config, "config") X(s_processes, "processes")                \
     X(s_current, "current") X(s_stats, "stats") X(s_last_ms, "last_ms")                  \
     X(s_ts_head, "_ts_head") X(s_ts_base, "_ts_base") X(s_ts_last, "_ts_last")           \
-    X(s_ts_last_ms, "_ts_last_ms") X(s_working_directory, "working_directory")
+    X(s_ts_last_ms, "_ts_last_ms") X(s_working_directory, "working_directory")            \
+    X(s_end, "end") X(s_change, "change") X(s_exit_code, "exit_code") X(s_kind, "kind")   \
+    X(s_event, "event") X(s_category, "category") X(s_type, "type") X(s_action, "action") \
+    X(s_host, "host") X(s_process_started, "process-started")                            \
+    X(s_process_exec, "process-exec") X(s_process_exited, "process-exited")              \
+    X(s_container_first_seen, "container-first-seen") X(s_container_gone, "container-gone")
 
 #define DECLARE_STRING(var, text) static PyObject *var;
 STRING_LIST(DECLARE_STRING)
@@ -98,7 +105,7 @@ STRING_LIST(DECLARE_STRING)
     X(P_STARTED_AT, "started_at") X(P_IMAGE_MS, "image_ms") X(P_INFERRED, "inferred")    \
     X(P_TENTATIVE, "tentative") X(P_EXITED_AT, "exited_at") X(P_CONTAINER, "container")  \
     X(P_PREVIOUS, "previous") X(P_REAPED_FROM, "reaped_from")                            \
-    X(P_ANCESTRY_ENTRY, "ancestry_entry") X(P_CWD, "cwd")
+    X(P_ANCESTRY_ENTRY, "ancestry_entry") X(P_CWD, "cwd") X(P_EXIT_CODE, "exit_code")
 
 #define FIELD_ENUM(id, name) id,
 enum { PROCESS_FIELDS(FIELD_ENUM) P_COUNT };
@@ -110,8 +117,8 @@ static Py_ssize_t process_offsets[P_COUNT];
 
 static const char *const stats_names[1] = {"bad_times"};
 static Py_ssize_t stats_offsets[1];
-static const char *const config_names[1] = {"ancestry_max_depth"};
-static Py_ssize_t config_offsets[1];
+static const char *const config_names[2] = {"ancestry_max_depth", "host"};
+static Py_ssize_t config_offsets[2];
 enum { CR_ID, CR_RUNTIME, CR_COUNT };
 static const char *const container_names[CR_COUNT] = {"id", "runtime"};
 static Py_ssize_t container_offsets[CR_COUNT];
@@ -1126,6 +1133,8 @@ static PyObject *py_iso_ms(PyObject *self, PyObject *arg)
     return text;
 }
 
+#include "enrich_lifecycle.h"
+
 /* ---- module ----------------------------------------------------------------------------- */
 
 static int load_python_side(void)
@@ -1158,7 +1167,7 @@ static int load_python_side(void)
     }
     if (slot_offsets(process_type, process_names, process_offsets, P_COUNT) < 0 ||
         slot_offsets(stats_type, stats_names, stats_offsets, 1) < 0 ||
-        slot_offsets(config_type, config_names, config_offsets, 1) < 0 ||
+        slot_offsets(config_type, config_names, config_offsets, 2) < 0 ||
         slot_offsets(container_type, container_names, container_offsets, CR_COUNT) < 0)
         return -1;
     PyObject *const table_attrs[9] = {s_processes, s_current, s_stats,   s_config, s_last_ms,
@@ -1187,6 +1196,9 @@ static PyMethodDef methods[] = {
      "observe(table, doc) -> True | False | (actor, at_ms): ProcessTable._observe's preamble "
      "done here for a known process; True: nothing more to do; (actor, at_ms): a fork, exec "
      "or exit for _act; False: nothing done, left to Python."},
+    {"lifecycle_doc", (PyCFunction)(void (*)(void))py_lifecycle_doc, METH_FASTCALL,
+     "lifecycle_doc(table, action, proc, at_ms) -> dict: treekeeper.enrich.lifecycle_doc, "
+     "made here or (where the code here declines) by calling it."},
     {"iso_ms", py_iso_ms, METH_O,
      "iso_ms(ms) -> str | None: treekeeper.enrich.iso_ms, None where not done here."},
     {NULL, NULL, 0, NULL}};
