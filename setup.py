@@ -57,7 +57,13 @@ setup(
         Extension(
             "treekeeper.native_enrich",
             ["treekeeper/csrc/enrich.c"],
-            depends=["treekeeper/csrc/enrich_lifecycle.h", _PYCLASS, _CIVIL_DAYS],
+            depends=[
+                "treekeeper/csrc/enrich_lifecycle.h",
+                "treekeeper/csrc/enrich_fork.h",
+                "treekeeper/csrc/sha256.h",
+                _PYCLASS,
+                _CIVIL_DAYS,
+            ],
             **_SHARED,
             optional=True,
             extra_compile_args=_FLAGS,

@@ -4,9 +4,10 @@
 and the preamble of ``ProcessTable._observe`` (``observe``: event time and the actor, when
 that is a known process needing no change; all of it when the event is no fork, exec or
 exit). ``enrich`` returns True when it did the work exactly as the Python code would;
-``observe`` True, or ``(actor, at_ms)`` for ``ProcessTable._act`` to finish. Both return
-False, having changed nothing, when they leave the event to Python, which stays the
-reference; tests/test_native_enrich.py holds the two equal. ``lifecycle_doc`` makes
+``observe`` True, the lifecycle docs of a fork it did whole (the common case:
+treekeeper/csrc/enrich_fork.h), or ``(actor, at_ms)`` for ``ProcessTable._act`` to finish.
+Both return False, having changed nothing, when they leave the event to Python, which
+stays the reference; tests/test_native_enrich.py holds the two equal. ``lifecycle_doc`` makes
 :func:`treekeeper.enrich.lifecycle_doc`'s doc, and calls that function where it declines.
 
 The C module reads treekeeper.tree's classes when it is imported, so tree.py loads it on
@@ -24,9 +25,12 @@ if TYPE_CHECKING:
     from treekeeper.tree import Process, ProcessTable
 
 EnrichFn = Callable[["ProcessTable", dict[str, Any]], bool]
-# True: done; (actor, at_ms): _act does the rest; False: _observe does it all.
 LifecycleFn = Callable[["ProcessTable", str, "Process", int], dict[str, Any]]
-ObserveFn = Callable[["ProcessTable", dict[str, Any]], "bool | tuple[Process, int]"]
+# True: done; a list: done, these lifecycle docs (a fork); (actor, at_ms): _act does the
+# rest; False: _observe does it all.
+ObserveFn = Callable[
+    ["ProcessTable", dict[str, Any]], "bool | list[dict[str, Any]] | tuple[Process, int]"
+]
 
 
 def native_enrich() -> EnrichFn | None:

@@ -345,10 +345,12 @@ class ProcessTable:
                 taken = _NATIVE_OBSERVE(self, doc)
                 if taken is True:
                     return []  # a known process's plain event: only bookkeeping, done in C
-                if taken is not False:  # a fork, exec or exit of a process C resolved
+                if isinstance(taken, tuple):  # a fork, exec or exit of a process C resolved
                     out: list[Doc] = []
                     self._act(doc, taken[0], taken[1], out)
                     return out
+                if taken is not False:
+                    return taken  # a fork done in C: its lifecycle docs
             return self._observe(doc)
         except (TypeError, ValueError, AttributeError) as err:  # hostile doc shapes
             self.stats.bad_docs += 1

@@ -66,7 +66,7 @@ static unsigned int process_version, table_version;
  * (nothing monkeypatched), the code here does what they do. */
 static const char *const table_method_names[] = {
     "event_ms", "get", "lookup", "former_parent", "lineage", "observe", "_observe", "_actor",
-    "enrich"};
+    "enrich", "_act", "_fork", "_insert", "_set_parent", "_is_forked_child"};
 #define TABLE_METHODS ((int)(sizeof(table_method_names) / sizeof(table_method_names[0])))
 static const char *const process_method_names[] = {"entry", "key"};
 #define PROCESS_METHODS ((int)(sizeof(process_method_names) / sizeof(process_method_names[0])))
@@ -90,7 +90,10 @@ static long previous_chain_max;
     X(s_event, "event") X(s_category, "category") X(s_type, "type") X(s_action, "action") \
     X(s_host, "host") X(s_process_started, "process-started")                            \
     X(s_process_exec, "process-exec") X(s_process_exited, "process-exited")              \
-    X(s_container_first_seen, "container-first-seen") X(s_container_gone, "container-gone")
+    X(s_container_first_seen, "container-first-seen") X(s_container_gone, "container-gone") \
+    X(s_result, "result") X(s_fail, "fail") X(s_clone, "clone") X(s_fork, "fork")         \
+    X(s_vfork, "vfork") X(s_a0, "a0") X(s_proc_source, "proc_source")                    \
+    X(s_runc_init_stage, "runc:[2:INIT]")
 
 #define DECLARE_STRING(var, text) static PyObject *var;
 STRING_LIST(DECLARE_STRING)
@@ -105,7 +108,9 @@ STRING_LIST(DECLARE_STRING)
     X(P_STARTED_AT, "started_at") X(P_IMAGE_MS, "image_ms") X(P_INFERRED, "inferred")    \
     X(P_TENTATIVE, "tentative") X(P_EXITED_AT, "exited_at") X(P_CONTAINER, "container")  \
     X(P_PREVIOUS, "previous") X(P_REAPED_FROM, "reaped_from")                            \
-    X(P_ANCESTRY_ENTRY, "ancestry_entry") X(P_CWD, "cwd") X(P_EXIT_CODE, "exit_code")
+    X(P_ANCESTRY_ENTRY, "ancestry_entry") X(P_CWD, "cwd") X(P_EXIT_CODE, "exit_code")     \
+    X(P_MAYBE_THREADED, "maybe_threaded") X(P_PID_NS, "pid_ns") X(P_ROLE, "role")        \
+    X(P_MANAGED, "managed") X(P_TITLE, "title") X(P_CHILDREN, "children")
 
 #define FIELD_ENUM(id, name) id,
 enum { PROCESS_FIELDS(FIELD_ENUM) P_COUNT };
@@ -115,10 +120,16 @@ static const char *const process_names[P_COUNT] = {PROCESS_FIELDS(FIELD_NAME)};
 #undef FIELD_NAME
 static Py_ssize_t process_offsets[P_COUNT];
 
-static const char *const stats_names[1] = {"bad_times"};
-static Py_ssize_t stats_offsets[1];
-static const char *const config_names[2] = {"ancestry_max_depth", "host"};
-static Py_ssize_t config_offsets[2];
+enum { ST_BAD_TIMES, ST_THREADS_IGNORED, ST_PROCESSES_CREATED, ST_COUNT };
+static const char *const stats_names[ST_COUNT] = {"bad_times", "threads_ignored",
+                                                  "processes_created"};
+static Py_ssize_t stats_offsets[ST_COUNT];
+enum { CF_DEPTH, CF_HOST, CF_MAX_PROCESSES, CF_COUNT };
+static const char *const config_names[CF_COUNT] = {"ancestry_max_depth", "host",
+                                                   "max_processes"};
+static Py_ssize_t config_offsets[CF_COUNT];
+/* RuntimeRole.NONE, PidNs members, the int 1, Process()'s keywords for a forked child */
+static PyObject *role_none, *pidns_unknown, *pidns_host, *pidns_nested, *one, *fork_kwnames;
 enum { CR_ID, CR_RUNTIME, CR_COUNT };
 static const char *const container_names[CR_COUNT] = {"id", "runtime"};
 static Py_ssize_t container_offsets[CR_COUNT];
@@ -988,9 +999,15 @@ static int inferred_image_change(PyObject *process, PyObject *proc)
  * *actor (borrowed), and *lifecycle says the syscall is a fork, exec or exit (else
  * _observe returns [] at that point); 0 with !*timed: it returns [] before event_ms;
  * -1: decline. */
+#include "enrich_lifecycle.h"
+#include "enrich_fork.h"
+
+enum { LIFECYCLE_FORK = 1, LIFECYCLE_OTHER = 2 };
+
 static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed, PyObject **touched,
-                        PyObject **actor, int *lifecycle)
+                        PyObject **actor, int *lifecycle, PyObject **syscall_out)
 {
+    *syscall_out = NULL;
     *timed = 0;
     *touched = NULL;
     *actor = NULL;
@@ -1028,16 +1045,18 @@ static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed, PyOb
     } else if (syscall != Py_None) {
         if (!PyUnicode_CheckExact(syscall))
             return -1;
-        int special = PySet_Contains(fork_syscalls, syscall);
+        int forks = PySet_Contains(fork_syscalls, syscall), special = forks;
         if (special == 0)
             special = PySet_Contains(exec_syscalls, syscall);
         if (special == 0) {
             special = PyUnicode_Compare(syscall, s_exit) == 0 ||
                       PyUnicode_Compare(syscall, s_exit_group) == 0;
         }
-        if (special < 0)
+        if (forks < 0 || special < 0)
             return -1;
-        *lifecycle = special; /* a fork, exec or exit: the caller's _act does the rest */
+        /* a fork, exec or exit: the caller's _act does the rest (a fork: maybe fork.h) */
+        *lifecycle = forks ? LIFECYCLE_FORK : special ? LIFECYCLE_OTHER : 0;
+        *syscall_out = syscall;
     }
     /* _actor: a known process, no change */
     PyObject *proc;
@@ -1079,15 +1098,19 @@ static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t na
         Py_RETURN_FALSE;
     EventTime et;
     int timed = 0, lifecycle = 0;
-    PyObject *touched = NULL, *actor = NULL;
-    int planned = plan_observe(&t, doc, &et, &timed, &touched, &actor, &lifecycle);
+    PyObject *touched = NULL, *actor = NULL, *syscall;
+    int planned = plan_observe(&t, doc, &et, &timed, &touched, &actor, &lifecycle, &syscall);
     if (planned < 0) {
         PyErr_Clear();
         table_release(&t);
         Py_RETURN_FALSE;
     }
     PyObject *result = NULL;
-    if (lifecycle) { /* built before anything changes: a failure here changes nothing */
+    ForkPlan fork;
+    int forking = lifecycle == LIFECYCLE_FORK &&
+                  plan_fork(&t, table, doc, syscall, actor, et.ms, &fork) > 0;
+    PyErr_Clear(); /* a plan declines without an exception; none may be left either way */
+    if (lifecycle && !forking) { /* built before anything changes: a failure changes nothing */
         PyObject *at = PyLong_FromLongLong(et.ms);
         result = at != NULL ? PyTuple_Pack(2, actor, at) : NULL;
         Py_XDECREF(at);
@@ -1099,7 +1122,6 @@ static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t na
     }
     Py_XINCREF(touched);
     int failed = timed && event_time_commit(&t, &et) < 0;
-    table_release(&t);
     if (!failed && touched != NULL) {
         /* _take_image's changes when the image stayed: image_ms, and the cached entry */
         PyObject *at = PyLong_FromLongLong(et.ms);
@@ -1111,6 +1133,9 @@ static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t na
             pslot_set(touched, P_ANCESTRY_ENTRY, Py_None);
         }
     }
+    if (!failed && forking)
+        failed = (result = do_fork(&t, &fork)) == NULL;
+    table_release(&t);
     Py_XDECREF(touched);
     if (failed) {
         Py_XDECREF(result);
@@ -1119,6 +1144,18 @@ static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (result != NULL)
         return result;
     Py_RETURN_TRUE;
+}
+
+/* entity_id(host, pid, start_ms) -> str: tree.entity_id as the code here makes it. */
+static PyObject *py_entity_id(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t pid, start_ms;
+    if (nargs != 3 || !PyUnicode_Check(args[0]) || !i64_of(args[1], &pid) ||
+        !i64_of(args[2], &start_ms)) {
+        PyErr_SetString(PyExc_TypeError, "entity_id(host: str, pid: int, start_ms: int)");
+        return NULL;
+    }
+    return entity_id_text(args[0], pid, start_ms);
 }
 
 /* iso_ms(ms) -> str | None: enrich.iso_ms as the code here writes it (None: not here). */
@@ -1132,8 +1169,6 @@ static PyObject *py_iso_ms(PyObject *self, PyObject *arg)
         Py_RETURN_NONE;
     return text;
 }
-
-#include "enrich_lifecycle.h"
 
 /* ---- module ----------------------------------------------------------------------------- */
 
@@ -1152,6 +1187,29 @@ static int load_python_side(void)
     fork_syscalls = import_attr("treekeeper.tree", "FORK_SYSCALLS");
     exec_syscalls = import_attr("treekeeper.tree", "EXEC_SYSCALLS");
     PyObject *chain = import_attr("treekeeper.tree", "PREVIOUS_CHAIN_MAX");
+    PyObject *role = import_attr("treekeeper.containers", "RuntimeRole");
+    PyObject *pid_ns = import_attr("treekeeper.namespaces", "PidNs");
+    if (role == NULL || pid_ns == NULL ||
+        (role_none = PyObject_GetAttrString(role, "NONE")) == NULL ||
+        (pidns_unknown = PyObject_GetAttrString(pid_ns, "UNKNOWN")) == NULL ||
+        (pidns_host = PyObject_GetAttrString(pid_ns, "HOST")) == NULL ||
+        (pidns_nested = PyObject_GetAttrString(pid_ns, "NESTED")) == NULL) {
+        Py_XDECREF(role);
+        Py_XDECREF(pid_ns);
+        Py_XDECREF(chain);
+        return -1;
+    }
+    Py_DECREF(role);
+    Py_DECREF(pid_ns);
+    one = PyLong_FromLong(1);
+    fork_kwnames = Py_BuildValue("(ssssssssssssssss)", "pid", "start_ms", "entity_id",
+                                 "creator", "executable", "name", "args", "cwd", "title",
+                                 "started_at", "first_seen", "image_ms", "tentative", "role",
+                                 "managed", "pid_ns");
+    if (one == NULL || fork_kwnames == NULL) {
+        Py_XDECREF(chain);
+        return -1;
+    }
     if (!process_type || !table_type || !stats_type || !config_type || !container_type ||
         !fork_syscalls || !exec_syscalls || !chain) {
         Py_XDECREF(chain);
@@ -1166,8 +1224,8 @@ static int load_python_side(void)
         return -1;
     }
     if (slot_offsets(process_type, process_names, process_offsets, P_COUNT) < 0 ||
-        slot_offsets(stats_type, stats_names, stats_offsets, 1) < 0 ||
-        slot_offsets(config_type, config_names, config_offsets, 2) < 0 ||
+        slot_offsets(stats_type, stats_names, stats_offsets, ST_COUNT) < 0 ||
+        slot_offsets(config_type, config_names, config_offsets, CF_COUNT) < 0 ||
         slot_offsets(container_type, container_names, container_offsets, CR_COUNT) < 0)
         return -1;
     PyObject *const table_attrs[9] = {s_processes, s_current, s_stats,   s_config, s_last_ms,
@@ -1199,6 +1257,8 @@ static PyMethodDef methods[] = {
     {"lifecycle_doc", (PyCFunction)(void (*)(void))py_lifecycle_doc, METH_FASTCALL,
      "lifecycle_doc(table, action, proc, at_ms) -> dict: treekeeper.enrich.lifecycle_doc, "
      "made here or (where the code here declines) by calling it."},
+    {"entity_id", (PyCFunction)(void (*)(void))py_entity_id, METH_FASTCALL,
+     "entity_id(host, pid, start_ms) -> str: treekeeper.tree.entity_id, computed here."},
     {"iso_ms", py_iso_ms, METH_O,
      "iso_ms(ms) -> str | None: treekeeper.enrich.iso_ms, None where not done here."},
     {NULL, NULL, 0, NULL}};

@@ -52,7 +52,7 @@ static int make_lifecycle_doc(Table *t, PyObject *action, PyObject *proc, int64_
     if (type == NULL || Py_TYPE(proc) != process_type)
         return 1;
     int exited = PyUnicode_Compare(action, s_process_exited) == 0;
-    PyObject *parent, *host = slot(t->config, config_offsets[1]);
+    PyObject *parent, *host = slot(t->config, config_offsets[CF_HOST]);
     PyObject *ppid = pslot(proc, P_PPID), *container = pslot(proc, P_CONTAINER);
     PyObject *started_obj = pslot(proc, P_STARTED_AT);
     int64_t started = 0;
