@@ -60,6 +60,7 @@ setup(
             depends=[
                 "treekeeper/csrc/enrich_lifecycle.h",
                 "treekeeper/csrc/enrich_fork.h",
+                "treekeeper/csrc/enrich_exit.h",
                 "treekeeper/csrc/sha256.h",
                 _PYCLASS,
                 _CIVIL_DAYS,

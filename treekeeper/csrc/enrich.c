@@ -1,5 +1,6 @@
-/* treekeeper.native_enrich: treekeeper/enrich.py's enrich_doc() in C, and the plain case of
- * treekeeper/tree.py's ProcessTable._observe().
+/* treekeeper.native_enrich: treekeeper/enrich.py's enrich_doc() and lifecycle_doc() in C,
+ * and of treekeeper/tree.py's ProcessTable._observe() the preamble, plain events, and the
+ * common forks and exits (enrich_lifecycle.h, enrich_fork.h, enrich_exit.h).
  *
  * Reference: treekeeper/enrich.py (enrich_doc, _resolve_parent, iso_ms, _set_absent) and
  * treekeeper/tree.py (ProcessTable.event_ms, lookup, get, former_parent, lineage, _observe,
@@ -14,12 +15,13 @@
  * call made here (Process.entry() on a cache miss) propagates after the doc changes that
  * enrich_doc makes before that call, as enrich_doc's own exception would.
  *
- * observe(table, doc) -> True, False or (actor, at_ms): _observe's preamble (event_ms and
- * _actor) when _actor would find a known, confirmed process, same ppid, its image known.
- * True: the syscall is no fork, exec or exit, so _observe would change nothing but
- * event_ms's bookkeeping and return []; that bookkeeping is done here. (actor, at_ms): a
- * fork, exec or exit (by name; whether it succeeded is the caller's to read); the
- * bookkeeping is done here and the caller runs _act(doc, actor, at_ms, out). A placeholder
+ * observe(table, doc) -> True, False, a list or (actor, at_ms): _observe's preamble
+ * (event_ms and _actor) when _actor would find a known, confirmed process, same ppid, its
+ * image known. True: the syscall is no fork, exec or exit, so _observe would change nothing
+ * but event_ms's bookkeeping and return []; that bookkeeping is done here. A list: a fork
+ * or exit the code here did whole (enrich_fork.h, enrich_exit.h), its lifecycle docs.
+ * (actor, at_ms): any other fork, exec or exit; the bookkeeping is done here and the
+ * caller runs _act(doc, actor, at_ms, out). A placeholder
  * (inferred) whose event shows the image it has is taken too: _take_image then only moves
  * image_ms and drops the cached ancestry entry, done here as well. False: declined,
  * nothing changed, the caller runs _observe.
@@ -66,7 +68,8 @@ static unsigned int process_version, table_version;
  * (nothing monkeypatched), the code here does what they do. */
 static const char *const table_method_names[] = {
     "event_ms", "get", "lookup", "former_parent", "lineage", "observe", "_observe", "_actor",
-    "enrich", "_act", "_fork", "_insert", "_set_parent", "_is_forked_child"};
+    "enrich", "_act", "_fork", "_insert", "_set_parent", "_is_forked_child", "_exit",
+    "_reparent_children"};
 #define TABLE_METHODS ((int)(sizeof(table_method_names) / sizeof(table_method_names[0])))
 static const char *const process_method_names[] = {"entry", "key"};
 #define PROCESS_METHODS ((int)(sizeof(process_method_names) / sizeof(process_method_names[0])))
@@ -93,7 +96,7 @@ static long previous_chain_max;
     X(s_container_first_seen, "container-first-seen") X(s_container_gone, "container-gone") \
     X(s_result, "result") X(s_fail, "fail") X(s_clone, "clone") X(s_fork, "fork")         \
     X(s_vfork, "vfork") X(s_a0, "a0") X(s_proc_source, "proc_source")                    \
-    X(s_runc_init_stage, "runc:[2:INIT]")
+    X(s_runc_init_stage, "runc:[2:INIT]") X(s_exited, "_exited")
 
 #define DECLARE_STRING(var, text) static PyObject *var;
 STRING_LIST(DECLARE_STRING)
@@ -130,6 +133,7 @@ static const char *const config_names[CF_COUNT] = {"ancestry_max_depth", "host",
 static Py_ssize_t config_offsets[CF_COUNT];
 /* RuntimeRole.NONE, PidNs members, the int 1, Process()'s keywords for a forked child */
 static PyObject *role_none, *pidns_unknown, *pidns_host, *pidns_nested, *one, *fork_kwnames;
+static PyObject *heappush; /* heapq.heappush, as tree.py calls it */
 enum { CR_ID, CR_RUNTIME, CR_COUNT };
 static const char *const container_names[CR_COUNT] = {"id", "runtime"};
 static Py_ssize_t container_offsets[CR_COUNT];
@@ -150,14 +154,15 @@ static inline void pslot_set(PyObject *proc, int field, PyObject *value)
 
 /* The ProcessTable class defines none of the attributes read from an instance's dict (a
  * property or slot would win over the dict), nor its own attribute access. */
-static PyObject *table_attr_keys[9];
+#define TABLE_ATTRS 11
+static PyObject *table_attr_keys[TABLE_ATTRS];
 
 static int table_class_plain(void)
 {
     if (table_type->tp_getattro != PyObject_GenericGetAttr ||
         table_type->tp_setattro != PyObject_GenericSetAttr)
         return 0;
-    for (int i = 0; i < 9; i++)
+    for (int i = 0; i < TABLE_ATTRS; i++)
         if (_PyType_Lookup(table_type, table_attr_keys[i]) != NULL)
             return 0;
     return 1;
@@ -1001,8 +1006,9 @@ static int inferred_image_change(PyObject *process, PyObject *proc)
  * -1: decline. */
 #include "enrich_lifecycle.h"
 #include "enrich_fork.h"
+#include "enrich_exit.h"
 
-enum { LIFECYCLE_FORK = 1, LIFECYCLE_OTHER = 2 };
+enum { LIFECYCLE_FORK = 1, LIFECYCLE_EXIT, LIFECYCLE_EXIT_GROUP, LIFECYCLE_EXEC };
 
 static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed, PyObject **touched,
                         PyObject **actor, int *lifecycle, PyObject **syscall_out)
@@ -1045,17 +1051,17 @@ static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed, PyOb
     } else if (syscall != Py_None) {
         if (!PyUnicode_CheckExact(syscall))
             return -1;
-        int forks = PySet_Contains(fork_syscalls, syscall), special = forks;
-        if (special == 0)
-            special = PySet_Contains(exec_syscalls, syscall);
-        if (special == 0) {
-            special = PyUnicode_Compare(syscall, s_exit) == 0 ||
-                      PyUnicode_Compare(syscall, s_exit_group) == 0;
-        }
-        if (forks < 0 || special < 0)
+        int forks = PySet_Contains(fork_syscalls, syscall);
+        int execs = forks == 0 ? PySet_Contains(exec_syscalls, syscall) : 0;
+        if (forks < 0 || execs < 0)
             return -1;
-        /* a fork, exec or exit: the caller's _act does the rest (a fork: maybe fork.h) */
-        *lifecycle = forks ? LIFECYCLE_FORK : special ? LIFECYCLE_OTHER : 0;
+        /* a fork, exec or exit: the caller's _act does the rest, or enrich_fork.h's and
+         * enrich_exit.h's code */
+        *lifecycle = forks                                          ? LIFECYCLE_FORK
+                     : execs                                        ? LIFECYCLE_EXEC
+                     : PyUnicode_Compare(syscall, s_exit) == 0       ? LIFECYCLE_EXIT
+                     : PyUnicode_Compare(syscall, s_exit_group) == 0 ? LIFECYCLE_EXIT_GROUP
+                                                                     : 0;
         *syscall_out = syscall;
     }
     /* _actor: a known process, no change */
@@ -1107,10 +1113,14 @@ static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t na
     }
     PyObject *result = NULL;
     ForkPlan fork;
+    ExitPlan exit_plan = {0};
     int forking = lifecycle == LIFECYCLE_FORK &&
                   plan_fork(&t, table, doc, syscall, actor, et.ms, &fork) > 0;
+    int exiting = (lifecycle == LIFECYCLE_EXIT || lifecycle == LIFECYCLE_EXIT_GROUP) &&
+                  plan_exit(&t, doc, lifecycle == LIFECYCLE_EXIT_GROUP, actor, et.ms,
+                            &exit_plan) > 0;
     PyErr_Clear(); /* a plan declines without an exception; none may be left either way */
-    if (lifecycle && !forking) { /* built before anything changes: a failure changes nothing */
+    if (lifecycle && !forking && !exiting) { /* built first: a failure here changes nothing */
         PyObject *at = PyLong_FromLongLong(et.ms);
         result = at != NULL ? PyTuple_Pack(2, actor, at) : NULL;
         Py_XDECREF(at);
@@ -1120,6 +1130,8 @@ static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t na
             Py_RETURN_FALSE;
         }
     }
+    if (!exiting)
+        exit_plan_release(&exit_plan); /* a declined plan may hold its code */
     Py_XINCREF(touched);
     int failed = timed && event_time_commit(&t, &et) < 0;
     if (!failed && touched != NULL) {
@@ -1135,6 +1147,9 @@ static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t na
     }
     if (!failed && forking)
         failed = (result = do_fork(&t, &fork)) == NULL;
+    if (!failed && exiting)
+        failed = (result = do_exit(&t, table, &exit_plan)) == NULL;
+    exit_plan_release(&exit_plan);
     table_release(&t);
     Py_XDECREF(touched);
     if (failed) {
@@ -1202,6 +1217,11 @@ static int load_python_side(void)
     Py_DECREF(role);
     Py_DECREF(pid_ns);
     one = PyLong_FromLong(1);
+    heappush = import_attr("heapq", "heappush");
+    if (heappush == NULL) {
+        Py_XDECREF(chain);
+        return -1;
+    }
     fork_kwnames = Py_BuildValue("(ssssssssssssssss)", "pid", "start_ms", "entity_id",
                                  "creator", "executable", "name", "args", "cwd", "title",
                                  "started_at", "first_seen", "image_ms", "tentative", "role",
@@ -1228,9 +1248,10 @@ static int load_python_side(void)
         slot_offsets(config_type, config_names, config_offsets, CF_COUNT) < 0 ||
         slot_offsets(container_type, container_names, container_offsets, CR_COUNT) < 0)
         return -1;
-    PyObject *const table_attrs[9] = {s_processes, s_current, s_stats,   s_config, s_last_ms,
-                                      s_ts_head,   s_ts_base, s_ts_last, s_ts_last_ms};
-    for (int i = 0; i < 9; i++)
+    PyObject *const table_attrs[TABLE_ATTRS] = {
+        s_processes, s_current,   s_stats,      s_config,      s_last_ms, s_ts_head,
+        s_ts_base,   s_ts_last,   s_ts_last_ms, s_proc_source, s_exited};
+    for (int i = 0; i < TABLE_ATTRS; i++)
         table_attr_keys[i] = table_attrs[i];
     if (!table_class_plain()) {
         PyErr_SetString(PyExc_ImportError,
