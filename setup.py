@@ -61,6 +61,7 @@ setup(
                 "treekeeper/csrc/enrich_lifecycle.h",
                 "treekeeper/csrc/enrich_fork.h",
                 "treekeeper/csrc/enrich_exit.h",
+                "treekeeper/csrc/enrich_exec.h",
                 "treekeeper/csrc/sha256.h",
                 _PYCLASS,
                 _CIVIL_DAYS,

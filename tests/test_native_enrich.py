@@ -186,7 +186,7 @@ class Tally:
     raised: int = 0
     observed_in_c: int = 0
     observed_in_python: int = 0
-    done_in_c: int = 0  # forks and exits observe did whole (the rest of ACTED went via _act)
+    done_in_c: int = 0  # forks, execs, exits observe did whole (the rest of ACTED: via _act)
     # (what the reference's own tests expect of observe, what it did) -> count
     observe_kinds: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
@@ -272,7 +272,7 @@ def _c_observe(table: ProcessTable, doc: Doc, tally: Tally, before: Any) -> tupl
     if taken is True:
         tally.observed_in_c += 1
         return [], PLAIN
-    if isinstance(taken, list):  # a fork or exit done whole in C
+    if isinstance(taken, list):  # a fork, exec or exit done whole in C
         tally.done_in_c += 1
         tally.observed_in_c += 1
         return taken, ACTED
@@ -1016,8 +1016,8 @@ def test_generated_log_observe_the_same(generated_frames: list[tuple[int, list[D
     assert tally.observe_kinds.get((PLAIN, PLAIN), 0) > 0.7 * plain_docs
     assert tally.observe_kinds.get((ACTED, ACTED), 0) > 0.7 * (len(docs) - plain_docs)
     ends = sum(1 for doc in docs if doc["auditd"].get("data", {}).get("syscall") in
-               ("clone", "exit_group"))  # fmt: skip
-    print(f"  forks and exits: {ends}, done whole in C: {tally.done_in_c}")
+               ("clone", "execve", "exit_group"))  # fmt: skip
+    print(f"  forks, execs and exits: {ends}, done whole in C: {tally.done_in_c}")
     # In frame order (no reorder window here) about half the children's first events, from
     # the other shard, come before their fork: a placeholder the fork merges, in Python.
     assert tally.done_in_c > 0.6 * ends
@@ -1121,22 +1121,49 @@ def fork_variants(at: int) -> list[Step]:
     add(execve(at + 62, 9301, 100, "/bin/single", ["single"]))  # single-threaded again
     add(ev(at + 63, "exit", 100, 1, a0="0"))  # a thread's exit: nothing
     add(ev(at + 64, "exit", 9301, 100, a0="2", result=""))  # the process's
+    # Execs: plain, failed, late, odd images; into a runtime's init or a shim; a shim's child.
+    add(fork(at + 70, 100, 1, 9400))
+    add(execve(at + 72, 9400, 100, "/bin/one", ["one", "-x"]))
+    add(execve(at + 71, 9400, 100, "/bin/late", ["late"]))  # older than the last exec
+    failed_exec = execve(at + 73, 9400, 100, "/bin/missing", ["missing"])
+    failed_exec["auditd"]["result"] = "fail"
+    add(failed_exec)
+    for index, change in enumerate((
+        {"args": "not a list"}, {"args": ["ok", 7]}, {"args": []}, {"args": None},
+        {"name": ""}, {"name": None}, {"working_directory": None}, {"executable": None},
+        {"title": StrSub("t")}, {"executable": StrSub("/bin/s")},
+    )):  # fmt: skip
+        doc = execve(at + 74 + index, 9400, 100, f"/bin/v{index}", [f"v{index}"])
+        for key, value in change.items():
+            if value is None:
+                doc["process"].pop(key, None)
+            else:
+                doc["process"][key] = value
+        add(doc)
+    add(execve(at + 90, 9400, 100, "/usr/bin/runc", ["runc", "init"]))
+    add(execve(at + 91, 9400, 100, "/usr/bin/containerd-shim-runc-v2",
+               ["containerd-shim-runc-v2", "-namespace", "moby", "-id", ID_A]))  # fmt: skip
+    add(fork(at + 92, 9400, 100, 9401, exe="/usr/bin/containerd-shim-runc-v2"))
+    add(execve(at + 93, 9401, 9400, "/bin/app", ["app"]))  # joins the shim's container
+    add(fork(at + 94, 3001, 3000, 9402, exe="/bin/sh"))  # in a container already
+    add(execve(at + 95, 9402, 3001, "/bin/inside", ["inside"]))
     return steps
 
 
 @pytest.mark.parametrize("host", ["", "node-1", "nœud"])
-def test_forks_and_exits_done_in_c_are_python_s(host: str) -> None:
-    """Forks and exits of every kind after the scenario: the ones C does whole (plain forks,
-    vforks, clones, threads, failed forks, a reused pid; exits without live children, repeated
-    or of a maybe-threaded process) leave the same tables and lifecycle docs as Python's
-    _observe; the rest (clone3, CLONE_PARENT, lenient numbers, live pids, containers, shims,
-    runc init, children to reparent) are left to Python with the same result."""
+def test_forks_execs_and_exits_done_in_c_are_python_s(host: str) -> None:
+    """Forks, execs and exits of every kind after the scenario: the ones C does whole (plain
+    forks, vforks, clones, threads, failed forks, a reused pid; execs, failed or late ones, a
+    shim's; exits without live children, repeated or of a maybe-threaded process) leave the
+    same tables and lifecycle docs as Python's _observe; the rest (clone3, CLONE_PARENT,
+    lenient numbers, live pids, containers, shims, runc init, a shim's child joining its
+    container, odd doc values, children to reparent) go to Python with the same result."""
     pair = Pair(TableConfig(host=host), c_observes=True)
     pair.both(lambda t: t.scan(FakeProcSource(proc_infos())))
     steps = scenario() + fork_variants(LAST + 100)
     tally = pair.steps(steps)
     assert tally.took_wrongly() == 0, tally
-    assert tally.done_in_c >= 30, tally
+    assert tally.done_in_c >= 40, tally
 
 
 def test_a_full_table_or_a_patched_method_leaves_the_fork_to_python(

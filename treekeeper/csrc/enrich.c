@@ -1,6 +1,7 @@
 /* treekeeper.native_enrich: treekeeper/enrich.py's enrich_doc() and lifecycle_doc() in C,
  * and of treekeeper/tree.py's ProcessTable._observe() the preamble, plain events, and the
- * common forks and exits (enrich_lifecycle.h, enrich_fork.h, enrich_exit.h).
+ * common forks, execs and exits (enrich_lifecycle.h, enrich_fork.h, enrich_exec.h,
+ * enrich_exit.h).
  *
  * Reference: treekeeper/enrich.py (enrich_doc, _resolve_parent, iso_ms, _set_absent) and
  * treekeeper/tree.py (ProcessTable.event_ms, lookup, get, former_parent, lineage, _observe,
@@ -18,8 +19,9 @@
  * observe(table, doc) -> True, False, a list or (actor, at_ms): _observe's preamble
  * (event_ms and _actor) when _actor would find a known, confirmed process, same ppid, its
  * image known. True: the syscall is no fork, exec or exit, so _observe would change nothing
- * but event_ms's bookkeeping and return []; that bookkeeping is done here. A list: a fork
- * or exit the code here did whole (enrich_fork.h, enrich_exit.h), its lifecycle docs.
+ * but event_ms's bookkeeping and return []; that bookkeeping is done here. A list: a fork,
+ * exec or exit the code here did whole (enrich_fork.h, enrich_exec.h, enrich_exit.h), its
+ * lifecycle docs.
  * (actor, at_ms): any other fork, exec or exit; the bookkeeping is done here and the
  * caller runs _act(doc, actor, at_ms, out). A placeholder
  * (inferred) whose event shows the image it has is taken too: _take_image then only moves
@@ -69,7 +71,7 @@ static unsigned int process_version, table_version;
 static const char *const table_method_names[] = {
     "event_ms", "get", "lookup", "former_parent", "lineage", "observe", "_observe", "_actor",
     "enrich", "_act", "_fork", "_insert", "_set_parent", "_is_forked_child", "_exit",
-    "_reparent_children"};
+    "_reparent_children", "_exec", "_take_image"};
 #define TABLE_METHODS ((int)(sizeof(table_method_names) / sizeof(table_method_names[0])))
 static const char *const process_method_names[] = {"entry", "key"};
 #define PROCESS_METHODS ((int)(sizeof(process_method_names) / sizeof(process_method_names[0])))
@@ -96,7 +98,8 @@ static long previous_chain_max;
     X(s_container_first_seen, "container-first-seen") X(s_container_gone, "container-gone") \
     X(s_result, "result") X(s_fail, "fail") X(s_clone, "clone") X(s_fork, "fork")         \
     X(s_vfork, "vfork") X(s_a0, "a0") X(s_proc_source, "proc_source")                    \
-    X(s_runc_init_stage, "runc:[2:INIT]") X(s_exited, "_exited")
+    X(s_runc_init_stage, "runc:[2:INIT]") X(s_exited, "_exited") X(s_success, "success")    \
+    X(s_title, "title") X(s_classify, "classify")
 
 #define DECLARE_STRING(var, text) static PyObject *var;
 STRING_LIST(DECLARE_STRING)
@@ -113,7 +116,8 @@ STRING_LIST(DECLARE_STRING)
     X(P_PREVIOUS, "previous") X(P_REAPED_FROM, "reaped_from")                            \
     X(P_ANCESTRY_ENTRY, "ancestry_entry") X(P_CWD, "cwd") X(P_EXIT_CODE, "exit_code")     \
     X(P_MAYBE_THREADED, "maybe_threaded") X(P_PID_NS, "pid_ns") X(P_ROLE, "role")        \
-    X(P_MANAGED, "managed") X(P_TITLE, "title") X(P_CHILDREN, "children")
+    X(P_MANAGED, "managed") X(P_TITLE, "title") X(P_CHILDREN, "children")                \
+    X(P_EXEC_MS, "exec_ms")
 
 #define FIELD_ENUM(id, name) id,
 enum { PROCESS_FIELDS(FIELD_ENUM) P_COUNT };
@@ -134,6 +138,7 @@ static Py_ssize_t config_offsets[CF_COUNT];
 /* RuntimeRole.NONE, PidNs members, the int 1, Process()'s keywords for a forked child */
 static PyObject *role_none, *pidns_unknown, *pidns_host, *pidns_nested, *one, *fork_kwnames;
 static PyObject *heappush; /* heapq.heappush, as tree.py calls it */
+static PyObject *role_runtime_init, *role_shim, *role_runtime, *containers_module;
 enum { CR_ID, CR_RUNTIME, CR_COUNT };
 static const char *const container_names[CR_COUNT] = {"id", "runtime"};
 static Py_ssize_t container_offsets[CR_COUNT];
@@ -1007,6 +1012,7 @@ static int inferred_image_change(PyObject *process, PyObject *proc)
 #include "enrich_lifecycle.h"
 #include "enrich_fork.h"
 #include "enrich_exit.h"
+#include "enrich_exec.h"
 
 enum { LIFECYCLE_FORK = 1, LIFECYCLE_EXIT, LIFECYCLE_EXIT_GROUP, LIFECYCLE_EXEC };
 
@@ -1119,8 +1125,10 @@ static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t na
     int exiting = (lifecycle == LIFECYCLE_EXIT || lifecycle == LIFECYCLE_EXIT_GROUP) &&
                   plan_exit(&t, doc, lifecycle == LIFECYCLE_EXIT_GROUP, actor, et.ms,
                             &exit_plan) > 0;
+    ExecPlan exec_plan = {0};
+    int execing = lifecycle == LIFECYCLE_EXEC && plan_exec(&t, doc, actor, et.ms, &exec_plan) > 0;
     PyErr_Clear(); /* a plan declines without an exception; none may be left either way */
-    if (lifecycle && !forking && !exiting) { /* built first: a failure here changes nothing */
+    if (lifecycle && !forking && !exiting && !execing) { /* built first: no change on failure */
         PyObject *at = PyLong_FromLongLong(et.ms);
         result = at != NULL ? PyTuple_Pack(2, actor, at) : NULL;
         Py_XDECREF(at);
@@ -1132,6 +1140,8 @@ static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t na
     }
     if (!exiting)
         exit_plan_release(&exit_plan); /* a declined plan may hold its code */
+    if (!execing)
+        exec_plan_release(&exec_plan);
     Py_XINCREF(touched);
     int failed = timed && event_time_commit(&t, &et) < 0;
     if (!failed && touched != NULL) {
@@ -1149,7 +1159,10 @@ static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t na
         failed = (result = do_fork(&t, &fork)) == NULL;
     if (!failed && exiting)
         failed = (result = do_exit(&t, table, &exit_plan)) == NULL;
+    if (!failed && execing)
+        failed = (result = do_exec(&t, table, &exec_plan)) == NULL;
     exit_plan_release(&exit_plan);
+    exec_plan_release(&exec_plan);
     table_release(&t);
     Py_XDECREF(touched);
     if (failed) {
@@ -1206,6 +1219,10 @@ static int load_python_side(void)
     PyObject *pid_ns = import_attr("treekeeper.namespaces", "PidNs");
     if (role == NULL || pid_ns == NULL ||
         (role_none = PyObject_GetAttrString(role, "NONE")) == NULL ||
+        (role_runtime_init = PyObject_GetAttrString(role, "RUNTIME_INIT")) == NULL ||
+        (role_shim = PyObject_GetAttrString(role, "SHIM")) == NULL ||
+        (role_runtime = PyObject_GetAttrString(role, "RUNTIME")) == NULL ||
+        (containers_module = PyImport_ImportModule("treekeeper.containers")) == NULL ||
         (pidns_unknown = PyObject_GetAttrString(pid_ns, "UNKNOWN")) == NULL ||
         (pidns_host = PyObject_GetAttrString(pid_ns, "HOST")) == NULL ||
         (pidns_nested = PyObject_GetAttrString(pid_ns, "NESTED")) == NULL) {
