@@ -134,7 +134,7 @@ static PyObject *do_exec(Table *t, PyObject *table, ExecPlan *plan)
     PyObject *out = PyList_New(0);
     if (out == NULL || plan->kind == EXEC_NOTHING)
         return out;
-    PyObject *proc = plan->proc, *doc = NULL;
+    PyObject *proc = plan->proc;
     PyObject *at = PyLong_FromLongLong(plan->at_ms);
     if (at == NULL)
         goto error;
@@ -150,21 +150,11 @@ static PyObject *do_exec(Table *t, PyObject *table, ExecPlan *plan)
     pslot_set(proc, P_MAYBE_THREADED, Py_NewRef(Py_False));
     pslot_set(proc, P_ROLE, Py_NewRef(plan->role));
     pslot_set(proc, P_MANAGED, Py_NewRef(plan->managed));
-    int made = make_lifecycle_doc(t, s_process_exec, proc, plan->at_ms, &doc);
-    if (made < 0)
+    if (append_lifecycle_doc(t, table, s_process_exec, proc, at, plan->at_ms, out) < 0)
         goto error;
-    if (made > 0) { /* declined (a time it does not write): the Python function */
-        PyObject *const call[4] = {table, s_process_exec, proc, at};
-        if ((doc = python_lifecycle_doc(call)) == NULL)
-            goto error;
-    }
-    if (PyList_Append(out, doc) < 0)
-        goto error;
-    Py_DECREF(doc);
     Py_DECREF(at);
     return out;
 error:
-    Py_XDECREF(doc);
     Py_XDECREF(at);
     Py_XDECREF(out);
     return NULL;

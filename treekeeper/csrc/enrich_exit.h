@@ -108,7 +108,7 @@ static PyObject *do_exit(Table *t, PyObject *table, ExitPlan *plan)
     PyObject *out = PyList_New(0);
     if (out == NULL || plan->kind == EXIT_NOTHING)
         return out;
-    PyObject *proc = plan->proc, *doc = NULL, *entry = NULL, *key = NULL;
+    PyObject *proc = plan->proc, *entry = NULL, *key = NULL;
     int64_t own[2];
     key_of(proc, own);
     PyObject *at = PyLong_FromLongLong(plan->at_ms);
@@ -125,23 +125,13 @@ static PyObject *do_exit(Table *t, PyObject *table, ExitPlan *plan)
     if (pushed == NULL)
         goto error;
     Py_DECREF(pushed);
-    int made = make_lifecycle_doc(t, s_process_exited, proc, plan->at_ms, &doc);
-    if (made < 0)
+    if (append_lifecycle_doc(t, table, s_process_exited, proc, at, plan->at_ms, out) < 0)
         goto error;
-    if (made > 0) { /* declined (a time it does not write): the Python function */
-        PyObject *const call[4] = {table, s_process_exited, proc, at};
-        if ((doc = python_lifecycle_doc(call)) == NULL)
-            goto error;
-    }
-    if (PyList_Append(out, doc) < 0)
-        goto error;
-    Py_DECREF(doc);
     Py_DECREF(entry);
     Py_DECREF(key);
     Py_DECREF(at);
     return out;
 error:
-    Py_XDECREF(doc);
     Py_XDECREF(entry);
     Py_XDECREF(key);
     Py_XDECREF(at);

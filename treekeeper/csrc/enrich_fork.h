@@ -62,46 +62,38 @@ static PyObject *entity_id_text(PyObject *host, int64_t pid, int64_t start_ms)
     return PyUnicode_FromStringAndSize(text, at);
 }
 
-/* A non-negative decimal of at most 18 digits and nothing else: 1 and *out, else 0. */
-static int plain_decimal(PyObject *text, int64_t *out)
+/* Digits of ``base`` (10 or 16) only, at most ``most`` of them: 1 and *out, else 0 (Python's
+ * int(x, base) also takes signs, spaces, underscores and a 0x prefix: those go to Python). */
+static int plain_number(PyObject *text, int base, Py_ssize_t most, int64_t *out)
 {
     if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text))
         return 0;
     Py_ssize_t size = PyUnicode_GET_LENGTH(text);
     const unsigned char *c = PyUnicode_1BYTE_DATA(text);
-    if (size < 1 || size > 18)
+    if (size < 1 || size > most)
         return 0;
     int64_t value = 0;
     for (Py_ssize_t i = 0; i < size; i++) {
-        if (c[i] < '0' || c[i] > '9')
+        int digit = c[i] >= '0' && c[i] <= '9'               ? c[i] - '0'
+                    : base == 16 && c[i] >= 'a' && c[i] <= 'f' ? c[i] - 'a' + 10
+                    : base == 16 && c[i] >= 'A' && c[i] <= 'F' ? c[i] - 'A' + 10
+                                                               : -1;
+        if (digit < 0)
             return 0;
-        value = value * 10 + (c[i] - '0');
+        value = value * base + digit;
     }
     *out = value;
     return 1;
 }
 
-/* Hex digits only, at most 15 of them: 1 and *out, else 0 (Python's int(x, 16) takes more). */
-static int plain_hex(PyObject *text, int64_t *out)
+static inline int plain_decimal(PyObject *text, int64_t *out)
 {
-    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text))
-        return 0;
-    Py_ssize_t size = PyUnicode_GET_LENGTH(text);
-    const unsigned char *c = PyUnicode_1BYTE_DATA(text);
-    if (size < 1 || size > 15)
-        return 0;
-    int64_t value = 0;
-    for (Py_ssize_t i = 0; i < size; i++) {
-        int digit = c[i] >= '0' && c[i] <= '9'   ? c[i] - '0'
-                    : c[i] >= 'a' && c[i] <= 'f' ? c[i] - 'a' + 10
-                    : c[i] >= 'A' && c[i] <= 'F' ? c[i] - 'A' + 10
-                                                 : -1;
-        if (digit < 0)
-            return 0;
-        value = value * 16 + digit;
-    }
-    *out = value;
-    return 1;
+    return plain_number(text, 10, 18, out);
+}
+
+static inline int plain_hex(PyObject *text, int64_t *out)
+{
+    return plain_number(text, 16, 15, out);
 }
 
 /* A doc value: absent or None (0), an exact str (1, *out borrowed), else -1 (decline). */
@@ -267,7 +259,7 @@ static PyObject *do_fork(Table *t, ForkPlan *plan)
     }
     int64_t start = plan->at_ms, caller_key[2];
     PyObject *key = NULL, *child = NULL, *eid = NULL, *pid = NULL, *at = NULL, *creator = NULL;
-    PyObject *parent_key = NULL, *current_key = NULL, *doc = NULL;
+    PyObject *parent_key = NULL, *current_key = NULL;
     key_of(caller, caller_key);
     for (;;) { /* key = (child_pid, at_ms); while key in processes: one ms later */
         Py_XDECREF(key);
@@ -342,17 +334,8 @@ static PyObject *do_fork(Table *t, ForkPlan *plan)
     Py_DECREF(child_key);
     if (added < 0)
         goto error;
-    int made = make_lifecycle_doc(t, s_process_started, child, plan->at_ms, &doc);
-    if (made < 0)
+    if (append_lifecycle_doc(t, plan->table, s_process_started, child, at, plan->at_ms, out) < 0)
         goto error;
-    if (made > 0) { /* declined (a time it does not write): the Python function */
-        PyObject *const call[4] = {plan->table, s_process_started, child, at};
-        if ((doc = python_lifecycle_doc(call)) == NULL)
-            goto error;
-    }
-    if (PyList_Append(out, doc) < 0)
-        goto error;
-    Py_DECREF(doc);
     Py_DECREF(key);
     Py_DECREF(child);
     Py_DECREF(eid);
@@ -362,7 +345,6 @@ static PyObject *do_fork(Table *t, ForkPlan *plan)
     Py_DECREF(current_key);
     return out;
 error:
-    Py_XDECREF(doc);
     Py_XDECREF(key);
     Py_XDECREF(child);
     Py_XDECREF(eid);

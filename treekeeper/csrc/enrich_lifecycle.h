@@ -205,3 +205,22 @@ static PyObject *py_lifecycle_doc(PyObject *self, PyObject *const *args, Py_ssiz
         return NULL;
     return made == 0 ? doc : python_lifecycle_doc(args);
 }
+
+/* Append the ``action`` doc of ``proc`` to ``out`` (made here, or by the Python function
+ * where the code here declines): 0, or -1 with an exception. ``at`` is at_ms as an int. */
+static int append_lifecycle_doc(Table *t, PyObject *table, PyObject *action, PyObject *proc,
+                                PyObject *at, int64_t at_ms, PyObject *out)
+{
+    PyObject *doc;
+    int made = make_lifecycle_doc(t, action, proc, at_ms, &doc);
+    if (made < 0)
+        return -1;
+    if (made > 0) { /* declined (a time it does not write): the Python function */
+        PyObject *const call[4] = {table, action, proc, at};
+        if ((doc = python_lifecycle_doc(call)) == NULL)
+            return -1;
+    }
+    int failed = PyList_Append(out, doc);
+    Py_DECREF(doc);
+    return failed;
+}
