@@ -980,6 +980,35 @@ def test_memory_does_not_grow() -> None:
     assert growth_kib < 4 * 1024, f"RSS grew by {growth_kib} KiB"
 
 
+def test_forks_execs_and_exits_in_c_leave_no_memory_behind() -> None:
+    """150k processes forked, exec'd, exited and deleted through C's observe leave the RSS
+    flat (the table holds the last second's ~250)."""
+    assert tree._NATIVE_ENRICH is None  # this file's fixture: ProcessTable.observe is Python
+    table = ProcessTable()
+    for doc in (fork(0, 1, 0, 100), execve(1, 100, 1, "/bin/sh", ["sh"])):
+        table.observe(doc)
+    done_in_c = 0
+
+    def cycle(i: int) -> None:
+        nonlocal done_in_c
+        at, child = 10 + 4 * i, 2000 + i % 30000
+        for doc in (fork(at, 100, 1, child), execve(at + 1, child, 100, "/bin/x", ["x", "-y"]),
+                    exit_group(at + 2, child, 100, code=1)):  # fmt: skip
+            out = native.observe(table, doc)
+            assert isinstance(out, list) and len(out) == 1, out
+            done_in_c += 1
+        table.maintain(BASE_MS + at + 3)
+
+    for i in range(30_000):
+        cycle(i)
+    before = rss_kib()
+    for i in range(30_000, 180_000):
+        cycle(i)
+    growth_kib = rss_kib() - before
+    assert len(table) < 300 and done_in_c == 3 * 180_000
+    assert growth_kib < 4 * 1024, f"RSS grew by {growth_kib} KiB"
+
+
 # ---- observe ----------------------------------------------------------------------------------
 
 
