@@ -4,8 +4,9 @@
 and the preamble of ``ProcessTable._observe`` (``observe``: event time and the actor, when
 that is a known process needing no change; all of it when the event is no fork, exec or
 exit). ``enrich`` returns True when it did the work exactly as the Python code would;
-``observe`` True, the lifecycle docs of a fork it did whole (the common case:
-treekeeper/csrc/enrich_fork.h), or ``(actor, at_ms)`` for ``ProcessTable._act`` to finish.
+``observe`` True, the lifecycle docs of a fork, exec or exit it did whole (the common
+cases: treekeeper/csrc/enrich_fork.h, enrich_exec.h, enrich_exit.h), or ``(actor, at_ms)``
+for ``ProcessTable._act`` to finish.
 Both return False, having changed nothing, when they leave the event to Python, which
 stays the reference; tests/test_native_enrich.py holds the two equal. ``lifecycle_doc`` makes
 :func:`treekeeper.enrich.lifecycle_doc`'s doc, and calls that function where it declines.
@@ -26,8 +27,8 @@ if TYPE_CHECKING:
 
 EnrichFn = Callable[["ProcessTable", dict[str, Any]], bool]
 LifecycleFn = Callable[["ProcessTable", str, "Process", int], dict[str, Any]]
-# True: done; a list: done, these lifecycle docs (a fork); (actor, at_ms): _act does the
-# rest; False: _observe does it all.
+# True: done; a list: done, these lifecycle docs (a fork, exec or exit); (actor, at_ms):
+# _act does the rest; False: _observe does it all.
 ObserveFn = Callable[
     ["ProcessTable", dict[str, Any]], "bool | list[dict[str, Any]] | tuple[Process, int]"
 ]

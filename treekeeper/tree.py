@@ -350,7 +350,7 @@ class ProcessTable:
                     self._act(doc, taken[0], taken[1], out)
                     return out
                 if taken is not False:
-                    return taken  # a fork done in C: its lifecycle docs
+                    return taken  # a fork, exec or exit done whole in C: its lifecycle docs
             return self._observe(doc)
         except (TypeError, ValueError, AttributeError) as err:  # hostile doc shapes
             self.stats.bad_docs += 1

@@ -103,16 +103,6 @@ static Py_ssize_t address_offsets[A_COUNT];
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
-/* Set target[key] = value and drop the reference to value (NULL value: error passes). */
-static int set_steal(PyObject *target, PyObject *key, PyObject *value)
-{
-    if (value == NULL)
-        return -1;
-    int rc = PyDict_SetItem(target, key, value);
-    Py_DECREF(value);
-    return rc;
-}
-
 static inline int nonempty_str(PyObject *text) { return PyUnicode_GET_LENGTH(text) > 0; }
 
 static int str_equals_ascii(PyObject *text, const char *ascii)

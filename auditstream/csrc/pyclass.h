@@ -1,5 +1,6 @@
 /* What the C modules share to read the Python classes they mirror: a module's attribute or
- * class by name, and where a class keeps its __slots__ (so a field is read by offset).
+ * class by name, and where a class keeps its __slots__ (so a field is read by offset); and
+ * set_steal, for the dicts they build.
  *
  * Define PYCLASS_MODULE (the extension's name, for error messages) before including it.
  * The functions are static inline: a module that uses only some of them gets no warning.
@@ -75,6 +76,16 @@ static inline int slot_offsets(PyTypeObject *type, const char *const *names,
 static inline PyObject *slot(PyObject *obj, Py_ssize_t offset)
 {
     return *(PyObject **)((char *)obj + offset);
+}
+
+/* Set target[key] = value and drop the reference to value (NULL value: error passes). */
+static inline int set_steal(PyObject *target, PyObject *key, PyObject *value)
+{
+    if (value == NULL)
+        return -1;
+    int rc = PyDict_SetItem(target, key, value);
+    Py_DECREF(value);
+    return rc;
 }
 
 #endif

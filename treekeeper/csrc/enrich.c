@@ -21,12 +21,11 @@
  * image known. True: the syscall is no fork, exec or exit, so _observe would change nothing
  * but event_ms's bookkeeping and return []; that bookkeeping is done here. A list: a fork,
  * exec or exit the code here did whole (enrich_fork.h, enrich_exec.h, enrich_exit.h), its
- * lifecycle docs.
- * (actor, at_ms): any other fork, exec or exit; the bookkeeping is done here and the
- * caller runs _act(doc, actor, at_ms, out). A placeholder
- * (inferred) whose event shows the image it has is taken too: _take_image then only moves
- * image_ms and drops the cached ancestry entry, done here as well. False: declined,
- * nothing changed, the caller runs _observe.
+ * lifecycle docs. (actor, at_ms): any other fork, exec or exit; the bookkeeping is done
+ * here and the caller runs _act(doc, actor, at_ms, out). A placeholder (inferred) whose
+ * event shows the image it has is taken too: _take_image then only moves image_ms and
+ * drops the cached ancestry entry, done here as well. False: declined, nothing changed,
+ * the caller runs _observe.
  *
  * Declined: a table, process, stats, config or container of another type than the
  * reference's classes, a ProcessTable or Process whose methods are not those of import time
@@ -137,7 +136,7 @@ static const char *const config_names[CF_COUNT] = {"ancestry_max_depth", "host",
 static Py_ssize_t config_offsets[CF_COUNT];
 /* RuntimeRole.NONE, PidNs members, the int 1, Process()'s keywords for a forked child */
 static PyObject *role_none, *pidns_unknown, *pidns_host, *pidns_nested, *one, *fork_kwnames;
-static PyObject *heappush; /* heapq.heappush, as tree.py calls it */
+static PyObject *heappush; /* heapq.heappush (tree.py's _exit), taken at import */
 static PyObject *role_runtime_init, *role_shim, *role_runtime, *containers_module;
 enum { CR_ID, CR_RUNTIME, CR_COUNT };
 static const char *const container_names[CR_COUNT] = {"id", "runtime"};
@@ -1004,11 +1003,6 @@ static int inferred_image_change(PyObject *process, PyObject *proc)
     return 1;
 }
 
-/* 1: _observe's preamble changes only event_ms's state (commit *et when *timed) and, for a
- * placeholder seen again (*touched), its image_ms and cached ancestry entry; its actor is
- * *actor (borrowed), and *lifecycle says the syscall is a fork, exec or exit (else
- * _observe returns [] at that point); 0 with !*timed: it returns [] before event_ms;
- * -1: decline. */
 #include "enrich_lifecycle.h"
 #include "enrich_fork.h"
 #include "enrich_exit.h"
@@ -1016,6 +1010,11 @@ static int inferred_image_change(PyObject *process, PyObject *proc)
 
 enum { LIFECYCLE_FORK = 1, LIFECYCLE_EXIT, LIFECYCLE_EXIT_GROUP, LIFECYCLE_EXEC };
 
+/* 1: _observe's preamble changes only event_ms's state (commit *et when *timed) and, for a
+ * placeholder seen again (*touched), its image_ms and cached ancestry entry; its actor is
+ * *actor (borrowed), *lifecycle says whether the syscall (*syscall_out) is a fork, exec or
+ * exit (else _observe returns [] at that point); 0 with !*timed: it returns [] before
+ * event_ms; -1: decline. */
 static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed, PyObject **touched,
                         PyObject **actor, int *lifecycle, PyObject **syscall_out)
 {
@@ -1061,8 +1060,8 @@ static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed, PyOb
         int execs = forks == 0 ? PySet_Contains(exec_syscalls, syscall) : 0;
         if (forks < 0 || execs < 0)
             return -1;
-        /* a fork, exec or exit: the caller's _act does the rest, or enrich_fork.h's and
-         * enrich_exit.h's code */
+        /* a fork, exec or exit: enrich_fork.h, enrich_exec.h or enrich_exit.h, else the
+         * caller's _act */
         *lifecycle = forks                                          ? LIFECYCLE_FORK
                      : execs                                        ? LIFECYCLE_EXEC
                      : PyUnicode_Compare(syscall, s_exit) == 0       ? LIFECYCLE_EXIT
@@ -1289,9 +1288,10 @@ static PyMethodDef methods[] = {
      "enrich(table, doc) -> bool: treekeeper.enrich.enrich_doc done here (True), or nothing "
      "done and left to Python (False)."},
     {"observe", (PyCFunction)(void (*)(void))py_observe, METH_FASTCALL,
-     "observe(table, doc) -> True | False | (actor, at_ms): ProcessTable._observe's preamble "
-     "done here for a known process; True: nothing more to do; (actor, at_ms): a fork, exec "
-     "or exit for _act; False: nothing done, left to Python."},
+     "observe(table, doc) -> True | False | list | (actor, at_ms): ProcessTable._observe's "
+     "preamble done here for a known process; True: nothing more to do; a list: a fork, exec "
+     "or exit done here, its lifecycle docs; (actor, at_ms): one for _act; False: nothing "
+     "done, left to Python."},
     {"lifecycle_doc", (PyCFunction)(void (*)(void))py_lifecycle_doc, METH_FASTCALL,
      "lifecycle_doc(table, action, proc, at_ms) -> dict: treekeeper.enrich.lifecycle_doc, "
      "made here or (where the code here declines) by calling it."},

@@ -258,8 +258,9 @@ static PyObject *do_fork(Table *t, ForkPlan *plan)
         return out;
     }
     int64_t start = plan->at_ms, caller_key[2];
+    /* key: the child's (processes, current, the caller's children); creator: the caller's
+     * (the child's creator and parent). Equal tuples where Python makes one per use. */
     PyObject *key = NULL, *child = NULL, *eid = NULL, *pid = NULL, *at = NULL, *creator = NULL;
-    PyObject *parent_key = NULL, *current_key = NULL;
     key_of(caller, caller_key);
     for (;;) { /* key = (child_pid, at_ms); while key in processes: one ms later */
         Py_XDECREF(key);
@@ -316,42 +317,23 @@ static PyObject *do_fork(Table *t, ForkPlan *plan)
         Py_INCREF(previous);
     }
     pslot_set(child, P_PREVIOUS, previous);
-    current_key = pair_of(plan->child_pid, start);
-    if (current_key == NULL || PyDict_SetItem(t->current, pid, current_key) < 0)
-        goto error;
-    if (PyDict_SetItem(t->processes, key, child) < 0 || bump_stat(t, ST_PROCESSES_CREATED) < 0)
+    if (PyDict_SetItem(t->current, pid, key) < 0 || PyDict_SetItem(t->processes, key, child) < 0 ||
+        bump_stat(t, ST_PROCESSES_CREATED) < 0)
         goto error;
     /* _set_parent(child, caller.pid, caller): no old parent, no shim */
     pslot_set(child, P_PPID, Py_NewRef(pslot(caller, P_PID)));
-    parent_key = pair_of(caller_key[0], caller_key[1]);
-    if (parent_key == NULL)
+    pslot_set(child, P_PARENT, Py_NewRef(creator));
+    if (PySet_Add(pslot(caller, P_CHILDREN), key) < 0 ||
+        append_lifecycle_doc(t, plan->table, s_process_started, child, at, plan->at_ms, out) < 0)
         goto error;
-    pslot_set(child, P_PARENT, Py_NewRef(parent_key));
-    PyObject *child_key = pair_of(plan->child_pid, start);
-    if (child_key == NULL)
-        goto error;
-    int added = PySet_Add(pslot(caller, P_CHILDREN), child_key);
-    Py_DECREF(child_key);
-    if (added < 0)
-        goto error;
-    if (append_lifecycle_doc(t, plan->table, s_process_started, child, at, plan->at_ms, out) < 0)
-        goto error;
-    Py_DECREF(key);
-    Py_DECREF(child);
-    Py_DECREF(eid);
-    Py_DECREF(at);
-    Py_DECREF(creator);
-    Py_DECREF(parent_key);
-    Py_DECREF(current_key);
-    return out;
+    goto done;
 error:
+    Py_CLEAR(out);
+done:
     Py_XDECREF(key);
     Py_XDECREF(child);
     Py_XDECREF(eid);
     Py_XDECREF(at);
     Py_XDECREF(creator);
-    Py_XDECREF(parent_key);
-    Py_XDECREF(current_key);
-    Py_XDECREF(out);
-    return NULL;
+    return out;
 }

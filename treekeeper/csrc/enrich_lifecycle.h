@@ -3,8 +3,9 @@
  * Included by enrich.c (it uses its Table, slots and interned strings). The Python function
  * stays the reference: where the code here declines (a table, process or container of
  * another type, classes patched, a time outside the years iso_ms_text writes, a ppid that
- * is not an exact int, a host that is not an exact str, an action it does not know) it
- * calls enrich.lifecycle_doc itself, so the caller always gets the doc Python would make.
+ * is not an exact int, a host that is not an exact str, an action it does not know, an unset
+ * slot) it calls enrich.lifecycle_doc itself, so the caller always gets the doc Python
+ * would make.
  */
 
 /* The Python reference (looked up on each decline: a test may replace it). */
@@ -33,14 +34,24 @@ static PyObject *lifecycle_type(PyObject *action)
     return NULL;
 }
 
-/* Set key to a new reference (stolen); -1 on error (the reference is released). */
-static int set_new(PyObject *dict, PyObject *key, PyObject *value)
+/* A new dict of ``count`` keys and values, in that order; no value may be NULL (the callers
+ * check their slots first). ~0.3 us per doc faster than Py_BuildValue's format strings. */
+static PyObject *dict_of(int count, PyObject *const *pairs)
 {
-    if (value == NULL)
-        return -1;
-    int failed = PyDict_SetItem(dict, key, value);
-    Py_DECREF(value);
-    return failed;
+    PyObject *dict = PyDict_New();
+    for (int i = 0; dict != NULL && i < count; i++)
+        if (PyDict_SetItem(dict, pairs[2 * i], pairs[2 * i + 1]) < 0)
+            Py_CLEAR(dict);
+    return dict;
+}
+
+/* A new one-item list. */
+static PyObject *list_of(PyObject *item)
+{
+    PyObject *list = PyList_New(1);
+    if (list != NULL)
+        PyList_SET_ITEM(list, 0, Py_NewRef(item));
+    return list;
 }
 
 /* 0 with *out (a new doc), 1 decline (nothing made), -1 error. */
@@ -66,22 +77,22 @@ static int make_lifecycle_doc(Table *t, PyObject *action, PyObject *proc, int64_
         started_obj == NULL || (started_obj != Py_None && !i64_of(started_obj, &started)) ||
         container == NULL || (container != Py_None && Py_TYPE(container) != container_type))
         return 1;
-    PyObject *stamp = iso_ms_text(at_ms), *start = NULL, *end = NULL;
-    if (started_obj != Py_None)
-        start = iso_ms_text(started);
-    if (exited && stamp != NULL)
-        end = iso_ms_text(at_ms);
-    if (stamp == NULL || (started_obj != Py_None && start == NULL) || (exited && end == NULL)) {
-        Py_XDECREF(stamp);
-        Py_XDECREF(start);
-        Py_XDECREF(end);
+    PyObject *const container_id =
+        container != Py_None ? slot(container, container_offsets[CR_ID]) : Py_None;
+    PyObject *const runtime =
+        container != Py_None ? slot(container, container_offsets[CR_RUNTIME]) : Py_None;
+    if ((parent != NULL && (pslot(parent, P_PID) == NULL || pslot(parent, P_ENTITY_ID) == NULL)) ||
+        container_id == NULL || runtime == NULL)
+        return 1; /* an unset slot: Python raises AttributeError as it should */
+    /* iso_ms(at_ms) is @timestamp and, for an exit, process.end: one text for both */
+    PyObject *stamp = iso_ms_text(at_ms), *start = NULL;
+    if (stamp != NULL && started_obj != Py_None && (start = iso_ms_text(started)) == NULL)
+        Py_CLEAR(stamp);
+    if (stamp == NULL)
         return PyErr_Occurred() ? -1 : 1;
-    }
-    PyObject *doc = PyDict_New(), *process = PyDict_New();
-    if (doc == NULL || process == NULL)
-        goto error;
-    if (PyDict_SetItem(process, s_pid, pslot(proc, P_PID)) < 0 ||
-        PyDict_SetItem(process, s_entity_id, pslot(proc, P_ENTITY_ID)) < 0)
+    PyObject *doc = NULL, *event = NULL, *process = dict_of(
+        2, (PyObject *[]){s_pid, pslot(proc, P_PID), s_entity_id, pslot(proc, P_ENTITY_ID)});
+    if (process == NULL)
         goto error;
     PyObject *const image_keys[4] = {s_executable, s_name, s_args, s_working_directory};
     const int image_fields[4] = {P_EXECUTABLE, P_NAME, P_ARGS, P_CWD};
@@ -90,100 +101,53 @@ static int make_lifecycle_doc(Table *t, PyObject *action, PyObject *proc, int64_
         if (value != Py_None && PyDict_SetItem(process, image_keys[i], value) < 0)
             goto error;
     }
-    if (start != NULL) {
-        int failed = PyDict_SetItem(process, s_start, start);
-        Py_CLEAR(start);
-        if (failed)
-            goto error;
-    }
+    if (start != NULL && PyDict_SetItem(process, s_start, start) < 0)
+        goto error;
     if (parent != NULL) {
-        if (pslot(parent, P_PID) == NULL || pslot(parent, P_ENTITY_ID) == NULL) {
-            PyErr_SetString(PyExc_AttributeError, "Process slot not set");
-            goto error;
-        }
-        PyObject *link = PyDict_New();
-        if (link == NULL || PyDict_SetItem(link, s_pid, pslot(parent, P_PID)) < 0 ||
-            PyDict_SetItem(link, s_entity_id, pslot(parent, P_ENTITY_ID)) < 0) {
-            Py_XDECREF(link);
-            goto error;
-        }
-        if (set_new(process, s_parent, link) < 0)
+        if (set_steal(process, s_parent,
+                      dict_of(2, (PyObject *[]){s_pid, pslot(parent, P_PID), s_entity_id,
+                                                pslot(parent, P_ENTITY_ID)})) < 0)
             goto error;
     } else if (PyObject_IsTrue(ppid)) {
-        PyObject *link = PyDict_New();
-        if (link == NULL || PyDict_SetItem(link, s_pid, ppid) < 0) {
-            Py_XDECREF(link);
-            goto error;
-        }
-        if (set_new(process, s_parent, link) < 0)
+        if (set_steal(process, s_parent, dict_of(1, (PyObject *[]){s_pid, ppid})) < 0)
             goto error;
     }
     if (exited) {
-        int failed = PyDict_SetItem(process, s_end, end);
-        Py_CLEAR(end);
         PyObject *code = pslot(proc, P_EXIT_CODE);
-        if (failed || code == NULL ||
+        if (PyDict_SetItem(process, s_end, stamp) < 0 ||
             (code != Py_None && PyDict_SetItem(process, s_exit_code, code) < 0))
             goto error;
     }
-    if (PyDict_SetItem(doc, s_timestamp, stamp) < 0)
+    event = dict_of(1, (PyObject *[]){s_kind, s_event});
+    if (event == NULL || set_steal(event, s_category, list_of(s_process)) < 0 ||
+        set_steal(event, s_type, list_of(type)) < 0 || PyDict_SetItem(event, s_action, action) < 0)
         goto error;
-    Py_CLEAR(stamp);
-    PyObject *event = PyDict_New();
-    if (event == NULL)
+    doc = dict_of(3, (PyObject *[]){s_timestamp, stamp, s_event, event, s_process, process});
+    if (doc == NULL)
         goto error;
-    if (PyDict_SetItem(event, s_kind, s_event) < 0 ||
-        set_new(event, s_category, PyList_New(1)) < 0)
-        goto event_error;
-    PyObject *category = PyDict_GetItem(event, s_category); /* borrowed, just set */
-    Py_INCREF(s_process);
-    PyList_SET_ITEM(category, 0, s_process);
-    PyObject *types = PyList_New(1);
-    if (types == NULL)
-        goto event_error;
-    Py_INCREF(type);
-    PyList_SET_ITEM(types, 0, type);
-    if (set_new(event, s_type, types) < 0 || PyDict_SetItem(event, s_action, action) < 0)
-        goto event_error;
-    if (set_new(doc, s_event, event) < 0)
+    if (PyUnicode_GET_LENGTH(host) > 0 &&
+        set_steal(doc, s_host, dict_of(1, (PyObject *[]){s_name, host})) < 0)
         goto error;
-    if (PyDict_SetItem(doc, s_process, process) < 0)
-        goto error;
-    Py_CLEAR(process);
-    if (PyUnicode_GET_LENGTH(host) > 0) {
-        PyObject *named = PyDict_New();
-        if (named == NULL || PyDict_SetItem(named, s_name, host) < 0) {
-            Py_XDECREF(named);
-            goto error;
-        }
-        if (set_new(doc, s_host, named) < 0)
-            goto error;
-    }
     if (container != Py_None) {
-        PyObject *section = PyDict_New();
-        PyObject *id = slot(container, container_offsets[CR_ID]);
-        PyObject *runtime = slot(container, container_offsets[CR_RUNTIME]);
-        if (section == NULL || id == NULL || runtime == NULL ||
-            PyDict_SetItem(section, s_id, id) < 0 ||
-            (runtime != Py_None && PyDict_SetItem(section, s_runtime, runtime) < 0)) {
-            Py_XDECREF(section);
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_AttributeError, "ContainerRef slot not set");
-            goto error;
-        }
-        if (set_new(doc, s_container, section) < 0)
+        PyObject *section = dict_of(1, (PyObject *[]){s_id, container_id});
+        if (section != NULL && runtime != Py_None &&
+            PyDict_SetItem(section, s_runtime, runtime) < 0)
+            Py_CLEAR(section);
+        if (set_steal(doc, s_container, section) < 0)
             goto error;
     }
     *out = doc;
-    return 0;
-event_error:
     Py_DECREF(event);
+    Py_DECREF(process);
+    Py_DECREF(stamp);
+    Py_XDECREF(start);
+    return 0;
 error:
     Py_XDECREF(doc);
+    Py_XDECREF(event);
     Py_XDECREF(process);
-    Py_XDECREF(stamp);
+    Py_DECREF(stamp);
     Py_XDECREF(start);
-    Py_XDECREF(end);
     return -1;
 }
 
