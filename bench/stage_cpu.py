@@ -61,6 +61,7 @@ def main() -> None:
     )
     parser.add_argument("--log", type=Path, required=True, help="audit.log to replay")
     parser.add_argument("--assemblers", type=int, default=2)
+    parser.add_argument("--config", type=Path, help="a config file for the replay (-c)")
     args = parser.parse_args()
     compile_packages()  # the stages start as an installed copy does (bench/bytecode.py)
     lines = sum(1 for _ in args.log.open("rb"))
@@ -68,6 +69,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="auditstream-stage-cpu-") as tmp:
         cmd = [sys.executable, "-m", "auditstream", "replay", str(args.log),
                "--sink", f"jsonl:{Path(tmp) / 'out.jsonl'}", "--assemblers", str(args.assemblers)]  # fmt: skip
+        if args.config is not None:
+            cmd += ["-c", str(args.config.resolve())]
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.DEVNULL)
         while proc.poll() is None:
