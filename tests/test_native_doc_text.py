@@ -1,9 +1,12 @@
-"""The C encode_docs (auditstream/csrc/doc_text.c) gives doc_text.encode_docs's result.
+"""The C encode_docs (auditstream/csrc/doc_text.c) gives doc_text.encode_docs's result,
+and the C place_heads places heads as wire.events_with_heads's Python loop does.
 
 The reference is the Python function: hand-made events at the edges (refusals, docs
 orjson refuses, nested look-alike ``process`` keys, a Fragment holding the mark's byte),
 hypothesis-made docs, and every doc of a generated log go through both; docs_json, the
 heads (as JSON), the slim events and the refusals must be equal, and the docs unchanged.
+place_heads must give the events of a generated log what the Python loop gives them, and
+decline, changing nothing, every entry the Python loop refuses or that is not of its shape.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from native_helpers import native_module, rss_kib
 from test_doc_text import RECORD, audit_doc, audit_event
 
 from assembler.stage import Assembly
+from auditstream import wire
 from auditstream.config import Config
-from auditstream.doc_text import EncodedDocs, encode_docs
+from auditstream.doc_text import DOC_TEXT, EncodedDocs, encode_docs
 from auditstream.logline import split_log_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,4 +166,143 @@ def test_many_calls_do_not_leak() -> None:
     for _ in range(40_000):
         encode(events, True)
         encode(events, False)
+    assert rss_kib() - before < 20 * 1024
+
+
+def generated_events(tmp_path: Path, lines: int) -> list[Event]:
+    """The events the assembler makes of a generated log."""
+    log = tmp_path / "gen.log"
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "gen_log.py"),
+            "--lines",
+            str(lines),
+            "--out",
+            str(log),
+        ],
+        check=True,
+    )
+    assembly = Assembly(Config(), event_time=True)
+    assembly.push_batch([list(split_log_line(line)) for line in log.read_bytes().splitlines()])
+    assembly.close()
+    return assembly.out
+
+
+def placed_by(body: Event, native: bool, monkeypatch: pytest.MonkeyPatch) -> list[Event]:
+    """wire.events_with_heads of a copy of ``body``, with C's placing or the Python loop."""
+    with monkeypatch.context() as patch:
+        if not native:
+            patch.setattr(wire, "_NATIVE_PLACE", None)
+        return wire.events_with_heads(dict(body, events=[dict(e) for e in body["events"]]))
+
+
+def test_generated_log_heads_place_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every event of a generated log gets the same head and text from C as from Python."""
+    native_module("auditstream.native_doc_text")
+    events = generated_events(tmp_path, 3000)
+    calls: list[bool] = []
+    place = wire._NATIVE_PLACE
+    assert place is not None
+    monkeypatch.setattr(
+        wire, "_NATIVE_PLACE", lambda *args: calls.append(place(*args)) or calls[-1]
+    )
+    split = 0
+    for start in range(0, len(events), 200):
+        body = wire.pack_events_body(events[start : start + 200], {}).unpacked()
+        ours = placed_by(body, True, monkeypatch)
+        reference = placed_by(body, False, monkeypatch)
+        assert ours == reference
+        split += sum(DOC_TEXT in event for event in ours)
+    assert split > 500
+    assert calls and all(calls)  # C placed every frame: none was left to Python
+
+
+def two_event_body() -> Event:
+    """An events body of two split audit docs, as a tree keeper receives it."""
+    events = [audit_event(1, audit_doc()), audit_event(2, audit_doc())]
+    body: Event = wire.pack_events_body(events, {}).unpacked()
+    return body
+
+
+def broken_heads(change: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
+    """``change`` applied to the first head; the heads returned."""
+
+    def broken(heads: list[Any]) -> Any:
+        change(heads[0])
+        return heads
+
+    return broken
+
+
+def _set(index: int, value: Any) -> Callable[[list[Any]], Any]:
+    return lambda head: head.__setitem__(index, value)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        broken_heads(lambda head: head.pop()),  # [start, end, at, until]
+        broken_heads(lambda head: head.append(1)),
+        broken_heads(lambda head: head.__delitem__(slice(2, None))),  # a whole doc: Python's
+        broken_heads(_set(0, 0)),
+        broken_heads(_set(0, -5)),
+        broken_heads(_set(1, 1 << 70)),
+        broken_heads(_set(1, 99_999)),
+        broken_heads(_set(0, True)),  # bool and float: Python's comparisons decide
+        broken_heads(_set(3, 2.5)),
+        broken_heads(lambda head: head.__setitem__(2, head[2] - 1)),  # off the value
+        broken_heads(lambda head: head.__setitem__(3, head[2] - 1)),  # until before at
+        broken_heads(lambda head: head.__setitem__(2, head[0] + 3)),  # no "process": before
+        broken_heads(_set(4, None)),
+        broken_heads(_set(4, [1])),
+        broken_heads(lambda head: head[4].__setitem__("process", "x")),
+        broken_heads(lambda head: head[4].pop("process")),
+        lambda heads: heads[:1],  # fewer heads than events
+        lambda heads: [heads[0], {"a": 1}],
+        lambda heads: [heads[0], 7],
+    ],
+)
+def test_place_heads_declines_and_changes_nothing(broken: Callable[[list[Any]], Any]) -> None:
+    """An entry Python refuses, or of another shape: False, and no event changed."""
+    place = native_module("auditstream.native_doc_text").place_heads
+    body = two_event_body()
+    heads = broken(orjson.loads(body[wire.HEADS_JSON]))
+    events = [dict(e) for e in body["events"]]
+    before = [dict(e) for e in events]
+    assert place(events, heads, body[wire.DOCS_JSON]) is False
+    assert events == before
+
+
+def test_place_heads_leaves_null_entries_and_declines_odd_events() -> None:
+    """A null entry (a doc sent whole) is skipped; a non-dict event makes it decline."""
+    place = native_module("auditstream.native_doc_text").place_heads
+    body = two_event_body()
+    heads = orjson.loads(body[wire.HEADS_JSON])
+    events = [dict(e) for e in body["events"]]
+    assert place(events, [heads[0], None], body[wire.DOCS_JSON]) is True
+    assert DOC_TEXT in events[0] and DOC_TEXT not in events[1]
+    assert events[0]["doc"] is not None and events[0]["doc"]["process"]
+    assert place([events[0], ["x"]], heads, body[wire.DOCS_JSON]) is False
+    with pytest.raises(TypeError):
+        place(events, heads, bytearray(body[wire.DOCS_JSON]))
+
+
+def test_placing_many_frames_does_not_leak() -> None:
+    """100k placements (and as many declines) keep RSS within 20 MB."""
+    place = native_module("auditstream.native_doc_text").place_heads
+    body = two_event_body()
+    heads = orjson.loads(body[wire.HEADS_JSON])
+    declined = [heads[0], heads[1][:4]]
+
+    def run(times: int) -> None:
+        for _ in range(times):
+            assert place([dict(e) for e in body["events"]], heads, body[wire.DOCS_JSON])
+            assert not place([dict(e) for e in body["events"]], declined, body[wire.DOCS_JSON])
+
+    run(2_000)
+    before = rss_kib()
+    run(50_000)
     assert rss_kib() - before < 20 * 1024

@@ -1,4 +1,5 @@
-/* auditstream.native_doc_text: auditstream/doc_text.py's encode_docs() in C.
+/* auditstream.native_doc_text: auditstream/doc_text.py's encode_docs() in C, and the tree
+ * keeper's side of it, auditstream/wire.py's placing of the heads (place_heads).
  *
  * Reference: auditstream/doc_text.py. The same loop over a batch of events without a
  * Python frame per event: orjson.dumps is called for each doc (twice for a split one:
@@ -16,7 +17,8 @@ static const char *const HEAD_DATA_NAMES[] = {"syscall", "exit", "a0"};
 static PyObject *HEAD_AUDITD[1], *HEAD_DATA[3];
 static PyObject *KEY_PROCESS, *KEY_AUDITD, *KEY_RECORDS, *KEY_CONTAINER, *KEY_DATA, *KEY_TIMESTAMP;
 static PyObject *KEY_RECORD_HASHES;
-static PyObject *KEY_DOC, *KEY_RAW, *NUL_BYTES;
+static PyObject *KEY_DOC, *KEY_RAW, *NUL_BYTES, *KEY_DOC_TEXT;
+static const char PROCESS_KEY[] = "\"process\":"; /* doc_text.PROCESS_KEY */
 
 static int init_keys(void) {
     for (int i = 0; i < 1; i++)
@@ -32,9 +34,10 @@ static int init_keys(void) {
     KEY_TIMESTAMP = PyUnicode_InternFromString("@timestamp");
     KEY_DOC = PyUnicode_InternFromString("doc");
     KEY_RAW = PyUnicode_InternFromString("raw");
+    KEY_DOC_TEXT = PyUnicode_InternFromString("doc_text");
     NUL_BYTES = PyBytes_FromStringAndSize("", 1);
     return KEY_PROCESS && KEY_AUDITD && KEY_RECORDS && KEY_RECORD_HASHES && KEY_CONTAINER &&
-                   KEY_DATA && KEY_TIMESTAMP && KEY_DOC && KEY_RAW && NUL_BYTES
+                   KEY_DATA && KEY_TIMESTAMP && KEY_DOC && KEY_RAW && NUL_BYTES && KEY_DOC_TEXT
                ? 0
                : -1;
 }
@@ -379,7 +382,92 @@ done:
     return result;
 }
 
+/* -- place_heads: wire.events_with_heads's loop over _place --------------------------- */
+
+/* The entry [start, end, at, until, head] as its head (borrowed) and its text (new): 1; 0
+ * when it is not of that shape or does not fit (Python's _place then says why); -1 with an
+ * exception. */
+static int place_entry(PyObject *entry, const char *docs, Py_ssize_t size, PyObject **head,
+                       PyObject **text) {
+    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 5) return 0;
+    Py_ssize_t at[4]; /* start, end, at, until */
+    for (int i = 0; i < 4; i++) {
+        PyObject *number = PyList_GET_ITEM(entry, i);
+        if (!PyLong_CheckExact(number)) return 0;
+        at[i] = PyLong_AsSsize_t(number);
+        if (at[i] == -1 && PyErr_Occurred()) {
+            PyErr_Clear(); /* beyond Py_ssize_t: Python's comparisons refuse it */
+            return 0;
+        }
+    }
+    Py_ssize_t start = at[0], end = at[1], value = at[2], until = at[3];
+    Py_ssize_t key_size = (Py_ssize_t)sizeof PROCESS_KEY - 1;
+    if (!(0 < start && start < end && end < size) || docs[start] != '{' || docs[end - 1] != '}' ||
+        !(start < value && value <= until && until < end) || value < key_size ||
+        memcmp(docs + value - key_size, PROCESS_KEY, (size_t)key_size) != 0)
+        return 0;
+    PyObject *found = PyList_GET_ITEM(entry, 4);
+    if (!PyDict_CheckExact(found)) return 0;
+    PyObject *process = item(found, KEY_PROCESS);
+    if (process == NULL) return PyErr_Occurred() ? -1 : 0;
+    if (!PyDict_CheckExact(process)) return 0;
+    PyObject *before = PyBytes_FromStringAndSize(docs + start, value - start);
+    PyObject *after = before ? PyBytes_FromStringAndSize(docs + until, end - until) : NULL;
+    *text = after ? PyTuple_Pack(2, before, after) : NULL;
+    Py_XDECREF(before);
+    Py_XDECREF(after);
+    *head = found;
+    return *text ? 1 : -1;
+}
+
+/* place_heads(events, heads, docs_json): each event of a head gets it as "doc" and its text
+ * as "doc_text"; True. False, having changed nothing, when any entry is not a whole fitting
+ * [start, end, at, until, head] or null (the Python loop then places or refuses them). */
+static PyObject *place_heads(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) ||
+        !PyBytes_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "place_heads(events: list, heads: list, docs_json: bytes)");
+        return NULL;
+    }
+    PyObject *events = args[0], *heads = args[1];
+    Py_ssize_t count = PyList_GET_SIZE(events);
+    if (PyList_GET_SIZE(heads) != count) Py_RETURN_FALSE;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!PyDict_CheckExact(PyList_GET_ITEM(events, i))) Py_RETURN_FALSE;
+    PyObject **texts = PyMem_Calloc((size_t)count + 1, sizeof(PyObject *));
+    if (texts == NULL) return PyErr_NoMemory();
+    const char *docs = PyBytes_AS_STRING(args[2]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[2]);
+    PyObject *result = Py_False;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *entry = PyList_GET_ITEM(heads, i), *head;
+        if (entry == Py_None) continue;
+        int placed = place_entry(entry, docs, size, &head, &texts[i]);
+        if (placed <= 0) {
+            result = placed < 0 ? NULL : Py_False;
+            goto done;
+        }
+    }
+    result = Py_True;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (texts[i] == NULL) continue;
+        PyObject *event = PyList_GET_ITEM(events, i);
+        PyObject *head = PyList_GET_ITEM(PyList_GET_ITEM(heads, i), 4);
+        if (PyDict_SetItem(event, KEY_DOC, head) < 0 ||
+            PyDict_SetItem(event, KEY_DOC_TEXT, texts[i]) < 0) {
+            result = NULL;
+            break;
+        }
+    }
+done:
+    for (Py_ssize_t i = 0; i < count; i++) Py_XDECREF(texts[i]);
+    PyMem_Free(texts);
+    return Py_XNewRef(result);
+}
+
 static PyMethodDef methods[] = {
+    {"place_heads", (PyCFunction)(void (*)(void))place_heads, METH_FASTCALL,
+     "place_heads(events, heads, docs_json) -> bool: wire.events_with_heads's placing, in C."},
     {"encode_docs", (PyCFunction)(void (*)(void))encode_docs, METH_FASTCALL,
      "encode_docs(dumps, Fragment, JSONEncodeError, events, with_heads) -> (docs_json, heads, "
      "slim, refused): doc_text's, in C."},
@@ -391,5 +479,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "native_doc_text",
 
 PyMODINIT_FUNC PyInit_native_doc_text(void) {
     if (init_keys() < 0) return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* The event key it writes, for the test that holds it to auditstream.doc_text's. */
+    if (m != NULL && PyModule_AddObjectRef(m, "DOC_TEXT", KEY_DOC_TEXT) < 0) Py_CLEAR(m);
+    return m;
 }
