@@ -117,7 +117,11 @@ class RotatingWriter:
         if self._rotates:
             used = self._size + len(self._buffer)
             if used > 0 and used + len(chunk) > self._output.max_bytes:
-                self._drain()
+                try:
+                    self._drain()
+                except SinkWriteError:
+                    self._stats.discarded_events += events  # this chunk never got buffered
+                    raise
                 self._rotate()
         self._buffer += chunk
         self._pending_events += events

@@ -204,6 +204,31 @@ def test_full_disk_is_counted_not_crashed() -> None:
     sink.close()
 
 
+def test_a_write_failing_at_a_rotation_accounts_every_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write(2) failing where the file would rotate: every event is sent or discarded, none lost."""
+    path = tmp_path / "events.jsonl"
+    line_bytes = len(json.dumps(make_event(0)["doc"], separators=(",", ":"))) + 1
+    output = FileOutputConfig(str(path), max_bytes=line_bytes * 4, buffer_bytes=1 << 20)
+    sink = JsonlSink("rotating", output)
+    sink.write_batch([make_event(n) for n in range(3)])
+    sink.flush()  # on disk: three lines; the fifth line rotates, draining the fourth first
+
+    def no_space(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", no_space)
+    with pytest.raises(SinkWriteError, match="ENOSPC"):
+        sink.write_batch([make_event(n) for n in range(3, 10)])
+    stats = sink.stats
+    assert stats.received_events == 10
+    assert stats.sent_events + stats.discarded_events == 10, stats
+    monkeypatch.undo()
+    sink.close()
+    assert serials_of(read_all_lines(path)["events.jsonl"]) == [0, 1, 2]
+
+
 def test_parse_sink_arg_and_build() -> None:
     """``TYPE:TARGET`` arguments become configs, and bad ones say what is wrong."""
     cfg = sinks.parse_sink_arg("jsonl:/tmp/x.jsonl")
