@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 
 from sinks.base import SinkError, SinkStats
 from sinks.config import FileOutputConfig
@@ -127,6 +128,14 @@ class RotatingWriter:
         self._pending_events += events
         if len(self._buffer) >= self._output.buffer_bytes:
             self._drain()
+
+    def room(self) -> tuple[int, int]:
+        """(most, enough): a chunk of at most ``most`` bytes goes in without a rotation; one
+        of ``enough`` bytes or more fills the buffer (the last of its lines takes it there)."""
+        most = sys.maxsize
+        if self._rotates:  # an empty file takes one line of any size: append() alone does that
+            most = self._output.max_bytes - (self._size + len(self._buffer))
+        return most, max(1, self._output.buffer_bytes - len(self._buffer))
 
     def flush(self) -> None:
         """Hand everything buffered to the OS (and fsync a regular file when configured)."""

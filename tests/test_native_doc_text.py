@@ -7,12 +7,16 @@ hypothesis-made docs, and every doc of a generated log go through both; docs_jso
 heads (as JSON), the slim events and the refusals must be equal, and the docs unchanged.
 place_heads must give the events of a generated log what the Python loop gives them, and
 decline, changing nothing, every entry the Python loop refuses or that is not of its shape.
+encode_lines must write JsonlSink._encode's lines and stop before any event it leaves to
+it; the jsonl sink must write the same files and counts with and without it.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,10 @@ from auditstream import wire
 from auditstream.config import Config
 from auditstream.doc_text import DOC_TEXT, EncodedDocs, encode_docs
 from auditstream.logline import split_log_line
+from sinks import jsonl
+from sinks.config import FileOutputConfig
+from sinks.jsonl import JsonlSink
+from treekeeper.pipeline import TreeStep
 
 REPO = Path(__file__).resolve().parents[1]
 Event = dict[str, Any]
@@ -305,4 +313,169 @@ def test_placing_many_frames_does_not_leak() -> None:
     run(2_000)
     before = rss_kib()
     run(50_000)
+    assert rss_kib() - before < 20 * 1024
+
+
+def python_lines(events: list[Event]) -> list[bytes]:
+    """Each event's line as JsonlSink._encode makes it (the reference)."""
+    sink = JsonlSink("reference", FileOutputConfig("/dev/null"))
+    return [sink._encode(event)[0] for event in events]
+
+
+def c_lines(
+    events: list[Event], start: int = 0, most: int = 1 << 40, enough: int = 1 << 40
+) -> tuple[bytes, int]:
+    """The C encode_lines over ``events[start:]``."""
+    encode = native_module("auditstream.native_doc_text").encode_lines
+    lines, upto = encode(orjson.dumps, orjson.OPT_APPEND_NEWLINE, events, start, most, enough)
+    return lines, upto
+
+
+def tree_keeper_output(tmp_path: Path) -> list[Event]:
+    """What a tree keeper hands its jsonl sink for a generated log: heads with their text
+    (some with a container added), whole docs and lifecycle docs."""
+    events = generated_events(tmp_path, 3000)
+    body = wire.pack_events_body(events, {}).unpacked()
+    placed = wire.events_with_heads(body)
+    config = Config()
+    config.receiver.source = "file"
+    step = TreeStep(config)
+    out = step.process(placed) + step.close()
+    for index, event in enumerate(out[:40]):
+        if DOC_TEXT in event and index % 3 == 0:
+            event["doc"]["container"] = {"id": f"c{index}", "runtime": "docker"}
+    return out
+
+
+def test_tree_keeper_lines_encode_the_same(tmp_path: Path) -> None:
+    """Every line the tree keeper's jsonl sink writes for a generated log is _encode's."""
+    events = tree_keeper_output(tmp_path)
+    assert sum(DOC_TEXT in e for e in events) > 300 and sum(DOC_TEXT not in e for e in events) > 300
+    assert c_lines(events) == (b"".join(python_lines(events)), len(events))
+
+
+def odd_line_events() -> list[tuple[str, Event]]:
+    """Events C leaves to _encode: each makes an encode-error marker or needs Python's reading."""
+    head = {"process": {"pid": 1}}
+    text = (b'{"a":1,"process":', b"}")
+    return [
+        ("no doc", {"key": [], "raw": []}),
+        ("doc not a dict", {"key": [], "raw": [], "doc": [1]}),
+        ("a dict subclass", {"key": [], "raw": [], "doc": Counter(a=1)}),
+        ("bytes in the doc", {"key": [], "raw": [], "doc": {"a": b"x"}}),
+        ("lone surrogate", {"key": [], "raw": [], "doc": {"a": "\ud800"}}),
+        ("int beyond 64 bits", {"key": [], "raw": [], "doc": {"a": 1 << 70}}),
+        ("text a list", {"key": [], "raw": [], "doc": head, DOC_TEXT: list(text)}),
+        ("text of three", {"key": [], "raw": [], "doc": head, DOC_TEXT: (*text, b"")}),
+        ("text not bytes", {"key": [], "raw": [], "doc": head, DOC_TEXT: ("a", "b")}),
+        ("no process", {"key": [], "raw": [], "doc": {"x": 1}, DOC_TEXT: text}),
+        (
+            "process refused",
+            {"key": [], "raw": [], "doc": {"process": {"a": b"x"}}, DOC_TEXT: text},
+        ),
+        (
+            "container refused",
+            {"key": [], "raw": [], "doc": {**head, "container": {"a": b"x"}}, DOC_TEXT: text},
+        ),
+        (
+            "container, empty after",
+            {"key": [], "raw": [], "doc": {**head, "container": {}}, DOC_TEXT: (text[0], b"")},
+        ),
+        ("not a dict", ["an", "event"]),  # type: ignore[list-item]
+    ]
+
+
+@pytest.mark.parametrize(("why", "odd"), odd_line_events(), ids=[w for w, _ in odd_line_events()])
+def test_encode_lines_stops_at_what_it_leaves_to_python(
+    why: str, odd: Event, tmp_path: Path
+) -> None:
+    """The lines before an odd event are _encode's, and C stops there, before it."""
+    good = [make_event(1), make_event(2)]
+    lines, upto = c_lines([*good, odd, make_event(3)])
+    assert (lines, upto) == (b"".join(python_lines(good)), 2)
+    assert c_lines([odd]) == (b"", 0)
+
+
+def make_event(serial: int) -> Event:
+    """A plain event with a whole doc."""
+    return {
+        "key": ["", 1, 2, serial],
+        "raw": [],
+        "doc": {"event": {"sequence": serial}, "message": "m"},
+    }
+
+
+def test_encode_lines_keeps_within_most_and_stops_at_enough() -> None:
+    """No line that would pass ``most`` goes in; the line that reaches ``enough`` is the last."""
+    events = [make_event(n) for n in range(10)]
+    sizes = [len(line) for line in python_lines(events)]
+    assert c_lines(events, 3) == (b"".join(python_lines(events[3:])), 10)
+    assert c_lines(events, 0, most=sum(sizes[:4]))[1] == 4
+    assert c_lines(events, 0, most=sum(sizes[:4]) - 1)[1] == 3
+    assert c_lines(events, 0, most=sizes[0] - 1) == (b"", 0)
+    assert c_lines(events, 0, most=-5) == (b"", 0)
+    assert c_lines(events, 0, enough=sizes[0] + 1)[1] == 2
+    assert c_lines(events, 0, enough=1)[1] == 1
+    assert c_lines(events, 10) == (b"", 10)
+
+
+_MARKER_TIME = re.compile(
+    rb'"@timestamp":"[^"]*",(?="event":\{"kind":"event","action":"encode-error")'
+)
+
+
+def sink_output(
+    tmp_path: Path, name: str, events: list[Event], native: bool, **options: Any
+) -> tuple[Any, ...]:
+    """Every file a JsonlSink writes of ``events`` (batches of 7) and its counters."""
+    path = tmp_path / name / "events.jsonl"
+    path.parent.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        if not native:
+            patch.setattr(jsonl, "_NATIVE_LINES", None)
+        sink = JsonlSink("out", FileOutputConfig(str(path), **options))
+        for start in range(0, len(events), 7):
+            sink.write_batch(events[start : start + 7])
+        sink.close()
+    # The markers' @timestamp is the wall clock's.
+    files = {p.name: _MARKER_TIME.sub(b"", p.read_bytes()) for p in sorted(path.parent.iterdir())}
+    stats = sink.stats
+    return files, stats.received_events, stats.sent_events, stats.discarded_events, stats.errors
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"buffer_bytes": 0}, {"buffer_bytes": 3000}, {"max_bytes": 5000, "keep_files": 1000}],
+)
+def test_jsonl_sink_writes_the_same_with_and_without_c(
+    tmp_path: Path, options: dict[str, Any]
+) -> None:
+    """The same files (rotated ones too), the same counts, odd events and all."""
+    native_module("auditstream.native_doc_text")
+    events = tree_keeper_output(tmp_path)[:400]
+    for index, (_, odd) in enumerate(odd_line_events()):
+        if isinstance(odd, dict):
+            events.insert(index * 25 + 20, odd)  # a run of good lines first (a fresh file)
+    ours = sink_output(tmp_path, "c", events, True, **options)
+    reference = sink_output(tmp_path, "python", events, False, **options)
+    assert ours == reference
+    assert reference[4].get("encode", 0) >= 8  # the odd events became marker lines
+    if "max_bytes" in options:
+        assert len(reference[0]) > 10
+
+
+def test_encoding_many_lines_does_not_leak() -> None:
+    """100k runs over good and odd events keep RSS within 20 MB."""
+    events = [make_event(1), *[odd for _, odd in odd_line_events()[4:7]], make_event(2)]
+    head = {"key": [], "raw": [], "doc": {"process": {"pid": 1}, "container": {"id": "c"}}}
+    events.append({**head, DOC_TEXT: (b'{"process":', b"}")})
+
+    def run(times: int) -> None:
+        for _ in range(times):
+            for start in range(len(events)):
+                c_lines(events, start)
+
+    run(2_000)
+    before = rss_kib()
+    run(20_000)
     assert rss_kib() - before < 20 * 1024

@@ -1,5 +1,6 @@
 /* auditstream.native_doc_text: auditstream/doc_text.py's encode_docs() in C, and the tree
- * keeper's side of it, auditstream/wire.py's placing of the heads (place_heads).
+ * keeper's side of it: auditstream/wire.py's placing of the heads (place_heads) and the
+ * jsonl sink's lines (encode_lines).
  *
  * Reference: auditstream/doc_text.py. The same loop over a batch of events without a
  * Python frame per event: orjson.dumps is called for each doc (twice for a split one:
@@ -465,7 +466,131 @@ done:
     return Py_XNewRef(result);
 }
 
+/* -- encode_lines: the jsonl sink's JsonlSink._encode over a run of events ------------- */
+
+typedef struct {
+    char *data;
+    Py_ssize_t size, room;
+} Buffer;
+
+static int buffer_put(Buffer *b, const char *data, Py_ssize_t size) {
+    if (b->size + size > b->room) {
+        Py_ssize_t room = b->room ? b->room : 1 << 16;
+        while (room < b->size + size) room *= 2;
+        char *grown = PyMem_Realloc(b->data, (size_t)room);
+        if (grown == NULL) return -1;
+        b->data = grown;
+        b->room = room;
+    }
+    memcpy(b->data + b->size, data, (size_t)size);
+    b->size += size;
+    return 0;
+}
+
+static int buffer_put_bytes(Buffer *b, PyObject *bytes) {
+    return buffer_put(b, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
+}
+
+/* dumps(value) or, with option, dumps(value, option=option): a new bytes; NULL (exception
+ * cleared) when orjson refuses it or returns anything else. */
+static PyObject *dumps_of(PyObject *dumps, PyObject *value, PyObject *option, PyObject *kwnames) {
+    PyObject *args[2] = {value, option};
+    PyObject *out = PyObject_Vectorcall(dumps, args, 1, option ? kwnames : NULL);
+    if (out != NULL && !PyBytes_CheckExact(out)) Py_CLEAR(out);
+    if (out == NULL) PyErr_Clear();
+    return out;
+}
+
+/* One event's line into *b, as JsonlSink._encode makes it when the event encodes: 1; 0
+ * when it is left to Python (no dict doc, an odd doc_text, orjson refuses), *b unchanged. */
+static int put_line(Buffer *b, PyObject *event, PyObject *dumps, PyObject *newline,
+                    PyObject *kwnames) {
+    static const char container_key[] = ",\"container\":";
+    if (!PyDict_CheckExact(event)) return 0;
+    PyObject *doc = item(event, KEY_DOC), *text = doc ? item(event, KEY_DOC_TEXT) : NULL;
+    if (PyErr_Occurred()) PyErr_Clear();
+    if (doc == NULL || !PyDict_CheckExact(doc)) return 0;
+    Py_ssize_t mark = b->size;
+    if (text == NULL || text == Py_None) {
+        PyObject *line = dumps_of(dumps, doc, newline, kwnames);
+        int ok = line != NULL && buffer_put_bytes(b, line) == 0;
+        Py_XDECREF(line);
+        return ok;
+    }
+    if (!PyTuple_CheckExact(text) || PyTuple_GET_SIZE(text) != 2) return 0;
+    PyObject *before = PyTuple_GET_ITEM(text, 0), *after = PyTuple_GET_ITEM(text, 1);
+    PyObject *process = item(doc, KEY_PROCESS);
+    PyObject *container = process ? item(doc, KEY_CONTAINER) : NULL;
+    if (PyErr_Occurred()) PyErr_Clear();
+    if (!PyBytes_CheckExact(before) || !PyBytes_CheckExact(after) || process == NULL ||
+        (container != NULL && PyBytes_GET_SIZE(after) < 1))
+        return 0;
+    PyObject *process_json = dumps_of(dumps, process, NULL, NULL);
+    PyObject *container_json = NULL;
+    if (container != NULL && container != Py_None && process_json != NULL)
+        container_json = dumps_of(dumps, container, NULL, NULL);
+    int ok = process_json != NULL && (container_json != NULL || container == NULL ||
+                                      container == Py_None);
+    if (ok) {
+        ok = buffer_put_bytes(b, before) == 0 && buffer_put_bytes(b, process_json) == 0;
+        if (ok && container_json == NULL)
+            ok = buffer_put_bytes(b, after) == 0 && buffer_put(b, "\n", 1) == 0;
+        else if (ok) /* "container" goes last: the doc had none when it was split */
+            ok = buffer_put(b, PyBytes_AS_STRING(after), PyBytes_GET_SIZE(after) - 1) == 0 &&
+                 buffer_put(b, container_key, (Py_ssize_t)sizeof container_key - 1) == 0 &&
+                 buffer_put_bytes(b, container_json) == 0 && buffer_put(b, "}\n", 2) == 0;
+        if (!ok) PyErr_Clear(); /* out of memory: Python tries that line again */
+    }
+    Py_XDECREF(process_json);
+    Py_XDECREF(container_json);
+    if (!ok) b->size = mark;
+    return ok;
+}
+
+/* encode_lines(dumps, newline_option, events, start, most, enough) -> (lines, upto): the
+ * lines of events[start:upto] joined, each as JsonlSink._encode makes it; upto stops
+ * before an event it leaves to Python, before a line that would take the lines past
+ * ``most`` bytes, and after the line that takes them to ``enough`` or more. */
+static PyObject *encode_lines(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyList_CheckExact(args[2]) || !PyLong_Check(args[3]) ||
+        !PyLong_Check(args[4]) || !PyLong_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_lines(dumps, option, events: list, start, most, enough)");
+        return NULL;
+    }
+    PyObject *dumps = args[0], *newline = args[1], *events = args[2];
+    Py_ssize_t start = PyLong_AsSsize_t(args[3]), most = PyLong_AsSsize_t(args[4]);
+    Py_ssize_t enough = PyLong_AsSsize_t(args[5]);
+    if (PyErr_Occurred()) return NULL;
+    /* Interned, as vectorcall wants keyword names (orjson compares them by identity). */
+    PyObject *option_name = PyUnicode_InternFromString("option");
+    PyObject *kwnames = option_name ? PyTuple_Pack(1, option_name) : NULL;
+    Py_XDECREF(option_name);
+    if (kwnames == NULL) return NULL;
+    Buffer b = {NULL, 0, 0};
+    Py_ssize_t upto = start < 0 ? 0 : start;
+    while (upto < PyList_GET_SIZE(events) && b.size < enough) {
+        Py_ssize_t mark = b.size;
+        PyObject *event = Py_NewRef(PyList_GET_ITEM(events, upto)); /* dumps runs Python code */
+        int put = put_line(&b, event, dumps, newline, kwnames);
+        Py_DECREF(event);
+        if (!put) break;
+        if (b.size > most) {
+            b.size = mark;
+            break;
+        }
+        upto++;
+    }
+    Py_DECREF(kwnames);
+    PyObject *lines = PyBytes_FromStringAndSize(b.data, b.size);
+    PyMem_Free(b.data);
+    return lines ? Py_BuildValue("(Nn)", lines, upto) : NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"encode_lines", (PyCFunction)(void (*)(void))encode_lines, METH_FASTCALL,
+     "encode_lines(dumps, option, events, start, most, enough) -> (lines, upto): the jsonl "
+     "sink's lines, in C."},
     {"place_heads", (PyCFunction)(void (*)(void))place_heads, METH_FASTCALL,
      "place_heads(events, heads, docs_json) -> bool: wire.events_with_heads's placing, in C."},
     {"encode_docs", (PyCFunction)(void (*)(void))encode_docs, METH_FASTCALL,
