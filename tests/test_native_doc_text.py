@@ -14,8 +14,6 @@ it; the jsonl sink must write the same files and counts with and without it.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
+from generated_logs import write_generated_log
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from native_helpers import native_module, rss_kib
@@ -145,15 +144,7 @@ def test_any_doc_encodes_the_same(
 
 def test_generated_log_docs_encode_the_same(tmp_path: Path) -> None:
     """Every event the assembler makes of a generated log encodes the same in C and Python."""
-    log = tmp_path / "gen.log"
-    subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", "3000", "--out", str(log)],
-        check=True,
-    )
-    assembly = Assembly(Config(), event_time=True)
-    assembly.push_batch([list(split_log_line(line)) for line in log.read_bytes().splitlines()])
-    assembly.close()
-    native = assert_same(assembly.out)
+    native = assert_same(generated_events(tmp_path, 3000))
     assert native.heads is not None
     assert sum(1 for head in native.heads if head is not None and len(head) == 5) > 500
 
@@ -179,18 +170,7 @@ def test_many_calls_do_not_leak() -> None:
 
 def generated_events(tmp_path: Path, lines: int) -> list[Event]:
     """The events the assembler makes of a generated log."""
-    log = tmp_path / "gen.log"
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "gen_log.py"),
-            "--lines",
-            str(lines),
-            "--out",
-            str(log),
-        ],
-        check=True,
-    )
+    log = write_generated_log(tmp_path / "gen.log", lines)
     assembly = Assembly(Config(), event_time=True)
     assembly.push_batch([list(split_log_line(line)) for line in log.read_bytes().splitlines()])
     assembly.close()
