@@ -106,7 +106,9 @@ class TreeStep:
         out.append(event)
         if lifecycle:
             self.lifecycle_events += len(lifecycle)
-            out.extend({"key": event["key"], "raw": [], "doc": life} for life in lifecycle)
+            key = event["key"]
+            for life in lifecycle:  # a loop, not a generator: ~60 % of events have one
+                out.append({"key": key, "raw": [], "doc": life})
 
     def _warn_timeline(self, source: int) -> None:
         self.timelines_warned = self.window.timelines
