@@ -385,11 +385,9 @@ done:
 
 /* -- place_heads: wire.events_with_heads's loop over _place --------------------------- */
 
-/* The entry [start, end, at, until, head] as its head (borrowed) and its text (new): 1; 0
- * when it is not of that shape or does not fit (Python's _place then says why); -1 with an
- * exception. */
-static int place_entry(PyObject *entry, const char *docs, Py_ssize_t size, PyObject **head,
-                       PyObject **text) {
+/* The text (new) of the entry [start, end, at, until, head]: 1; 0 when it is not of that
+ * shape or does not fit (Python's _place then says why); -1 with an exception. */
+static int place_entry(PyObject *entry, const char *docs, Py_ssize_t size, PyObject **text) {
     if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 5) return 0;
     Py_ssize_t at[4]; /* start, end, at, until */
     for (int i = 0; i < 4; i++) {
@@ -417,7 +415,6 @@ static int place_entry(PyObject *entry, const char *docs, Py_ssize_t size, PyObj
     *text = after ? PyTuple_Pack(2, before, after) : NULL;
     Py_XDECREF(before);
     Py_XDECREF(after);
-    *head = found;
     return *text ? 1 : -1;
 }
 
@@ -441,9 +438,9 @@ static PyObject *place_heads(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_ssize_t size = PyBytes_GET_SIZE(args[2]);
     PyObject *result = Py_False;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *entry = PyList_GET_ITEM(heads, i), *head;
+        PyObject *entry = PyList_GET_ITEM(heads, i);
         if (entry == Py_None) continue;
-        int placed = place_entry(entry, docs, size, &head, &texts[i]);
+        int placed = place_entry(entry, docs, size, &texts[i]);
         if (placed <= 0) {
             result = placed < 0 ? NULL : Py_False;
             goto done;
@@ -453,7 +450,7 @@ static PyObject *place_heads(PyObject *self, PyObject *const *args, Py_ssize_t n
     for (Py_ssize_t i = 0; i < count; i++) {
         if (texts[i] == NULL) continue;
         PyObject *event = PyList_GET_ITEM(events, i);
-        PyObject *head = PyList_GET_ITEM(PyList_GET_ITEM(heads, i), 4);
+        PyObject *head = PyList_GET_ITEM(PyList_GET_ITEM(heads, i), 4); /* checked above */
         if (PyDict_SetItem(event, KEY_DOC, head) < 0 ||
             PyDict_SetItem(event, KEY_DOC_TEXT, texts[i]) < 0) {
             result = NULL;
@@ -505,7 +502,7 @@ static PyObject *dumps_of(PyObject *dumps, PyObject *value, PyObject *option, Py
  * when it is left to Python (no dict doc, an odd doc_text, orjson refuses), *b unchanged. */
 static int put_line(Buffer *b, PyObject *event, PyObject *dumps, PyObject *newline,
                     PyObject *kwnames) {
-    static const char container_key[] = ",\"container\":";
+    static const char container_key[] = ",\"container\":"; /* doc_text._CONTAINER_KEY */
     if (!PyDict_CheckExact(event)) return 0;
     PyObject *doc = item(event, KEY_DOC), *text = doc ? item(event, KEY_DOC_TEXT) : NULL;
     if (PyErr_Occurred()) PyErr_Clear();

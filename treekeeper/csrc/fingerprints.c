@@ -77,15 +77,26 @@ static int gen_grow(Gen *g)
     return 0;
 }
 
+/* One probe: the slot found holds the value already, or is where it goes unless the
+ * table must grow first. */
 static int gen_add(Gen *g, int64_t value)
 {
     if (value == 0) {
         g->has_zero = 1;
         return 0;
     }
-    if (gen_has(g, value))
-        return 0;
-    if ((g->slots == NULL || (g->used + 1) * 2 > g->mask + 1) && gen_grow(g) < 0)
+    if (g->slots != NULL) {
+        size_t i = mix(value) & g->mask;
+        for (; g->slots[i] != 0; i = (i + 1) & g->mask)
+            if (g->slots[i] == value)
+                return 0;
+        if ((g->used + 1) * 2 <= g->mask + 1) {
+            g->slots[i] = value;
+            g->used++;
+            return 0;
+        }
+    }
+    if (gen_grow(g) < 0)
         return -1;
     place(g->slots, g->mask, value);
     g->used++;
@@ -256,10 +267,7 @@ static Py_ssize_t event_fingerprints(PyObject *event, PyObject *doc_fingerprints
             return -1;
         if (hashes == NULL || !PyList_Check(hashes))
             return 0;
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(hashes); i++)
-            if (!PyLong_Check(PyList_GET_ITEM(hashes, i)))
-                return 0;
-        found = Py_NewRef(hashes);
+        found = Py_NewRef(hashes); /* a non-int in it: no identity, below */
     } else {
         found = PyObject_CallOneArg(doc_fingerprints, doc);
         if (found == NULL)
