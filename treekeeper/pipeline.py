@@ -81,6 +81,7 @@ class TreeStep:
         self.clock_ms = 0
         self.lifecycle_events = 0
         self.timelines_warned = 0  # the window's count of steps back already logged
+        self.full_warned = 0  # the window's count of events released full, already logged
         self.warn = RateLimitedLog(log)
         if self.enabled and not self.event_time:
             proc_source = LiveProcSource()
@@ -121,6 +122,18 @@ class TreeStep:
             "they can be",
             source,
             self.window.last_jump_ms / 1000,
+        )
+
+    def _warn_full(self) -> None:
+        self.full_warned = self.window.released_full
+        self.warn.warning(
+            "window-full",
+            "reorder window full (%d events held): %d events so far went to the process "
+            "table before an assembler behind had sent its earlier ones; processes of those "
+            "may lack their parents (an assembler starved of CPU, or its shard of the log "
+            "quiet for long: docs/design.md, the reorder window)",
+            self.window.max_held,
+            self.window.released_full,
         )
 
     def _live_container(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -170,6 +183,8 @@ class TreeStep:
                 self._apply(ready, out)
         if window.timelines != self.timelines_warned:
             self._warn_timeline(source)
+        if window.released_full != self.full_warned:
+            self._warn_full()
         if sent_below is not None and not self.event_time:
             for ready in window.claim(source, (int(sent_below[0]), int(sent_below[1]))):
                 self._apply(ready, out)
@@ -216,6 +231,7 @@ class TreeStep:
         return {
             "lifecycle_events": self.lifecycle_events,
             "released_by_claim": self.window.released_by_claim,
+            "released_full": self.window.released_full,
             "time_went_back": self.window.timelines,
             "tree": tree,
         }

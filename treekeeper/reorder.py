@@ -67,6 +67,7 @@ class ReorderWindow(Generic[T]):
         # source -> its latest sent_below claim (live only)
         self._claims: dict[int, OrderKey] = {}
         self.released_by_claim = 0
+        self.released_full = 0  # events let go because max_held were held, before their time
 
     def horizon(self) -> int:
         """The event time every source still sending has reached (below 1 before that)."""
@@ -103,8 +104,10 @@ class ReorderWindow(Generic[T]):
         heap = self._heap
         heapq.heappush(heap, (at_ms, serial, self._count, item))
         limit = self._horizon - self.window_ms
-        while heap and (heap[0][0] < limit or len(heap) > self.max_held):
+        while heap and heap[0][0] < limit:
             out.append(heapq.heappop(heap)[3])
+        if len(heap) > self.max_held:
+            self._release_full(out)
         return out
 
     def see(self, at_ms: int, source: int = 0) -> list[T]:
@@ -132,9 +135,19 @@ class ReorderWindow(Generic[T]):
     def _release_by_time(self, out: list[T]) -> list[T]:
         limit = self._horizon - self.window_ms
         heap = self._heap
-        while heap and (heap[0][0] < limit or len(heap) > self.max_held):
+        while heap and heap[0][0] < limit:
             out.append(heapq.heappop(heap)[3])
+        if len(heap) > self.max_held:
+            self._release_full(out)
         return out
+
+    def _release_full(self, out: list[T]) -> None:
+        """Memory bound: the oldest leave before their time; an event of a source behind
+        may then reach the table after later ones (counted: ``released_full``)."""
+        heap = self._heap
+        while len(heap) > self.max_held:
+            out.append(heapq.heappop(heap)[3])
+            self.released_full += 1
 
     def _went_back(self, source: int, at_ms: int, newest: int) -> bool:
         """Count one more event far behind ``source``'s newest; True when its time has gone

@@ -20,10 +20,12 @@ from sinks.fanout import FanOut, marker_doc
 from treekeeper.acks import AckSender
 from treekeeper.control import ControlServer
 from treekeeper.dedupe import Dedupe, recover_sink_tails
+from treekeeper.merge import FrameMerge
 from treekeeper.pipeline import TreeStep, build_fanout, fanout_stats
 
 log = logging.getLogger("auditstream.treekeeper")
 IDLE_POLL_MS = 100
+MAX_PARKED_EVENTS = 10_000  # frames parked for the merge, in events (~1.5 KB each)
 STATUS_EVERY_S = 1.0
 
 
@@ -65,7 +67,9 @@ def run(cfg: Config, ctx: StageContext) -> int:
         zctx.term()
         return 2
     step = TreeStep(cfg)
-    doc_text = sinks_take_doc_text(cfg.sinks)  # decode only the docs' heads (auditstream/doc_text.py)
+    doc_text = sinks_take_doc_text(
+        cfg.sinks
+    )  # decode only the docs' heads (auditstream/doc_text.py)
     runtime.ready_path(cfg).touch(mode=0o600)
     control = ControlServer(zctx, str(runtime.stage_dir(cfg)))
     acks = AckSender(zctx, cfg)
@@ -85,15 +89,11 @@ def run(cfg: Config, ctx: StageContext) -> int:
     eofs: dict[int, dict[str, Any]] = {}
     received = 0
     last_status = 0.0
-    while len(eofs) < cfg.assembler.instances:
-        frame = inlet.recv(IDLE_POLL_MS)
-        now = time.monotonic()
-        if frame is None:
-            submit(step.maintain())
-            if ctx.should_stop_when_idle(now):
-                break  # told to stop, and upstream has gone quiet: no eof is coming
-        elif frame.kind == wire.EVENTS:
-            ctx.input_arrived()
+    merge = replay_merge(cfg)
+
+    def take(frame: wire.Frame) -> None:
+        nonlocal received
+        if frame.kind == wire.EVENTS:
             arrived = frames_events(frame, transport_errors, doc_text=doc_text)
             events = dedupe.filter(arrived)
             received += len(events)
@@ -110,6 +110,27 @@ def run(cfg: Config, ctx: StageContext) -> int:
             if frame.body.get("token") in (None, acks.token):
                 eofs[frame.sender] = frame.body.get("stats", {})
                 submit(step.source_done(frame.sender))
+
+    while len(eofs) < cfg.assembler.instances:
+        waiting = merge is not None and merge.parked_frames > 0
+        frame = inlet.recv(MERGE_PATIENCE_MS if waiting else IDLE_POLL_MS)
+        now = time.monotonic()
+        if frame is None:
+            if merge is not None and waiting:  # the one we wait for is quiet: on with the oldest
+                for parked in merge.take(stalled=True):
+                    take(parked)
+            submit(step.maintain())
+            if ctx.should_stop_when_idle(now):
+                break  # told to stop, and upstream has gone quiet: no eof is coming
+        else:
+            if frame.kind == wire.EVENTS:
+                ctx.input_arrived()
+            if merge is None:
+                take(frame)
+            else:
+                merge.add(frame)
+                for parked in merge.take():
+                    take(parked)
         acks.service(fanout.durable_seq())
         control.serve(step.table)
         if now - last_status >= STATUS_EVERY_S:
@@ -118,6 +139,9 @@ def run(cfg: Config, ctx: StageContext) -> int:
                 runtime.status_path(cfg, "treekeeper"),
                 status_of(received, sent, inlet, fanout, transport_errors.frames),
             )
+    if merge is not None:
+        for parked in merge.drain():
+            take(parked)
     submit(step.close())
     fanout.close()
     acks.service(fanout.durable_seq())  # everything is flushed: the last acknowledgements
@@ -139,6 +163,8 @@ def run(cfg: Config, ctx: StageContext) -> int:
             "transport_errors": transport_errors.frames,
             "foreign_hash_frames": transport_errors.foreign_hashes,
             "acks_sent": acks.acks_sent,
+            # Replay: frames taken before every assembler had one parked (treekeeper/merge.py).
+            "frames_taken_early": merge.taken_early if merge is not None else 0,
             **step.stats(),
         },
         "sinks": fanout_stats(fanout),
@@ -151,6 +177,19 @@ def run(cfg: Config, ctx: StageContext) -> int:
     inlet.close()
     zctx.term()
     return 0
+
+
+MERGE_PATIENCE_MS = 50  # replay: how long to wait for a quiet assembler (treekeeper/merge.py)
+
+
+def replay_merge(cfg: Config) -> FrameMerge | None:
+    """Replay of a finite log with several assemblers: their frames in event-time order.
+    Live (and following a log) frames go as they come: there time releases them anyway,
+    and latency counts."""
+    r = cfg.receiver
+    if cfg.assembler.instances < 2 or r.source != "file" or r.follow:
+        return None
+    return FrameMerge(cfg.assembler.instances, max_events=MAX_PARKED_EVENTS)
 
 
 ACK_LINGER_MS = 2000  # the last acknowledgements to a live receiver; none if it is gone
