@@ -423,6 +423,20 @@ class Reassembler(Generic[RecordT]):
             unwrapped, fit = node.unwrap(first.serial)
             if fit:
                 self._count_fit(fit)
+            if records[-1].type == EOE_TYPE:
+                # The whole event in one run (most events): complete it without opening it,
+                # but evict as opening it would have (record by record it would be open).
+                if len(self._open) >= self._max_in_flight:
+                    oldest_key, oldest = self._open.popitem(last=False)
+                    self._finish(oldest_key, oldest, CompletionReason.EVICTED, already_removed=True)
+                recent = self._recent
+                recent[key] = None
+                if len(recent) > self._max_recent:
+                    recent.popitem(last=False)
+                stats.events[CompletionReason.EOE] += 1
+                self._on_complete(records, CompletionReason.EOE)
+                self._note_completed(node, first.node, unwrapped)
+                return
             event = self._open[key] = _OpenEvent(first, self._clock, unwrapped, self.batch)
             if len(self._open) > self._max_in_flight:
                 oldest_key, oldest = self._open.popitem(last=False)
