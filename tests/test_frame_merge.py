@@ -151,7 +151,9 @@ def tree_output(frames: list[wire.Frame], cfg: Config, path: Path, merge: FrameM
     return sorted(path.read_bytes().splitlines()), step.window.released_full
 
 
-def test_one_assembler_far_ahead_gives_the_documents_of_one_assembler(tmp_path: Path) -> None:
+def test_one_assembler_far_ahead_gives_the_documents_of_one_assembler(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """All of one shard's frames before the other's: with the merge, the very documents of a
     single assembler, though the reorder window holds fewer events than one shard has;
     without the merge, not."""
@@ -178,6 +180,8 @@ def test_one_assembler_far_ahead_gives_the_documents_of_one_assembler(tmp_path: 
     merged, full = tree_output(skewed, cfg, tmp_path / "merged.jsonl", FrameMerge(2, 10_000))
     assert full == 0
     assert merged == expected
+    assert "reorder window full" not in caplog.text
     unmerged, full = tree_output(skewed, cfg, tmp_path / "unmerged.jsonl", None)
     assert full > 0
+    assert "reorder window full (512 events held)" in caplog.text  # said, not silent
     assert unmerged != expected  # children reached the table before their fork

@@ -38,6 +38,19 @@ def test_reorder_window_waits_for_the_slowest_source() -> None:
     assert w.flush() == ["c0"]
 
 
+def test_a_full_window_lets_the_oldest_go_and_counts_them() -> None:
+    """Past max_held the oldest leave before their time, in order, each counted in released_full."""
+    w: ReorderWindow[str] = ReorderWindow(window_ms=100, max_held=3, sources=2)
+    out = [x for i in range(5) for x in w.push(f"e{i}", 1000 + i, i, source=0)]
+    assert out == ["e0", "e1"]  # source 1 has sent nothing: only the bound releases
+    assert w.released_full == 2
+    # Older than what already left, and the window is still full: it goes at once.
+    assert w.push("late", 10, 9, source=1) == ["late"]
+    assert w.released_full == 3
+    assert w.flush() == ["e2", "e3", "e4"]
+    assert w.released_full == 3  # the end of input is not "full"
+
+
 def test_time_that_goes_back_for_good_releases_what_was_held() -> None:
     """BACKWARD_RUN events in a row far behind a source's newest start a new timeline: what was held leaves at once, in order."""
     w: ReorderWindow[str] = ReorderWindow(window_ms=100, jump_ms=1000)
