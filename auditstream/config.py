@@ -71,6 +71,11 @@ class AssemblerConfig:
     cpu_affinity: list[int] = field(default_factory=list)  # assembler i: [i % len]; [] = any
 
 
+# Below the supervisor's stop grace (60 s, auditstream/supervisor.py STOP_GRACE_S): the tree
+# keeper must get to count what it discards before it is killed.
+MAX_SINKS_SHUTDOWN_TIMEOUT_MS = 50_000
+
+
 @dataclass(slots=True)
 class TreekeeperConfig:
     enabled: bool = True
@@ -83,6 +88,9 @@ class TreekeeperConfig:
         250  # at most (live: until every assembler has passed them), so forks come before execs
     )
     cpu_affinity: list[int] = field(default_factory=list)  # CPU numbers to pin to; [] = any
+    # At the stop: how long the sinks may take to write what is queued for them; what is
+    # left then is counted as discarded (shutdown_timeout) and logged (sinks/fanout.py).
+    sinks_shutdown_timeout_ms: int = 5000
 
 
 @dataclass(slots=True)
@@ -183,6 +191,11 @@ def validate(cfg: Config) -> None:
         )
     if cfg.assembler.event_timeout_ms < 0 or cfg.treekeeper.exit_grace_ms < 0:
         raise ConfigError(f"{where}: timeouts must not be negative")
+    if not 0 <= cfg.treekeeper.sinks_shutdown_timeout_ms <= MAX_SINKS_SHUTDOWN_TIMEOUT_MS:
+        raise ConfigError(
+            f"{where}: [treekeeper].sinks_shutdown_timeout_ms must be "
+            f"0..{MAX_SINKS_SHUTDOWN_TIMEOUT_MS}, got {cfg.treekeeper.sinks_shutdown_timeout_ms}"
+        )
     if cfg.runtime.user or cfg.runtime.group:
         try:
             privilege.resolve_account(cfg.runtime.user, cfg.runtime.group)

@@ -12,10 +12,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from auditstream.config import MAX_SINKS_SHUTDOWN_TIMEOUT_MS, ConfigError, load
+from auditstream.supervisor import STOP_GRACE_S
 from sinks.base import Event, SinkStats
 from sinks.config import FileOutputConfig, SinkConfig
 from sinks.fanout import FanOut
 from sinks.jsonl import JsonlSink
+from treekeeper.pipeline import build_fanout
 
 PAYLOAD = "p" * 1000  # ~1 KiB lines: a 64 KiB pipe holds only a few dozen
 
@@ -291,3 +296,39 @@ def test_shutdown_timeout_bounds_close_and_counts_leftovers(tmp_path: Path) -> N
     assert stats.discarded_by_reason.get("shutdown_timeout", 0) > 0
     assert stats.component_received_events_total == 500
     assert stats.component_errors_total == {}
+
+
+@pytest.mark.parametrize("value", [-1, 50_001, "5s"])
+def test_a_sinks_shutdown_timeout_out_of_range_is_refused(tmp_path: Path, value: Any) -> None:
+    """[treekeeper].sinks_shutdown_timeout_ms must be an int 0..50000: the key and the file are named."""
+    conf = tmp_path / "bad.toml"
+    conf.write_text(f"[treekeeper]\nsinks_shutdown_timeout_ms = {json.dumps(value)}\n")
+    with pytest.raises(ConfigError) as caught:
+        load(str(conf))
+    assert "sinks_shutdown_timeout_ms" in str(caught.value) and str(conf) in str(caught.value)
+
+
+def test_the_configured_sinks_shutdown_timeout_bounds_the_tree_keepers_close(
+    tmp_path: Path,
+) -> None:
+    """build_fanout takes [treekeeper].sinks_shutdown_timeout_ms: a stuck sink costs that long at the stop, not 5 s."""
+    conf = tmp_path / "fast-stop.toml"
+    conf.write_text("[treekeeper]\nsinks_shutdown_timeout_ms = 300\n")
+    cfg = load(str(conf))
+    assert MAX_SINKS_SHUTDOWN_TIMEOUT_MS < STOP_GRACE_S * 1000  # counted before the kill
+    with stalled_fifo(tmp_path) as fifo:
+        cfg.sinks = [
+            {"type": "jsonl", "path": str(fifo.path), "buffer_bytes": 0,
+             "when_full": "drop_newest", "queue_max_events": 200},
+        ]  # fmt: skip
+        fan = build_fanout(cfg)
+        for index in range(100):
+            fan.submit(make_batch(index * 5, 5))
+        started = time.monotonic()
+        assert fan.close() is False
+        elapsed = time.monotonic() - started
+        stats = next(iter(fan.stats().values()))
+        fifo.start_draining()
+        fifo.drained()
+    assert elapsed < 3
+    assert stats.discarded_by_reason.get("shutdown_timeout", 0) > 0

@@ -36,7 +36,7 @@ def build_fanout(cfg: Config) -> FanOut:
         for sink in sinks:
             sink.close()
         raise
-    return FanOut(sinks, configs)
+    return FanOut(sinks, configs, shutdown_timeout_ms=cfg.treekeeper.sinks_shutdown_timeout_ms)
 
 
 def fanout_stats(fanout: FanOut) -> dict[str, Any]:
