@@ -390,8 +390,7 @@ class Reassembler(Generic[RecordT]):
         # An EOE seen first opens the event: the rest of it is still on its way.
         self._open[key] = _OpenEvent(rec, self._clock, unwrapped, self.batch)
         if len(self._open) > self._max_in_flight:
-            oldest_key, oldest = self._open.popitem(last=False)
-            self._finish(oldest_key, oldest, CompletionReason.EVICTED, already_removed=True)
+            self._evict_oldest()
 
     def push_run(self, records: list[RecordT], now_ms: int) -> None:
         """:meth:`push` each of ``records``, in order, with one key lookup for all.
@@ -427,20 +426,12 @@ class Reassembler(Generic[RecordT]):
                 # The whole event in one run (most events): complete it without opening it,
                 # but evict as opening it would have (record by record it would be open).
                 if len(self._open) >= self._max_in_flight:
-                    oldest_key, oldest = self._open.popitem(last=False)
-                    self._finish(oldest_key, oldest, CompletionReason.EVICTED, already_removed=True)
-                recent = self._recent
-                recent[key] = None
-                if len(recent) > self._max_recent:
-                    recent.popitem(last=False)
-                stats.events[CompletionReason.EOE] += 1
-                self._on_complete(records, CompletionReason.EOE)
-                self._note_completed(node, first.node, unwrapped)
+                    self._evict_oldest()
+                self._done(key, records, CompletionReason.EOE, node, unwrapped)
                 return
             event = self._open[key] = _OpenEvent(first, self._clock, unwrapped, self.batch)
             if len(self._open) > self._max_in_flight:
-                oldest_key, oldest = self._open.popitem(last=False)
-                self._finish(oldest_key, oldest, CompletionReason.EVICTED, already_removed=True)
+                self._evict_oldest()
             event.records += records[1:]
         else:
             event.records += records
@@ -530,15 +521,30 @@ class Reassembler(Generic[RecordT]):
     ) -> None:
         if not already_removed:
             del self._open[key]
+        self._done(key, event.records, reason, self._nodes.get(key[0]), event.unwrapped)
+
+    def _done(
+        self,
+        key: EventKey,
+        records: list[RecordT],
+        reason: CompletionReason,
+        node: _NodeSerials | None,
+        unwrapped: int,
+    ) -> None:
+        """Hand on the records of a completed event (no longer open) and note its serial."""
         recent = self._recent
         recent[key] = None
         if len(recent) > self._max_recent:
             recent.popitem(last=False)
         self._stats.events[reason] += 1
-        self._on_complete(event.records, reason)
-        node = self._nodes.get(key[0])
+        self._on_complete(records, reason)
         if node is not None:
-            self._note_completed(node, key[0], event.unwrapped)
+            self._note_completed(node, key[0], unwrapped)
+
+    def _evict_oldest(self) -> None:
+        """Complete the oldest open event (EVICTED): more than max_in_flight are open."""
+        oldest_key, oldest = self._open.popitem(last=False)
+        self._finish(oldest_key, oldest, CompletionReason.EVICTED, already_removed=True)
 
     def _count_fit(self, fit: int) -> None:
         if fit == NEW_SPACE:

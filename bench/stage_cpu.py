@@ -4,8 +4,9 @@
 
 Samples utime+stime and minor page faults of the supervisor and each stage from /proc
 every 0.1 s while `auditstream replay` runs (the last sample before a stage exits counts)
-and prints seconds, microseconds per input line and page faults for each. On 2 cores the single-instance
-stages (receiver, tree keeper) set the ceiling that more assemblers cannot lift.
+and prints seconds, microseconds per input line and page faults for each. On 2 cores
+the single-instance stages (receiver, tree keeper) set the ceiling that more assemblers
+cannot lift.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@
   is counted as discarded (``write_error``). Nothing escapes a worker thread.
 - ``close()`` ends open drop episodes, lets every queue drain, flushes and
   closes every sink, and returns when all are done or ``shutdown_timeout_ms``
-  (``[treekeeper] sinks_shutdown_timeout_ms``) passed; what is still queued then is counted as discarded
-  (``shutdown_timeout``) and logged. Events already inside a stuck sink's own
+  (``[treekeeper] sinks_shutdown_timeout_ms``) passed; what is still queued then
+  is counted as discarded (``shutdown_timeout``) and logged. Events already inside a stuck sink's own
   buffer stay unaccounted (the sink's thread is stuck in write(2)).
 - Latency: an event carrying ``recv_ns`` (the receiver's wall-clock stamp of
   the batch that completed it) is observed into the sink's histogram once a

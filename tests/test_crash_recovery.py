@@ -27,6 +27,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from generated_logs import write_generated_log
 from live_helpers import feed_slowly, stage_pids
 
 from assembler.reassembler import CompletionReason, Reassembler
@@ -56,21 +57,10 @@ EventKey = tuple[str, int, int, int]
 # -- end to end ---------------------------------------------------------------------------
 
 
-def generated_log(directory: Path, lines: int) -> Path:
-    """An exec-heavy audit.log of ``lines`` lines from bench/gen_log.py."""
-    path = directory / f"big-{lines}.log"
-    subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gen_log.py"), "--lines", str(lines),
-         "--out", str(path)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return path
-
-
 @pytest.fixture(scope="module")
 def big_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An exec-heavy generated audit.log large enough that a replay lasts a few seconds."""
-    return generated_log(tmp_path_factory.mktemp("crash"), LOG_LINES)
+    return write_generated_log(tmp_path_factory.mktemp("crash") / "big.log", LOG_LINES)
 
 
 def input_keys(log: bytes) -> list[EventKey]:
@@ -207,7 +197,7 @@ def test_replay_survives_random_sigkills_exactly_once(
         if len(victims) >= 5 or attempt == 2:
             break
         lines = LOG_LINES * LONGER_LOG_FACTOR ** (attempt + 1)
-        log = generated_log(tmp_path, lines)
+        log = write_generated_log(tmp_path / f"big-{lines}.log", lines)
     assert len(victims) >= 5, f"the replay ended before enough kills landed: {victims}"
     keys = input_keys(log.read_bytes())
     outcome = read_outcome(out)

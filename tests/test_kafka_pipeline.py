@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from generated_logs import write_generated_log
 from kafka_mock_cluster import bundled_librdkafka, mock_kafka_cluster
 from live_helpers import feed_slowly
 from test_sink_kafka import KCAT, new_topic, read_topic
@@ -23,23 +24,6 @@ pytestmark = [
     ),
     pytest.mark.skipif(KCAT is None, reason="kcat is not installed (apt-get install kcat)"),
 ]
-
-
-def generated_log(tmp_path: Path, lines: int) -> Path:
-    log = tmp_path / "in.log"
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "gen_log.py"),
-            "--lines",
-            str(lines),
-            "--out",
-            str(log),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return log
 
 
 OUTAGE_SECONDS = 5.0
@@ -59,7 +43,7 @@ def audit_sequences(docs: list[dict]) -> Counter[int]:
 
 def test_replay_into_kafka_every_event_exactly_once(tmp_path: Path) -> None:
     """Every event of a replayed log reaches the topic once, as valid JSON, same as the jsonl sink."""
-    log = generated_log(tmp_path, 3000)
+    log = write_generated_log(tmp_path / "in.log", 3000)
     out = tmp_path / "events.jsonl"
     with mock_kafka_cluster() as cluster:
         topic = new_topic(cluster)
@@ -83,7 +67,7 @@ def test_replay_into_kafka_every_event_exactly_once(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_broker_outage_during_replay_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     """All brokers down for several seconds mid-replay: after they return, every event arrives once."""
-    log = generated_log(tmp_path, 40000)
+    log = write_generated_log(tmp_path / "in.log", 40000)
     out = tmp_path / "events.jsonl"
     with mock_kafka_cluster() as cluster:
         topic = new_topic(cluster)

@@ -185,6 +185,11 @@ def placed_by(body: Event, native: bool, monkeypatch: pytest.MonkeyPatch) -> lis
         return wire.events_with_heads(dict(body, events=[dict(e) for e in body["events"]]))
 
 
+def test_the_c_module_writes_the_event_key_the_tree_keeper_reads() -> None:
+    """The doc_text key compiled into the C module is auditstream.doc_text's."""
+    assert native_module("auditstream.native_doc_text").DOC_TEXT == DOC_TEXT
+
+
 def test_generated_log_heads_place_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

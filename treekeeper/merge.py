@@ -17,9 +17,9 @@ then holds about a frame's worth of events.
 
 Waiting for an assembler has two bounds, so that parking never stalls the stream: the
 parked events (``max_events``; unacknowledged frames keep the receiver's replay buffer
-full) and input that stops (``patience_ms`` without a frame: the assembler we wait for
-may be waiting for the receiver, which waits for acknowledgements). Either takes the
-oldest parked frame, as before parking.
+full) and input that stops (the tree keeper's ``MERGE_PATIENCE_MS`` without a frame,
+``take(stalled=True)``: the assembler we wait for may be waiting for the receiver, which
+waits for acknowledgements). Either takes the oldest parked frame, as before parking.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def frame_order_key(frame: wire.Frame) -> int:
     return oldest
 
 
-def frame_events(frame: wire.Frame) -> int:
+def frame_event_count(frame: wire.Frame) -> int:
     if type(frame.body) is not dict:
         return 0
     events = frame.body.get("events")
@@ -79,7 +79,7 @@ class FrameMerge:
 
     def add(self, frame: wire.Frame) -> None:
         """Park a frame that arrived."""
-        count = frame_events(frame)
+        count = frame_event_count(frame)
         queue = self._parked.setdefault(frame.sender, deque())
         queue.append((frame_order_key(frame), count, frame))
         self.parked_events += count

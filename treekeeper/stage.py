@@ -67,9 +67,8 @@ def run(cfg: Config, ctx: StageContext) -> int:
         zctx.term()
         return 2
     step = TreeStep(cfg)
-    doc_text = sinks_take_doc_text(
-        cfg.sinks
-    )  # decode only the docs' heads (auditstream/doc_text.py)
+    # Decode only the docs' heads (auditstream/doc_text.py).
+    doc_text = sinks_take_doc_text(cfg.sinks)
     runtime.ready_path(cfg).touch(mode=0o600)
     control = ControlServer(zctx, str(runtime.stage_dir(cfg)))
     acks = AckSender(zctx, cfg)
@@ -91,7 +90,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
     last_status = 0.0
     merge = replay_merge(cfg)
 
-    def take(frame: wire.Frame) -> None:
+    def handle(frame: wire.Frame) -> None:
         nonlocal received
         if frame.kind == wire.EVENTS:
             arrived = frames_events(frame, transport_errors, doc_text=doc_text)
@@ -118,7 +117,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
         if frame is None:
             if merge is not None and waiting:  # the one we wait for is quiet: on with the oldest
                 for parked in merge.take(stalled=True):
-                    take(parked)
+                    handle(parked)
             submit(step.maintain())
             if ctx.should_stop_when_idle(now):
                 break  # told to stop, and upstream has gone quiet: no eof is coming
@@ -126,11 +125,11 @@ def run(cfg: Config, ctx: StageContext) -> int:
             if frame.kind == wire.EVENTS:
                 ctx.input_arrived()
             if merge is None:
-                take(frame)
+                handle(frame)
             else:
                 merge.add(frame)
                 for parked in merge.take():
-                    take(parked)
+                    handle(parked)
         acks.service(fanout.durable_seq())
         control.serve(step.table)
         if now - last_status >= STATUS_EVERY_S:
@@ -141,7 +140,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
             )
     if merge is not None:
         for parked in merge.drain():
-            take(parked)
+            handle(parked)
     submit(step.close())
     fanout.close()
     acks.service(fanout.durable_seq())  # everything is flushed: the last acknowledgements

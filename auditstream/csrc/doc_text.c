@@ -290,8 +290,13 @@ static int encode_event(const Orjson *json, PyObject *event, Py_ssize_t index, i
         Splittable found;
         int has_raw = raw == NULL ? (PyErr_Occurred() ? -1 : 0) : PyObject_IsTrue(raw);
         if (has_raw < 0) return -1;
-        if (has_raw && (split = splittable(doc, &found)) > 0)
+        if (has_raw && (split = splittable(doc, &found)) > 0) {
+            /* dumps may run Python code: hold what found borrows from the doc */
+            PyObject *held[] = {doc, found.process, found.auditd, found.records};
+            for (size_t i = 0; i < 4; i++) Py_INCREF(held[i]);
             split = encode_split(json, doc, &found, piece);
+            for (size_t i = 0; i < 4; i++) Py_DECREF(held[i]);
+        }
         if (split < 0) {
             if (!PyErr_ExceptionMatches(json->encode_error)) return -1;
             return refuse_json(refused, index);
@@ -498,30 +503,12 @@ static PyObject *dumps_of(PyObject *dumps, PyObject *value, PyObject *option, Py
     return out;
 }
 
-/* One event's line into *b, as JsonlSink._encode makes it when the event encodes: 1; 0
- * when it is left to Python (no dict doc, an odd doc_text, orjson refuses), *b unchanged. */
-static int put_line(Buffer *b, PyObject *event, PyObject *dumps, PyObject *newline,
-                    PyObject *kwnames) {
+/* A split doc's line (before, process, after, an added container) into *b: 1, or 0 when
+ * orjson refuses a part (*b unchanged). */
+static int put_split_line(Buffer *b, PyObject *before, PyObject *process, PyObject *after,
+                          PyObject *container, PyObject *dumps) {
     static const char container_key[] = ",\"container\":"; /* doc_text._CONTAINER_KEY */
-    if (!PyDict_CheckExact(event)) return 0;
-    PyObject *doc = item(event, KEY_DOC), *text = doc ? item(event, KEY_DOC_TEXT) : NULL;
-    if (PyErr_Occurred()) PyErr_Clear();
-    if (doc == NULL || !PyDict_CheckExact(doc)) return 0;
     Py_ssize_t mark = b->size;
-    if (text == NULL || text == Py_None) {
-        PyObject *line = dumps_of(dumps, doc, newline, kwnames);
-        int ok = line != NULL && buffer_put_bytes(b, line) == 0;
-        Py_XDECREF(line);
-        return ok;
-    }
-    if (!PyTuple_CheckExact(text) || PyTuple_GET_SIZE(text) != 2) return 0;
-    PyObject *before = PyTuple_GET_ITEM(text, 0), *after = PyTuple_GET_ITEM(text, 1);
-    PyObject *process = item(doc, KEY_PROCESS);
-    PyObject *container = process ? item(doc, KEY_CONTAINER) : NULL;
-    if (PyErr_Occurred()) PyErr_Clear();
-    if (!PyBytes_CheckExact(before) || !PyBytes_CheckExact(after) || process == NULL ||
-        (container != NULL && PyBytes_GET_SIZE(after) < 1))
-        return 0;
     PyObject *process_json = dumps_of(dumps, process, NULL, NULL);
     PyObject *container_json = NULL;
     if (container != NULL && container != Py_None && process_json != NULL)
@@ -541,6 +528,39 @@ static int put_line(Buffer *b, PyObject *event, PyObject *dumps, PyObject *newli
     Py_XDECREF(process_json);
     Py_XDECREF(container_json);
     if (!ok) b->size = mark;
+    return ok;
+}
+
+/* One event's line into *b, as JsonlSink._encode makes it when the event encodes: 1; 0
+ * when it is left to Python (no dict doc, an odd doc_text, orjson refuses), *b unchanged. */
+static int put_line(Buffer *b, PyObject *event, PyObject *dumps, PyObject *newline,
+                    PyObject *kwnames) {
+    if (!PyDict_CheckExact(event)) return 0;
+    PyObject *doc = item(event, KEY_DOC), *text = doc ? item(event, KEY_DOC_TEXT) : NULL;
+    if (PyErr_Occurred()) PyErr_Clear();
+    if (doc == NULL || !PyDict_CheckExact(doc)) return 0;
+    if (text == NULL || text == Py_None) {
+        PyObject *line = dumps_of(dumps, doc, newline, kwnames);
+        int ok = line != NULL && buffer_put_bytes(b, line) == 0;
+        Py_XDECREF(line);
+        return ok;
+    }
+    if (!PyTuple_CheckExact(text) || PyTuple_GET_SIZE(text) != 2) return 0;
+    PyObject *before = PyTuple_GET_ITEM(text, 0), *after = PyTuple_GET_ITEM(text, 1);
+    PyObject *process = item(doc, KEY_PROCESS);
+    PyObject *container = process ? item(doc, KEY_CONTAINER) : NULL;
+    if (PyErr_Occurred()) PyErr_Clear();
+    if (!PyBytes_CheckExact(before) || !PyBytes_CheckExact(after) || process == NULL ||
+        (container != NULL && PyBytes_GET_SIZE(after) < 1))
+        return 0;
+    /* dumps may run Python code: hold what is borrowed from the doc (text holds its parts) */
+    Py_INCREF(text);
+    Py_INCREF(process);
+    Py_XINCREF(container);
+    int ok = put_split_line(b, before, process, after, container, dumps);
+    Py_DECREF(text);
+    Py_DECREF(process);
+    Py_XDECREF(container);
     return ok;
 }
 
