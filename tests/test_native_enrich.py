@@ -1217,6 +1217,19 @@ def test_a_full_table_or_a_patched_method_leaves_the_fork_to_python(
     assert isinstance(native.observe(table, fork(LAST, 1002, 1001, 9500)), list)
 
 
+def test_a_caller_without_its_children_set_leaves_the_fork_to_python() -> None:
+    """A forking process whose ``children`` is unset: C leaves the fork to _act (it read
+    that slot without a check and crashed the process); Python counts the doc as bad."""
+    table = ProcessTable()
+    for doc, _ in scenario(chain=3):
+        table.observe(doc)
+    del _newest(table, 1002).children
+    assert isinstance(native.observe(table, fork(LAST, 1002, 1001, 9601)), tuple)
+    bad = table.stats.bad_docs
+    assert table.observe(fork(LAST + 1, 1002, 1001, 9602)) == []
+    assert table.stats.bad_docs == bad + 1
+
+
 def test_entity_id_is_python_s() -> None:
     """C's entity_id is tree.entity_id (SHA-256, URL-safe base64) for hosts of every length
     up to 300 bytes, non-ASCII hosts, and pids and start times of every size."""

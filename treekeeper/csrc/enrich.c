@@ -1137,10 +1137,6 @@ static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t na
             Py_RETURN_FALSE;
         }
     }
-    if (!exiting)
-        exit_plan_release(&exit_plan); /* a declined plan may hold its code */
-    if (!execing)
-        exec_plan_release(&exec_plan);
     Py_XINCREF(touched);
     int failed = timed && event_time_commit(&t, &et) < 0;
     if (!failed && touched != NULL) {
@@ -1238,10 +1234,20 @@ static int load_python_side(void)
         Py_XDECREF(chain);
         return -1;
     }
-    fork_kwnames = Py_BuildValue("(ssssssssssssssss)", "pid", "start_ms", "entity_id",
-                                 "creator", "executable", "name", "args", "cwd", "title",
-                                 "started_at", "first_seen", "image_ms", "tentative", "role",
-                                 "managed", "pid_ns");
+    /* Interned: Process.__init__ then matches each keyword by identity, not by value. */
+    static const char *const fork_keywords[] = {
+        "pid", "start_ms", "entity_id", "creator", "executable", "name", "args", "cwd",
+        "title", "started_at", "first_seen", "image_ms", "tentative", "role", "managed",
+        "pid_ns"};
+    const Py_ssize_t keyword_count = (Py_ssize_t)(sizeof fork_keywords / sizeof *fork_keywords);
+    fork_kwnames = PyTuple_New(keyword_count);
+    for (Py_ssize_t i = 0; fork_kwnames != NULL && i < keyword_count; i++) {
+        PyObject *name = PyUnicode_InternFromString(fork_keywords[i]);
+        if (name == NULL)
+            Py_CLEAR(fork_kwnames);
+        else
+            PyTuple_SET_ITEM(fork_kwnames, i, name);
+    }
     if (one == NULL || fork_kwnames == NULL) {
         Py_XDECREF(chain);
         return -1;

@@ -80,8 +80,7 @@ static int plan_exit(Table *t, PyObject *doc, int group, PyObject *proc, int64_t
         return 0;
     int has_a0 = optional_str(data, s_a0, &a0);
     int64_t code;
-    if (has_a0 < 0 || (has_a0 == 0 && a0 != NULL && a0 != Py_None) ||
-        (has_a0 && !plain_hex(a0, &code)))
+    if (has_a0 < 0 || (has_a0 && !plain_hex(a0, &code)))
         return 0;
     if (exited != Py_None) {
         plan->kind = EXIT_NOTHING; /* ended already */

@@ -26,7 +26,7 @@ typedef struct {
 #define CLONE_NEWPID_FLAG 0x20000000
 
 /* tree.entity_id(host, pid, start_ms): 22 characters of URL-safe base64; NULL with an
- * exception, or without one where the host is not UTF-8 encodable (Python raises then). */
+ * exception (a host that is not UTF-8 encodable raises UnicodeEncodeError, as in Python). */
 static PyObject *entity_id_text(PyObject *host, int64_t pid, int64_t start_ms)
 {
     Py_ssize_t size;
@@ -211,7 +211,10 @@ static int plan_fork(Table *t, PyObject *table, PyObject *doc, PyObject *syscall
     if (!i64_of(slot(t->config, config_offsets[CF_MAX_PROCESSES]), &limit) ||
         PyDict_GET_SIZE(t->processes) + 1 > limit ||
         !i64_of(slot(t->stats, stats_offsets[ST_PROCESSES_CREATED]), &created) ||
-        key_of(caller, (int64_t[2]){0, 0}) < 0 || !PySet_CheckExact(pslot(caller, P_CHILDREN)))
+        key_of(caller, (int64_t[2]){0, 0}) < 0)
+        return 0;
+    PyObject *children = pslot(caller, P_CHILDREN); /* unset: del proc.children */
+    if (children == NULL || !PySet_CheckExact(children))
         return 0;
     const int copied[5] = {P_EXECUTABLE, P_NAME, P_ARGS, P_CWD, P_TITLE};
     for (int i = 0; i < 5; i++)
