@@ -37,7 +37,7 @@ setup(
         Extension(
             "assembler.native_ecs",
             ["assembler/csrc/ecs.c"],
-            depends=["assembler/csrc/escape.h", _PYCLASS, _CIVIL_DAYS],
+            depends=["assembler/csrc/escape.h", "assembler/csrc/ecs_write.h", _PYCLASS, _CIVIL_DAYS],
             **_SHARED,
             optional=True,
             extra_compile_args=_FLAGS,

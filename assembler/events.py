@@ -7,7 +7,7 @@ from typing import Any
 
 from assembler.coalesce import coalesce
 from assembler.ecs import build_doc, marker_doc
-from assembler.native import native_build_doc, native_coalesce
+from assembler.native import native_build_doc, native_coalesce, native_write_doc
 from assembler.parse import Record
 from assembler.reassembler import CompletionReason, LostRange
 from auditstream.escape import escape
@@ -31,22 +31,36 @@ PARSE_ERROR_SNIPPET_BYTES = 4096
 # event (None), and the Python function, the reference, does it then.
 _NATIVE_COALESCE = native_coalesce()
 _NATIVE_BUILD_DOC = native_build_doc()
+_NATIVE_WRITE_DOC = native_write_doc()
+# completed_by of each reason that says the event may be cut short (None: not written).
+_COMPLETED_BY = {
+    reason: reason.name.lower() if reason in _UNCERTAIN else None for reason in CompletionReason
+}
 
 
 def event_from_records(
-    records: list[Record], reason: CompletionReason, *, raw: bool = True
+    records: list[Record], reason: CompletionReason, *, raw: bool = True, written: bool = False
 ) -> Event:
     """The event of complete ``records``; ``raw=False``: the record count in place of the
-    raw records (no sink writes them: packing and unpacking them cost ~3.5 µs per event)."""
+    raw records (no sink writes them: packing and unpacking them cost ~3.5 µs per event).
+
+    ``written``: the doc as its JSON text where the C writer takes the event (a
+    :class:`~auditstream.doc_text.WrittenDoc`, for an event that is only shipped:
+    ``wire.pack_events_body`` puts it in ``docs_json`` as ``orjson.dumps`` of the dict
+    would be), else the dict."""
     first = records[0]
     coalesced = _NATIVE_COALESCE(records) if _NATIVE_COALESCE is not None else None
     if coalesced is None:
         coalesced = coalesce(records)
-    doc = _NATIVE_BUILD_DOC(records, coalesced) if _NATIVE_BUILD_DOC is not None else None
+    doc: Any = None
+    if written and _NATIVE_WRITE_DOC is not None:
+        doc = _NATIVE_WRITE_DOC(records, coalesced, _COMPLETED_BY[reason])
     if doc is None:
-        doc = build_doc(records, coalesced)
-    if reason in _UNCERTAIN:
-        doc.setdefault("auditstream", {})["completed_by"] = reason.name.lower()
+        doc = _NATIVE_BUILD_DOC(records, coalesced) if _NATIVE_BUILD_DOC is not None else None
+        if doc is None:
+            doc = build_doc(records, coalesced)
+        if reason in _UNCERTAIN:
+            doc.setdefault("auditstream", {})["completed_by"] = reason.name.lower()
     return {
         "key": [first.node, first.sec, first.msec, first.serial],
         "raw": [[r.type, r.data, r.node] for r in records] if raw else len(records),

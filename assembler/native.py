@@ -3,7 +3,8 @@
 ``assembler/csrc/*.c`` implement :func:`assembler.parse.parse_record` (the usual header;
 it hands anything else to the Python function) and :func:`assembler.batch.parse_batch`
 with it, :func:`assembler.coalesce.coalesce` and :func:`assembler.ecs.build_doc` (for the events they know; for any other event they
-return None and the Python functions do the work). The Python functions stay the
+return None and the Python functions do the work), and ``write_doc``: build_doc's doc
+written as JSON text for shipping (assembler/csrc/ecs_write.h). The Python functions stay the
 reference; the differential tests hold the two equal (tests/test_native_*.py).
 
 ``AUDITSTREAM_NATIVE`` chooses (:mod:`auditstream.native`).
@@ -17,10 +18,12 @@ from typing import Any
 from assembler.batch import BatchItem, parse_batch
 from assembler.coalesced import Coalesced
 from assembler.parse import Record
+from auditstream.doc_text import WrittenDoc
 from auditstream.native import load_native
 
 CoalesceFn = Callable[[list[Record]], Coalesced | None]
 BuildDocFn = Callable[[list[Record], Coalesced], dict[str, Any] | None]
+WriteDocFn = Callable[[list[Record], Coalesced, str | None], WrittenDoc | None]
 ParseBatchFn = Callable[[Sequence[Sequence[Any]], bool], list[BatchItem]]
 
 
@@ -33,6 +36,13 @@ def native_coalesce() -> CoalesceFn | None:
 def native_build_doc() -> BuildDocFn | None:
     """The C document builder (None: not built or not allowed)."""
     function: BuildDocFn | None = load_native("assembler.native_ecs", "build_doc")
+    return function
+
+
+def native_write_doc() -> WriteDocFn | None:
+    """The C doc writer: the doc's JSON text and head, without the dict (None: not built or
+    not allowed; there is no Python writer, the dict and orjson are the reference)."""
+    function: WriteDocFn | None = load_native("assembler.native_ecs", "write_doc")
     return function
 
 

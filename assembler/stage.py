@@ -61,6 +61,9 @@ class Assembly:
         self.input_at = time.monotonic()
         self.shards = cfg.assembler.instances
         self.raw_records = sinks_write_raw(cfg.sinks)  # else events carry the record count
+        # Audit docs as their JSON text (WrittenDoc) where C writes them: run() sets it, as
+        # its events are only shipped; in process (tests, tools) docs stay dicts.
+        self.written_docs = False
         self.clock_ms = 0
         # The receive stamp of the batch being pushed: events completed by one of its
         # records carry it (for an EOE-ended event, the EOE's receive time). None outside
@@ -108,7 +111,9 @@ class Assembly:
             self.counts["lone_eoes"] += 1
             return
         try:
-            event = event_from_records(records, reason, raw=self.raw_records)
+            event = event_from_records(
+                records, reason, raw=self.raw_records, written=self.written_docs
+            )
             if self.recv_ns is not None:
                 event["recv_ns"] = self.recv_ns  # outside "doc": never written by a sink
             self.out.append(event)
@@ -260,6 +265,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
         watch=True,
     )
     assembly = Assembly(cfg, event_time=cfg.receiver.source == "file", index=ctx.index)
+    assembly.written_docs = True  # its events are only packed (wire.pack_events_body)
     stream = BatchStream()  # the receiver's numbered batches (docs/recovery.md)
 
     events_sent = 0
@@ -332,6 +338,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
         elif frame.kind == wire.RESUME:
             if stream.resume(frame.body):  # start over: the receiver resends what is not durable
                 assembly = Assembly(cfg, event_time=cfg.receiver.source == "file", index=ctx.index)
+                assembly.written_docs = True
                 upstream = {}
             else:  # same records, new numbering (a live receiver restarted)
                 assembly.reassembler.renumber_open(int(frame.body["from"]))

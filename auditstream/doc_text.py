@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -46,6 +46,17 @@ DOC_TEXT = "doc_text"  # the event field that holds a split doc's DocText (in th
 # strings, so a NUL byte in its output is this mark and nothing else.
 _MARK = orjson.Fragment(b"\0")
 _NULL = b"null"
+
+
+class WrittenDoc(NamedTuple):
+    """An audit event's doc as the assembler wrote it in C (assembler/csrc/ecs_write.h), in
+    an event's ``doc`` until it is shipped: the bytes ``orjson.dumps`` of the dict doc gives,
+    where its ``process`` value is in them, and its head as JSON (:func:`encode_docs`)."""
+
+    text: bytes
+    at: int  # process's value is text[at:until]
+    until: int
+    head: bytes  # the head's JSON, its process value included
 
 
 @dataclass(slots=True)
@@ -78,7 +89,17 @@ def encode_docs(events: list[dict[str, Any]], with_heads: bool) -> EncodedDocs:
         doc = event.get("doc")
         slim_event = dict(event)
         head: list[Any] | None = None
-        if type(doc) is not dict:  # missing or not an object: the sinks report it, as before
+        if type(doc) is WrittenDoc:  # written already, and always splittable
+            text = doc.text
+            end = start + len(text)
+            if with_heads and event.get("raw"):
+                fragment = orjson.Fragment(doc.head)
+                head = [start, end, start + doc.at, start + doc.until, fragment]
+            else:
+                head = [start, end]
+            pieces.append(text)
+            slim_event["doc"] = None
+        elif type(doc) is not dict:  # missing or not an object: the sinks report it, as before
             refused[index] = "doc is missing" if doc is None else f"doc is {type(doc).__name__}"
         else:
             try:
@@ -156,7 +177,14 @@ def _native_encode() -> Callable[[list[dict[str, Any]], bool], EncodedDocs]:
 
     def native(events: list[dict[str, Any]], with_heads: bool) -> EncodedDocs:
         return EncodedDocs(
-            *function(orjson.dumps, orjson.Fragment, orjson.JSONEncodeError, events, with_heads)
+            *function(
+                orjson.dumps,
+                orjson.Fragment,
+                orjson.JSONEncodeError,
+                WrittenDoc,
+                events,
+                with_heads,
+            )
         )
 
     return native

@@ -46,6 +46,7 @@ def main() -> None:
     assembly = Assembly(Config(), event_time=True)
     if args.ship:  # as the stage with a jsonl sink: the record count in place of the records
         assembly.raw_records = False
+        assembly.written_docs = True
     tune_gc()  # as the stage runs
     keep_freed_heap()
     events = 0

@@ -30,7 +30,7 @@ from test_doc_text import RECORD, audit_doc, audit_event
 from assembler.stage import Assembly
 from auditstream import wire
 from auditstream.config import Config
-from auditstream.doc_text import DOC_TEXT, EncodedDocs, encode_docs
+from auditstream.doc_text import DOC_TEXT, EncodedDocs, WrittenDoc, encode_docs
 from auditstream.logline import split_log_line
 from sinks import jsonl
 from sinks.config import FileOutputConfig
@@ -47,7 +47,14 @@ def c_encode() -> Callable[[list[Event], bool], EncodedDocs]:
 
     def encode(events: list[Event], with_heads: bool) -> EncodedDocs:
         return EncodedDocs(
-            *function(orjson.dumps, orjson.Fragment, orjson.JSONEncodeError, events, with_heads)
+            *function(
+                orjson.dumps,
+                orjson.Fragment,
+                orjson.JSONEncodeError,
+                WrittenDoc,
+                events,
+                with_heads,
+            )
         )
 
     return encode

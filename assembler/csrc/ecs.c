@@ -27,6 +27,7 @@
 #include "civil_days.h"
 #include <string.h>
 #include <limits.h>
+#include <stdint.h>
 
 /* ---- Python objects looked up at import ------------------------------------------ */
 
@@ -55,7 +56,7 @@ static PyObject *prefix_cache;
     X(s_source, "source") X(s_destination, "destination") X(s_network, "network")        \
     X(s_direction, "direction") X(s_host, "host") X(s_tags, "tags") X(s_error, "error")  \
     X(s_ip, "ip") X(s_port, "port") X(s_path, "path") X(s_auditd_module, "auditd")      \
-    X(s_message, "message")
+    X(s_message, "message") X(s_syscall, "syscall") X(s_exit, "exit") X(s_a0, "a0")
 
 #define DECLARE_STRING(var, text) static PyObject *var;
 STRING_LIST(DECLARE_STRING)
@@ -460,7 +461,34 @@ static PyObject *record_prefix(PyObject *type)
     return prefix;
 }
 
-/* raw_records_text: "type=NAME msg=" + escape(data) for each record. */
+/* "type=NAME msg=" + escape(data) of one record (raw_record_text); NULL without an
+ * exception to decline. */
+static PyObject *record_text(PyObject *rec)
+{
+    PyObject *type = slot(rec, record_offsets[R_TYPE]);
+    PyObject *prefix = NULL;
+    if (type != NULL && PyLong_CheckExact(type)) {
+        Py_INCREF(type);
+        prefix = record_prefix(type);
+        Py_DECREF(type);
+    }
+    PyObject *data = slot(rec, record_offsets[R_DATA]); /* after the Python call */
+    PyObject *text = NULL;
+    if (prefix != NULL && (data == NULL || !PyBytes_CheckExact(data)))
+        Py_CLEAR(prefix); /* changed under us: decline */
+    if (prefix != NULL && PyUnicode_IS_ASCII(prefix)) {
+        text = escape_with_prefix(prefix, (const unsigned char *)PyBytes_AS_STRING(data),
+                                  PyBytes_GET_SIZE(data));
+    } else if (prefix != NULL) {
+        PyObject *escaped = escape_bytes(data);
+        text = escaped ? PyUnicode_Concat(prefix, escaped) : NULL;
+        Py_XDECREF(escaped);
+    }
+    Py_XDECREF(prefix);
+    return text;
+}
+
+/* raw_records_text: record_text of each record. */
 static PyObject *records_text(PyObject *records)
 {
     Py_ssize_t count = PyTuple_GET_SIZE(records);
@@ -468,27 +496,7 @@ static PyObject *records_text(PyObject *records)
     if (out == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *rec = PyTuple_GET_ITEM(records, i);
-        PyObject *type = slot(rec, record_offsets[R_TYPE]);
-        PyObject *prefix = NULL;
-        if (type != NULL && PyLong_CheckExact(type)) {
-            Py_INCREF(type);
-            prefix = record_prefix(type);
-            Py_DECREF(type);
-        }
-        PyObject *data = slot(rec, record_offsets[R_DATA]); /* after the Python call */
-        PyObject *text = NULL;
-        if (prefix != NULL && (data == NULL || !PyBytes_CheckExact(data)))
-            Py_CLEAR(prefix); /* changed under us: decline */
-        if (prefix != NULL && PyUnicode_IS_ASCII(prefix)) {
-            text = escape_with_prefix(prefix, (const unsigned char *)PyBytes_AS_STRING(data),
-                                      PyBytes_GET_SIZE(data));
-        } else if (prefix != NULL) {
-            PyObject *escaped = escape_bytes(data);
-            text = escaped ? PyUnicode_Concat(prefix, escaped) : NULL;
-            Py_XDECREF(escaped);
-        }
-        Py_XDECREF(prefix);
+        PyObject *text = record_text(PyTuple_GET_ITEM(records, i));
         if (text == NULL) {
             Py_DECREF(out);
             return NULL;
@@ -987,6 +995,8 @@ static PyObject *py_build_doc(PyObject *module, PyObject *const *args, Py_ssize_
     return doc;
 }
 
+#include "ecs_write.h"
+
 /* ---- module ----------------------------------------------------------------------------- */
 
 static int load_python_side(void)
@@ -1004,8 +1014,10 @@ static int load_python_side(void)
     type_name_fn = import_attr("auditstream.logline", "type_name");
     enriched_fields_fn = import_attr("assembler.parse", "enriched_fields");
     add_ecs_entities_fn = import_attr("assembler.ecs", "_add_ecs_entities");
+    written_doc_type = import_type("auditstream.doc_text", "WrittenDoc");
     if (!nul_socket_needle || !prefix_cache || !coalesced_type || !address_type ||
-        !record_type || !type_name_fn || !enriched_fields_fn || !add_ecs_entities_fn)
+        !record_type || !type_name_fn || !enriched_fields_fn || !add_ecs_entities_fn ||
+        !written_doc_type)
         return -1;
     if (slot_offsets(coalesced_type, coalesced_names, coalesced_offsets, C_COUNT) < 0 ||
         slot_offsets(record_type, record_names, record_offsets, R_COUNT) < 0 ||
@@ -1018,6 +1030,9 @@ static PyMethodDef methods[] = {
     {"build_doc", (PyCFunction)(void (*)(void))py_build_doc, METH_FASTCALL,
      "build_doc(records, coalesced) -> dict | None: assembler.ecs.build_doc, or None when "
      "this event is left to Python."},
+    {"write_doc", (PyCFunction)(void (*)(void))py_write_doc, METH_FASTCALL,
+     "write_doc(records, coalesced, completed_by) -> WrittenDoc | None: the JSON text of "
+     "build_doc's doc with completed_by, and its head; None when left to the dict path."},
     {"escape", py_escape, METH_O, "escape(raw: bytes) -> str: auditstream.escape.escape."},
     {NULL, NULL, 0, NULL}};
 

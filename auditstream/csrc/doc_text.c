@@ -147,13 +147,15 @@ static int splittable(PyObject *doc, Splittable *found) {
  * and the head. */
 typedef struct {
     PyObject *text;  /* NULL: refused, "null" */
-    PyObject *value; /* process's text, or NULL: not split */
-    PyObject *head;  /* the head (split docs only) */
-    Py_ssize_t at;   /* the mark's offset in text */
+    PyObject *value; /* process's text, or NULL: not split (or written) */
+    PyObject *head;  /* the head (split and written docs only) */
+    Py_ssize_t at;   /* the mark's offset in text; a written doc's process value's */
+    Py_ssize_t until; /* a written doc's: the end of process's value in text */
 } Piece;
 
 typedef struct {
     PyObject *dumps, *fragment, *encode_error, *mark;
+    PyTypeObject *written; /* doc_text.WrittenDoc */
 } Orjson;
 
 /* The one NUL byte in text (the mark), or -1 when there is none or more than one. */
@@ -208,6 +210,9 @@ static int encode_split(const Orjson *json, PyObject *doc, const Splittable *fou
 
 /* [start, end] or [start, end, at, until, head] for a piece at start in docs_json. */
 static PyObject *head_entry(const Piece *piece, Py_ssize_t start, Py_ssize_t end) {
+    if (piece->value == NULL && piece->head != NULL) /* written */
+        return Py_BuildValue("[nnnnO]", start, end, start + piece->at, start + piece->until,
+                             piece->head);
     if (piece->value == NULL) return Py_BuildValue("[nn]", start, end);
     Py_ssize_t at = start + piece->at;
     return Py_BuildValue("[nnnnO]", start, end, at, at + PyBytes_GET_SIZE(piece->value),
@@ -269,6 +274,37 @@ static int refuse_shape(PyObject *refused, Py_ssize_t index, PyObject *doc) {
     return refuse(refused, index, why);
 }
 
+/* A WrittenDoc (text, at, until, head) into piece; its head as a Fragment when the event
+ * has raw records and heads are asked for (doc_text.encode_docs). 0, or -1 on error. */
+static int encode_written(const Orjson *json, PyObject *event, PyObject *doc, int with_heads,
+                          Piece *piece) {
+    if (PyTuple_GET_SIZE(doc) != 4) {
+        PyErr_SetString(PyExc_TypeError, "a WrittenDoc that is not (bytes, int, int, bytes)");
+        return -1;
+    }
+    PyObject *text = PyTuple_GET_ITEM(doc, 0), *head = PyTuple_GET_ITEM(doc, 3);
+    if (!PyBytes_CheckExact(text) || !PyBytes_CheckExact(head) ||
+        !PyLong_CheckExact(PyTuple_GET_ITEM(doc, 1)) ||
+        !PyLong_CheckExact(PyTuple_GET_ITEM(doc, 2))) {
+        PyErr_SetString(PyExc_TypeError, "a WrittenDoc that is not (bytes, int, int, bytes)");
+        return -1;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(doc, 1));
+    Py_ssize_t until = PyLong_AsSsize_t(PyTuple_GET_ITEM(doc, 2));
+    if ((at == -1 || until == -1) && PyErr_Occurred()) return -1;
+    if (with_heads) {
+        PyObject *raw = item(event, KEY_RAW);
+        int has_raw = raw == NULL ? (PyErr_Occurred() ? -1 : 0) : PyObject_IsTrue(raw);
+        if (has_raw < 0) return -1;
+        if (has_raw && (piece->head = PyObject_CallOneArg(json->fragment, head)) == NULL)
+            return -1;
+    }
+    piece->text = Py_NewRef(text);
+    piece->at = at;
+    piece->until = until;
+    return 0;
+}
+
 /* One event: its slim copy appended, its piece filled (or refused). 0, or -1 on error. */
 static int encode_event(const Orjson *json, PyObject *event, Py_ssize_t index, int with_heads,
                         PyObject *slim, PyObject *refused, Piece *piece) {
@@ -283,6 +319,10 @@ static int encode_event(const Orjson *json, PyObject *event, Py_ssize_t index, i
     if (appended < 0) return -1;
     PyObject *doc = item(event, KEY_DOC);
     if (doc == NULL && PyErr_Occurred()) return -1;
+    if (doc != NULL && Py_IS_TYPE(doc, json->written)) {
+        int written = encode_written(json, event, doc, with_heads, piece);
+        return written < 0 ? -1 : PyDict_SetItem(PyList_GET_ITEM(slim, index), KEY_DOC, Py_None);
+    }
     if (doc == NULL || !PyDict_CheckExact(doc)) return refuse_shape(refused, index, doc);
     int split = 0;
     if (with_heads) {
@@ -350,16 +390,17 @@ static PyObject *join_pieces(const Piece *pieces, Py_ssize_t count, PyObject *he
 }
 
 static PyObject *encode_docs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyCallable_Check(args[0]) || !PyCallable_Check(args[1]) ||
-        !PyType_Check(args[2]) || !PyList_CheckExact(args[3])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "encode_docs(dumps, Fragment, JSONEncodeError, events: list, with_heads)");
+    if (nargs != 6 || !PyCallable_Check(args[0]) || !PyCallable_Check(args[1]) ||
+        !PyType_Check(args[2]) || !PyType_Check(args[3]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type) || !PyList_CheckExact(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "encode_docs(dumps, Fragment, JSONEncodeError, "
+                                         "WrittenDoc, events: list, with_heads)");
         return NULL;
     }
-    int with_heads = PyObject_IsTrue(args[4]);
+    int with_heads = PyObject_IsTrue(args[5]);
     if (with_heads < 0) return NULL;
-    Orjson json = {args[0], args[1], args[2], NULL};
-    PyObject *events = args[3];
+    Orjson json = {args[0], args[1], args[2], NULL, (PyTypeObject *)args[3]};
+    PyObject *events = args[4];
     Py_ssize_t count = PyList_GET_SIZE(events);
     Piece *pieces = PyMem_Calloc((size_t)(count ? count : 1), sizeof(Piece));
     PyObject *slim = PyList_New(0), *refused = PyDict_New();
@@ -611,7 +652,7 @@ static PyMethodDef methods[] = {
     {"place_heads", (PyCFunction)(void (*)(void))place_heads, METH_FASTCALL,
      "place_heads(events, heads, docs_json) -> bool: wire.events_with_heads's placing, in C."},
     {"encode_docs", (PyCFunction)(void (*)(void))encode_docs, METH_FASTCALL,
-     "encode_docs(dumps, Fragment, JSONEncodeError, events, with_heads) -> (docs_json, heads, "
+     "encode_docs(dumps, Fragment, JSONEncodeError, WrittenDoc, events, with_heads) -> (docs_json, heads, "
      "slim, refused): doc_text's, in C."},
     {NULL, NULL, 0, NULL},
 };

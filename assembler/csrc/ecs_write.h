@@ -1,0 +1,583 @@
+/* write_doc: an audit event's document written as JSON text straight from its records and
+ * Coalesced, without the doc's dicts (included once, by ecs.c, after build()).
+ *
+ * The text is byte for byte orjson.dumps(build_doc(records, coalesced)) with the
+ * assembler's `completed_by` added, and the head is what auditstream/doc_text.py's
+ * encode_docs makes of that doc: building the doc's ~15 dicts, encoding them with orjson
+ * and freeing them was ~60 % of an assembler's per-event CPU (docs/performance.md,
+ * "Nineteenth pass"). The small parts that need Python's rules (user, data with socket
+ * fields, addresses) are still built as dicts by ecs.c's helpers and written here; the
+ * rest is written from the Coalesced's own strings.
+ *
+ * Declined (None), besides what build() declines: an event that has ECS entities (they
+ * are filled by Python code into the doc), one without process fields (its doc does not
+ * travel split), and any value orjson would refuse or that this writer does not write
+ * (a str with a lone surrogate, an int beyond 64 bits, a float, a type that is not
+ * exactly dict, list, tuple, str, int, bool or None, nesting deeper than WRITE_MAX_DEPTH).
+ * The caller then builds the dict, and encoding it says what orjson says.
+ */
+
+#define WRITE_MAX_DEPTH 32
+
+typedef struct {
+    char *data;
+    Py_ssize_t size, cap;
+} Out;
+
+/* Kept between calls (one doc at a time, under the GIL): no allocation per event. */
+static Out doc_out, head_out;
+static int writing; /* a Python helper called back into write_doc: decline */
+static PyTypeObject *written_doc_type;
+
+static int out_grow(Out *o, Py_ssize_t more)
+{
+    Py_ssize_t cap = o->cap ? o->cap : 4096;
+    while (cap < o->size + more) {
+        if (cap > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        cap *= 2;
+    }
+    char *data = PyMem_Realloc(o->data, (size_t)cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    o->data = data;
+    o->cap = cap;
+    return 0;
+}
+
+static inline int out_reserve(Out *o, Py_ssize_t more)
+{
+    return o->size + more <= o->cap ? 0 : out_grow(o, more);
+}
+
+static inline int out_put(Out *o, const char *text, Py_ssize_t len)
+{
+    if (out_reserve(o, len) < 0)
+        return -1;
+    memcpy(o->data + o->size, text, (size_t)len);
+    o->size += len;
+    return 0;
+}
+
+#define PUT_LIT(o, lit) out_put((o), (lit), (Py_ssize_t)sizeof(lit) - 1)
+
+/* orjson's escapes: '"', '\\' and every byte below 0x20; everything else as it is. */
+static const char *const short_escapes[32] = {
+    ['\b'] = "\\b", ['\t'] = "\\t", ['\n'] = "\\n", ['\f'] = "\\f", ['\r'] = "\\r"};
+
+/* The escape of one byte that needs it, at out; returns the end. */
+static inline char *put_escape(char *out, unsigned char byte)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (byte == '"' || byte == '\\') {
+        *out++ = '\\';
+        *out++ = (char)byte;
+    } else if (short_escapes[byte] != NULL) {
+        memcpy(out, short_escapes[byte], 2);
+        out += 2;
+    } else {
+        memcpy(out, "\\u00", 4);
+        out[4] = hex[byte >> 4];
+        out[5] = hex[byte & 15];
+        out += 6;
+    }
+    return out;
+}
+
+/* Nonzero when one of the 8 bytes of word is below 0x20, '"' or '\\' (the bit tricks
+ * of "Bit Twiddling Hacks": haszero, hasless). */
+static inline uint64_t word_needs_escape(uint64_t word)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    uint64_t quote = word ^ (ones * '"'), backslash = word ^ (ones * '\\');
+    uint64_t below_space = (word - ones * 0x20) & ~word;
+    return (below_space | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash)) & highs;
+}
+
+static int put_utf8_string(Out *o, const unsigned char *text, Py_ssize_t len)
+{
+    if (out_reserve(o, len * 6 + 2) < 0)
+        return -1;
+    char *out = o->data + o->size;
+    *out++ = '"';
+    Py_ssize_t run = 0, i = 0;
+    /* Most text needs no escape: skip 8 bytes at a time to the first that may. */
+    for (;;) {
+        while (i + 8 <= len) {
+            uint64_t word;
+            memcpy(&word, text + i, 8);
+            if (word_needs_escape(word))
+                break;
+            i += 8;
+        }
+        if (i + 8 > len)
+            break;
+        Py_ssize_t stop = i + 8;
+        for (; i < stop; i++) {
+            unsigned char byte = text[i];
+            if (byte >= 0x20 && byte != '"' && byte != '\\')
+                continue;
+            memcpy(out, text + run, (size_t)(i - run));
+            out += i - run;
+            run = i + 1;
+            out = put_escape(out, byte);
+        }
+    }
+    for (; i < len; i++) {
+        unsigned char byte = text[i];
+        if (byte >= 0x20 && byte != '"' && byte != '\\')
+            continue;
+        memcpy(out, text + run, (size_t)(i - run));
+        out += i - run;
+        run = i + 1;
+        out = put_escape(out, byte);
+    }
+    memcpy(out, text + run, (size_t)(len - run));
+    out += len - run;
+    *out++ = '"';
+    o->size = out - o->data;
+    return 0;
+}
+
+/* A str as orjson writes it; -1 with an exception on error, without one to decline. */
+static int put_str(Out *o, PyObject *text)
+{
+    if (!PyUnicode_CheckExact(text))
+        return -1;
+    if (PyUnicode_IS_ASCII(text))
+        return put_utf8_string(o, PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text));
+    Py_ssize_t len;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(text, &len);
+    if (utf8 == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+            PyErr_Clear(); /* a lone surrogate: orjson refuses it, Python's path says so */
+        return -1;
+    }
+    return put_utf8_string(o, (const unsigned char *)utf8, len);
+}
+
+static int put_unsigned(Out *o, unsigned long long value, int negative)
+{
+    char digits[24];
+    int at = (int)sizeof(digits);
+    do {
+        digits[--at] = (char)('0' + value % 10);
+        value /= 10;
+    } while (value);
+    if (negative)
+        digits[--at] = '-';
+    return out_put(o, digits + at, (Py_ssize_t)sizeof(digits) - at);
+}
+
+static int put_signed(Out *o, long long value)
+{
+    if (value < 0)
+        return put_unsigned(o, 0ULL - (unsigned long long)value, 1);
+    return put_unsigned(o, (unsigned long long)value, 0);
+}
+
+/* An int as orjson writes it: -2**63 .. 2**64-1, else decline (orjson refuses it). */
+static int put_int_value(Out *o, PyObject *number)
+{
+    int overflow = 0;
+    long long value = PyLong_AsLongLongAndOverflow(number, &overflow);
+    if (value == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow > 0) {
+        unsigned long long big = PyLong_AsUnsignedLongLong(number);
+        if (big == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (PyErr_ExceptionMatches(PyExc_OverflowError))
+                PyErr_Clear();
+            return -1;
+        }
+        return put_unsigned(o, big, 0);
+    }
+    if (overflow < 0)
+        return -1;
+    return put_signed(o, value);
+}
+
+/* A JSON value of exact dict (str keys), list, tuple, str, int, bool or None. */
+static int put_value(Out *o, PyObject *value, int depth)
+{
+    if (PyUnicode_CheckExact(value))
+        return put_str(o, value);
+    if (depth > WRITE_MAX_DEPTH)
+        return -1;
+    if (PyDict_CheckExact(value)) {
+        if (PUT_LIT(o, "{") < 0)
+            return -1;
+        Py_ssize_t pos = 0;
+        PyObject *key, *item;
+        int first = 1;
+        while (PyDict_Next(value, &pos, &key, &item)) {
+            if (!PyUnicode_CheckExact(key) || (!first && PUT_LIT(o, ",") < 0) ||
+                put_str(o, key) < 0 || PUT_LIT(o, ":") < 0)
+                return -1;
+            /* item is borrowed from a dict only this call's caller owns: no code runs */
+            if (put_value(o, item, depth + 1) < 0)
+                return -1;
+            first = 0;
+        }
+        return PUT_LIT(o, "}");
+    }
+    if (PyList_CheckExact(value) || PyTuple_CheckExact(value)) {
+        Py_ssize_t count = PySequence_Fast_GET_SIZE(value);
+        PyObject **items = PySequence_Fast_ITEMS(value);
+        if (PUT_LIT(o, "[") < 0)
+            return -1;
+        for (Py_ssize_t i = 0; i < count; i++)
+            if ((i && PUT_LIT(o, ",") < 0) || put_value(o, items[i], depth + 1) < 0)
+                return -1;
+        return PUT_LIT(o, "]");
+    }
+    if (PyLong_CheckExact(value))
+        return put_int_value(o, value);
+    if (value == Py_True)
+        return PUT_LIT(o, "true");
+    if (value == Py_False)
+        return PUT_LIT(o, "false");
+    if (value == Py_None)
+        return PUT_LIT(o, "null");
+    return -1; /* a float, a subclass, anything else: the dict path and orjson decide */
+}
+
+/* ,"key": (or "key": for the first key of an object); key_len is strlen(key) */
+static int put_key_len(Out *o, int *first, const char *key, Py_ssize_t key_len)
+{
+    if (out_reserve(o, key_len + 4) < 0)
+        return -1;
+    char *out = o->data + o->size;
+    if (!*first)
+        *out++ = ',';
+    *first = 0;
+    *out++ = '"';
+    memcpy(out, key, (size_t)key_len);
+    out += key_len;
+    *out++ = '"';
+    *out++ = ':';
+    o->size = out - o->data;
+    return 0;
+}
+
+#define put_key(o, first, key) put_key_len((o), (first), (key), (Py_ssize_t)strlen(key))
+
+/* "key":"text" when text is not empty */
+static int put_nonempty_str(Out *o, int *first, const char *key, PyObject *text)
+{
+    if (!nonempty_str(text))
+        return 0;
+    return put_key(o, first, key) < 0 ? -1 : put_str(o, text);
+}
+
+/* ---- the parts of the doc build() makes as dicts ------------------------------------- */
+
+static int write_event(Out *o, CoalescedView *c)
+{
+    int first = 1;
+    if (PUT_LIT(o, "{\"kind\":\"event\",\"module\":\"auditd\"") < 0)
+        return -1;
+    first = 0;
+    if (put_nonempty_str(o, &first, "action", c->field[C_ACTION]) < 0 ||
+        put_key(o, &first, "outcome") < 0 || put_str(o, outcome_of(c)) < 0 ||
+        put_key(o, &first, "sequence") < 0 || put_int_value(o, c->field[C_SERIAL]) < 0)
+        return -1;
+    if (PyTuple_GET_SIZE(c->field[C_ECS_CATEGORY]) > 0 &&
+        (put_key(o, &first, "category") < 0 || put_value(o, c->field[C_ECS_CATEGORY], 1) < 0))
+        return -1;
+    if (PyTuple_GET_SIZE(c->field[C_ECS_TYPE]) > 0 &&
+        (put_key(o, &first, "type") < 0 || put_value(o, c->field[C_ECS_TYPE], 1) < 0))
+        return -1;
+    return PUT_LIT(o, "}");
+}
+
+static int write_summary(Out *o, CoalescedView *c)
+{
+    int first = 1;
+    PyObject *primary = c->field[C_ACTOR_PRIMARY], *secondary = c->field[C_ACTOR_SECONDARY];
+    if (PUT_LIT(o, "{") < 0)
+        return -1;
+    if (nonempty_str(primary) || nonempty_str(secondary)) {
+        int inner = 1;
+        if (put_key(o, &first, "actor") < 0 || PUT_LIT(o, "{") < 0 ||
+            put_nonempty_str(o, &inner, "primary", primary) < 0 ||
+            put_nonempty_str(o, &inner, "secondary", secondary) < 0 || PUT_LIT(o, "}") < 0)
+            return -1;
+    }
+    PyObject *object_type = c->field[C_OBJECT_TYPE];
+    primary = c->field[C_OBJECT_PRIMARY];
+    secondary = c->field[C_OBJECT_SECONDARY];
+    if (nonempty_str(object_type) || nonempty_str(primary) || nonempty_str(secondary)) {
+        int inner = 1;
+        if (put_key(o, &first, "object") < 0 || PUT_LIT(o, "{") < 0 ||
+            put_nonempty_str(o, &inner, "type", object_type) < 0 ||
+            put_nonempty_str(o, &inner, "primary", primary) < 0 ||
+            put_nonempty_str(o, &inner, "secondary", secondary) < 0 || PUT_LIT(o, "}") < 0)
+            return -1;
+    }
+    if (put_nonempty_str(o, &first, "how", c->field[C_HOW]) < 0)
+        return -1;
+    return PUT_LIT(o, "}");
+}
+
+/* "records":[...] with hash() of each record's text into hashes (count of records). */
+static int write_records(Out *o, PyObject *records, Py_hash_t *hashes)
+{
+    Py_ssize_t count = PyTuple_GET_SIZE(records);
+    if (PUT_LIT(o, "[") < 0)
+        return -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *text = record_text(PyTuple_GET_ITEM(records, i));
+        if (text == NULL)
+            return -1;
+        hashes[i] = PyObject_Hash(text);
+        int rc = hashes[i] == -1 || (i && PUT_LIT(o, ",") < 0) || put_str(o, text) < 0;
+        Py_DECREF(text);
+        if (rc)
+            return -1;
+    }
+    return PUT_LIT(o, "]");
+}
+
+/* "data":{...} of the head: syscall, exit and a0 of the doc's data, those it has. */
+static int write_head_data(Out *o, PyObject *data)
+{
+    static const char *const names[] = {"syscall", "exit", "a0"};
+    PyObject *const keys[] = {s_syscall, s_exit, s_a0};
+    int first = 1;
+    if (PUT_LIT(o, "{") < 0)
+        return -1;
+    for (int i = 0; i < 3; i++) {
+        PyObject *value = PyDict_GetItemWithError(data, keys[i]);
+        if (value == NULL && PyErr_Occurred())
+            return -1;
+        if (value != NULL && (put_key(o, &first, names[i]) < 0 || put_value(o, value, 2) < 0))
+            return -1;
+    }
+    return PUT_LIT(o, "}");
+}
+
+static int write_auditd(Out *o, PyObject *records, CoalescedView *c, PyObject *data,
+                        Py_hash_t *hashes)
+{
+    int first = 0;
+    PyObject *session = c->field[C_SESSION];
+    if (PUT_LIT(o, "{\"message_type\":") < 0 || put_str(o, c->field[C_RECORD_TYPE]) < 0 ||
+        put_key(o, &first, "category") < 0 || put_str(o, c->field[C_CATEGORY]) < 0 ||
+        put_key(o, &first, "sequence") < 0 || put_int_value(o, c->field[C_SERIAL]) < 0 ||
+        put_key(o, &first, "result") < 0 || put_str(o, c->field[C_RESULT]) < 0 ||
+        put_key(o, &first, "data") < 0 || put_value(o, data, 2) < 0)
+        return -1;
+    if (nonempty_str(session) && !str_equals_ascii(session, "unset") &&
+        (put_key(o, &first, "session") < 0 || put_str(o, session) < 0))
+        return -1;
+    if (put_key(o, &first, "summary") < 0 || write_summary(o, c) < 0)
+        return -1;
+    if (PyList_GET_SIZE(c->field[C_PATHS]) > 0 &&
+        (put_key(o, &first, "paths") < 0 || put_value(o, c->field[C_PATHS], 2) < 0))
+        return -1;
+    if (put_key(o, &first, "records") < 0 || write_records(o, records, hashes) < 0)
+        return -1;
+    return PUT_LIT(o, "}");
+}
+
+/* _process_fields, written; 0 when it is empty (declined by the caller). */
+static int write_process(Out *o, CoalescedView *c, int *written)
+{
+    int first = 1;
+    PyObject *number = NULL, *args = c->field[C_ARGS];
+    if (PUT_LIT(o, "{") < 0)
+        return -1;
+    int found = as_int(c->field[C_PID], &number);
+    if (found < 0 || (found && (put_key(o, &first, "pid") < 0 || put_int_value(o, number) < 0))) {
+        Py_XDECREF(number);
+        return -1;
+    }
+    Py_CLEAR(number);
+    found = as_int(c->field[C_PPID], &number);
+    if (found < 0 || (found && (put_key(o, &first, "parent") < 0 ||
+                                PUT_LIT(o, "{\"pid\":") < 0 || put_int_value(o, number) < 0 ||
+                                PUT_LIT(o, "}") < 0))) {
+        Py_XDECREF(number);
+        return -1;
+    }
+    Py_CLEAR(number);
+    if (put_nonempty_str(o, &first, "title", c->field[C_TITLE]) < 0 ||
+        put_nonempty_str(o, &first, "name", c->field[C_NAME]) < 0 ||
+        put_nonempty_str(o, &first, "executable", c->field[C_EXE]) < 0 ||
+        put_nonempty_str(o, &first, "working_directory", c->field[C_CWD]) < 0)
+        return -1;
+    if (PyTuple_GET_SIZE(args) > 0 &&
+        (put_key(o, &first, "args") < 0 || put_value(o, args, 2) < 0 ||
+         put_key(o, &first, "args_count") < 0 ||
+         put_unsigned(o, (unsigned long long)PyTuple_GET_SIZE(args), 0) < 0))
+        return -1;
+    *written = !first;
+    return PUT_LIT(o, "}");
+}
+
+/* An address as its dict (ecs.c's address_fields), written. */
+static int write_address(Out *o, int *first, const char *key, PyObject *address)
+{
+    if (address == Py_None)
+        return 0;
+    PyObject *fields = address_fields(address);
+    if (fields == NULL)
+        return -1;
+    int rc = put_key(o, first, key) < 0 || put_value(o, fields, 1) < 0 ? -1 : 0;
+    Py_DECREF(fields);
+    return rc;
+}
+
+/* process, file, source … error, and completed_by (add_tail_fields' order); the
+ * process's value goes between *at and *until. */
+static int write_tail(Out *o, CoalescedView *c, PyObject *completed_by, Py_ssize_t *at,
+                      Py_ssize_t *until)
+{
+    int first = 0, written = 0;
+    if (put_key(o, &first, "process") < 0)
+        return -1;
+    *at = o->size;
+    if (write_process(o, c, &written) < 0 || !written)
+        return -1;
+    *until = o->size;
+    if (c->field[C_FILE] != Py_None &&
+        (put_key(o, &first, "file") < 0 || put_value(o, c->field[C_FILE], 1) < 0))
+        return -1;
+    if (write_address(o, &first, "source", c->field[C_SOURCE]) < 0 ||
+        write_address(o, &first, "destination", c->field[C_DESTINATION]) < 0)
+        return -1;
+    if (nonempty_str(c->field[C_DIRECTION]) &&
+        (put_key(o, &first, "network") < 0 || PUT_LIT(o, "{\"direction\":") < 0 ||
+         put_str(o, c->field[C_DIRECTION]) < 0 || PUT_LIT(o, "}") < 0))
+        return -1;
+    if (nonempty_str(c->field[C_NODE])) {
+        PyObject *name = host_name(c->field[C_NODE]);
+        int rc = name == NULL || put_key(o, &first, "host") < 0 ||
+                 PUT_LIT(o, "{\"name\":") < 0 || put_str(o, name) < 0 || PUT_LIT(o, "}") < 0;
+        Py_XDECREF(name);
+        if (rc)
+            return -1;
+    }
+    if (PyList_GET_SIZE(c->field[C_TAGS]) > 0 &&
+        (put_key(o, &first, "tags") < 0 || put_value(o, c->field[C_TAGS], 1) < 0))
+        return -1;
+    if (PyList_GET_SIZE(c->field[C_WARNINGS]) > 0 &&
+        (put_key(o, &first, "error") < 0 || PUT_LIT(o, "{\"message\":") < 0 ||
+         put_value(o, c->field[C_WARNINGS], 2) < 0 || PUT_LIT(o, "}") < 0))
+        return -1;
+    if (completed_by != Py_None &&
+        (put_key(o, &first, "auditstream") < 0 || PUT_LIT(o, "{\"completed_by\":") < 0 ||
+         put_str(o, completed_by) < 0 || PUT_LIT(o, "}") < 0))
+        return -1;
+    return PUT_LIT(o, "}");
+}
+
+/* The head (doc_text._encode_split's): process, auditd.result, the record hashes,
+ * auditd.data's syscall/exit/a0, @timestamp. */
+static int write_head(Out *h, const Out *doc, Py_ssize_t at, Py_ssize_t until,
+                      CoalescedView *c, PyObject *data, const Py_hash_t *hashes,
+                      Py_ssize_t count, PyObject *timestamp)
+{
+    if (PUT_LIT(h, "{\"process\":") < 0 || out_put(h, doc->data + at, until - at) < 0 ||
+        PUT_LIT(h, ",\"auditd\":{\"result\":") < 0 || put_str(h, c->field[C_RESULT]) < 0 ||
+        PUT_LIT(h, ",\"record_hashes\":[") < 0)
+        return -1;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if ((i && PUT_LIT(h, ",") < 0) ||
+            put_signed(h, (long long)hashes[i]) < 0)
+            return -1;
+    if (PUT_LIT(h, "],\"data\":") < 0 || write_head_data(h, data) < 0 ||
+        PUT_LIT(h, "},\"@timestamp\":") < 0 || put_str(h, timestamp) < 0)
+        return -1;
+    return PUT_LIT(h, "}");
+}
+
+/* The whole doc and its head into doc_out and head_out; -1 (maybe an exception) else. */
+static int write_all(PyObject *records, CoalescedView *c, PyObject *completed_by,
+                 Py_ssize_t *at, Py_ssize_t *until)
+{
+    PyObject *entities = c->field[C_ECS_ENTITIES];
+    if (entities != Py_None && PyDict_GET_SIZE(entities) > 0)
+        return -1; /* filled into the doc by Python code (_add_ecs_entities) */
+    Py_ssize_t count = PyTuple_GET_SIZE(records);
+    Py_hash_t *hashes = PyMem_Malloc(sizeof(Py_hash_t) * (size_t)count);
+    PyObject *user = user_fields(records, c);
+    PyObject *timestamp = timestamp_text(c->field[C_SEC], c->field[C_MSEC]);
+    PyObject *data = data_fields(c->field[C_DATA]);
+    int rc = -1;
+    if (hashes == NULL || user == NULL || timestamp == NULL || data == NULL ||
+        drop_repeated_effective(user) < 0)
+        goto done;
+    doc_out.size = head_out.size = 0;
+    rc = PUT_LIT(&doc_out, "{\"@timestamp\":") < 0 || put_str(&doc_out, timestamp) < 0 ||
+                 PUT_LIT(&doc_out, ",\"event\":") < 0 || write_event(&doc_out, c) < 0 ||
+                 PUT_LIT(&doc_out, ",\"auditd\":") < 0 ||
+                 write_auditd(&doc_out, records, c, data, hashes) < 0 ||
+                 PUT_LIT(&doc_out, ",\"user\":") < 0 || put_value(&doc_out, user, 1) < 0 ||
+                 write_tail(&doc_out, c, completed_by, at, until) < 0 ||
+                 write_head(&head_out, &doc_out, *at, *until, c, data, hashes, count, timestamp) < 0
+             ? -1
+             : 0;
+done:
+    if (hashes == NULL)
+        PyErr_NoMemory();
+    PyMem_Free(hashes);
+    Py_XDECREF(user);
+    Py_XDECREF(timestamp);
+    Py_XDECREF(data);
+    return rc;
+}
+
+/* WrittenDoc(text, at, until, head): auditstream/doc_text.py's tuple. */
+static PyObject *written_doc(Py_ssize_t at, Py_ssize_t until)
+{
+    PyObject *doc = written_doc_type->tp_alloc(written_doc_type, 4);
+    if (doc == NULL)
+        return NULL;
+    PyObject *items[4] = {PyBytes_FromStringAndSize(doc_out.data, doc_out.size),
+                          PyLong_FromSsize_t(at), PyLong_FromSsize_t(until),
+                          PyBytes_FromStringAndSize(head_out.data, head_out.size)};
+    for (int i = 0; i < 4; i++)
+        PyTuple_SET_ITEM(doc, i, items[i]);
+    for (int i = 0; i < 4; i++)
+        if (items[i] == NULL) {
+            Py_DECREF(doc);
+            return NULL;
+        }
+    return doc;
+}
+
+static PyObject *py_write_doc(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || (args[2] != Py_None && !PyUnicode_CheckExact(args[2]))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "write_doc(records, coalesced, completed_by: str | None) takes 3 arguments");
+        return NULL;
+    }
+    CoalescedView view;
+    if (writing || !records_ok(args[0]) || !read_coalesced(args[1], &view))
+        Py_RETURN_NONE;
+    PyObject *records = PyList_AsTuple(args[0]);
+    if (records == NULL)
+        return NULL;
+    for (int i = 0; i < C_COUNT; i++)
+        Py_INCREF(view.field[i]);
+    Py_ssize_t at = 0, until = 0;
+    writing = 1;
+    int rc = write_all(records, &view, args[2], &at, &until);
+    writing = 0;
+    for (int i = 0; i < C_COUNT; i++)
+        Py_DECREF(view.field[i]);
+    Py_DECREF(records);
+    if (rc < 0) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    return written_doc(at, until);
+}
