@@ -169,11 +169,12 @@ def _encode_split(doc: dict[str, Any], start: int) -> tuple[list[Any], list[byte
     return entry, [text[: at - start], value, text[at - start + 1 :]]
 
 
-def _native_encode() -> Callable[[list[dict[str, Any]], bool], EncodedDocs]:
-    """:func:`encode_docs` in C where built (auditstream/csrc/doc_text.c), else Python."""
-    function = load_native("auditstream.native_doc_text", "encode_docs")
-    if function is None:
-        return encode_docs
+EncodeDocsFn = Callable[[list[dict[str, Any]], bool], EncodedDocs]
+
+
+def bind_native_encode(function: Callable[..., Any]) -> EncodeDocsFn:
+    """The C ``encode_docs`` (auditstream/csrc/doc_text.c) as :func:`encode_docs` is called:
+    orjson's functions and :class:`WrittenDoc` come as its first arguments."""
 
     def native(events: list[dict[str, Any]], with_heads: bool) -> EncodedDocs:
         return EncodedDocs(
@@ -188,6 +189,12 @@ def _native_encode() -> Callable[[list[dict[str, Any]], bool], EncodedDocs]:
         )
 
     return native
+
+
+def _native_encode() -> EncodeDocsFn:
+    """:func:`encode_docs` in C where built, else Python."""
+    function = load_native("auditstream.native_doc_text", "encode_docs")
+    return encode_docs if function is None else bind_native_encode(function)
 
 
 def doc_line(doc: dict[str, Any], text: DocText) -> bytes:

@@ -30,7 +30,7 @@ from test_doc_text import RECORD, audit_doc, audit_event
 from assembler.stage import Assembly
 from auditstream import wire
 from auditstream.config import Config
-from auditstream.doc_text import DOC_TEXT, EncodedDocs, WrittenDoc, encode_docs
+from auditstream.doc_text import DOC_TEXT, EncodedDocs, bind_native_encode, encode_docs
 from auditstream.logline import split_log_line
 from sinks import jsonl
 from sinks.config import FileOutputConfig
@@ -43,21 +43,7 @@ Event = dict[str, Any]
 
 def c_encode() -> Callable[[list[Event], bool], EncodedDocs]:
     """The C function with orjson's callables bound; skipped when not built."""
-    function = native_module("auditstream.native_doc_text").encode_docs
-
-    def encode(events: list[Event], with_heads: bool) -> EncodedDocs:
-        return EncodedDocs(
-            *function(
-                orjson.dumps,
-                orjson.Fragment,
-                orjson.JSONEncodeError,
-                WrittenDoc,
-                events,
-                with_heads,
-            )
-        )
-
-    return encode
+    return bind_native_encode(native_module("auditstream.native_doc_text").encode_docs)
 
 
 def comparable(encoded: EncodedDocs) -> tuple[Any, ...]:

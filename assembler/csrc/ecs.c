@@ -175,6 +175,18 @@ static int read_coalesced(PyObject *obj, CoalescedView *view)
     return 1;
 }
 
+/* Own references to (hold) or drop them (release) the view's attributes: the Python
+ * helpers called while building cannot free what is read, whatever they do to the event. */
+static void hold_view(CoalescedView *view, int hold)
+{
+    for (int i = 0; i < C_COUNT; i++) {
+        if (hold)
+            Py_INCREF(view->field[i]);
+        else
+            Py_DECREF(view->field[i]);
+    }
+}
+
 /* 1 when records is a non-empty list of Records with int type, bytes data and trailer. */
 static int records_ok(PyObject *records)
 {
@@ -984,11 +996,9 @@ static PyObject *py_build_doc(PyObject *module, PyObject *const *args, Py_ssize_
     PyObject *records = PyList_AsTuple(args[0]);
     if (records == NULL)
         return NULL;
-    for (int i = 0; i < C_COUNT; i++)
-        Py_INCREF(view.field[i]);
+    hold_view(&view, 1);
     PyObject *doc = build(records, &view);
-    for (int i = 0; i < C_COUNT; i++)
-        Py_DECREF(view.field[i]);
+    hold_view(&view, 0);
     Py_DECREF(records);
     if (doc == NULL && !PyErr_Occurred())
         Py_RETURN_NONE;

@@ -105,35 +105,19 @@ static int put_utf8_string(Out *o, const unsigned char *text, Py_ssize_t len)
     char *out = o->data + o->size;
     *out++ = '"';
     Py_ssize_t run = 0, i = 0;
-    /* Most text needs no escape: skip 8 bytes at a time to the first that may. */
-    for (;;) {
-        while (i + 8 <= len) {
-            uint64_t word;
-            memcpy(&word, text + i, 8);
-            if (word_needs_escape(word))
-                break;
+    while (i < len) {
+        /* Most text needs no escape: skip 8 bytes at a time while none may. */
+        uint64_t word;
+        if (i + 8 <= len && (memcpy(&word, text + i, 8), !word_needs_escape(word))) {
             i += 8;
+            continue;
         }
-        if (i + 8 > len)
-            break;
-        Py_ssize_t stop = i + 8;
-        for (; i < stop; i++) {
-            unsigned char byte = text[i];
-            if (byte >= 0x20 && byte != '"' && byte != '\\')
-                continue;
-            memcpy(out, text + run, (size_t)(i - run));
-            out += i - run;
-            run = i + 1;
-            out = put_escape(out, byte);
-        }
-    }
-    for (; i < len; i++) {
-        unsigned char byte = text[i];
+        unsigned char byte = text[i++];
         if (byte >= 0x20 && byte != '"' && byte != '\\')
             continue;
-        memcpy(out, text + run, (size_t)(i - run));
-        out += i - run;
-        run = i + 1;
+        memcpy(out, text + run, (size_t)(i - 1 - run));
+        out += i - 1 - run;
+        run = i;
         out = put_escape(out, byte);
     }
     memcpy(out, text + run, (size_t)(len - run));
@@ -565,14 +549,12 @@ static PyObject *py_write_doc(PyObject *module, PyObject *const *args, Py_ssize_
     PyObject *records = PyList_AsTuple(args[0]);
     if (records == NULL)
         return NULL;
-    for (int i = 0; i < C_COUNT; i++)
-        Py_INCREF(view.field[i]);
+    hold_view(&view, 1);
     Py_ssize_t at = 0, until = 0;
     writing = 1;
     int rc = write_all(records, &view, args[2], &at, &until);
     writing = 0;
-    for (int i = 0; i < C_COUNT; i++)
-        Py_DECREF(view.field[i]);
+    hold_view(&view, 0);
     Py_DECREF(records);
     if (rc < 0) {
         if (PyErr_Occurred())
