@@ -52,15 +52,16 @@ def event_from_records(
     coalesced = _NATIVE_COALESCE(records) if _NATIVE_COALESCE is not None else None
     if coalesced is None:
         coalesced = coalesce(records)
+    completed_by = _COMPLETED_BY[reason]
     doc: Any = None
     if written and _NATIVE_WRITE_DOC is not None:
-        doc = _NATIVE_WRITE_DOC(records, coalesced, _COMPLETED_BY[reason])
+        doc = _NATIVE_WRITE_DOC(records, coalesced, completed_by)
     if doc is None:
         doc = _NATIVE_BUILD_DOC(records, coalesced) if _NATIVE_BUILD_DOC is not None else None
         if doc is None:
             doc = build_doc(records, coalesced)
-        if reason in _UNCERTAIN:
-            doc.setdefault("auditstream", {})["completed_by"] = reason.name.lower()
+        if completed_by is not None:
+            doc.setdefault("auditstream", {})["completed_by"] = completed_by
     return {
         "key": [first.node, first.sec, first.msec, first.serial],
         "raw": [[r.type, r.data, r.node] for r in records] if raw else len(records),

@@ -51,7 +51,9 @@ STATUS_EVERY_S = 1.0
 class Assembly:
     """Records in, events out, with the counters the summary needs."""
 
-    def __init__(self, cfg: Config, *, event_time: bool, index: int = 0) -> None:
+    def __init__(
+        self, cfg: Config, *, event_time: bool, index: int = 0, written_docs: bool = False
+    ) -> None:
         self.out: list[Event] = []
         self.event_time = event_time  # files: timeouts in the log's own time
         # Records from the kernel have no ENRICHED trailer (KERNEL_SOURCES).
@@ -61,9 +63,9 @@ class Assembly:
         self.input_at = time.monotonic()
         self.shards = cfg.assembler.instances
         self.raw_records = sinks_write_raw(cfg.sinks)  # else events carry the record count
-        # Audit docs as their JSON text (WrittenDoc) where C writes them: run() sets it, as
-        # its events are only shipped; in process (tests, tools) docs stay dicts.
-        self.written_docs = False
+        # Audit docs as their JSON text (WrittenDoc) where C writes them: run() asks for it,
+        # as its events are only shipped; in process (tests, tools) docs stay dicts.
+        self.written_docs = written_docs
         self.clock_ms = 0
         # The receive stamp of the batch being pushed: events completed by one of its
         # records carry it (for an EOE-ended event, the EOE's receive time). None outside
@@ -264,8 +266,13 @@ def run(cfg: Config, ctx: StageContext) -> int:
         immediate=True,
         watch=True,
     )
-    assembly = Assembly(cfg, event_time=cfg.receiver.source == "file", index=ctx.index)
-    assembly.written_docs = True  # its events are only packed (wire.pack_events_body)
+
+    def new_assembly() -> Assembly:
+        # Its events are only packed (wire.pack_events_body): docs written as text.
+        file = cfg.receiver.source == "file"
+        return Assembly(cfg, event_time=file, index=ctx.index, written_docs=True)
+
+    assembly = new_assembly()
     stream = BatchStream()  # the receiver's numbered batches (docs/recovery.md)
 
     events_sent = 0
@@ -337,8 +344,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
                 ship()
         elif frame.kind == wire.RESUME:
             if stream.resume(frame.body):  # start over: the receiver resends what is not durable
-                assembly = Assembly(cfg, event_time=cfg.receiver.source == "file", index=ctx.index)
-                assembly.written_docs = True
+                assembly = new_assembly()
                 upstream = {}
             else:  # same records, new numbering (a live receiver restarted)
                 assembly.reassembler.renumber_open(int(frame.body["from"]))

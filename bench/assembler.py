@@ -43,10 +43,11 @@ def main() -> None:
     if args.lines:
         lines = lines[: args.lines]
     recs: list[list[Any]] = [list(split_log_line(line)) for line in lines]
-    assembly = Assembly(Config(), event_time=True)
-    if args.ship:  # as the stage with a jsonl sink: the record count in place of the records
+    # --ship: as the stage (docs written as text) with a jsonl sink (the record count in
+    # place of the records)
+    assembly = Assembly(Config(), event_time=True, written_docs=args.ship)
+    if args.ship:
         assembly.raw_records = False
-        assembly.written_docs = True
     tune_gc()  # as the stage runs
     keep_freed_heap()
     events = 0

@@ -177,9 +177,8 @@ def test_strings_are_escaped_as_orjson_does(text: str) -> None:
 
 def shipped_frames(log: Path, written: bool) -> list[tuple[bytes, bytes]]:
     """The events frames (body, docs_json) an assembler ships for the log, batch by batch."""
-    assembly = Assembly(Config(), event_time=True)
+    assembly = Assembly(Config(), event_time=True, written_docs=written)
     assembly.raw_records = False
-    assembly.written_docs = written
     lines = log.read_bytes().splitlines()
     frames = []
     for start in range(0, len(lines), 512):

@@ -262,10 +262,9 @@ static int put_nonempty_str(Out *o, int *first, const char *key, PyObject *text)
 
 static int write_event(Out *o, CoalescedView *c)
 {
-    int first = 1;
+    int first = 0; /* after kind and module */
     if (PUT_LIT(o, "{\"kind\":\"event\",\"module\":\"auditd\"") < 0)
         return -1;
-    first = 0;
     if (put_nonempty_str(o, &first, "action", c->field[C_ACTION]) < 0 ||
         put_key(o, &first, "outcome") < 0 || put_str(o, outcome_of(c)) < 0 ||
         put_key(o, &first, "sequence") < 0 || put_int_value(o, c->field[C_SERIAL]) < 0)
@@ -483,19 +482,23 @@ static int write_head(Out *h, const Out *doc, Py_ssize_t at, Py_ssize_t until,
 
 /* The whole doc and its head into doc_out and head_out; -1 (maybe an exception) else. */
 static int write_all(PyObject *records, CoalescedView *c, PyObject *completed_by,
-                 Py_ssize_t *at, Py_ssize_t *until)
+                     Py_ssize_t *at, Py_ssize_t *until)
 {
     PyObject *entities = c->field[C_ECS_ENTITIES];
     if (entities != Py_None && PyDict_GET_SIZE(entities) > 0)
         return -1; /* filled into the doc by Python code (_add_ecs_entities) */
     Py_ssize_t count = PyTuple_GET_SIZE(records);
     Py_hash_t *hashes = PyMem_Malloc(sizeof(Py_hash_t) * (size_t)count);
-    PyObject *user = user_fields(records, c);
-    PyObject *timestamp = timestamp_text(c->field[C_SEC], c->field[C_MSEC]);
-    PyObject *data = data_fields(c->field[C_DATA]);
+    PyObject *user = NULL, *timestamp = NULL, *data = NULL;
     int rc = -1;
-    if (hashes == NULL || user == NULL || timestamp == NULL || data == NULL ||
-        drop_repeated_effective(user) < 0)
+    if (hashes == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    /* One at a time: none of them may run with another's exception pending. */
+    if ((user = user_fields(records, c)) == NULL ||
+        (timestamp = timestamp_text(c->field[C_SEC], c->field[C_MSEC])) == NULL ||
+        (data = data_fields(c->field[C_DATA])) == NULL || drop_repeated_effective(user) < 0)
         goto done;
     doc_out.size = head_out.size = 0;
     rc = PUT_LIT(&doc_out, "{\"@timestamp\":") < 0 || put_str(&doc_out, timestamp) < 0 ||
@@ -508,8 +511,6 @@ static int write_all(PyObject *records, CoalescedView *c, PyObject *completed_by
              ? -1
              : 0;
 done:
-    if (hashes == NULL)
-        PyErr_NoMemory();
     PyMem_Free(hashes);
     Py_XDECREF(user);
     Py_XDECREF(timestamp);

@@ -278,17 +278,14 @@ static int refuse_shape(PyObject *refused, Py_ssize_t index, PyObject *doc) {
  * has raw records and heads are asked for (doc_text.encode_docs). 0, or -1 on error. */
 static int encode_written(const Orjson *json, PyObject *event, PyObject *doc, int with_heads,
                           Piece *piece) {
-    if (PyTuple_GET_SIZE(doc) != 4) {
+    if (PyTuple_GET_SIZE(doc) != 4 || !PyBytes_CheckExact(PyTuple_GET_ITEM(doc, 0)) ||
+        !PyLong_CheckExact(PyTuple_GET_ITEM(doc, 1)) ||
+        !PyLong_CheckExact(PyTuple_GET_ITEM(doc, 2)) ||
+        !PyBytes_CheckExact(PyTuple_GET_ITEM(doc, 3))) {
         PyErr_SetString(PyExc_TypeError, "a WrittenDoc that is not (bytes, int, int, bytes)");
         return -1;
     }
     PyObject *text = PyTuple_GET_ITEM(doc, 0), *head = PyTuple_GET_ITEM(doc, 3);
-    if (!PyBytes_CheckExact(text) || !PyBytes_CheckExact(head) ||
-        !PyLong_CheckExact(PyTuple_GET_ITEM(doc, 1)) ||
-        !PyLong_CheckExact(PyTuple_GET_ITEM(doc, 2))) {
-        PyErr_SetString(PyExc_TypeError, "a WrittenDoc that is not (bytes, int, int, bytes)");
-        return -1;
-    }
     Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(doc, 1));
     Py_ssize_t until = PyLong_AsSsize_t(PyTuple_GET_ITEM(doc, 2));
     if ((at == -1 || until == -1) && PyErr_Occurred()) return -1;
