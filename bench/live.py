@@ -7,6 +7,10 @@ For each rate and each reader: start it with one rule (`-a always,exit -F arch=b
 open,openat -F exe=<loadgen> -k load`; auditstream loads only that rule, not its lifecycle
 rules, so both readers see the same kernel traffic), run ../shared/bench/loadgen.c, stop the
 reader, and count `load` events out, the kernel's `lost` delta and CPU seconds per process.
+Both readers run with the same kernel settings: backlog 8192 and backlog wait time 0 (DESIGN
+§7's auditd figures). With a wait time, a full backlog makes the audited process (the load)
+sleep instead of losing events: `lost` would stay 0 however slow the reader, so a wait time
+would hide what this measures. The kernel's `backlog_wait_time_actual` delta is reported too.
 Holds /run/lock/auditstream-kernel.lock throughout; needs root and a clean kernel.
 """
 
@@ -42,6 +46,8 @@ from live_helpers import (  # noqa: E402
 
 LOADGEN_C = Path(__file__).resolve().parents[2] / "shared" / "bench" / "loadgen.c"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+BACKLOG_LIMIT = 8192
+BACKLOG_WAIT_TIME = 0  # for both readers: see the docstring
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,7 @@ class Result:
     events_out: int
     kernel_lost: int
     cpu_s: dict[str, float]
+    kernel_waited: int  # backlog_wait_time_actual delta: 0 unless a wait time let the load sleep
 
 
 def build_loadgen(directory: Path) -> Path:
@@ -127,7 +134,10 @@ def bench_auditstream(work: Path, loadgen: Path, rule: str, rate: int, seconds: 
     rules = work / "load.rules"
     rules.write_text(rule + "\n")
     config = work / "c.toml"
-    config.write_text(f'[runtime]\ndir = "{work}/run"\n[receiver]\nrules_files = ["{rules}"]\n')
+    config.write_text(
+        f'[runtime]\ndir = "{work}/run"\n[receiver]\nrules_files = ["{rules}"]\n'
+        f"backlog_limit = {BACKLOG_LIMIT}\nbacklog_wait_time = {BACKLOG_WAIT_TIME}\n"
+    )
     out = work / "events.jsonl"
     proc = start_run(work, config, out)
     try:
@@ -136,10 +146,12 @@ def bench_auditstream(work: Path, loadgen: Path, rule: str, rate: int, seconds: 
             20,
             "the receiver to register",
         )
-        lost0 = kernel_status()["lost"]
+        before = kernel_status()
         generated = run_loadgen(loadgen, rate, seconds)
         time.sleep(1.0)  # let the pipeline catch up before sampling CPU
-        lost = kernel_status()["lost"] - lost0
+        after = kernel_status()
+        lost = after["lost"] - before["lost"]
+        waited = after["backlog_wait_time_actual"] - before["backlog_wait_time_actual"]
         cpu: dict[str, float] = {}
         for name, pid in stage_pids(proc.pid).items():  # assembler-N add up as "assembler"
             stage = name.split("-")[0]
@@ -151,7 +163,7 @@ def bench_auditstream(work: Path, loadgen: Path, rule: str, rate: int, seconds: 
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     count = sum(1 for line in out.open("rb") if b'"load"' in line and b'"tags"' in line)
-    return Result("auditstream", rate, generated, count, lost, cpu)
+    return Result("auditstream", rate, generated, count, lost, cpu, waited)
 
 
 def bench_auditd(work: Path, loadgen: Path, rule: str, rate: int, seconds: float) -> Result:
@@ -172,14 +184,18 @@ def bench_auditd(work: Path, loadgen: Path, rule: str, rate: int, seconds: float
         wait_until(lambda: kernel_status()["pid"] == proc.pid, 10, "auditd to start")
         # Same kernel settings as auditstream uses (backlog 8192), as in DESIGN §7.
         subprocess.run(
-            ["auditctl", "-b", "8192", "--backlog_wait_time", "0"], check=True, capture_output=True
+            ["auditctl", "-b", str(BACKLOG_LIMIT), "--backlog_wait_time", str(BACKLOG_WAIT_TIME)],
+            check=True,
+            capture_output=True,
         )
         subprocess.run(["auditctl", *rule.split()], check=True, capture_output=True)
         added = True
-        lost0 = kernel_status()["lost"]
+        before = kernel_status()
         generated = run_loadgen(loadgen, rate, seconds)
         time.sleep(1.0)
-        lost = kernel_status()["lost"] - lost0
+        after = kernel_status()
+        lost = after["lost"] - before["lost"]
+        waited = after["backlog_wait_time_actual"] - before["backlog_wait_time_actual"]
         cpu = {"auditd": cpu_seconds(proc.pid)}
     finally:
         if added:
@@ -203,7 +219,7 @@ def bench_auditd(work: Path, loadgen: Path, rule: str, rate: int, seconds: float
     count = sum(
         1 for line in log.open("rb") if line.startswith(b"type=SYSCALL") and b'key="load"' in line
     )
-    return Result("auditd", rate, generated, count, lost, cpu)
+    return Result("auditd", rate, generated, count, lost, cpu, waited)
 
 
 def main() -> int:
@@ -255,26 +271,29 @@ def _as_dict(result: Result) -> dict[str, object]:
 def print_table(results: list[Result]) -> None:
     """One line per rate: auditstream and auditd side by side."""
     print(
-        "| rate/s | generated | auditstream out | lost | CPU s (receiver/assembler/treekeeper)"
-        " | auditd: generated | out | lost | CPU s |"
+        "| rate/s | generated | auditstream out | lost | waited | CPU s (receiver/assembler/"
+        "treekeeper) | auditd: generated | out | lost | waited | CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     by_rate: dict[int, dict[str, Result]] = {}
     for r in results:
         by_rate.setdefault(r.rate, {})[r.reader] = r
     for rate, pair in by_rate.items():
         ours, theirs = pair.get("auditstream"), pair.get("auditd")
-        mine = "- | - | - | -"
+        mine = "- | - | - | - | -"
         if ours is not None:
             cpu = "/".join(
                 f"{ours.cpu_s.get(n, 0.0):.1f}" for n in ("receiver", "assembler", "treekeeper")
             )
-            mine = f"{ours.generated} | {ours.events_out} | {ours.kernel_lost} | {cpu}"
-        peer = "- | - | - | -"
+            mine = (
+                f"{ours.generated} | {ours.events_out} | {ours.kernel_lost}"
+                f" | {ours.kernel_waited} | {cpu}"
+            )
+        peer = "- | - | - | - | -"
         if theirs is not None:
             peer = (
                 f"{theirs.generated} | {theirs.events_out} | {theirs.kernel_lost}"
-                f" | {theirs.cpu_s['auditd']:.1f}"
+                f" | {theirs.kernel_waited} | {theirs.cpu_s['auditd']:.1f}"
             )
         print(f"| {rate} | {mine} | {peer} |")
 
