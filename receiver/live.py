@@ -254,7 +254,9 @@ def run_netlink(
 # per 10 ms: pacing it cost the other stages more than it saved, docs/design.md) keeps
 # kauditd's send succeeding, the socket and the kernel backlog fill, and backlog_wait_time
 # throttles the audited processes (lossless). Past 4x the bound reading stops (a stuck
-# pipeline).
+# pipeline). A trickle throttles only where the kernel waits: with backlog_wait_time 0, or
+# on the multicast group (kauditd never waits for it), it would only turn the delay into
+# loss, so there the reader goes on at full speed into its buffers up to that 4x.
 CONGESTED_TICK_MS = 10
 TRICKLE_RECORDS = 32
 STALL_FACTOR = 4
@@ -263,9 +265,13 @@ STALL_FACTOR = 4
 class ReadPacing:
     """How many records the netlink reader may take now, from the unsent backlog."""
 
-    def __init__(self, shipper: RecordShipper) -> None:
+    def __init__(self, shipper: RecordShipper, *, kernel_waits: bool = True) -> None:
         self.shipper = shipper
+        # Whether a full socket makes the audited processes wait (unicast reader, the
+        # kernel's backlog_wait_time > 0); kept current from the status polls.
+        self.kernel_waits = kernel_waits
         self.trickle_ticks = 0
+        self.buffered_ticks = 0  # reads at full speed past the bound (the kernel would not wait)
         self.stalled_ticks = 0
 
     def records_to_read(self) -> int:
@@ -276,6 +282,9 @@ class ReadPacing:
         if unsent < bound:
             return READ_MAX_RECORDS
         if unsent < STALL_FACTOR * bound:
+            if not self.kernel_waits:
+                self.buffered_ticks += 1
+                return READ_MAX_RECORDS
             self.trickle_ticks += 1
             return TRICKLE_RECORDS
         if self.stalled_ticks == 0:
@@ -286,6 +295,11 @@ class ReadPacing:
             )
         self.stalled_ticks += 1
         return 0
+
+
+def kernel_waits(status: AuditStatus, *, multicast: bool) -> bool:
+    """Whether a reader that falls behind makes the audited processes wait (else they lose)."""
+    return not multicast and status.backlog_wait_time > 0
 
 
 def _read_loop(
@@ -303,7 +317,8 @@ def _read_loop(
     pause_s = min(SMALL_READ_PAUSE_MS, cfg.receiver.batch_max_ms / 4) / 1000
     overruns = 0
     status_file = runtime.status_path(cfg, "receiver")
-    pacing = ReadPacing(shipper)
+    multicast = cfg.receiver.source == "multicast"
+    pacing = ReadPacing(shipper, kernel_waits=kernel_waits(counters.last, multicast=multicast))
     poll_errors = 0
     next_status = time.monotonic()
     while not ctx.stop_requested:
@@ -330,6 +345,7 @@ def _read_loop(
             log.error("kernel audit status: %s", reading.error)
         elif reading is not None and reading.status is not None:
             status = reading.status
+            pacing.kernel_waits = kernel_waits(status, multicast=multicast)
             risen = counters.update(status)
             if risen:
                 log.warning("kernel lost %d audit records (backlog %d)", risen, status.backlog)
@@ -360,6 +376,7 @@ def _read_loop(
                     "socket_overruns": source.overruns,
                     "unsent_batches": shipper.guard.unsent_batches(),
                     "trickle_ticks": pacing.trickle_ticks,
+                    "buffered_ticks": pacing.buffered_ticks,
                     "stalled_ticks": pacing.stalled_ticks,
                     "status_polls_held": status_poller.slow_polls,
                     "status_poll_longest_ms": round(status_poller.longest_poll_s * 1000, 1),
@@ -374,6 +391,7 @@ def _read_loop(
         "socket_overruns": source.overruns,
         "queued_sends": shipper.stats.queued_sends,
         "trickle_ticks": pacing.trickle_ticks,
+        "buffered_ticks": pacing.buffered_ticks,
         "stalled_ticks": pacing.stalled_ticks,
         "status_polls_held": status_poller.slow_polls,
     }
