@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import zmq
+from test_status_poll import status
 
 from auditstream.config import Config
-from receiver.kernel import AuditStatus
 from receiver.live import (
     READ_MAX_RECORDS,
     STALL_FACTOR,
@@ -100,21 +100,6 @@ def test_a_status_poll_changes_the_pacing_from_then_on(shipper: RecordShipper) -
     assert pacing.records_to_read() == READ_MAX_RECORDS
 
 
-STATUS = AuditStatus(
-    mask=0,
-    enabled=1,
-    failure=1,
-    pid=1234,
-    rate_limit=0,
-    backlog_limit=8192,
-    lost=0,
-    backlog=0,
-    feature_bitmap=0,
-    backlog_wait_time=60000,
-    backlog_wait_time_actual=0,
-)
-
-
 @pytest.mark.parametrize(
     ("wait_time", "multicast", "waits"),
     [(60000, False, True), (1, False, True), (0, False, False), (60000, True, False)],
@@ -123,5 +108,5 @@ def test_kernel_waits_only_for_a_unicast_reader_with_a_wait_time(
     wait_time: int, multicast: bool, waits: bool
 ) -> None:
     """kauditd waits for the unicast reader for backlog_wait_time; never for the multicast group."""
-    status = dataclasses.replace(STATUS, backlog_wait_time=wait_time)
-    assert kernel_waits(status, multicast=multicast) is waits
+    polled = dataclasses.replace(status(), backlog_wait_time=wait_time)
+    assert kernel_waits(polled, multicast=multicast) is waits
