@@ -58,7 +58,7 @@ def lossless(results: list[dict[str, Any]], reader: str, seconds: float) -> int:
         if r["reader"] != reader:
             continue
         full_speed = r["generated"] >= 0.95 * r["rate"] * seconds
-        clean = r["kernel_lost"] == 0 and r.get("kernel_waited", 0) == 0
+        clean = r["kernel_lost"] == 0 and r["kernel_waited"] == 0
         if full_speed and clean and r["events_out"] >= r["generated"]:
             best = max(best, r["rate"])
     return best

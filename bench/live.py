@@ -110,6 +110,18 @@ def run_loadgen(loadgen: Path, rate: int, seconds: float) -> int:
     return int(out.stdout.split()[0])
 
 
+def load_with_kernel_counts(loadgen: Path, rate: int, seconds: float) -> tuple[int, int, int]:
+    """Run the load, give the reader 1 s to catch up (before its CPU is sampled), and return
+    (open() calls made, the kernel's lost delta, its backlog_wait_time_actual delta)."""
+    before = kernel_status()
+    generated = run_loadgen(loadgen, rate, seconds)
+    time.sleep(1.0)
+    after = kernel_status()
+    lost = after["lost"] - before["lost"]
+    waited = after["backlog_wait_time_actual"] - before["backlog_wait_time_actual"]
+    return generated, lost, waited
+
+
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
     """Poll `check()` until true."""
     deadline = time.monotonic() + timeout_s
@@ -146,12 +158,7 @@ def bench_auditstream(work: Path, loadgen: Path, rule: str, rate: int, seconds: 
             20,
             "the receiver to register",
         )
-        before = kernel_status()
-        generated = run_loadgen(loadgen, rate, seconds)
-        time.sleep(1.0)  # let the pipeline catch up before sampling CPU
-        after = kernel_status()
-        lost = after["lost"] - before["lost"]
-        waited = after["backlog_wait_time_actual"] - before["backlog_wait_time_actual"]
+        generated, lost, waited = load_with_kernel_counts(loadgen, rate, seconds)
         cpu: dict[str, float] = {}
         for name, pid in stage_pids(proc.pid).items():  # assembler-N add up as "assembler"
             stage = name.split("-")[0]
@@ -190,12 +197,7 @@ def bench_auditd(work: Path, loadgen: Path, rule: str, rate: int, seconds: float
         )
         subprocess.run(["auditctl", *rule.split()], check=True, capture_output=True)
         added = True
-        before = kernel_status()
-        generated = run_loadgen(loadgen, rate, seconds)
-        time.sleep(1.0)
-        after = kernel_status()
-        lost = after["lost"] - before["lost"]
-        waited = after["backlog_wait_time_actual"] - before["backlog_wait_time_actual"]
+        generated, lost, waited = load_with_kernel_counts(loadgen, rate, seconds)
         cpu = {"auditd": cpu_seconds(proc.pid)}
     finally:
         if added:

@@ -274,6 +274,12 @@ static int refuse_shape(PyObject *refused, Py_ssize_t index, PyObject *doc) {
     return refuse(refused, index, why);
 }
 
+/* Whether the event carries its raw records (a head travels only then): 1, 0, or -1. */
+static int has_raw_records(PyObject *event) {
+    PyObject *raw = item(event, KEY_RAW);
+    return raw == NULL ? (PyErr_Occurred() ? -1 : 0) : PyObject_IsTrue(raw);
+}
+
 /* A WrittenDoc (text, at, until, head) into piece; its head as a Fragment when the event
  * has raw records and heads are asked for (doc_text.encode_docs). 0, or -1 on error. */
 static int encode_written(const Orjson *json, PyObject *event, PyObject *doc, int with_heads,
@@ -290,8 +296,7 @@ static int encode_written(const Orjson *json, PyObject *event, PyObject *doc, in
     Py_ssize_t until = PyLong_AsSsize_t(PyTuple_GET_ITEM(doc, 2));
     if ((at == -1 || until == -1) && PyErr_Occurred()) return -1;
     if (with_heads) {
-        PyObject *raw = item(event, KEY_RAW);
-        int has_raw = raw == NULL ? (PyErr_Occurred() ? -1 : 0) : PyObject_IsTrue(raw);
+        int has_raw = has_raw_records(event);
         if (has_raw < 0) return -1;
         if (has_raw && (piece->head = PyObject_CallOneArg(json->fragment, head)) == NULL)
             return -1;
@@ -323,9 +328,8 @@ static int encode_event(const Orjson *json, PyObject *event, Py_ssize_t index, i
     if (doc == NULL || !PyDict_CheckExact(doc)) return refuse_shape(refused, index, doc);
     int split = 0;
     if (with_heads) {
-        PyObject *raw = item(event, KEY_RAW);
         Splittable found;
-        int has_raw = raw == NULL ? (PyErr_Occurred() ? -1 : 0) : PyObject_IsTrue(raw);
+        int has_raw = has_raw_records(event);
         if (has_raw < 0) return -1;
         if (has_raw && (split = splittable(doc, &found)) > 0) {
             /* dumps may run Python code: hold what found borrows from the doc */
