@@ -55,6 +55,12 @@ setup(
             extra_compile_args=_FLAGS,
         ),
         Extension(
+            "receiver.native_datagrams",
+            ["receiver/csrc/datagrams.c"],
+            optional=True,
+            extra_compile_args=_FLAGS,
+        ),
+        Extension(
             "treekeeper.native_fingerprints",
             ["treekeeper/csrc/fingerprints.c"],
             optional=True,

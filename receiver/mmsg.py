@@ -10,10 +10,13 @@ keeps to one `recvfrom_into` per datagram.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import mmap
 import os
 from collections.abc import Callable
 from typing import TypeAlias
+
+from auditstream.native import load_native
 
 BATCH_SLOTS = 64
 # An audit record is at most 16 + 8970 bytes (the header + MAX_AUDIT_MESSAGE_LENGTH): any
@@ -22,9 +25,18 @@ SLOT_BYTES = 9 * 1024
 MSG_TRUNC = 0x20
 MSG_DONTWAIT = 0x40
 RECVMMSG_SYMBOL = "recvmmsg"
+NLMSG_HEADER_BYTES = 16
+AUDIT_FIRST_USER_MSG = 1100  # types below are control messages, from here on records
+AUDIT_REPLACE = 1329  # the kernel asking the pid holder whether it is alive; not a record
 
 # recvmmsg(fd, msgvec address, vlen, flags, timeout address or None) -> count, or -1 + errno
 RecvMmsg: TypeAlias = Callable[[int, int, int, int, None], int]
+# take_records(buffer, headers, names, start, count, slot_bytes, records) -> slot (C)
+TakeRecords: TypeAlias = Callable[
+    [mmap.mmap, ctypes.Array["MmsgHdr"], ctypes.Array["SockaddrNl"], int, int, int,
+     list[tuple[int, bytes, str]]],
+    int,
+]  # fmt: skip
 
 
 class SockaddrNl(ctypes.Structure):
@@ -72,6 +84,17 @@ _FLAGS_WORD = (MmsgHdr.msg_hdr.offset + MsgHdr.msg_flags.offset) // 4
 _NAME_WORDS = ctypes.sizeof(SockaddrNl) // 4
 _PID_WORD = SockaddrNl.nl_pid.offset // 4
 _NLMSG_TYPE_HALFWORD = 2  # struct nlmsghdr: u32 nlmsg_len, then u16 nlmsg_type
+
+
+def _native_take_records() -> TakeRecords | None:
+    """receiver/csrc/datagrams.c's take_records, where built for these structure sizes."""
+    take: TakeRecords | None = load_native("receiver.native_datagrams", "take_records")
+    sizes = load_native("receiver.native_datagrams", "struct_sizes")
+    if take is None or sizes is None:
+        return None
+    if sizes() != (ctypes.sizeof(MmsgHdr), ctypes.sizeof(SockaddrNl)):
+        return None  # C's struct mmsghdr is not the one ctypes lays out here
+    return take
 
 
 def find_recvmmsg() -> RecvMmsg | None:
@@ -153,3 +176,46 @@ class DatagramBatch:
             _NLMSG_TYPE_HALFWORD : count * self._slot_halfwords : self._slot_halfwords
         ]
         return sizes, flags, senders, types.tolist()
+
+    def take_records(self, start: int, count: int, records: list[tuple[int, bytes, str]]) -> int:
+        """Append the records of slots ``start``.. to ``records`` up to the first slot that
+        is not one; return that slot's index (``count``: all were).
+
+        A whole record from the kernel (at least a netlink header, sender port id 0, not
+        cut, a record type other than AUDIT_REPLACE) is (type, payload without trailing
+        NULs, ""). The slot returned (a control reply, a foreign sender, a cut or short
+        datagram) is for the caller to take, with :meth:`slot`, before going on from the next.
+        """
+        if _TAKE_RECORDS is not None:
+            return _TAKE_RECORDS(
+                self.buffer, self.headers, self.names, start, count, self.slot_bytes, records
+            )
+        return self.python_take_records(start, count, records)
+
+    def python_take_records(
+        self, start: int, count: int, records: list[tuple[int, bytes, str]]
+    ) -> int:
+        """:meth:`take_records` in Python (the reference of receiver/csrc/datagrams.c)."""
+        buffer, slot_bytes, append = self.buffer, self.slot_bytes, records.append
+        sizes, flags, senders, types = self.filled(count)
+        slots = zip(range(count), sizes, types, senders, flags, strict=True)
+        for slot, size, msg_type, sender, flag in itertools.islice(slots, start, None):
+            if not (
+                msg_type >= AUDIT_FIRST_USER_MSG and msg_type != AUDIT_REPLACE
+                and NLMSG_HEADER_BYTES <= size <= slot_bytes and not sender
+                and not flag & MSG_TRUNC
+            ):  # fmt: skip
+                return slot
+            offset = slot * slot_bytes
+            append(
+                (msg_type, buffer[offset + NLMSG_HEADER_BYTES : offset + size].rstrip(b"\x00"), "")
+            )
+        return count
+
+    def slot(self, index: int) -> tuple[int, int, int]:
+        """Slot ``index``'s size, msg_flags and sender port id."""
+        header = self.headers[index]
+        return header.msg_len, header.msg_hdr.msg_flags, self.names[index].nl_pid
+
+
+_TAKE_RECORDS = _native_take_records()

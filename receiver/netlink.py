@@ -17,7 +17,14 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from receiver.mmsg import MSG_TRUNC, DatagramBatch, RecvMmsg, find_recvmmsg
+from receiver.mmsg import (
+    AUDIT_FIRST_USER_MSG,
+    AUDIT_REPLACE,
+    MSG_TRUNC,
+    DatagramBatch,
+    RecvMmsg,
+    find_recvmmsg,
+)
 
 NETLINK_AUDIT = 9
 AUDIT_NLGRP_READLOG = 1
@@ -25,8 +32,6 @@ NLMSG_HEADER = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 NLMSG_TYPE = struct.Struct("=H")  # nlmsg_type, at offset 4 of the header
 NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
-AUDIT_FIRST_USER_MSG = 1100  # types below are control messages, from here on records
-AUDIT_REPLACE = 1329  # the kernel asking the pid holder whether it is alive; not a record
 RECV_BUFFER_BYTES = 1 << 16  # records are at most 8970 bytes; replies are small
 SOL_NETLINK = 270
 SO_RCVBUFFORCE = 33
@@ -211,30 +216,23 @@ class AuditNetlink:
         batch = self._batch
         if batch is None and self._recvmmsg is not None:
             batch = self._batch = DatagramBatch(self._recvmmsg)
-        header_size = NLMSG_HEADER.size
         while batch is not None and (wanted := min(batch.slots, limit - len(records))) > 0:
             count = self._recv_batch(batch, wanted)
             if count <= 0:
                 return
             self.batch_reads += 1
             self.batched_datagrams += count
-            buffer, slot_bytes, append = batch.buffer, batch.slot_bytes, records.append
-            sizes, flags, senders, types = batch.filled(count)
-            starts = range(0, count * slot_bytes, slot_bytes)
-            slots = zip(starts, sizes, types, senders, flags, strict=True)
-            for start, size, msg_type, sender, flag in slots:
-                if (
-                    msg_type >= AUDIT_FIRST_USER_MSG and msg_type != AUDIT_REPLACE
-                    and size >= header_size and not sender and not flag & MSG_TRUNC
-                ):  # fmt: skip
-                    # The common case inline: a whole record from the kernel.
-                    payload = buffer[start + header_size : start + size].rstrip(b"\x00")
-                    append((msg_type, payload, ""))
-                elif sender:
+            # Whole records from the kernel in one call each run; any other slot here.
+            slot = 0
+            while (slot := batch.take_records(slot, count, records)) < count:
+                size, flag, sender = batch.slot(slot)
+                if sender:
                     self.foreign += 1
                 else:
                     self.truncated += bool(flag & MSG_TRUNC)
-                    self._take_datagram(batch.view, start, size, records, others)
+                    offset = slot * batch.slot_bytes
+                    self._take_datagram(batch.view, offset, size, records, others)
+                slot += 1
             if count < wanted:
                 # The socket ran dry (or an error waits for the next call, which the kernel
                 # keeps for it): skip the call that would only say EAGAIN.

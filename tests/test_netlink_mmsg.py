@@ -140,6 +140,21 @@ def test_filled_array_gives_records_others_and_counts(scripted: Scripted) -> Non
     assert script.calls == [5, 5]  # the second batch was short: no call just to hear EAGAIN
 
 
+def test_records_keep_their_order_around_slots_taken_one_by_one(scripted: Scripted) -> None:
+    """A cut record between whole ones is read in its place; foreign and control slots are skipped."""
+    cut = record_datagram(1309, b"audit(1790000000.003:8): argc=1 a0=" + b"A" * 600)
+    whole = [record_datagram(1300 + n, b"audit(1790000000.003:8): n=%d" % n) for n in range(4)]
+    conn, _ = scripted(
+        [[(whole[0], 0, 0), (cut, MSG_TRUNC, 0), (whole[1], 0, 0), (whole[2], 0, 99),
+          (ack_datagram(3, 0), 0, 0), (whole[3], 0, 0)]],
+        slots=6,
+    )  # fmt: skip
+    others: list[NetlinkMessage] = []
+    records = conn.receive_records(100, others)
+    assert [type_ for type_, _, _ in records] == [1300, 1309, 1301, 1303]
+    assert (conn.foreign, conn.truncated, len(others)) == (1, 1, 1)
+
+
 def test_never_reads_past_the_limit(scripted: Scripted) -> None:
     """A call asks the kernel for no more datagrams than records still wanted."""
     steps: Steps = [
