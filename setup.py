@@ -61,6 +61,12 @@ setup(
             extra_compile_args=_FLAGS,
         ),
         Extension(
+            "receiver.native_shards",
+            ["receiver/csrc/shards.c"],
+            optional=True,
+            extra_compile_args=_FLAGS,
+        ),
+        Extension(
             "treekeeper.native_fingerprints",
             ["treekeeper/csrc/fingerprints.c"],
             optional=True,
