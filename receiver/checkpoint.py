@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import operator
 import os
 import time
 from collections import deque
@@ -23,11 +22,11 @@ from pathlib import Path
 import orjson
 
 from auditstream.redelivery import write_atomically
+from receiver.netlink import any_node
 from receiver.replaybuffer import serial_of
 
 log = logging.getLogger("auditstream.receiver")
 WRITE_EVERY_S = 0.25
-_NODE_OF = operator.itemgetter(2)  # a raw record's node
 
 
 @dataclass(slots=True)
@@ -178,7 +177,7 @@ class SerialMark:
         read = self.read
         if serials is None:
             serials = [serial_of(data) if type_ > 0 else 0 for type_, data, _ in records]
-        if "" in read and not self._inherited and not any(map(_NODE_OF, records)):
+        if "" in read and not self._inherited and not any_node(records):
             # The usual case (a kernel source, already reading): only the newest serial moves.
             newest = max(serials, default=0)
             if newest > read[""]:

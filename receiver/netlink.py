@@ -9,12 +9,14 @@ unicast (the socket that registered the audit pid, usually `KernelSession.record
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import select
 import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from receiver.mmsg import (
@@ -38,6 +40,12 @@ SO_RCVBUFFORCE = 33
 
 
 RawRecord = tuple[int, bytes, str]  # (type, payload, node): the receiver's record
+_NODE_OF = operator.itemgetter(2)
+
+
+def any_node(records: Iterable[RawRecord]) -> bool:
+    """Whether any of ``records`` is of a node (a log's node= prefix; kernel records are not)."""
+    return any(map(_NODE_OF, records))
 
 
 class NetlinkError(OSError):

@@ -7,7 +7,6 @@ downstream (docs/recovery.md).
 
 from __future__ import annotations
 
-import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,13 +15,12 @@ from typing import BinaryIO
 from auditstream.logline import format_log_line
 from auditstream.native import load_native
 from receiver.checkpoint import SerialMark
-from receiver.netlink import RawRecord
+from receiver.netlink import RawRecord, any_node
 from receiver.redelivery import DeliveryGuard
 from receiver.replaybuffer import newest_key, record_serials, serial_of
 
 __all__ = ["RawRecord", "RecordShipper", "ShipperStats", "serial_of"]
 
-_NODE_OF = operator.itemgetter(2)  # a RawRecord's node
 Dealt = list[tuple[list[RawRecord], list[int]]]
 
 
@@ -127,7 +125,7 @@ class RecordShipper:
             batch += part
             if serials is not None:
                 self.batch_serials[index] += serials[taken:end]
-                if not self.batch_has_nodes[index] and any(map(_NODE_OF, part)):
+                if not self.batch_has_nodes[index] and any_node(part):
                     self.batch_has_nodes[index] = True
             taken += len(part)
             if len(batch) >= self.batch_max:

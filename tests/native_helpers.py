@@ -1,11 +1,14 @@
-"""Shared by the tests of the C code (tests/test_native_*.py): its modules, and this process's RSS."""
+"""Shared by the tests of the C code (tests/test_native_*.py): its modules, the tally of a
+differential comparison, and this process's RSS."""
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
 import pytest
 
@@ -21,6 +24,20 @@ def native_module(name: str) -> ModuleType:
         name, reason=f"{name} is not built (pip install -e . with gcc and the Python headers)"
     )
     return module
+
+
+Item = TypeVar("Item")
+
+
+def tally(compare: Callable[[Item], bool | None], items: Iterable[Item]) -> tuple[int, int]:
+    """(taken by C, declined by C) over ``items``: ``compare`` checks C against Python for
+    one and says True, False, or None when there is nothing to compare."""
+    taken = declined = 0
+    for item in items:
+        result = compare(item)
+        taken += result is True
+        declined += result is False
+    return taken, declined
 
 
 def rss_kib() -> int:

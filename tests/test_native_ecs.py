@@ -21,7 +21,7 @@ import pytest
 from hostile_audit import HOSTILE_PIECES, PLANNED_MSEC, PLANNED_SEC, RawRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from native_helpers import native_module, rss_kib
+from native_helpers import native_module, rss_kib, tally
 from test_ecs_golden_docs import _events, _inputs
 from test_sink_fuzz import hostile_batches
 
@@ -86,12 +86,7 @@ def compare(records: list[Record]) -> bool | None:
 
 def compare_all(groups: Iterable[list[Record]]) -> tuple[int, int]:
     """(handled by C, declined) over events Python builds."""
-    handled = declined = 0
-    for records in groups:
-        result = compare(records)
-        handled += result is True
-        declined += result is False
-    return handled, declined
+    return tally(compare, groups)
 
 
 def events_of(raw: Iterable[RawRecord]) -> list[list[Record]]:

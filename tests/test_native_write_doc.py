@@ -21,7 +21,7 @@ from generated_logs import write_generated_log
 from hostile_audit import RawRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from native_helpers import native_module, rss_kib
+from native_helpers import native_module, rss_kib, tally
 from test_ecs_golden_docs import _events, _inputs
 from test_native_doc_text import c_encode
 from test_native_ecs import _HEAD, BASE_EVENTS, FUZZ, events_of, mutated_events
@@ -72,12 +72,7 @@ def compare(records: list[Record], completed_by: str | None = None) -> bool | No
 
 def compare_all(groups: Iterable[list[Record]]) -> tuple[int, int]:
     """(written, declined) over the events Python builds."""
-    written = declined = 0
-    for records in groups:
-        result = compare(records)
-        written += result is True
-        declined += result is False
-    return written, declined
+    return tally(compare, groups)
 
 
 def test_corpus_logs() -> None:

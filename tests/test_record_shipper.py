@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 import zmq
 from hypothesis import given, settings
@@ -23,6 +24,7 @@ from auditstream import runtime, wire
 from auditstream.config import Config
 from receiver.netlink import RawRecord
 from receiver.redelivery import DeliveryGuard
+from receiver.replaybuffer import serial_of
 from receiver.shipper import RecordShipper, python_deal
 
 BATCH_RECORDS = 10
@@ -127,12 +129,15 @@ def test_several_assemblers_each_get_their_serials_in_full_batches(make_pipe: Ma
     for first, count in [(1, 7), (8, 25), (33, 40)]:
         shipper.add(records(first, count))
     shipper.flush()
+    sent = records(1, 72)
     for shard in range(3):
-        batches = [batch.serial_range for batch in guard.buffers[shard].unsent()]
-        serials = [serial for serial in range(1, 73) if serial % 3 == shard]
-        assert [(r[0], r[1], r[2]) for r in batches if r] == [
-            (serials[at], serials[min(at + 9, len(serials) - 1)], len(serials[at : at + 10]))
-            for at in range(0, len(serials), 10)
+        batches = list(guard.buffers[shard].unsent())
+        chunks = [rec for rec in sent if serial_of(rec[1]) % 3 == shard]
+        chunks = [chunks[at : at + BATCH_RECORDS] for at in range(0, len(chunks), BATCH_RECORDS)]
+        got = [[tuple(rec) for rec in msgpack.unpackb(b.body)["recs"]] for b in batches]
+        assert got == chunks
+        assert [b.serial_range for b in batches] == [
+            (serial_of(chunk[0][1]), serial_of(chunk[-1][1]), len(chunk)) for chunk in chunks
         ]
 
 

@@ -473,9 +473,9 @@ static PyObject *record_prefix(PyObject *type)
     return prefix;
 }
 
-/* "type=NAME msg=" + escape(data) of one record (raw_record_text); NULL without an
- * exception to decline. */
-static PyObject *record_text(PyObject *rec)
+/* A record's "type=NAME msg=" prefix (new reference) and its data (borrowed, bytes);
+ * NULL, with an exception or without one to decline. */
+static PyObject *record_prefix_and_data(PyObject *rec, PyObject **data)
 {
     PyObject *type = slot(rec, record_offsets[R_TYPE]);
     PyObject *prefix = NULL;
@@ -484,19 +484,38 @@ static PyObject *record_text(PyObject *rec)
         prefix = record_prefix(type);
         Py_DECREF(type);
     }
-    PyObject *data = slot(rec, record_offsets[R_DATA]); /* after the Python call */
-    PyObject *text = NULL;
-    if (prefix != NULL && (data == NULL || !PyBytes_CheckExact(data)))
+    *data = slot(rec, record_offsets[R_DATA]); /* after the Python call */
+    if (prefix != NULL && (*data == NULL || !PyBytes_CheckExact(*data)))
         Py_CLEAR(prefix); /* changed under us: decline */
-    if (prefix != NULL && PyUnicode_IS_ASCII(prefix)) {
+    return prefix;
+}
+
+/* prefix + escape(data): one record's raw_record_text; NULL without an exception to
+ * decline. */
+static PyObject *prefixed_text(PyObject *prefix, PyObject *data)
+{
+    PyObject *text = NULL;
+    if (PyUnicode_IS_ASCII(prefix)) {
         text = escape_with_prefix(prefix, (const unsigned char *)PyBytes_AS_STRING(data),
                                   PyBytes_GET_SIZE(data));
-    } else if (prefix != NULL) {
+    } else {
         PyObject *escaped = escape_bytes(data);
         text = escaped ? PyUnicode_Concat(prefix, escaped) : NULL;
         Py_XDECREF(escaped);
     }
-    Py_XDECREF(prefix);
+    return text;
+}
+
+/* "type=NAME msg=" + escape(data) of one record (raw_record_text); NULL without an
+ * exception to decline. */
+static PyObject *record_text(PyObject *rec)
+{
+    PyObject *data;
+    PyObject *prefix = record_prefix_and_data(rec, &data);
+    if (prefix == NULL)
+        return NULL;
+    PyObject *text = prefixed_text(prefix, data);
+    Py_DECREF(prefix);
     return text;
 }
 

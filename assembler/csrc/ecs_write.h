@@ -307,65 +307,49 @@ static int write_summary(Out *o, CoalescedView *c)
     return PUT_LIT(o, "}");
 }
 
-/* A record whose text is its ASCII prefix and its data as is (escape() changes nothing:
- * most records) written with its hash() and without making the str: 1; 0 when it is not
- * one (record_text's path), -1 with an exception. hash() of an ASCII str is _Py_HashBytes of
- * its bytes (Objects/unicodeobject.c), so the head's fingerprints stay those of the text. */
-static int write_plain_record(Out *o, PyObject *rec, Py_hash_t *hash)
-{
-    PyObject *type = slot(rec, record_offsets[R_TYPE]);
-    if (type == NULL || !PyLong_CheckExact(type))
-        return 0;
-    Py_INCREF(type);
-    PyObject *prefix = record_prefix(type);
-    Py_DECREF(type);
-    if (prefix == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    PyObject *data = slot(rec, record_offsets[R_DATA]); /* after the Python call */
-    int rc = 0;
-    if (PyUnicode_IS_ASCII(prefix) && data != NULL && PyBytes_CheckExact(data) &&
-        all_pass_escape((const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))) {
-        Py_ssize_t prefix_len = PyUnicode_GET_LENGTH(prefix), len = PyBytes_GET_SIZE(data);
-        char stack[2048];
-        char *text = prefix_len + len <= (Py_ssize_t)sizeof(stack)
-                         ? stack : PyMem_Malloc((size_t)(prefix_len + len));
-        if (text == NULL) {
-            PyErr_NoMemory();
-            rc = -1;
-        } else {
-            memcpy(text, PyUnicode_DATA(prefix), (size_t)prefix_len);
-            memcpy(text + prefix_len, PyBytes_AS_STRING(data), (size_t)len);
-            *hash = _Py_HashBytes(text, prefix_len + len);
-            rc = put_utf8_string(o, (const unsigned char *)text, prefix_len + len) < 0 ? -1 : 1;
-            if (text != stack)
-                PyMem_Free(text);
-        }
-    }
-    Py_DECREF(prefix);
-    return rc;
-}
-
-/* "records":[...] with hash() of each record's text into hashes (count of records). */
+/* "records":[...] with hash() of each record's text into hashes (count of records).
+ * A record whose text is its ASCII prefix and its data as is (escape() changes nothing:
+ * most records) is written and hashed from one buffer, without making the str: hash() of
+ * an ASCII str is _Py_HashBytes of its bytes (Objects/unicodeobject.c), so the head's
+ * fingerprints stay those of the text. */
 static int write_records(Out *o, PyObject *records, Py_hash_t *hashes)
 {
     Py_ssize_t count = PyTuple_GET_SIZE(records);
     if (PUT_LIT(o, "[") < 0)
         return -1;
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (i && PUT_LIT(o, ",") < 0)
+        PyObject *data;
+        PyObject *prefix = record_prefix_and_data(PyTuple_GET_ITEM(records, i), &data);
+        if (prefix == NULL || (i && PUT_LIT(o, ",") < 0)) {
+            Py_XDECREF(prefix);
             return -1;
-        int plain = write_plain_record(o, PyTuple_GET_ITEM(records, i), &hashes[i]);
-        if (plain < 0)
-            return -1;
-        if (plain)
-            continue;
-        PyObject *text = record_text(PyTuple_GET_ITEM(records, i));
-        if (text == NULL)
-            return -1;
-        hashes[i] = PyObject_Hash(text);
-        int rc = hashes[i] == -1 || put_str(o, text) < 0;
-        Py_DECREF(text);
-        if (rc)
+        }
+        Py_ssize_t prefix_len = PyUnicode_GET_LENGTH(prefix), len = PyBytes_GET_SIZE(data);
+        int rc;
+        if (PyUnicode_IS_ASCII(prefix) &&
+            all_pass_escape((const unsigned char *)PyBytes_AS_STRING(data), len)) {
+            char stack[2048];
+            char *text = prefix_len + len <= (Py_ssize_t)sizeof(stack)
+                             ? stack : PyMem_Malloc((size_t)(prefix_len + len));
+            if (text == NULL) {
+                PyErr_NoMemory();
+                rc = -1;
+            } else {
+                memcpy(text, PyUnicode_DATA(prefix), (size_t)prefix_len);
+                memcpy(text + prefix_len, PyBytes_AS_STRING(data), (size_t)len);
+                hashes[i] = _Py_HashBytes(text, prefix_len + len);
+                rc = put_utf8_string(o, (const unsigned char *)text, prefix_len + len);
+                if (text != stack)
+                    PyMem_Free(text);
+            }
+        } else {
+            PyObject *text = prefixed_text(prefix, data);
+            rc = text == NULL || (hashes[i] = PyObject_Hash(text)) == -1 || put_str(o, text) < 0
+                     ? -1 : 0;
+            Py_XDECREF(text);
+        }
+        Py_DECREF(prefix);
+        if (rc < 0)
             return -1;
     }
     return PUT_LIT(o, "]");
