@@ -40,6 +40,14 @@ def tally(compare: Callable[[Item], bool | None], items: Iterable[Item]) -> tupl
     return taken, declined
 
 
+def assert_mostly_taken(counts: tuple[int, int], what: str) -> None:
+    """A generated log's tally: over 1000 events compared, and C took at least 95 % of them."""
+    taken, declined = counts
+    total = taken + declined
+    assert total > 1000
+    assert taken >= 0.95 * total, f"C {what} {taken} of {total} events ({declined} declined)"
+
+
 def rss_kib() -> int:
     """This process's resident set size (VmRSS) in KiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
