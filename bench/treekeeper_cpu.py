@@ -9,7 +9,10 @@ kept in ``--frames`` (a pickle of the events, so runs of two trees see the same 
 Each run packs them with the tree's own ``wire.pack_events_body`` and then times what
 the tree keeper does per frame: ``wire.unpack_body`` + ``frames_events`` (decode),
 ``Dedupe.filter``, ``TreeStep.process`` and ``JsonlSink.write_batch`` (or, with
-``--fanout``, a ``FanOut`` with the jsonl sink behind its thread).
+``--fanout``, a ``FanOut`` with the jsonl sink behind its thread). ``--fanout`` is a worst
+case: this loop never waits for input, so the sink thread takes the GIL only at the
+switch interval and reads its events cold (~1.6x the CPU). The real stage waits in
+zmq_poll between frames and does not pay that (docs/performance.md, twenty-second pass).
 
 Without ``--callgrind``: CPU seconds of that loop (``time.process_time``), best and
 median of ``--rounds``. With it: valgrind's callgrind counts the instructions of one
