@@ -159,6 +159,8 @@ def _start(cfg: config_mod.Config, *, live: bool, receiver_stdin: bool) -> int:
         capturing_file=runtime.status_path(cfg, "receiver") if live else None,
     )
     code = supervisor.run()
+    if supervisor.killed_late and not runtime.summary_path(cfg).exists():
+        code = code or 1  # killed before the tree keeper could say what it wrote
     if supervisor.stopped_starting:
         print("auditstream: stopped while starting; nothing was read", file=sys.stderr)
     elif _print_summary(cfg, restarts=supervisor.restarts) and code == 0 and not live:

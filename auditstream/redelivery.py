@@ -22,6 +22,27 @@ from auditstream.config import Config
 HELLO_WAIT_S = 10.0
 
 
+def buffered_records(cfg: Config) -> int:
+    """Records the receiver's replay buffers hold unacknowledged, full, for every assembler."""
+    r = cfg.receiver
+    return r.replay_buffer_batches * r.batch_max_records * cfg.assembler.instances
+
+
+def checkpoint_lag_records(cfg: Config) -> int:
+    """At most this many acknowledged records past the file source's written checkpoint.
+
+    A restarted receiver reads again what lies past its checkpoint: the buffered records
+    and those acknowledged since the checkpoint was last written. Bounding the latter
+    (and not only by time: 0.25 s of a fast replay is ~150,000 records) keeps what comes
+    again within what the tree keeper remembers (:func:`resendable_records`)."""
+    return max(1, buffered_records(cfg) // 8)
+
+
+def resendable_records(cfg: Config) -> int:
+    """The most records a restarted receiver or tree keeper can cause to be sent again."""
+    return buffered_records(cfg) + checkpoint_lag_records(cfg)
+
+
 def acks_endpoint(cfg: Config) -> str:
     return f"ipc://{runtime.stage_dir(cfg)}/treekeeper-acks.sock"
 

@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from auditstream import config as config_mod
 from auditstream import privilege, sdnotify
+from auditstream.exitwatch import ExitWatch
 from auditstream.stage import EXIT_FATAL
 
 # PYTHONHASHSEED's largest value (0 turns randomization off).
@@ -119,6 +120,8 @@ class Supervisor:
         self.stopped_starting = False  # a stop signal came before the tree keeper was ready
         self.restarts = 0  # stages restarted after dying (redelivery covers what they held)
         self.source_done = False  # the receiver exited 0: nothing is left to resend
+        self.killed_late: list[str] = []  # stages killed after that (not failures)
+        self.exits = ExitWatch()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested += 1
@@ -164,6 +167,7 @@ class Supervisor:
             self._notify_ready()
             self._loop()
         finally:
+            self.exits.close()
             self._notify_stopping()
             for sig, handler in old.items():
                 signal.signal(sig, handler)
@@ -251,7 +255,8 @@ class Supervisor:
                 continue
             if not alive:
                 return
-            time.sleep(POLL_S)
+            running = [s.proc.pid for s in self.stages if s.proc and s.exit_code is None]
+            self.exits.wait(running, POLL_S)
 
     def _check(self, stage: StageProcess, now: float, *, stopping: bool) -> None:
         if stage.restart_at is not None and now >= stage.restart_at and not stopping:
@@ -270,6 +275,18 @@ class Supervisor:
             self._exited_cleanly(stage)
             return
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        if code < 0 and self.source_done:
+            # The receiver exited 0 once everything it sent was acknowledged: a stage killed
+            # now had nothing left to give. The others stop (the tree keeper may wait for
+            # the eof of an assembler killed); the summary, if written, tells the outcome.
+            log.warning(
+                "%s was killed (%s) after the receiver had finished; stopping the pipeline",
+                stage.name,
+                how,
+            )
+            self.killed_late.append(stage.name)
+            self.stop_requested = max(self.stop_requested, 2)
+            return
         if code == EXIT_FATAL:
             log.error("%s cannot run (%s); stopping the pipeline", stage.name, how)
         elif self.policy.enabled and not stopping and not self.source_done:

@@ -267,6 +267,20 @@ def unpack_body(raw: bytes) -> Any:
     )
 
 
+RECONNECT_IVL_MS = 10
+RECONNECT_IVL_MAX_MS = 1000
+
+
+def connect_soon(sock: zmq.Socket[bytes], endpoint: str) -> None:
+    """Connect, retrying every 10 ms at first (doubling up to 1 s) while nobody listens.
+
+    Stages start together, so a connect usually comes before the peer binds its ipc
+    path; ZeroMQ's default retry (every 100 ms) held every replay up to 100 ms."""
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    sock.connect(endpoint)
+
+
 class Outlet:
     """The sending end of one hop: a PUSH socket with a bounded queue."""
 
@@ -292,7 +306,7 @@ class Outlet:
         if bind:  # the ack hop: the tree keeper binds in its own directory
             self.sock.bind(endpoint)
         else:
-            self.sock.connect(endpoint)
+            connect_soon(self.sock, endpoint)
         self.endpoint = endpoint
         self._sender = sender << _COUNTER_BITS
         self._counter = 0
@@ -403,7 +417,7 @@ class Inlet:
         self.sock.setsockopt(zmq.RCVHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, 0)
         if connect:  # the ack hop: the receiver connects to the tree keeper
-            self.sock.connect(endpoint)
+            connect_soon(self.sock, endpoint)
         else:
             self.sock.bind(endpoint)
         self.endpoint = endpoint

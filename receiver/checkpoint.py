@@ -3,7 +3,8 @@
 After each chunk of lines the receiver notes the read position and, per assembler,
 how many batches must be acknowledged before everything up to that position is in
 every sink. The checkpoint is the newest such position that is fully acknowledged;
-it is written atomically to the runtime directory a few times a second, with the
+it is written atomically to the runtime directory a few times a second (and whenever
+it has moved over more than ``auditstream.redelivery.checkpoint_lag_records``), with the
 line counters as of that position. A receiver started again by the same supervisor
 resumes from it (docs/recovery.md); what it reads again that was already written
 downstream is dropped there as duplicates.
@@ -53,9 +54,12 @@ class _ReadMark:
 class CheckpointKeeper:
     """Turns acknowledged batch numbers into a durable read position, and persists it."""
 
-    def __init__(self, path: Path, files: list[str]) -> None:
+    def __init__(self, path: Path, files: list[str], max_lag_records: int = 0) -> None:
         self.path = path
         self.files = files
+        # Written also once this many records past the written one (0: by time only).
+        self.max_lag_records = max_lag_records
+        self._written_records = 0
         self._marks: deque[_ReadMark] = deque()
         self._durable: _ReadMark | None = None
         self._written: tuple[int, int] | None = None
@@ -76,7 +80,8 @@ class CheckpointKeeper:
         durable = self._durable
         if durable is None or durable.position == self._written:
             return
-        if force or now - self._last_write >= WRITE_EVERY_S:
+        lag = durable.counters.get("records", 0) - self._written_records
+        if force or now - self._last_write >= WRITE_EVERY_S or 0 < self.max_lag_records <= lag:
             self._write(durable)
             self._last_write = now
 
@@ -89,6 +94,7 @@ class CheckpointKeeper:
         checkpoint = Checkpoint(os.getppid(), self.files, index, inode, offset, mark.counters)
         write_atomically(self.path, json.dumps(asdict(checkpoint)).encode())
         self._written = mark.position
+        self._written_records = mark.counters.get("records", 0)
         self.writes += 1
 
 

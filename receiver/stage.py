@@ -14,7 +14,12 @@ import zmq
 from auditstream.config import Config
 from auditstream.logline import LineError, split_log_line
 from auditstream.native import load_native
-from auditstream.redelivery import HELLO_WAIT_S, checkpoint_path, serial_mark_path
+from auditstream.redelivery import (
+    HELLO_WAIT_S,
+    checkpoint_lag_records,
+    checkpoint_path,
+    serial_mark_path,
+)
 from auditstream.stage import EXIT_FATAL, StageContext
 from receiver.checkpoint import CheckpointKeeper, SerialMark, load_checkpoint
 from receiver.logsource import LogSource, SourceError
@@ -199,7 +204,9 @@ def run(cfg: Config, ctx: StageContext) -> int:
         guard.wait_for_hello(HELLO_WAIT_S, lambda: ctx.stop_requested)
         keeper: CheckpointKeeper | None = None
         if file_source and "-" not in cfg.receiver.files:  # a pipe cannot be read again
-            keeper = CheckpointKeeper(checkpoint_path(cfg), cfg.receiver.files)
+            keeper = CheckpointKeeper(
+                checkpoint_path(cfg), cfg.receiver.files, checkpoint_lag_records(cfg)
+            )
         else:  # what a predecessor read and did not deliver is gone: say which serials
             mark = SerialMark(serial_mark_path(cfg))
             mark.inherit()

@@ -123,6 +123,11 @@ class AckSender:
         self._next_hello = 0.0
         self.acks_sent = 0
 
+    @property
+    def hello_due(self) -> bool:
+        """A hello waits for a receiver to hear it (none has connected since it was due)."""
+        return self._hello_due
+
     def service(self, durable_seq: int) -> None:
         """Say hello when a receiver (re)connects; send the acknowledgements that are due."""
         assert self.outlet.watch is not None

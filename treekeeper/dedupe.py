@@ -9,10 +9,11 @@ marker is identified by its range. Other markers (parse errors, kernel loss) car
 no stable identity and are never dropped: after a crash one may appear twice.
 
 Memory is bounded: at least the newest ``capacity`` fingerprints are kept (at most
-twice that), enough to cover everything the receiver can still resend. After a restart of the tree keeper the set
-is rebuilt from the tail of each jsonl / file sink that has a path, at most
-``TAIL_MAX_BYTES`` each (docs/recovery.md); stdout and Kafka cannot be read back, so
-there a tree keeper crash can repeat events (at-least-once).
+twice that), enough to cover everything the receiver can still resend. After a restart
+of the tree keeper the set is rebuilt from the newest lines of each jsonl / file sink
+that has a path, as many as hold ``capacity`` fingerprints (docs/recovery.md); stdout
+and Kafka cannot be read back, so there a tree keeper crash can repeat events
+(at-least-once).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 
@@ -30,10 +31,11 @@ from auditstream.doc_text import DOC_TEXT, RECORD_HASHES
 from auditstream.escape import escape
 from auditstream.logline import LineError, split_log_line, type_name
 from auditstream.native import load_native
+from auditstream.redelivery import resendable_records
 from sinks.config import file_output_config, sink_configs_from_tables
 
 log = logging.getLogger("auditstream.treekeeper")
-TAIL_MAX_BYTES = 64 << 20
+READ_BACK_BLOCK_BYTES = 8 << 20
 MIN_CAPACITY = 65_536
 Event = dict[str, Any]
 
@@ -156,12 +158,10 @@ class Dedupe:
 
     @classmethod
     def for_config(cls, cfg: Config) -> Dedupe:
-        # Everything the receiver can resend: its buffers, full, for every assembler.
-        resendable = (
-            cfg.receiver.replay_buffer_batches
-            * cfg.receiver.batch_max_records
-            * cfg.assembler.instances
-        )
+        # Everything the receiver can send again: its buffers, full, for every assembler,
+        # and what was acknowledged past its checkpoint; a quarter more for the records of
+        # events still in the assemblers and the reorder window.
+        resendable = resendable_records(cfg)
         return cls(max(MIN_CAPACITY, resendable + resendable // 4))
 
     def filter(self, events: list[Event]) -> list[Event]:
@@ -192,8 +192,10 @@ class Dedupe:
 def recover_sink_tails(cfg: Config, dedupe: Dedupe) -> int:
     """After a restart: cut a half-written last line, learn what the sinks already hold.
 
-    Returns the number of fingerprints learnt. Sinks without a readable path are skipped
-    (stdout, Kafka: at-least-once after a tree keeper crash).
+    Each sink is read back from its end until the newest ``dedupe.seen.capacity`` record
+    fingerprints are known (everything a receiver can send again, whatever the size of
+    a line), or its start. Returns the number of fingerprints learnt. Sinks without a
+    readable path are skipped (stdout, Kafka: at-least-once after a tree keeper crash).
     """
     learnt = 0
     for sink_cfg in sink_configs_from_tables(cfg.sinks):
@@ -202,42 +204,68 @@ def recover_sink_tails(cfg: Config, dedupe: Dedupe) -> int:
         path = file_output_config(sink_cfg).path
         if path == "-" or not Path(path).is_file():
             continue
+        newest_first: list[tuple[int, ...]] = []
+        wanted, found, lines = dedupe.seen.capacity, 0, 0
         try:
-            lines = list(_tail_lines(Path(path)))
+            for line in _lines_newest_first(Path(path)):
+                lines += 1
+                fingerprints = _line_fingerprints(line, raw=sink_cfg.type == "file")
+                if fingerprints:
+                    newest_first.append(fingerprints)
+                    found += len(fingerprints)
+                    if found >= wanted:
+                        break
         except OSError as err:
             log.error("cannot read back %s for duplicate detection: %s", path, err)
             continue
         before = len(dedupe.seen)
-        for line in lines:
-            if sink_cfg.type == "file":
-                fp = line_fingerprint(line)
-                if fp is not None:
-                    dedupe.learn((fp,))
-                continue
-            try:
-                doc = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            dedupe.learn(doc_fingerprints(doc) or ())
+        for fingerprints in reversed(newest_first):  # oldest first: the newest stay longest
+            dedupe.learn(fingerprints)
         learnt += len(dedupe.seen) - before
-        log.info("read back %d lines of %s: duplicates of them will be dropped", len(lines), path)
+        log.info("read back %d lines of %s: duplicates of them will be dropped", lines, path)
     return learnt
 
 
-def _tail_lines(path: Path) -> Iterator[bytes]:
-    """The whole lines in the last TAIL_MAX_BYTES of ``path``, after cutting a partial last one."""
+def _line_fingerprints(line: bytes, *, raw: bool) -> tuple[int, ...] | None:
+    if raw:  # the file sink: one audit.log line is one record
+        fp = line_fingerprint(line)
+        return None if fp is None else (fp,)
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return doc_fingerprints(doc)
+
+
+def _lines_newest_first(path: Path) -> Iterator[bytes]:
+    """The whole lines of ``path`` from its last to its first, after cutting a half-written
+    last one; read a block of READ_BACK_BLOCK_BYTES at a time from the end."""
     with open(path, "r+b") as fh:
         size = fh.seek(0, os.SEEK_END)
-        start = max(0, size - TAIL_MAX_BYTES)
-        fh.seek(start)
-        data = fh.read()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
+        end = _end_of_last_line(fh, size)
+        if end < size:
             # A SIGKILL mid-write left half a line: cut it (its event was not acknowledged,
             # it comes again) so the next line does not glue onto it.
-            fh.truncate(start + end)
-            log.warning("%s: cut %d bytes of a half-written last line", path, len(data) - end)
-    lines = data[:end].split(b"\n")
-    if start > 0:
-        lines = lines[1:]  # the first one may be cut by the window
-    yield from (line for line in lines if line)
+            fh.truncate(end)
+            log.warning("%s: cut %d bytes of a half-written last line", path, size - end)
+        carry = b""  # the start of a line that began in an earlier block
+        while end > 0:
+            start = max(0, end - READ_BACK_BLOCK_BYTES)
+            fh.seek(start)
+            lines = (fh.read(end - start) + carry).split(b"\n")
+            carry = lines.pop(0) if start > 0 else b""
+            end = start
+            yield from (line for line in reversed(lines) if line)
+
+
+def _end_of_last_line(fh: BinaryIO, size: int) -> int:
+    """The offset just past the file's last newline (0 if it has none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - READ_BACK_BLOCK_BYTES)
+        fh.seek(start)
+        newline = fh.read(end - start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0

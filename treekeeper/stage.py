@@ -25,6 +25,8 @@ from treekeeper.pipeline import TreeStep, build_fanout, fanout_stats
 
 log = logging.getLogger("auditstream.treekeeper")
 IDLE_POLL_MS = 100
+# While a hello waits for the receiver to connect: the receiver reads nothing before it.
+HELLO_POLL_MS = 10
 MAX_PARKED_EVENTS = 10_000  # frames parked for the merge, in events (~1.5 KB each)
 STATUS_EVERY_S = 1.0
 
@@ -112,7 +114,8 @@ def run(cfg: Config, ctx: StageContext) -> int:
 
     while len(eofs) < cfg.assembler.instances:
         waiting = merge is not None and merge.parked_frames > 0
-        frame = inlet.recv(MERGE_PATIENCE_MS if waiting else IDLE_POLL_MS)
+        idle_ms = HELLO_POLL_MS if acks.hello_due else IDLE_POLL_MS
+        frame = inlet.recv(MERGE_PATIENCE_MS if waiting else idle_ms)
         now = time.monotonic()
         if frame is None:
             if merge is not None and waiting:  # the one we wait for is quiet: on with the oldest
