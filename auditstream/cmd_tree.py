@@ -9,14 +9,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import zmq
-
 from auditstream import runtime
 from auditstream.escape import unescape
-from treekeeper.control import control_endpoint
 
 
 def fetch(run_dir: str, timeout_ms: int = 5000) -> list[dict[str, Any]]:
+    # Imported here: every `auditstream` command registers this one, and ZeroMQ and the
+    # tree keeper's modules cost ~17 ms of each start (a replay's stages wait for it).
+    import zmq
+
+    from treekeeper.control import control_endpoint
+
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
@@ -28,6 +31,8 @@ def fetch(run_dir: str, timeout_ms: int = 5000) -> list[dict[str, Any]]:
                 f"no answer from the tree keeper in {run_dir} (is `auditstream run` running?)"
             )
         reply = sock.recv_json()
+    except zmq.ZMQError as err:
+        raise RuntimeError(f"cannot ask the tree keeper in {run_dir}: {err}") from err
     finally:
         sock.close()
         ctx.term()
@@ -84,7 +89,7 @@ def render(processes: list[dict[str, Any]], out: Any) -> None:
 def cmd_tree(args: argparse.Namespace) -> int:
     try:
         processes = fetch(str(runtime.stage_dir_of(Path(args.runtime_dir))))
-    except (TimeoutError, RuntimeError, zmq.ZMQError) as err:
+    except (TimeoutError, RuntimeError) as err:
         print(f"auditstream: {err}", file=sys.stderr)
         return 1
     if args.container:

@@ -205,6 +205,10 @@ class Supervisor:
                 self.restarts += 1
                 self._spawn(stage)
                 continue
+            if code == 0:
+                # Done already: a short replay can end between two looks, and the tree
+                # keeper removes its ready file at exit. The loop takes the exit from here.
+                return True
             if code is not None:
                 stage.exit_code = code
                 log.error("%s could not start (exit code %s)", stage.name, code)

@@ -15,12 +15,16 @@ from pathlib import Path
 
 import pytest
 import zmq
+from generated_logs import write_generated_log
 
 from auditstream import wire
-from auditstream.config import Config
+from auditstream.config import Config, write_json
 from auditstream.exitwatch import ExitWatch
 from auditstream.redelivery import acks_endpoint
+from auditstream.supervisor import RestartPolicy, Supervisor
 from treekeeper.acks import AckSender
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_connecting_sockets_retry_soon_then_back_off(tmp_path: Path) -> None:
@@ -114,3 +118,38 @@ def test_exit_watch_sleeps_its_timeout_while_children_live() -> None:
         watch.close()
         sleeper.kill()
         sleeper.wait()
+
+
+def test_tree_keeper_done_before_the_supervisor_saw_it_ready_is_no_failure(tmp_path: Path) -> None:
+    """A tree keeper that exited 0 (its ready file removed) between two looks did start."""
+    cfg = Config()
+    cfg.runtime.dir = str(tmp_path)
+    conf = tmp_path / "effective-config.json"
+    write_json(cfg, conf)
+    supervisor = Supervisor(
+        conf,
+        assemblers=1,
+        receiver_stdin=False,
+        policy=RestartPolicy(enabled=True),
+        ready_file=tmp_path / "treekeeper.ready",
+    )
+    for stage in supervisor.stages:  # real processes, each done at once
+        stage.argv = [sys.executable, "-c", "pass"]
+    assert supervisor.run() == 0
+    assert supervisor.failed == []
+    assert [s.exit_code for s in supervisor.stages] == [0, 0, 0]
+
+
+def test_short_replays_exit_0(tmp_path: Path) -> None:
+    """Replays of 20 lines end faster than the supervisor looks for the ready file: all exit 0."""
+    log = write_generated_log(tmp_path / "short.log", 20)
+    for i in range(5):
+        out = tmp_path / f"events-{i}.jsonl"
+        result = subprocess.run(
+            [sys.executable, "-m", "auditstream", "replay", str(log), "--sink", f"jsonl:{out}"],
+            cwd=REPO,
+            capture_output=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        assert out.read_bytes().count(b"\n") >= 1
