@@ -124,8 +124,13 @@ class RotatingWriter:
                     self._stats.discarded_events += events  # this chunk never got buffered
                     raise
                 self._rotate()
-        self._buffer += chunk
         self._pending_events += events
+        if not self._buffer and len(chunk) >= self._output.buffer_bytes:
+            # It fills the buffer alone (the jsonl sink's encode_lines makes such chunks):
+            # written as it is, not copied into the buffer first.
+            self._write_out(chunk)
+            return
+        self._buffer += chunk
         if len(self._buffer) >= self._output.buffer_bytes:
             self._drain()
 
@@ -157,22 +162,26 @@ class RotatingWriter:
             self._close_fd()
 
     def _drain(self) -> None:
-        if not self._buffer:
-            return
+        if self._buffer:
+            self._write_out(self._buffer)
+            self._buffer.clear()
+
+    def _write_out(self, data: bytes | bytearray) -> None:
+        """Write ``data`` (the buffer, or a chunk that fills it alone) and count the pending
+        events sent; on an error, :meth:`_fail` counts them discarded and raises."""
         size_before = self._size
         try:
             fd = self._fd if self._fd is not None else self._open()
             size_before = self._size  # _open() learnt the size of a reopened file
-            view = memoryview(self._buffer)
+            view = memoryview(data)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
             view.release()
         except OSError as err:
             self._fail(err, size_before)
-        self._size += len(self._buffer)
+        self._size += len(data)
         self._stats.sent_events += self._pending_events
-        self._buffer.clear()
         self._pending_events = 0
 
     def _fail(self, err: OSError, size_before: int) -> None:

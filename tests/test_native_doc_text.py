@@ -397,6 +397,29 @@ def test_encode_lines_keeps_within_most_and_stops_at_enough() -> None:
     assert c_lines(events, 10) == (b"", 10)
 
 
+def test_encode_lines_buffer_survives_large_and_nested_calls() -> None:
+    """The buffer kept between calls: a call past its size cap, then small calls, and a call
+    made from inside another (``dumps`` running Python code) each give _encode's lines."""
+    encode = native_module("auditstream.native_doc_text").encode_lines
+    big = [{**make_event(n), "doc": {"message": "x" * 4096, "n": n}} for n in range(2500)]
+    assert c_lines(big) == (b"".join(python_lines(big)), len(big))  # ~10 MiB: past the cap
+    small = [make_event(n) for n in range(5)]
+    assert c_lines(small) == (b"".join(python_lines(small)), 5)
+    inner_results: list[tuple[bytes, int]] = []
+
+    def nesting_dumps(value: Any, **options: Any) -> bytes:
+        # Another encode_lines while the outer one holds the kept buffer.
+        inner_results.append(
+            encode(orjson.dumps, orjson.OPT_APPEND_NEWLINE, small, 0, 1 << 40, 1 << 40)
+        )
+        return orjson.dumps(value, **options)
+
+    lines, upto = encode(nesting_dumps, orjson.OPT_APPEND_NEWLINE, big[:50], 0, 1 << 40, 1 << 40)
+    assert (lines, upto) == (b"".join(python_lines(big[:50])), 50)
+    assert inner_results == [(b"".join(python_lines(small)), 5)] * 50
+    assert c_lines(small) == (b"".join(python_lines(small)), 5)
+
+
 _MARKER_TIME = re.compile(
     rb'"@timestamp":"[^"]*",(?="event":\{"kind":"event","action":"encode-error")'
 )

@@ -204,6 +204,31 @@ def test_full_disk_is_counted_not_crashed() -> None:
     sink.close()
 
 
+def test_a_batch_that_fills_the_buffer_alone_is_written_in_order(tmp_path: Path) -> None:
+    """Chunks of a buffer's size or more (written without the buffer) keep line order and counts."""
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink("direct", FileOutputConfig(str(path), buffer_bytes=4096))
+    sink.write_batch([make_event(0)])  # buffered: the next chunk goes behind it
+    sink.write_batch([make_event(n, "x" * 200) for n in range(1, 200)])  # a buffer's worth
+    assert sink.stats.sent_events >= 199  # written at once, not held back
+    sink.write_batch([make_event(200)])
+    sink.close()
+    assert serials_of(read_all_lines(path)["events.jsonl"]) == list(range(201))
+    assert (sink.stats.sent_events, sink.stats.discarded_events) == (201, 0)
+
+
+def test_a_chunk_written_without_the_buffer_counts_its_loss() -> None:
+    """ENOSPC on a chunk written without the buffer: its events counted discarded, a clear error."""
+    sink = JsonlSink("full", FileOutputConfig("/dev/full", buffer_bytes=4096))
+    with pytest.raises(SinkWriteError, match="ENOSPC"):
+        sink.write_batch([make_event(n, "x" * 200) for n in range(100)])
+    assert sink.stats.errors == {"ENOSPC": 1}
+    stats = sink.stats
+    assert stats.sent_events == 0
+    assert stats.discarded_events == 100, stats
+    sink.close()
+
+
 def test_a_write_failing_at_a_rotation_accounts_every_event(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
