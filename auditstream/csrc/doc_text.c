@@ -518,7 +518,8 @@ typedef struct {
 } Buffer;
 
 /* encode_lines' buffer, kept between calls (under the GIL): grown by doubling and freed
- * after every call, it was reallocated ~5 times per call (~3,500 instructions per line).
+ * after every call, it was reallocated ~5 times per 1 MiB chunk (~3,500 instructions per
+ * input event of the tree keeper, docs/performance.md "Twenty-fourth pass").
  * In use: a call made from inside another (orjson running Python code) has its own. */
 static Buffer kept_lines;
 static int kept_lines_busy;
