@@ -10,6 +10,7 @@ from typing import Any
 
 from auditstream.config import Config
 from auditstream.logs import RateLimitedLog
+from auditstream.redelivery import buffered_records
 from sinks import build_sink
 from sinks.config import sink_configs_from_tables
 from sinks.fanout import FanOut
@@ -71,8 +72,7 @@ class TreeStep:
         expected = 0 if self.follow else cfg.assembler.instances
         # Held events keep their batches in the receiver's replay buffers unacknowledged:
         # hold at most about a tenth of what those buffers take (each event >= 1 record).
-        r = cfg.receiver
-        buffered = r.replay_buffer_batches * r.batch_max_records * cfg.assembler.instances
+        buffered = buffered_records(cfg)
         self.window: ReorderWindow[Event] = ReorderWindow(
             window_ms=t.reorder_window_ms,
             max_held=min(MAX_HELD_EVENTS, max(MIN_HELD_EVENTS, buffered // 10)),
