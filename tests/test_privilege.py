@@ -604,8 +604,12 @@ def test_live_run_with_user_drops_to_two_caps_and_nobody(
     try:
         receiver_pid = run.wait_registered()
         run.wait_file(run_dir / "status-receiver.json")  # written after the drop
+        expected = {"receiver", "assembler-0", "treekeeper", "auditstream.metrics"}
+        # The supervisor spawns the metrics process once it has seen the tree keeper ready,
+        # which the receiver may see (and then register and drop) first.
+        wait_until(lambda: set(run.stage_pids()) == expected)
         stages = run.stage_pids()
-        assert set(stages) == {"receiver", "assembler-0", "treekeeper", "auditstream.metrics"}
+        assert set(stages) == expected
         # The metrics process serves HTTP: nobody, no capability.
         for name, caps in threads_of(stages["auditstream.metrics"]).items():
             assert (caps.uid, caps.effective, caps.permitted) == (account.uid, 0, 0), name
