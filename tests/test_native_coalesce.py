@@ -426,6 +426,17 @@ def test_seed_event_is_handled() -> None:
     assert compare(_seed_event())
 
 
+def test_keys_and_values_past_the_caches_stay_right() -> None:
+    """Thousands of distinct keys and short values, more than the key and value caches
+    hold, come out equal to Python's: an evicted or colliding entry is never reused."""
+    seed = _seed_event()
+    syscall, rest = seed[0], seed[1:]
+    for i in range(3000):
+        extra = b" x%d=v%d y=%x z%d=%d" % (i, i * 7, i * 104729, i % 1500, i)
+        event = [dataclasses.replace(syscall, body=syscall.body + extra), *rest]
+        assert compare(event), f"declined event {i}"
+
+
 # -- no leaks -----------------------------------------------------------------------------------
 
 

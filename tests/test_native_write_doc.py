@@ -164,6 +164,25 @@ def test_strings_are_escaped_as_orjson_does(text: str) -> None:
     assert written.text == orjson.dumps(build_doc(records, reference))
 
 
+def test_escapes_at_every_position_of_short_and_word_sized_strings() -> None:
+    """A character that needs an escape is found at every position of strings up to three
+    words long, in the word-at-a-time checks and in the overlapping last word alike."""
+    records = base_records(BASE_EVENTS[0])
+    texts = [
+        "a" * at + special + "b" * (length - at - 1)
+        for length in range(1, 25)
+        for at in range(length)
+        for special in ('"', "\\", "\n", "\x00", "\x1f", "\x7f", "\u00e9")
+    ]
+    texts += ["", *("c" * length for length in range(1, 25))]
+    reference, mine = coalesce(records), coalesce(records)
+    for coalesced in (reference, mine):
+        coalesced.data = {**coalesced.data, **{f"t{i}": text for i, text in enumerate(texts)}}
+    written = native_ecs.write_doc(records, mine, None)
+    assert written is not None
+    assert written.text == orjson.dumps(build_doc(records, reference))
+
+
 def shipped_frames(log: Path, written: bool) -> list[tuple[bytes, bytes]]:
     """The events frames (body, docs_json) an assembler ships for the log, batch by batch."""
     assembly = Assembly(Config(), event_time=True, written_docs=written)

@@ -98,30 +98,73 @@ static inline uint64_t word_needs_escape(uint64_t word)
     return (below_space | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash)) & highs;
 }
 
+/* Room past a string's end that put_utf8_string may overwrite: it stores whole words. */
+#define WORD_SLACK 8
+#define SPACES 0x2020202020202020ULL /* never escaped: the padding of a short word */
+
+/* The n (< 8) bytes at text as a word, padded with spaces; reads only those bytes. */
+static inline uint64_t short_word(const unsigned char *text, Py_ssize_t n)
+{
+    uint64_t word;
+    if (n >= 4) {
+        uint32_t low, high;
+        memcpy(&low, text, 4);
+        memcpy(&high, text + n - 4, 4);
+        word = low | (uint64_t)high << (8 * (n - 4));
+    } else if (n > 0) {
+        word = text[0] | (uint64_t)text[n / 2] << (8 * (n / 2)) | (uint64_t)text[n - 1] << (8 * (n - 1));
+    } else {
+        return SPACES;
+    }
+    return word | SPACES << (8 * n);
+}
+
+/* Escape what needs it from the lowest flagged byte of a word: the flags of
+ * word_needs_escape can be wrong only above a byte that truly needs it (a borrow). */
+#define FIRST_FLAGGED(mask) (__builtin_ctzll(mask) >> 3)
+
+/* text as a JSON string. It goes a word at a time, each word stored whole (the slack
+ * takes what lies past the end) and the output moved on by the bytes that count: most
+ * strings are short and need no escape, and none of them costs a call to memcpy. */
 static int put_utf8_string(Out *o, const unsigned char *text, Py_ssize_t len)
 {
-    if (out_reserve(o, len * 6 + 2) < 0)
+    if (out_reserve(o, len * 6 + 2 + WORD_SLACK) < 0)
         return -1;
     char *out = o->data + o->size;
     *out++ = '"';
-    Py_ssize_t run = 0, i = 0;
-    while (i < len) {
-        /* Most text needs no escape: skip 8 bytes at a time while none may. */
-        uint64_t word;
-        if (i + 8 <= len && (memcpy(&word, text + i, 8), !word_needs_escape(word))) {
+    Py_ssize_t i = 0;
+    uint64_t word, mask;
+    while (i + 8 <= len) {
+        memcpy(&word, text + i, 8);
+        mask = word_needs_escape(word);
+        memcpy(out, &word, 8);
+        if (!mask) {
+            out += 8;
             i += 8;
             continue;
         }
-        unsigned char byte = text[i++];
-        if (byte >= 0x20 && byte != '"' && byte != '\\')
-            continue;
-        memcpy(out, text + run, (size_t)(i - 1 - run));
-        out += i - 1 - run;
-        run = i;
-        out = put_escape(out, byte);
+        int first = FIRST_FLAGGED(mask);
+        out = put_escape(out + first, text[i + first]);
+        i += first + 1;
     }
-    memcpy(out, text + run, (size_t)(len - run));
-    out += len - run;
+    while (i < len) {
+        Py_ssize_t rest = len - i; /* 1 .. 7 */
+        if (len >= 8) {
+            memcpy(&word, text + len - 8, 8);
+            word = word >> (8 * (8 - rest)) | SPACES << (8 * rest);
+        } else {
+            word = short_word(text + i, rest);
+        }
+        mask = word_needs_escape(word);
+        memcpy(out, &word, 8);
+        if (!mask) {
+            out += rest;
+            break;
+        }
+        int first = FIRST_FLAGGED(mask);
+        out = put_escape(out + first, text[i + first]);
+        i += first + 1;
+    }
     *out++ = '"';
     o->size = out - o->data;
     return 0;
