@@ -7,14 +7,88 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from assembler.stage import Assembly
 from auditstream.config import Config
+from treekeeper.pipeline import TreeStep
 from treekeeper.reorder import BACKWARD_RUN, ReorderWindow
 
 REPO = Path(__file__).resolve().parents[1]
+
+# One step for the model test: ("push", time, serial), ("claim", time, serial),
+# ("due", now) or ("flush",).
+_SERIALS = st.sampled_from([0, 1, 2, 7, 2**31, 2**32 - 1])
+_CLAIM_SERIALS = st.sampled_from([-3, 0, 1, 2, 8, 2**32 - 1, 2**32, 2**32 + 5])
+_TIMES = st.integers(min_value=0, max_value=40)  # few times: claims meet held neighbours
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("push"), _TIMES, _SERIALS),
+        st.tuples(st.just("claim"), st.integers(min_value=-2, max_value=42), _CLAIM_SERIALS),
+        st.tuples(st.just("due"), st.integers(min_value=-2, max_value=50)),
+        st.tuples(st.just("flush")),
+    ),
+    max_size=60,
+)
+
+
+class _Model:
+    """The window's order rule for one source whose time never goes back for good: what
+    leaves, leaves sorted by (time, serial, arrival), compared as tuples."""
+
+    def __init__(self, window_ms: int) -> None:
+        self.window_ms = window_ms
+        self.newest = -1
+        self.claim: tuple[int, int] | None = None
+        self.held: list[tuple[int, int, int, str]] = []
+
+    def _take(self, leaves: object) -> list[str]:
+        out = sorted(h for h in self.held if leaves(h))  # type: ignore[operator]
+        self.held = [h for h in self.held if not leaves(h)]  # type: ignore[operator]
+        return [h[3] for h in out]
+
+    def push(self, at: int, serial: int, arrival: int) -> list[str]:
+        self.newest = max(self.newest, at)
+        self.held.append((at, serial, arrival, f"e{arrival}"))
+        return self._take(lambda h: h[0] < self.newest - self.window_ms)
+
+    def claim_to(self, order: tuple[int, int]) -> list[str]:
+        return self._take(lambda h: (h[0], h[1]) < order)
+
+    def due(self, now: int) -> list[str]:
+        return self._take(lambda h: h[0] < now - self.window_ms)
+
+    def flush(self) -> list[str]:
+        return self._take(lambda h: True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_STEPS)
+@example([("push", 11, 0), ("claim", 10, 2**32 + 5)])  # not the next time's serials
+@example([("push", 9, 2**32 - 1), ("claim", 10, -3)])  # all of the time before
+def test_release_order_is_tuple_order(steps: list[tuple[int | str, ...]]) -> None:
+    """Whatever is pushed, claimed, due or flushed leaves as (time, serial, arrival) tuples
+    sort, 32-bit serials, equal keys and claims of odd serials included."""
+    window: ReorderWindow[str] = ReorderWindow(window_ms=5, jump_ms=10**9)
+    model = _Model(window_ms=5)
+    arrival = 0
+    for step in steps:
+        if step[0] == "push":
+            arrival += 1
+            at, serial = int(step[1]), int(step[2])
+            assert window.push(f"e{arrival}", at, serial) == model.push(at, serial, arrival)
+        elif step[0] == "claim":
+            order = (int(step[1]), int(step[2]))
+            assert window.claim(0, order) == model.claim_to(order)
+        elif step[0] == "due":
+            assert window.due(int(step[1])) == model.due(int(step[1]))
+        else:
+            assert window.flush() == model.flush()
+    assert window.flush() == model.flush()
 
 
 def test_reorder_window_releases_in_kernel_order() -> None:
@@ -211,3 +285,23 @@ def test_live_events_leave_long_before_the_window(tmp_path: Path, assemblers: in
         run.stdin.close()  # EOF: the run drains and ends
         assert run.wait(timeout=60) == 0, stderr_file.read_text(errors="replace")
     assert sorted(sequences()) == list(range(1, count + 1))
+
+
+def test_a_marker_stays_after_the_events_released_before_it() -> None:
+    """In one frame, events the window released before a marker reach the output before
+    it, and those held past it after it, as the frame had them."""
+    cfg = Config()
+    cfg.receiver.source = "file"
+    cfg.treekeeper.reorder_window_ms = 100
+
+    def event(name: str, at_ms: int, serial: int) -> dict[str, Any]:
+        sec, msec = divmod(at_ms, 1000)
+        doc = {"event": {"action": name}, "process": {"pid": 1}}
+        return {"key": ["", sec, msec, serial], "raw": [[1300, b"", ""]], "doc": doc}
+
+    marker = {"key": ["", 0, 0, 0], "raw": [], "doc": {"event": {"action": "marker"}}}
+    step = TreeStep(cfg)
+    frame = [event("early", 1000, 1), event("late", 5000, 2), marker, event("last", 5001, 3)]
+    out = step.process(frame) + step.close()
+    actions = [e["doc"]["event"]["action"] for e in out if e["raw"] or e is marker]
+    assert actions == ["early", "marker", "late", "last"]

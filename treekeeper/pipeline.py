@@ -98,18 +98,24 @@ class TreeStep:
             return self.clock_ms + int((time.monotonic() - self.input_at) * 1000)
         return self.clock_ms
 
-    def _apply(self, event: Event, out: list[Event]) -> None:
-        doc = event["doc"]
-        lifecycle = self.table.observe(doc)
-        if not self.event_time:
-            lifecycle += self._live_container(doc)
-        self.table.enrich(doc)
-        out.append(event)
-        if lifecycle:
-            self.lifecycle_events += len(lifecycle)
-            key = event["key"]
-            for life in lifecycle:  # a loop, not a generator: ~60 % of events have one
-                out.append({"key": key, "raw": [], "doc": life})
+    def _apply(self, ready: list[Event], out: list[Event]) -> None:
+        """Each released event, in order, into the table and then ``out``, followed by the
+        lifecycle docs it causes."""
+        table = self.table
+        observe, enrich, append = table.observe, table.enrich, out.append
+        live = not self.event_time
+        for event in ready:
+            doc = event["doc"]
+            lifecycle = observe(doc)
+            if live:
+                lifecycle += self._live_container(doc)
+            enrich(doc)
+            append(event)
+            if lifecycle:
+                self.lifecycle_events += len(lifecycle)
+                key = event["key"]
+                for life in lifecycle:  # a loop, not a generator: ~60 % of events have one
+                    append({"key": key, "raw": [], "doc": life})
 
     def _warn_timeline(self, source: int) -> None:
         self.timelines_warned = self.window.timelines
@@ -167,27 +173,28 @@ class TreeStep:
             return [event for event in events if id(event) not in dropped] if dropped else events
         self.input_at = time.monotonic()
         out: list[Event] = []
+        ready: list[Event] = []  # released by the window, in order: applied after the loop
         window = self.window
         for event in events:
             if dropped and id(event) in dropped:
                 if event["raw"]:
                     _, sec, msec, _ = event["key"]
-                    for ready in window.see(sec * 1000 + msec, source):
-                        self._apply(ready, out)
+                    ready += window.see(sec * 1000 + msec, source)
                 continue
             if not event["raw"]:  # markers carry no process and need no order
+                self._apply(ready, out)  # what was released before it goes first
+                ready.clear()
                 out.append(event)
                 continue
             _, sec, msec, serial = event["key"]
-            for ready in window.push(event, sec * 1000 + msec, serial, source):
-                self._apply(ready, out)
+            window.push_into(event, sec * 1000 + msec, serial, source, ready)
+        self._apply(ready, out)
         if window.timelines != self.timelines_warned:
             self._warn_timeline(source)
         if window.released_full != self.full_warned:
             self._warn_full()
         if sent_below is not None and not self.event_time:
-            for ready in window.claim(source, (int(sent_below[0]), int(sent_below[1]))):
-                self._apply(ready, out)
+            self._apply(window.claim(source, (int(sent_below[0]), int(sent_below[1]))), out)
         out.extend(self.maintain())
         return out
 
@@ -196,8 +203,7 @@ class TreeStep:
         if not self.enabled:
             return []
         out: list[Event] = []
-        for ready in self.window.close_source(source):
-            self._apply(ready, out)
+        self._apply(self.window.close_source(source), out)
         return out + self.maintain()
 
     def maintain(self) -> list[Event]:
@@ -209,8 +215,7 @@ class TreeStep:
         self.clock_ms = max(self.clock_ms, self.window.horizon())
         now = self._now()
         out: list[Event] = []
-        for ready in self.window.due(now):
-            self._apply(ready, out)
+        self._apply(self.window.due(now), out)
         gone = self.table.maintain(now)
         out.extend({"key": ["", 0, 0, 0], "raw": [], "doc": d} for d in gone)
         self.lifecycle_events += len(gone)
@@ -220,8 +225,7 @@ class TreeStep:
         if not self.enabled:
             return []
         out: list[Event] = []
-        for ready in self.window.flush():
-            self._apply(ready, out)
+        self._apply(self.window.flush(), out)
         if self.state_file:
             state.save(self.table, self.state_file)
         return out

@@ -88,12 +88,17 @@ class ReorderWindow(Generic[T]):
 
     def push(self, item: T, at_ms: int, serial: int, source: int = 0) -> list[T]:
         """Add one event; return the events now older than the window, in order."""
+        out: list[T] = []
+        self.push_into(item, at_ms, serial, source, out)
+        return out
+
+    def push_into(self, item: T, at_ms: int, serial: int, source: int, out: list[T]) -> None:
+        """:meth:`push`, appending what it releases to ``out`` (one list for a whole frame)."""
         # _note_time and _release_by_time, inlined: this runs for every event.
         newest = self._newest.get(source, -1)
         if at_ms < newest - self.jump_ms:
-            out = self._note_time(at_ms, source)
+            out += self._note_time(at_ms, source)
         else:
-            out = []
             if self._behind:
                 self._behind.pop(source, None)
             if at_ms > newest:
@@ -108,7 +113,6 @@ class ReorderWindow(Generic[T]):
             out.append(heapq.heappop(heap)[3])
         if len(heap) > self.max_held:
             self._release_full(out)
-        return out
 
     def see(self, at_ms: int, source: int = 0) -> list[T]:
         """An event of ``source`` that does not go through the window (a duplicate dropped)
