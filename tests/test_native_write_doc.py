@@ -125,6 +125,40 @@ def base_records(event: list[tuple[int, bytes]]) -> list[Record]:
     return [parse_record(type_, _HEAD + body) for type_, body in event]
 
 
+@pytest.mark.parametrize(
+    "ids",
+    [
+        b"auid=1000 uid=1000 gid=1000 euid=1000 suid=1000 fsuid=1000 egid=1000 sgid=1000 fsgid=1000",
+        b"auid=1000 uid=1000 gid=1000 euid=0 suid=1000 fsuid=1000 egid=1000 sgid=1000 fsgid=1000",
+        b"auid=4294967295 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0",
+        b"auid=1 uid=2 gid=3 euid=4 suid=5 fsuid=6 egid=7 sgid=8 fsgid=9",
+        b"uid=2 auid=1 gid=3 euid=4 suid=5 fsuid=6 egid=7 sgid=8 fsgid=9",
+        b"auid=1 uid=2 gid=3 euid=2 suid=5 fsuid=6 egid=7 sgid=8",
+    ],
+    ids=[
+        "effective-repeats",
+        "effective-differs",
+        "audit-unset",
+        "all-differ",
+        "odd-order",
+        "one-missing",
+    ],
+)
+@pytest.mark.parametrize("subj", [b" subj=unconfined", b" subj=u:r:t:s0", b""])
+@pytest.mark.parametrize("enriched", [False, True], ids=["raw", "enriched"])
+def test_user_objects_of_every_id_layout(ids: bytes, subj: bytes, enriched: bool) -> None:
+    """The user object, whether the ids are the kernel's layout (written directly) or not,
+    with or without SELinux parts and ENRICHED names, is the dict path's."""
+    body = (
+        b"arch=c000003e syscall=59 success=yes exit=0 a0=55d a1=55e a2=55f a3=0 items=0"
+        b" ppid=1999 pid=20001 " + ids + b' tty=pts0 ses=3 comm="sh" exe="/bin/sh"' + subj
+    )
+    if enriched:
+        body += b'\x1dAUID="alice" UID="root" EUID="root" FSGID="root"'
+    records = [parse_record(1300, _HEAD + body), parse_record(1320, _HEAD)]
+    assert compare(records) is True
+
+
 def test_declines_what_it_does_not_write() -> None:
     """An event without process fields, with a float or a surrogate in a value, or odd
     arguments: None (the dict path and orjson decide), never a wrong text."""

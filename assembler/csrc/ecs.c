@@ -745,14 +745,21 @@ static int put_enriched_name(PyObject *user, PyObject *ids, PyObject *id_key, Py
     return rc;
 }
 
-/* auditd's ENRICHED trailer of the event's SYSCALL (else first) record names the ids. */
-static int enriched_names(PyObject *user, PyObject *records, PyObject *ids)
+/* The ENRICHED trailer (borrowed, NULL if unset) of the event's SYSCALL record, else of
+ * its first: auditd's names of the ids are there. */
+static PyObject *primary_enriched(PyObject *records)
 {
     PyObject *primary = PyTuple_GET_ITEM(records, 0);
     for (Py_ssize_t i = 0; !record_is_syscall(primary) && i < PyTuple_GET_SIZE(records); i++)
         if (record_is_syscall(PyTuple_GET_ITEM(records, i)))
             primary = PyTuple_GET_ITEM(records, i);
-    PyObject *enriched = slot(primary, record_offsets[R_ENRICHED]);
+    return slot(primary, record_offsets[R_ENRICHED]);
+}
+
+/* auditd's ENRICHED trailer of the event's SYSCALL (else first) record names the ids. */
+static int enriched_names(PyObject *user, PyObject *records, PyObject *ids)
+{
+    PyObject *enriched = primary_enriched(records);
     if (enriched == NULL || !PyBytes_CheckExact(enriched))
         return -1; /* decline */
     if (PyBytes_GET_SIZE(enriched) == 0)

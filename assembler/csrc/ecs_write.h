@@ -552,6 +552,51 @@ static int write_head(Out *h, const Out *doc, Py_ssize_t at, Py_ssize_t until,
     return PUT_LIT(h, "}");
 }
 
+/* 1 when the user object is the kernel layout's, written by write_kernel_user: every id
+ * of a kernel SYSCALL record set, in its order, and no ENRICHED names (most events). */
+static int kernel_user_applies(PyObject *records, CoalescedView *c)
+{
+    PyObject *ids = c->field[C_USER_IDS], *enriched = primary_enriched(records);
+    return enriched != NULL && PyBytes_CheckExact(enriched) && PyBytes_GET_SIZE(enriched) == 0 &&
+           ids_are_text(ids) && is_kernel_layout(ids);
+}
+
+/* ,"name":{"id":id} or ,"name":{"id":id,"group":{"id":group}} */
+static int put_id_object(Out *o, const char *name, PyObject *id, PyObject *group)
+{
+    int first = 0;
+    if (put_key(o, &first, name) < 0 || PUT_LIT(o, "{\"id\":") < 0 || put_str(o, id) < 0)
+        return -1;
+    if (group != NULL &&
+        (PUT_LIT(o, ",\"group\":{\"id\":") < 0 || put_str(o, group) < 0 || PUT_LIT(o, "}") < 0))
+        return -1;
+    return PUT_LIT(o, "}");
+}
+
+/* The user object user_fields and drop_repeated_effective make of the kernel layout,
+ * written without its six dicts: effective goes when it repeats a non-empty user id. */
+static int write_kernel_user(Out *o, CoalescedView *c)
+{
+    PyObject *v[ID_COUNT]; /* auid, uid, gid, euid, suid, fsuid, egid, sgid, fsgid */
+    PyObject *key, *selinux = c->field[C_USER_SELINUX];
+    Py_ssize_t pos = 0;
+    for (int i = 0; i < ID_COUNT; i++)
+        if (!PyDict_Next(c->field[C_USER_IDS], &pos, &key, &v[i]))
+            return -1; /* not reached: kernel_user_applies counted them */
+    int repeated = PyUnicode_GET_LENGTH(v[1]) > 0 && PyUnicode_Compare(v[3], v[1]) == 0;
+    if (PUT_LIT(o, "{\"audit\":{\"id\":") < 0 || put_str(o, v[0]) < 0 ||
+        PUT_LIT(o, "},\"id\":") < 0 || put_str(o, v[1]) < 0 ||
+        put_id_object(o, "group", v[2], NULL) < 0 ||
+        (!repeated && put_id_object(o, "effective", v[3], v[6]) < 0) ||
+        put_id_object(o, "saved", v[4], v[7]) < 0 ||
+        put_id_object(o, "filesystem", v[5], v[8]) < 0)
+        return -1;
+    if (PyDict_GET_SIZE(selinux) > 0 &&
+        (PUT_LIT(o, ",\"selinux\":") < 0 || put_value(o, selinux, 2) < 0))
+        return -1;
+    return PUT_LIT(o, "}");
+}
+
 /* The whole doc and its head into doc_out and head_out; -1 (maybe an exception) else. */
 static int write_all(PyObject *records, CoalescedView *c, PyObject *completed_by,
                      Py_ssize_t *at, Py_ssize_t *until)
@@ -567,17 +612,20 @@ static int write_all(PyObject *records, CoalescedView *c, PyObject *completed_by
         PyErr_NoMemory();
         return -1;
     }
+    int kernel_user = kernel_user_applies(records, c);
     /* One at a time: none of them may run with another's exception pending. */
-    if ((user = user_fields(records, c)) == NULL ||
+    if ((!kernel_user && (user = user_fields(records, c)) == NULL) ||
         (timestamp = timestamp_text(c->field[C_SEC], c->field[C_MSEC])) == NULL ||
-        (data = data_fields(c->field[C_DATA])) == NULL || drop_repeated_effective(user) < 0)
+        (data = data_fields(c->field[C_DATA])) == NULL ||
+        (!kernel_user && drop_repeated_effective(user) < 0))
         goto done;
     doc_out.size = head_out.size = 0;
     rc = PUT_LIT(&doc_out, "{\"@timestamp\":") < 0 || put_str(&doc_out, timestamp) < 0 ||
                  PUT_LIT(&doc_out, ",\"event\":") < 0 || write_event(&doc_out, c) < 0 ||
                  PUT_LIT(&doc_out, ",\"auditd\":") < 0 ||
                  write_auditd(&doc_out, records, c, data, hashes) < 0 ||
-                 PUT_LIT(&doc_out, ",\"user\":") < 0 || put_value(&doc_out, user, 1) < 0 ||
+                 PUT_LIT(&doc_out, ",\"user\":") < 0 ||
+                 (kernel_user ? write_kernel_user(&doc_out, c) : put_value(&doc_out, user, 1)) < 0 ||
                  write_tail(&doc_out, c, completed_by, at, until) < 0 ||
                  write_head(&head_out, &doc_out, *at, *until, c, data, hashes, count, timestamp) < 0
              ? -1
