@@ -134,6 +134,16 @@ def test_escape_edge_cases(raw: bytes) -> None:
     assert native_ecs.escape(raw) == escape(raw)
 
 
+def test_escape_finds_a_byte_at_every_position_of_word_sized_text() -> None:
+    """A byte that needs escaping (or the printable ones around those) is judged right at
+    every position of texts up to three words long, as the word-at-a-time check reads them."""
+    for byte in (0x00, 0x1F, 0x20, 0x25, 0x24, 0x26, 0x7E, 0x7F, 0x80, 0xC3, 0xFF):
+        for length in range(1, 25):
+            for at in range(length):
+                raw = b"a" * at + bytes([byte]) + b"b" * (length - at - 1)
+                assert native_ecs.escape(raw) == escape(raw), raw
+
+
 # -- whole events ----------------------------------------------------------------------------
 
 
