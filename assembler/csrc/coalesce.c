@@ -317,10 +317,22 @@ static Field *append_field(Interp *it, const char *key, Py_ssize_t key_len, cons
     return f;
 }
 
-static int is_key_char(unsigned char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-'; }
+/* Character classes of PLAIN_BODY, one table lookup per character of a body. */
+enum { KEY_CHAR = 1, VALUE_CHAR = 2 };
+static unsigned char g_char_class[256];
+
+static void init_char_classes(void) {
+    for (int c = 0; c < 256; c++) {
+        int key = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+        int value = c != '"' && c != '\'' && c != ' ' && c != '=';
+        g_char_class[c] = (unsigned char)((key ? KEY_CHAR : 0) | (value ? VALUE_CHAR : 0));
+    }
+}
+
+static int is_key_char(unsigned char c) { return g_char_class[c] & KEY_CHAR; }
 
 /* A value character of PLAIN_BODY in a clean body: not a quote, space or '='. */
-static int is_plain_value_char(unsigned char c) { return c != '"' && c != '\'' && c != ' ' && c != '='; }
+static int is_plain_value_char(unsigned char c) { return g_char_class[c] & VALUE_CHAR; }
 
 /* fields.py's DROPPED_VALUES: the field is as good as absent. */
 static int is_dropped(const Field *f) {
@@ -1162,4 +1174,7 @@ static struct PyModuleDef module = {
     methods,
 };
 
-PyMODINIT_FUNC PyInit_native_coalesce(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit_native_coalesce(void) {
+    init_char_classes();
+    return PyModule_Create(&module);
+}

@@ -106,7 +106,7 @@ static Py_ssize_t address_offsets[A_COUNT];
 
 static inline int nonempty_str(PyObject *text) { return PyUnicode_GET_LENGTH(text) > 0; }
 
-static int str_equals_ascii(PyObject *text, const char *ascii)
+static inline int str_equals_ascii(PyObject *text, const char *ascii)
 {
     if (!PyUnicode_IS_ASCII(text))
         return 0;

@@ -126,7 +126,7 @@ static inline uint64_t short_word(const unsigned char *text, Py_ssize_t n)
 /* text as a JSON string. It goes a word at a time, each word stored whole (the slack
  * takes what lies past the end) and the output moved on by the bytes that count: most
  * strings are short and need no escape, and none of them costs a call to memcpy. */
-static int put_utf8_string(Out *o, const unsigned char *text, Py_ssize_t len)
+static inline int put_utf8_string(Out *o, const unsigned char *text, Py_ssize_t len)
 {
     if (out_reserve(o, len * 6 + 2 + WORD_SLACK) < 0)
         return -1;
@@ -171,7 +171,7 @@ static int put_utf8_string(Out *o, const unsigned char *text, Py_ssize_t len)
 }
 
 /* A str as orjson writes it; -1 with an exception on error, without one to decline. */
-static int put_str(Out *o, PyObject *text)
+static inline int put_str(Out *o, PyObject *text)
 {
     if (!PyUnicode_CheckExact(text))
         return -1;
