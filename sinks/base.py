@@ -43,3 +43,20 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Flush and release resources; the sink is not used afterwards."""
+
+
+class EncodingAhead(Protocol):
+    """A sink that can encode a batch before its worker thread takes it.
+
+    The fan-out calls :meth:`encode` in the thread that submits (the tree keeper's main
+    loop, where the events were just made and are still in the CPU's caches) and hands
+    the result to :meth:`write_encoded` in the sink's thread, which then only writes.
+    Encoding there instead made the two threads take turns on the GIL over cold events:
+    ~15 % of the tree keeper's CPU (docs/performance.md, "Twenty-fifth pass")."""
+
+    def encode(self, events: Sequence[Event]) -> Any:
+        """The batch encoded (no sink state read or changed), or None to leave it to
+        :meth:`Sink.write_batch`."""
+
+    def write_encoded(self, encoded: Any, events: Sequence[Event]) -> None:
+        """Deliver ``events`` as ``encoded`` made them, accounted as write_batch would."""

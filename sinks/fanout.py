@@ -11,6 +11,9 @@
   sinks, so the loss is visible in the data and not only in a counter. Markers
   are built here (same shape as ``assembler.ecs.marker_doc``; kept local so sinks
   do not import the assembler).
+- A sink that encodes ahead (:class:`sinks.base.EncodingAhead`: jsonl) has each batch
+  encoded by ``submit``, in the caller's thread, and its worker only writes; a batch
+  that could not be encoded ahead is written by ``write_batch`` as from other sinks.
 - A worker writes batches in order and flushes when its queue runs empty. A
   write that raises :class:`SinkWriteError` was already accounted by the sink
   and is only logged; any other exception is counted (``errors[ClassName]``),
@@ -43,10 +46,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from auditstream.latency import LatencyHistogram
-from sinks.base import Event, Sink
+from sinks.base import EncodingAhead, Event, Sink
 from sinks.config import SinkConfig
 from sinks.rotation import SinkWriteError
 
@@ -126,7 +129,9 @@ class _EventQueue:
         self._max_events = max_events
         self._batches: deque[list[Event]] = deque()
         self._seqs: deque[int] = deque()  # submit's number of each batch (0: a marker)
+        self._encoded: deque[Any] = deque()  # each batch encoded ahead, or None
         self.taken_seq = 0  # the number of the batch get() returned last (worker thread only)
+        self.taken_encoded: Any = None  # ... and what it was encoded into ahead, or None
         self._events = 0
         self._closed = False
         self._abandoned = False
@@ -138,7 +143,12 @@ class _EventQueue:
         return self._events == 0 or self._events + count <= self._max_events
 
     def put(
-        self, batch: list[Event], block: bool, timeout: float | None = None, seq: int = 0
+        self,
+        batch: list[Event],
+        block: bool,
+        timeout: float | None = None,
+        seq: int = 0,
+        encoded: Any = None,
     ) -> bool:
         """Queue the batch; False when it does not fit (in time) or the queue was abandoned."""
         with self._lock:
@@ -148,6 +158,7 @@ class _EventQueue:
                 return False
             self._batches.append(batch)
             self._seqs.append(seq)
+            self._encoded.append(encoded)
             self._events += len(batch)
             self._not_empty.notify()
             return True
@@ -160,6 +171,7 @@ class _EventQueue:
                 return None
             batch = self._batches.popleft()
             self.taken_seq = self._seqs.popleft()
+            self.taken_encoded = self._encoded.popleft()
             self._events -= len(batch)
             self._not_full.notify_all()
             return batch
@@ -174,6 +186,7 @@ class _EventQueue:
             if not self._abandoned:
                 self._batches.append([])
                 self._seqs.append(seq)
+                self._encoded.append(None)
                 self._not_empty.notify()
 
     @property
@@ -194,6 +207,7 @@ class _EventQueue:
             left, self._events = self._events, 0
             self._batches.clear()
             self._seqs.clear()
+            self._encoded.clear()
             self._not_empty.notify_all()
             self._not_full.notify_all()
             return left
@@ -221,6 +235,7 @@ class _Lane:
     episode: _DropEpisode | None = None
     accounted_failures: int = 0  # SinkWriteErrors seen, only to rate-limit their logging
     dropped_batches: int = 0  # batches dropped for a full queue, only to rate-limit logging
+    encode_failures: int = 0  # encode() raised (submit's thread), only to rate-limit logging
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     written_seq: int = 0  # submit number of the last batch written (or dropped)
     durable_seq: int = 0  # ... and flushed: every batch up to it is done for this sink
@@ -297,8 +312,23 @@ class FanOut:
         if events:
             self.submitted += 1
             for lane in self._lanes:
-                self._offer(lane, events, seq=self.submitted)
+                encoded = self._encode_ahead(lane, events)
+                self._offer(lane, events, seq=self.submitted, encoded=encoded)
         return self.submitted
+
+    def _encode_ahead(self, lane: _Lane, events: list[Event]) -> Any:
+        """The batch as the lane's sink encodes it ahead, or None (its worker then runs
+        write_batch, which encodes and accounts as always)."""
+        encode = getattr(lane.sink, "encode", None)
+        if encode is None:
+            return None
+        try:
+            return encode(events)
+        except Exception as err:  # the worker's write_batch encodes it again and accounts
+            lane.encode_failures += 1
+            if _worth_logging(lane.encode_failures):
+                log.error("sink %s: encoding ahead failed: %r", lane.sink.name, err)
+            return None
 
     def durable_seq(self) -> int:
         """Every batch ``submit`` numbered up to this is written and flushed by every sink."""
@@ -311,10 +341,11 @@ class FanOut:
         marker: bool = False,
         timeout: float | None = None,
         seq: int = 0,
+        encoded: Any = None,
     ) -> None:
         lane.received += len(events)
         block = lane.config.when_full == "block"
-        if lane.queue.put(events, block=block, timeout=timeout, seq=seq):
+        if lane.queue.put(events, block=block, timeout=timeout, seq=seq, encoded=encoded):
             if lane.episode is not None and not marker:
                 self._end_episode(lane)
             return
@@ -439,8 +470,8 @@ class FanOut:
 
     def _run(self, lane: _Lane) -> None:
         while (events := lane.queue.get()) is not None:
-            seq = lane.queue.taken_seq
-            if events and self._deliver(lane, events):
+            seq, encoded = lane.queue.taken_seq, lane.queue.taken_encoded
+            if events and self._deliver(lane, events, encoded):
                 lane.hold_stamps(events)
             if seq:
                 lane.written_seq = seq
@@ -466,16 +497,23 @@ class FanOut:
             return
         lane.durable_seq = lane.written_seq
 
-    def _deliver(self, lane: _Lane, events: list[Event]) -> bool:
+    def _deliver(self, lane: _Lane, events: list[Event], encoded: Any = None) -> bool:
         """Write with retries; True when the sink took the whole batch without error."""
         for attempt in range(self._write_attempts):
-            outcome = self._guarded(lane, lambda: lane.sink.write_batch(events), "write")
+            outcome = self._guarded(lane, lambda: self._write(lane.sink, events, encoded), "write")
             if outcome != "failed":  # done, or the sink accounted for its loss itself
                 return outcome == "ok"
             if attempt + 1 < self._write_attempts:
                 time.sleep(self._retry_backoff_s * 2**attempt)
         lane.discard("write_error", len(events))
         return False
+
+    @staticmethod
+    def _write(sink: Sink, events: list[Event], encoded: Any) -> None:
+        if encoded is None:
+            sink.write_batch(events)
+        else:
+            cast(EncodingAhead, sink).write_encoded(encoded, events)
 
     def _guarded(self, lane: _Lane, action: Callable[[], None], what: str) -> CallOutcome:
         """Run a sink call; count and log what it raises."""

@@ -15,7 +15,9 @@ visible in the archive. Buffering, rotation and write-error accounting are
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -34,6 +36,13 @@ _ERROR_TEXT_MAX = 200
 _NATIVE_LINES: Callable[..., tuple[bytes, int]] | None = load_native(
     "auditstream.native_doc_text", "encode_lines"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedLines:
+    """A batch's lines, one per event in order, made ahead by :meth:`JsonlSink.encode`."""
+
+    lines: bytes
 
 
 class JsonlSink:
@@ -67,6 +76,35 @@ class JsonlSink:
             line, counted_events = self._encode(batch[done])
             done += 1
             self._append(line, counted_events, len(batch) - done)
+
+    def encode(self, events: Sequence[Event]) -> EncodedLines | None:
+        """Every event's line, when the C encoder takes them all; None leaves the batch to
+        :meth:`write_batch` (and its encode-error markers). Reads no state of the sink: the
+        fan-out calls it from the submitting thread (:class:`sinks.base.EncodingAhead`)."""
+        if _NATIVE_LINES is None or not events:
+            return None
+        batch = events if type(events) is list else list(events)
+        lines, upto = _NATIVE_LINES(
+            orjson.dumps, orjson.OPT_APPEND_NEWLINE, batch, 0, sys.maxsize, sys.maxsize
+        )
+        return EncodedLines(lines) if upto == len(batch) else None
+
+    def write_encoded(self, encoded: EncodedLines, events: Sequence[Event]) -> None:
+        """Buffer the lines :meth:`encode` made of ``events``, cut after the last line that
+        fits where the file rotates; as write_batch, raise SinkWriteError after counting."""
+        self.stats.received_events += len(events)
+        data, start, left = encoded.lines, 0, len(events)
+        while start < len(data):
+            most, _ = self._writer.room()
+            end = len(data)
+            if end - start > most:  # one line alone when even the first does not fit
+                cut = data.rfind(b"\n", start, start + max(most, 0))
+                end = (cut if cut >= start else data.index(b"\n", start)) + 1
+            whole = start == 0 and end == len(data)
+            count = left if whole else data.count(b"\n", start, end)
+            left -= count
+            self._append(data if whole else data[start:end], count, left)
+            start = end
 
     def _append(self, chunk: bytes, events: int, after: int) -> None:
         """Buffer ``chunk`` (``events`` events); when that fails, the ``after`` events behind

@@ -332,3 +332,63 @@ def test_the_configured_sinks_shutdown_timeout_bounds_the_tree_keepers_close(
         fifo.drained()
     assert elapsed < 3
     assert stats.discarded_by_reason.get("shutdown_timeout", 0) > 0
+
+
+class EncodingSpy:
+    """A sink that encodes ahead: records which thread encodes and which writes, and how
+    each batch arrived; ``encode_fails`` makes encode() raise, ``declines`` return None."""
+
+    def __init__(self, encode_fails: bool = False, declines: bool = False) -> None:
+        self.name = "spy"
+        self.stats = SinkStats()
+        self.encode_fails = encode_fails
+        self.declines = declines
+        self.encoding_threads: set[int] = set()
+        self.writing_threads: set[int] = set()
+        self.arrivals: list[tuple[str, list[int]]] = []
+
+    def encode(self, events: Sequence[Event]) -> Any:
+        self.encoding_threads.add(threading.get_ident())
+        if self.encode_fails:
+            raise RuntimeError("encoder broke")
+        return None if self.declines else [e["key"][3] for e in events]
+
+    def write_encoded(self, encoded: Any, events: Sequence[Event]) -> None:
+        self.writing_threads.add(threading.get_ident())
+        assert encoded == [e["key"][3] for e in events]
+        self.arrivals.append(("encoded", encoded))
+        self.stats.sent_events += len(events)
+
+    def write_batch(self, events: Sequence[Event]) -> None:
+        self.writing_threads.add(threading.get_ident())
+        self.arrivals.append(("batch", [e["key"][3] for e in events]))
+        self.stats.sent_events += len(events)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("encode_fails", "declines", "way"),
+    [(False, False, "encoded"), (False, True, "batch"), (True, False, "batch")],
+    ids=["encoded-ahead", "declined", "encoder-raises"],
+)
+def test_a_sink_that_encodes_ahead_is_encoded_in_the_submitting_thread(
+    encode_fails: bool, declines: bool, way: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fan-out encodes each batch in the thread that submits it and the sink's own
+    thread writes it; a batch the sink declines, or whose encoding raises, is written
+    by write_batch instead, in order and complete (the failure logged)."""
+    spy = EncodingSpy(encode_fails=encode_fails, declines=declines)
+    fanout = FanOut([spy], [SinkConfig("jsonl", "spy", when_full="block")])
+    for first in range(0, 30, 10):
+        fanout.submit(make_batch(first, 10))
+    assert fanout.close()
+    assert spy.encoding_threads == {threading.get_ident()}
+    assert threading.get_ident() not in spy.writing_threads and len(spy.writing_threads) == 1
+    assert spy.arrivals == [(way, list(range(n, n + 10))) for n in range(0, 30, 10)]
+    assert fanout.stats()["spy"].component_sent_events_total == 30
+    assert ("encoding ahead failed" in caplog.text) == encode_fails

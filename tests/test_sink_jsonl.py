@@ -254,6 +254,94 @@ def test_a_write_failing_at_a_rotation_accounts_every_event(
     assert serials_of(read_all_lines(path)["events.jsonl"]) == [0, 1, 2]
 
 
+def _write_both_ways(
+    tmp_path: Path, output: dict[str, Any], batches: list[list[dict[str, Any]]]
+) -> tuple[dict[str, list[bytes]], dict[str, list[bytes]], JsonlSink, JsonlSink]:
+    """The files and sinks of the same batches written by write_batch and, encoded ahead,
+    by write_encoded (each batch that encode() takes)."""
+    sinks_by_way = []
+    for way in ("batch", "ahead"):
+        path = tmp_path / way / "events.jsonl"
+        path.parent.mkdir()
+        sink = JsonlSink(way, FileOutputConfig(str(path), **output))
+        for batch in batches:
+            encoded = sink.encode(batch) if way == "ahead" else None
+            if encoded is None:
+                sink.write_batch(batch)
+            else:
+                sink.write_encoded(encoded, batch)
+        sink.close()
+        sinks_by_way.append((read_all_lines(path), sink))
+    (batch_files, batch_sink), (ahead_files, ahead_sink) = sinks_by_way
+    return batch_files, ahead_files, batch_sink, ahead_sink
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        {},
+        {"max_bytes": 3000, "keep_files": 1000, "buffer_bytes": 700},
+        {"max_bytes": 300, "keep_files": 1000, "buffer_bytes": 100},  # lines past max_bytes
+        {"max_bytes": 5000, "keep_files": 1000, "compress": True, "buffer_bytes": 1 << 20},
+    ],
+    ids=["plain", "rotating", "lines-past-max-bytes", "gzip"],
+)
+def test_lines_encoded_ahead_make_the_files_write_batch_makes(
+    tmp_path: Path, output: dict[str, Any]
+) -> None:
+    """Encoded ahead (the fan-out's submitting thread) and written later, the batches give
+    the same files, cut at the same lines where they rotate, and the same counts."""
+    batches = [
+        [make_event(n, "x" * (n * 37 % 900)) for n in range(start, start + 41)]
+        for start in range(0, 600, 41)
+    ]
+    batch_files, ahead_files, batch_sink, ahead_sink = _write_both_ways(tmp_path, output, batches)
+    assert len(ahead_files) == len(batch_files) and ahead_files == batch_files
+    assert ahead_sink.stats == batch_sink.stats
+    assert ahead_sink.stats.sent_events == 41 * len(batches)
+
+
+def test_a_batch_with_an_event_that_does_not_encode_is_left_to_write_batch(
+    tmp_path: Path,
+) -> None:
+    """encode() takes a batch only whole: one doc orjson refuses leaves it to write_batch,
+    whose encode-error marker then stands in that event's place."""
+    sink = JsonlSink("odd", FileOutputConfig(str(tmp_path / "events.jsonl")))
+    good = [make_event(n) for n in range(3)]
+    bad = {"key": ["", 1, 2, 3], "raw": [], "doc": {"bytes": b"\xff"}}
+    assert sink.encode(good) is not None
+    assert sink.encode([*good, bad]) is None and sink.encode([]) is None
+    sink.close()
+
+
+def test_lines_encoded_ahead_failing_at_a_rotation_account_every_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write(2) failing where the file would rotate, for lines encoded ahead: every
+    event is sent or discarded, none lost, as for write_batch."""
+    path = tmp_path / "events.jsonl"
+    line_bytes = len(json.dumps(make_event(0)["doc"], separators=(",", ":"))) + 1
+    output = FileOutputConfig(str(path), max_bytes=line_bytes * 4, buffer_bytes=1 << 20)
+    sink = JsonlSink("rotating", output)
+    first = [make_event(n) for n in range(3)]
+    sink.write_encoded(sink.encode(first), first)  # type: ignore[arg-type]
+    sink.flush()
+
+    def no_space(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", no_space)
+    rest = [make_event(n) for n in range(3, 10)]
+    with pytest.raises(SinkWriteError, match="ENOSPC"):
+        sink.write_encoded(sink.encode(rest), rest)  # type: ignore[arg-type]
+    stats = sink.stats
+    assert stats.received_events == 10
+    assert stats.sent_events + stats.discarded_events == 10, stats
+    monkeypatch.undo()
+    sink.close()
+    assert serials_of(read_all_lines(path)["events.jsonl"]) == [0, 1, 2]
+
+
 def test_parse_sink_arg_and_build() -> None:
     """``TYPE:TARGET`` arguments become configs, and bad ones say what is wrong."""
     cfg = sinks.parse_sink_arg("jsonl:/tmp/x.jsonl")
