@@ -58,5 +58,6 @@ class EncodingAhead(Protocol):
         """The batch encoded (no sink state read or changed), or None to leave it to
         :meth:`Sink.write_batch`."""
 
-    def write_encoded(self, encoded: Any, events: Sequence[Event]) -> None:
-        """Deliver ``events`` as ``encoded`` made them, accounted as write_batch would."""
+    def write_encoded(self, encoded: Any, events: int) -> None:
+        """Deliver the ``events`` events :meth:`encode` made ``encoded`` of, accounted as
+        write_batch would account them."""

@@ -122,16 +122,30 @@ class SinkMetrics:
     component_errors_total: dict[str, int]
 
 
+@dataclass(slots=True)
+class _Encoded:
+    """A batch its sink encoded ahead: what the worker needs of it, without the events
+    (they are freed in the submitting thread, where they are still in the caches)."""
+
+    payload: Any  # what EncodingAhead.encode returned
+    count: int  # events in it
+    stamps: list[int]  # their receive stamps (latency), as hold_stamps reads them
+
+    def __len__(self) -> int:
+        return self.count
+
+
+Batch = list[Event] | _Encoded
+
+
 class _EventQueue:
     """A FIFO of batches bounded in events, closable and abandonable."""
 
     def __init__(self, max_events: int) -> None:
         self._max_events = max_events
-        self._batches: deque[list[Event]] = deque()
+        self._batches: deque[Batch] = deque()
         self._seqs: deque[int] = deque()  # submit's number of each batch (0: a marker)
-        self._encoded: deque[Any] = deque()  # each batch encoded ahead, or None
         self.taken_seq = 0  # the number of the batch get() returned last (worker thread only)
-        self.taken_encoded: Any = None  # ... and what it was encoded into ahead, or None
         self._events = 0
         self._closed = False
         self._abandoned = False
@@ -143,12 +157,7 @@ class _EventQueue:
         return self._events == 0 or self._events + count <= self._max_events
 
     def put(
-        self,
-        batch: list[Event],
-        block: bool,
-        timeout: float | None = None,
-        seq: int = 0,
-        encoded: Any = None,
+        self, batch: Batch, block: bool, timeout: float | None = None, seq: int = 0
     ) -> bool:
         """Queue the batch; False when it does not fit (in time) or the queue was abandoned."""
         with self._lock:
@@ -158,12 +167,11 @@ class _EventQueue:
                 return False
             self._batches.append(batch)
             self._seqs.append(seq)
-            self._encoded.append(encoded)
             self._events += len(batch)
             self._not_empty.notify()
             return True
 
-    def get(self) -> list[Event] | None:
+    def get(self) -> Batch | None:
         """Next batch; None once closed and empty, or abandoned."""
         with self._lock:
             self._not_empty.wait_for(lambda: self._batches or self._closed or self._abandoned)
@@ -171,7 +179,6 @@ class _EventQueue:
                 return None
             batch = self._batches.popleft()
             self.taken_seq = self._seqs.popleft()
-            self.taken_encoded = self._encoded.popleft()
             self._events -= len(batch)
             self._not_full.notify_all()
             return batch
@@ -186,7 +193,6 @@ class _EventQueue:
             if not self._abandoned:
                 self._batches.append([])
                 self._seqs.append(seq)
-                self._encoded.append(None)
                 self._not_empty.notify()
 
     @property
@@ -207,7 +213,6 @@ class _EventQueue:
             left, self._events = self._events, 0
             self._batches.clear()
             self._seqs.clear()
-            self._encoded.clear()
             self._not_empty.notify_all()
             self._not_full.notify_all()
             return left
@@ -249,8 +254,11 @@ class _Lane:
         self.errors[error_type] = self.errors.get(error_type, 0) + 1
         return self.errors[error_type]
 
-    def hold_stamps(self, events: list[Event]) -> None:
+    def hold_stamps(self, events: Batch) -> None:
         """Remember the receive stamps of events just written (observed after the flush)."""
+        if isinstance(events, _Encoded):
+            self.unflushed_stamps.extend(events.stamps)
+            return
         self.unflushed_stamps.extend(
             stamp for event in events if (stamp := event.get("recv_ns")) is not None
         )
@@ -316,19 +324,23 @@ class FanOut:
                 self._offer(lane, events, seq=self.submitted, encoded=encoded)
         return self.submitted
 
-    def _encode_ahead(self, lane: _Lane, events: list[Event]) -> Any:
+    def _encode_ahead(self, lane: _Lane, events: list[Event]) -> _Encoded | None:
         """The batch as the lane's sink encodes it ahead, or None (its worker then runs
         write_batch, which encodes and accounts as always)."""
         encode = getattr(lane.sink, "encode", None)
         if encode is None:
             return None
         try:
-            return encode(events)
+            payload = encode(events)
         except Exception as err:  # the worker's write_batch encodes it again and accounts
             lane.encode_failures += 1
             if _worth_logging(lane.encode_failures):
                 log.error("sink %s: encoding ahead failed: %r", lane.sink.name, err)
             return None
+        if payload is None:
+            return None
+        stamps = [stamp for event in events if (stamp := event.get("recv_ns")) is not None]
+        return _Encoded(payload, len(events), stamps)
 
     def durable_seq(self) -> int:
         """Every batch ``submit`` numbered up to this is written and flushed by every sink."""
@@ -341,11 +353,12 @@ class FanOut:
         marker: bool = False,
         timeout: float | None = None,
         seq: int = 0,
-        encoded: Any = None,
+        encoded: _Encoded | None = None,
     ) -> None:
         lane.received += len(events)
         block = lane.config.when_full == "block"
-        if lane.queue.put(events, block=block, timeout=timeout, seq=seq, encoded=encoded):
+        queued: Batch = events if encoded is None else encoded
+        if lane.queue.put(queued, block=block, timeout=timeout, seq=seq):
             if lane.episode is not None and not marker:
                 self._end_episode(lane)
             return
@@ -470,8 +483,8 @@ class FanOut:
 
     def _run(self, lane: _Lane) -> None:
         while (events := lane.queue.get()) is not None:
-            seq, encoded = lane.queue.taken_seq, lane.queue.taken_encoded
-            if events and self._deliver(lane, events, encoded):
+            seq = lane.queue.taken_seq
+            if events and self._deliver(lane, events):
                 lane.hold_stamps(events)
             if seq:
                 lane.written_seq = seq
@@ -497,10 +510,10 @@ class FanOut:
             return
         lane.durable_seq = lane.written_seq
 
-    def _deliver(self, lane: _Lane, events: list[Event], encoded: Any = None) -> bool:
+    def _deliver(self, lane: _Lane, events: Batch) -> bool:
         """Write with retries; True when the sink took the whole batch without error."""
         for attempt in range(self._write_attempts):
-            outcome = self._guarded(lane, lambda: self._write(lane.sink, events, encoded), "write")
+            outcome = self._guarded(lane, lambda: self._write(lane.sink, events), "write")
             if outcome != "failed":  # done, or the sink accounted for its loss itself
                 return outcome == "ok"
             if attempt + 1 < self._write_attempts:
@@ -509,11 +522,11 @@ class FanOut:
         return False
 
     @staticmethod
-    def _write(sink: Sink, events: list[Event], encoded: Any) -> None:
-        if encoded is None:
-            sink.write_batch(events)
+    def _write(sink: Sink, events: Batch) -> None:
+        if isinstance(events, _Encoded):
+            cast(EncodingAhead, sink).write_encoded(events.payload, events.count)
         else:
-            cast(EncodingAhead, sink).write_encoded(encoded, events)
+            sink.write_batch(events)
 
     def _guarded(self, lane: _Lane, action: Callable[[], None], what: str) -> CallOutcome:
         """Run a sink call; count and log what it raises."""

@@ -89,11 +89,12 @@ class JsonlSink:
         )
         return EncodedLines(lines) if upto == len(batch) else None
 
-    def write_encoded(self, encoded: EncodedLines, events: Sequence[Event]) -> None:
-        """Buffer the lines :meth:`encode` made of ``events``, cut after the last line that
-        fits where the file rotates; as write_batch, raise SinkWriteError after counting."""
-        self.stats.received_events += len(events)
-        data, start, left = encoded.lines, 0, len(events)
+    def write_encoded(self, encoded: EncodedLines, events: int) -> None:
+        """Buffer the lines :meth:`encode` made of ``events`` events, cut after the last
+        line that fits where the file rotates; as write_batch, raise SinkWriteError after
+        counting a loss."""
+        self.stats.received_events += events
+        data, start, left = encoded.lines, 0, events
         while start < len(data):
             most, _ = self._writer.room()
             end = len(data)

@@ -353,11 +353,11 @@ class EncodingSpy:
             raise RuntimeError("encoder broke")
         return None if self.declines else [e["key"][3] for e in events]
 
-    def write_encoded(self, encoded: Any, events: Sequence[Event]) -> None:
+    def write_encoded(self, encoded: Any, events: int) -> None:
         self.writing_threads.add(threading.get_ident())
-        assert encoded == [e["key"][3] for e in events]
+        assert len(encoded) == events
         self.arrivals.append(("encoded", encoded))
-        self.stats.sent_events += len(events)
+        self.stats.sent_events += events
 
     def write_batch(self, events: Sequence[Event]) -> None:
         self.writing_threads.add(threading.get_ident())

@@ -269,7 +269,7 @@ def _write_both_ways(
             if encoded is None:
                 sink.write_batch(batch)
             else:
-                sink.write_encoded(encoded, batch)
+                sink.write_encoded(encoded, len(batch))
         sink.close()
         sinks_by_way.append((read_all_lines(path), sink))
     (batch_files, batch_sink), (ahead_files, ahead_sink) = sinks_by_way
@@ -324,7 +324,7 @@ def test_lines_encoded_ahead_failing_at_a_rotation_account_every_event(
     output = FileOutputConfig(str(path), max_bytes=line_bytes * 4, buffer_bytes=1 << 20)
     sink = JsonlSink("rotating", output)
     first = [make_event(n) for n in range(3)]
-    sink.write_encoded(sink.encode(first), first)  # type: ignore[arg-type]
+    sink.write_encoded(sink.encode(first), len(first))  # type: ignore[arg-type]
     sink.flush()
 
     def no_space(fd: int, data: object) -> int:
@@ -333,7 +333,7 @@ def test_lines_encoded_ahead_failing_at_a_rotation_account_every_event(
     monkeypatch.setattr(os, "write", no_space)
     rest = [make_event(n) for n in range(3, 10)]
     with pytest.raises(SinkWriteError, match="ENOSPC"):
-        sink.write_encoded(sink.encode(rest), rest)  # type: ignore[arg-type]
+        sink.write_encoded(sink.encode(rest), len(rest))  # type: ignore[arg-type]
     stats = sink.stats
     assert stats.received_events == 10
     assert stats.sent_events + stats.discarded_events == 10, stats
