@@ -229,15 +229,26 @@ def test_a_chunk_written_without_the_buffer_counts_its_loss() -> None:
     sink.close()
 
 
+def _write(sink: JsonlSink, events: list[dict[str, Any]], ahead: bool) -> None:
+    """write_batch, or (``ahead``) write_encoded of what encode() made of the events."""
+    encoded = sink.encode(events) if ahead else None
+    if encoded is None:
+        sink.write_batch(events)
+    else:
+        sink.write_encoded(encoded, len(events))
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["write-batch", "encoded-ahead"])
 def test_a_write_failing_at_a_rotation_accounts_every_event(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ahead: bool
 ) -> None:
-    """A write(2) failing where the file would rotate: every event is sent or discarded, none lost."""
+    """A write(2) failing where the file would rotate: every event is sent or discarded,
+    none lost, whether the lines were encoded by write_batch or ahead."""
     path = tmp_path / "events.jsonl"
     line_bytes = len(json.dumps(make_event(0)["doc"], separators=(",", ":"))) + 1
     output = FileOutputConfig(str(path), max_bytes=line_bytes * 4, buffer_bytes=1 << 20)
     sink = JsonlSink("rotating", output)
-    sink.write_batch([make_event(n) for n in range(3)])
+    _write(sink, [make_event(n) for n in range(3)], ahead)
     sink.flush()  # on disk: three lines; the fifth line rotates, draining the fourth first
 
     def no_space(fd: int, data: object) -> int:
@@ -245,7 +256,7 @@ def test_a_write_failing_at_a_rotation_accounts_every_event(
 
     monkeypatch.setattr(os, "write", no_space)
     with pytest.raises(SinkWriteError, match="ENOSPC"):
-        sink.write_batch([make_event(n) for n in range(3, 10)])
+        _write(sink, [make_event(n) for n in range(3, 10)], ahead)
     stats = sink.stats
     assert stats.received_events == 10
     assert stats.sent_events + stats.discarded_events == 10, stats
@@ -265,11 +276,7 @@ def _write_both_ways(
         path.parent.mkdir()
         sink = JsonlSink(way, FileOutputConfig(str(path), **output))
         for batch in batches:
-            encoded = sink.encode(batch) if way == "ahead" else None
-            if encoded is None:
-                sink.write_batch(batch)
-            else:
-                sink.write_encoded(encoded, len(batch))
+            _write(sink, batch, way == "ahead")
         sink.close()
         sinks_by_way.append((read_all_lines(path), sink))
     (batch_files, batch_sink), (ahead_files, ahead_sink) = sinks_by_way
@@ -312,34 +319,6 @@ def test_a_batch_with_an_event_that_does_not_encode_is_left_to_write_batch(
     assert sink.encode(good) is not None
     assert sink.encode([*good, bad]) is None and sink.encode([]) is None
     sink.close()
-
-
-def test_lines_encoded_ahead_failing_at_a_rotation_account_every_event(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A write(2) failing where the file would rotate, for lines encoded ahead: every
-    event is sent or discarded, none lost, as for write_batch."""
-    path = tmp_path / "events.jsonl"
-    line_bytes = len(json.dumps(make_event(0)["doc"], separators=(",", ":"))) + 1
-    output = FileOutputConfig(str(path), max_bytes=line_bytes * 4, buffer_bytes=1 << 20)
-    sink = JsonlSink("rotating", output)
-    first = [make_event(n) for n in range(3)]
-    sink.write_encoded(sink.encode(first), len(first))  # type: ignore[arg-type]
-    sink.flush()
-
-    def no_space(fd: int, data: object) -> int:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "write", no_space)
-    rest = [make_event(n) for n in range(3, 10)]
-    with pytest.raises(SinkWriteError, match="ENOSPC"):
-        sink.write_encoded(sink.encode(rest), len(rest))  # type: ignore[arg-type]
-    stats = sink.stats
-    assert stats.received_events == 10
-    assert stats.sent_events + stats.discarded_events == 10, stats
-    monkeypatch.undo()
-    sink.close()
-    assert serials_of(read_all_lines(path)["events.jsonl"]) == [0, 1, 2]
 
 
 def test_parse_sink_arg_and_build() -> None:

@@ -737,35 +737,6 @@ static int interpret_record(long record_type, PyObject *body, Interp *it) {
     return rc == OK ? interpret_steps(it, record_type) : rc;
 }
 
-/* Short values repeat from event to event (arch, success, uid, mode, "(none)"…): a
- * cache of recent ones, two slots per value like key_str's, shares their str. */
-#define VALUE_CACHE_SIZE 4096
-#define VALUE_CACHE_MAX_LEN 16
-static PyObject *g_value_cache[VALUE_CACHE_SIZE];
-
-static PyObject *value_str(const char *text, Py_ssize_t len) {
-    if (len > VALUE_CACHE_MAX_LEN)
-        return ascii_str(text, len);
-    uint32_t hash = 2166136261u;
-    for (Py_ssize_t i = 0; i < len; i++)
-        hash = (hash ^ (unsigned char)text[i]) * 16777619u;
-    PyObject **first = &g_value_cache[hash & (VALUE_CACHE_SIZE - 1)];
-    PyObject **second = &g_value_cache[(hash >> 16) & (VALUE_CACHE_SIZE - 1)];
-    PyObject **entry = key_cached(*first, text, len) ? first
-                     : key_cached(*second, text, len) ? second : NULL;
-    if (entry != NULL) {
-        Py_INCREF(*entry);
-        return *entry;
-    }
-    PyObject *str = ascii_str(text, len);
-    if (str == NULL)
-        return NULL;
-    Py_INCREF(str);
-    entry = *first == NULL ? first : second;
-    Py_XSETREF(*entry, str);
-    return str;
-}
-
 static PyObject *field_value(const Field *f) {
     if (f->value != NULL) {
         Py_INCREF(f->value);

@@ -10,28 +10,23 @@
 /* ------------------------------------------------------------------------------------------ */
 /* Text: ASCII strings, interned keys, escape() (auditstream/escape.py), upper-case hex.       */
 
-/* Keys repeat on every record: a cache of interned strings, each key in one of two slots
- * (its hash's low and high bits). With one slot, the ~100 keys of a host's records made ~5
- * of ~45 lookups per event miss on collisions, each costing a new str and an intern. */
-#define KEY_CACHE_SIZE 1024
-#define KEY_CACHE_MAX_LEN 32
-static PyObject *g_key_cache[KEY_CACHE_SIZE];
-
-static inline int key_cached(PyObject *cached, const char *text, Py_ssize_t len) {
+/* A str of the ASCII text from a cache of size (a power of 2) slots, each text in one of
+ * two (its hash's low and high bits): the cached one, or a new one put in the first slot
+ * if free, else the second (interned first, for keys). */
+static int text_cached(PyObject *cached, const char *text, Py_ssize_t len) {
     return cached != NULL && PyUnicode_GET_LENGTH(cached) == len &&
            memcmp(PyUnicode_1BYTE_DATA(cached), text, (size_t)len) == 0;
 }
 
-static PyObject *key_str(const char *text, Py_ssize_t len) {
-    if (len > KEY_CACHE_MAX_LEN)
-        return ascii_str(text, len);
+static PyObject *cached_str(PyObject **cache, uint32_t size, const char *text, Py_ssize_t len,
+                            int intern) {
     uint32_t hash = 2166136261u;
     for (Py_ssize_t i = 0; i < len; i++)
         hash = (hash ^ (unsigned char)text[i]) * 16777619u;
-    PyObject **first = &g_key_cache[hash & (KEY_CACHE_SIZE - 1)];
-    PyObject **second = &g_key_cache[(hash >> 16) & (KEY_CACHE_SIZE - 1)];
-    PyObject **entry = key_cached(*first, text, len) ? first
-                     : key_cached(*second, text, len) ? second : NULL;
+    PyObject **first = &cache[hash & (size - 1)];
+    PyObject **second = &cache[(hash >> 16) & (size - 1)];
+    PyObject **entry = text_cached(*first, text, len)    ? first
+                     : text_cached(*second, text, len) ? second : NULL;
     if (entry != NULL) {
         Py_INCREF(*entry);
         return *entry;
@@ -39,11 +34,36 @@ static PyObject *key_str(const char *text, Py_ssize_t len) {
     PyObject *str = ascii_str(text, len);
     if (str == NULL)
         return NULL;
-    PyUnicode_InternInPlace(&str);
+    if (intern)
+        PyUnicode_InternInPlace(&str);
     Py_INCREF(str);
-    entry = *first == NULL ? first : second; /* both taken: the second slot is replaced */
+    entry = *first == NULL ? first : second;
     Py_XSETREF(*entry, str);
     return str;
+}
+
+/* Keys repeat on every record: interned, from a cache. With one slot per key in 512, ~5
+ * of the ~45 key lookups per event collided, each making and interning a new str. */
+#define KEY_CACHE_SIZE 1024
+#define KEY_CACHE_MAX_LEN 32
+static PyObject *g_key_cache[KEY_CACHE_SIZE];
+
+static PyObject *key_str(const char *text, Py_ssize_t len) {
+    if (len > KEY_CACHE_MAX_LEN)
+        return ascii_str(text, len);
+    return cached_str(g_key_cache, KEY_CACHE_SIZE, text, len, 1);
+}
+
+/* Short values repeat from event to event (arch, success, uid, mode, "(none)"…): a cache
+ * of recent ones shares their str. */
+#define VALUE_CACHE_SIZE 4096
+#define VALUE_CACHE_MAX_LEN 16
+static PyObject *g_value_cache[VALUE_CACHE_SIZE];
+
+static PyObject *value_str(const char *text, Py_ssize_t len) {
+    if (len > VALUE_CACHE_MAX_LEN)
+        return ascii_str(text, len);
+    return cached_str(g_value_cache, VALUE_CACHE_SIZE, text, len, 0);
 }
 
 /* escape(raw) as a str (escape.h). */
