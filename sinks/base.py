@@ -52,7 +52,8 @@ class EncodingAhead(Protocol):
     loop, where the events were just made and are still in the CPU's caches) and hands
     the result to :meth:`write_encoded` in the sink's thread, which then only writes.
     Encoding there instead made the two threads take turns on the GIL over cold events:
-    ~15 % of the tree keeper's CPU (docs/performance.md, "Twenty-fifth pass")."""
+    in the pipeline ~3 % of the tree keeper's CPU, in its bench's worst case a third
+    (docs/performance.md, "Twenty-fifth pass")."""
 
     def encode(self, events: Sequence[Event]) -> Any:
         """The batch encoded (no sink state read or changed), or None to leave it to

@@ -122,6 +122,11 @@ class SinkMetrics:
     component_errors_total: dict[str, int]
 
 
+def receive_stamps(events: Sequence[Event]) -> list[int]:
+    """The receiver's ``recv_ns`` stamps of the events that carry one (for the latency)."""
+    return [stamp for event in events if (stamp := event.get("recv_ns")) is not None]
+
+
 @dataclass(slots=True)
 class _Encoded:
     """A batch its sink encoded ahead: what the worker needs of it, without the events
@@ -156,9 +161,7 @@ class _EventQueue:
     def _fits(self, count: int) -> bool:
         return self._events == 0 or self._events + count <= self._max_events
 
-    def put(
-        self, batch: Batch, block: bool, timeout: float | None = None, seq: int = 0
-    ) -> bool:
+    def put(self, batch: Batch, block: bool, timeout: float | None = None, seq: int = 0) -> bool:
         """Queue the batch; False when it does not fit (in time) or the queue was abandoned."""
         with self._lock:
             if block:
@@ -256,12 +259,8 @@ class _Lane:
 
     def hold_stamps(self, events: Batch) -> None:
         """Remember the receive stamps of events just written (observed after the flush)."""
-        if isinstance(events, _Encoded):
-            self.unflushed_stamps.extend(events.stamps)
-            return
-        self.unflushed_stamps.extend(
-            stamp for event in events if (stamp := event.get("recv_ns")) is not None
-        )
+        stamps = events.stamps if isinstance(events, _Encoded) else receive_stamps(events)
+        self.unflushed_stamps.extend(stamps)
 
     def observe_flushed(self, flushed: bool) -> None:
         """Observe held stamps as latencies now that they reached the OS (or forget them)."""
@@ -339,8 +338,7 @@ class FanOut:
             return None
         if payload is None:
             return None
-        stamps = [stamp for event in events if (stamp := event.get("recv_ns")) is not None]
-        return _Encoded(payload, len(events), stamps)
+        return _Encoded(payload, len(events), receive_stamps(events))
 
     def durable_seq(self) -> int:
         """Every batch ``submit`` numbered up to this is written and flushed by every sink."""

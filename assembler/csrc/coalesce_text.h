@@ -10,21 +10,39 @@
 /* ------------------------------------------------------------------------------------------ */
 /* Text: ASCII strings, interned keys, escape() (auditstream/escape.py), upper-case hex.       */
 
-/* A str of the ASCII text from a cache of size (a power of 2) slots, each text in one of
- * two (its hash's low and high bits): the cached one, or a new one put in the first slot
- * if free, else the second (interned first, for keys). */
+/* Strings that repeat from record to record, shared through a cache of size (a power of
+ * 2) slots, each text in one of two (its hash's low and high bits). Keys are interned: with
+ * one slot per key in 512, ~5 of the ~45 key lookups per event collided, each making and
+ * interning a new str. Short values (arch, success, uid, mode, "(none)"…) are shared. */
+#define KEY_CACHE_SIZE 1024
+#define VALUE_CACHE_SIZE 4096
+static PyObject *g_key_slots[KEY_CACHE_SIZE], *g_value_slots[VALUE_CACHE_SIZE];
+
+typedef struct {
+    PyObject **slots;
+    uint32_t size;
+    Py_ssize_t max_len; /* longer texts are not cached */
+    int intern;
+} StrCache;
+
+static StrCache g_keys = {g_key_slots, KEY_CACHE_SIZE, 32, 1};
+static StrCache g_values = {g_value_slots, VALUE_CACHE_SIZE, 16, 0};
+
 static int text_cached(PyObject *cached, const char *text, Py_ssize_t len) {
     return cached != NULL && PyUnicode_GET_LENGTH(cached) == len &&
            memcmp(PyUnicode_1BYTE_DATA(cached), text, (size_t)len) == 0;
 }
 
-static PyObject *cached_str(PyObject **cache, uint32_t size, const char *text, Py_ssize_t len,
-                            int intern) {
+/* The str of the ASCII text: the cached one, or a new one put in its first slot if free,
+ * else in its second. */
+static PyObject *cached_str(StrCache *cache, const char *text, Py_ssize_t len) {
+    if (len > cache->max_len)
+        return ascii_str(text, len);
     uint32_t hash = 2166136261u;
     for (Py_ssize_t i = 0; i < len; i++)
         hash = (hash ^ (unsigned char)text[i]) * 16777619u;
-    PyObject **first = &cache[hash & (size - 1)];
-    PyObject **second = &cache[(hash >> 16) & (size - 1)];
+    PyObject **first = &cache->slots[hash & (cache->size - 1)];
+    PyObject **second = &cache->slots[(hash >> 16) & (cache->size - 1)];
     PyObject **entry = text_cached(*first, text, len)    ? first
                      : text_cached(*second, text, len) ? second : NULL;
     if (entry != NULL) {
@@ -34,7 +52,7 @@ static PyObject *cached_str(PyObject **cache, uint32_t size, const char *text, P
     PyObject *str = ascii_str(text, len);
     if (str == NULL)
         return NULL;
-    if (intern)
+    if (cache->intern)
         PyUnicode_InternInPlace(&str);
     Py_INCREF(str);
     entry = *first == NULL ? first : second;
@@ -42,29 +60,8 @@ static PyObject *cached_str(PyObject **cache, uint32_t size, const char *text, P
     return str;
 }
 
-/* Keys repeat on every record: interned, from a cache. With one slot per key in 512, ~5
- * of the ~45 key lookups per event collided, each making and interning a new str. */
-#define KEY_CACHE_SIZE 1024
-#define KEY_CACHE_MAX_LEN 32
-static PyObject *g_key_cache[KEY_CACHE_SIZE];
-
-static PyObject *key_str(const char *text, Py_ssize_t len) {
-    if (len > KEY_CACHE_MAX_LEN)
-        return ascii_str(text, len);
-    return cached_str(g_key_cache, KEY_CACHE_SIZE, text, len, 1);
-}
-
-/* Short values repeat from event to event (arch, success, uid, mode, "(none)"…): a cache
- * of recent ones shares their str. */
-#define VALUE_CACHE_SIZE 4096
-#define VALUE_CACHE_MAX_LEN 16
-static PyObject *g_value_cache[VALUE_CACHE_SIZE];
-
-static PyObject *value_str(const char *text, Py_ssize_t len) {
-    if (len > VALUE_CACHE_MAX_LEN)
-        return ascii_str(text, len);
-    return cached_str(g_value_cache, VALUE_CACHE_SIZE, text, len, 0);
-}
+static PyObject *key_str(const char *text, Py_ssize_t len) { return cached_str(&g_keys, text, len); }
+static PyObject *value_str(const char *text, Py_ssize_t len) { return cached_str(&g_values, text, len); }
 
 /* escape(raw) as a str (escape.h). */
 static PyObject *escape_bytes(const unsigned char *raw, Py_ssize_t len) {
