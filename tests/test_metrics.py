@@ -642,7 +642,12 @@ def test_live_run_exposes_kernel_and_receiver_metrics(
         def observed() -> bool:
             nonlocal scraped
             started = time.time()
-            scraped = parse_exposition(scrape(port)[1])
+            try:
+                scraped = parse_exposition(scrape(port)[1])
+            except urllib.error.URLError:
+                # Not listening yet: the supervisor spawns the metrics process once it sees
+                # the tree keeper ready, which the receiver (and our events) can pass first.
+                return False
             # Statuses are written about once a second, and the receiver's first one, written
             # as it starts reading, may already hold 10 records (it read 0 forged datagrams in
             # 4 of 20 runs when this waited for received >= 10): wait for statuses written
