@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from auditstream import runtime
-from auditstream.config import Config
+from auditstream.config import Config, batching
 
 # How long the receiver waits at start for the tree keeper's hello before it reads
 # anyway, unprotected (a tree keeper that never says hello cannot acknowledge).
@@ -24,8 +24,8 @@ HELLO_WAIT_S = 10.0
 
 def buffered_records(cfg: Config) -> int:
     """Records the receiver's replay buffers hold unacknowledged, full, for every assembler."""
-    r = cfg.receiver
-    return r.replay_buffer_batches * r.batch_max_records * cfg.assembler.instances
+    records, batches = batching(cfg.receiver)
+    return batches * records * cfg.assembler.instances
 
 
 def checkpoint_lag_records(cfg: Config) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 
 from auditstream import runtime, wire
-from auditstream.config import Config
+from auditstream.config import Config, batching
 from auditstream.logs import RateLimitedLog
 from auditstream.redelivery import acks_endpoint
 from receiver.replaybuffer import ShardBuffer
@@ -74,7 +74,7 @@ class DeliveryGuard:
             for i in range(shards)
         ]
         self.acks = wire.Inlet(zctx, acks_endpoint(cfg), hwm=ACKS_HWM, connect=True)
-        capacity = max(1, cfg.receiver.replay_buffer_batches)
+        capacity = max(1, batching(cfg.receiver)[1])
         self.buffers = [ShardBuffer(i, capacity) for i in range(shards)]
         self.epoch = int.from_bytes(os.urandom(6), "big")  # this receiver's batch numbering
         self.token: int | None = None  # the tree keeper's, from its hello
