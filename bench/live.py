@@ -9,7 +9,7 @@ rules, so both readers see the same kernel traffic), run ../shared/bench/loadgen
 reader, and count `load` events out, the kernel's `lost` delta and CPU seconds per process.
 CPU is counted from the reader's registration with the kernel (its rule loaded) to 1 s
 after the load, for both readers: start-up (our stages' imports, ~0.08 CPU s each) is not
-a cost per event, and counted it made up a fifth of our CPU at 5,000/s.
+a cost per event, and counted it made up a quarter of our CPU at 5,000/s.
 Both readers run with the same kernel settings: backlog 8192 and backlog wait time 0 (DESIGN
 §7's auditd figures). With a wait time, a full backlog makes the audited process (the load)
 sleep instead of losing events: `lost` would stay 0 however slow the reader, so a wait time
