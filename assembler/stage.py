@@ -84,7 +84,7 @@ class Assembly:
             shard=(index, cfg.assembler.instances),
             # A quarter of the receiver's buffer for this shard: with the unshipped events (at
             # most an eighth) and what the tree keeper's reorder window holds, it never fills.
-            max_open_batches=max(1, batching(cfg.receiver)[1] // 4),
+            max_open_batches=max(1, batching(cfg.receiver).replay_buffer_batches // 4),
         )
         self.counts: dict[str, int] = {
             "records": 0,
@@ -278,7 +278,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
     events_sent = 0
     # Unshipped events keep their batches unacknowledged in the receiver's replay buffer:
     # ship at least every eighth of that buffer, or a small buffer fills before we ship.
-    ship_every_batches = max(1, batching(cfg.receiver)[1] // 8)
+    ship_every_batches = max(1, batching(cfg.receiver).replay_buffer_batches // 8)
     batches_unshipped = 0
     status_file = runtime.status_path(cfg, f"assembler-{ctx.index}")
     next_status = 0.0

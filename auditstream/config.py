@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from auditstream import privilege
 
@@ -62,19 +62,29 @@ class ReceiverConfig:
     cpu_affinity: list[int] = field(default_factory=list)  # CPU numbers to pin to; [] = any
 
 
-# (batch_max_records, replay_buffer_batches) where the config leaves them 0. Live, every
-# frame wakes each stage, and 2048-record batches took ~15 % less CPU per event than 512 at
-# 30,000 events/s; from a file, where the stages never wait, 512 measured best
-# (docs/performance.md, twenty-sixth pass). Both keep 131,072 records per assembler.
-LIVE_BATCHING = (2048, 64)
-FILE_BATCHING = (512, 256)
+class Batching(NamedTuple):
+    """The receiver's batch size and the batches it keeps per assembler, as in effect."""
+
+    batch_max_records: int
+    replay_buffer_batches: int
 
 
-def batching(receiver: ReceiverConfig) -> tuple[int, int]:
-    """(batch_max_records, replay_buffer_batches) in effect: a value left 0 follows the source."""
+# Where the config leaves them 0. Live, every frame wakes each stage, and 2048-record
+# batches took ~15 % less CPU per event than 512 at 30,000 events/s; from a file, where the
+# stages never wait, 512 measured best (docs/performance.md, twenty-sixth pass). Both keep
+# 131,072 records per assembler.
+LIVE_BATCHING = Batching(2048, 64)
+FILE_BATCHING = Batching(512, 256)
+
+
+def batching(receiver: ReceiverConfig) -> Batching:
+    """The batching in effect: a value left 0 in the config follows the source."""
     from_file = receiver.source == "file" and not receiver.follow
-    records, batches = FILE_BATCHING if from_file else LIVE_BATCHING
-    return receiver.batch_max_records or records, receiver.replay_buffer_batches or batches
+    default = FILE_BATCHING if from_file else LIVE_BATCHING
+    return Batching(
+        receiver.batch_max_records or default.batch_max_records,
+        receiver.replay_buffer_batches or default.replay_buffer_batches,
+    )
 
 
 @dataclass(slots=True)

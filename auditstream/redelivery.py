@@ -24,8 +24,8 @@ HELLO_WAIT_S = 10.0
 
 def buffered_records(cfg: Config) -> int:
     """Records the receiver's replay buffers hold unacknowledged, full, for every assembler."""
-    records, batches = batching(cfg.receiver)
-    return batches * records * cfg.assembler.instances
+    effective = batching(cfg.receiver)
+    return effective.replay_buffer_batches * effective.batch_max_records * cfg.assembler.instances
 
 
 def checkpoint_lag_records(cfg: Config) -> int:

@@ -74,7 +74,7 @@ class DeliveryGuard:
             for i in range(shards)
         ]
         self.acks = wire.Inlet(zctx, acks_endpoint(cfg), hwm=ACKS_HWM, connect=True)
-        capacity = max(1, batching(cfg.receiver)[1])
+        capacity = max(1, batching(cfg.receiver).replay_buffer_batches)
         self.buffers = [ShardBuffer(i, capacity) for i in range(shards)]
         self.epoch = int.from_bytes(os.urandom(6), "big")  # this receiver's batch numbering
         self.token: int | None = None  # the tree keeper's, from its hello

@@ -195,7 +195,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
             record_to = stack.enter_context(open(cfg.receiver.record, "ab"))
         shipper = RecordShipper(
             guard,
-            batch_max_records=batching(cfg.receiver)[0],
+            batch_max_records=batching(cfg.receiver).batch_max_records,
             batch_max_ms=cfg.receiver.batch_max_ms,
             drop_when_full=cfg.receiver.when_full == "drop_newest",
             record_to=record_to,

@@ -36,10 +36,10 @@ def test_both_keep_the_same_records_for_redelivery() -> None:
 def test_values_set_in_the_config_win_each_on_its_own() -> None:
     """A value the user sets is used as it is; the other one still follows the source."""
     cfg = config.from_dict({"receiver": {"batch_max_records": 100}})
-    assert batching(cfg.receiver) == (100, LIVE_BATCHING[1])
+    assert batching(cfg.receiver) == (100, LIVE_BATCHING.replay_buffer_batches)
     cfg = config.from_dict({"receiver": {"source": "file", "replay_buffer_batches": 7}})
-    assert batching(cfg.receiver) == (FILE_BATCHING[0], 7)
-    assert buffered_records(cfg) == 7 * FILE_BATCHING[0]
+    assert batching(cfg.receiver) == (FILE_BATCHING.batch_max_records, 7)
+    assert buffered_records(cfg) == 7 * FILE_BATCHING.batch_max_records
 
 
 @pytest.mark.parametrize("key", ["batch_max_records", "replay_buffer_batches"])
