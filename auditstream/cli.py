@@ -157,6 +157,7 @@ def _start(cfg: config_mod.Config, *, live: bool, receiver_stdin: bool) -> int:
         ready_file=runtime.ready_path(cfg),
         privileges=privileges,
         capturing_file=runtime.status_path(cfg, "receiver") if live else None,
+        fork_stages=not live,  # live stages are exec'd: see auditstream/stagefork.py
     )
     code = supervisor.run()
     if supervisor.killed_late and not runtime.summary_path(cfg).exists():

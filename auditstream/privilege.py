@@ -22,7 +22,7 @@ import logging
 import os
 import pwd
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -330,6 +330,22 @@ def limit_for_exec(keep: int) -> None:
         capset(CapSets(sets.effective, sets.permitted, 0))
 
 
+def limit_in_place(keep: int) -> None:
+    """In a forked stage that will not exec: hold at most ``keep`` from now on.
+
+    What `limit_for_exec` and the exec give a root process, without the exec: bounding,
+    ambient and inheritable sets limited as there, and the effective and permitted sets
+    cut to ``keep`` (after exec, root's permitted set is its bounding set). Called before
+    the stage starts any thread, so its threads inherit the limit. Best effort like
+    `limit_for_exec` for the bounding set (CAP_SETPCAP); the capset cannot fail (it only
+    lowers)."""
+    for step in (clear_ambient, lambda: drop_bounding(keep), forbid_new_privileges):
+        with contextlib.suppress(OSError):
+            step()
+    sets = capget()
+    capset(CapSets(sets.effective & keep, sets.permitted & keep, 0))
+
+
 def can_limit_bounding() -> bool:
     """True if this process may shrink bounding sets (CAP_SETPCAP effective)."""
     try:
@@ -461,6 +477,20 @@ class SpawnPrivileges:
         if self.account is None:
             return {}  # without [runtime] user the other stages run as before (root)
         return {"preexec_fn": partial(become, self.account), "umask": STAGE_UMASK}
+
+    def fork_setup(self, stage: str) -> Callable[[], None] | None:
+        """What a stage forked without exec (auditstream/stagefork.py) runs first to hold
+        what :meth:`popen_options` would give it; None where only an exec can (a stage user:
+        its groups, umask and switch are left to Popen, as they always were)."""
+        if self.account is not None:
+            return None
+        if stage == "receiver":
+            return partial(limit_in_place, self.receiver_caps)
+        return no_setup
+
+
+def no_setup() -> None:
+    """A forked stage that holds what its supervisor holds: nothing to set up."""
 
 
 def spawn_privileges(cfg: Config) -> SpawnPrivileges | None:

@@ -161,11 +161,19 @@ def keep_freed_heap() -> bool:
     )
 
 
-def stage_main(
-    name: str,
-    run: Callable[[config_mod.Config, StageContext], int],
-    argv: list[str] | None = None,
-) -> int:
+StageRun = Callable[[config_mod.Config, StageContext], int]
+COMM_PATH = Path("/proc/self/comm")
+
+
+def name_process(component: str) -> None:
+    """Show the stage's name (``receiver``, ``assembler-0``…) as the process's comm: in ps,
+    top and pgrep, rather than ``python`` (a forked stage's command line is its
+    supervisor's)."""
+    with contextlib.suppress(OSError):
+        COMM_PATH.write_text(component[:15])  # the kernel keeps 15 bytes
+
+
+def stage_main(name: str, run: StageRun, argv: list[str] | None = None) -> int:
     """Entry point of ``python -m <stage> --config FILE``."""
     parser = argparse.ArgumentParser(
         prog=f"python -m {name}", description=f"auditstream {name} stage"
@@ -187,6 +195,7 @@ def stage_main(
         print(f"auditstream[{name}]: {err}", file=sys.stderr)
         return 2
     component = f"{name}-{args.index}" if name == "assembler" else name
+    name_process(component)
     logs.setup(component, fmt=cfg.runtime.log_format, level=cfg.runtime.log_level)
     # Before any thread starts (ZeroMQ's, the sinks'): threads inherit the mask.
     if cpus := cpu_affinity_for(cfg, name, args.index):

@@ -1,7 +1,8 @@
 """The parent process: starts the stage processes, restarts them, stops them in order.
 
 It owns no sockets (circus's rule): stages talk to each other directly. Signals
-become loop flags; the loop polls children.
+become loop flags; the loop polls children. A replay's stages are forked from it once it
+has imported them (auditstream/stagefork.py); live ones are exec'd.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import ClassVar
 
 from auditstream import config as config_mod
-from auditstream import privilege, sdnotify
+from auditstream import privilege, sdnotify, stagefork
 from auditstream.exitwatch import ExitWatch
 from auditstream.stage import EXIT_FATAL
+from auditstream.stagefork import ChildProcess
 
 # PYTHONHASHSEED's largest value (0 turns randomization off).
 HASH_SEED_MAX = 4294967295
@@ -42,7 +44,7 @@ class StageProcess:
     name: str  # receiver, assembler-0, treekeeper
     argv: list[str]
     stdin_inherit: bool = False
-    proc: subprocess.Popen[bytes] | None = None
+    proc: ChildProcess | None = None
     exit_code: int | None = None
     restarts: list[float] = field(default_factory=list)
     backoff_s: float = 0.5
@@ -61,12 +63,13 @@ class RestartPolicy:
 
 
 def stage_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The stages' environment: ours, with one PYTHONHASHSEED for every stage of the run.
+    """The exec'd stages' environment: ours, with one PYTHONHASHSEED for every stage of the run.
 
     The assemblers send hash() of each record and the tree keeper compares them with
     hashes of its own (auditstream/doc_text.py RECORD_HASHES), so all stages must hash
     alike. The seed is random per run, as Python's own would be; a restarted stage gets
-    the same one. A seed the user set (a number) is kept."""
+    the same one. A seed the user set (a number) is kept. Forked stages hash with the
+    supervisor's own seed: a run forks all of its pipeline stages or none."""
     env = dict(environ)
     if not env.get("PYTHONHASHSEED", "").isdigit():
         env["PYTHONHASHSEED"] = str(secrets.randbelow(HASH_SEED_MAX) + 1)
@@ -84,7 +87,10 @@ class Supervisor:
         ready_file: Path | None = None,
         privileges: privilege.SpawnPrivileges | None = None,
         capturing_file: Path | None = None,
+        fork_stages: bool = False,
     ) -> None:
+        """``fork_stages``: fork the pipeline's stages instead of exec'ing them, where each
+        one's privileges allow (a replay; see auditstream/stagefork.py)."""
         py = sys.executable
         conf = ["--config", str(config_path), "--supervisor-pid", str(os.getpid())]
         # Start order is downstream first: each stage binds its input before anyone pushes.
@@ -122,21 +128,47 @@ class Supervisor:
         self.source_done = False  # the receiver exited 0: nothing is left to resend
         self.killed_late: list[str] = []  # stages killed after that (not failures)
         self.exits = ExitWatch()
+        # How each pipeline stage is set up when forked; None: every stage is exec'd. All or
+        # none: forked stages hash() with the supervisor's seed, exec'd ones with stage_env's.
+        self.fork_setups: dict[str, Callable[[], None]] | None = None
+        if fork_stages:
+            setups = {
+                s.name: privileges.fork_setup(s.name) if privileges else privilege.no_setup
+                for s in self.stages
+                if s is not self.metrics
+            }
+            if all(setup is not None for setup in setups.values()):
+                self.fork_setups = {name: setup for name, setup in setups.items() if setup}
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested += 1
 
     def _spawn(self, stage: StageProcess, extra_args: list[str] | None = None) -> None:
-        stdin = None if stage.stdin_inherit else subprocess.DEVNULL
-        options = self.privileges.popen_options(stage.name) if self.privileges else {}
         argv = stage.argv + (extra_args or [])
-        # Own session: a terminal's Ctrl-C reaches the supervisor only, which stops the
-        # stages in pipeline order.
-        stage.proc = subprocess.Popen(
-            argv, stdin=stdin, start_new_session=True, env=self.stage_env, **options
-        )
+        stage.proc = self._fork(stage, argv) or self._exec(stage, argv)
         stage.exit_code = None
         stage.restart_at = None
+
+    def _fork(self, stage: StageProcess, argv: list[str]) -> ChildProcess | None:
+        setup = self.fork_setups.get(stage.name) if self.fork_setups is not None else None
+        if setup is None:
+            return None
+        # argv is [python, "-m", module, args...], as it would be exec'd
+        forked = stagefork.fork_stage(
+            argv[2], argv[3:], stdin_inherit=stage.stdin_inherit, setup=setup
+        )
+        if forked is None:
+            log.warning("%s: cannot fork here (threads running); exec'd instead", stage.name)
+        return forked
+
+    def _exec(self, stage: StageProcess, argv: list[str]) -> ChildProcess:
+        stdin = None if stage.stdin_inherit else subprocess.DEVNULL
+        options = self.privileges.popen_options(stage.name) if self.privileges else {}
+        # Own session: a terminal's Ctrl-C reaches the supervisor only, which stops the
+        # stages in pipeline order.
+        return subprocess.Popen(
+            argv, stdin=stdin, start_new_session=True, env=self.stage_env, **options
+        )
 
     def _stage(self, name: str) -> StageProcess:
         return next(s for s in self.stages if s.name == name)
@@ -150,6 +182,8 @@ class Supervisor:
             # its own: the assemblers only pass on what the receiver sends, and the
             # receiver opens its source only once the tree keeper is ready (--start-after).
             early = [s for s in self.stages[1:] if s is not self.metrics]
+            if self.fork_setups is not None:
+                stagefork.preload()  # once, here: each forked stage then starts at once
             self._spawn(self.stages[0])
             for stage in early:
                 after = ["--start-after", str(self.ready_file)] if stage.name == "receiver" else []

@@ -35,12 +35,16 @@ def _usage(pid: int) -> tuple[float, int] | None:
 
 
 def _stage_name(pid: int) -> str | None:
-    """`receiver`, `assembler-1`, … from `python -m NAME --config … [--index N]`."""
+    """`receiver`, `assembler-1`, … from the stage's comm (stage_main sets it; a forked
+    stage's command line is its supervisor's), else from `python -m NAME … [--index N]`."""
     try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return None
-    if "-m" not in argv:
+    if comm in ("receiver", "treekeeper") or comm.startswith("assembler-"):
+        return comm
+    if "-m" not in argv or argv[argv.index("-m") + 1] in ("auditstream", "auditstream.cli"):
         return None
     name = argv[argv.index("-m") + 1]
     if name == "assembler":

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -145,6 +146,32 @@ def free_port() -> int:
         return port
 
 
+STAGE_COMMS = re.compile(r"(receiver|treekeeper|assembler-\d+)")
+
+
+def stage_name(pid: int) -> str | None:
+    """A stage's name (receiver, assembler-N, treekeeper, auditstream.metrics) from its
+    comm (stage_main sets it), else from ``python -m NAME … [--index N]`` (an exec'd stage
+    still importing); None for another process or one gone."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if STAGE_COMMS.fullmatch(comm):
+        return comm
+    if comm == "metrics":
+        return "auditstream.metrics"  # its module's name, as exec'd
+    if b"-m" not in argv or argv.index(b"-m") + 1 >= len(argv):
+        return None
+    name = argv[argv.index(b"-m") + 1].decode()
+    if name in ("auditstream", "auditstream.cli"):
+        return None  # a forked stage before stage_main named it: its supervisor's argv
+    if name == "assembler" and b"--index" in argv:
+        name += "-" + argv[argv.index(b"--index") + 1].decode()
+    return name
+
+
 def stage_pids(supervisor: int) -> dict[str, int]:
     """The stages a supervisor runs now, by name (receiver, assembler-N, treekeeper,
     auditstream.metrics); {} once the supervisor is gone."""
@@ -154,14 +181,8 @@ def stage_pids(supervisor: int) -> dict[str, int]:
         return {}
     stages: dict[str, int] = {}
     for child in children:
-        try:
-            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"-m" in argv:
-            name = argv[argv.index(b"-m") + 1].decode()
-            if name == "assembler" and b"--index" in argv:
-                name += "-" + argv[argv.index(b"--index") + 1].decode()
+        name = stage_name(int(child))
+        if name is not None:
             stages[name] = int(child)
     return stages
 
