@@ -1,5 +1,5 @@
 """``python -m auditstream``: the command line."""
 
-from auditstream.cli import main
+from auditstream.cli import entry
 
-raise SystemExit(main())
+entry()

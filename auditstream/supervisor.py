@@ -32,6 +32,9 @@ HASH_SEED_MAX = 4294967295
 log = logging.getLogger("auditstream.supervisor")
 
 POLL_S = 0.05
+# While the tree keeper starts: how often its ready file is looked for. Its exit wakes the
+# wait at once (ExitWatch); a short replay can be over before the first 50 ms look.
+READY_POLL_S = 0.01
 STOP_EARLY_TIMEOUT_S = 5.0
 STOP_GRACE_S = 60.0  # how long a stage may take to drain after its upstream stopped
 FAIL_GRACE_S = 3.0  # after a stage failed, nothing downstream of it can drain: do not wait long
@@ -256,7 +259,7 @@ class Supervisor:
                     "%s did not become ready in %.0f s; stopping", stage.name, READY_TIMEOUT_S
                 )
                 return False
-            time.sleep(POLL_S)
+            self.exits.wait([stage.proc.pid] if stage.proc else [], READY_POLL_S)
         return True
 
     def _loop(self) -> None:
