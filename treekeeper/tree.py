@@ -27,7 +27,6 @@ Decisions (see also DESIGN.md §4):
 from __future__ import annotations
 
 import base64
-import hashlib
 import heapq
 import logging
 from collections import deque
@@ -67,6 +66,10 @@ SUBREAPER_NAMES = frozenset({"systemd", "tini", "dumb-init", "conmon", "s6-svsca
 
 def entity_id(host: str, pid: int, start_ms: int) -> str:
     """A stable id for one process: the same host, pid and start give the same id."""
+    # Imported here: OpenSSL's start is ~3 ms of every stage start (the C table hashes
+    # with its own SHA-256, treekeeper/csrc/sha256.h, so this runs for Python's only).
+    import hashlib
+
     digest = hashlib.sha256(f"{host}|{pid}|{start_ms}".encode()).digest()[:16]
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
