@@ -67,6 +67,12 @@ setup(
             extra_compile_args=_FLAGS,
         ),
         Extension(
+            "treekeeper.native_reorder",
+            ["treekeeper/csrc/reorder.c"],
+            optional=True,
+            extra_compile_args=_FLAGS,
+        ),
+        Extension(
             "treekeeper.native_fingerprints",
             ["treekeeper/csrc/fingerprints.c"],
             optional=True,

@@ -16,7 +16,7 @@ from sinks.config import sink_configs_from_tables
 from sinks.fanout import FanOut
 from treekeeper import state
 from treekeeper.procfs import LiveProcSource, read_file
-from treekeeper.reorder import ReorderWindow
+from treekeeper.reorder import ReorderWindow, new_window
 from treekeeper.tree import ProcessTable, TableConfig
 
 log = logging.getLogger("auditstream.treekeeper")
@@ -73,7 +73,7 @@ class TreeStep:
         # Held events keep their batches in the receiver's replay buffers unacknowledged:
         # hold at most about a tenth of what those buffers take (each event >= 1 record).
         buffered = buffered_records(cfg)
-        self.window: ReorderWindow[Event] = ReorderWindow(
+        self.window: ReorderWindow[Event] = new_window(
             window_ms=t.reorder_window_ms,
             max_held=min(MAX_HELD_EVENTS, max(MIN_HELD_EVENTS, buffered // 10)),
             sources=expected,
@@ -175,7 +175,14 @@ class TreeStep:
         out: list[Event] = []
         ready: list[Event] = []  # released by the window, in order: applied after the loop
         window = self.window
-        for event in events:
+        at, count = 0, len(events)
+        while at < count:
+            if not dropped:  # the events up to the next marker in one call (C where built)
+                at = window.push_frame(events, source, ready, at)
+                if at == count:
+                    break
+            event = events[at]
+            at += 1
             if dropped and id(event) in dropped:
                 if event["raw"]:
                     _, sec, msec, _ = event["key"]

@@ -27,7 +27,9 @@ hour is stamped at its entry) does not count: the next event of normal time rese
 from __future__ import annotations
 
 import heapq
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
+
+from auditstream.native import load_native
 
 T = TypeVar("T")
 OrderKey = tuple[int, int]  # (event time in ms, serial): the order the table wants
@@ -113,6 +115,20 @@ class ReorderWindow(Generic[T]):
             out.append(heapq.heappop(heap)[3])
         if len(heap) > self.max_held:
             self._release_full(out)
+
+    def push_frame(self, events: list[Any], source: int, out: list[Any], start: int = 0) -> int:
+        """The tree keeper's loop over a frame's events from ``start``: each event with
+        records goes in at ``sec * 1000 + msec`` of its key ``[node, sec, msec, serial]``,
+        what that releases onto ``out``. Returns the index of the first event it leaves to
+        the caller (a marker: no records), else ``len(events)``. (The C window also leaves
+        to the caller an event whose key is not ``[str, int, int, int]``.)"""
+        for at in range(start, len(events)):
+            event = events[at]
+            if not event["raw"]:
+                return at
+            _, sec, msec, serial = event["key"]
+            self.push_into(event, sec * 1000 + msec, serial, source, out)
+        return len(events)
 
     def see(self, at_ms: int, source: int = 0) -> list[T]:
         """An event of ``source`` that does not go through the window (a duplicate dropped)
@@ -205,3 +221,16 @@ class ReorderWindow(Generic[T]):
         """Release everything held, in order (end of input)."""
         out = [heapq.heappop(self._heap)[3] for _ in range(len(self._heap))]
         return out
+
+
+# The C window where built and allowed (treekeeper/csrc/reorder.c); the class above stays
+# the reference (tests/test_native_reorder.py holds the two equal).
+_NATIVE_WINDOW: Any = load_native("treekeeper.native_reorder", "ReorderWindow")
+
+
+def new_window(*, window_ms: int, max_held: int, sources: int) -> ReorderWindow[Any]:
+    """A reorder window: the C one where built and allowed, else :class:`ReorderWindow`."""
+    if _NATIVE_WINDOW is not None:
+        window = _NATIVE_WINDOW(window_ms=window_ms, max_held=max_held, sources=sources)
+        return cast(ReorderWindow[Any], window)
+    return ReorderWindow(window_ms=window_ms, max_held=max_held, sources=sources)
