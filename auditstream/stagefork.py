@@ -6,7 +6,8 @@ from a supervisor that has imported the three stage modules, a stage starts at o
 shares those pages until it writes them (docs/performance.md, twenty-seventh pass).
 
 A forked stage runs ``stage_main`` as ``python -m NAME`` would: in a session of its own,
-SIGINT and SIGTERM at their defaults until the stage sets its handlers, stdin on
+SIGINT and SIGTERM at their defaults until the stage sets its handlers (blocked across
+the fork, so that none is lost in between), stdin on
 /dev/null (unless the receiver reads it), every descriptor above 2 closed, and the
 privilege limits ``SpawnPrivileges.fork_setup`` gives it. It ends with ``os._exit``: it
 must never return into the supervisor's code. Its ``/proc/PID/cmdline`` stays the
@@ -41,6 +42,7 @@ STAGE_RUNNERS = {
     "treekeeper": "treekeeper.stage",
 }
 WAIT_POLL_S = 0.005
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class ChildProcess(Protocol):
@@ -120,10 +122,15 @@ def fork_stage(
     for stream in (sys.stdout, sys.stderr):  # what is buffered would be written twice
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
+    # Blocked across the fork: a stop signal that reaches the child before it has reset our
+    # handlers would only set a flag in its copy of the supervisor, and be lost. Blocked,
+    # it waits, and lands on the default action (or the stage's own handler) instead.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     pid = os.fork()
     if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return ForkedStage(pid)
-    _run_in_child(module, run, args, stdin_inherit, setup)  # never returns
+    _run_in_child(module, run, args, stdin_inherit, setup, mask)  # never returns
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -148,12 +155,14 @@ def _run_in_child(
     args: list[str],
     stdin_inherit: bool,
     setup: Callable[[], None],
+    mask: set[int | signal.Signals],
 ) -> None:
     code = 1
     try:
         os.setsid()
-        for sig in (signal.SIGINT, signal.SIGTERM):  # the supervisor's handlers are not ours
+        for sig in STOP_SIGNALS:  # the supervisor's handlers are not ours
             signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if not stdin_inherit:
             null = os.open(os.devnull, os.O_RDWR)
             os.dup2(null, 0)
