@@ -7,9 +7,9 @@ shares those pages until it writes them (docs/performance.md, twenty-seventh pas
 
 A forked stage runs ``stage_main`` as ``python -m NAME`` would: in a session of its own,
 SIGINT and SIGTERM at their defaults until the stage sets its handlers (blocked across
-the fork, so that none is lost in between), stdin on
-/dev/null (unless the receiver reads it), every descriptor above 2 closed, and the
-privilege limits ``SpawnPrivileges.fork_setup`` gives it. It ends with ``os._exit``: it
+the fork, so that none is lost in between), stdin on /dev/null (unless the receiver reads
+it), every descriptor above 2 closed, and the privilege limits
+``SpawnPrivileges.fork_setup`` gives it. It ends with ``os._exit``: it
 must never return into the supervisor's code. Its ``/proc/PID/cmdline`` stays the
 supervisor's; its ``comm`` names it (``stage_main`` sets that for every stage).
 

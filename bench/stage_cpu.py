@@ -19,9 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from bytecode import compile_packages  # bench/ is on the path
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+# A stage's name from its comm or command line: the tests' own (one definition).
+from bytecode import compile_packages  # noqa: E402  (bench/ is on the path)
+from live_helpers import stage_name  # noqa: E402
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -32,25 +36,6 @@ def _usage(pid: int) -> tuple[float, int] | None:
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / TICKS, int(fields[7])
-
-
-def _stage_name(pid: int) -> str | None:
-    """`receiver`, `assembler-1`, … from the stage's comm (stage_main sets it; a forked
-    stage's command line is its supervisor's), else from `python -m NAME … [--index N]`."""
-    try:
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return None
-    if comm in ("receiver", "treekeeper") or comm.startswith("assembler-"):
-        return comm
-    if "-m" not in argv or argv[argv.index("-m") + 1] in ("auditstream", "auditstream.cli"):
-        return None
-    name = argv[argv.index("-m") + 1]
-    if name == "assembler":
-        index = argv[argv.index("--index") + 1] if "--index" in argv else "0"
-        return f"assembler-{index}"
-    return name
 
 
 def _children(pid: int) -> list[int]:
@@ -80,7 +65,7 @@ def main() -> None:
         proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.DEVNULL)
         while proc.poll() is None:
             for pid in _children(proc.pid):
-                name, usage = _stage_name(pid), _usage(pid)
+                name, usage = stage_name(pid), _usage(pid)
                 if name is not None and usage is not None:  # a zombie has no cmdline
                     seen[name] = max(seen.get(name, (0.0, 0)), usage)
             if (usage := _usage(proc.pid)) is not None:

@@ -105,7 +105,6 @@ typedef struct {
     Py_ssize_t size, room;
     Source *sources;
     Py_ssize_t nsources, sources_room;
-    int behind_any; /* some source has a run of old events (`if self._behind`) */
 } Window;
 
 static Source *source_of(Window *w, long long id, int create)
@@ -129,14 +128,6 @@ static Source *source_of(Window *w, long long id, int create)
     memset(s, 0, sizeof *s);
     s->id = id;
     return s;
-}
-
-static int any_behind(const Window *w)
-{
-    for (Py_ssize_t i = 0; i < w->nsources; i++)
-        if (w->sources[i].has_behind)
-            return 1;
-    return 0;
 }
 
 /* _slowest: the oldest newest time of the open sources; all closed: the newest of all (0
@@ -269,11 +260,9 @@ static int went_back(Window *w, long long id, i128 at_ms, i128 newest)
         s->has_behind = 1;
         s->run = run;
         s->run_newest = run_newest;
-        w->behind_any = 1;
         return 0;
     }
     s->has_behind = 0;
-    w->behind_any = any_behind(w);
     s->known = 1;
     s->newest = run_newest;
     w->horizon = slowest(w);
@@ -293,10 +282,8 @@ static int note_time(Window *w, i128 at_ms, long long id, PyObject *out)
             return -1;
         return back ? flush_into(w, out) : 0;
     }
-    if (w->behind_any && s != NULL && s->has_behind) {
-        s->has_behind = 0;
-        w->behind_any = any_behind(w);
-    }
+    if (s != NULL)
+        s->has_behind = 0; /* back to its time: those were isolated old events */
     if (at_ms > newest) {
         if (s == NULL && (s = source_of(w, id, 1)) == NULL)
             return -1;
@@ -351,6 +338,8 @@ static int release_claimed(Window *w, PyObject *out)
 }
 
 /* ---- the Python type ------------------------------------------------------------------ */
+
+static PyObject *s_raw, *s_key; /* the event keys push_frame reads (interned at import) */
 
 static int window_init(Window *w, PyObject *args, PyObject *kwds)
 {
@@ -408,14 +397,6 @@ static PyObject *window_close_source(Window *w, PyObject *arg)
     return out == NULL ? NULL : done(release_claimed(w, out), out);
 }
 
-static int read_push_args(PyObject *const *args, i128 *at_ms, i128 *serial, long long *id)
-{
-    return as_i128(args[1], at_ms) < 0 || as_i128(args[2], serial) < 0 ||
-                   as_source(args[3], id) < 0
-               ? -1
-               : 0;
-}
-
 static PyObject *window_push_into(Window *w, PyObject *const *args, Py_ssize_t nargs)
 {
     i128 at_ms, serial;
@@ -424,8 +405,8 @@ static PyObject *window_push_into(Window *w, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_TypeError, "push_into(item, at_ms, serial, source, out: list)");
         return NULL;
     }
-    if (read_push_args(args, &at_ms, &serial, &id) < 0 ||
-        push_one(w, args[0], at_ms, serial, id, args[4]) < 0)
+    if (as_i128(args[1], &at_ms) < 0 || as_i128(args[2], &serial) < 0 ||
+        as_source(args[3], &id) < 0 || push_one(w, args[0], at_ms, serial, id, args[4]) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -437,18 +418,13 @@ static PyObject *window_push(Window *w, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|O", kwlist, &parts[0], &parts[1],
                                      &parts[2], &parts[3]))
         return NULL;
-    PyObject *zero = PyLong_FromLong(0);
-    if (zero == NULL)
-        return NULL;
-    if (parts[3] == NULL)
-        parts[3] = zero;
     i128 at_ms, serial;
-    long long id;
-    PyObject *out = NULL;
-    if (read_push_args(parts, &at_ms, &serial, &id) == 0 && (out = PyList_New(0)) != NULL)
-        out = done(push_one(w, parts[0], at_ms, serial, id, out), out);
-    Py_DECREF(zero);
-    return out;
+    long long id = 0;
+    if (as_i128(parts[1], &at_ms) < 0 || as_i128(parts[2], &serial) < 0 ||
+        (parts[3] != NULL && as_source(parts[3], &id) < 0))
+        return NULL;
+    PyObject *out = PyList_New(0);
+    return out == NULL ? NULL : done(push_one(w, parts[0], at_ms, serial, id, out), out);
 }
 
 static PyObject *window_see(Window *w, PyObject *const *args, Py_ssize_t nargs)
@@ -531,12 +507,8 @@ static PyObject *window_flush(Window *w, PyObject *unused)
  * records are empty, or a key that is not [str, int, int, int]), else len(events). */
 static PyObject *window_push_frame(Window *w, PyObject *const *args, Py_ssize_t nargs)
 {
-    static PyObject *s_raw, *s_key;
     long long id;
     Py_ssize_t start = 0;
-    if (s_raw == NULL && ((s_raw = PyUnicode_InternFromString("raw")) == NULL ||
-                          (s_key = PyUnicode_InternFromString("key")) == NULL))
-        return NULL;
     if (nargs < 3 || nargs > 4 || !PyList_Check(args[0]) || !PyList_Check(args[2])) {
         PyErr_SetString(PyExc_TypeError, "push_frame(events: list, source, out: list, start=0)");
         return NULL;
@@ -638,7 +610,9 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "native_reorder",
 
 PyMODINIT_FUNC PyInit_native_reorder(void)
 {
-    if (PyType_Ready(&WindowType) < 0)
+    s_raw = PyUnicode_InternFromString("raw");
+    s_key = PyUnicode_InternFromString("key");
+    if (s_raw == NULL || s_key == NULL || PyType_Ready(&WindowType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
