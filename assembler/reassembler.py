@@ -418,16 +418,27 @@ class Reassembler(Generic[RecordT]):
         if now_ms > self._clock:
             self._clock = now_ms
         if event is None:
-            node = self._node(first.node)
+            node = self._nodes.get(first.node) or self._node(first.node)
             unwrapped, fit = node.unwrap(first.serial)
             if fit:
                 self._count_fit(fit)
             if records[-1].type == EOE_TYPE:
                 # The whole event in one run (most events): complete it without opening it,
                 # but evict as opening it would have (record by record it would be open).
+                # This is _done() inlined, with note_completed()'s in-order case: it runs
+                # for nearly every event, and each Python call is ~0.1 µs of ~11.
                 if len(self._open) >= self._max_in_flight:
                     self._evict_oldest()
-                self._done(key, records, CompletionReason.EOE, node, unwrapped)
+                recent = self._recent
+                recent[key] = None
+                if len(recent) > self._max_recent:
+                    recent.popitem(last=False)
+                stats.events[CompletionReason.EOE] += 1
+                self._on_complete(records, CompletionReason.EOE)
+                if unwrapped == node.frontier and not node.pending and not node.alone:
+                    node.frontier = unwrapped + 1
+                else:
+                    self._note_completed(node, first.node, unwrapped)
                 return
             event = self._open[key] = _OpenEvent(first, self._clock, unwrapped, self.batch)
             if len(self._open) > self._max_in_flight:
