@@ -544,9 +544,21 @@ def test_runs_give_what_records_one_by_one_give(data: st.DataObject) -> None:
         )
         for collector in (one, runs)
     )
-    size = max(1, len(raw) // batches)
-    for start in range(0, len(raw), size):
-        batch = raw[start : start + size]
+    _push_both_ways(raw, max(1, len(raw) // batches), (one, by_record), (runs, by_run))
+
+
+def _push_both_ways(
+    rows: list[tuple[int, bytes, str]],
+    size: int,
+    record_side: tuple[Collector, Reassembler[Record]],
+    run_side: tuple[Collector, Reassembler[Record]],
+) -> None:
+    """Push ``rows`` in batches of ``size`` record by record into one side and as
+    parse_batch's runs into the other (the batch's first row number is the clock), and
+    require the same outcome after every batch and at the close."""
+    (one, by_record), (runs, by_run) = record_side, run_side
+    for start in range(0, len(rows), size):
+        batch = rows[start : start + size]
         for rtype, payload, node in batch:
             if rtype > 0:
                 by_record.push(parse_record(rtype, payload, node), start)
@@ -604,20 +616,7 @@ def test_kernel_like_runs_give_what_records_one_by_one_give(seed: int) -> None:
         Reassembler(c.complete, c.on_lost, timeout_ms=timeout_ms, max_recent=max_recent)
         for c in (one, runs)
     )
-    size = rng.randint(5, 60)
-    for clock, start in enumerate(range(0, len(rows), size)):
-        batch = rows[start : start + size]
-        for rtype, payload, node in batch:
-            by_record.push(parse_record(rtype, payload, node), clock)
-        for item in parse_batch(batch):
-            assert type(item) is list
-            by_run.push_run(item, clock)
-        by_record.maintain(clock)
-        by_run.maintain(clock)
-        assert _outcome(one, by_record) == _outcome(runs, by_run)
-    by_record.close()
-    by_run.close()
-    assert _outcome(one, by_record) == _outcome(runs, by_run)
+    _push_both_ways(rows, rng.randint(5, 60), (one, by_record), (runs, by_run))
 
 
 @pytest.mark.parametrize("name", GOLIBAUDIT_CASES)
