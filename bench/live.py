@@ -14,6 +14,11 @@ Both readers run with the same kernel settings: backlog 8192 and backlog wait ti
 §7's auditd figures). With a wait time, a full backlog makes the audited process (the load)
 sleep instead of losing events: `lost` would stay 0 however slow the reader, so a wait time
 would hide what this measures. The kernel's `backlog_wait_time_actual` delta is reported too.
+Each run's files are deleted once its events are counted (unless --keep): kept, every run
+wrote into new memory (3 GB of our lines over the six default rates) and, on a VM that
+gives freed memory back to its host, paid ~9 µs per new 4 KiB page in the writer's system
+time: a cost of the benchmark's leftovers that grew with each run (docs/performance.md,
+twenty-eighth pass).
 Holds /run/lock/auditstream-kernel.lock throughout; needs root and a clean kernel.
 """
 
@@ -24,6 +29,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -263,6 +269,10 @@ def main() -> int:
                 work = Path(tmp) / f"{name}-{rate}"
                 work.mkdir()
                 results.append(bench(work, loadgen, rule, rate, args.seconds))
+                if not args.keep:
+                    # Counted: its output goes, so the next run writes into page cache this
+                    # one freed rather than into memory the guest has to fault in anew.
+                    shutil.rmtree(work)
     print_table(results)
     if args.json:
         print(json.dumps([_as_dict(r) for r in results]))
