@@ -11,6 +11,7 @@ The assembler with written docs ships frames byte for byte equal to those with d
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,31 @@ def test_user_objects_of_every_id_layout(ids: bytes, subj: bytes, enriched: bool
         body += b'\x1dAUID="alice" UID="root" EUID="root" FSGID="root"'
     records = [parse_record(1300, _HEAD + body), parse_record(1320, _HEAD)]
     assert compare(records) is True
+
+
+_ID_NAMES = ("auid", "uid", "gid", "euid", "suid", "fsuid", "egid", "sgid", "fsgid")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_user_objects_of_any_ids_present_unset_and_ordered(seed: int) -> None:
+    """Ids missing, set to "unset" (an unset auid, or the text itself), repeating the user's
+    id or not, in any order, with or without SELinux parts: the user object is the dict path's."""
+    rng = random.Random(seed)
+    for case in range(60):
+        names = [name for name in _ID_NAMES if rng.random() < (0.8 if case % 10 else 0.1)]
+        if rng.random() < 0.5:
+            rng.shuffle(names)
+        values = {name: rng.choice([b"0", b"0", b"1000", b"7", b"unset", b""]) for name in names}
+        if "auid" in values and rng.random() < 0.5:
+            values["auid"] = b"4294967295"
+        ids = b" ".join(name.encode() + b"=" + values[name] for name in names)
+        subj = rng.choice([b"", b" subj=unconfined", b" subj=u:r:t:s0"])
+        body = (
+            b"arch=c000003e syscall=59 success=yes exit=0 a0=55d a1=55e a2=55f a3=0 items=0"
+            b" ppid=1999 pid=20001 " + ids + b' tty=pts0 ses=3 comm="sh" exe="/bin/sh"' + subj
+        )
+        records = [parse_record(1300, _HEAD + body), parse_record(1320, _HEAD)]
+        assert compare(records) is True, body
 
 
 def test_declines_what_it_does_not_write() -> None:

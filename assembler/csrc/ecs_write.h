@@ -597,6 +597,110 @@ static int write_kernel_user(Out *o, CoalescedView *c)
     return PUT_LIT(o, "}");
 }
 
+/* Any other layout of the known ids (some unset, another order), without ENRICHED names:
+ * the user object that general_user, the SELinux copy and drop_repeated_effective make,
+ * written without its dicts. A small tree kept in their insertion order stands in for them. */
+enum { UN_ROOT, UN_AUDIT, UN_GROUP, UN_EFF, UN_EFF_GROUP, UN_SAVED, UN_SAVED_GROUP, UN_FS,
+       UN_FS_GROUP, UN_COUNT };
+static const int user_node_of_id[ID_COUNT] = {
+    [ID_UID] = UN_ROOT,       [ID_GID] = UN_GROUP,      [ID_EUID] = UN_EFF,
+    [ID_EGID] = UN_EFF_GROUP, [ID_SUID] = UN_SAVED,     [ID_SGID] = UN_SAVED_GROUP,
+    [ID_FSUID] = UN_FS,       [ID_FSGID] = UN_FS_GROUP, [ID_AUID] = UN_AUDIT};
+static const int user_node_parent[UN_COUNT] = {
+    [UN_ROOT] = -1,      [UN_AUDIT] = UN_ROOT,    [UN_GROUP] = UN_ROOT,
+    [UN_EFF] = UN_ROOT,  [UN_EFF_GROUP] = UN_EFF, [UN_SAVED] = UN_ROOT,
+    [UN_SAVED_GROUP] = UN_SAVED, [UN_FS] = UN_ROOT, [UN_FS_GROUP] = UN_FS};
+static const char *const user_node_name[UN_COUNT] = {
+    "", "audit", "group", "effective", "group", "saved", "group", "filesystem", "group"};
+#define UN_ID_ENTRY (-1)
+
+typedef struct {
+    PyObject *id;   /* borrowed from the ids dict; NULL: no "id" key */
+    int entries[6]; /* keys in insertion order: UN_ID_ENTRY or a child node */
+    int count;
+    int made;       /* the node exists (its dict would) */
+} UserNode;
+
+/* child_dict along the node's parents: a node is made once, after its parent. */
+static void user_node_make(UserNode *nodes, int node)
+{
+    if (nodes[node].made)
+        return;
+    int parent = user_node_parent[node];
+    user_node_make(nodes, parent);
+    nodes[parent].entries[nodes[parent].count++] = node;
+    nodes[node].made = 1;
+}
+
+/* The ids in their order as id indices and values (borrowed), and their count; -1 unless
+ * they are text, all of them known, and there are no ENRICHED names (the dict path then). */
+static int general_user_ids(PyObject *records, CoalescedView *c, int *index, PyObject **values)
+{
+    PyObject *ids = c->field[C_USER_IDS], *enriched = primary_enriched(records);
+    if (enriched == NULL || !PyBytes_CheckExact(enriched) || PyBytes_GET_SIZE(enriched) != 0 ||
+        !PyDict_CheckExact(ids) || PyDict_GET_SIZE(ids) > ID_COUNT ||
+        !PyDict_CheckExact(c->field[C_USER_SELINUX]))
+        return -1;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    int count = 0;
+    while (PyDict_Next(ids, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key) || !PyUnicode_CheckExact(value) ||
+            (index[count] = id_field_index(key)) < 0)
+            return -1; /* general_user nests an unknown one under its own name */
+        values[count++] = value;
+    }
+    return count;
+}
+
+static int write_user_node(Out *o, const UserNode *nodes, int node, int skip)
+{
+    int first = 1;
+    if (PUT_LIT(o, "{") < 0)
+        return -1;
+    for (int i = 0; i < nodes[node].count; i++) {
+        int entry = nodes[node].entries[i];
+        if (entry == skip)
+            continue;
+        if (entry == UN_ID_ENTRY
+                ? put_key(o, &first, "id") < 0 || put_str(o, nodes[node].id) < 0
+                : put_key(o, &first, user_node_name[entry]) < 0 ||
+                      write_user_node(o, nodes, entry, skip) < 0 || PUT_LIT(o, "}") < 0)
+            return -1;
+    }
+    return first; /* 1: nothing written after the brace */
+}
+
+static int write_general_user(Out *o, CoalescedView *c, const int *index, PyObject **values,
+                              int count)
+{
+    UserNode nodes[UN_COUNT];
+    memset(nodes, 0, sizeof nodes);
+    nodes[UN_ROOT].made = 1;
+    PyObject *selinux = c->field[C_USER_SELINUX];
+    for (int i = 0; i < count; i++) {
+        if (str_equals_ascii(values[i], "unset"))
+            continue;
+        int node = user_node_of_id[index[i]]; /* one node per id: set once */
+        user_node_make(nodes, node);
+        nodes[node].entries[nodes[node].count++] = UN_ID_ENTRY;
+        nodes[node].id = values[i];
+    }
+    /* drop_repeated_effective: effective goes when its id repeats a non-empty user id. */
+    PyObject *mine = nodes[UN_ROOT].id, *theirs = nodes[UN_EFF].id;
+    int skip = nodes[UN_EFF].made && mine != NULL && PyUnicode_GET_LENGTH(mine) > 0 &&
+                       theirs != NULL && PyUnicode_Compare(theirs, mine) == 0
+                   ? UN_EFF : -2;
+    int empty = write_user_node(o, nodes, UN_ROOT, skip);
+    if (empty < 0)
+        return -1;
+    if (PyDict_GET_SIZE(selinux) > 0 &&
+        ((empty ? PUT_LIT(o, "\"selinux\":") : PUT_LIT(o, ",\"selinux\":")) < 0 ||
+         put_value(o, selinux, 2) < 0))
+        return -1;
+    return PUT_LIT(o, "}");
+}
+
 /* The whole doc and its head into doc_out and head_out; -1 (maybe an exception) else. */
 static int write_all(PyObject *records, CoalescedView *c, PyObject *completed_by,
                      Py_ssize_t *at, Py_ssize_t *until)
@@ -612,12 +716,15 @@ static int write_all(PyObject *records, CoalescedView *c, PyObject *completed_by
         PyErr_NoMemory();
         return -1;
     }
-    int kernel_user = kernel_user_applies(records, c);
+    int kernel_user = kernel_user_applies(records, c), id_index[ID_COUNT];
+    PyObject *id_values[ID_COUNT];
+    int id_count = kernel_user ? 0 : general_user_ids(records, c, id_index, id_values);
+    int direct_user = kernel_user || id_count >= 0;
     /* One at a time: none of them may run with another's exception pending. */
-    if ((!kernel_user && (user = user_fields(records, c)) == NULL) ||
+    if ((!direct_user && (user = user_fields(records, c)) == NULL) ||
         (timestamp = timestamp_text(c->field[C_SEC], c->field[C_MSEC])) == NULL ||
         (data = data_fields(c->field[C_DATA])) == NULL ||
-        (!kernel_user && drop_repeated_effective(user) < 0))
+        (!direct_user && drop_repeated_effective(user) < 0))
         goto done;
     doc_out.size = head_out.size = 0;
     rc = PUT_LIT(&doc_out, "{\"@timestamp\":") < 0 || put_str(&doc_out, timestamp) < 0 ||
@@ -625,7 +732,9 @@ static int write_all(PyObject *records, CoalescedView *c, PyObject *completed_by
                  PUT_LIT(&doc_out, ",\"auditd\":") < 0 ||
                  write_auditd(&doc_out, records, c, data, hashes) < 0 ||
                  PUT_LIT(&doc_out, ",\"user\":") < 0 ||
-                 (kernel_user ? write_kernel_user(&doc_out, c) : put_value(&doc_out, user, 1)) < 0 ||
+                 (kernel_user   ? write_kernel_user(&doc_out, c)
+                  : direct_user ? write_general_user(&doc_out, c, id_index, id_values, id_count)
+                                : put_value(&doc_out, user, 1)) < 0 ||
                  write_tail(&doc_out, c, completed_by, at, until) < 0 ||
                  write_head(&head_out, &doc_out, *at, *until, c, data, hashes, count, timestamp) < 0
              ? -1
