@@ -214,9 +214,23 @@ def stage_main(name: str, run: StageRun, argv: list[str] | None = None) -> int:
     # A broken stdout pipe (jq exited) must not kill the stage with a traceback.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL if name != "treekeeper" else signal.SIG_IGN)
     _stop_with_supervisor(ctx)
-    if args.start_after and not _wait_for(Path(args.start_after), ctx):
-        return 0  # stopped before the go: nothing was read, nothing to drain
-    return run(cfg, ctx)
+    try:
+        if args.start_after and not _wait_for(Path(args.start_after), ctx):
+            return 0  # stopped before the go: nothing was read, nothing to drain
+        return run(cfg, ctx)
+    finally:
+        _keep_exit_code()
+
+
+def _keep_exit_code() -> None:
+    """Ignore stop signals once the stage's run has returned: its exit code stands.
+
+    The supervisor signals the stages still running once the tree keeper has exited. A
+    receiver that had failed (the audit PID held elsewhere: exit 78) but was still in
+    Python's finalization, where the handlers are SIG_DFL again, died of that SIGTERM,
+    which the supervisor counts as a clean stop: the refused run exited 0."""
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_IGN)
 
 
 START_AFTER_POLL_S = 0.002  # a stat() each: it is the start of every replay

@@ -263,7 +263,7 @@ def test_unicast_run_refused_beside_auditd(
     except subprocess.TimeoutExpired:
         pytest.fail(f"auditstream run did not exit within 15 s: {refused.read_stderr()}")
     stderr = refused.read_stderr()
-    assert code != 0
+    assert code != 0, stderr
     assert f"pid {auditd.pid} (/usr/sbin/auditd" in stderr, stderr
 
 
