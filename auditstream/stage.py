@@ -110,13 +110,13 @@ def lower_priority(nice: int) -> None:
     (sched_autogroup_enabled, processes in the root CPU cgroup) the scheduler shares the
     CPUs fairly among sessions first: a process's own nice value then only ranks it
     within its session, i.e. against nothing. The autogroup's nice value ranks the
-    session."""
+    session. The autogroup goes first: once the process's own value shows, both are set."""
+    with contextlib.suppress(OSError):  # no autogroup support
+        AUTOGROUP.write_text(str(nice))
     try:
         os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
     except OSError as err:
         logging.getLogger("auditstream.stage").debug("nice value unchanged: %s", err)
-    with contextlib.suppress(OSError):  # no autogroup support
-        AUTOGROUP.write_text(str(nice))
 
 
 def tune_gc() -> None:
