@@ -8,6 +8,7 @@ tests pin the means; `bench/replay.py` measures the effect.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -137,7 +138,10 @@ def test_tree_keeper_done_before_the_supervisor_saw_it_ready_is_no_failure(tmp_p
         stage.argv = [sys.executable, "-c", "pass"]
     assert supervisor.run() == 0
     assert supervisor.failed == []
-    assert [s.exit_code for s in supervisor.stages] == [0, 0, 0]
+    # The others exit 0 too, or die of the SIGTERM the supervisor sends what still runs once
+    # the tree keeper has exited (a stand-in has no handler): a clean stop either way.
+    codes = [s.exit_code for s in supervisor.stages]
+    assert codes[0] == 0 and all(code in (0, -signal.SIGTERM) for code in codes[1:]), codes
 
 
 def test_short_replays_exit_0(tmp_path: Path) -> None:
