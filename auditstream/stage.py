@@ -163,6 +163,8 @@ def keep_freed_heap() -> bool:
 
 StageRun = Callable[[config_mod.Config, StageContext], int]
 COMM_PATH = Path("/proc/self/comm")
+# What stops a stage: a loop flag while it runs, ignored once its run has returned.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 def name_process(component: str) -> None:
@@ -209,8 +211,8 @@ def stage_main(name: str, run: StageRun, argv: list[str] | None = None) -> int:
     tune_gc()
     keep_freed_heap()
     ctx = StageContext(name=name, index=args.index, supervisor_pid=args.supervisor_pid or 0)
-    signal.signal(signal.SIGTERM, ctx._on_signal)
-    signal.signal(signal.SIGINT, ctx._on_signal)
+    for number in STOP_SIGNALS:
+        signal.signal(number, ctx._on_signal)
     # A broken stdout pipe (jq exited) must not kill the stage with a traceback.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL if name != "treekeeper" else signal.SIG_IGN)
     _stop_with_supervisor(ctx)
@@ -229,7 +231,7 @@ def _keep_exit_code() -> None:
     receiver that had failed (the audit PID held elsewhere: exit 78) but was still in
     Python's finalization, where the handlers are SIG_DFL again, died of that SIGTERM,
     which the supervisor counts as a clean stop: the refused run exited 0."""
-    for number in (signal.SIGTERM, signal.SIGINT):
+    for number in STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
 
 

@@ -33,7 +33,7 @@ import traceback
 from collections.abc import Callable
 from typing import Protocol
 
-from auditstream.stage import StageRun, stage_main
+from auditstream.stage import STOP_SIGNALS, StageRun, stage_main
 
 # `python -m MODULE` of each stage that may be forked -> the module holding its run().
 STAGE_RUNNERS = {
@@ -42,7 +42,6 @@ STAGE_RUNNERS = {
     "treekeeper": "treekeeper.stage",
 }
 WAIT_POLL_S = 0.005
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class ChildProcess(Protocol):
