@@ -21,6 +21,14 @@ setup(
             extra_compile_args=_FLAGS,
         ),
         Extension(
+            "assembler.native_runs",
+            ["assembler/csrc/runs.c"],
+            depends=[_PYCLASS],
+            **_SHARED,
+            optional=True,
+            extra_compile_args=_FLAGS,
+        ),
+        Extension(
             "assembler.native_coalesce",
             ["assembler/csrc/coalesce.c"],
             depends=[
@@ -37,7 +45,13 @@ setup(
         Extension(
             "assembler.native_ecs",
             ["assembler/csrc/ecs.c"],
-            depends=["assembler/csrc/escape.h", "assembler/csrc/ecs_write.h", _PYCLASS, _CIVIL_DAYS],
+            depends=[
+                "assembler/csrc/escape.h",
+                "assembler/csrc/ecs_write.h",
+                "assembler/csrc/ecs_event.h",
+                _PYCLASS,
+                _CIVIL_DAYS,
+            ],
             **_SHARED,
             optional=True,
             extra_compile_args=_FLAGS,

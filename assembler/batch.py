@@ -17,11 +17,11 @@ decides how many records one call takes. ``assembler/csrc/parse.c`` does the sam
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from assembler.parse import ParseError, Record, parse_record
-from assembler.reassembler import EOE_TYPE, completes_alone
+from assembler.reassembler import EOE_TYPE, Reassembler, completes_alone
 
 
 class Unparsed(NamedTuple):
@@ -63,6 +63,37 @@ def parse_batch(recs: Sequence[Sequence[Any]], trailer: bool = True) -> list[Bat
         if rec.type == EOE_TYPE:
             run = None
     return out
+
+
+def push_items(
+    items: list[BatchItem],
+    reassembler: Reassembler[Record],
+    clock_ms: int,
+    event_time: bool,
+    on_unparsed: Callable[[Unparsed], None],
+) -> tuple[int, Record | None]:
+    """Push parse_batch's items in order: each run into ``reassembler`` (one record:
+    ``push``, more: ``push_run``) at ``clock_ms``, which with ``event_time`` first moves on
+    to the run's own time if later; each Unparsed to ``on_unparsed``. Returns the clock and
+    the last record of the last run (None: no run). ``assembler/csrc/runs.c`` does the same
+    in C, with push_run's whole-event case inlined; this function is the reference
+    (tests/test_native_runs.py)."""
+    last: Record | None = None
+    for item in items:
+        if isinstance(item, Unparsed):  # a marker or a bad header, in its place
+            on_unparsed(item)
+            continue
+        first = item[0]
+        if event_time:
+            stamp = first.sec * 1000 + first.msec  # one key: one time for the run
+            if stamp > clock_ms:
+                clock_ms = stamp
+        if len(item) == 1:
+            reassembler.push(first, clock_ms)
+        else:
+            reassembler.push_run(item, clock_ms)
+        last = item[-1]
+    return clock_ms, last
 
 
 def _same_key(a: Record, b: Record) -> bool:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from assembler.coalesce import coalesce
 from assembler.ecs import build_doc, marker_doc
-from assembler.native import native_build_doc, native_coalesce, native_write_doc
+from assembler.native import (
+    native_build_doc,
+    native_coalesce,
+    native_event_completer,
+    native_write_doc,
+)
 from assembler.parse import Record
 from assembler.reassembler import CompletionReason, LostRange
 from auditstream.escape import escape
@@ -32,6 +38,7 @@ PARSE_ERROR_SNIPPET_BYTES = 4096
 _NATIVE_COALESCE = native_coalesce()
 _NATIVE_BUILD_DOC = native_build_doc()
 _NATIVE_WRITE_DOC = native_write_doc()
+_NATIVE_COMPLETER = native_event_completer()
 # completed_by of each reason that says the event may be cut short (None: not written).
 _COMPLETED_BY = {
     reason: reason.name.lower() if reason in _UNCERTAIN else None for reason in CompletionReason
@@ -67,6 +74,29 @@ def event_from_records(
         "raw": [[r.type, r.data, r.node] for r in records] if raw else len(records),
         "doc": doc,
     }
+
+
+CompleteFn = Callable[[list[Record], CompletionReason], None]
+
+
+class EventTarget(Protocol):
+    """What :class:`~assembler.native_ecs.EventCompleter` reads of the assembly per event."""
+
+    out: list[Event]
+    recv_ns: int | None
+    raw_records: bool
+    counts: dict[str, int]
+
+
+def written_event_completer(target: EventTarget, fallback: CompleteFn) -> CompleteFn:
+    """The completion callback of an assembly whose docs are written: the C one where
+    coalesce and ``write_doc`` are C too (it does ``fallback``'s work for the events both
+    take: ``event_from_records(records, reason, raw=target.raw_records, written=True)``
+    with ``recv_ns``, appended to ``target.out`` and counted in ``counts["events"]``, and
+    calls ``fallback`` for any other), else ``fallback`` itself."""
+    if _NATIVE_COMPLETER is None or _NATIVE_COALESCE is None or _NATIVE_WRITE_DOC is None:
+        return fallback
+    return _NATIVE_COMPLETER(target, _NATIVE_COALESCE, fallback, _COMPLETED_BY)
 
 
 def lost_event(lost: LostRange) -> Event:

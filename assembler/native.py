@@ -3,8 +3,10 @@
 ``assembler/csrc/*.c`` implement :func:`assembler.parse.parse_record` (the usual header;
 it hands anything else to the Python function) and :func:`assembler.batch.parse_batch`
 with it, :func:`assembler.coalesce.coalesce` and :func:`assembler.ecs.build_doc` (for the events they know; for any other event they
-return None and the Python functions do the work), and ``write_doc``: build_doc's doc
-written as JSON text for shipping (assembler/csrc/ecs_write.h). The Python functions stay the
+return None and the Python functions do the work), ``write_doc``: build_doc's doc
+written as JSON text for shipping (assembler/csrc/ecs_write.h), and ``EventCompleter``:
+the stage's completion callback, which calls both C steps for an event and hands any
+other to ``Assembly._complete`` (assembler/csrc/ecs_event.h). The Python functions stay the
 reference; the differential tests hold the two equal (tests/test_native_*.py).
 
 ``AUDITSTREAM_NATIVE`` chooses (:mod:`auditstream.native`).
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from assembler.batch import BatchItem, parse_batch
+from assembler.batch import BatchItem, Unparsed, parse_batch, push_items
 from assembler.coalesced import Coalesced
 from assembler.parse import Record
 from auditstream.doc_text import WrittenDoc
@@ -25,6 +27,11 @@ CoalesceFn = Callable[[list[Record]], Coalesced | None]
 BuildDocFn = Callable[[list[Record], Coalesced], dict[str, Any] | None]
 WriteDocFn = Callable[[list[Record], Coalesced, str | None], WrittenDoc | None]
 ParseBatchFn = Callable[[Sequence[Sequence[Any]], bool], list[BatchItem]]
+PushItemsFn = Callable[
+    [list[BatchItem], Any, int, bool, Callable[[Unparsed], None]], tuple[int, Record | None]
+]
+# EventCompleter(assembly, coalesce, fallback, completed_by) -> the completion callback
+EventCompleterType = Callable[..., Callable[[list[Record], Any], None]]
 
 
 def native_coalesce() -> CoalesceFn | None:
@@ -46,7 +53,20 @@ def native_write_doc() -> WriteDocFn | None:
     return function
 
 
+def native_event_completer() -> EventCompleterType | None:
+    """The C completion callback's type (assembler/csrc/ecs_event.h): Assembly._complete
+    for written docs without its Python frames (None: not built or not allowed)."""
+    function: EventCompleterType | None = load_native("assembler.native_ecs", "EventCompleter")
+    return function
+
+
 def parse_batch_function() -> ParseBatchFn:
     """:func:`assembler.batch.parse_batch` in C where built and allowed, else the Python one."""
     function: ParseBatchFn | None = load_native("assembler.native_parse", "parse_batch")
     return parse_batch if function is None else function
+
+
+def push_items_function() -> PushItemsFn:
+    """:func:`assembler.batch.push_items` in C where built and allowed, else the Python one."""
+    function: PushItemsFn | None = load_native("assembler.native_runs", "push_items")
+    return push_items if function is None else function

@@ -16,8 +16,9 @@ from assembler.events import (
     lost_event,
     parse_error_event,
     receiver_marker_event,
+    written_event_completer,
 )
-from assembler.native import parse_batch_function
+from assembler.native import parse_batch_function, push_items_function
 from assembler.parse import Record
 from assembler.reassembler import EOE_TYPE, CompletionReason, LostRange, Reassembler
 from assembler.redelivery import (
@@ -35,6 +36,7 @@ from sinks import sinks_take_doc_text, sinks_write_raw
 
 log = logging.getLogger("auditstream.assembler")
 _PARSE_BATCH = parse_batch_function()  # C where built (assembler/native.py)
+_PUSH_ITEMS = push_items_function()
 # Sources whose records come straight from the kernel, which appends no ENRICHED trailer:
 # there a 0x1d can only come from user text (an AUDIT_USER message) and must not name
 # fields, or a process allowed to send user messages could name its own event's user.*
@@ -59,6 +61,7 @@ class Assembly:
         # Records from the kernel have no ENRICHED trailer (KERNEL_SOURCES).
         self.trailer = cfg.receiver.source not in KERNEL_SOURCES
         self.parse_batch = _PARSE_BATCH
+        self.push_items = _PUSH_ITEMS
         self.follow = cfg.receiver.follow
         self.input_at = time.monotonic()
         self.shards = cfg.assembler.instances
@@ -77,7 +80,8 @@ class Assembly:
         self.last_key: tuple[int, int] | None = None
         self.read_to: tuple[int, int] | None = None
         self.reassembler = Reassembler(
-            self._complete,
+            # The C callback does _complete's work for the events C writes (events.py).
+            written_event_completer(self, self._complete) if written_docs else self._complete,
             self._lost,
             max_in_flight=cfg.assembler.max_in_flight,
             timeout_ms=cfg.assembler.event_timeout_ms,
@@ -155,22 +159,13 @@ class Assembly:
             not self.event_time
         ):  # live: one clock read per batch (records of a batch arrived together)
             self.clock_ms = time.monotonic_ns() // 1_000_000
-        last: Record | None = None
-        reassembler = self.reassembler
-        for item in self.parse_batch(recs, self.trailer):
-            if isinstance(item, Unparsed):  # a marker or a bad header, in its place
-                self._unparsed(item)
-                continue
-            first = item[0]
-            if self.event_time:
-                stamp = first.sec * 1000 + first.msec  # one key: one time for the run
-                if stamp > self.clock_ms:
-                    self.clock_ms = stamp
-            if len(item) == 1:
-                reassembler.push(first, self.clock_ms)
-            else:
-                reassembler.push_run(item, self.clock_ms)
-            last = item[-1]
+        self.clock_ms, last = self.push_items(
+            self.parse_batch(recs, self.trailer),
+            self.reassembler,
+            self.clock_ms,
+            self.event_time,
+            self._unparsed,
+        )
         if last is not None and not self.event_time:
             self.last_key = (last.sec * 1000 + last.msec, last.serial)
 

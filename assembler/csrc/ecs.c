@@ -94,8 +94,9 @@ static const char coalesced_kinds[C_COUNT] = {COALESCED_FIELDS(FIELD_KIND)};
 #undef FIELD_KIND
 static Py_ssize_t coalesced_offsets[C_COUNT];
 
-enum { R_TYPE, R_DATA, R_ENRICHED, R_COUNT };
-static const char *const record_names[R_COUNT] = {"type", "data", "enriched"};
+enum { R_TYPE, R_DATA, R_ENRICHED, R_NODE, R_SEC, R_MSEC, R_SERIAL, R_COUNT };
+static const char *const record_names[R_COUNT] = {"type", "data", "enriched", "node",
+                                                  "sec", "msec", "serial"};
 static Py_ssize_t record_offsets[R_COUNT];
 
 enum { A_IP, A_PORT, A_PATH, A_COUNT };
@@ -1032,6 +1033,7 @@ static PyObject *py_build_doc(PyObject *module, PyObject *const *args, Py_ssize_
 }
 
 #include "ecs_write.h"
+#include "ecs_event.h"
 
 /* ---- module ----------------------------------------------------------------------------- */
 
@@ -1080,5 +1082,8 @@ PyMODINIT_FUNC PyInit_native_ecs(void)
 {
     if (load_python_side() < 0)
         return NULL;
-    return PyModule_Create(&module);
+    PyObject *created = PyModule_Create(&module);
+    if (created != NULL && completer_ready(created) < 0)
+        Py_CLEAR(created);
+    return created;
 }

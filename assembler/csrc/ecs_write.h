@@ -766,23 +766,20 @@ static PyObject *written_doc(Py_ssize_t at, Py_ssize_t until)
     return doc;
 }
 
-static PyObject *py_write_doc(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* write_doc(records, coalesced, completed_by) of Python: the WrittenDoc, None (declined)
+ * or NULL with an exception. */
+static PyObject *write_doc_of(PyObject *records_list, PyObject *coalesced, PyObject *completed_by)
 {
-    if (nargs != 3 || (args[2] != Py_None && !PyUnicode_CheckExact(args[2]))) {
-        PyErr_SetString(PyExc_TypeError,
-                        "write_doc(records, coalesced, completed_by: str | None) takes 3 arguments");
-        return NULL;
-    }
     CoalescedView view;
-    if (writing || !records_ok(args[0]) || !read_coalesced(args[1], &view))
+    if (writing || !records_ok(records_list) || !read_coalesced(coalesced, &view))
         Py_RETURN_NONE;
-    PyObject *records = PyList_AsTuple(args[0]);
+    PyObject *records = PyList_AsTuple(records_list);
     if (records == NULL)
         return NULL;
     hold_view(&view, 1);
     Py_ssize_t at = 0, until = 0;
     writing = 1;
-    int rc = write_all(records, &view, args[2], &at, &until);
+    int rc = write_all(records, &view, completed_by, &at, &until);
     writing = 0;
     hold_view(&view, 0);
     Py_DECREF(records);
@@ -792,4 +789,14 @@ static PyObject *py_write_doc(PyObject *module, PyObject *const *args, Py_ssize_
         Py_RETURN_NONE;
     }
     return written_doc(at, until);
+}
+
+static PyObject *py_write_doc(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || (args[2] != Py_None && !PyUnicode_CheckExact(args[2]))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "write_doc(records, coalesced, completed_by: str | None) takes 3 arguments");
+        return NULL;
+    }
+    return write_doc_of(args[0], args[1], args[2]);
 }
