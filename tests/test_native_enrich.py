@@ -84,7 +84,16 @@ def as_json(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, ensure_ascii=False, default=repr).encode("utf-8", "surrogatepass")
+        return json.dumps(value, ensure_ascii=False, default=_json_default).encode(
+            "utf-8", "surrogatepass"
+        )
+
+
+def _json_default(value: Any) -> Any:
+    """An ancestry entry's Fragment as its JSON; repr for anything else."""
+    if isinstance(value, orjson.Fragment):
+        return json.loads(orjson.dumps(value))
+    return repr(value)
 
 
 def containers(doc: Any) -> list[tuple[str, Any]]:
@@ -153,8 +162,8 @@ def process_state(proc: Process) -> list[Any]:
         value = getattr(proc, field.name, "<unset>")
         if field.name == "children":
             value = sorted(value)
-        elif field.name == "ancestry_entry":
-            value = as_json(value)
+        elif field.name in ("ancestry_entry", "fragment_of", "ancestry_fragment"):
+            value = as_json(value)  # a Fragment by its text
         out.append((field.name, repr(value)))
     return out
 
@@ -335,8 +344,8 @@ class Pair:
         change(self.c_table)
         change(self.py_table)
 
-    def feed(self, doc: Doc, observe: bool = True, *, check_every: int = 250) -> None:
-        """One event through both tables; everything compared after it."""
+    def feed(self, doc: Doc, observe: bool = True, *, check_every: int = 250) -> Doc:
+        """One event through both tables; everything compared after it. Returns C's doc."""
         c_doc, py_doc = copy.deepcopy(doc), copy.deepcopy(doc)
         if observe:
             if self.c_observes:
@@ -361,6 +370,7 @@ class Pair:
         self.count += 1
         if self.count % check_every == 0:
             self.check()
+        return c_doc
 
     def maintain(self) -> None:
         """Delete exited processes as the stage does, at the table's own time."""
@@ -693,6 +703,65 @@ def test_hostile_docs_enrich_the_same(depth: int) -> None:
         ]
     tally = pair.steps(steps)
     assert tally.handled > 0 and tally.declined > 0 and tally.raised == 0, tally
+
+
+def _fragments_in(doc: Doc) -> int:
+    process = doc.get("process") if isinstance(doc, dict) else None
+    ancestry = process.get("ancestry") if isinstance(process, dict) else None
+    return (
+        sum(isinstance(e, orjson.Fragment) for e in ancestry) if isinstance(ancestry, list) else 0
+    )
+
+
+@pytest.mark.parametrize("depth", [1, 3, 16])
+def test_ancestry_fragments_write_what_the_entries_write(depth: int) -> None:
+    """With ``ancestry_fragments`` (every sink writes the docs' text) the ancestry entries are
+    their JSON text: C and Python agree, and the docs encode to the bytes the dict entries
+    give, through the hostile scenario's forks, execs (an entry replaced), exits and reuse."""
+    fragments = Pair(TableConfig(ancestry_max_depth=depth, ancestry_fragments=True))
+    entries = Pair(TableConfig(ancestry_max_depth=depth))
+    for pair in (fragments, entries):
+        pair.both(lambda t: t.scan(FakeProcSource(proc_infos())))
+    steps = scenario() + [
+        (with_time(doc, stamp(BASE_MS + LAST)), observe)
+        for pid, ppid in ((1039, 1038), (7001, 7000), (3101, 100), (42, 1))
+        for doc in hostile_variants(pid, ppid, BASE_MS + LAST)
+        for observe in (True, False)
+    ]
+    used = 0
+    for doc, observe in steps:
+        with_fragments = fragments.feed(doc, observe)
+        used += _fragments_in(with_fragments)
+        assert as_json(with_fragments) == as_json(entries.feed(doc, observe))
+    fragments.check()
+    entries.check()
+    assert used > 0 and fragments.tally.handled > 0, fragments.tally
+
+
+def test_an_ancestor_that_execs_again_is_written_anew() -> None:
+    """The kept text of an ancestry entry follows its process: after the ancestor's exec
+    (a new entry), its descendants' events name the new image, in C and in Python."""
+    fragments = Pair(TableConfig(ancestry_fragments=True))
+    entries = Pair(TableConfig())
+    steps = [
+        (execve(0, 1, 0, "/sbin/init", ["/sbin/init"]), True),
+        (fork(1, 1, 0, 100, exe="/sbin/init"), True),
+        (execve(2, 100, 1, "/bin/bash", ["bash", "-l"]), True),
+        (fork(3, 100, 1, 200, exe="/bin/bash"), True),
+        (execve(4, 200, 100, "/bin/child", ["child"]), True),
+        (plain(5, 200, 100), True),  # 100's entry and its text kept
+        (execve(6, 100, 1, "/bin/zsh", ["zsh", "-i"]), True),  # 100 becomes another image
+        (plain(7, 200, 100), True),
+        (plain(8, 200, 100), False),
+    ]
+    for number, (doc, observe) in enumerate(steps):
+        with_fragments = fragments.feed(doc, observe)
+        assert as_json(with_fragments) == as_json(entries.feed(doc, observe))
+        if number == 6:  # the new entry made elsewhere first (lifecycle docs, Python code)
+            fragments.both(lambda t: [p.entry() for k, p in t.processes.items() if k[0] == 100])
+    ancestry = orjson.loads(as_json(with_fragments))["process"]["ancestry"]
+    assert ancestry[0]["executable"] == "/bin/zsh" and ancestry[0]["args"] == ["zsh", "-i"]
+    assert fragments.tally.handled > 0, fragments.tally
 
 
 def test_timestamps_before_and_after_the_cache() -> None:

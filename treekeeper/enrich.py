@@ -85,7 +85,10 @@ def enrich_doc(table: ProcessTable, doc: dict[str, Any]) -> None:
 
     ancestry = table.lineage(proc, table.config.ancestry_max_depth)
     if ancestry:
-        process["ancestry"] = [anc.entry() for anc in ancestry]
+        if table.config.ancestry_fragments:
+            process["ancestry"] = [anc.entry_fragment() for anc in ancestry]
+        else:
+            process["ancestry"] = [anc.entry() for anc in ancestry]
 
     if proc.container is not None:
         container = doc.get("container")

@@ -11,7 +11,7 @@ from typing import Any
 from auditstream.config import Config
 from auditstream.logs import RateLimitedLog
 from auditstream.redelivery import buffered_records
-from sinks import build_sink
+from sinks import build_sink, sinks_take_doc_text
 from sinks.config import sink_configs_from_tables
 from sinks.fanout import FanOut
 from treekeeper import state
@@ -65,6 +65,7 @@ class TreeStep:
             exit_grace_ms=t.exit_grace_ms,
             max_processes=t.max_processes,
             ancestry_max_depth=t.ancestry_max_depth,
+            ancestry_fragments=sinks_take_doc_text(cfg.sinks),
         )
         restored = state.load(t.state_file, t.state_max_age_ms, table_cfg) if t.state_file else None
         self.table = restored or ProcessTable(table_cfg)

@@ -72,7 +72,7 @@ static const char *const table_method_names[] = {
     "enrich", "_act", "_fork", "_insert", "_set_parent", "_is_forked_child", "_exit",
     "_reparent_children", "_exec", "_take_image"};
 #define TABLE_METHODS ((int)(sizeof(table_method_names) / sizeof(table_method_names[0])))
-static const char *const process_method_names[] = {"entry", "key"};
+static const char *const process_method_names[] = {"entry", "key", "entry_fragment"};
 #define PROCESS_METHODS ((int)(sizeof(process_method_names) / sizeof(process_method_names[0])))
 static PyObject *table_method_keys[TABLE_METHODS], *table_methods[TABLE_METHODS];
 static PyObject *process_method_keys[PROCESS_METHODS], *process_methods[PROCESS_METHODS];
@@ -86,7 +86,8 @@ static long previous_chain_max;
     X(s_container, "container") X(s_id, "id") X(s_runtime, "runtime")                    \
     X(s_timestamp, "@timestamp") X(s_auditd, "auditd") X(s_data, "data")                 \
     X(s_syscall, "syscall") X(s_exit, "exit") X(s_exit_group, "exit_group")              \
-    X(s_entry, "entry") X(s_config, "config") X(s_processes, "processes")                \
+    X(s_entry, "entry") X(s_entry_fragment, "entry_fragment") X(s_config, "config")     \
+    X(s_processes, "processes")                                                          \
     X(s_current, "current") X(s_stats, "stats") X(s_last_ms, "last_ms")                  \
     X(s_ts_head, "_ts_head") X(s_ts_base, "_ts_base") X(s_ts_last, "_ts_last")           \
     X(s_ts_last_ms, "_ts_last_ms") X(s_working_directory, "working_directory")            \
@@ -116,7 +117,8 @@ STRING_LIST(DECLARE_STRING)
     X(P_ANCESTRY_ENTRY, "ancestry_entry") X(P_CWD, "cwd") X(P_EXIT_CODE, "exit_code")     \
     X(P_MAYBE_THREADED, "maybe_threaded") X(P_PID_NS, "pid_ns") X(P_ROLE, "role")        \
     X(P_MANAGED, "managed") X(P_TITLE, "title") X(P_CHILDREN, "children")                \
-    X(P_EXEC_MS, "exec_ms")
+    X(P_EXEC_MS, "exec_ms") X(P_ANCESTRY_FRAGMENT, "ancestry_fragment")                   \
+    X(P_FRAGMENT_OF, "fragment_of")
 
 #define FIELD_ENUM(id, name) id,
 enum { PROCESS_FIELDS(FIELD_ENUM) P_COUNT };
@@ -130,9 +132,9 @@ enum { ST_BAD_TIMES, ST_THREADS_IGNORED, ST_PROCESSES_CREATED, ST_COUNT };
 static const char *const stats_names[ST_COUNT] = {"bad_times", "threads_ignored",
                                                   "processes_created"};
 static Py_ssize_t stats_offsets[ST_COUNT];
-enum { CF_DEPTH, CF_HOST, CF_MAX_PROCESSES, CF_COUNT };
+enum { CF_DEPTH, CF_HOST, CF_MAX_PROCESSES, CF_FRAGMENTS, CF_COUNT };
 static const char *const config_names[CF_COUNT] = {"ancestry_max_depth", "host",
-                                                   "max_processes"};
+                                                   "max_processes", "ancestry_fragments"};
 static Py_ssize_t config_offsets[CF_COUNT];
 /* RuntimeRole.NONE, PidNs members, the int 1, Process()'s keywords for a forked child */
 static PyObject *role_none, *pidns_unknown, *pidns_host, *pidns_nested, *one, *fork_kwnames;
@@ -710,6 +712,7 @@ typedef struct {
     int write_ppid;      /* no parent, no ppid, proc.ppid truthy: section["pid"] = proc.ppid */
     int ancestors;
     PyObject *ancestry[LINEAGE_MAX]; /* strong */
+    int fragments;       /* config.ancestry_fragments: the entries as Process.entry_fragment */
     PyObject *container; /* proc.container (ContainerRef, strong) or NULL */
 } Plan;
 
@@ -800,6 +803,7 @@ static int plan_enrich(Table *t, PyObject *doc, EventTime *et, int *timed, Plan 
     int64_t depth;
     if (!i64_of(slot(t->config, config_offsets[0]), &depth))
         return -1;
+    plan->fragments = slot(t->config, config_offsets[CF_FRAGMENTS]) == Py_True;
     PyObject *found[LINEAGE_MAX];
     int count = lineage(t, proc, depth, found);
     if (count < 0)
@@ -868,7 +872,15 @@ static int apply_enrich(PyObject *doc, Plan *plan)
         for (int i = 0; i < plan->ancestors; i++) {
             PyObject *anc = plan->ancestry[i];
             PyObject *entry = pslot(anc, P_ANCESTRY_ENTRY);
-            if (entry == Py_None || entry == NULL)
+            if (plan->fragments) {
+                /* Process.entry_fragment: the kept text while it is of the entry kept */
+                PyObject *text = pslot(anc, P_ANCESTRY_FRAGMENT);
+                if (entry != NULL && entry != Py_None && pslot(anc, P_FRAGMENT_OF) == entry &&
+                    text != NULL && text != Py_None)
+                    entry = Py_NewRef(text);
+                else
+                    entry = PyObject_CallMethodNoArgs(anc, s_entry_fragment); /* a miss */
+            } else if (entry == Py_None || entry == NULL)
                 entry = PyObject_CallMethodNoArgs(anc, s_entry); /* a cache miss: Python */
             else
                 Py_INCREF(entry);
