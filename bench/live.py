@@ -300,7 +300,7 @@ def print_table(results: list[Result]) -> None:
         mine = "- | - | - | - | -"
         if ours is not None:
             cpu = "/".join(
-                f"{ours.cpu_s.get(n, 0.0):.1f}" for n in ("receiver", "assembler", "treekeeper")
+                f"{ours.cpu_s.get(n, 0.0):.2f}" for n in ("receiver", "assembler", "treekeeper")
             )
             mine = (
                 f"{ours.generated} | {ours.events_out} | {ours.kernel_lost}"
@@ -310,7 +310,7 @@ def print_table(results: list[Result]) -> None:
         if theirs is not None:
             peer = (
                 f"{theirs.generated} | {theirs.events_out} | {theirs.kernel_lost}"
-                f" | {theirs.kernel_waited} | {theirs.cpu_s['auditd']:.1f}"
+                f" | {theirs.kernel_waited} | {theirs.cpu_s['auditd']:.2f}"
             )
         print(f"| {rate} | {mine} | {peer} |")
 
