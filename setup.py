@@ -63,6 +63,12 @@ setup(
             extra_compile_args=_FLAGS,
         ),
         Extension(
+            "auditstream.native_wire",
+            ["auditstream/csrc/wire_pack.c"],
+            optional=True,
+            extra_compile_args=_FLAGS,
+        ),
+        Extension(
             "receiver.native_lines",
             ["receiver/csrc/lines.c"],
             optional=True,

@@ -68,6 +68,13 @@ _BIG_INT_EXT = 1  # an int beyond 64 bits, as hex text: comes back as the same i
 _OPAQUE_EXT = 2  # an object neither can hold, as its repr: comes back as bytes (not JSON)
 
 
+# pack_events_body in C for a batch of written docs (auditstream/csrc/wire_pack.c; this
+# module's Python is the reference): (body, docs_json), or None where it declines.
+PACK_WRITTEN: (
+    Callable[[list[dict[str, Any]], dict[str, Any], bool, int], tuple[bytes, bytes] | None] | None
+) = load_native("auditstream.native_wire", "pack_written_events")
+
+
 class DocsError(ValueError):
     """An events frame whose ``docs_json`` does not decode to one entry per event."""
 
@@ -100,6 +107,10 @@ def pack_events_body(
     each audit doc's head and where its ``process`` is go in ``heads_json``. The events
     given are not changed.
     """
+    if PACK_WRITTEN is not None:  # every doc written by the assembler's C writer: C here too
+        written = PACK_WRITTEN(events, fields, heads, HASH_PROBE)
+        if written is not None:
+            return PackedEvents(written[0], written[1], 0, "")
     encoded = ENCODE_DOCS(events, heads)
     slim, refused = encoded.slim, encoded.refused
     for index in refused:
