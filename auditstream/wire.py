@@ -268,7 +268,20 @@ def _place(entry: Any, docs_json: bytes) -> tuple[Any, DocText | None]:
 
 
 def pack_body(body: Any) -> bytes:
+    """``msgpack.packb(body, use_bin_type=True)``; in C where built for the plain values every
+    frame holds (auditstream/csrc/wire_pack.c; a records batch: ~85 → ~37 ns per record)."""
+    if PACK_SIMPLE is not None:
+        packed = PACK_SIMPLE(body)
+        if packed is not None:
+            return packed
     return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+# msgpack.packb in C for None, bool, 64-bit int, str, bytes, list, tuple and dict values
+# (None: anything else, which msgpack packs or refuses as before).
+PACK_SIMPLE: Callable[[Any], bytes | None] | None = load_native(
+    "auditstream.native_wire", "pack_simple"
+)
 
 
 def unpack_body(raw: bytes) -> Any:

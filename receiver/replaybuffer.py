@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import msgpack
 
+from auditstream import wire
 from auditstream.native import load_native
 
 
@@ -144,7 +145,7 @@ class ShardBuffer:
         ``serials``: the records' serials when all are of node "" (see BufferedBatch).
         """
         body["batch"] = self.next_number
-        packed = msgpack.packb(body, use_bin_type=True)
+        packed = wire.pack_body(body)
         batch = BufferedBatch(self.next_number, packed, records, _last_record(body.get("recs")))
         if serials is not None:
             found = [serial for serial in serials if serial]

@@ -179,3 +179,33 @@ def test_an_empty_batch() -> None:
     assert msgpack.unpackb(native_wire.pack_written_events([], {}, False, HASH_PROBE)[0]) == {
         "events": []
     }
+
+
+ANY_VALUES = st.recursive(
+    MSGPACK_VALUES | st.floats() | st.integers() | st.binary().map(bytearray) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.dictionaries(st.text() | st.integers() | st.binary() | st.none(), inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(ANY_VALUES)
+def test_pack_simple_is_msgpack_or_declines(value: Any) -> None:
+    """Any value: pack_simple gives msgpack's bytes, or None for what it does not write."""
+    mine = native_wire.pack_simple(value)
+    if mine is not None:
+        assert mine == msgpack.packb(value, use_bin_type=True)
+
+
+def test_pack_body_packs_a_records_batch_in_c() -> None:
+    """A receiver's records batch is one pack_simple takes, with msgpack's bytes."""
+    body = {
+        "recs": [(1300, b"audit(1.000:1): x=1", ""), (1320, b"audit(1.000:1): ", "n")] * 600,
+        "recv_ns": 2**62,
+        "batch": 70000,
+    }
+    assert native_wire.pack_simple(body) is not None
+    assert wire.pack_body(body) == msgpack.packb(body, use_bin_type=True)

@@ -346,7 +346,22 @@ static PyObject *py_pack_written_events(PyObject *module, PyObject *const *args,
     return result;
 }
 
+/* Kept from call to call (a records batch is ~300 KB): no regrowing it each time. Nothing
+ * here runs Python code while it is in use, so no call can reenter. */
+static Buffer kept;
+
+static PyObject *py_pack_simple(PyObject *module, PyObject *value)
+{
+    kept.size = 0;
+    int rc = put_value(&kept, value, 0);
+    return rc == 0 ? PyBytes_FromStringAndSize(kept.data, kept.size)
+                   : rc > 0 ? Py_NewRef(Py_None) : NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"pack_simple", py_pack_simple, METH_O,
+     "pack_simple(value) -> bytes | None: msgpack.packb(value, use_bin_type=True) for values "
+     "of the types this file writes (None: another type, a size or an int it does not)."},
     {"pack_written_events", (PyCFunction)(void (*)(void))py_pack_written_events, METH_FASTCALL,
      "pack_written_events(events, fields, with_heads, probe) -> (body, docs_json) | None: "
      "auditstream.wire.pack_events_body for a batch of written docs."},
