@@ -64,7 +64,7 @@ setup(
         ),
         Extension(
             "auditstream.native_wire",
-            ["auditstream/csrc/wire_pack.c"],
+            ["auditstream/csrc/wire.c"],
             optional=True,
             extra_compile_args=_FLAGS,
         ),

@@ -68,7 +68,7 @@ _BIG_INT_EXT = 1  # an int beyond 64 bits, as hex text: comes back as the same i
 _OPAQUE_EXT = 2  # an object neither can hold, as its repr: comes back as bytes (not JSON)
 
 
-# pack_events_body in C for a batch of written docs (auditstream/csrc/wire_pack.c; this
+# pack_events_body in C for a batch of written docs (auditstream/csrc/wire.c; this
 # module's Python is the reference): (body, docs_json), or None where it declines.
 PACK_WRITTEN: (
     Callable[[list[dict[str, Any]], dict[str, Any], bool, int], tuple[bytes, bytes] | None] | None
@@ -269,7 +269,7 @@ def _place(entry: Any, docs_json: bytes) -> tuple[Any, DocText | None]:
 
 def pack_body(body: Any) -> bytes:
     """``msgpack.packb(body, use_bin_type=True)``; in C where built for the plain values every
-    frame holds (auditstream/csrc/wire_pack.c; a records batch: ~85 → ~37 ns per record)."""
+    frame holds (auditstream/csrc/wire.c; a records batch: ~85 → ~37 ns per record)."""
     if PACK_SIMPLE is not None:
         packed = PACK_SIMPLE(body)
         if packed is not None:

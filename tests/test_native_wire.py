@@ -1,4 +1,4 @@
-"""auditstream.native_wire.pack_written_events (C, auditstream/csrc/wire_pack.c) against
+"""auditstream.native_wire.pack_written_events (C, auditstream/csrc/wire.c) against
 auditstream.wire.pack_events_body's Python path.
 
 For batches whose docs the assembler's C writer wrote, the C function must give the frame

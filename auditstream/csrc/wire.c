@@ -1,6 +1,7 @@
 /*
  * auditstream.native_wire: auditstream/wire.py's pack_events_body() in C for a batch whose
- * docs were all written by the assembler's C writer (WrittenDoc).
+ * docs were all written by the assembler's C writer (WrittenDoc), and msgpack.packb for
+ * frame bodies of plain values (pack_simple).
  *
  * Reference: auditstream/wire.py (pack_events_body, pack_body) with auditstream/doc_text.py
  * (encode_docs). pack_written_events(events, fields, with_heads, probe) returns (body,
@@ -359,6 +360,7 @@ static PyObject *py_pack_simple(PyObject *module, PyObject *value)
 }
 
 static PyMethodDef methods[] = {
+
     {"pack_simple", py_pack_simple, METH_O,
      "pack_simple(value) -> bytes | None: msgpack.packb(value, use_bin_type=True) for values "
      "of the types this file writes (None: another type, a size or an int it does not)."},
