@@ -20,6 +20,8 @@ the writer's thread, because opening a FIFO blocks until a reader appears.
 A rotation that fails (rename error) is counted as ``errors["rotate"]``, logged,
 and writing goes on in the current file, which then rotates again one
 ``max_bytes`` later. New files are created mode 0600: audit data is sensitive.
+What a regular file has written leaves the page cache once it is on disk
+(:mod:`sinks.page_cache`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import sys
 
 from sinks.base import SinkError, SinkStats
 from sinks.config import FileOutputConfig
+from sinks.page_cache import WrittenPages
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class RotatingWriter:
         self._path = output.path
         self._fd: int | None = None
         self._size = 0
+        self._pages: WrittenPages | None = None  # a regular file's page cache
         self._buffer = bytearray()
         self._pending_events = 0
         self._is_stdout = output.path == "-"
@@ -103,6 +107,7 @@ class RotatingWriter:
         fd = os.open(self._path, flags, _FILE_MODE)
         self._fd = fd
         self._size = os.fstat(fd).st_size if self._is_regular else 0
+        self._pages = WrittenPages(self._size) if self._is_regular else None
         return fd
 
     def _close_fd(self) -> None:
@@ -183,6 +188,8 @@ class RotatingWriter:
         self._size += len(data)
         self._stats.sent_events += self._pending_events
         self._pending_events = 0
+        if self._pages is not None:
+            self._pages.written(fd, self._size)  # what is on disk leaves the page cache
 
     def _fail(self, err: OSError, size_before: int) -> None:
         lost = self._pending_events
