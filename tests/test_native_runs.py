@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from native_helpers import native_module
-from test_reassembler import _RUN_TYPES, SEC, Collector, _kernel_like_rows
+from test_reassembler import SEC, Collector, _kernel_like_rows, random_rows
 
 from assembler.batch import Unparsed, parse_batch, push_items
 from assembler.parse import Record
@@ -184,22 +184,7 @@ def test_sharded_streams(seed: int) -> None:
 @given(st.data())
 def test_random_streams(data: st.DataObject) -> None:
     """Random rows of run types, markers and serials give the same both ways."""
-    rows = data.draw(
-        st.lists(
-            st.tuples(
-                st.sampled_from([*_RUN_TYPES, 0, -2]),
-                st.integers(0, 6),
-                st.sampled_from(["", "b"]),
-                st.sampled_from([0, 1]),
-            ),
-            max_size=60,
-        ),
-        label="rows",
-    )
-    raw = [
-        (rtype, b"audit(%d.%03d:%d): x=1" % (SEC, msec, serial), node)
-        for rtype, serial, node, msec in rows
-    ]
+    raw = random_rows(data)
     limits = {
         "timeout_ms": data.draw(st.sampled_from([0, 10**9]), label="timeout"),
         "max_in_flight": data.draw(st.sampled_from([1000, 2]), label="max_in_flight"),

@@ -509,10 +509,8 @@ def _outcome(collector: Collector, reassembler: Reassembler[Record]) -> object:
     return events, collector.lost, counters, stats.stale_serials, stats.in_flight
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.data())
-def test_runs_give_what_records_one_by_one_give(data: st.DataObject) -> None:
-    """Pushing parse_batch's runs (push_run) hands out and counts exactly what pushing each record does."""
+def random_rows(data: st.DataObject) -> list[tuple[int, bytes, str]]:
+    """Up to 60 rows of run types, markers (0, -2), small serials, two nodes and two msecs."""
     rows = data.draw(
         st.lists(
             st.tuples(
@@ -525,9 +523,14 @@ def test_runs_give_what_records_one_by_one_give(data: st.DataObject) -> None:
         ),
         label="rows",
     )
-    raw: list[tuple[int, bytes, str]] = [
-        (rtype, b"audit(%d.%03d:%d): x=1" % (SEC, msec, serial), node) for rtype, serial, node, msec in rows
-    ]
+    return [(rtype, b"audit(%d.%03d:%d): x=1" % (SEC, msec, serial), node) for rtype, serial, node, msec in rows]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_runs_give_what_records_one_by_one_give(data: st.DataObject) -> None:
+    """Pushing parse_batch's runs (push_run) hands out and counts exactly what pushing each record does."""
+    raw = random_rows(data)
     max_in_flight = data.draw(st.sampled_from([1000, 2]), label="max_in_flight")
     max_records = data.draw(st.sampled_from([8192, 2, 3]), label="max_records")
     max_recent = data.draw(st.sampled_from([16384, 1]), label="max_recent")
