@@ -248,8 +248,10 @@ static int whole_run(Parts *p, PyObject *run)
     }
     p->whole++;
     PyObject *args[2] = {run, reason_eoe};
+    Py_INCREF(node); /* borrowed from _nodes: the callback runs Python code */
     PyObject *result = PyObject_Vectorcall(p->on_complete, args, 2, NULL);
     if (result == NULL) {
+        Py_DECREF(node);
         rc = -1;
         goto done;
     }
@@ -275,6 +277,7 @@ static int whole_run(Parts *p, PyObject *run)
         Py_XDECREF(noted);
         Py_XDECREF(unwrapped_obj);
     }
+    Py_DECREF(node);
 done:
     Py_DECREF(key);
     return rc;

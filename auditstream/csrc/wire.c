@@ -230,6 +230,11 @@ static int docs_size(PyObject *events, Py_ssize_t *size)
             return PyErr_Occurred() ? -1 : 1;
         if (!written_parts(doc, &text, &at, &until, &head))
             return 1;
+        PyObject *raw = PyDict_GetItemWithError(event, s_raw);
+        if (raw == NULL && PyErr_Occurred())
+            return -1;
+        if (raw != NULL && !PyLong_CheckExact(raw) && !PyList_CheckExact(raw))
+            return 1; /* its truth could run Python code while the batch is being read */
         total += PyBytes_GET_SIZE(text);
     }
     *size = total;
