@@ -46,6 +46,16 @@ def native_observe() -> ObserveFn | None:
     return function
 
 
+ApplyFn = Callable[[Any, Any, list[Any], list[Any], Callable[[Any], list[Any]] | None], None]
+
+
+def native_apply_ready() -> ApplyFn | None:
+    """The C loop of TreeStep._apply (treekeeper/csrc/enrich_apply.h; None: not built or not
+    allowed)."""
+    function: ApplyFn | None = load_native("treekeeper.native_enrich", "apply_ready")
+    return function
+
+
 def native_lifecycle_doc() -> LifecycleFn | None:
     """The C ``lifecycle_doc`` (None: not built or not allowed)."""
     function: LifecycleFn | None = load_native("treekeeper.native_enrich", "lifecycle_doc")

@@ -1301,7 +1301,12 @@ static int load_python_side(void)
     return 0;
 }
 
+#include "enrich_apply.h"
+
 static PyMethodDef methods[] = {
+    {"apply_ready", (PyCFunction)(void (*)(void))py_apply_ready, METH_FASTCALL,
+     "apply_ready(step, table, ready, out, live_container) -> None: TreeStep._apply's loop "
+     "(treekeeper/csrc/enrich_apply.h)."},
     {"enrich", (PyCFunction)(void (*)(void))py_enrich, METH_FASTCALL,
      "enrich(table, doc) -> bool: treekeeper.enrich.enrich_doc done here (True), or nothing "
      "done and left to Python (False)."},
@@ -1329,7 +1334,7 @@ PyMODINIT_FUNC PyInit_native_enrich(void)
 {
     /* Importing treekeeper.tree may load this module again (its last line): once is enough. */
     if (!loaded) {
-        if (load_python_side() < 0)
+        if (load_python_side() < 0 || apply_ready_init() < 0)
             return NULL;
         loaded = 1;
     }

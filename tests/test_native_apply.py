@@ -1,0 +1,192 @@
+"""treekeeper.native_enrich.apply_ready (C, treekeeper/csrc/enrich_apply.h) against
+TreeStep._apply's Python loop.
+
+Two process tables (the same /proc scan) take the same released events, each its own deep
+copy, one through each loop; the table's observe and enrich are the same (C where built)
+on both sides. After every batch the output (events and their lifecycle docs, as JSON
+bytes), the lifecycle count, any exception and the whole table state must be equal: for
+scripted forks, execs, exits, PID reuse and containers, hostile docs, the corpus logs and a
+generated log, replayed (no live step) and live (a container step that answers for execs).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from generated_logs import write_generated_log
+from native_helpers import native_module
+from test_native_enrich import (
+    BASE_MS,
+    LAST,
+    DictSub,
+    StrSub,
+    _bench_frames,
+    as_json,
+    corpus_logs,
+    full_state,
+    hostile_variants,
+    log_docs,
+    proc_infos,
+    scenario,
+)
+
+from treekeeper import pipeline
+from treekeeper.pipeline import EXEC_SYSCALLS, TreeStep
+from treekeeper.procfs import FakeProcSource
+from treekeeper.tree import ProcessTable, TableConfig
+
+native: Any = native_module("treekeeper.native_enrich")
+Doc = dict[str, Any]
+
+
+def live_container(calls: list[int]) -> Any:
+    """A stand-in for TreeStep._live_container: the real one's test, one doc for an exec."""
+
+    def live(doc: Doc) -> list[Doc]:
+        calls.append(1)
+        if doc.get("auditd", {}).get("data", {}).get("syscall") not in EXEC_SYSCALLS:
+            return []
+        return [{"event": {"action": "container-seen"}, "pid": doc.get("process", {}).get("pid")}]
+
+    return live
+
+
+class Side:
+    """A table and a stand-in step fed through one loop."""
+
+    def __init__(self, native_loop: bool, live: bool) -> None:
+        self.table = ProcessTable(TableConfig())
+        self.table.scan(FakeProcSource(proc_infos()))
+        self.calls: list[int] = []
+        self.step = SimpleNamespace(
+            table=self.table,
+            event_time=not live,
+            lifecycle_events=0,
+            _live_container=live_container(self.calls),
+        )
+        self.native_loop = native_loop
+
+    def apply(self, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> object:
+        """The events through the loop: (output JSON, lifecycle count, exception, table)."""
+        out: list[dict[str, Any]] = []
+        error = None
+        with monkeypatch.context() as patch:
+            if not self.native_loop:
+                patch.setattr(pipeline, "_NATIVE_APPLY", None)
+            try:
+                if self.native_loop:
+                    live = None if self.step.event_time else self.step._live_container
+                    native.apply_ready(self.step, self.table, events, out, live)
+                else:
+                    TreeStep._apply(self.step, events, out)  # type: ignore[arg-type]
+            except Exception as err:  # the same must be raised both ways
+                error = (type(err).__name__, str(err))
+        return as_json(out), self.step.lifecycle_events, error, full_state(self.table)
+
+
+def events_of(docs: list[Any], first_serial: int = 1) -> list[dict[str, Any]]:
+    """Released events around the docs."""
+    return [
+        {"key": ["", 1, 2, first_serial + i], "raw": 3, "doc": doc} for i, doc in enumerate(docs)
+    ]
+
+
+def both_loops(
+    docs: list[Any], monkeypatch: pytest.MonkeyPatch, live: bool, size: int = 37
+) -> Side:
+    """The docs in batches both ways, compared after each; the C side returned."""
+    python, mine = Side(False, live), Side(True, live)
+    for start in range(0, len(docs), size):
+        batch = events_of(docs[start : start + size], start)
+        want = python.apply(copy.deepcopy(batch), monkeypatch)
+        got = mine.apply(copy.deepcopy(batch), monkeypatch)
+        assert got == want, start
+    return mine
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["replay", "live"])
+def test_scripted_and_hostile_docs(monkeypatch: pytest.MonkeyPatch, live: bool) -> None:
+    """Forks, execs, exits, PID reuse, containers, then hostile docs: the same both ways; live,
+    the container step is asked for execs only."""
+    docs = [doc for doc, _ in scenario()]
+    for pid, ppid in ((1039, 1038), (7001, 7000), (3101, 100), (42, 1)):
+        docs += hostile_variants(pid, ppid, BASE_MS + LAST)
+    mine = both_loops(docs, monkeypatch, live)
+    if live:
+        execs = sum(
+            1
+            for doc in docs
+            if isinstance(doc, dict)
+            and isinstance(doc.get("auditd"), dict)
+            and isinstance(doc["auditd"].get("data"), dict)
+            and doc["auditd"]["data"].get("syscall") in EXEC_SYSCALLS
+        )
+        assert 0 < len(mine.calls) < len(docs), (len(mine.calls), execs, len(docs))
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["replay", "live"])
+def test_corpus_docs(monkeypatch: pytest.MonkeyPatch, live: bool) -> None:
+    """Every corpus log's docs: the same both ways."""
+    for name, text in corpus_logs().items():
+        docs = log_docs(text)
+        if docs:
+            both_loops(docs, monkeypatch, live, size=23)
+            assert name
+
+
+def test_generated_docs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A generated log's frames (forks, execs, exits of many processes): the same both ways."""
+    log = write_generated_log(tmp_path / "gen.log", 20000)
+    docs = [doc for _, frame in _bench_frames(log, 20000, 2) for doc in frame]
+    both_loops(docs[:6000], monkeypatch, live=True, size=200)
+
+
+def test_an_event_without_a_doc_raises_as_python_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event without "doc": KeyError both ways, the events before it applied."""
+    docs = [doc for doc, _ in scenario()][:5]
+    events = [*events_of(docs), {"key": [], "raw": 1}]
+    sides = [Side(False, True), Side(True, True)]
+    results = [side.apply(copy.deepcopy(events), monkeypatch) for side in sides]
+    assert results[0] == results[1]
+    assert results[1][2] is not None and results[1][2][0] == "KeyError"
+
+
+def test_shapes_the_c_steps_leave_to_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exec doc whose auditd, data or syscall is a subclass asks the container step as Python
+    does."""
+    execs = [
+        doc
+        for doc, _ in scenario()
+        if doc.get("auditd", {}).get("data", {}).get("syscall") in EXEC_SYSCALLS
+    ]
+    twisted: list[Any] = []
+    for doc in execs[:4]:
+        a, b, c = copy.deepcopy(doc), copy.deepcopy(doc), copy.deepcopy(doc)
+        a["auditd"] = DictSub(a["auditd"])
+        b["auditd"]["data"] = DictSub(b["auditd"]["data"])
+        c["auditd"]["data"]["syscall"] = StrSub(c["auditd"]["data"]["syscall"])
+        twisted += [a, b, c]
+    mine = both_loops(twisted, monkeypatch, live=True, size=5)
+    assert len(mine.calls) == len(twisted)
+
+
+def test_an_error_of_the_c_enrich_is_counted_as_python_counts_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Processes whose args are not text make the C enrich raise TypeError (an ancestry entry
+    it asks Process.entry for): ProcessTable.enrich counts it in bad_docs, and so does the C
+    loop, and the events still go out."""
+    docs = [doc for doc, _ in scenario()]
+    sides = [Side(False, False), Side(True, False)]
+    results = []
+    for side in sides:
+        side.apply(events_of(copy.deepcopy(docs[:30])), monkeypatch)
+        for proc in side.table.processes.values():
+            proc.args, proc.ancestry_entry = [1, 2], None
+        results.append(side.apply(events_of(copy.deepcopy(docs[30:60]), 30), monkeypatch))
+    assert results[0] == results[1]
+    assert sides[1].table.stats.bad_docs > 0
