@@ -125,17 +125,16 @@ def test_scripted_and_hostile_docs(monkeypatch: pytest.MonkeyPatch, live: bool) 
             and isinstance(doc["auditd"].get("data"), dict)
             and doc["auditd"]["data"].get("syscall") in EXEC_SYSCALLS
         )
-        assert 0 < len(mine.calls) < len(docs), (len(mine.calls), execs, len(docs))
+        assert 0 < execs <= len(mine.calls) < len(docs), (len(mine.calls), execs, len(docs))
 
 
 @pytest.mark.parametrize("live", [False, True], ids=["replay", "live"])
 def test_corpus_docs(monkeypatch: pytest.MonkeyPatch, live: bool) -> None:
     """Every corpus log's docs: the same both ways."""
-    for name, text in corpus_logs().items():
+    for text in corpus_logs().values():
         docs = log_docs(text)
         if docs:
             both_loops(docs, monkeypatch, live, size=23)
-            assert name
 
 
 def test_generated_docs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

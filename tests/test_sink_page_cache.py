@@ -59,7 +59,6 @@ def write_lines(path: Path, total: int) -> bytes:
 def test_written_pages_leave_the_cache_and_the_file_is_whole(tmp_path: Path) -> None:
     """64 MiB written: at most the newest steps stay cached (three and a bit), and the bytes are all there."""
     path = tmp_path / "events.jsonl"
-    os.sync()
     want = write_lines(path, 64 << 20)
     resident = resident_bytes(path)
     assert resident <= 4 * page_cache.STEP_BYTES, resident  # steps end on chunk boundaries

@@ -23,7 +23,6 @@ typedef struct {
     vectorcallfunc vectorcall;
 } EventCompleter;
 
-static PyObject *one; /* the int 1 */
 static PyObject *s_out, *s_recv_ns, *s_raw_records, *s_counts, *s_events, *s_key, *s_raw,
     *s_doc;
 
@@ -138,12 +137,8 @@ static int deliver(EventCompleter *self, PyObject *event)
         PyErr_SetString(PyExc_TypeError, "EventCompleter: the assembly's out is not a list");
     Py_XDECREF(out);
     PyObject *counts = rc < 0 ? NULL : PyObject_GetAttr(self->assembly, s_counts);
-    PyObject *count = counts != NULL ? PyObject_GetItem(counts, s_events) : NULL;
-    PyObject *more = count != NULL ? PyNumber_Add(count, one) : NULL;
-    rc = more != NULL ? PyObject_SetItem(counts, s_events, more) : -1;
+    rc = counts != NULL ? add_to_item(counts, s_events, 1) : -1;
     Py_XDECREF(counts);
-    Py_XDECREF(count);
-    Py_XDECREF(more);
     return rc;
 }
 
@@ -245,7 +240,7 @@ static PyTypeObject EventCompleterType = {
 
 static int completer_ready(PyObject *module)
 {
-    if ((one = PyLong_FromLong(1)) == NULL || (s_out = PyUnicode_InternFromString("out")) == NULL ||
+    if ((s_out = PyUnicode_InternFromString("out")) == NULL ||
         (s_recv_ns = PyUnicode_InternFromString("recv_ns")) == NULL ||
         (s_raw_records = PyUnicode_InternFromString("raw_records")) == NULL ||
         (s_counts = PyUnicode_InternFromString("counts")) == NULL ||

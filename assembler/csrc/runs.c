@@ -122,29 +122,14 @@ static int parts_read(PyObject *reassembler, Parts *p)
 /* stats.records and stats.events[EOE] += what was counted here; -1 error. */
 static int parts_flush(Parts *p)
 {
-    int rc = 0;
-    if (p->records) {
-        PyObject *now = PyObject_GetAttr(p->stats, s_records);
-        PyObject *add = now ? PyLong_FromSsize_t(p->records) : NULL;
-        PyObject *sum = add ? PyNumber_Add(now, add) : NULL;
-        rc = sum ? PyObject_SetAttr(p->stats, s_records, sum) : -1;
-        Py_XDECREF(now);
-        Py_XDECREF(add);
-        Py_XDECREF(sum);
-        p->records = 0;
-    }
+    int rc = p->records ? add_to_attr(p->stats, s_records, p->records) : 0;
+    p->records = 0;
     if (rc == 0 && p->whole) {
         PyObject *events = PyObject_GetAttr(p->stats, s_events);
-        PyObject *now = events ? PyObject_GetItem(events, reason_eoe) : NULL;
-        PyObject *add = now ? PyLong_FromSsize_t(p->whole) : NULL;
-        PyObject *sum = add ? PyNumber_Add(now, add) : NULL;
-        rc = sum ? PyObject_SetItem(events, reason_eoe, sum) : -1;
+        rc = events ? add_to_item(events, reason_eoe, p->whole) : -1;
         Py_XDECREF(events);
-        Py_XDECREF(now);
-        Py_XDECREF(add);
-        Py_XDECREF(sum);
-        p->whole = 0;
     }
+    p->whole = 0;
     return rc;
 }
 

@@ -1,6 +1,6 @@
 /* What the C modules share to read the Python classes they mirror: a module's attribute or
- * class by name, and where a class keeps its __slots__ (so a field is read by offset); and
- * set_steal, for the dicts they build.
+ * class by name, and where a class keeps its __slots__ (so a field is read by offset);
+ * set_steal, for the dicts they build; and the `+=` of the Python counters they keep.
  *
  * Define PYCLASS_MODULE (the extension's name, for error messages) before including it.
  * The functions are static inline: a module that uses only some of them gets no warning.
@@ -85,6 +85,37 @@ static inline int set_steal(PyObject *target, PyObject *key, PyObject *value)
         return -1;
     int rc = PyDict_SetItem(target, key, value);
     Py_DECREF(value);
+    return rc;
+}
+
+/* now + n as Python adds them (any int); NULL with an exception. */
+static inline PyObject *plus(PyObject *now, Py_ssize_t n)
+{
+    PyObject *add = PyLong_FromSsize_t(n);
+    PyObject *sum = add ? PyNumber_Add(now, add) : NULL;
+    Py_XDECREF(add);
+    return sum;
+}
+
+/* obj.name += n; 0, or -1 with an exception. */
+static inline int add_to_attr(PyObject *obj, PyObject *name, Py_ssize_t n)
+{
+    PyObject *now = PyObject_GetAttr(obj, name);
+    PyObject *sum = now ? plus(now, n) : NULL;
+    int rc = sum ? PyObject_SetAttr(obj, name, sum) : -1;
+    Py_XDECREF(now);
+    Py_XDECREF(sum);
+    return rc;
+}
+
+/* mapping[key] += n; 0, or -1 with an exception. */
+static inline int add_to_item(PyObject *mapping, PyObject *key, Py_ssize_t n)
+{
+    PyObject *now = PyObject_GetItem(mapping, key);
+    PyObject *sum = now ? plus(now, n) : NULL;
+    int rc = sum ? PyObject_SetItem(mapping, key, sum) : -1;
+    Py_XDECREF(now);
+    Py_XDECREF(sum);
     return rc;
 }
 

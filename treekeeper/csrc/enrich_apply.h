@@ -24,12 +24,8 @@ static int counted_bad_doc(PyObject *table)
         return 0;
     PyErr_Clear();
     PyObject *stats = PyObject_GetAttr(table, s_stats);
-    PyObject *now = stats ? PyObject_GetAttr(stats, ap_bad_docs) : NULL;
-    PyObject *more = now ? PyNumber_Add(now, one) : NULL;
-    int rc = more ? PyObject_SetAttr(stats, ap_bad_docs, more) : -1;
+    int rc = stats ? add_to_attr(stats, ap_bad_docs, 1) : -1;
     Py_XDECREF(stats);
-    Py_XDECREF(now);
-    Py_XDECREF(more);
     return rc == 0;
 }
 
@@ -185,13 +181,7 @@ static int count_lifecycle(PyObject *step, Py_ssize_t count)
         return 0;
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
-    PyObject *now = PyObject_GetAttr(step, ap_lifecycle_events);
-    PyObject *add = now ? PyLong_FromSsize_t(count) : NULL;
-    PyObject *sum = add ? PyNumber_Add(now, add) : NULL;
-    int rc = sum ? PyObject_SetAttr(step, ap_lifecycle_events, sum) : -1;
-    Py_XDECREF(now);
-    Py_XDECREF(add);
-    Py_XDECREF(sum);
+    int rc = add_to_attr(step, ap_lifecycle_events, count);
     if (type != NULL) {
         PyErr_Clear();
         PyErr_Restore(type, value, traceback);
