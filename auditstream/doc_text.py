@@ -4,10 +4,11 @@ The tree keeper reads a dozen fields of a doc and changes only ``process`` (and 
 ``container``, treekeeper/enrich.py), yet decoding the whole doc was ~40 % of its CPU.
 So the assembler marks, in each doc's JSON text, where the value of the top-level
 ``process`` key is, and sends a *head*: a small dict of the fields the tree keeper
-reads (:data:`HEAD_AUDITD`, :data:`HEAD_DATA`, :data:`RECORD_HASHES`). The tree keeper
-decodes only the heads; a jsonl line is the text before ``process``, the enriched
-``process``, and the text after it (:func:`doc_line`), the same bytes ``orjson.dumps`` of
-the whole enriched doc gives.
+reads (:data:`HEAD_AUDITD`, :data:`HEAD_DATA`, :data:`RECORD_HASHES`), ``process`` null
+in it. The tree keeper decodes only the heads and each doc's ``process`` text, put in its
+head's place (auditstream/wire.py); a jsonl line is the text before ``process``, the
+enriched ``process``, and the text after it (:func:`doc_line`), the same bytes
+``orjson.dumps`` of the whole enriched doc gives.
 
 A doc is split only when that is exact: ``process`` is a dict and there is no
 ``container`` yet (enrichment appends it as the last key), and ``auditd.records`` is a
@@ -56,7 +57,7 @@ class WrittenDoc(NamedTuple):
     text: bytes
     at: int  # process's value is text[at:until]
     until: int
-    head: bytes  # the head's JSON, its process value included
+    head: bytes  # the head's JSON, ``"process":null`` in it
 
 
 @dataclass(slots=True)
@@ -71,7 +72,7 @@ class EncodedDocs:
 
 def encode_docs(events: list[dict[str, Any]], with_heads: bool) -> EncodedDocs:
     """The events' docs as one JSON list; with ``with_heads``, each audit doc split at its
-    ``process`` (:func:`splittable`) with its head, ``process`` in it as its JSON text.
+    ``process`` (:func:`splittable`) with its head (``process`` null in it).
 
     A split doc's ``process`` is encoded alone and the rest of the doc with the mark in
     its place (the doc is put back as it was), so ``process`` is encoded once and found
@@ -161,7 +162,7 @@ def _encode_split(doc: dict[str, Any], start: int) -> tuple[list[Any], list[byte
     data = auditd.get("data")
     if type(data) is dict:
         head_auditd["data"] = {name: data[name] for name in HEAD_DATA if name in data}
-    head: dict[str, Any] = {"process": orjson.Fragment(value), "auditd": head_auditd}
+    head: dict[str, Any] = {"process": None, "auditd": head_auditd}
     if "@timestamp" in doc:
         head["@timestamp"] = doc["@timestamp"]
     at += start

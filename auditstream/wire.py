@@ -11,7 +11,8 @@ the tree keeper decodes it with one ``orjson.loads``, ~30 % fewer instructions t
 msgpack decoding the same nested dicts (:func:`pack_events_body`, :func:`events_of`).
 ``heads_json`` says where each doc is in that text and, for an audit event, where its
 ``process`` is and the few fields the tree keeper reads: a tree keeper that only writes
-JSON lines decodes those, not the docs (:func:`events_with_heads`, auditstream/doc_text.py).
+JSON lines decodes those and each ``process``, not the docs (:func:`events_with_heads`,
+auditstream/doc_text.py).
 
 Redelivery (docs/recovery.md) adds kinds: ``resume`` and ``stop`` (receiver to
 assembler), ``hello`` and ``ack`` (tree keeper to receiver, on a hop of its own where
@@ -207,7 +208,8 @@ def events_with_heads(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The events of an events frame body, each audit event's doc as its head with its text.
 
     A split doc (auditstream/doc_text.py) becomes its head in ``event["doc"]`` (the fields
-    the tree keeper reads, its ``process`` whole) and its text in ``event["doc_text"]``;
+    the tree keeper reads, with the doc's ``process`` decoded from its text in place of
+    the head's null) and its text in ``event["doc_text"]``;
     the jsonl sink writes the line from both. Other docs are decoded one by one. A body
     without ``heads_json``, or from a sender whose ``hash()`` differs from ours (its record
     hashes would never match: :func:`hashes_agree`), is read by :func:`events_of`. Raises
@@ -220,7 +222,7 @@ def events_with_heads(body: dict[str, Any]) -> list[dict[str, Any]]:
         return events_of(body)
     events: list[dict[str, Any]] = body["events"]
     heads = _json_list(heads_json, "heads_json", "heads", len(events))
-    if _NATIVE_PLACE is not None and _NATIVE_PLACE(events, heads, docs_json):
+    if _NATIVE_PLACE is not None and _NATIVE_PLACE(events, heads, docs_json, orjson.loads):
         return events  # every entry fitted: placed in C (False: it changed nothing)
     placed = [_place(entry, docs_json) for entry in heads]
     for event, (doc, text) in zip(events, placed, strict=True):
@@ -237,9 +239,11 @@ def hashes_agree(body: dict[str, Any]) -> bool:
 
 
 # The loop below over _place in C (auditstream/csrc/doc_text.c) where built and allowed;
-# ~1 µs per event of the tree keeper. tests/test_native_doc_text.py holds the two equal.
-_NATIVE_PLACE: Callable[[list[Any], list[Any], bytes], bool] | None = load_native(
-    "auditstream.native_doc_text", "place_heads"
+# ~1 µs per event of the tree keeper. An event whose process text is its predecessor's gets
+# a copy of that one's dict: a process's events come together, and decoding the text was
+# ~0.6 µs per event. tests/test_native_doc_text.py holds the two equal.
+_NATIVE_PLACE: Callable[[list[Any], list[Any], bytes, Callable[..., Any]], bool] | None = (
+    load_native("auditstream.native_doc_text", "place_heads")
 )
 _NOTHING: tuple[None, None] = (None, None)
 _OPEN_BRACE, _CLOSE_BRACE = ord("{"), ord("}")
@@ -260,8 +264,12 @@ def _place(entry: Any, docs_json: bytes) -> tuple[Any, DocText | None]:
         at, until, head = entry[2], entry[3], entry[4]
         if not (start < at <= until < end) or docs_json[at - len(PROCESS_KEY) : at] != PROCESS_KEY:
             raise ValueError(f"no process value at {at}..{until}")
-        if type(head) is not dict or type(head.get("process")) is not dict:
-            raise ValueError("a head without a process object")
+        if type(head) is not dict or "process" not in head or head["process"] is not None:
+            raise ValueError("a head without process's place (null)")
+        process = orjson.loads(memoryview(docs_json)[at:until])
+        if type(process) is not dict:
+            raise ValueError(f"process at {at}..{until} is not an object")
+        head["process"] = process
         return head, (docs_json[start:at], docs_json[until:end])
     except (ValueError, TypeError, IndexError, KeyError) as err:  # JSONDecodeError too
         raise DocsError(f"heads_json entry {str(entry)[:80]} does not fit: {err}") from None

@@ -99,6 +99,8 @@ def test_split_at_either_end_of_the_doc(doc: dict[str, Any]) -> None:
     assert text == orjson.dumps(doc)
     assert orjson.loads(encoded.docs_json[at:until]) == doc["process"]
     head = orjson.loads(orjson.dumps(head))  # as the tree keeper decodes it
+    assert head["process"] is None  # the tree keeper decodes it from the doc's text
+    head["process"] = orjson.loads(encoded.docs_json[at:until])
     assert doc_line(head, (text[: at - start], text[until - start :])) == text + b"\n"
 
 
@@ -138,8 +140,20 @@ def shifted_process(heads: list[Any]) -> list[Any]:
 
 
 def head_without_process(heads: list[Any]) -> list[Any]:
-    """The first head's process replaced by a list."""
+    """The first head's process (null) replaced by a list."""
     heads[0][4]["process"] = [1]
+    return heads
+
+
+def head_with_process(heads: list[Any]) -> list[Any]:
+    """The first head's process given as an object, as the heads once carried it."""
+    heads[0][4]["process"] = {"pid": 10}
+    return heads
+
+
+def truncated_process(heads: list[Any]) -> list[Any]:
+    """The first head's process text cut short of its closing brace."""
+    heads[0][3] -= 1
     return heads
 
 
@@ -153,7 +167,9 @@ def head_without_process(heads: list[Any]) -> list[Any]:
         (lambda heads: [[2, heads[0][1]], None], "no doc at"),
         (lambda heads: [heads[0], {"a": 1}], "does not fit"),
         (shifted_process, "no process value"),
-        (head_without_process, "without a process object"),
+        (head_without_process, "without process's place"),
+        (head_with_process, "without process's place"),
+        (truncated_process, "does not fit"),
     ],
 )
 def test_heads_that_do_not_fit_become_transport_error_markers(broken: Any, message: str) -> None:

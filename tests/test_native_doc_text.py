@@ -246,6 +246,8 @@ def _set(index: int, value: Any) -> Callable[[list[Any]], Any]:
         broken_heads(_set(4, [1])),
         broken_heads(lambda head: head[4].__setitem__("process", "x")),
         broken_heads(lambda head: head[4].pop("process")),
+        broken_heads(lambda head: head[4].__setitem__("process", {"pid": 10})),  # the old form
+        broken_heads(lambda head: head.__setitem__(3, head[3] - 1)),  # process text cut short
         lambda heads: heads[:1],  # fewer heads than events
         lambda heads: [heads[0], {"a": 1}],
         lambda heads: [heads[0], 7],
@@ -258,7 +260,7 @@ def test_place_heads_declines_and_changes_nothing(broken: Callable[[list[Any]], 
     heads = broken(orjson.loads(body[wire.HEADS_JSON]))
     events = [dict(e) for e in body["events"]]
     before = [dict(e) for e in events]
-    assert place(events, heads, body[wire.DOCS_JSON]) is False
+    assert place(events, heads, body[wire.DOCS_JSON], orjson.loads) is False
     assert events == before
 
 
@@ -268,25 +270,101 @@ def test_place_heads_leaves_null_entries_and_declines_odd_events() -> None:
     body = two_event_body()
     heads = orjson.loads(body[wire.HEADS_JSON])
     events = [dict(e) for e in body["events"]]
-    assert place(events, [heads[0], None], body[wire.DOCS_JSON]) is True
+    assert place(events, [heads[0], None], body[wire.DOCS_JSON], orjson.loads) is True
     assert DOC_TEXT in events[0] and DOC_TEXT not in events[1]
     assert events[0]["doc"] is not None and events[0]["doc"]["process"]
-    assert place([events[0], ["x"]], heads, body[wire.DOCS_JSON]) is False
+    assert place([events[0], ["x"]], heads, body[wire.DOCS_JSON], orjson.loads) is False
     with pytest.raises(TypeError):
-        place(events, heads, bytearray(body[wire.DOCS_JSON]))
+        place(events, heads, bytearray(body[wire.DOCS_JSON]), orjson.loads)
+
+
+@pytest.mark.parametrize(
+    ("docs", "message"),
+    [
+        (b'[{"process":12,"x":1}]', "is not an object"),
+        (b'[{"process":[{}],"x":1}]', "is not an object"),
+        (b'[{"process":{"a":},"x":1}]', "does not fit"),
+    ],
+)
+def test_a_process_text_that_is_no_object_is_left_to_python(docs: bytes, message: str) -> None:
+    """A head whose process text is no JSON object: C declines, Python says why."""
+    place = native_module("auditstream.native_doc_text").place_heads
+    body = two_event_body()
+    head = orjson.loads(body[wire.HEADS_JSON])[0][4]
+    entry = [1, len(docs) - 1, 12, docs.index(b',"x"'), head]
+    events = [dict(body["events"][0])]
+    known = [dict(body["events"][1])]  # one whose process is decoded with it
+    second = orjson.loads(body[wire.HEADS_JSON])[1]
+    heads = [entry, [at + len(docs) for at in second[:4]] + second[4:]]
+    assert place(known, heads[1:], docs + body[wire.DOCS_JSON], orjson.loads) is True
+    known = [dict(body["events"][1])]
+    heads[1][4]["process"] = None
+    assert place(events + known, heads, docs + body[wire.DOCS_JSON], orjson.loads) is False
+    assert DOC_TEXT not in events[0] and DOC_TEXT not in known[0]
+    bad = dict(body, events=events, docs_json=docs)
+    bad[wire.HEADS_JSON] = orjson.dumps([entry])
+    with pytest.raises(wire.DocsError, match=message):
+        wire.events_with_heads(bad)
+
+
+def test_events_of_one_process_get_copies_of_their_own() -> None:
+    """Events whose process text repeats (copies of the first one's dict in C) each get
+    their own dicts and lists: what the tree keeper adds to one is in no other, nor in a
+    later one."""
+    place = native_module("auditstream.native_doc_text").place_heads
+    process = {"pid": 10, "parent": {"pid": 1}, "args": ["sh", "-c"], "x": [{"y": 1}]}
+    events = [audit_event(serial, audit_doc(process=process)) for serial in range(1, 4)]
+    body: Event = wire.pack_events_body(events, {}).unpacked()
+
+    def placed() -> list[Event]:
+        got = [dict(e) for e in body["events"]]
+        assert place(got, orjson.loads(body[wire.HEADS_JSON]), body[wire.DOCS_JSON], orjson.loads)
+        return got
+
+    first = placed()
+    docs = [event["doc"]["process"] for event in first]
+    assert docs == [process] * 3
+    for one, other in ((0, 1), (1, 2), (0, 2)):
+        assert docs[one] is not docs[other]
+        assert docs[one]["parent"] is not docs[other]["parent"]
+        assert docs[one]["args"] is not docs[other]["args"]
+    for index in range(3):  # what enrichment does, and more, to each in turn
+        docs[index]["entity_id"] = "e"
+        docs[index]["parent"]["entity_id"] = "p"
+        docs[index]["args"].append("x")
+        docs[index]["x"][0]["z"] = 2
+        assert docs[index + 1 :] == [process] * (2 - index)
+    assert [event["doc"]["process"] for event in placed()] == [process] * 3
+
+
+def test_processes_in_runs_and_alone_place_as_python_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes whose events come in runs, alone, interleaved and seen again later: every
+    event gets what the Python loop gives it."""
+    pids = [n // 7 for n in range(1500)] + [n % 5 for n in range(1500)] + list(range(1500))
+    events = [
+        audit_event(n, audit_doc(process={"pid": pid, "title": f"t{pid}", "args": [pid]}))
+        for n, pid in enumerate(pids)
+    ]
+    for start in range(0, len(events), 300):
+        body = wire.pack_events_body(events[start : start + 300], {}).unpacked()
+        ours = placed_by(body, True, monkeypatch)
+        assert ours == placed_by(body, False, monkeypatch)
+        assert all(DOC_TEXT in event for event in ours)
 
 
 def test_placing_many_frames_does_not_leak() -> None:
     """100k placements (and as many declines) keep RSS within 20 MB."""
     place = native_module("auditstream.native_doc_text").place_heads
     body = two_event_body()
+    docs = body[wire.DOCS_JSON]
     heads = orjson.loads(body[wire.HEADS_JSON])
     declined = [heads[0], heads[1][:4]]
 
     def run(times: int) -> None:
         for _ in range(times):
-            assert place([dict(e) for e in body["events"]], heads, body[wire.DOCS_JSON])
-            assert not place([dict(e) for e in body["events"]], declined, body[wire.DOCS_JSON])
+            events = [dict(e) for e in body["events"]]
+            assert place(events, orjson.loads(body[wire.HEADS_JSON]), docs, orjson.loads)
+            assert not place([dict(e) for e in body["events"]], declined, docs, orjson.loads)
 
     run(2_000)
     before = rss_kib()

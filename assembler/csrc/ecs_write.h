@@ -532,14 +532,14 @@ static int write_tail(Out *o, CoalescedView *c, PyObject *completed_by, Py_ssize
     return PUT_LIT(o, "}");
 }
 
-/* The head (doc_text._encode_split's): process, auditd.result, the record hashes,
- * auditd.data's syscall/exit/a0, @timestamp. */
-static int write_head(Out *h, const Out *doc, Py_ssize_t at, Py_ssize_t until,
-                      CoalescedView *c, PyObject *data, const Py_hash_t *hashes,
+/* The head (doc_text._encode_split's): process's place (null: the tree keeper decodes the
+ * doc's own text of it), auditd.result, the record hashes, auditd.data's syscall/exit/a0,
+ * @timestamp. */
+static int write_head(Out *h, CoalescedView *c, PyObject *data, const Py_hash_t *hashes,
                       Py_ssize_t count, PyObject *timestamp)
 {
-    if (PUT_LIT(h, "{\"process\":") < 0 || out_put(h, doc->data + at, until - at) < 0 ||
-        PUT_LIT(h, ",\"auditd\":{\"result\":") < 0 || put_str(h, c->field[C_RESULT]) < 0 ||
+    if (PUT_LIT(h, "{\"process\":null,\"auditd\":{\"result\":") < 0 ||
+        put_str(h, c->field[C_RESULT]) < 0 ||
         PUT_LIT(h, ",\"record_hashes\":[") < 0)
         return -1;
     for (Py_ssize_t i = 0; i < count; i++)
@@ -736,7 +736,7 @@ static int write_all(PyObject *records, CoalescedView *c, PyObject *completed_by
                   : direct_user ? write_general_user(&doc_out, c, id_index, id_values, id_count)
                                 : put_value(&doc_out, user, 1)) < 0 ||
                  write_tail(&doc_out, c, completed_by, at, until) < 0 ||
-                 write_head(&head_out, &doc_out, *at, *until, c, data, hashes, count, timestamp) < 0
+                 write_head(&head_out, c, data, hashes, count, timestamp) < 0
              ? -1
              : 0;
 done:

@@ -81,9 +81,9 @@ static PyObject *record_hashes(PyObject *records) {
     return out;
 }
 
-/* The head: process (its text as a Fragment), auditd's result, record hashes and data's
+/* The head: process's place (None), auditd's result, record hashes and data's
  * syscall/exit/a0, and @timestamp. records is the doc's non-empty list (splittable). */
-static PyObject *head_of(PyObject *doc, PyObject *process, PyObject *auditd, PyObject *records) {
+static PyObject *head_of(PyObject *doc, PyObject *auditd, PyObject *records) {
     PyObject *head_auditd = pick(auditd, HEAD_AUDITD, 1);
     if (head_auditd == NULL) return NULL;
     PyObject *hashes = record_hashes(records);
@@ -107,7 +107,7 @@ static PyObject *head_of(PyObject *doc, PyObject *process, PyObject *auditd, PyO
         return NULL;
     }
     PyObject *head = PyDict_New();
-    if (head == NULL || PyDict_SetItem(head, KEY_PROCESS, process) < 0 ||
+    if (head == NULL || PyDict_SetItem(head, KEY_PROCESS, Py_None) < 0 ||
         PyDict_SetItem(head, KEY_AUDITD, head_auditd) < 0) {
         Py_XDECREF(head);
         Py_DECREF(head_auditd);
@@ -192,10 +192,7 @@ static int encode_split(const Orjson *json, PyObject *doc, const Splittable *fou
         Py_DECREF(value);
         return 0;
     }
-    PyObject *fragment = PyObject_CallOneArg(json->fragment, value);
-    PyObject *head =
-        fragment != NULL ? head_of(doc, fragment, found->auditd, found->records) : NULL;
-    Py_XDECREF(fragment);
+    PyObject *head = head_of(doc, found->auditd, found->records);
     if (head == NULL) {
         Py_DECREF(text);
         Py_DECREF(value);
@@ -432,9 +429,91 @@ done:
 
 /* -- place_heads: wire.events_with_heads's loop over _place --------------------------- */
 
-/* The text (new) of the entry [start, end, at, until, head]: 1; 0 when it is not of that
- * shape or does not fit (Python's _place then says why); -1 with an exception. */
-static int place_entry(PyObject *entry, const char *docs, Py_ssize_t size, PyObject **text) {
+/* A copy of a decoded JSON value whose dicts and lists are its own (their str, int,
+ * float, bool and None are shared: immutable). NULL with an exception. */
+static PyObject *fresh_copy(PyObject *value) {
+    if (PyDict_CheckExact(value)) {
+        PyObject *out = PyDict_Copy(value), *key, *inner;
+        Py_ssize_t pos = 0;
+        while (out != NULL && PyDict_Next(value, &pos, &key, &inner)) {
+            if (!PyDict_CheckExact(inner) && !PyList_CheckExact(inner)) continue;
+            PyObject *copy = fresh_copy(inner);
+            if (copy == NULL || PyDict_SetItem(out, key, copy) < 0) Py_CLEAR(out);
+            Py_XDECREF(copy);
+        }
+        return out;
+    }
+    if (PyList_CheckExact(value)) {
+        Py_ssize_t count = PyList_GET_SIZE(value);
+        PyObject *out = PyList_New(count);
+        for (Py_ssize_t i = 0; out != NULL && i < count; i++) {
+            PyObject *inner = PyList_GET_ITEM(value, i);
+            int nested = PyDict_CheckExact(inner) || PyList_CheckExact(inner);
+            PyObject *copy = nested ? fresh_copy(inner) : Py_NewRef(inner);
+            if (copy == NULL) Py_CLEAR(out);
+            else PyList_SET_ITEM(out, i, copy);
+        }
+        return out;
+    }
+    return Py_NewRef(value);
+}
+
+/* Where an event's process text is in docs_json; same: the index of the event before it
+ * whose text is the same bytes (its run's first), or -1. */
+typedef struct {
+    Py_ssize_t at, until, same;
+} Span;
+
+/* The processes of the spans (until > 0): the first of each run of equal texts decoded by
+ * one loads of a JSON list of them (a loads per text cost more than decoding a short
+ * one), the others copies of it (fresh_copy: the tree keeper adds to each event's own).
+ * 1; 0 when that is no list of as many objects (Python's _place says why); -1 with an
+ * exception. Each text is a span the assembler wrote as one object, from "{" to "}";
+ * only a frame altered on its way could make two of them one. */
+static int decode_processes(PyObject *loads, const char *docs, const Span *spans,
+                            PyObject **processes, Py_ssize_t count) {
+    Py_ssize_t firsts = 0, size = 1;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (spans[i].until > 0 && spans[i].same < 0) {
+            firsts++;
+            size += spans[i].until - spans[i].at + 1;
+        }
+    if (firsts == 0) return 1;
+    PyObject *list_text = PyBytes_FromStringAndSize(NULL, size);
+    if (list_text == NULL) return -1;
+    char *out = PyBytes_AS_STRING(list_text);
+    *out++ = '[';
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (spans[i].until > 0 && spans[i].same < 0) {
+            memcpy(out, docs + spans[i].at, (size_t)(spans[i].until - spans[i].at));
+            out += spans[i].until - spans[i].at;
+            *out++ = ',';
+        }
+    out[-1] = ']';
+    PyObject *values = PyObject_CallOneArg(loads, list_text);
+    Py_DECREF(list_text);
+    if (values == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) return -1;
+        PyErr_Clear(); /* JSONDecodeError */
+        return 0;
+    }
+    int rc = PyList_CheckExact(values) && PyList_GET_SIZE(values) == firsts;
+    for (Py_ssize_t i = 0; rc && i < firsts; i++)
+        rc = PyDict_CheckExact(PyList_GET_ITEM(values, i));
+    for (Py_ssize_t i = 0, j = 0; rc > 0 && i < count; i++) {
+        if (spans[i].until == 0) continue;
+        if (spans[i].same < 0) processes[i] = Py_NewRef(PyList_GET_ITEM(values, j++));
+        else if ((processes[i] = fresh_copy(processes[spans[i].same])) == NULL) rc = -1;
+    }
+    Py_DECREF(values);
+    return rc;
+}
+
+/* The text (new) of the entry [start, end, at, until, head] and its process's span: 1; 0
+ * when it is not of that shape or does not fit (Python's _place then says why); -1 with an
+ * exception. */
+static int place_entry(PyObject *entry, const char *docs, Py_ssize_t size, PyObject **text,
+                       Span *span) {
     if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 5) return 0;
     Py_ssize_t at[4]; /* start, end, at, until */
     for (int i = 0; i < 4; i++) {
@@ -449,14 +528,16 @@ static int place_entry(PyObject *entry, const char *docs, Py_ssize_t size, PyObj
     Py_ssize_t start = at[0], end = at[1], value = at[2], until = at[3];
     Py_ssize_t key_size = (Py_ssize_t)sizeof PROCESS_KEY - 1;
     if (!(0 < start && start < end && end < size) || docs[start] != '{' || docs[end - 1] != '}' ||
-        !(start < value && value <= until && until < end) || value < key_size ||
-        memcmp(docs + value - key_size, PROCESS_KEY, (size_t)key_size) != 0)
+        !(start < value && value < until && until < end) || value < key_size ||
+        memcmp(docs + value - key_size, PROCESS_KEY, (size_t)key_size) != 0 ||
+        docs[value] != '{' || docs[until - 1] != '}')
         return 0;
     PyObject *found = PyList_GET_ITEM(entry, 4);
     if (!PyDict_CheckExact(found)) return 0;
-    PyObject *process = item(found, KEY_PROCESS);
-    if (process == NULL) return PyErr_Occurred() ? -1 : 0;
-    if (!PyDict_CheckExact(process)) return 0;
+    PyObject *place = item(found, KEY_PROCESS);
+    if (place == NULL) return PyErr_Occurred() ? -1 : 0;
+    if (place != Py_None) return 0;
+    *span = (Span){value, until, -1};
     PyObject *before = PyBytes_FromStringAndSize(docs + start, value - start);
     PyObject *after = before ? PyBytes_FromStringAndSize(docs + until, end - until) : NULL;
     *text = after ? PyTuple_Pack(2, before, after) : NULL;
@@ -465,48 +546,72 @@ static int place_entry(PyObject *entry, const char *docs, Py_ssize_t size, PyObj
     return *text ? 1 : -1;
 }
 
-/* place_heads(events, heads, docs_json): each event of a head gets it as "doc" and its text
- * as "doc_text"; True. False, having changed nothing, when any entry is not a whole fitting
- * [start, end, at, until, head] or null (the Python loop then places or refuses them). */
+/* place_heads(events, heads, docs_json, loads): each event of a head gets it as "doc",
+ * with its process decoded in the head's place, and its text as "doc_text"; True. False,
+ * having changed nothing, when any entry is not a whole fitting [start, end, at, until,
+ * head] or null (the Python loop then places or refuses them). loads is orjson.loads. */
 static PyObject *place_heads(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) ||
+    if (nargs != 4 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) ||
         !PyBytes_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "place_heads(events: list, heads: list, docs_json: bytes)");
+        PyErr_SetString(PyExc_TypeError,
+                        "place_heads(events: list, heads: list, docs_json: bytes, loads)");
         return NULL;
     }
-    PyObject *events = args[0], *heads = args[1];
+    PyObject *events = args[0], *heads = args[1], *loads = args[3];
     Py_ssize_t count = PyList_GET_SIZE(events);
     if (PyList_GET_SIZE(heads) != count) Py_RETURN_FALSE;
     for (Py_ssize_t i = 0; i < count; i++)
         if (!PyDict_CheckExact(PyList_GET_ITEM(events, i))) Py_RETURN_FALSE;
-    PyObject **texts = PyMem_Calloc((size_t)count + 1, sizeof(PyObject *));
-    if (texts == NULL) return PyErr_NoMemory();
+    /* texts[i], then processes[i] at texts[count + 1 + i] */
+    PyObject **texts = PyMem_Calloc(2 * (size_t)count + 2, sizeof(PyObject *));
+    Span *spans = PyMem_Calloc((size_t)count + 1, sizeof(Span));
+    if (texts == NULL || spans == NULL) {
+        PyMem_Free(texts);
+        PyMem_Free(spans);
+        return PyErr_NoMemory();
+    }
+    PyObject **processes = texts + count + 1;
     const char *docs = PyBytes_AS_STRING(args[2]);
     Py_ssize_t size = PyBytes_GET_SIZE(args[2]);
     PyObject *result = Py_False;
+    Py_ssize_t run = -1; /* the first event of the run of equal process texts so far */
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *entry = PyList_GET_ITEM(heads, i);
         if (entry == Py_None) continue;
-        int placed = place_entry(entry, docs, size, &texts[i]);
+        int placed = place_entry(entry, docs, size, &texts[i], &spans[i]);
         if (placed <= 0) {
             result = placed < 0 ? NULL : Py_False;
             goto done;
         }
+        /* A process's events come together: the text before is the one to compare with */
+        Py_ssize_t length = spans[i].until - spans[i].at;
+        if (run >= 0 && spans[run].until - spans[run].at == length &&
+            memcmp(docs + spans[run].at, docs + spans[i].at, (size_t)length) == 0)
+            spans[i].same = run;
+        else
+            run = i;
+    }
+    int decoded = decode_processes(loads, docs, spans, processes, count);
+    if (decoded <= 0) {
+        result = decoded < 0 ? NULL : Py_False;
+        goto done;
     }
     result = Py_True;
     for (Py_ssize_t i = 0; i < count; i++) {
         if (texts[i] == NULL) continue;
         PyObject *event = PyList_GET_ITEM(events, i);
         PyObject *head = PyList_GET_ITEM(PyList_GET_ITEM(heads, i), 4); /* checked above */
-        if (PyDict_SetItem(event, KEY_DOC, head) < 0 ||
+        if (PyDict_SetItem(head, KEY_PROCESS, processes[i]) < 0 ||
+            PyDict_SetItem(event, KEY_DOC, head) < 0 ||
             PyDict_SetItem(event, KEY_DOC_TEXT, texts[i]) < 0) {
             result = NULL;
             break;
         }
     }
 done:
-    for (Py_ssize_t i = 0; i < count; i++) Py_XDECREF(texts[i]);
+    for (Py_ssize_t i = 0; i < 2 * count + 2; i++) Py_XDECREF(texts[i]);
     PyMem_Free(texts);
+    PyMem_Free(spans);
     return Py_XNewRef(result);
 }
 
@@ -666,7 +771,7 @@ static PyMethodDef methods[] = {
      "encode_lines(dumps, option, events, start, most, enough) -> (lines, upto): the jsonl "
      "sink's lines, in C."},
     {"place_heads", (PyCFunction)(void (*)(void))place_heads, METH_FASTCALL,
-     "place_heads(events, heads, docs_json) -> bool: wire.events_with_heads's placing, in C."},
+     "place_heads(events, heads, docs_json, loads) -> bool: wire.events_with_heads's placing, in C."},
     {"encode_docs", (PyCFunction)(void (*)(void))encode_docs, METH_FASTCALL,
      "encode_docs(dumps, Fragment, JSONEncodeError, WrittenDoc, events, with_heads) -> (docs_json, heads, "
      "slim, refused): doc_text's, in C."},
