@@ -35,6 +35,7 @@ from test_native_enrich import (
 )
 
 from treekeeper import pipeline
+from treekeeper.enrich import iso_ms
 from treekeeper.pipeline import EXEC_SYSCALLS, TreeStep
 from treekeeper.procfs import FakeProcSource
 from treekeeper.tree import ProcessTable, TableConfig
@@ -189,3 +190,32 @@ def test_an_error_of_the_c_enrich_is_counted_as_python_counts_it(
         results.append(side.apply(events_of(copy.deepcopy(docs[30:60]), 30), monkeypatch))
     assert results[0] == results[1]
     assert sides[1].table.stats.bad_docs > 0
+
+
+def test_times_out_of_order_with_python_between_in_one_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Batches whose times step back, with events the C steps leave to Python (an unknown
+    process, one in a dict subclass, a bad time) among them: the table's newest time and the rest of its state are
+    the same both ways after each, so the loop's one view of the table stays true."""
+    docs: list[Any] = []
+    for index, (doc, _) in enumerate(scenario()):
+        at = BASE_MS + 10 * index
+
+        def at_ms(ms: int, doc: Doc = doc, syscall: str | None = "openat") -> Doc:
+            copied = copy.deepcopy(doc)
+            copied["@timestamp"] = iso_ms(ms)
+            data = copied.get("auditd", {}).get("data")
+            if syscall is not None and isinstance(data, dict):
+                data["syscall"] = syscall  # one the C steps take whole
+            return copied
+
+        stranger = at_ms(at + 9)  # Python's: a process the table does not know
+        stranger["process"] = {"pid": 90000 + index, "parent": {"pid": 1}}
+        if index % 2:  # ... whose process neither C step reads: Python's times only
+            stranger["process"] = DictSub(stranger["process"])
+        docs += [at_ms(at, syscall=None), at_ms(at + 2), at_ms(at + 1), stranger, at_ms(at + 5)]
+        if index % 7 == 6:
+            docs.append(dict(at_ms(at + 6), **{"@timestamp": "not a time"}))
+    for size in (3, 4, 5, 7, len(docs)):  # batches that end at each step, and one batch
+        both_loops(docs, monkeypatch, live=False, size=size)

@@ -358,7 +358,8 @@ static PyObject *iso_ms_text(int64_t ms)
     return text;
 }
 
-/* What the table is read as: its instance dict (strong) and borrowed values from it. */
+/* What the table is read as: its instance dict and values from it (all strong: apply_ready
+ * keeps one view for a batch, and event_time_commit puts the values it sets in it). */
 typedef struct {
     PyObject *dict;
     PyObject *processes, *current, *stats, *config;
@@ -366,12 +367,23 @@ typedef struct {
     int64_t ts_base, last;
 } Table;
 
-static void table_release(Table *t) { Py_CLEAR(t->dict); }
+static void table_release(Table *t)
+{
+    Py_CLEAR(t->dict);
+    Py_CLEAR(t->processes);
+    Py_CLEAR(t->current);
+    Py_CLEAR(t->stats);
+    Py_CLEAR(t->config);
+    Py_CLEAR(t->ts_last);
+    Py_CLEAR(t->ts_last_ms);
+    Py_CLEAR(t->ts_head);
+    Py_CLEAR(t->last_ms);
+}
 
 /* 0: the table is one the code here can read; -1: decline (no exception left). */
 static int table_view(PyObject *table, Table *t)
 {
-    t->dict = NULL;
+    memset(t, 0, sizeof(*t));
     if (Py_TYPE(table) != table_type || !classes_as_imported())
         return -1;
     PyObject *dict = PyObject_GenericGetDict(table, NULL);
@@ -383,7 +395,7 @@ static int table_view(PyObject *table, Table *t)
     if (!PyDict_CheckExact(dict))
         goto decline;
 #define GET(field, key)                                                                   \
-    if ((t->field = PyDict_GetItemWithError(dict, key)) == NULL)                          \
+    if ((t->field = Py_XNewRef(PyDict_GetItemWithError(dict, key))) == NULL)              \
         goto decline;
     GET(processes, s_processes)
     GET(current, s_current)
@@ -492,17 +504,29 @@ static int event_time_commit(Table *t, EventTime *et)
         PyObject *base = head != NULL ? PyLong_FromLongLong(et->base) : NULL;
         int failed = base == NULL || PyDict_SetItem(dict, s_ts_head, head) < 0 ||
                      PyDict_SetItem(dict, s_ts_base, base) < 0;
-        Py_XDECREF(head);
         Py_XDECREF(base);
-        if (failed)
+        if (failed) {
+            Py_XDECREF(head);
             return -1;
+        }
+        Py_SETREF(t->ts_head, head);
+        t->ts_base = et->base;
     }
     PyObject *ms = PyLong_FromLongLong(et->ms);
     if (ms == NULL)
         return -1;
-    int failed = (et->ms > t->last && PyDict_SetItem(dict, s_last_ms, ms) < 0) ||
+    int later = et->ms > t->last;
+    int failed = (later && PyDict_SetItem(dict, s_last_ms, ms) < 0) ||
                  PyDict_SetItem(dict, s_ts_last, et->ts) < 0 ||
                  PyDict_SetItem(dict, s_ts_last_ms, ms) < 0;
+    if (!failed) { /* the view as the dict now is */
+        if (later) {
+            Py_SETREF(t->last_ms, Py_NewRef(ms));
+            t->last = et->ms;
+        }
+        Py_SETREF(t->ts_last, Py_NewRef(et->ts));
+        Py_SETREF(t->ts_last_ms, Py_NewRef(ms));
+    }
     Py_DECREF(ms);
     return failed ? -1 : 0;
 }
@@ -917,6 +941,28 @@ static int apply_enrich(PyObject *doc, Plan *plan)
     return 0;
 }
 
+/* enrich(table, doc) with the table's view t (an exact dict doc). */
+static PyObject *enrich_with(Table *t, PyObject *doc)
+{
+    EventTime et;
+    Plan plan;
+    memset(&plan, 0, sizeof(plan));
+    int timed = 0;
+    int planned = plan_enrich(t, doc, &et, &timed, &plan);
+    if (planned < 0) {
+        PyErr_Clear();
+        plan_release(&plan);
+        Py_RETURN_FALSE;
+    }
+    int failed = timed && event_time_commit(t, &et) < 0;
+    if (!failed && planned > 0)
+        failed = apply_enrich(doc, &plan) < 0;
+    plan_release(&plan);
+    if (failed)
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
 static PyObject *py_enrich(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
@@ -929,25 +975,9 @@ static PyObject *py_enrich(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Table t;
     if (table_view(table, &t) < 0)
         Py_RETURN_FALSE;
-    EventTime et;
-    Plan plan;
-    memset(&plan, 0, sizeof(plan));
-    int timed = 0;
-    int planned = plan_enrich(&t, doc, &et, &timed, &plan);
-    if (planned < 0) {
-        PyErr_Clear();
-        plan_release(&plan);
-        table_release(&t);
-        Py_RETURN_FALSE;
-    }
-    int failed = timed && event_time_commit(&t, &et) < 0;
+    PyObject *done = enrich_with(&t, doc);
     table_release(&t);
-    if (!failed && planned > 0)
-        failed = apply_enrich(doc, &plan) < 0;
-    plan_release(&plan);
-    if (failed)
-        return NULL;
-    Py_RETURN_TRUE;
+    return done;
 }
 
 /* ---- observe ------------------------------------------------------------------------ */
@@ -1107,37 +1137,27 @@ static int plan_observe(Table *t, PyObject *doc, EventTime *et, int *timed, PyOb
     return 1;
 }
 
-static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* observe(table, doc) with the table's view *t (an exact dict doc). */
+static PyObject *observe_with(Table *t, PyObject *table, PyObject *doc)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "observe(table, doc)");
-        return NULL;
-    }
-    PyObject *table = args[0], *doc = args[1];
-    if (!PyDict_CheckExact(doc))
-        Py_RETURN_FALSE;
-    Table t;
-    if (table_view(table, &t) < 0)
-        Py_RETURN_FALSE;
     EventTime et;
     int timed = 0, lifecycle = 0;
     PyObject *touched = NULL, *actor = NULL, *syscall;
-    int planned = plan_observe(&t, doc, &et, &timed, &touched, &actor, &lifecycle, &syscall);
+    int planned = plan_observe(t, doc, &et, &timed, &touched, &actor, &lifecycle, &syscall);
     if (planned < 0) {
         PyErr_Clear();
-        table_release(&t);
         Py_RETURN_FALSE;
     }
     PyObject *result = NULL;
     ForkPlan fork;
     ExitPlan exit_plan = {0};
     int forking = lifecycle == LIFECYCLE_FORK &&
-                  plan_fork(&t, table, doc, syscall, actor, et.ms, &fork) > 0;
+                  plan_fork(t, table, doc, syscall, actor, et.ms, &fork) > 0;
     int exiting = (lifecycle == LIFECYCLE_EXIT || lifecycle == LIFECYCLE_EXIT_GROUP) &&
-                  plan_exit(&t, doc, lifecycle == LIFECYCLE_EXIT_GROUP, actor, et.ms,
+                  plan_exit(t, doc, lifecycle == LIFECYCLE_EXIT_GROUP, actor, et.ms,
                             &exit_plan) > 0;
     ExecPlan exec_plan = {0};
-    int execing = lifecycle == LIFECYCLE_EXEC && plan_exec(&t, doc, actor, et.ms, &exec_plan) > 0;
+    int execing = lifecycle == LIFECYCLE_EXEC && plan_exec(t, doc, actor, et.ms, &exec_plan) > 0;
     PyErr_Clear(); /* a plan declines without an exception; none may be left either way */
     if (lifecycle && !forking && !exiting && !execing) { /* built first: no change on failure */
         PyObject *at = PyLong_FromLongLong(et.ms);
@@ -1145,12 +1165,11 @@ static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t na
         Py_XDECREF(at);
         if (result == NULL) {
             PyErr_Clear();
-            table_release(&t);
             Py_RETURN_FALSE;
         }
     }
     Py_XINCREF(touched);
-    int failed = timed && event_time_commit(&t, &et) < 0;
+    int failed = timed && event_time_commit(t, &et) < 0;
     if (!failed && touched != NULL) {
         /* _take_image's changes when the image stayed: image_ms, and the cached entry */
         PyObject *at = PyLong_FromLongLong(et.ms);
@@ -1163,14 +1182,13 @@ static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t na
         }
     }
     if (!failed && forking)
-        failed = (result = do_fork(&t, &fork)) == NULL;
+        failed = (result = do_fork(t, &fork)) == NULL;
     if (!failed && exiting)
-        failed = (result = do_exit(&t, table, &exit_plan)) == NULL;
+        failed = (result = do_exit(t, table, &exit_plan)) == NULL;
     if (!failed && execing)
-        failed = (result = do_exec(&t, table, &exec_plan)) == NULL;
+        failed = (result = do_exec(t, table, &exec_plan)) == NULL;
     exit_plan_release(&exit_plan);
     exec_plan_release(&exec_plan);
-    table_release(&t);
     Py_XDECREF(touched);
     if (failed) {
         Py_XDECREF(result);
@@ -1179,6 +1197,23 @@ static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (result != NULL)
         return result;
     Py_RETURN_TRUE;
+}
+
+static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "observe(table, doc)");
+        return NULL;
+    }
+    PyObject *table = args[0], *doc = args[1];
+    if (!PyDict_CheckExact(doc))
+        Py_RETURN_FALSE;
+    Table t;
+    if (table_view(table, &t) < 0)
+        Py_RETURN_FALSE;
+    PyObject *taken = observe_with(&t, table, doc);
+    table_release(&t);
+    return taken;
 }
 
 /* entity_id(host, pid, start_ms) -> str: tree.entity_id as the code here makes it. */
