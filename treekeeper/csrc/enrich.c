@@ -963,10 +963,13 @@ static PyObject *enrich_with(Table *t, PyObject *doc)
     Py_RETURN_TRUE;
 }
 
-static PyObject *py_enrich(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* step(view, table, doc) for a Python call (table, doc): False for a doc that is no exact
+ * dict or a table without a view, as the step declines. */
+static PyObject *with_table_view(const char *usage, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *(*step)(Table *, PyObject *, PyObject *))
 {
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "enrich(table, doc)");
+        PyErr_SetString(PyExc_TypeError, usage);
         return NULL;
     }
     PyObject *table = args[0], *doc = args[1];
@@ -975,9 +978,19 @@ static PyObject *py_enrich(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Table t;
     if (table_view(table, &t) < 0)
         Py_RETURN_FALSE;
-    PyObject *done = enrich_with(&t, doc);
+    PyObject *done = step(&t, table, doc);
     table_release(&t);
     return done;
+}
+
+static PyObject *enrich_step(Table *t, PyObject *table, PyObject *doc)
+{
+    return enrich_with(t, doc);
+}
+
+static PyObject *py_enrich(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return with_table_view("enrich(table, doc)", args, nargs, enrich_step);
 }
 
 /* ---- observe ------------------------------------------------------------------------ */
@@ -1201,19 +1214,7 @@ static PyObject *observe_with(Table *t, PyObject *table, PyObject *doc)
 
 static PyObject *py_observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "observe(table, doc)");
-        return NULL;
-    }
-    PyObject *table = args[0], *doc = args[1];
-    if (!PyDict_CheckExact(doc))
-        Py_RETURN_FALSE;
-    Table t;
-    if (table_view(table, &t) < 0)
-        Py_RETURN_FALSE;
-    PyObject *taken = observe_with(&t, table, doc);
-    table_release(&t);
-    return taken;
+    return with_table_view("observe(table, doc)", args, nargs, observe_with);
 }
 
 /* entity_id(host, pid, start_ms) -> str: tree.entity_id as the code here makes it. */
