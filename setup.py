@@ -10,6 +10,7 @@ _FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-fiel
 # auditstream/csrc/pyclass.h: reading the Python classes a C module mirrors (shared).
 _SHARED = {"include_dirs": ["auditstream/csrc"]}
 _PYCLASS = "auditstream/csrc/pyclass.h"
+_OUT_BUFFER = "auditstream/csrc/out_buffer.h"
 _CIVIL_DAYS = "auditstream/csrc/civil_days.h"  # dates from day counts (ecs.c, enrich.c)
 
 setup(
@@ -49,6 +50,7 @@ setup(
                 "assembler/csrc/escape.h",
                 "assembler/csrc/ecs_write.h",
                 "assembler/csrc/ecs_event.h",
+                _OUT_BUFFER,
                 _PYCLASS,
                 _CIVIL_DAYS,
             ],
@@ -65,6 +67,7 @@ setup(
         Extension(
             "auditstream.native_wire",
             ["auditstream/csrc/wire.c"],
+            depends=[_OUT_BUFFER],
             optional=True,
             extra_compile_args=_FLAGS,
         ),

@@ -74,6 +74,11 @@ _OPAQUE_EXT = 2  # an object neither can hold, as its repr: comes back as bytes 
 PACK_WRITTEN: (
     Callable[[list[dict[str, Any]], dict[str, Any], bool, int], tuple[bytes, bytes] | None] | None
 ) = load_native("auditstream.native_wire", "pack_written_events")
+# msgpack.packb in C for None, bool, 64-bit int, str, bytes, list, tuple and dict values
+# (None: anything else, which msgpack packs or refuses as before).
+PACK_SIMPLE: Callable[[Any], bytes | None] | None = load_native(
+    "auditstream.native_wire", "pack_simple"
+)
 
 
 class DocsError(ValueError):
@@ -283,13 +288,6 @@ def pack_body(body: Any) -> bytes:
         if packed is not None:
             return packed
     return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-# msgpack.packb in C for None, bool, 64-bit int, str, bytes, list, tuple and dict values
-# (None: anything else, which msgpack packs or refuses as before).
-PACK_SIMPLE: Callable[[Any], bytes | None] | None = load_native(
-    "auditstream.native_wire", "pack_simple"
-)
 
 
 def unpack_body(raw: bytes) -> Any:

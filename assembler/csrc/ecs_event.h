@@ -44,21 +44,25 @@ static int leave_error_to_fallback(void)
     return 0;
 }
 
+/* A new list of the items; NULL without an exception when one is NULL (an unset slot). */
+static PyObject *list_of(PyObject *const *items, Py_ssize_t count)
+{
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (items[i] == NULL)
+            return NULL;
+    PyObject *list = PyList_New(count);
+    for (Py_ssize_t i = 0; list != NULL && i < count; i++)
+        PyList_SET_ITEM(list, i, Py_NewRef(items[i]));
+    return list;
+}
+
 /* [node, sec, msec, serial] of the first record; NULL without an exception: unset slots. */
 static PyObject *event_key(PyObject *first)
 {
     PyObject *items[4] = {slot(first, record_offsets[R_NODE]), slot(first, record_offsets[R_SEC]),
                           slot(first, record_offsets[R_MSEC]),
                           slot(first, record_offsets[R_SERIAL])};
-    for (int i = 0; i < 4; i++)
-        if (items[i] == NULL)
-            return NULL;
-    PyObject *key = PyList_New(4);
-    for (int i = 0; key != NULL && i < 4; i++) {
-        Py_INCREF(items[i]);
-        PyList_SET_ITEM(key, i, items[i]);
-    }
-    return key;
+    return list_of(items, 4);
 }
 
 /* [[type, data, node], ...] of the records; NULL without an exception: unset slots. */
@@ -70,16 +74,11 @@ static PyObject *event_raw(PyObject *records)
         PyObject *rec = PyList_GET_ITEM(records, i);
         PyObject *items[3] = {slot(rec, record_offsets[R_TYPE]), slot(rec, record_offsets[R_DATA]),
                               slot(rec, record_offsets[R_NODE])};
-        PyObject *row = items[0] && items[1] && items[2] ? PyList_New(3) : NULL;
-        if (row == NULL) {
+        PyObject *row = list_of(items, 3);
+        if (row == NULL)
             Py_CLEAR(raw);
-            break;
-        }
-        for (int k = 0; k < 3; k++) {
-            Py_INCREF(items[k]);
-            PyList_SET_ITEM(row, k, items[k]);
-        }
-        PyList_SET_ITEM(raw, i, row);
+        else
+            PyList_SET_ITEM(raw, i, row);
     }
     return raw;
 }

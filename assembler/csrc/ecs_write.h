@@ -19,51 +19,12 @@
 
 #define WRITE_MAX_DEPTH 32
 
-typedef struct {
-    char *data;
-    Py_ssize_t size, cap;
-} Out;
+#include "out_buffer.h"
 
 /* Kept between calls (one doc at a time, under the GIL): no allocation per event. */
 static Out doc_out, head_out;
 static int writing; /* a Python helper called back into write_doc: decline */
 static PyTypeObject *written_doc_type;
-
-static int out_grow(Out *o, Py_ssize_t more)
-{
-    Py_ssize_t cap = o->cap ? o->cap : 4096;
-    while (cap < o->size + more) {
-        if (cap > PY_SSIZE_T_MAX / 2) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        cap *= 2;
-    }
-    char *data = PyMem_Realloc(o->data, (size_t)cap);
-    if (data == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    o->data = data;
-    o->cap = cap;
-    return 0;
-}
-
-static inline int out_reserve(Out *o, Py_ssize_t more)
-{
-    return o->size + more <= o->cap ? 0 : out_grow(o, more);
-}
-
-static inline int out_put(Out *o, const char *text, Py_ssize_t len)
-{
-    if (out_reserve(o, len) < 0)
-        return -1;
-    memcpy(o->data + o->size, text, (size_t)len);
-    o->size += len;
-    return 0;
-}
-
-#define PUT_LIT(o, lit) out_put((o), (lit), (Py_ssize_t)sizeof(lit) - 1)
 
 /* orjson's escapes: '"', '\\' and every byte below 0x20; everything else as it is. */
 static const char *const short_escapes[32] = {

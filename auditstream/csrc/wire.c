@@ -26,54 +26,25 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "out_buffer.h"
+
 static PyTypeObject *written_doc_type;
 static PyObject *s_events, *s_doc, *s_raw, *s_heads_json, *s_hash_probe;
 
 #define MAX_DEPTH 32 /* deeper values: the Python function (msgpack's own limit is 512) */
 
-typedef struct {
-    char *data;
-    Py_ssize_t size, room;
-} Buffer;
-
-static int reserve(Buffer *b, Py_ssize_t more)
-{
-    if (b->size + more <= b->room)
-        return 0;
-    Py_ssize_t room = b->room ? b->room : 4096;
-    while (room < b->size + more)
-        room *= 2;
-    char *data = PyMem_Realloc(b->data, (size_t)room);
-    if (data == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->data = data;
-    b->room = room;
-    return 0;
-}
-
-static int put(Buffer *b, const void *bytes, Py_ssize_t len)
-{
-    if (reserve(b, len) < 0)
-        return -1;
-    memcpy(b->data + b->size, bytes, (size_t)len);
-    b->size += len;
-    return 0;
-}
-
 /* A tag byte and a big-endian integer of width bytes (0, 1, 2, 4 or 8). */
-static int put_tagged(Buffer *b, unsigned char tag, uint64_t value, int width)
+static int put_tagged(Out *b, unsigned char tag, uint64_t value, int width)
 {
     unsigned char out[9];
     out[0] = tag;
     for (int i = 0; i < width; i++)
         out[1 + i] = (unsigned char)(value >> (8 * (width - 1 - i)));
-    return put(b, out, 1 + width);
+    return out_put(b, (const char *)out, 1 + width);
 }
 
 /* A length header: fix form below fix_limit, else the 8-bit form (if any), 16, 32 bits. */
-static int put_length(Buffer *b, Py_ssize_t len, unsigned char fix, Py_ssize_t fix_limit,
+static int put_length(Out *b, Py_ssize_t len, unsigned char fix, Py_ssize_t fix_limit,
                       int has8, unsigned char tag8)
 {
     if (len < fix_limit)
@@ -87,7 +58,7 @@ static int put_length(Buffer *b, Py_ssize_t len, unsigned char fix, Py_ssize_t f
     return 1; /* too long for msgpack: decline */
 }
 
-static int put_int(Buffer *b, PyObject *value)
+static int put_int(Out *b, PyObject *value)
 {
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
@@ -119,9 +90,9 @@ static int put_int(Buffer *b, PyObject *value)
                            : put_tagged(b, 0xcf, (uint64_t)v, 8);
 }
 
-static int put_value(Buffer *b, PyObject *value, int depth);
+static int put_value(Out *b, PyObject *value, int depth);
 
-static int put_str(Buffer *b, PyObject *text)
+static int put_str(Out *b, PyObject *text)
 {
     Py_ssize_t len;
     const char *utf8 = PyUnicode_AsUTF8AndSize(text, &len);
@@ -130,10 +101,10 @@ static int put_str(Buffer *b, PyObject *text)
         return 1;
     }
     int rc = put_length(b, len, 0xa0, 32, 1, 0xd9);
-    return rc != 0 ? rc : put(b, utf8, len);
+    return rc != 0 ? rc : out_put(b, utf8, len);
 }
 
-static int put_items(Buffer *b, PyObject *const *items, Py_ssize_t count, int depth)
+static int put_items(Out *b, PyObject *const *items, Py_ssize_t count, int depth)
 {
     int rc = put_length(b, count, 0x90, 16, 0, 0xdb); /* 0xdc, 0xdd: tag8 + 1, + 2 */
     for (Py_ssize_t i = 0; rc == 0 && i < count; i++)
@@ -142,7 +113,7 @@ static int put_items(Buffer *b, PyObject *const *items, Py_ssize_t count, int de
 }
 
 /* A dict's items; with skip_doc, "doc" as nil (the slim event). */
-static int put_map(Buffer *b, PyObject *dict, int depth, int skip_doc)
+static int put_map(Out *b, PyObject *dict, int depth, int skip_doc)
 {
     int rc = put_length(b, PyDict_GET_SIZE(dict), 0x80, 16, 0, 0xdd); /* 0xde, 0xdf */
     Py_ssize_t pos = 0;
@@ -157,7 +128,7 @@ static int put_map(Buffer *b, PyObject *dict, int depth, int skip_doc)
 }
 
 /* 0 written, 1 declined (a type or size this file does not write), -1 error. */
-static int put_value(Buffer *b, PyObject *value, int depth)
+static int put_value(Out *b, PyObject *value, int depth)
 {
     if (depth > MAX_DEPTH)
         return 1;
@@ -171,7 +142,7 @@ static int put_value(Buffer *b, PyObject *value, int depth)
         return put_str(b, value);
     if (PyBytes_CheckExact(value)) {
         int rc = put_length(b, PyBytes_GET_SIZE(value), 0, 0, 1, 0xc4);
-        return rc != 0 ? rc : put(b, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+        return rc != 0 ? rc : out_put(b, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
     }
     if (PyList_CheckExact(value))
         return put_items(b, PySequence_Fast_ITEMS(value), PyList_GET_SIZE(value), depth);
@@ -183,7 +154,7 @@ static int put_value(Buffer *b, PyObject *value, int depth)
 }
 
 /* orjson's text of a non-negative int (snprintf was most of this file's time). */
-static int put_decimal(Buffer *b, Py_ssize_t value)
+static int put_decimal(Out *b, Py_ssize_t value)
 {
     char text[24];
     int at = (int)sizeof text;
@@ -192,7 +163,7 @@ static int put_decimal(Buffer *b, Py_ssize_t value)
         text[--at] = (char)('0' + v % 10);
         v /= 10;
     } while (v);
-    return put(b, text + at, (Py_ssize_t)sizeof text - at);
+    return out_put(b, text + at, (Py_ssize_t)sizeof text - at);
 }
 
 /* WrittenDoc (text, at, until, head) parts; 0 when it is not one of the expected shape. */
@@ -242,11 +213,11 @@ static int docs_size(PyObject *events, Py_ssize_t *size)
 }
 
 /* docs_json (of its final size, written once: a batch's docs are ~1 MB) and heads_json. */
-static int write_docs(PyObject *events, int with_heads, char *docs, Buffer *heads)
+static int write_docs(PyObject *events, int with_heads, char *docs, Out *heads)
 {
     Py_ssize_t count = PyList_GET_SIZE(events), start = 1;
     *docs = '[';
-    if (with_heads && put(heads, "[", 1) < 0)
+    if (with_heads && out_put(heads, "[", 1) < 0)
         return -1;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *event = PyList_GET_ITEM(events, i), *text, *head;
@@ -254,7 +225,7 @@ static int write_docs(PyObject *events, int with_heads, char *docs, Buffer *head
         written_parts(PyDict_GetItem(event, s_doc), &text, &at, &until, &head); /* checked */
         if (i) {
             docs[start++] = ',';
-            if (with_heads && put(heads, ",", 1) < 0)
+            if (with_heads && out_put(heads, ",", 1) < 0)
                 return -1;
         }
         Py_ssize_t end = start + PyBytes_GET_SIZE(text);
@@ -263,26 +234,26 @@ static int write_docs(PyObject *events, int with_heads, char *docs, Buffer *head
             /* encode_docs: [start, end, at, until, head] for an event with raw records */
             PyObject *raw = PyDict_GetItemWithError(event, s_raw);
             int has_raw = raw == NULL ? (PyErr_Occurred() ? -1 : 0) : PyObject_IsTrue(raw);
-            if (has_raw < 0 || put(heads, "[", 1) < 0 || put_decimal(heads, start) < 0 ||
-                put(heads, ",", 1) < 0 || put_decimal(heads, end) < 0)
+            if (has_raw < 0 || out_put(heads, "[", 1) < 0 || put_decimal(heads, start) < 0 ||
+                out_put(heads, ",", 1) < 0 || put_decimal(heads, end) < 0)
                 return -1;
-            if (has_raw && (put(heads, ",", 1) < 0 || put_decimal(heads, start + at) < 0 ||
-                            put(heads, ",", 1) < 0 || put_decimal(heads, start + until) < 0 ||
-                            put(heads, ",", 1) < 0 ||
-                            put(heads, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head)) < 0))
+            if (has_raw && (out_put(heads, ",", 1) < 0 || put_decimal(heads, start + at) < 0 ||
+                            out_put(heads, ",", 1) < 0 || put_decimal(heads, start + until) < 0 ||
+                            out_put(heads, ",", 1) < 0 ||
+                            out_put(heads, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head)) < 0))
                 return -1;
-            if (put(heads, "]", 1) < 0)
+            if (out_put(heads, "]", 1) < 0)
                 return -1;
         }
         start = end;
     }
     docs[start] = ']';
-    return with_heads && put(heads, "]", 1) < 0 ? -1 : 0;
+    return with_heads && out_put(heads, "]", 1) < 0 ? -1 : 0;
 }
 
 /* The msgpack body; 1 declined, -1 error. */
 static int write_body(PyObject *events, PyObject *fields, int with_heads, PyObject *probe,
-                      const Buffer *heads, Buffer *body)
+                      const Out *heads, Out *body)
 {
     Py_ssize_t count = PyList_GET_SIZE(events);
     int rc = put_length(body, 1 + PyDict_GET_SIZE(fields) + (with_heads ? 2 : 0), 0x80, 16, 0,
@@ -310,7 +281,7 @@ static int write_body(PyObject *events, PyObject *fields, int with_heads, PyObje
         if (rc == 0)
             rc = put_length(body, heads->size, 0, 0, 1, 0xc4);
         if (rc == 0)
-            rc = put(body, heads->data, heads->size);
+            rc = out_put(body, heads->data, heads->size);
         if (rc == 0)
             rc = put_str(body, s_hash_probe);
         if (rc == 0)
@@ -329,7 +300,7 @@ static PyObject *py_pack_written_events(PyObject *module, PyObject *const *args,
     int with_heads = PyObject_IsTrue(args[2]);
     if (with_heads < 0)
         return NULL;
-    Buffer heads = {0}, body = {0};
+    Out heads = {0}, body = {0};
     PyObject *result = NULL, *docs = NULL;
     Py_ssize_t size = 0;
     int rc = docs_size(args[0], &size);
@@ -354,7 +325,7 @@ static PyObject *py_pack_written_events(PyObject *module, PyObject *const *args,
 
 /* Kept from call to call (a records batch is ~300 KB): no regrowing it each time. Nothing
  * here runs Python code while it is in use, so no call can reenter. */
-static Buffer kept;
+static Out kept;
 
 static PyObject *py_pack_simple(PyObject *module, PyObject *value)
 {
