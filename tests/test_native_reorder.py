@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from treekeeper.reorder import ReorderWindow
 
@@ -196,3 +199,83 @@ def test_a_closed_source_moving_on_moves_the_horizon_when_all_are_closed() -> No
         assert window.horizon() == 200
         assert window.push("c", 500, 3, 1) == ["a", "b"]
         assert window.horizon() == 500
+
+
+# ---- oldest_event_ms: treekeeper.merge.frame_order_key's loop -------------------------------
+
+_INTS = st.one_of(
+    st.integers(-5, 5),
+    st.integers(-(2**64), 2**64),
+    st.sampled_from(
+        [-1, 0, 999, 1_790_000_000, 2**63 - 1, 2**63, 2**99, 2**100, -(2**100), 2**140]
+    ),
+)
+_ODD = st.sampled_from([None, True, False, 1.5, "7", b"7", [], {}, (1,)])
+_RAW = st.one_of(st.sampled_from([0, 1, 7, [], [b"r"], None, "", b"", "x"]), _ODD)
+_KEY = st.one_of(
+    st.lists(st.one_of(_INTS, _ODD, st.just("")), min_size=4, max_size=4),
+    st.tuples(st.just(""), _INTS, _INTS, _INTS),  # a tuple is no key
+    st.lists(_INTS, min_size=0, max_size=6),
+    _ODD,
+)
+_EVENT = st.one_of(
+    st.fixed_dictionaries({"raw": _RAW, "key": _KEY}),
+    st.fixed_dictionaries({"key": _KEY}),
+    st.fixed_dictionaries({"raw": _RAW}),
+    st.builds(lambda raw, key: _DictKind({"raw": raw, "key": key}), _RAW, _KEY),
+    _ODD,
+)
+
+
+class _DictKind(dict[str, Any]):
+    """Not exactly a dict: the reference skips it."""
+
+
+@given(st.lists(_EVENT, max_size=12))
+@settings(max_examples=400, deadline=None)
+def test_oldest_event_ms_matches_the_python_loop(events: list[Any]) -> None:
+    """The C loop gives the Python loop's time for any frame's events, or declines (None)
+    only for times past 2^100, which the caller then gives to the Python loop."""
+    from treekeeper.merge import oldest_event_ms
+
+    found = native.oldest_event_ms(events)
+    expected = oldest_event_ms(events)
+    if found is None:
+        assert any(
+            type(e) is dict
+            and e.get("raw")
+            and type(e.get("key")) is list
+            and len(e["key"]) == 4
+            and type(e["key"][1]) is int
+            and type(e["key"][2]) is int
+            and max(abs(e["key"][1]), abs(e["key"][2])) >= 2**100
+            for e in events
+        )
+    else:
+        assert found == expected and type(found) is int
+
+
+def test_oldest_event_ms_reads_frames_as_frame_order_key_does() -> None:
+    """Markers and odd keys are skipped, the smallest time wins, -1 when nothing is timed."""
+    events: list[Any] = [
+        {"raw": [], "key": ["", 1, 0, 1]},  # a marker
+        {"raw": 3, "key": ["", 2, 5, 9]},
+        {"raw": 3, "key": ["", 1, 999, 8]},
+        {"raw": 3, "key": ["", True, 0, 7]},  # a bool is not an int here
+        {"raw": 3, "key": ("", 0, 0, 6)},
+    ]
+    assert native.oldest_event_ms(events) == 1999
+    assert native.oldest_event_ms(events[:1]) == -1
+    assert native.oldest_event_ms([]) == -1
+    assert native.oldest_event_ms([{"raw": 1, "key": ["", 2**120, 0, 1]}]) is None
+    with pytest.raises(TypeError):
+        native.oldest_event_ms(tuple(events))
+
+
+def test_frame_order_key_uses_the_c_loop_where_built() -> None:
+    """The merge calls the C loop when it is built and allowed (AUDITSTREAM_NATIVE)."""
+    from treekeeper import merge
+
+    if os.environ.get("AUDITSTREAM_NATIVE") == "0":
+        pytest.skip("AUDITSTREAM_NATIVE=0: the Python loop is asked for")
+    assert merge._NATIVE_OLDEST is native.oldest_event_ms

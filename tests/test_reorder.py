@@ -305,3 +305,21 @@ def test_a_marker_stays_after_the_events_released_before_it() -> None:
     out = step.process(frame) + step.close()
     actions = [e["doc"]["event"]["action"] for e in out if e["raw"] or e is marker]
     assert actions == ["early", "marker", "late", "last"]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_step_counts_the_gap_markers_it_passes_on(enabled: bool) -> None:
+    """Events-lost markers are counted once each as they pass, with or without the tree;
+    other markers and events dedupe dropped are not."""
+    from assembler.ecs import marker_doc
+
+    cfg = Config()
+    cfg.treekeeper.enabled = enabled
+    step = TreeStep(cfg)
+    lost = {"key": ["", 0, 0, 0], "raw": [], "doc": marker_doc("events-lost", "", 5, 0, {})}
+    other = {"key": ["", 0, 0, 0], "raw": [], "doc": marker_doc("parse-error", "", 5, 0, {})}
+    dropped = {"key": ["", 0, 0, 0], "raw": [], "doc": marker_doc("events-lost", "", 5, 0, {})}
+    out = step.process([lost, other, dropped], 0, None, {id(dropped)})
+    out += step.process([dict(lost)], 0)
+    assert step.gap_markers == 2
+    assert sum(1 for e in out if e["doc"]["event"]["action"] == "events-lost") == 2

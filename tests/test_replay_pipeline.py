@@ -94,6 +94,7 @@ def test_lost_messages_become_a_marker_with_the_range(tmp_path: Path) -> None:
         {"cause": "serial_gap", "first_serial": 50, "last_serial": 58, "count": 9}
     ]
     assert summary(result)[2] == 9
+    assert b", 1 gap markers" in result.stderr  # the tree keeper counted the one it passed on
 
 
 def test_bad_input_is_counted_and_reported_never_fatal(tmp_path: Path) -> None:

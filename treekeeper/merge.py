@@ -25,10 +25,15 @@ waits for acknowledgements). Either takes the oldest parked frame, as before par
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from auditstream import wire
+from auditstream.native import load_native
 
 IMMEDIATE = -1  # the order key of a frame that holds no timed event: it goes at once
+# frame_order_key's loop in C where built and allowed (treekeeper/csrc/reorder.c); the loop
+# below stays the reference (tests/test_frame_merge.py holds the two equal).
+_NATIVE_OLDEST: Any = load_native("treekeeper.native_reorder", "oldest_event_ms")
 
 
 def frame_order_key(frame: wire.Frame) -> int:
@@ -39,6 +44,15 @@ def frame_order_key(frame: wire.Frame) -> int:
     events = frame.body.get("events")
     if type(events) is not list:
         return IMMEDIATE
+    if _NATIVE_OLDEST is not None:
+        found: int | None = _NATIVE_OLDEST(events)
+        if found is not None:
+            return found
+    return oldest_event_ms(events)
+
+
+def oldest_event_ms(events: list[Any]) -> int:
+    """The smallest event time (ms) of the events with records and a well-formed key."""
     oldest = IMMEDIATE
     for event in events:
         if type(event) is not dict or not event.get("raw"):  # markers skip the window

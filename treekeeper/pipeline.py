@@ -83,6 +83,7 @@ class TreeStep:
         )
         self.clock_ms = 0
         self.lifecycle_events = 0
+        self.gap_markers = 0  # events-lost markers passed on (counted here: the only path)
         self.timelines_warned = 0  # the window's count of steps back already logged
         self.full_warned = 0  # the window's count of events released full, already logged
         self.warn = RateLimitedLog(log)
@@ -178,7 +179,9 @@ class TreeStep:
         order (a log given twice must not hold the end of its first copy until the end).
         """
         if not self.enabled:
-            return [event for event in events if id(event) not in dropped] if dropped else events
+            kept = [e for e in events if id(e) not in dropped] if dropped else events
+            self.gap_markers += sum(1 for e in kept if not e["raw"] and is_gap_marker(e))
+            return kept
         self.input_at = time.monotonic()
         out: list[Event] = []
         ready: list[Event] = []  # released by the window, in order: applied after the loop
@@ -200,6 +203,7 @@ class TreeStep:
                 self._apply(ready, out)  # what was released before it goes first
                 ready.clear()
                 out.append(event)
+                self.gap_markers += is_gap_marker(event)
                 continue
             _, sec, msec, serial = event["key"]
             window.push_into(event, sec * 1000 + msec, serial, source, ready)
@@ -254,3 +258,9 @@ class TreeStep:
             "time_went_back": self.window.timelines,
             "tree": tree,
         }
+
+
+def is_gap_marker(event: Event) -> bool:
+    """An events-lost marker (serial gap, or batches a resend could no longer cover)."""
+    action = event.get("doc", {}).get("event", {}).get("action")
+    return bool(action == "events-lost")

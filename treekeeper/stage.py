@@ -75,14 +75,12 @@ def run(cfg: Config, ctx: StageContext) -> int:
     control = ControlServer(zctx, str(runtime.stage_dir(cfg)))
     acks = AckSender(zctx, cfg)
     sent = 0
-    gap_markers = 0
 
     def submit(batch: list[dict[str, Any]]) -> None:
-        nonlocal sent, gap_markers
+        nonlocal sent
         acks.tracker.released(batch)
         if batch:
             sent += len(batch)
-            gap_markers += sum(1 for e in batch if not e["raw"] and _is_gap_marker(e))
             acks.tracker.submitted(fanout.submit(batch))
 
     transport_errors = TransportErrors()
@@ -161,7 +159,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
             "events_out": sent,
             "frame_gaps": inlet.stats.gaps,
             "duplicates_dropped": dedupe.dropped,
-            "gap_markers": gap_markers,
+            "gap_markers": step.gap_markers,
             "transport_errors": transport_errors.frames,
             "foreign_hash_frames": transport_errors.foreign_hashes,
             "acks_sent": acks.acks_sent,
@@ -236,9 +234,3 @@ def frames_events(
                 marker = {"cause": "transport_error", "error": str(err), "key": event.get("key")}
                 event["doc"] = marker_doc("transport-error", marker)
         return events
-
-
-def _is_gap_marker(event: dict[str, Any]) -> bool:
-    """An events-lost marker (serial gap, or batches a resend could no longer cover)."""
-    action = event.get("doc", {}).get("event", {}).get("action")
-    return bool(action == "events-lost")
