@@ -99,7 +99,9 @@ static long previous_chain_max;
     X(s_result, "result") X(s_fail, "fail") X(s_clone, "clone") X(s_fork, "fork")         \
     X(s_vfork, "vfork") X(s_a0, "a0") X(s_proc_source, "proc_source")                    \
     X(s_runc_init_stage, "runc:[2:INIT]") X(s_exited, "_exited") X(s_success, "success")    \
-    X(s_title, "title") X(s_classify, "classify")
+    X(s_title, "title") X(s_classify, "classify")                                        \
+    X(s_runtime_binaries, "_RUNTIME_BINARIES") X(s_shim_prefix, "containerd-shim")        \
+    X(s_empty, "")
 
 #define DECLARE_STRING(var, text) static PyObject *var;
 STRING_LIST(DECLARE_STRING)
@@ -140,6 +142,7 @@ static Py_ssize_t config_offsets[CF_COUNT];
 static PyObject *role_none, *pidns_unknown, *pidns_host, *pidns_nested, *one, *fork_kwnames;
 static PyObject *heappush; /* heapq.heappush (tree.py's _exit), taken at import */
 static PyObject *role_runtime_init, *role_shim, *role_runtime, *containers_module;
+static PyObject *classify_imported; /* containers.classify as imported (plain_image) */
 enum { CR_ID, CR_RUNTIME, CR_COUNT };
 static const char *const container_names[CR_COUNT] = {"id", "runtime"};
 static Py_ssize_t container_offsets[CR_COUNT];
@@ -1266,6 +1269,7 @@ static int load_python_side(void)
         (role_shim = PyObject_GetAttrString(role, "SHIM")) == NULL ||
         (role_runtime = PyObject_GetAttrString(role, "RUNTIME")) == NULL ||
         (containers_module = PyImport_ImportModule("treekeeper.containers")) == NULL ||
+        (classify_imported = PyObject_GetAttrString(containers_module, "classify")) == NULL ||
         (pidns_unknown = PyObject_GetAttrString(pid_ns, "UNKNOWN")) == NULL ||
         (pidns_host = PyObject_GetAttrString(pid_ns, "HOST")) == NULL ||
         (pidns_nested = PyObject_GetAttrString(pid_ns, "NESTED")) == NULL) {
@@ -1339,7 +1343,22 @@ static int load_python_side(void)
 
 #include "enrich_apply.h"
 
+/* plain_image(executable, args) -> bool, for tests/test_native_enrich.py. */
+static PyObject *py_plain_image(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "plain_image(executable, args)");
+        return NULL;
+    }
+    int plain = plain_image(args[0], args[1]);
+    return plain < 0 ? NULL : PyBool_FromLong(plain);
+}
+
 static PyMethodDef methods[] = {
+    {"plain_image", (PyCFunction)(void (*)(void))py_plain_image, METH_FASTCALL,
+     "plain_image(executable, args) -> bool: True where containers.classify's answer is "
+     "(RuntimeRole.NONE, None) without calling it (enrich_exec.h)."},
     {"apply_ready", (PyCFunction)(void (*)(void))py_apply_ready, METH_FASTCALL,
      "apply_ready(step, table, ready, out, live_container) -> None: TreeStep._apply's loop "
      "(treekeeper/csrc/enrich_apply.h)."},

@@ -9,6 +9,60 @@
  * of other types than Python's _str/_args expect) is declined before anything changes.
  */
 
+/* ---- containers.classify's answer for most images, without calling it -------------- */
+
+/* containers._basename(path): what follows the last '/' once trailing ones are cut ("" for
+ * None or ""); a new reference. */
+static PyObject *image_basename(PyObject *path)
+{
+    if (path == NULL || path == Py_None)
+        return Py_NewRef(s_empty);
+    int kind = PyUnicode_KIND(path);
+    const void *data = PyUnicode_DATA(path);
+    Py_ssize_t end = PyUnicode_GET_LENGTH(path);
+    while (end > 0 && PyUnicode_READ(kind, data, end - 1) == '/')
+        end--;
+    Py_ssize_t start = end;
+    while (start > 0 && PyUnicode_READ(kind, data, start - 1) != '/')
+        start--;
+    return PyUnicode_Substring(path, start, end);
+}
+
+/* 1: neither the image's name nor its executable's is a shim's (containerd-shim*) or in
+ * containers._RUNTIME_BINARIES, so classify(executable, args) is (RuntimeRole.NONE, None)
+ * (its last line) and needs no call: ~0.5 µs of Python per exec; 0: classify must say
+ * (a runtime, a shim, or values it reads otherwise than plainly); -1 with an exception. */
+static int plain_image(PyObject *executable, PyObject *args)
+{
+    PyObject *first = Py_None; /* args[0] if args else "" */
+    if (args != Py_None) {
+        if (!PyList_CheckExact(args))
+            return 0;
+        if (PyList_GET_SIZE(args) > 0 && !PyUnicode_CheckExact(first = PyList_GET_ITEM(args, 0)))
+            return 0;
+    }
+    if (executable != Py_None && !PyUnicode_CheckExact(executable))
+        return 0;
+    PyObject *binaries = PyObject_GetAttr(containers_module, s_runtime_binaries);
+    if (binaries == NULL)
+        return -1;
+    int plain = PyFrozenSet_CheckExact(binaries);
+    PyObject *const paths[2] = {first, executable};
+    for (int i = 0; i < 2 && plain > 0; i++) {
+        PyObject *name = image_basename(paths[i]);
+        if (name == NULL) {
+            plain = -1;
+            break;
+        }
+        Py_ssize_t shim = PyUnicode_Tailmatch(name, s_shim_prefix, 0, PY_SSIZE_T_MAX, -1);
+        int known = shim ? 0 : PySet_Contains(binaries, name);
+        Py_DECREF(name);
+        plain = shim < 0 || known < 0 ? -1 : !shim && !known;
+    }
+    Py_DECREF(binaries);
+    return plain;
+}
+
 enum { EXEC_NOTHING, EXEC_IMAGE };
 
 typedef struct {
@@ -93,16 +147,25 @@ static int plan_exec(Table *t, PyObject *doc, PyObject *proc, int64_t at_ms, Exe
     PyObject *classify = PyObject_GetAttr(containers_module, s_classify);
     if (classify == NULL)
         goto decline;
-    PyObject *classify_args[2] = {plan->executable, plan->args};
-    PyObject *said = PyObject_Vectorcall(classify, classify_args, 2, NULL);
-    Py_DECREF(classify);
-    if (said == NULL || !PyTuple_CheckExact(said) || PyTuple_GET_SIZE(said) != 2) {
-        Py_XDECREF(said);
-        goto decline;
+    int plain = classify == classify_imported ? plain_image(plan->executable, plan->args) : 0;
+    if (plain != 0) {
+        Py_DECREF(classify);
+        if (plain < 0)
+            goto decline;
+        plan->role = Py_NewRef(role_none);
+        plan->managed = Py_NewRef(Py_None);
+    } else {
+        PyObject *classify_args[2] = {plan->executable, plan->args};
+        PyObject *said = PyObject_Vectorcall(classify, classify_args, 2, NULL);
+        Py_DECREF(classify);
+        if (said == NULL || !PyTuple_CheckExact(said) || PyTuple_GET_SIZE(said) != 2) {
+            Py_XDECREF(said);
+            goto decline;
+        }
+        plan->role = Py_NewRef(PyTuple_GET_ITEM(said, 0));
+        plan->managed = Py_NewRef(PyTuple_GET_ITEM(said, 1));
+        Py_DECREF(said);
     }
-    plan->role = Py_NewRef(PyTuple_GET_ITEM(said, 0));
-    plan->managed = Py_NewRef(PyTuple_GET_ITEM(said, 1));
-    Py_DECREF(said);
     if (container == Py_None) {
         /* Python's container rules: a runtime's init, or a shim's (or runtime's) child */
         if (plan->role == role_runtime_init)
