@@ -32,7 +32,7 @@ from auditstream.native import load_native
 
 IMMEDIATE = -1  # the order key of a frame that holds no timed event: it goes at once
 # frame_order_key's loop in C where built and allowed (treekeeper/csrc/reorder.c); the loop
-# below stays the reference (tests/test_frame_merge.py holds the two equal).
+# below stays the reference (tests/test_native_reorder.py holds the two equal).
 _NATIVE_OLDEST: Any = load_native("treekeeper.native_reorder", "oldest_event_ms")
 
 
