@@ -148,26 +148,6 @@ static inline int put_str(Out *o, PyObject *text)
     return put_utf8_string(o, (const unsigned char *)utf8, len);
 }
 
-static int put_unsigned(Out *o, unsigned long long value, int negative)
-{
-    char digits[24];
-    int at = (int)sizeof(digits);
-    do {
-        digits[--at] = (char)('0' + value % 10);
-        value /= 10;
-    } while (value);
-    if (negative)
-        digits[--at] = '-';
-    return out_put(o, digits + at, (Py_ssize_t)sizeof(digits) - at);
-}
-
-static int put_signed(Out *o, long long value)
-{
-    if (value < 0)
-        return put_unsigned(o, 0ULL - (unsigned long long)value, 1);
-    return put_unsigned(o, (unsigned long long)value, 0);
-}
-
 /* An int as orjson writes it: -2**63 .. 2**64-1, else decline (orjson refuses it). */
 static int put_int_value(Out *o, PyObject *number)
 {

@@ -153,19 +153,6 @@ static int put_value(Out *b, PyObject *value, int depth)
     return 1;
 }
 
-/* orjson's text of a non-negative int (snprintf was most of this file's time). */
-static int put_decimal(Out *b, Py_ssize_t value)
-{
-    char text[24];
-    int at = (int)sizeof text;
-    uint64_t v = (uint64_t)value;
-    do {
-        text[--at] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    return out_put(b, text + at, (Py_ssize_t)sizeof text - at);
-}
-
 /* WrittenDoc (text, at, until, head) parts; 0 when it is not one of the expected shape. */
 static int written_parts(PyObject *doc, PyObject **text, Py_ssize_t *at, Py_ssize_t *until,
                          PyObject **head)
@@ -234,11 +221,11 @@ static int write_docs(PyObject *events, int with_heads, char *docs, Out *heads)
             /* encode_docs: [start, end, at, until, head] for an event with raw records */
             PyObject *raw = PyDict_GetItemWithError(event, s_raw);
             int has_raw = raw == NULL ? (PyErr_Occurred() ? -1 : 0) : PyObject_IsTrue(raw);
-            if (has_raw < 0 || out_put(heads, "[", 1) < 0 || put_decimal(heads, start) < 0 ||
-                out_put(heads, ",", 1) < 0 || put_decimal(heads, end) < 0)
+            if (has_raw < 0 || out_put(heads, "[", 1) < 0 || put_signed(heads, start) < 0 ||
+                out_put(heads, ",", 1) < 0 || put_signed(heads, end) < 0)
                 return -1;
-            if (has_raw && (out_put(heads, ",", 1) < 0 || put_decimal(heads, start + at) < 0 ||
-                            out_put(heads, ",", 1) < 0 || put_decimal(heads, start + until) < 0 ||
+            if (has_raw && (out_put(heads, ",", 1) < 0 || put_signed(heads, start + at) < 0 ||
+                            out_put(heads, ",", 1) < 0 || put_signed(heads, start + until) < 0 ||
                             out_put(heads, ",", 1) < 0 ||
                             out_put(heads, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head)) < 0))
                 return -1;

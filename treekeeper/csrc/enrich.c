@@ -1343,7 +1343,7 @@ static int load_python_side(void)
 
 #include "enrich_apply.h"
 
-/* plain_image(executable, args) -> bool, for tests/test_native_enrich.py. */
+/* plain_image(executable, args) -> bool, for tests/test_native_classify.py. */
 static PyObject *py_plain_image(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;

@@ -176,6 +176,9 @@ static Py_ssize_t apply_one(PyObject *table, PyObject *event, PyObject *out, PyO
         PyErr_SetString(PyExc_TypeError, "apply_ready: observe gave no list");
         Py_CLEAR(lifecycle);
     }
+    /* enrich may use the view from before a Python observe of this doc: what that changes
+     * of it is the event-time cache for this same doc's time (tree.py event_ms), which the
+     * view only uses to skip a parse, so both give the same time and write the same values. */
     if (lifecycle != NULL &&
         (live == Py_None || add_live_container(lifecycle, doc, live, python) == 0) &&
         (plain ? enriched(table, doc, view, python) : python_enrich(table, doc)) == 0 &&

@@ -2,9 +2,9 @@
  *
  * Included by enrich.c. Reference: treekeeper/tree.py (_act, _exec, _take_image with its
  * args) and treekeeper/containers.py (classify, called here through the module, as tree.py
- * does). The code here takes an execve or execveat whose new image needs no container
- * rule: the process is in no container and its new image is no runtime's init, or it is
- * in one already. An exec older than the process's last one, or one that failed, changes
+ * does, except for images neither a shim's nor a runtime's: plain_image below). The code
+ * here takes an execve or execveat whose new image needs no container rule: the process is
+ * in no container and its new image is no runtime's init, or it is in one already. An exec older than the process's last one, or one that failed, changes
  * nothing. Every other case (a shim's or runtime's child that joins a container, doc values
  * of other types than Python's _str/_args expect) is declined before anything changes.
  */
@@ -15,7 +15,7 @@
  * None or ""); a new reference. */
 static PyObject *image_basename(PyObject *path)
 {
-    if (path == NULL || path == Py_None)
+    if (path == Py_None)
         return Py_NewRef(s_empty);
     int kind = PyUnicode_KIND(path);
     const void *data = PyUnicode_DATA(path);
