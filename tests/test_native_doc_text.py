@@ -476,17 +476,17 @@ def test_encode_lines_keeps_within_most_and_stops_at_enough() -> None:
 
 
 def test_encode_lines_buffer_survives_large_and_nested_calls() -> None:
-    """The buffer kept between calls: a call past its size cap, then small calls, and a call
-    made from inside another (``dumps`` running Python code) each give _encode's lines."""
+    """A large call (~10 MiB), then small calls, and a call made from inside another
+    (``dumps`` running Python code) each give _encode's lines."""
     encode = native_module("auditstream.native_doc_text").encode_lines
     big = [{**make_event(n), "doc": {"message": "x" * 4096, "n": n}} for n in range(2500)]
-    assert c_lines(big) == (b"".join(python_lines(big)), len(big))  # ~10 MiB: past the cap
+    assert c_lines(big) == (b"".join(python_lines(big)), len(big))  # ~10 MiB
     small = [make_event(n) for n in range(5)]
     assert c_lines(small) == (b"".join(python_lines(small)), 5)
     inner_results: list[tuple[bytes, int]] = []
 
     def nesting_dumps(value: Any, **options: Any) -> bytes:
-        # Another encode_lines while the outer one holds the kept buffer.
+        # Another encode_lines while the outer one is writing its lines.
         inner_results.append(
             encode(orjson.dumps, orjson.OPT_APPEND_NEWLINE, small, 0, 1 << 40, 1 << 40)
         )
@@ -496,6 +496,19 @@ def test_encode_lines_buffer_survives_large_and_nested_calls() -> None:
     assert (lines, upto) == (b"".join(python_lines(big[:50])), 50)
     assert inner_results == [(b"".join(python_lines(small)), 5)] * 50
     assert c_lines(small) == (b"".join(python_lines(small)), 5)
+
+
+def test_encode_lines_grows_past_its_first_guess() -> None:
+    """A call whose lines outgrow the size the call before suggested (short lines, then
+    lines of 64 KiB) and one that stops at ``enough`` after a long call give _encode's lines."""
+    short = [make_event(n) for n in range(200)]
+    assert c_lines(short) == (b"".join(python_lines(short)), len(short))
+    mixed = short[:50] + [
+        {**make_event(n), "doc": {"message": "y" * (64 << 10), "n": n}} for n in range(60)
+    ]
+    assert c_lines(mixed) == (b"".join(python_lines(mixed)), len(mixed))
+    sizes = [len(line) for line in python_lines(short)]
+    assert c_lines(short, 0, enough=sum(sizes[:3])) == (b"".join(python_lines(short[:3])), 3)
 
 
 _MARKER_TIME = re.compile(

@@ -617,31 +617,58 @@ done:
 
 /* -- encode_lines: the jsonl sink's JsonlSink._encode over a run of events ------------- */
 
+/* The lines are written straight into the bytes object encode_lines returns (ours alone
+ * until then), sized from the call before and cut to length at the end: a buffer of our
+ * own cost a copy of every output byte into that object (~2 % of the live tree keeper's
+ * samples, docs/performance.md "Thirty-second pass"). */
 typedef struct {
-    char *data;
+    PyObject *bytes; /* NULL until the first line */
     Py_ssize_t size, room;
 } Buffer;
 
-/* encode_lines' buffer, kept between calls (under the GIL): grown by doubling and freed
- * after every call, it was reallocated ~5 times per 1 MiB chunk (~3,500 instructions per
- * input event of the tree keeper, docs/performance.md "Twenty-fourth pass").
- * In use: a call made from inside another (orjson running Python code) has its own. */
-static Buffer kept_lines;
-static int kept_lines_busy;
-#define KEPT_LINES_MAX (8 << 20) /* more than this is freed after the call that needed it */
+/* Bytes per line of the last call: the next call's first size, so that it seldom grows. */
+static Py_ssize_t line_bytes_seen = 4096;
+#define LINES_ROOM_MIN (64 << 10)
+#define LINES_ROOM_FIRST_MAX (64 << 20) /* a first guess past this grows as it goes */
+
+/* Room for ``need`` bytes; -1 with an exception, the lines so far kept. (Not
+ * _PyBytes_Resize, which frees the object when it fails: the lines would go with it.) */
+static int buffer_grow(Buffer *b, Py_ssize_t need) {
+    Py_ssize_t room = b->room > 0 ? b->room : LINES_ROOM_MIN;
+    while (room < need) {
+        if (room > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        room *= 2;
+    }
+    PyObject *grown = PyBytes_FromStringAndSize(NULL, room);
+    if (grown == NULL) return -1;
+    if (b->bytes != NULL) {
+        memcpy(PyBytes_AS_STRING(grown), PyBytes_AS_STRING(b->bytes), (size_t)b->size);
+        Py_DECREF(b->bytes);
+    }
+    b->bytes = grown;
+    b->room = room;
+    return 0;
+}
 
 static int buffer_put(Buffer *b, const char *data, Py_ssize_t size) {
-    if (b->size + size > b->room) {
-        Py_ssize_t room = b->room ? b->room : 1 << 16;
-        while (room < b->size + size) room *= 2;
-        char *grown = PyMem_Realloc(b->data, (size_t)room);
-        if (grown == NULL) return -1;
-        b->data = grown;
-        b->room = room;
-    }
-    memcpy(b->data + b->size, data, (size_t)size);
+    if (b->size + size > b->room && buffer_grow(b, b->size + size) < 0) return -1;
+    memcpy(PyBytes_AS_STRING(b->bytes) + b->size, data, (size_t)size);
     b->size += size;
     return 0;
+}
+
+/* The first room of a call for ``events`` lines at most, and at most ``most`` bytes plus
+ * one line past ``enough``. */
+static Py_ssize_t first_room(Py_ssize_t events, Py_ssize_t most, Py_ssize_t enough) {
+    Py_ssize_t per_line = line_bytes_seen + line_bytes_seen / 8;
+    Py_ssize_t room = LINES_ROOM_FIRST_MAX;
+    if (events < LINES_ROOM_FIRST_MAX / per_line) room = events * per_line;
+    if (enough < room - per_line) room = enough + per_line;
+    if (most < room) room = most;
+    return room < LINES_ROOM_MIN ? LINES_ROOM_MIN : room;
 }
 
 static int buffer_put_bytes(Buffer *b, PyObject *bytes) {
@@ -739,11 +766,14 @@ static PyObject *encode_lines(PyObject *self, PyObject *const *args, Py_ssize_t 
     PyObject *kwnames = option_name ? PyTuple_Pack(1, option_name) : NULL;
     Py_XDECREF(option_name);
     if (kwnames == NULL) return NULL;
-    Buffer own = {NULL, 0, 0};
-    Buffer *b = kept_lines_busy ? &own : &kept_lines;
-    if (b == &kept_lines) kept_lines_busy = 1;
-    b->size = 0;
     Py_ssize_t upto = start < 0 ? 0 : start;
+    Py_ssize_t count = PyList_GET_SIZE(events);
+    Buffer buffer = {NULL, 0, 0}, *b = &buffer;
+    if (upto < count && buffer_grow(b, first_room(count - upto, most, enough)) < 0) {
+        Py_DECREF(kwnames);
+        return NULL;
+    }
+    Py_ssize_t first = upto;
     while (upto < PyList_GET_SIZE(events) && b->size < enough) {
         Py_ssize_t mark = b->size;
         PyObject *event = Py_NewRef(PyList_GET_ITEM(events, upto)); /* dumps runs Python code */
@@ -757,12 +787,12 @@ static PyObject *encode_lines(PyObject *self, PyObject *const *args, Py_ssize_t 
         upto++;
     }
     Py_DECREF(kwnames);
-    PyObject *lines = PyBytes_FromStringAndSize(b->data, b->size);
-    if (b == &own || b->room > KEPT_LINES_MAX) {
-        PyMem_Free(b->data);
-        *b = (Buffer){NULL, 0, 0};
-    }
-    if (b == &kept_lines) kept_lines_busy = 0;
+    if (upto > first) line_bytes_seen = b->size / (upto - first) + 1;
+    PyObject *lines = b->bytes;
+    if (lines == NULL)
+        lines = PyBytes_FromStringAndSize(NULL, 0);
+    else if (_PyBytes_Resize(&lines, b->size) < 0) /* shrinks in place; ours alone, so allowed */
+        lines = NULL;
     return lines ? Py_BuildValue("(Nn)", lines, upto) : NULL;
 }
 
