@@ -25,6 +25,7 @@ waits for acknowledgements). Either takes the oldest parked frame, as before par
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from auditstream import wire
@@ -33,7 +34,9 @@ from auditstream.native import load_native
 IMMEDIATE = -1  # the order key of a frame that holds no timed event: it goes at once
 # frame_order_key's loop in C where built and allowed (treekeeper/csrc/reorder.c); the loop
 # below stays the reference (tests/test_native_reorder.py holds the two equal).
-_NATIVE_OLDEST: Any = load_native("treekeeper.native_reorder", "oldest_event_ms")
+_NATIVE_OLDEST: Callable[[list[Any]], int | None] | None = load_native(
+    "treekeeper.native_reorder", "oldest_event_ms"
+)
 
 
 def frame_order_key(frame: wire.Frame) -> int:

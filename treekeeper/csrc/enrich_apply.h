@@ -32,6 +32,20 @@ static int counted_bad_doc(PyObject *table)
     return rc == 0;
 }
 
+/* The Python methods: for a doc that is not an exact dict (they cope or raise), and for
+ * one the C code declined (it declines again there). */
+static PyObject *python_observe(PyObject *table, PyObject *doc)
+{
+    return PyObject_CallMethodOneArg(table, ap_observe, doc);
+}
+
+static int python_enrich(PyObject *table, PyObject *doc)
+{
+    PyObject *done = PyObject_CallMethodOneArg(table, ap_enrich, doc);
+    Py_XDECREF(done);
+    return done == NULL ? -1 : 0;
+}
+
 /* ProcessTable.observe(doc) with this module's observe and the table's view (NULL: the
  * table declined one): a new list, or NULL on error. *python is set when Python ran. */
 static PyObject *observed(PyObject *table, PyObject *doc, Table *view, int *python)
@@ -44,7 +58,7 @@ static PyObject *observed(PyObject *table, PyObject *doc, Table *view, int *pyth
     if (taken == Py_False) { /* nothing done: the Python method does it all (C declines again) */
         Py_DECREF(taken);
         *python = 1;
-        return PyObject_CallMethodOneArg(table, ap_observe, doc);
+        return python_observe(table, doc);
     }
     PyObject *out = NULL;
     if (taken != NULL && PyList_CheckExact(taken))
@@ -97,25 +111,10 @@ static int enriched(PyObject *table, PyObject *doc, Table *view, int *python)
     if (done == Py_False) { /* nothing done: the Python method (enrich_doc) */
         Py_DECREF(done);
         *python = 1;
-        done = PyObject_CallMethodOneArg(table, ap_enrich, doc);
-        Py_XDECREF(done);
-        return done == NULL ? -1 : 0;
+        return python_enrich(table, doc);
     }
     Py_XDECREF(done);
     return done != NULL || counted_bad_doc(table) ? 0 : -1;
-}
-
-/* The Python method, for a doc that is not an exact dict (it copes or raises). */
-static PyObject *python_observe(PyObject *table, PyObject *doc)
-{
-    return PyObject_CallMethodOneArg(table, ap_observe, doc);
-}
-
-static int python_enrich(PyObject *table, PyObject *doc)
-{
-    PyObject *done = PyObject_CallMethodOneArg(table, ap_enrich, doc);
-    Py_XDECREF(done);
-    return done == NULL ? -1 : 0;
 }
 
 /* lifecycle += live(doc), as _apply does for a live tree keeper; 0, or -1 on error. */
