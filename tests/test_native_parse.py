@@ -203,6 +203,20 @@ def test_any_batch_cuts_the_same(rows: list[list[object]], trailer: bool) -> Non
     assert as_comparable(c_parse_batch()(rows, trailer)) == as_comparable(parse_batch(rows, trailer))
 
 
+def test_records_of_an_event_share_their_key_numbers() -> None:
+    """The records of one event get the same serial, sec and msec objects; the next event gets its own values."""
+    rows = [[1300, b"audit(1795507714.087:2061954): a=1", ""], [1307, b"audit(1795507714.087:2061954): cwd=/", ""],
+            [1320, b"audit(1795507714.087:2061954): ", ""], [1300, b"audit(1795507714.912:2061955): a=2", ""],
+            [1300, b"audit(1795507715.312:2061956): a=3", ""]]  # fmt: skip
+    runs = c_parse_batch()(rows, True)
+    first, second, third = runs[0], runs[1][0], runs[2][0]
+    assert [r.serial for r in first] == [2061954] * 3 and first[0].serial is first[2].serial
+    assert first[0].sec is first[1].sec and first[0].msec is first[1].msec
+    assert (second.sec, second.msec, second.serial) == (1795507714, 912, 2061955)
+    assert (third.sec, third.msec, third.serial) == (1795507715, 312, 2061956)
+    assert as_comparable(runs) == as_comparable(parse_batch(rows, True))
+
+
 def test_rows_c_does_not_read_go_to_python() -> None:
     """A batch with a row that is not a list or tuple of three, or a type that is not an int, behaves as in Python."""
     cbatch = c_parse_batch()
