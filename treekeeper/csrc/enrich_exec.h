@@ -4,9 +4,10 @@
  * args) and treekeeper/containers.py (classify, called here through the module, as tree.py
  * does, except for images neither a shim's nor a runtime's: plain_image below). The code
  * here takes an execve or execveat whose new image needs no container rule: the process is
- * in no container and its new image is no runtime's init, or it is in one already. An exec older than the process's last one, or one that failed, changes
- * nothing. Every other case (a shim's or runtime's child that joins a container, doc values
- * of other types than Python's _str/_args expect) is declined before anything changes.
+ * in no container and its new image is no runtime's init, or it is in one already. An exec
+ * older than the process's last one, or one that failed, changes nothing. Every other case
+ * (a shim's or runtime's child that joins a container, doc values of other types than
+ * Python's _str/_args expect) is declined before anything changes.
  */
 
 /* ---- containers.classify's answer for most images, without calling it -------------- */
