@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -142,10 +142,14 @@ class Assembly:
 
     def note_read_to(self, read_to: Any) -> None:
         """The receiver had read up to this (event ms, serial), and sent us all of ours."""
-        if isinstance(read_to, list) and len(read_to) == 2 and all(type(v) is int for v in read_to):
+        if (
+            isinstance(read_to, list | tuple)  # a records frame's arrays are tuples
+            and len(read_to) == 2
+            and all(type(v) is int for v in read_to)
+        ):
             self.read_to = (read_to[0], read_to[1])
 
-    def push_batch(self, recs: list[list[Any]], recv_ns: int | None = None) -> None:
+    def push_batch(self, recs: Sequence[Sequence[Any]], recv_ns: int | None = None) -> None:
         self.recv_ns = recv_ns
         self.input_at = time.monotonic()
         try:
@@ -153,7 +157,7 @@ class Assembly:
         finally:
             self.recv_ns = None
 
-    def _push_records(self, recs: list[list[Any]]) -> None:
+    def _push_records(self, recs: Sequence[Sequence[Any]]) -> None:
         self.counts["records"] += len(recs)
         if (
             not self.event_time

@@ -290,10 +290,17 @@ def pack_body(body: Any) -> bytes:
     return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def unpack_body(raw: bytes) -> Any:
+def unpack_body(raw: bytes, *, lists: bool = True) -> Any:
+    """A frame's body; ``lists=False`` gives arrays as tuples (a records frame: a tuple row is
+    one allocation instead of a list's two, ~13 ns less per record to make and free)."""
     # surrogatepass and the ext hook read what _pack_tolerant wrote; valid UTF-8 decodes as before.
     return msgpack.unpackb(
-        raw, raw=False, strict_map_key=False, unicode_errors="surrogatepass", ext_hook=_ext_hook
+        raw,
+        raw=False,
+        strict_map_key=False,
+        unicode_errors="surrogatepass",
+        ext_hook=_ext_hook,
+        use_list=lists,
     )
 
 
@@ -470,7 +477,7 @@ class Inlet:
         self.stats.frames += 1
         if tail:  # an events frame's docs_json
             return Frame(kind, sender, counter, events_body(body, tail[0]))
-        return Frame(kind, sender, counter, unpack_body(body))
+        return Frame(kind, sender, counter, unpack_body(body, lists=kind != RECORDS))
 
     def close(self) -> None:
         self.sock.close()

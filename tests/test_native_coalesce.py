@@ -426,6 +426,25 @@ def test_seed_event_is_handled() -> None:
     assert compare(_seed_event())
 
 
+def test_records_of_a_subclass_are_read_through_getattr() -> None:
+    """Records that are not exactly Record (a subclass) are read with getattr and give the Python event."""
+    reads: list[str] = []
+
+    class Watched(Record):
+        __slots__ = ()
+
+        def __getattribute__(self, name: str) -> Any:
+            reads.append(name)
+            return super().__getattribute__(name)
+
+    seed = _seed_event()
+    watched = [Watched(**{f.name: getattr(r, f.name) for f in dataclasses.fields(r)}) for r in seed]
+    reads.clear()
+    assert native.coalesce(watched) is not None
+    assert {"type", "body", "sec", "msec", "serial", "node"} <= set(reads)
+    assert compare(watched) and compare(seed)
+
+
 def test_keys_and_values_past_the_caches_stay_right() -> None:
     """Thousands of distinct keys and short values, more than the key and value caches
     hold, come out equal to Python's: an evicted or colliding entry is never reused."""

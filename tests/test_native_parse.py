@@ -217,6 +217,22 @@ def test_records_of_an_event_share_their_key_numbers() -> None:
     assert as_comparable(runs) == as_comparable(parse_batch(rows, True))
 
 
+def test_records_of_a_type_share_their_type_number() -> None:
+    """Records of one type get one type integer, across batches, though each row brings its own (as msgpack's do)."""
+    def rows(serial: int) -> list[list[Any]]:
+        return [[int("1300"), b"audit(1.002:%d): a=1" % serial, ""], [int("1307"), b"audit(1.002:%d): cwd=/" % serial, ""],
+                [int("1320"), b"audit(1.002:%d): " % serial, ""], [int("1300"), b"audit(1.002:%d): a=2" % (serial + 1), ""],
+                [int("5000"), b"audit(1.002:%d): x=1" % (serial + 2), ""]]  # fmt: skip
+    first, second = rows(10), rows(20)
+    assert first[0][0] is not first[3][0] and first[0][0] is not second[0][0]
+    runs = c_parse_batch()(first, True) + c_parse_batch()(second, True)
+    syscalls = [run[0] for run in runs if run[0].type == 1300]
+    assert len(syscalls) == 4 and all(rec.type is syscalls[0].type for rec in syscalls)
+    assert runs[0][1].type == 1307 and runs[0][1].type is runs[3][1].type
+    assert runs[2][0].type is first[4][0]  # beyond the shared range: the row's own integer
+    assert as_comparable(c_parse_batch()(second, True)) == as_comparable(parse_batch(second, True))
+
+
 def test_rows_c_does_not_read_go_to_python() -> None:
     """A batch with a row that is not a list or tuple of three, or a type that is not an int, behaves as in Python."""
     cbatch = c_parse_batch()

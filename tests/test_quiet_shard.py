@@ -82,7 +82,7 @@ def test_a_quiet_assembler_gets_a_tick_with_the_newest_record_read(
     shipper.add([record(12), record(14, type_=1320)])  # shard 0 only
     shipper.flush_due()
     (batch,) = frames(inlets[0])
-    assert batch.kind == wire.RECORDS and batch.body["read_to"] == [1700000000250, 14]
+    assert batch.kind == wire.RECORDS and tuple(batch.body["read_to"]) == (1700000000250, 14)
     (tick,) = frames(inlets[1])
     assert tick.kind == wire.TICK and tick.body == {"read_to": [1700000000250, 14]}
     shipper.flush_due()  # nothing new read: no second tick

@@ -230,12 +230,54 @@ static int load_python_objects(void) {
     return load_slots();
 }
 
+/* assembler.parse.Record's slots, read by offset: six generic getattr calls per record
+ * (type lookup, descriptor call) were ~2 % of the assembler. Anything that is not exactly a
+ * Record (a subclass, a test's stand-in) is read with getattr, as before. */
+enum { R_TYPE, R_BODY, R_SEC, R_MSEC, R_SERIAL, R_NODE, R_COUNT };
+static PyObject **const g_record_names[R_COUNT] = {&s_type, &s_body, &s_sec,
+                                                   &s_msec, &s_serial, &s_node};
+static PyTypeObject *g_record_class;
+static Py_ssize_t g_record_offsets[R_COUNT];
+
+static int load_record_slots(void) {
+    PyObject *cls = import_attr("assembler.parse", "Record");
+    if (cls == NULL)
+        return -1;
+    for (int k = 0; k < R_COUNT; k++) {
+        PyObject *descr = PyType_Check(cls) ? PyObject_GetAttr(cls, *g_record_names[k]) : NULL;
+        int ok = descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)descr)->d_common.d_type == (PyTypeObject *)cls &&
+                 ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
+        if (ok)
+            g_record_offsets[k] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        Py_XDECREF(descr);
+        if (!ok) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "Record.%U is not a slot", *g_record_names[k]);
+            Py_DECREF(cls);
+            return -1;
+        }
+    }
+    g_record_class = (PyTypeObject *)cls;
+    return 0;
+}
+
+/* rec.<field> (a new reference); NULL with AttributeError when unset, as getattr. */
+static PyObject *record_attr(PyObject *rec, int field) {
+    if (Py_IS_TYPE(rec, g_record_class)) {
+        PyObject *value = *(PyObject **)((char *)rec + g_record_offsets[field]);
+        if (value != NULL)
+            return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(rec, *g_record_names[field]);
+}
+
 #include "coalesce_normalize.h"
 
 static int ensure_ready(void) {
     if (g_ready)
         return 0;
-    if (load_python_objects() < 0 || normalize_init() < 0)
+    if (load_python_objects() < 0 || load_record_slots() < 0 || normalize_init() < 0)
         return -1;
     g_ready = 1;
     return 0;
@@ -956,7 +998,7 @@ static void input_clear(EventInput *in) {
 
 /* A record's type as a C long; DECLINE when it is not a plain int. */
 static int record_type_of(PyObject *rec, long *type) {
-    PyObject *value = PyObject_GetAttr(rec, s_type);
+    PyObject *value = record_attr(rec, R_TYPE);
     if (value == NULL) {
         PyErr_Clear();
         return DECLINE;
@@ -1000,7 +1042,7 @@ static int read_input(PyObject *records, EventInput *in) {
         execve += type == EXECVE_TYPE;
         if (!allowed || execve > MAX_EXECVE_RECORDS)
             return DECLINE;
-        PyObject *body = PyObject_GetAttr(PyList_GET_ITEM(in->records, i), s_body);
+        PyObject *body = record_attr(PyList_GET_ITEM(in->records, i), R_BODY);
         if (body == NULL) {
             PyErr_Clear();
             return DECLINE;
@@ -1016,9 +1058,8 @@ static int read_input(PyObject *records, EventInput *in) {
 
 /* The lead record's frame: sec, msec, serial, node, category, record type. */
 static int frame_parts(PyObject *lead, EventParts *parts) {
-    PyObject *names[4] = {s_sec, s_msec, s_serial, s_node};
     for (int k = 0; k < 4; k++) {
-        parts->slot[F_SEC + k] = PyObject_GetAttr(lead, names[k]);
+        parts->slot[F_SEC + k] = record_attr(lead, R_SEC + k);
         if (parts->slot[F_SEC + k] == NULL) {
             PyErr_Clear();
             return DECLINE;

@@ -170,6 +170,18 @@ static PyObject *key_number(KeyNumber *last, long long value) {
     return object;
 }
 
+/* One integer per record type, shared by every record of that type: msgpack makes a new one
+ * per row, scattered over the heap, and each later read of a record's type (coalesce reads
+ * them all) then touched a cold cache line. The first integer seen for a value is kept. */
+#define SHARED_TYPES 3000 /* kernel and user-space types are below 3000 */
+static PyObject *shared_type[SHARED_TYPES];
+
+static PyObject *type_number(PyObject *type, long long value) {
+    if (value <= 0 || value >= SHARED_TYPES) return Py_NewRef(type);
+    if (shared_type[value] == NULL) shared_type[value] = Py_NewRef(type);
+    return Py_NewRef(shared_type[value]);
+}
+
 /* One record (a new reference) and its key; NULL with the Python parser's exception.
  * *keyed is 0 when the key could not be read (the record then starts its own run).
  * trailer == 0: a 0x1d is body text (records from the kernel, which appends no trailer). */
@@ -362,11 +374,11 @@ static PyObject *parse_batch(PyObject *self, PyObject *const *args, Py_ssize_t n
         /* The row's items, held: a row is a list, which a callback could change. */
         PyObject **items = PySequence_Fast_ITEMS(rows[i]);
         PyObject *type = items[0], *data = items[1], *node = items[2];
-        Py_INCREF(type);
-        Py_INCREF(data);
-        Py_INCREF(node);
         int overflow = 0, failed = 0;
         long long type_value = PyLong_AsLongLongAndOverflow(type, &overflow);
+        type = overflow ? Py_NewRef(type) : type_number(type, type_value);
+        Py_INCREF(data);
+        Py_INCREF(node);
         if (overflow < 0 || (overflow == 0 && type_value <= 0)) {
             failed = append_unparsed(out, type, data, node, NULL);
             run = NULL;
