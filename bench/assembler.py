@@ -1,12 +1,13 @@
 """Time the assembler stage alone (parse, reassemble, interpret, coalesce, ECS doc).
 
-    python bench/assembler.py /tmp/big.log [--lines N] [--profile] [--ship]
+    python bench/assembler.py /tmp/big.log [--lines N] [--profile] [--ship] [--frames]
 
 Lines are split into raw records before the clock starts, as the receiver would;
 the timed loop is ``Assembly.push_batch`` / ``maintain`` in batches of 512, in-process.
 ``--ship`` also packs each batch's events as the stage sends them to a tree keeper with a
 jsonl sink (``wire.pack_events_body`` with heads, no raw records): a third of a pipeline
-assembler's CPU.
+assembler's CPU. ``--frames`` also packs each batch as the receiver ships it (before the clock)
+and unpacks it in the loop as the stage's inlet does (``wire.unpack_body``, rows as tuples).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import cProfile
 import pstats
 import sys
 import time
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +39,18 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=0, help="use only the first N lines")
     parser.add_argument("--profile", action="store_true", help="run under cProfile, print top 25")
     parser.add_argument("--ship", action="store_true", help="pack the events as the stage does")
+    parser.add_argument(
+        "--frames", action="store_true", help="unpack records frames as the stage does"
+    )
     args = parser.parse_args()
     with open(args.log, "rb") as handle:
         lines = handle.readlines()
     if args.lines:
         lines = lines[: args.lines]
     recs: list[list[Any]] = [list(split_log_line(line)) for line in lines]
+    batches: list[Any] = [recs[index : index + BATCH] for index in range(0, len(recs), BATCH)]
+    if args.frames:  # as the receiver ships them (rows of [type, data, node])
+        batches = [wire.pack_body({"recs": batch, "recv_ns": 0}) for batch in batches]
     # --ship: as the stage (docs written as text) with a jsonl sink (the record count in
     # place of the records)
     assembly = Assembly(Config(), event_time=True, written_docs=args.ship)
@@ -55,8 +63,12 @@ def main() -> None:
     start = time.perf_counter()
     if profiler is not None:
         profiler.enable()
-    for index in range(0, len(recs), BATCH):
-        assembly.push_batch(recs[index : index + BATCH])
+    # An older tree's inlet had lists only (a copy of this file times it too).
+    as_tuples = {"lists": False} if "lists" in signature(wire.unpack_body).parameters else {}
+    for batch in batches:
+        if args.frames:  # as the stage's inlet reads a records frame
+            batch = wire.unpack_body(batch, **as_tuples)["recs"]
+        assembly.push_batch(batch)
         assembly.maintain()
         events += len(assembly.out)
         if args.ship:
