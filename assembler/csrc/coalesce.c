@@ -235,42 +235,27 @@ static int load_python_objects(void) {
  * assembler. Anything that is not exactly a Record (a subclass, a test's stand-in) is read
  * with getattr, as before. */
 enum { R_TYPE, R_BODY, R_SEC, R_MSEC, R_SERIAL, R_NODE, R_COUNT };
+static const char *const g_record_fields[R_COUNT] = {"type", "body", "sec",
+                                                     "msec", "serial", "node"};
 static PyObject **const g_record_names[R_COUNT] = {&s_type, &s_body, &s_sec,
                                                    &s_msec, &s_serial, &s_node};
 static PyTypeObject *g_record_class;
 static Py_ssize_t g_record_offsets[R_COUNT];
 
 static int load_record_slots(void) {
-    PyObject *cls = import_attr("assembler.parse", "Record");
-    if (cls == NULL)
+    PyTypeObject *cls = import_type("assembler.parse", "Record");
+    if (cls == NULL || slot_offsets(cls, g_record_fields, g_record_offsets, R_COUNT) < 0) {
+        Py_XDECREF(cls);
         return -1;
-    for (int k = 0; k < R_COUNT; k++) {
-        PyObject *descr = PyType_Check(cls) ? PyObject_GetAttr(cls, *g_record_names[k]) : NULL;
-        int ok = descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
-                 ((PyMemberDescrObject *)descr)->d_common.d_type == (PyTypeObject *)cls &&
-                 ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
-        if (ok)
-            g_record_offsets[k] = ((PyMemberDescrObject *)descr)->d_member->offset;
-        Py_XDECREF(descr);
-        if (!ok) {
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_TypeError, "Record.%U is not a slot", *g_record_names[k]);
-            Py_DECREF(cls);
-            return -1;
-        }
     }
-    g_record_class = (PyTypeObject *)cls;
+    g_record_class = cls;
     return 0;
 }
 
 /* rec.<field> (a new reference); NULL with AttributeError when unset, as getattr. */
 static PyObject *record_attr(PyObject *rec, int field) {
-    if (Py_IS_TYPE(rec, g_record_class)) {
-        PyObject *value = *(PyObject **)((char *)rec + g_record_offsets[field]);
-        if (value != NULL)
-            return Py_NewRef(value);
-    }
-    return PyObject_GetAttr(rec, *g_record_names[field]);
+    PyObject *value = Py_IS_TYPE(rec, g_record_class) ? slot(rec, g_record_offsets[field]) : NULL;
+    return value != NULL ? Py_NewRef(value) : PyObject_GetAttr(rec, *g_record_names[field]);
 }
 
 #include "coalesce_normalize.h"
