@@ -28,6 +28,7 @@ from assembler.stage import Assembly  # noqa: E402
 from auditstream import wire  # noqa: E402
 from auditstream.config import Config  # noqa: E402
 from auditstream.logline import split_log_line  # noqa: E402
+from auditstream.native import load_native  # noqa: E402
 from auditstream.stage import keep_freed_heap, tune_gc  # noqa: E402
 
 BATCH = 512
@@ -42,7 +43,17 @@ def main() -> None:
     parser.add_argument(
         "--frames", action="store_true", help="unpack records frames as the stage does"
     )
+    parser.add_argument(
+        "--no-fused",
+        action="store_true",
+        help="every event the Coalesced way (assembler/csrc/fused_event.h), for comparison",
+    )
     args = parser.parse_args()
+    if args.no_fused:
+        set_fused = load_native("assembler.native_ecs", "_set_fused")
+        if set_fused is None:
+            raise SystemExit("--no-fused: assembler.native_ecs is not built")
+        set_fused(False)
     with open(args.log, "rb") as handle:
         lines = handle.readlines()
     if args.lines:

@@ -1152,6 +1152,8 @@ static PyObject *coalesce(PyObject *module, PyObject *records) {
     Py_RETURN_NONE;
 }
 
+#include "coalesce_fused.h"
+
 static PyObject *normalize_counts(PyObject *module, PyObject *unused) {
     return Py_BuildValue("(KK)", g_norm_handled, g_norm_declined);
 }
@@ -1163,6 +1165,9 @@ static PyMethodDef methods[] = {
     {"_normalize_counts", normalize_counts, METH_NOARGS,
      "_normalize_counts() -> (handled, declined): events whose apply_normalization ran in C, and "
      "those left to the Python function, since the module was loaded (for the tests)."},
+    {"_fused_counts", fused_counts, METH_NOARGS,
+     "_fused_counts() -> (taken, declined): events read as fused events (coalesce_fused.h), and "
+     "those declined, since the module was loaded (for the tests)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1174,5 +1179,15 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit_native_coalesce(void) {
     init_char_classes();
-    return PyModule_Create(&module);
+    PyObject *mod = PyModule_Create(&module);
+    if (mod == NULL)
+        return NULL;
+    g_fused_api.coalesce = coalesce;
+    PyObject *capsule = PyCapsule_New(&g_fused_api, FUSED_CAPSULE, NULL);
+    if (capsule == NULL || PyModule_AddObject(mod, "_fused_api", capsule) < 0) {
+        Py_XDECREF(capsule);
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
 }

@@ -1061,7 +1061,7 @@ static int load_python_side(void)
         slot_offsets(record_type, record_names, record_offsets, R_COUNT) < 0 ||
         slot_offsets(address_type, address_names, address_offsets, A_COUNT) < 0)
         return -1;
-    return 0;
+    return fused_ready();
 }
 
 static PyMethodDef methods[] = {
@@ -1072,6 +1072,12 @@ static PyMethodDef methods[] = {
      "write_doc(records, coalesced, completed_by) -> WrittenDoc | None: the JSON text of "
      "build_doc's doc with completed_by, and its head; None when left to the dict path."},
     {"escape", py_escape, METH_O, "escape(raw: bytes) -> str: auditstream.escape.escape."},
+    {"_set_fused", py_set_fused, METH_O,
+     "_set_fused(on) -> bool: whether EventCompleter tries fused events (ecs_fused.h) first; "
+     "returns the previous setting (tests and benchmarks compare the two ways)."},
+    {"_fused_counts", py_fused_counts, METH_NOARGS,
+     "_fused_counts() -> (written, unwritten): fused events whose doc was written here, and "
+     "those read but left to the Coalesced way, since the module was loaded (for the tests)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "native_ecs",

@@ -85,7 +85,32 @@ static PyObject *event_raw(PyObject *records)
 
 /* The event of records, doc written; NULL: an exception, or none (declined, or a record's
  * slot unset) without one. */
-static PyObject *completed_event(EventCompleter *self, PyObject *records, PyObject *completed_by)
+/* The doc of a fused event (ecs_fused.h) when native_coalesce reads one and it is written;
+ * NULL: an exception, or none (declined) without one. */
+static PyObject *fused_doc(const FusedApi *api, PyObject *records, PyObject *completed_by)
+{
+    /* ENRICHED names of the ids (the lead record's trailer): the user object's dict path */
+    PyObject *enriched = slot(PyList_GET_ITEM(records, 0), record_offsets[R_ENRICHED]);
+    if (!Py_IS_TYPE(PyList_GET_ITEM(records, 0), record_type) || enriched == NULL ||
+        !PyBytes_CheckExact(enriched) || PyBytes_GET_SIZE(enriched) != 0)
+        return NULL;
+    FusedEvent ev;
+    int got = api->read(records, &ev);
+    if (got <= 0)
+        return NULL;
+    PyObject *doc = write_fused_doc(records, &ev, completed_by);
+    api->release(&ev);
+    if (doc == Py_None) {
+        fused_unwritten++;
+        Py_CLEAR(doc);
+    } else if (doc != NULL) {
+        fused_written++;
+    }
+    return doc;
+}
+
+/* The doc of the Coalesced way; NULL: an exception, or none (declined) without one. */
+static PyObject *coalesced_doc(EventCompleter *self, PyObject *records, PyObject *completed_by)
 {
     PyObject *coalesced = PyObject_Vectorcall(self->coalesce, &records, 1, NULL);
     if (coalesced == NULL || coalesced == Py_None) {
@@ -94,10 +119,19 @@ static PyObject *completed_event(EventCompleter *self, PyObject *records, PyObje
     }
     PyObject *doc = write_doc_of(records, coalesced, completed_by);
     Py_DECREF(coalesced);
-    if (doc == NULL || doc == Py_None) {
-        Py_XDECREF(doc);
+    if (doc == Py_None)
+        Py_CLEAR(doc);
+    return doc;
+}
+
+static PyObject *completed_event(EventCompleter *self, PyObject *records, PyObject *completed_by)
+{
+    const FusedApi *api = fused_api_for(self->coalesce);
+    PyObject *doc = api != NULL ? fused_doc(api, records, completed_by) : NULL;
+    if (doc == NULL && !PyErr_Occurred())
+        doc = coalesced_doc(self, records, completed_by);
+    if (doc == NULL)
         return NULL;
-    }
     PyObject *event = NULL, *key = NULL, *raw = NULL;
     PyObject *want_raw = PyObject_GetAttr(self->assembly, s_raw_records);
     int records_too = want_raw != NULL ? PyObject_IsTrue(want_raw) : -1;

@@ -242,6 +242,8 @@ static int put_nonempty_str(Out *o, int *first, const char *key, PyObject *text)
     return put_key(o, first, key) < 0 ? -1 : put_str(o, text);
 }
 
+#include "ecs_fused.h"
+
 /* ---- the parts of the doc build() makes as dicts ------------------------------------- */
 
 static int write_event(Out *o, CoalescedView *c)
@@ -358,7 +360,7 @@ static int write_head_data(Out *o, PyObject *data)
 }
 
 static int write_auditd(Out *o, PyObject *records, CoalescedView *c, PyObject *data,
-                        Py_hash_t *hashes)
+                        Py_hash_t *hashes, const FusedEvent *fused)
 {
     int first = 0;
     PyObject *session = c->field[C_SESSION];
@@ -366,15 +368,17 @@ static int write_auditd(Out *o, PyObject *records, CoalescedView *c, PyObject *d
         put_key(o, &first, "category") < 0 || put_str(o, c->field[C_CATEGORY]) < 0 ||
         put_key(o, &first, "sequence") < 0 || put_int_value(o, c->field[C_SERIAL]) < 0 ||
         put_key(o, &first, "result") < 0 || put_str(o, c->field[C_RESULT]) < 0 ||
-        put_key(o, &first, "data") < 0 || put_value(o, data, 2) < 0)
+        put_key(o, &first, "data") < 0 ||
+        (fused ? put_fields(o, fused->data, fused->n_data) : put_value(o, data, 2)) < 0)
         return -1;
     if (nonempty_str(session) && !str_equals_ascii(session, "unset") &&
         (put_key(o, &first, "session") < 0 || put_str(o, session) < 0))
         return -1;
     if (put_key(o, &first, "summary") < 0 || write_summary(o, c) < 0)
         return -1;
-    if (PyList_GET_SIZE(c->field[C_PATHS]) > 0 &&
-        (put_key(o, &first, "paths") < 0 || put_value(o, c->field[C_PATHS], 2) < 0))
+    if (fused ? fused->n_paths > 0 && (put_key(o, &first, "paths") < 0 || put_paths(o, fused) < 0)
+              : PyList_GET_SIZE(c->field[C_PATHS]) > 0 &&
+                    (put_key(o, &first, "paths") < 0 || put_value(o, c->field[C_PATHS], 2) < 0))
         return -1;
     if (put_key(o, &first, "records") < 0 || write_records(o, records, hashes) < 0)
         return -1;
@@ -432,7 +436,7 @@ static int write_address(Out *o, int *first, const char *key, PyObject *address)
 /* process, file, source … error, and completed_by (add_tail_fields' order); the
  * process's value goes between *at and *until. */
 static int write_tail(Out *o, CoalescedView *c, PyObject *completed_by, Py_ssize_t *at,
-                      Py_ssize_t *until)
+                      Py_ssize_t *until, const FusedEvent *fused)
 {
     int first = 0, written = 0;
     if (put_key(o, &first, "process") < 0)
@@ -441,8 +445,9 @@ static int write_tail(Out *o, CoalescedView *c, PyObject *completed_by, Py_ssize
     if (write_process(o, c, &written) < 0 || !written)
         return -1;
     *until = o->size;
-    if (c->field[C_FILE] != Py_None &&
-        (put_key(o, &first, "file") < 0 || put_value(o, c->field[C_FILE], 1) < 0))
+    if (fused ? fused->has_file && (put_key(o, &first, "file") < 0 || put_file(o, fused) < 0)
+              : c->field[C_FILE] != Py_None &&
+                    (put_key(o, &first, "file") < 0 || put_value(o, c->field[C_FILE], 1) < 0))
         return -1;
     if (write_address(o, &first, "source", c->field[C_SOURCE]) < 0 ||
         write_address(o, &first, "destination", c->field[C_DESTINATION]) < 0)
@@ -477,7 +482,7 @@ static int write_tail(Out *o, CoalescedView *c, PyObject *completed_by, Py_ssize
  * doc's own text of it), auditd.result, the record hashes, auditd.data's syscall/exit/a0,
  * @timestamp. */
 static int write_head(Out *h, CoalescedView *c, PyObject *data, const Py_hash_t *hashes,
-                      Py_ssize_t count, PyObject *timestamp)
+                      Py_ssize_t count, PyObject *timestamp, const FusedEvent *fused)
 {
     if (PUT_LIT(h, "{\"process\":null,\"auditd\":{\"result\":") < 0 ||
         put_str(h, c->field[C_RESULT]) < 0 ||
@@ -487,7 +492,8 @@ static int write_head(Out *h, CoalescedView *c, PyObject *data, const Py_hash_t 
         if ((i && PUT_LIT(h, ",") < 0) ||
             put_signed(h, (long long)hashes[i]) < 0)
             return -1;
-    if (PUT_LIT(h, "],\"data\":") < 0 || write_head_data(h, data) < 0 ||
+    if (PUT_LIT(h, "],\"data\":") < 0 ||
+        (fused ? write_fused_head_data(h, fused) : write_head_data(h, data)) < 0 ||
         PUT_LIT(h, "},\"@timestamp\":") < 0 || put_str(h, timestamp) < 0)
         return -1;
     return PUT_LIT(h, "}");
@@ -516,14 +522,10 @@ static int put_id_object(Out *o, const char *name, PyObject *id, PyObject *group
 
 /* The user object user_fields and drop_repeated_effective make of the kernel layout,
  * written without its six dicts: effective goes when it repeats a non-empty user id. */
-static int write_kernel_user(Out *o, CoalescedView *c)
+static int write_kernel_user_values(Out *o, CoalescedView *c, PyObject *const *v,
+                                    const FusedEvent *fused)
 {
-    PyObject *v[ID_COUNT]; /* auid, uid, gid, euid, suid, fsuid, egid, sgid, fsgid */
-    PyObject *key, *selinux = c->field[C_USER_SELINUX];
-    Py_ssize_t pos = 0;
-    for (int i = 0; i < ID_COUNT; i++)
-        if (!PyDict_Next(c->field[C_USER_IDS], &pos, &key, &v[i]))
-            return -1; /* not reached: kernel_user_applies counted them */
+    PyObject *selinux = c->field[C_USER_SELINUX];
     int repeated = PyUnicode_GET_LENGTH(v[1]) > 0 && PyUnicode_Compare(v[3], v[1]) == 0;
     if (PUT_LIT(o, "{\"audit\":{\"id\":") < 0 || put_str(o, v[0]) < 0 ||
         PUT_LIT(o, "},\"id\":") < 0 || put_str(o, v[1]) < 0 ||
@@ -532,10 +534,22 @@ static int write_kernel_user(Out *o, CoalescedView *c)
         put_id_object(o, "saved", v[4], v[7]) < 0 ||
         put_id_object(o, "filesystem", v[5], v[8]) < 0)
         return -1;
-    if (PyDict_GET_SIZE(selinux) > 0 &&
-        (PUT_LIT(o, ",\"selinux\":") < 0 || put_value(o, selinux, 2) < 0))
+    if (fused ? fused->n_selinux > 0 && (PUT_LIT(o, ",\"selinux\":") < 0 ||
+                                         put_fields(o, fused->selinux, fused->n_selinux) < 0)
+              : PyDict_GET_SIZE(selinux) > 0 &&
+                    (PUT_LIT(o, ",\"selinux\":") < 0 || put_value(o, selinux, 2) < 0))
         return -1;
     return PUT_LIT(o, "}");
+}
+
+static int write_kernel_user(Out *o, CoalescedView *c)
+{
+    PyObject *v[ID_COUNT], *key; /* auid, uid, gid, euid, suid, fsuid, egid, sgid, fsgid */
+    Py_ssize_t pos = 0;
+    for (int i = 0; i < ID_COUNT; i++)
+        if (!PyDict_Next(c->field[C_USER_IDS], &pos, &key, &v[i]))
+            return -1; /* not reached: kernel_user_applies counted them */
+    return write_kernel_user_values(o, c, v, NULL);
 }
 
 /* Any other layout of the known ids (some unset, another order), without ENRICHED names:
@@ -613,7 +627,7 @@ static int write_user_node(Out *o, const UserNode *nodes, int node, int skip)
 }
 
 static int write_general_user(Out *o, CoalescedView *c, const int *index, PyObject **values,
-                              int count)
+                              int count, const FusedEvent *fused)
 {
     UserNode nodes[UN_COUNT];
     memset(nodes, 0, sizeof nodes);
@@ -635,16 +649,17 @@ static int write_general_user(Out *o, CoalescedView *c, const int *index, PyObje
     int empty = write_user_node(o, nodes, UN_ROOT, skip);
     if (empty < 0)
         return -1;
-    if (PyDict_GET_SIZE(selinux) > 0 &&
+    if ((fused ? fused->n_selinux : PyDict_GET_SIZE(selinux)) > 0 &&
         ((empty ? PUT_LIT(o, "\"selinux\":") : PUT_LIT(o, ",\"selinux\":")) < 0 ||
-         put_value(o, selinux, 2) < 0))
+         (fused ? put_fields(o, fused->selinux, fused->n_selinux) : put_value(o, selinux, 2)) < 0))
         return -1;
     return PUT_LIT(o, "}");
 }
 
-/* The whole doc and its head into doc_out and head_out; -1 (maybe an exception) else. */
+/* The whole doc and its head into doc_out and head_out; -1 (maybe an exception) else.
+ * fused: the event's data, ids, paths and file are there (ecs_fused.h), not in c. */
 static int write_all(PyObject *records, CoalescedView *c, PyObject *completed_by,
-                     Py_ssize_t *at, Py_ssize_t *until)
+                     Py_ssize_t *at, Py_ssize_t *until, const FusedEvent *fused)
 {
     PyObject *entities = c->field[C_ECS_ENTITIES];
     if (entities != Py_None && PyDict_GET_SIZE(entities) > 0)
@@ -652,36 +667,47 @@ static int write_all(PyObject *records, CoalescedView *c, PyObject *completed_by
     Py_ssize_t count = PyTuple_GET_SIZE(records);
     Py_hash_t *hashes = PyMem_Malloc(sizeof(Py_hash_t) * (size_t)count);
     PyObject *user = NULL, *timestamp = NULL, *data = NULL;
-    int rc = -1;
+    PyObject *id_values[ID_COUNT], *fused_ids[ID_COUNT] = {NULL};
+    int rc = -1, kernel_user = 0, id_index[ID_COUNT], id_count = -1;
     if (hashes == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    int kernel_user = kernel_user_applies(records, c), id_index[ID_COUNT];
-    PyObject *id_values[ID_COUNT];
-    int id_count = kernel_user ? 0 : general_user_ids(records, c, id_index, id_values);
+    if (fused != NULL) {
+        id_count = fused_user_ids(records, fused, id_index, fused_ids, &kernel_user);
+        if (id_count < 0)
+            goto done;
+        memcpy(id_values, fused_ids, sizeof id_values);
+    } else {
+        kernel_user = kernel_user_applies(records, c);
+        id_count = kernel_user ? 0 : general_user_ids(records, c, id_index, id_values);
+    }
     int direct_user = kernel_user || id_count >= 0;
     /* One at a time: none of them may run with another's exception pending. */
     if ((!direct_user && (user = user_fields(records, c)) == NULL) ||
         (timestamp = timestamp_text(c->field[C_SEC], c->field[C_MSEC])) == NULL ||
-        (data = data_fields(c->field[C_DATA])) == NULL ||
+        (fused == NULL && (data = data_fields(c->field[C_DATA])) == NULL) ||
         (!direct_user && drop_repeated_effective(user) < 0))
         goto done;
     doc_out.size = head_out.size = 0;
     rc = PUT_LIT(&doc_out, "{\"@timestamp\":") < 0 || put_str(&doc_out, timestamp) < 0 ||
                  PUT_LIT(&doc_out, ",\"event\":") < 0 || write_event(&doc_out, c) < 0 ||
                  PUT_LIT(&doc_out, ",\"auditd\":") < 0 ||
-                 write_auditd(&doc_out, records, c, data, hashes) < 0 ||
+                 write_auditd(&doc_out, records, c, data, hashes, fused) < 0 ||
                  PUT_LIT(&doc_out, ",\"user\":") < 0 ||
-                 (kernel_user   ? write_kernel_user(&doc_out, c)
-                  : direct_user ? write_general_user(&doc_out, c, id_index, id_values, id_count)
+                 (kernel_user   ? (fused ? write_kernel_user_values(&doc_out, c, id_values, fused)
+                                         : write_kernel_user(&doc_out, c))
+                  : direct_user ? write_general_user(&doc_out, c, id_index, id_values, id_count,
+                                                     fused)
                                 : put_value(&doc_out, user, 1)) < 0 ||
-                 write_tail(&doc_out, c, completed_by, at, until) < 0 ||
-                 write_head(&head_out, c, data, hashes, count, timestamp) < 0
+                 write_tail(&doc_out, c, completed_by, at, until, fused) < 0 ||
+                 write_head(&head_out, c, data, hashes, count, timestamp, fused) < 0
              ? -1
              : 0;
 done:
     PyMem_Free(hashes);
+    for (int i = 0; i < ID_COUNT; i++)
+        Py_XDECREF(fused_ids[i]);
     Py_XDECREF(user);
     Py_XDECREF(timestamp);
     Py_XDECREF(data);
@@ -720,7 +746,7 @@ static PyObject *write_doc_of(PyObject *records_list, PyObject *coalesced, PyObj
     hold_view(&view, 1);
     Py_ssize_t at = 0, until = 0;
     writing = 1;
-    int rc = write_all(records, &view, completed_by, &at, &until);
+    int rc = write_all(records, &view, completed_by, &at, &until, NULL);
     writing = 0;
     hold_view(&view, 0);
     Py_DECREF(records);
@@ -740,4 +766,91 @@ static PyObject *py_write_doc(PyObject *module, PyObject *const *args, Py_ssize_
         return NULL;
     }
     return write_doc_of(args[0], args[1], args[2]);
+}
+
+/* ---- fused events (fused_event.h) -------------------------------------------------------- */
+
+/* The Coalesced attributes a fused event holds as objects, and where in the view. */
+static const int fused_view_slot[FE_COUNT] = {
+    [FE_SEC] = C_SEC, [FE_MSEC] = C_MSEC, [FE_SERIAL] = C_SERIAL, [FE_NODE] = C_NODE,
+    [FE_CATEGORY] = C_CATEGORY, [FE_RECORD_TYPE] = C_RECORD_TYPE, [FE_RESULT] = C_RESULT,
+    [FE_SESSION] = C_SESSION, [FE_TAGS] = C_TAGS, [FE_ACTOR_PRIMARY] = C_ACTOR_PRIMARY,
+    [FE_ACTOR_SECONDARY] = C_ACTOR_SECONDARY, [FE_ACTION] = C_ACTION,
+    [FE_OBJECT_TYPE] = C_OBJECT_TYPE, [FE_OBJECT_PRIMARY] = C_OBJECT_PRIMARY,
+    [FE_OBJECT_SECONDARY] = C_OBJECT_SECONDARY, [FE_HOW] = C_HOW, [FE_PID] = C_PID,
+    [FE_PPID] = C_PPID, [FE_TITLE] = C_TITLE, [FE_NAME] = C_NAME, [FE_EXE] = C_EXE,
+    [FE_CWD] = C_CWD, [FE_ARGS] = C_ARGS, [FE_ECS_CATEGORY] = C_ECS_CATEGORY,
+    [FE_ECS_TYPE] = C_ECS_TYPE, [FE_ECS_OUTCOME] = C_ECS_OUTCOME, [FE_DIRECTION] = C_DIRECTION};
+
+/* write_doc_of for a fused event: the WrittenDoc, None (declined: the Coalesced way) or
+ * NULL with an exception. */
+static PyObject *write_fused_doc(PyObject *records_list, const FusedEvent *ev,
+                                 PyObject *completed_by)
+{
+    if (writing || !records_ok(records_list))
+        Py_RETURN_NONE;
+    CoalescedView view;
+    for (int i = 0; i < C_COUNT; i++)
+        view.field[i] = Py_None; /* data, user_ids, paths, file: in ev */
+    view.field[C_USER_SELINUX] = fused_empty_dict; /* subj fields are declined */
+    view.field[C_WARNINGS] = fused_empty_list;     /* as is anything that warns */
+    for (int k = 0; k < FE_COUNT; k++) {
+        int i = fused_view_slot[k];
+        if (ev->slot[k] == NULL || !kind_matches(ev->slot[k], coalesced_kinds[i]))
+            Py_RETURN_NONE;
+        view.field[i] = ev->slot[k];
+    }
+    PyObject *records = PyList_AsTuple(records_list);
+    if (records == NULL)
+        return NULL;
+    Py_ssize_t at = 0, until = 0;
+    writing = 1;
+    int rc = write_all(records, &view, completed_by, &at, &until, ev);
+    writing = 0;
+    Py_DECREF(records);
+    if (rc < 0) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    return written_doc(at, until);
+}
+
+/* The fused API of native_coalesce, when coalesce is its C function; else NULL. */
+static const FusedApi *fused_api_for(PyObject *coalesce)
+{
+    if (!fused_enabled || fused_api == NULL || !PyCFunction_Check(coalesce) ||
+        PyCFunction_GET_FUNCTION(coalesce) != fused_api->coalesce)
+        return NULL;
+    return fused_api;
+}
+
+static int fused_ready(void)
+{
+    fused_empty_list = PyList_New(0);
+    fused_empty_dict = fused_empty_list ? PyDict_New() : NULL;
+    if (fused_empty_dict == NULL)
+        return -1;
+    const FusedApi *api = PyCapsule_Import(FUSED_CAPSULE, 0);
+    if (api == NULL) {
+        PyErr_Clear(); /* native_coalesce not built: every event goes the Coalesced way */
+        return 0;
+    }
+    fused_api = api->version == FUSED_API_VERSION ? api : NULL;
+    return 0;
+}
+
+static PyObject *py_fused_counts(PyObject *module, PyObject *unused)
+{
+    return Py_BuildValue("(KK)", fused_written, fused_unwritten);
+}
+
+static PyObject *py_set_fused(PyObject *module, PyObject *on)
+{
+    int value = PyObject_IsTrue(on);
+    if (value < 0)
+        return NULL;
+    int was = fused_enabled;
+    fused_enabled = value;
+    return PyBool_FromLong(was);
 }
