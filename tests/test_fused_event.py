@@ -124,6 +124,7 @@ def test_an_exec_heavy_log_goes_the_fused_way(tmp_path: Path) -> None:
         ("a data key under socket", event_text(1, extra=b" socket_port=80")),
         ("more PATH records than FUSED_MAX_PATHS", event_text(1, paths=17)),
         ("no syscall: no Normalization", event_text(1).replace(b" syscall=257", b"")),
+        ("a key repeated across records", event_text(1).replace(b'cwd="/work"', b'cwd="/w" tty=x')),
     ],
 )
 def test_what_the_fused_way_declines_goes_the_coalesced_way(name: str, text: bytes) -> None:

@@ -27,6 +27,7 @@ static int g_fused_interp_count;
 static EventInput g_fused_input;
 static FusedField g_fused_data[FUSED_MAX_DATA], g_fused_ids[MAX_FIELDS], g_fused_selinux[MAX_FIELDS];
 static uint32_t g_fused_data_sig[FUSED_MAX_DATA], g_fused_ids_sig[MAX_FIELDS];
+static uint64_t g_fused_data_bits[KEY_WORDS], g_fused_ids_bits[KEY_WORDS];
 static FusedField g_fused_paths[FUSED_MAX_PATHS * MAX_FIELDS];
 static PyObject *g_fused_argc; /* owned while an event is out: data's argc value */
 static int g_fused_busy;
@@ -94,12 +95,16 @@ static void text_of(const Field *f, FusedText *t) {
     t->str = f->value; /* borrowed: the Interp owns it until release */
 }
 
-/* Append f to fields (n, signatures alongside); DECLINE on a key already there or no room. */
-static int append_unique(FusedField *fields, uint32_t *sigs, int *n, int room, const Field *f) {
-    for (int i = 0; i < *n; i++)
+/* Append f to fields (n, signatures alongside, key_bit()s of the keys in bits: a key whose bit
+ * is clear is new without a search); DECLINE on a key already there or no room. */
+static int append_unique(FusedField *fields, uint32_t *sigs, uint64_t *bits, int *n, int room,
+                         const Field *f) {
+    uint64_t *word = &bits[key_word(f->signature)], bit = key_bit(f->signature);
+    for (int i = 0; (*word & bit) && i < *n; i++)
         if (sigs[i] == f->signature && fields[i].key_len == f->key_len &&
             memcmp(fields[i].key, f->key, (size_t)f->key_len) == 0)
             return DECLINE;
+    *word |= bit;
     if (*n >= room)
         return DECLINE;
     FusedField *out = &fields[*n];
@@ -165,11 +170,13 @@ static int fused_syscall(FusedEvent *ev, const Interp *it, int compound) {
         }
         int rc = OK;
         if (ends_with(f, "uid") || ends_with(f, "gid"))
-            rc = append_unique(g_fused_ids, g_fused_ids_sig, &ev->n_ids, MAX_FIELDS, f);
+            rc = append_unique(g_fused_ids, g_fused_ids_sig, g_fused_ids_bits, &ev->n_ids,
+                               MAX_FIELDS, f);
         else if (f->key_len >= 5 && memcmp(f->key, "subj_", 5) == 0)
             rc = append_selinux(ev, f);
         else if (!(compound && KEY_IS(f, "items")))
-            rc = append_unique(g_fused_data, g_fused_data_sig, &ev->n_data, FUSED_MAX_DATA, f);
+            rc = append_unique(g_fused_data, g_fused_data_sig, g_fused_data_bits, &ev->n_data,
+                               FUSED_MAX_DATA, f);
         if (rc != OK)
             return rc;
     }
@@ -207,11 +214,12 @@ static int fused_fold(FusedEvent *ev, EventInput *in) {
             if (ev->n_paths >= FUSED_MAX_PATHS)
                 return DECLINE;
             uint32_t sigs[MAX_FIELDS];
+            uint64_t bits[KEY_WORDS] = {0};
             int count = 0;
             for (int k = 0; k < it->count; k++)
                 if (it->fields[k].alive &&
-                    (rc = append_unique(g_fused_paths + npath_fields, sigs, &count, MAX_FIELDS,
-                                        &it->fields[k])) != OK)
+                    (rc = append_unique(g_fused_paths + npath_fields, sigs, bits, &count,
+                                        MAX_FIELDS, &it->fields[k])) != OK)
                     return rc;
             ev->path_start[ev->n_paths++] = npath_fields;
             npath_fields += count;
@@ -219,8 +227,8 @@ static int fused_fold(FusedEvent *ev, EventInput *in) {
         }
         for (int k = 0; k < it->count; k++) /* merge_fields: a collision declines */
             if (it->fields[k].alive &&
-                (rc = append_unique(g_fused_data, g_fused_data_sig, &ev->n_data, FUSED_MAX_DATA,
-                                    &it->fields[k])) != OK)
+                (rc = append_unique(g_fused_data, g_fused_data_sig, g_fused_data_bits, &ev->n_data,
+                                    FUSED_MAX_DATA, &it->fields[k])) != OK)
                 return rc;
     }
     ev->path_start[ev->n_paths] = npath_fields;
@@ -428,6 +436,8 @@ static int fused_fill(PyObject *records, FusedEvent *ev) {
             ev->slot[k] = Py_NewRef(g_fused_default[k]);
     ev->data = g_fused_data;
     ev->ids = g_fused_ids;
+    memset(g_fused_data_bits, 0, sizeof g_fused_data_bits);
+    memset(g_fused_ids_bits, 0, sizeof g_fused_ids_bits);
     ev->selinux = g_fused_selinux;
     Interp *it = next_interp();
     rc = interpret_record(SYSCALL_TYPE, in->bodies[0], it);
@@ -463,7 +473,7 @@ static int fused_read(PyObject *records, FusedEvent *ev) {
     return 0;
 }
 
-static FusedApi g_fused_api = {FUSED_API_VERSION, fused_read, fused_release, NULL};
+static FusedApi g_fused_api = {FUSED_API_VERSION, fused_read, fused_release, text_str, NULL};
 
 static PyObject *fused_counts(PyObject *module, PyObject *unused) {
     return Py_BuildValue("(KK)", g_fused_taken, g_fused_declined);

@@ -111,8 +111,7 @@ static int fused_user_ids(PyObject *records, const FusedEvent *ev, int *index, P
         if (index[i] < 0)
             return -1; /* general_user nests an unknown one under its own name */
         *kernel &= index[i] == kernel_layout[i] && !fused_text_is(&f->value, "unset");
-        values[i] = f->value.str != NULL ? Py_NewRef(f->value.str)
-                                         : ascii_str(f->value.text, f->value.len);
+        values[i] = fused_api->str_of(&f->value);
         if (values[i] == NULL)
             return -1;
     }

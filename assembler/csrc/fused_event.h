@@ -77,6 +77,9 @@ typedef struct {
      * set (nothing to release). Not re-entrant: one event at a time. */
     int (*read)(PyObject *records, FusedEvent *event);
     void (*release)(FusedEvent *event);
+    /* A value as a new str (short ones shared through native_coalesce's cache); NULL with
+     * an exception. */
+    PyObject *(*str_of)(const FusedText *value);
     PyCFunction coalesce; /* native_coalesce.coalesce: the C function this API goes with */
 } FusedApi;
 
