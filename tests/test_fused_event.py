@@ -11,6 +11,7 @@ which must then be declined (not written wrong).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from test_native_event_completer import assembly, batches_of, inputs, load_log, 
 
 import assembler.summarize as summarize
 from assembler.normalizations import Normalization
+from assembler.parse import Record
+from assembler.reassembler import CompletionReason
 
 native_ecs: Any = native_module("assembler.native_ecs")
 native_coalesce: Any = native_module("assembler.native_coalesce")
@@ -199,3 +202,26 @@ def test_no_leak_over_many_fused_events(tmp_path: Path) -> None:
     assert counts()[0] - written_before > 40 * 800
     growth_kib = rss_kib() - before
     assert growth_kib < 20 * 1024, f"RSS grew by {growth_kib} KiB"
+
+
+def test_records_of_a_subclass_go_the_coalesced_way() -> None:
+    """An event whose records are a Record subclass is not read the fused way (its slots may
+    lie elsewhere); the callback still completes it, as the Coalesced way does."""
+
+    class Sub(Record):
+        __slots__ = ()
+
+    made = assembly(native=True, raw=False)
+    records = made.parse_batch(batches_of(event_text(1))[0], True)[0]
+    assert isinstance(records, list) and len(records) == 5
+    subs = [Sub(**{f.name: getattr(r, f.name) for f in dataclasses.fields(r)}) for r in records]
+    before = counts()
+    made.reassembler._on_complete(subs, CompletionReason.EOE)
+    assert counts() == before and len(made.out) == 1
+    was = native_ecs._set_fused(False)
+    try:
+        reference = assembly(native=True, raw=False)
+        reference.reassembler._on_complete(subs, CompletionReason.EOE)
+    finally:
+        native_ecs._set_fused(was)
+    assert made.out == reference.out and isinstance(made.out[0]["doc"], dict)

@@ -90,9 +90,11 @@ static PyObject *event_raw(PyObject *records)
 static PyObject *fused_doc(const FusedApi *api, PyObject *records, PyObject *completed_by)
 {
     /* ENRICHED names of the ids (the lead record's trailer): the user object's dict path */
-    PyObject *enriched = slot(PyList_GET_ITEM(records, 0), record_offsets[R_ENRICHED]);
-    if (!Py_IS_TYPE(PyList_GET_ITEM(records, 0), record_type) || enriched == NULL ||
-        !PyBytes_CheckExact(enriched) || PyBytes_GET_SIZE(enriched) != 0)
+    PyObject *lead = PyList_GET_ITEM(records, 0);
+    if (!Py_IS_TYPE(lead, record_type))
+        return NULL; /* its slots may be elsewhere: the Coalesced way reads it */
+    PyObject *enriched = slot(lead, record_offsets[R_ENRICHED]);
+    if (enriched == NULL || !PyBytes_CheckExact(enriched) || PyBytes_GET_SIZE(enriched) != 0)
         return NULL;
     FusedEvent ev;
     int got = api->read(records, &ev);

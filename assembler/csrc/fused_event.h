@@ -19,7 +19,7 @@
 #ifndef AUDITSTREAM_FUSED_EVENT_H
 #define AUDITSTREAM_FUSED_EVENT_H
 
-#define FUSED_API_VERSION 1
+#define FUSED_API_VERSION 2 /* 2: str_of */
 #define FUSED_CAPSULE "assembler.native_coalesce._fused_api"
 
 /* A value: ASCII text (a field's raw value, quotes removed) when str is NULL, else str
