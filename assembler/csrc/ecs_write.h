@@ -733,22 +733,18 @@ static PyObject *written_doc(Py_ssize_t at, Py_ssize_t until)
     return doc;
 }
 
-/* write_doc(records, coalesced, completed_by) of Python: the WrittenDoc, None (declined)
- * or NULL with an exception. */
-static PyObject *write_doc_of(PyObject *records_list, PyObject *coalesced, PyObject *completed_by)
+/* write_all over the records (as a tuple) as a WrittenDoc; None: declined; NULL: an
+ * exception. */
+static PyObject *written_of(PyObject *records_list, CoalescedView *view,
+                            PyObject *completed_by, const FusedEvent *fused)
 {
-    CoalescedView view;
-    if (writing || !records_ok(records_list) || !read_coalesced(coalesced, &view))
-        Py_RETURN_NONE;
     PyObject *records = PyList_AsTuple(records_list);
     if (records == NULL)
         return NULL;
-    hold_view(&view, 1);
     Py_ssize_t at = 0, until = 0;
     writing = 1;
-    int rc = write_all(records, &view, completed_by, &at, &until, NULL);
+    int rc = write_all(records, view, completed_by, &at, &until, fused);
     writing = 0;
-    hold_view(&view, 0);
     Py_DECREF(records);
     if (rc < 0) {
         if (PyErr_Occurred())
@@ -756,6 +752,19 @@ static PyObject *write_doc_of(PyObject *records_list, PyObject *coalesced, PyObj
         Py_RETURN_NONE;
     }
     return written_doc(at, until);
+}
+
+/* write_doc(records, coalesced, completed_by) of Python: the WrittenDoc, None (declined)
+ * or NULL with an exception. */
+static PyObject *write_doc_of(PyObject *records_list, PyObject *coalesced, PyObject *completed_by)
+{
+    CoalescedView view;
+    if (writing || !records_ok(records_list) || !read_coalesced(coalesced, &view))
+        Py_RETURN_NONE;
+    hold_view(&view, 1);
+    PyObject *doc = written_of(records_list, &view, completed_by, NULL);
+    hold_view(&view, 0);
+    return doc;
 }
 
 static PyObject *py_write_doc(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -800,20 +809,7 @@ static PyObject *write_fused_doc(PyObject *records_list, const FusedEvent *ev,
             Py_RETURN_NONE;
         view.field[i] = ev->slot[k];
     }
-    PyObject *records = PyList_AsTuple(records_list);
-    if (records == NULL)
-        return NULL;
-    Py_ssize_t at = 0, until = 0;
-    writing = 1;
-    int rc = write_all(records, &view, completed_by, &at, &until, ev);
-    writing = 0;
-    Py_DECREF(records);
-    if (rc < 0) {
-        if (PyErr_Occurred())
-            return NULL;
-        Py_RETURN_NONE;
-    }
-    return written_doc(at, until);
+    return written_of(records_list, &view, completed_by, ev);
 }
 
 /* The fused API of native_coalesce, when coalesce is its C function; else NULL. */
