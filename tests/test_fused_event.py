@@ -141,7 +141,8 @@ def test_what_the_fused_way_declines_goes_the_coalesced_way(name: str, text: byt
 def test_the_plain_shape_next_to_them_is_fused() -> None:
     """The event the decline cases are made from is written the fused way (else those tests
     would pass without exercising a decline)."""
-    got, written = both_ways(event_text(1) + event_text(2, paths=3) + event_text(3, nr=42 - 1))
+    socket_call = 41  # socket(2): neither a file nor a socket object
+    got, written = both_ways(event_text(1) + event_text(2, paths=3) + event_text(3, nr=socket_call))
     assert written == 3 and len(got) == 3
 
 

@@ -5,8 +5,8 @@
  * Reference: this file's own coalesce() (build_event, normalize_event, lift_process), which
  * stays the reference for everything here. fused_read fills what those would put in the
  * Coalesced, as fields pointing into the records' bodies, and declines (0) wherever that
- * would take more than the common case: besides what coalesce() declines, user SELinux
- * a data key starting with "socket_", a repeated key, an "argc" already in
+ * would take more than the common case: besides what coalesce() declines, a data key
+ * starting with "socket_", a repeated key, an "argc" already in
  * data, a summary or ECS step that is not the plain table case (no Normalization found, an
  * ecs_copy, a socket object, source_ip keys, a file object with SELinux (obj) fields or a
  * mode that is not plain octal digits, a summary key found nowhere: each of those adds a
@@ -76,14 +76,6 @@ static void fused_release(FusedEvent *ev) {
     g_fused_busy = 0;
 }
 
-static inline int text_is(const FusedText *t, const char *lit) {
-    Py_ssize_t n = (Py_ssize_t)strlen(lit);
-    if (t->str == NULL)
-        return t->len == n && memcmp(t->text, lit, (size_t)n) == 0;
-    return PyUnicode_IS_ASCII(t->str) && PyUnicode_GET_LENGTH(t->str) == n &&
-           memcmp(PyUnicode_1BYTE_DATA(t->str), lit, (size_t)n) == 0;
-}
-
 /* The value as a new str. */
 static PyObject *text_str(const FusedText *t) {
     return t->str != NULL ? Py_NewRef(t->str) : value_str(t->text, t->len);
@@ -115,16 +107,8 @@ static int append_unique(FusedField *fields, uint32_t *sigs, uint64_t *bits, int
     return OK;
 }
 
-/* The index of key (ASCII) in fields, or -1. */
-static int find_fused(const FusedField *fields, int n, const char *key, Py_ssize_t len) {
-    for (int i = 0; i < n; i++)
-        if (fields[i].key_len == len && memcmp(fields[i].key, key, (size_t)len) == 0)
-            return i;
-    return -1;
-}
-
 static const FusedText *lookup(const FusedField *fields, int n, const char *key) {
-    int i = find_fused(fields, n, key, (Py_ssize_t)strlen(key));
+    int i = fused_find(fields, n, key, (Py_ssize_t)strlen(key));
     return i < 0 ? NULL : &fields[i].value;
 }
 
@@ -132,7 +116,7 @@ static const FusedText *lookup(const FusedField *fields, int n, const char *key)
 static const FusedText *lookup_str(const FusedField *fields, int n, PyObject *key) {
     if (!PyUnicode_IS_ASCII(key))
         return NULL; /* the fields' keys are ASCII */
-    int i = find_fused(fields, n, (const char *)PyUnicode_1BYTE_DATA(key), PyUnicode_GET_LENGTH(key));
+    int i = fused_find(fields, n, (const char *)PyUnicode_1BYTE_DATA(key), PyUnicode_GET_LENGTH(key));
     return i < 0 ? NULL : &fields[i].value;
 }
 
@@ -140,7 +124,7 @@ static const FusedText *lookup_str(const FusedField *fields, int n, PyObject *ke
 static int append_selinux(FusedEvent *ev, const Field *f) {
     const char *key = f->key + 5;
     Py_ssize_t len = f->key_len - 5;
-    if (find_fused(g_fused_selinux, ev->n_selinux, key, len) >= 0 || ev->n_selinux >= MAX_FIELDS)
+    if (fused_find(g_fused_selinux, ev->n_selinux, key, len) >= 0 || ev->n_selinux >= MAX_FIELDS)
         return DECLINE;
     FusedField *out = &g_fused_selinux[ev->n_selinux++];
     out->key = key;
@@ -270,7 +254,7 @@ static int fused_file(FusedEvent *ev, const NormSpec *spec) {
             chosen = i;
         const FusedText *nametype = lookup(g_fused_paths + ev->path_start[i],
                                            ev->path_start[i + 1] - ev->path_start[i], "nametype");
-        if (nametype == NULL || !(text_is(nametype, "PARENT") || text_is(nametype, "UNKNOWN"))) {
+        if (nametype == NULL || !(fused_text_is(nametype, "PARENT") || fused_text_is(nametype, "UNKNOWN"))) {
             chosen = i;
             break;
         }
@@ -395,7 +379,7 @@ static int fused_lift(FusedEvent *ev) {
     int lifted[FUSED_MAX_DATA];
     memset(lifted, 0, sizeof(int) * (size_t)ev->n_data);
     for (int k = 0; k < 6; k++) {
-        int i = find_fused(g_fused_data, ev->n_data, keys[k], (Py_ssize_t)strlen(keys[k]));
+        int i = fused_find(g_fused_data, ev->n_data, keys[k], (Py_ssize_t)strlen(keys[k]));
         if (i < 0) {
             fused_set(ev, slots[k], s_empty);
             continue;

@@ -83,8 +83,6 @@ static PyObject *event_raw(PyObject *records)
     return raw;
 }
 
-/* The event of records, doc written; NULL: an exception, or none (declined, or a record's
- * slot unset) without one. */
 /* The doc of a fused event (ecs_fused.h) when native_coalesce reads one and it is written;
  * NULL: an exception, or none (declined) without one. */
 static PyObject *fused_doc(const FusedApi *api, PyObject *records, PyObject *completed_by)
@@ -126,6 +124,8 @@ static PyObject *coalesced_doc(EventCompleter *self, PyObject *records, PyObject
     return doc;
 }
 
+/* The event of records, doc written; NULL: an exception, or none (declined, or a record's
+ * slot unset) without one. */
 static PyObject *completed_event(EventCompleter *self, PyObject *records, PyObject *completed_by)
 {
     const FusedApi *api = fused_api_for(self->coalesce);

@@ -69,25 +69,11 @@ static int write_fused_head_data(Out *o, const FusedEvent *ev)
     if (PUT_LIT(o, "{") < 0)
         return -1;
     for (int k = 0; k < 3; k++) {
-        Py_ssize_t len = (Py_ssize_t)strlen(names[k]);
-        for (int i = 0; i < ev->n_data; i++) {
-            const FusedField *f = &ev->data[i];
-            if (f->key_len != len || memcmp(f->key, names[k], (size_t)len) != 0)
-                continue;
-            if (put_key(o, &first, names[k]) < 0 || put_text(o, &f->value) < 0)
-                return -1;
-            break;
-        }
+        int i = fused_find(ev->data, ev->n_data, names[k], (Py_ssize_t)strlen(names[k]));
+        if (i >= 0 && (put_key(o, &first, names[k]) < 0 || put_text(o, &ev->data[i].value) < 0))
+            return -1;
     }
     return PUT_LIT(o, "}");
-}
-
-static int fused_text_is(const FusedText *t, const char *lit)
-{
-    if (t->str != NULL)
-        return str_equals_ascii(t->str, lit);
-    Py_ssize_t n = (Py_ssize_t)strlen(lit);
-    return t->len == n && memcmp(t->text, lit, (size_t)n) == 0;
 }
 
 /* The user ids as kernel_user_applies and general_user_ids read them: their count, each

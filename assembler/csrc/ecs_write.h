@@ -801,8 +801,8 @@ static PyObject *write_fused_doc(PyObject *records_list, const FusedEvent *ev,
     CoalescedView view;
     for (int i = 0; i < C_COUNT; i++)
         view.field[i] = Py_None; /* data, user_ids, paths, file: in ev */
-    view.field[C_USER_SELINUX] = fused_empty_dict; /* subj fields are declined */
-    view.field[C_WARNINGS] = fused_empty_list;     /* as is anything that warns */
+    view.field[C_USER_SELINUX] = fused_empty_dict; /* unread: ev->selinux is written */
+    view.field[C_WARNINGS] = fused_empty_list;     /* anything that warns is declined */
     for (int k = 0; k < FE_COUNT; k++) {
         int i = fused_view_slot[k];
         if (ev->slot[k] == NULL || !kind_matches(ev->slot[k], coalesced_kinds[i]))

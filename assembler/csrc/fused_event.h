@@ -71,6 +71,25 @@ typedef struct {
     FusedText file[FF_COUNT];  /* its members; len 0 and no str: absent */
 } FusedEvent;
 
+/* The index of key (ASCII, len bytes) in fields, or -1. */
+static inline int fused_find(const FusedField *fields, int n, const char *key, Py_ssize_t len)
+{
+    for (int i = 0; i < n; i++)
+        if (fields[i].key_len == len && memcmp(fields[i].key, key, (size_t)len) == 0)
+            return i;
+    return -1;
+}
+
+/* The value is the ASCII text lit. */
+static inline int fused_text_is(const FusedText *t, const char *lit)
+{
+    Py_ssize_t n = (Py_ssize_t)strlen(lit);
+    if (t->str == NULL)
+        return t->len == n && memcmp(t->text, lit, (size_t)n) == 0;
+    return PyUnicode_IS_ASCII(t->str) && PyUnicode_GET_LENGTH(t->str) == n &&
+           memcmp(PyUnicode_1BYTE_DATA(t->str), lit, (size_t)n) == 0;
+}
+
 typedef struct {
     int version;
     /* 1: the event is filled (release it), 0: declined (nothing to release), -1: an error is
