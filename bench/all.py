@@ -86,6 +86,14 @@ def live_rows(results: list[dict[str, Any]], seconds: float) -> list[tuple[str, 
         rows.append((f"live {rate:,}/s: CPU s per 1k events", f"{my_cpu:.3f}", f"{peer_cpu:.3f}",
                      f"{my_cpu / peer_cpu:.2f}x" if peer_cpu else "-",
                      "met" if peer_cpu and my_cpu <= peer_cpu else "not met (<= auditd)"))  # fmt: skip
+    if by_rate:  # the cores' budget at the top rate: the load's and kauditd's CPU + the reader's
+        top = by_rate[max(by_rate)]
+        budget = [f"{r['load_cpu_s']:.2f} + {r['kauditd_cpu_s']:.2f} + {sum(r['cpu_s'].values()):.2f}"
+                  if r is not None and "kauditd_cpu_s" in r else "-"
+                  for r in (top.get("auditstream"), top.get("auditd"))]  # fmt: skip
+        cores = os.cpu_count() or 1
+        rows.append((f"live {max(by_rate):,}/s: CPU s of load + kauditd + reader ({seconds:g} s "
+                     f"load and 1 s after; {cores} cores)", *budget, "-", "-"))  # fmt: skip
     return rows
 
 

@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -70,6 +71,17 @@ class Result:
     kernel_lost: int
     cpu_s: dict[str, float]
     kernel_waited: int  # backlog_wait_time_actual delta: 0 unless a wait time let the load sleep
+    # The load's own CPU s (its open()s and the kernel's audit records, ~14 µs per open()
+    # here): what is left of the 2 cores for the reader (docs/performance.md, 36th pass).
+    load_cpu_s: float
+    kauditd_cpu_s: float  # the kernel thread that hands the records to the reader
+
+    @classmethod
+    def of(
+        cls, reader: str, rate: int, events_out: int, cpu_s: dict[str, float], load: LoadCounts
+    ) -> Result:
+        return cls(reader, rate, load.generated, events_out, load.lost, cpu_s, load.waited,
+                   load.load_cpu_s, load.kauditd_cpu_s)  # fmt: skip
 
 
 def build_loadgen(directory: Path) -> Path:
@@ -119,16 +131,51 @@ def run_loadgen(loadgen: Path, rate: int, seconds: float) -> int:
     return int(out.stdout.split()[0])
 
 
-def load_with_kernel_counts(loadgen: Path, rate: int, seconds: float) -> tuple[int, int, int]:
-    """Run the load, give the reader 1 s to catch up (before its CPU is sampled), and return
-    (open() calls made, the kernel's lost delta, its backlog_wait_time_actual delta)."""
+def children_cpu_seconds() -> float:
+    """utime + stime of this process's waited-for children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def kauditd_pid() -> int | None:
+    """The pid of the kernel's kauditd thread, or None."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if stat.read_text().split(" ", 2)[1] == "(kauditd)":
+                return int(stat.parent.name)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadCounts:
+    """What one load did: calls made, the kernel's counters' deltas, the CPU it cost."""
+
+    generated: int
+    lost: int
+    waited: int  # backlog_wait_time_actual delta
+    load_cpu_s: float
+    kauditd_cpu_s: float
+
+
+def load_with_kernel_counts(loadgen: Path, rate: int, seconds: float) -> LoadCounts:
+    """Run the load and give the reader 1 s to catch up (before its CPU is sampled). No
+    other child ends while the load runs (the readers end after it): the children's CPU
+    that rises meanwhile is the load's."""
     before = kernel_status()
+    kauditd = kauditd_pid()
+    kauditd_before = cpu_seconds(kauditd) if kauditd else 0.0
+    children_before = children_cpu_seconds()
     generated = run_loadgen(loadgen, rate, seconds)
+    load_cpu = children_cpu_seconds() - children_before
     time.sleep(1.0)
     after = kernel_status()
-    lost = after["lost"] - before["lost"]
-    waited = after["backlog_wait_time_actual"] - before["backlog_wait_time_actual"]
-    return generated, lost, waited
+    return LoadCounts(
+        generated,
+        after["lost"] - before["lost"],
+        after["backlog_wait_time_actual"] - before["backlog_wait_time_actual"],
+        load_cpu,
+        cpu_seconds(kauditd) - kauditd_before if kauditd else 0.0,
+    )
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -168,7 +215,7 @@ def bench_auditstream(work: Path, loadgen: Path, rule: str, rate: int, seconds: 
             "the receiver to register",
         )
         started = {pid: cpu_seconds(pid) for pid in stage_pids(proc.pid).values()}
-        generated, lost, waited = load_with_kernel_counts(loadgen, rate, seconds)
+        load = load_with_kernel_counts(loadgen, rate, seconds)
         cpu: dict[str, float] = {}
         for name, pid in stage_pids(proc.pid).items():  # assembler-N add up as "assembler"
             stage = name.split("-")[0]
@@ -180,7 +227,7 @@ def bench_auditstream(work: Path, loadgen: Path, rule: str, rate: int, seconds: 
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     count = sum(1 for line in out.open("rb") if b'"load"' in line and b'"tags"' in line)
-    return Result("auditstream", rate, generated, count, lost, cpu, waited)
+    return Result.of("auditstream", rate, count, cpu, load)
 
 
 def bench_auditd(work: Path, loadgen: Path, rule: str, rate: int, seconds: float) -> Result:
@@ -208,7 +255,7 @@ def bench_auditd(work: Path, loadgen: Path, rule: str, rate: int, seconds: float
         subprocess.run(["auditctl", *rule.split()], check=True, capture_output=True)
         added = True
         started = cpu_seconds(proc.pid)
-        generated, lost, waited = load_with_kernel_counts(loadgen, rate, seconds)
+        load = load_with_kernel_counts(loadgen, rate, seconds)
         cpu = {"auditd": cpu_seconds(proc.pid) - started}
     finally:
         if added:
@@ -232,7 +279,7 @@ def bench_auditd(work: Path, loadgen: Path, rule: str, rate: int, seconds: float
     count = sum(
         1 for line in log.open("rb") if line.startswith(b"type=SYSCALL") and b'key="load"' in line
     )
-    return Result("auditd", rate, generated, count, lost, cpu, waited)
+    return Result.of("auditd", rate, count, cpu, load)
 
 
 def main() -> int:
@@ -289,28 +336,30 @@ def print_table(results: list[Result]) -> None:
     """One line per rate: auditstream and auditd side by side."""
     print(
         "| rate/s | generated | auditstream out | lost | waited | CPU s (receiver/assembler/"
-        "treekeeper) | auditd: generated | out | lost | waited | CPU s |"
+        "treekeeper) | load / kauditd CPU s | auditd: generated | out | lost | waited | CPU s "
+        "| load / kauditd CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     by_rate: dict[int, dict[str, Result]] = {}
     for r in results:
         by_rate.setdefault(r.rate, {})[r.reader] = r
     for rate, pair in by_rate.items():
         ours, theirs = pair.get("auditstream"), pair.get("auditd")
-        mine = "- | - | - | - | -"
+        mine = "- | - | - | - | - | -"
         if ours is not None:
             cpu = "/".join(
                 f"{ours.cpu_s.get(n, 0.0):.2f}" for n in ("receiver", "assembler", "treekeeper")
             )
             mine = (
                 f"{ours.generated} | {ours.events_out} | {ours.kernel_lost}"
-                f" | {ours.kernel_waited} | {cpu}"
+                f" | {ours.kernel_waited} | {cpu} | {ours.load_cpu_s:.2f} / {ours.kauditd_cpu_s:.2f}"
             )
-        peer = "- | - | - | - | -"
+        peer = "- | - | - | - | - | -"
         if theirs is not None:
             peer = (
                 f"{theirs.generated} | {theirs.events_out} | {theirs.kernel_lost}"
                 f" | {theirs.kernel_waited} | {theirs.cpu_s['auditd']:.2f}"
+                f" | {theirs.load_cpu_s:.2f} / {theirs.kauditd_cpu_s:.2f}"
             )
         print(f"| {rate} | {mine} | {peer} |")
 
