@@ -7,7 +7,7 @@ import sys
 import time
 from contextlib import ExitStack
 from functools import partial
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import zmq
 
@@ -25,6 +25,9 @@ from receiver.checkpoint import CheckpointKeeper, SerialMark, load_checkpoint
 from receiver.logsource import LogSource, SourceError
 from receiver.redelivery import DeliveryGuard
 from receiver.shipper import RawRecord, RecordShipper
+
+if TYPE_CHECKING:
+    from receiver.live import KernelSockets
 
 log = logging.getLogger("auditstream.receiver")
 # receiver/csrc/lines.c: split_log_line over a chunk in C where built (auditstream/native.py).
@@ -167,11 +170,12 @@ def restore_counters(saved: dict[str, int], counters: LineCounters, shipper: Rec
 
 
 def run(cfg: Config, ctx: StageContext) -> int:
-    from receiver.live import KernelSockets, open_kernel_sockets, run_live_source  # cycle
-
     sockets: KernelSockets | None = None
     early_error: SourceError | None = None
     if cfg.receiver.source in ("netlink", "multicast"):
+        # Imported here (a cycle, and ~9 ms of a replay's start that a replay never uses).
+        from receiver.live import open_kernel_sockets
+
         # Before the first ZeroMQ socket: its threads keep the capabilities of that moment.
         try:
             sockets = open_kernel_sockets(cfg)
@@ -220,6 +224,8 @@ def run(cfg: Config, ctx: StageContext) -> int:
             if file_source:
                 stats = run_log_source(cfg, ctx, shipper, keeper)
             else:
+                from receiver.live import run_live_source  # cycle: imported when it runs
+
                 stats = run_live_source(cfg, ctx, shipper, sockets)
         except SourceError as err:
             log.error("%s", err)
