@@ -122,6 +122,7 @@ def pipeline(log: Path, tmp: Path, assemblers: int, native_mode: str | None = No
         "--assemblers",
         str(assemblers),
     ]
+    (tmp / "out.jsonl").unlink(missing_ok=True)  # each round writes a file of its own
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO, stderr=subprocess.DEVNULL, env=env)
     return time.perf_counter() - start
@@ -134,7 +135,9 @@ def laurel(log: Path, tmp: Path) -> float | None:
     with open(log, "rb") as fh:
         start = time.perf_counter()
         subprocess.run(["laurel"], stdin=fh, cwd=work, check=True, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    shutil.rmtree(work)  # as our output goes before each round: neither side keeps its runs'
+    return seconds
 
 
 def ausearch(log: Path) -> float | None:
