@@ -306,24 +306,13 @@ static int fused_normalize(FusedEvent *ev) {
     const FusedText *comm = lookup(g_fused_data, ev->n_data, "comm");
     const FusedText *how = exe != NULL ? exe : comm;
     if (how != NULL) {
-        PyObject *prefixes = dict_get(module, n_prefixes);
         PyObject *text = text_str(how);
         if (text == NULL)
             return FAILED;
-        if (prefixes == NULL || !exact_str_tuple(prefixes)) {
-            Py_DECREF(text);
-            return PyErr_Occurred() ? FAILED : DECLINE;
-        }
-        int interpreter = 0;
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(prefixes) && !interpreter; i++) {
-            Py_ssize_t match = PyUnicode_Tailmatch(text, PyTuple_GET_ITEM(prefixes, i), 0, PY_SSIZE_T_MAX, -1);
-            if (match < 0) {
-                Py_DECREF(text);
-                return FAILED;
-            }
-            interpreter = (int)match;
-        }
+        int interpreter, rc = interpreter_exe(module, text, &interpreter);
         Py_DECREF(text);
+        if (rc != OK)
+            return rc;
         if (interpreter && comm != NULL)
             how = comm;
         if (fused_set_text(ev, FE_HOW, how) != OK)
@@ -332,15 +321,15 @@ static int fused_normalize(FusedEvent *ev) {
     const FusedText *syscall = lookup(g_fused_data, ev->n_data, "syscall");
     if (syscall == NULL)
         return DECLINE; /* no Normalization: a warning */
-    PyObject *table = dict_get(module, n_table), *name = text_str(syscall);
+    PyObject *name = text_str(syscall), *norm = NULL;
     if (name == NULL)
         return FAILED;
-    PyObject *norm = table != NULL && PyDict_CheckExact(table) ? dict_get(table, name) : NULL;
+    int found = syscall_normalization(module, name, &norm);
     Py_DECREF(name);
-    if (norm == NULL && !PyErr_Occurred() && table != NULL && PyDict_CheckExact(table))
-        norm = dict_get(module, n_fallback);
-    if (norm == NULL || norm == Py_None)
-        return PyErr_Occurred() ? FAILED : DECLINE;
+    if (found != OK)
+        return found;
+    if (norm == Py_None)
+        return DECLINE; /* no Normalization: a warning */
     NormSpec *spec = norm_spec(norm);
     if (spec == NULL)
         return PyErr_Occurred() ? FAILED : DECLINE;

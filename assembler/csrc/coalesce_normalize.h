@@ -410,6 +410,37 @@ static int plan_copies(PyObject *event, const NormSpec *spec) {
     return OK;
 }
 
+/* Whether exe (an exact str) starts with one of summarize._INTERPRETER_PREFIXES (then the
+ * summary's how is comm): *interpreter; OK, DECLINE (no tuple of str there) or FAILED. */
+static int interpreter_exe(PyObject *module, PyObject *exe, int *interpreter) {
+    *interpreter = 0;
+    PyObject *prefixes = dict_get(module, n_prefixes);
+    if (prefixes == NULL || !exact_str_tuple(prefixes))
+        return PyErr_Occurred() ? FAILED : DECLINE;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(prefixes) && !*interpreter; i++) {
+        Py_ssize_t match = PyUnicode_Tailmatch(exe, PyTuple_GET_ITEM(prefixes, i), 0, PY_SSIZE_T_MAX, -1);
+        if (match < 0)
+            return FAILED;
+        *interpreter = match > 0;
+    }
+    return OK;
+}
+
+/* _choose_normalization for record type "syscall" and a syscall name (an exact str): *norm,
+ * borrowed, the table's entry or the fallback (None: no Normalization); OK, DECLINE (no
+ * table dict, no fallback: Python raises) or FAILED. */
+static int syscall_normalization(PyObject *module, PyObject *syscall, PyObject **norm) {
+    PyObject *table = dict_get(module, n_table);
+    if (table == NULL || !PyDict_CheckExact(table))
+        return PyErr_Occurred() ? FAILED : DECLINE;
+    *norm = dict_get(table, syscall);
+    if (*norm == NULL && !PyErr_Occurred())
+        *norm = dict_get(module, n_fallback);
+    if (*norm == NULL)
+        return PyErr_Occurred() ? FAILED : DECLINE;
+    return OK;
+}
+
 static int normalize_plan(PyObject *event, NormPlan *plan) {
     memset(plan, 0, sizeof(*plan));
     if (Py_TYPE(event) != g_coalesced)
@@ -430,34 +461,24 @@ static int normalize_plan(PyObject *event, NormPlan *plan) {
         return FAILED;
     plan->how = exe = exe != NULL ? exe : comm;
     if (exe != NULL) {
-        PyObject *prefixes = dict_get(module, n_prefixes);
-        if (!PyUnicode_CheckExact(exe) || prefixes == NULL || !exact_str_tuple(prefixes))
-            return PyErr_Occurred() ? FAILED : DECLINE;
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(prefixes); i++) {
-            Py_ssize_t match = PyUnicode_Tailmatch(exe, PyTuple_GET_ITEM(prefixes, i), 0, PY_SSIZE_T_MAX, -1);
-            if (match < 0)
-                return FAILED;
-            if (match) {
-                if (comm != NULL)
-                    plan->how = comm;
-                break;
-            }
-        }
+        if (!PyUnicode_CheckExact(exe))
+            return DECLINE;
+        int interpreter, rc = interpreter_exe(module, exe, &interpreter);
+        if (rc != OK)
+            return rc;
+        if (interpreter && comm != NULL)
+            plan->how = comm;
     }
-    /* _choose_normalization for record type "syscall" */
     PyObject *syscall = dict_get(data, n_syscall);
     PyObject *norm = NULL;
     if (syscall == NULL && PyErr_Occurred())
         return FAILED;
     if (syscall != NULL) {
-        PyObject *table = dict_get(module, n_table);
-        if (!PyUnicode_CheckExact(syscall) || table == NULL || !PyDict_CheckExact(table))
-            return PyErr_Occurred() ? FAILED : DECLINE;
-        norm = dict_get(table, syscall);
-        if (norm == NULL && !PyErr_Occurred())
-            norm = dict_get(module, n_fallback);
-        if (norm == NULL)
-            return PyErr_Occurred() ? FAILED : DECLINE; /* no fallback name: Python raises */
+        if (!PyUnicode_CheckExact(syscall))
+            return DECLINE;
+        int rc = syscall_normalization(module, syscall, &norm);
+        if (rc != OK)
+            return rc;
     }
     if (norm == NULL || norm == Py_None)
         return OK; /* norm is None */
