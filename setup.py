@@ -114,6 +114,7 @@ setup(
                 "treekeeper/csrc/enrich_exit.h",
                 "treekeeper/csrc/enrich_exec.h",
                 "treekeeper/csrc/enrich_apply.h",
+                "treekeeper/csrc/enrich_memo.h",
                 "treekeeper/csrc/sha256.h",
                 _PYCLASS,
                 _CIVIL_DAYS,

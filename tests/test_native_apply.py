@@ -30,9 +30,11 @@ from test_native_enrich import (
     full_state,
     hostile_variants,
     log_docs,
+    plain,
     proc_infos,
     scenario,
 )
+from test_tree import execve
 
 from treekeeper import pipeline
 from treekeeper.enrich import iso_ms
@@ -219,3 +221,87 @@ def test_times_out_of_order_with_python_between_in_one_batch(
             docs.append(dict(at_ms(at + 6), **{"@timestamp": "not a time"}))
     for size in (3, 4, 5, 7, len(docs)):  # batches that end at each step, and one batch
         both_loops(docs, monkeypatch, live=False, size=size)
+
+
+def _runs_of_7001(changes: list[Doc]) -> tuple[list[Doc], list[list[int]]]:
+    """Plain events of 7001 (a known process in a container) in runs of three with one
+    pristine `process`, ``changes`` between them; the docs and each run's indices."""
+    docs: list[Doc] = []
+    runs: list[list[int]] = []
+    at = LAST + 100
+    for change in [None, *changes]:
+        if change is not None:
+            docs.append(change)
+        runs.append([])
+        for _ in range(3):
+            at += 1
+            runs[-1].append(len(docs))
+            docs.append(plain(at, 7001, 7000, exe="/worker", comm="worker"))
+    return docs, runs
+
+
+def _process_ids(docs: list[Doc]) -> dict[int, int]:
+    """The docs through the C loop on a fresh table: doc index -> id of its `process`."""
+    out: list[dict[str, Any]] = []
+    side = Side(True, False)
+    native.apply_ready(side.step, side.table, events_of(docs), out, None)
+    return {e["key"][3] - 1: id(e["doc"]["process"]) for e in out if e["raw"]}
+
+
+def test_a_run_of_one_process_shares_its_enriched_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Events of one process with one pristine `process` in one batch get one enriched dict
+    (enrich_memo.h), equal to what the Python loop writes for each."""
+    docs, runs = _runs_of_7001([])
+    both_loops(docs, monkeypatch, live=False, size=len(docs))
+    ids = _process_ids(copy.deepcopy(docs))
+    # the first may be enriched alone (its ancestors' elements made in Python), not the rest
+    assert ids[runs[0][1]] == ids[runs[0][2]]
+
+
+def test_the_shared_process_follows_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In one batch, the parent's exec, another cwd or parent section, a pid the table does not
+    know and the process's own exec between runs of 7001 with one pristine `process`: the same output as
+    the Python loop, and no run given another run's enriched dict."""
+    at = LAST + 50
+    other_cwd = plain(at, 7001, 7000, exe="/worker", comm="worker")
+    other_cwd["process"]["working_directory"] = "/elsewhere"
+    named_parent = plain(at, 7001, 7000, exe="/worker", comm="worker")
+    named_parent["process"]["parent"]["name"] = "its own"  # the dict enrich adds to
+    changes = [
+        execve(at, 7000, 1, "/app2", ["app2"]),  # the parent's image and ancestry element
+        other_cwd,  # another pristine process
+        named_parent,
+        plain(at, 99999, 7000),  # a process the table did not know
+        execve(at + 1, 7001, 7000, "/worker2", ["worker2"]),  # its own image
+    ]
+    docs, runs = _runs_of_7001(changes)
+    for doc in docs:  # one time for all: only the changes between the runs tell them apart
+        doc["@timestamp"] = iso_ms(BASE_MS + at + 2)
+    both_loops(docs, monkeypatch, live=False, size=len(docs))
+    ids = _process_ids(copy.deepcopy(docs))
+    per_run = [{ids[i] for i in run} for run in runs]
+    assert all(ids[run[1]] == ids[run[2]] for run in runs)
+    assert all(not (a & b) for n, a in enumerate(per_run) for b in per_run[n + 1 :]), per_run
+
+
+@pytest.mark.parametrize(
+    "values",
+    [(1, 1.0), (1, True), (0.0, -0.0), (2**70, 2**70 + 1), ("a", "a\x00"), ([1], (1,))],
+    ids=["int-float", "int-bool", "zero-signs", "big-ints", "str", "list-tuple"],
+)
+def test_a_pristine_process_that_differs_in_type_only_is_enriched_anew(
+    monkeypatch: pytest.MonkeyPatch, values: tuple[Any, Any]
+) -> None:
+    """Two events whose `process` differ only in a value Python finds equal (1 and 1.0, True,
+    -0.0) or nearly so: the second is not given the first's enriched dict."""
+    docs = _runs_of_7001([])[0]
+    for doc, value in zip(docs[1:], values, strict=True):  # after the first, the memo's
+        doc["process"]["x"] = value
+    out: list[dict[str, Any]] = []
+    side = Side(True, False)
+    native.apply_ready(side.step, side.table, events_of(docs), out, None)
+    written = [e["doc"]["process"]["x"] for e in out[1:]]
+    assert [(type(x), x) for x in written] == [(type(v), v) for v in values]
+    assert out[1]["doc"]["process"] is not out[2]["doc"]["process"]

@@ -410,6 +410,30 @@ def test_tree_keeper_lines_encode_the_same(tmp_path: Path) -> None:
     assert c_lines(events) == (b"".join(python_lines(events)), len(events))
 
 
+def test_a_shared_process_is_encoded_once_per_run() -> None:
+    """Split events that share one `process` dict, as the tree keeper's enrichment gives a
+    run of one process (treekeeper/csrc/enrich_memo.h): dumps runs once per run of it, and
+    the lines are _encode's."""
+    shared, other = {"pid": 7, "args": ["a", "b"]}, {"pid": 8}
+    text = (b'{"a":1,"process":', b',"z":2}')
+    events: list[Event] = [
+        {"key": [], "raw": 1, "doc": {"process": process}, DOC_TEXT: text}
+        for process in (shared, shared, shared, other, shared)
+    ]
+    events[1]["doc"]["container"] = {"id": "c1"}  # the doc's own, after the process
+    encoded: list[Any] = []
+
+    def dumps(value: Any, *args: Any, **kwargs: Any) -> bytes:
+        encoded.append(value)
+        return orjson.dumps(value, *args, **kwargs)
+
+    encode = native_module("auditstream.native_doc_text").encode_lines
+    lines, upto = encode(dumps, orjson.OPT_APPEND_NEWLINE, events, 0, 1 << 40, 1 << 40)
+    assert (lines, upto) == (b"".join(python_lines(events)), len(events))
+    processes = [value for value in encoded if value is not events[1]["doc"]["container"]]
+    assert [id(value) for value in processes] == [id(shared), id(other), id(shared)]
+
+
 def odd_line_events() -> list[tuple[str, Event]]:
     """Events C leaves to _encode: each makes an encode-error marker or needs Python's reading."""
     head = {"process": {"pid": 1}}

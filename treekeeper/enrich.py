@@ -3,7 +3,8 @@
 Enrichment never overwrites a field the event's own records set and never guesses:
 what the table does not know stays absent. Ancestry elements are shared between
 docs of the same process (they are replaced, never mutated, when a process execs),
-so sinks must treat docs as read-only.
+and the C loop gives a run of events that would be enriched alike one shared
+``process`` dict (treekeeper/csrc/enrich_memo.h), so sinks must treat docs as read-only.
 """
 
 from __future__ import annotations

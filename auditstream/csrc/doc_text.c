@@ -685,13 +685,37 @@ static PyObject *dumps_of(PyObject *dumps, PyObject *value, PyObject *option, Py
     return out;
 }
 
+/* The last `process` one encode_lines call encoded and its JSON (both strong, or NULL): the
+ * tree keeper gives a run of one process's events one shared dict (treekeeper/csrc/
+ * enrich_memo.h), read-only from there on, so it is encoded once per run. */
+typedef struct {
+    PyObject *process, *json;
+} LastProcess;
+
+static void last_process_clear(LastProcess *last) {
+    Py_CLEAR(last->process);
+    Py_CLEAR(last->json);
+}
+
+/* dumps(process) (new), the last one's JSON again when it is the same object. */
+static PyObject *process_json_of(PyObject *dumps, PyObject *process, LastProcess *last) {
+    if (process == last->process) return Py_NewRef(last->json);
+    PyObject *json = dumps_of(dumps, process, NULL, NULL);
+    if (json != NULL) {
+        last_process_clear(last);
+        last->process = Py_NewRef(process);
+        last->json = Py_NewRef(json);
+    }
+    return json;
+}
+
 /* A split doc's line (before, process, after, an added container) into *b: 1, or 0 when
  * orjson refuses a part (*b unchanged). */
 static int put_split_line(Buffer *b, PyObject *before, PyObject *process, PyObject *after,
-                          PyObject *container, PyObject *dumps) {
+                          PyObject *container, PyObject *dumps, LastProcess *last) {
     static const char container_key[] = ",\"container\":"; /* doc_text._CONTAINER_KEY */
     Py_ssize_t mark = b->size;
-    PyObject *process_json = dumps_of(dumps, process, NULL, NULL);
+    PyObject *process_json = process_json_of(dumps, process, last);
     PyObject *container_json = NULL;
     if (container != NULL && container != Py_None && process_json != NULL)
         container_json = dumps_of(dumps, container, NULL, NULL);
@@ -716,7 +740,7 @@ static int put_split_line(Buffer *b, PyObject *before, PyObject *process, PyObje
 /* One event's line into *b, as JsonlSink._encode makes it when the event encodes: 1; 0
  * when it is left to Python (no dict doc, an odd doc_text, orjson refuses), *b unchanged. */
 static int put_line(Buffer *b, PyObject *event, PyObject *dumps, PyObject *newline,
-                    PyObject *kwnames) {
+                    PyObject *kwnames, LastProcess *last) {
     if (!PyDict_CheckExact(event)) return 0;
     PyObject *doc = item(event, KEY_DOC), *text = doc ? item(event, KEY_DOC_TEXT) : NULL;
     if (PyErr_Occurred()) PyErr_Clear();
@@ -739,7 +763,7 @@ static int put_line(Buffer *b, PyObject *event, PyObject *dumps, PyObject *newli
     Py_INCREF(text);
     Py_INCREF(process);
     Py_XINCREF(container);
-    int ok = put_split_line(b, before, process, after, container, dumps);
+    int ok = put_split_line(b, before, process, after, container, dumps, last);
     Py_DECREF(text);
     Py_DECREF(process);
     Py_XDECREF(container);
@@ -774,10 +798,11 @@ static PyObject *encode_lines(PyObject *self, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     Py_ssize_t first = upto;
+    LastProcess last = {NULL, NULL};
     while (upto < PyList_GET_SIZE(events) && b->size < enough) {
         Py_ssize_t mark = b->size;
         PyObject *event = Py_NewRef(PyList_GET_ITEM(events, upto)); /* dumps runs Python code */
-        int put = put_line(b, event, dumps, newline, kwnames);
+        int put = put_line(b, event, dumps, newline, kwnames, &last);
         Py_DECREF(event);
         if (!put) break;
         if (b->size > most) {
@@ -786,6 +811,7 @@ static PyObject *encode_lines(PyObject *self, PyObject *const *args, Py_ssize_t 
         }
         upto++;
     }
+    last_process_clear(&last);
     Py_DECREF(kwnames);
     if (upto > first) line_bytes_seen = b->size / (upto - first) + 1;
     PyObject *lines = b->bytes;

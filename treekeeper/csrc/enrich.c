@@ -859,6 +859,43 @@ static int plan_enrich(Table *t, PyObject *doc, EventTime *et, int *timed, Plan 
     return 1;
 }
 
+/* enrich_doc's last step: the doc's container.id and .runtime, where absent. 0, or -1. */
+static int apply_container(PyObject *doc, Plan *plan)
+{
+    if (plan->container == NULL)
+        return 0;
+    PyObject *container = PyDict_GetItemWithError(doc, s_container);
+    if (container == NULL && PyErr_Occurred())
+        return -1;
+    if (container == NULL || !PyDict_Check(container)) {
+        container = PyDict_New();
+        int failed = container == NULL || PyDict_SetItem(doc, s_container, container) < 0;
+        Py_XDECREF(container); /* the doc holds it */
+        if (failed)
+            return -1;
+    }
+    PyObject *ref = plan->container;
+    if (PyDict_SetDefault(container, s_id, slot(ref, container_offsets[CR_ID])) == NULL)
+        return -1;
+    PyObject *runtime = slot(ref, container_offsets[CR_RUNTIME]);
+    if (runtime != Py_None && PyDict_SetDefault(container, s_runtime, runtime) == NULL)
+        return -1;
+    return 0;
+}
+
+/* An ancestor's ancestry element as kept on it (borrowed), or NULL when Python must make it:
+ * Process.entry_fragment's kept text while it is of the entry kept, or Process.entry's. */
+static PyObject *cached_entry(const Plan *plan, PyObject *anc)
+{
+    PyObject *entry = pslot(anc, P_ANCESTRY_ENTRY);
+    if (entry == NULL || entry == Py_None)
+        return NULL;
+    if (!plan->fragments)
+        return entry;
+    PyObject *text = pslot(anc, P_ANCESTRY_FRAGMENT);
+    return pslot(anc, P_FRAGMENT_OF) == entry && text != NULL && text != Py_None ? text : NULL;
+}
+
 /* The doc changes of enrich_doc, in its order. 0, or -1 with an exception. */
 static int apply_enrich(PyObject *doc, Plan *plan)
 {
@@ -898,19 +935,11 @@ static int apply_enrich(PyObject *doc, Plan *plan)
             return -1;
         for (int i = 0; i < plan->ancestors; i++) {
             PyObject *anc = plan->ancestry[i];
-            PyObject *entry = pslot(anc, P_ANCESTRY_ENTRY);
-            if (plan->fragments) {
-                /* Process.entry_fragment: the kept text while it is of the entry kept */
-                PyObject *text = pslot(anc, P_ANCESTRY_FRAGMENT);
-                if (entry != NULL && entry != Py_None && pslot(anc, P_FRAGMENT_OF) == entry &&
-                    text != NULL && text != Py_None)
-                    entry = Py_NewRef(text);
-                else
-                    entry = PyObject_CallMethodNoArgs(anc, s_entry_fragment); /* a miss */
-            } else if (entry == Py_None || entry == NULL)
-                entry = PyObject_CallMethodNoArgs(anc, s_entry); /* a cache miss: Python */
-            else
+            PyObject *entry = cached_entry(plan, anc);
+            if (entry != NULL)
                 Py_INCREF(entry);
+            else /* a cache miss: Process.entry_fragment() or .entry() in Python */
+                entry = PyObject_CallMethodNoArgs(anc, plan->fragments ? s_entry_fragment : s_entry);
             if (entry == NULL) {
                 Py_DECREF(ancestry);
                 return -1;
@@ -923,29 +952,13 @@ static int apply_enrich(PyObject *doc, Plan *plan)
             return -1;
     }
 
-    if (plan->container != NULL) {
-        PyObject *container = PyDict_GetItemWithError(doc, s_container);
-        if (container == NULL && PyErr_Occurred())
-            return -1;
-        if (container == NULL || !PyDict_Check(container)) {
-            container = PyDict_New();
-            failed = container == NULL || PyDict_SetItem(doc, s_container, container) < 0;
-            Py_XDECREF(container); /* the doc holds it */
-            if (failed)
-                return -1;
-        }
-        PyObject *ref = plan->container;
-        if (PyDict_SetDefault(container, s_id, slot(ref, container_offsets[CR_ID])) == NULL)
-            return -1;
-        PyObject *runtime = slot(ref, container_offsets[CR_RUNTIME]);
-        if (runtime != Py_None && PyDict_SetDefault(container, s_runtime, runtime) == NULL)
-            return -1;
-    }
-    return 0;
+    return apply_container(doc, plan);
 }
 
-/* enrich(table, doc) with the table's view t (an exact dict doc). */
-static PyObject *enrich_with(Table *t, PyObject *doc)
+#include "enrich_memo.h"
+
+/* enrich(table, doc) with the table's view t (an exact dict doc), through memo if given. */
+static PyObject *enrich_with_memo(Table *t, PyObject *doc, EnrichMemo *memo)
 {
     EventTime et;
     Plan plan;
@@ -959,11 +972,16 @@ static PyObject *enrich_with(Table *t, PyObject *doc)
     }
     int failed = timed && event_time_commit(t, &et) < 0;
     if (!failed && planned > 0)
-        failed = apply_enrich(doc, &plan) < 0;
+        failed = (memo ? apply_enrich_memo(doc, &plan, memo) : apply_enrich(doc, &plan)) < 0;
     plan_release(&plan);
     if (failed)
         return NULL;
     Py_RETURN_TRUE;
+}
+
+static PyObject *enrich_with(Table *t, PyObject *doc)
+{
+    return enrich_with_memo(t, doc, NULL);
 }
 
 /* step(view, table, doc) for a Python call (table, doc): False for a doc that is no exact

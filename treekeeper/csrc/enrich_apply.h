@@ -11,7 +11,8 @@
  * docs appended to out. Why: three Python calls per event were ~0.4 µs of the tree keeper's.
  * The table's view (table_view) is taken once for the events up to the next that runs
  * Python code (a method's fallback, the container step), not twice per event (~2k
- * instructions).
+ * instructions). The C enrich of one call goes through one memo (enrich_memo.h): a run of
+ * one process's events that would be enriched alike shares one `process` dict.
  */
 #ifndef AUDITSTREAM_ENRICH_APPLY_H
 #define AUDITSTREAM_ENRICH_APPLY_H
@@ -103,11 +104,12 @@ static int exec_syscall(PyObject *doc)
     return PyUnicode_Compare(syscall, ap_execve) == 0 || PyUnicode_Compare(syscall, ap_execveat) == 0;
 }
 
-/* ProcessTable.enrich(doc) with this module's enrich and the table's view (NULL: the table
- * declined one); 0, or -1 on error. *python is set when Python ran. */
-static int enriched(PyObject *table, PyObject *doc, Table *view, int *python)
+/* ProcessTable.enrich(doc) with this module's enrich, the table's view (NULL: the table
+ * declined one) and the call's memo (enrich_memo.h); 0, or -1 on error. *python is set when
+ * Python ran. */
+static int enriched(PyObject *table, PyObject *doc, Table *view, EnrichMemo *memo, int *python)
 {
-    PyObject *done = view != NULL ? enrich_with(view, doc) : Py_NewRef(Py_False);
+    PyObject *done = view != NULL ? enrich_with_memo(view, doc, memo) : Py_NewRef(Py_False);
     if (done == Py_False) { /* nothing done: the Python method (enrich_doc) */
         Py_DECREF(done);
         *python = 1;
@@ -161,7 +163,7 @@ static Py_ssize_t append_lifecycle(PyObject *event, PyObject *lifecycle, PyObjec
 /* One released event into the table and out, with the table's view (or NULL); the number
  * of lifecycle docs, or -1. *python is set when Python code ran (the view may be stale). */
 static Py_ssize_t apply_one(PyObject *table, PyObject *event, PyObject *out, PyObject *live,
-                            Table *view, int *python)
+                            Table *view, EnrichMemo *memo, int *python)
 {
     PyObject *doc = PyObject_GetItem(event, ap_doc);
     if (doc == NULL)
@@ -180,7 +182,7 @@ static Py_ssize_t apply_one(PyObject *table, PyObject *event, PyObject *out, PyO
      * view only uses to skip a parse, so both give the same time and write the same values. */
     if (lifecycle != NULL &&
         (live == Py_None || add_live_container(lifecycle, doc, live, python) == 0) &&
-        (plain ? enriched(table, doc, view, python) : python_enrich(table, doc)) == 0 &&
+        (plain ? enriched(table, doc, view, memo, python) : python_enrich(table, doc)) == 0 &&
         PyList_Append(out, event) == 0)
         added = append_lifecycle(event, lifecycle, out);
     Py_XDECREF(lifecycle);
@@ -214,12 +216,16 @@ static PyObject *py_apply_ready(PyObject *self, PyObject *const *args, Py_ssize_
     Py_ssize_t total = 0;
     Table view;
     int viewing = 0; /* 1: view holds the table as it is; 0: take it; -1: the table declined */
+    EnrichMemo memo; /* this call's last enrichment (enrich_memo.h) */
+    memset(&memo, 0, sizeof memo);
+    memo.section_at = -1;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ready); i++) {
         PyObject *event = Py_NewRef(PyList_GET_ITEM(ready, i));
         if (viewing == 0)
             viewing = table_view(table, &view) == 0 ? 1 : -1;
         int python = 0;
-        Py_ssize_t added = apply_one(table, event, out, live, viewing > 0 ? &view : NULL, &python);
+        Py_ssize_t added =
+            apply_one(table, event, out, live, viewing > 0 ? &view : NULL, &memo, &python);
         Py_DECREF(event);
         if (python || viewing < 0 || added < 0) { /* Python may have changed the table */
             if (viewing > 0)
@@ -227,11 +233,13 @@ static PyObject *py_apply_ready(PyObject *self, PyObject *const *args, Py_ssize_
             viewing = 0;
         }
         if (added < 0) {
+            memo_clear(&memo);
             count_lifecycle(step, total);
             return NULL;
         }
         total += added;
     }
+    memo_clear(&memo);
     if (viewing > 0)
         table_release(&view);
     if (count_lifecycle(step, total) < 0)
