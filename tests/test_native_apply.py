@@ -12,6 +12,7 @@ generated log, replayed (no live step) and live (a container step that answers f
 from __future__ import annotations
 
 import copy
+import random
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -34,7 +35,7 @@ from test_native_enrich import (
     proc_infos,
     scenario,
 )
-from test_tree import execve
+from test_tree import execve, exit_group, fork
 
 from treekeeper import pipeline
 from treekeeper.enrich import iso_ms
@@ -61,8 +62,8 @@ def live_container(calls: list[int]) -> Any:
 class Side:
     """A table and a stand-in step fed through one loop."""
 
-    def __init__(self, native_loop: bool, live: bool) -> None:
-        self.table = ProcessTable(TableConfig())
+    def __init__(self, native_loop: bool, live: bool, config: TableConfig | None = None) -> None:
+        self.table = ProcessTable(config or TableConfig())
         self.table.scan(FakeProcSource(proc_infos()))
         self.calls: list[int] = []
         self.step = SimpleNamespace(
@@ -305,3 +306,123 @@ def test_a_pristine_process_that_differs_in_type_only_is_enriched_anew(
     written = [e["doc"]["process"]["x"] for e in out[1:]]
     assert [(type(x), x) for x in written] == [(type(v), v) for v in values]
     assert out[1]["doc"]["process"] is not out[2]["doc"]["process"]
+
+
+def _random_lives(seed: int, count: int = 400) -> list[Doc]:
+    """Plain events of a few processes (each with one pristine `process`, so runs form)
+    mixed at random with forks, execs, exits and reparenting ppids of them and their
+    parents: the table changes between and inside runs."""
+    rng = random.Random(seed)
+    docs: list[Doc] = []
+    parent_of = {7001: 7000, 7000: 1, 7100: 1}
+    images = {pid: (f"/img{pid}", f"p{pid}") for pid in parent_of}
+    next_child = 8000
+    at = LAST + 1000
+    pid = 7001
+    for _ in range(count):
+        at += rng.choice((0, 0, 1, 2))
+        if pid not in parent_of or rng.random() < 0.2:  # a busy process for a while
+            pid = rng.choice(sorted(parent_of))
+        ppid = parent_of[pid]
+        kind = rng.random()
+        if kind < 0.70:  # a plain event as its process writes it: runs of equal texts
+            exe, comm = images[pid]
+            docs.append(plain(at, pid, ppid, exe=exe, comm=comm))
+        elif kind < 0.80:  # a new image: the process's own, or a parent's for its children
+            images[pid] = (f"/img{pid}-{at}", f"q{at % 7}")
+            docs.append(execve(at, pid, ppid, images[pid][0], [images[pid][1], str(at)]))
+        elif kind < 0.88:  # a child, which then acts
+            child, next_child = next_child, next_child + 1
+            docs.append(fork(at, pid, ppid, child, exe=images[pid][0]))
+            parent_of[child] = pid
+            images[child] = images[pid]
+        elif kind < 0.94 and pid >= 8000:  # a child exits; its own children go to init
+            docs.append(exit_group(at, pid, ppid))
+            del parent_of[pid]
+            for other, up in list(parent_of.items()):
+                if up == pid:
+                    parent_of[other] = 1
+        else:  # another cwd: the same process, another pristine `process`
+            exe, comm = images[pid]
+            doc = plain(at, pid, ppid, exe=exe, comm=comm)
+            doc["process"]["working_directory"] = f"/w{rng.randrange(3)}"
+            docs.append(doc)
+    return docs
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("live", [False, True], ids=["replay", "live"])
+def test_random_lives_in_one_batch_as_python_enriches_them(
+    monkeypatch: pytest.MonkeyPatch, seed: int, live: bool
+) -> None:
+    """Random runs of plain events with forks, execs, exits and reparenting between and
+    inside them, all in one batch (one memo throughout), and again in batches of 7: the
+    C loop's output is the Python loop's, event by event."""
+    docs = _random_lives(seed)
+    both_loops(docs, monkeypatch, live, size=len(docs))
+    both_loops(docs, monkeypatch, live, size=7)
+    ids = _process_ids(copy.deepcopy(docs))
+    assert len(set(ids.values())) < 0.8 * len(ids)  # runs did share their process
+
+
+@pytest.mark.parametrize("fragments", [False, True], ids=["entries", "fragments"])
+def test_without_ancestry_the_parent_itself_is_compared(
+    monkeypatch: pytest.MonkeyPatch, fragments: bool
+) -> None:
+    """With ancestry_max_depth 0 no ancestor element is read, so nothing needs Python
+    between the runs and each run shares one dict from its first event: the parent's exec
+    and the process's own exec between runs of 7001 are written as Python writes them."""
+    at = LAST + 50
+    changes = [
+        execve(at, 7000, 1, "/app2", ["app2", "-y"]),
+        execve(at + 1, 7001, 7000, "/worker", ["worker", "--new"]),
+    ]
+    docs, runs = _runs_of_7001(changes)
+    for index, doc in enumerate(docs):
+        doc["@timestamp"] = iso_ms(BASE_MS + at + 2)
+        if any(index in run for run in runs):  # the table's image is written, not the event's
+            doc["process"].pop("executable")
+    config = TableConfig(ancestry_max_depth=0, ancestry_fragments=fragments)
+    outs = []
+    for native_loop in (False, True):
+        side = Side(native_loop, False, config)
+        outs.append(side.apply(events_of(copy.deepcopy(docs)), monkeypatch))
+    assert outs[0] == outs[1]
+    out: list[dict[str, Any]] = []
+    side = Side(True, False, config)
+    native.apply_ready(side.step, side.table, events_of(copy.deepcopy(docs)), out, None)
+    written = {e["key"][3] - 1: e["doc"]["process"] for e in out if e["raw"]}
+    assert written[runs[0][2]] is written[runs[0][1]] is written[runs[0][0]]
+    parents = [(written[run[0]]["parent"]["executable"], written[run[0]]["parent"]["args"])
+               for run in runs]  # fmt: skip
+    assert parents == [("/app", ["/app", "-x"])] + [("/app2", ["app2", "-y"])] * 2
+    assert [written[run[0]]["args"] for run in runs] == [
+        ["worker"],
+        ["worker"],
+        ["worker", "--new"],
+    ]
+
+
+def test_an_exec_that_looks_like_the_run_before_is_enriched_anew(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exec whose `process` is the very text of the plain events before it (no args,
+    exe or title of its own): its `process` is equal, so only the values the table now gives
+    (the image the exec left) tell it from the run's; it is written as Python writes it."""
+    at = LAST + 50
+
+    def bare(doc: Doc) -> Doc:
+        doc["process"] = {"pid": 7001, "parent": {"pid": 7000}}
+        doc["@timestamp"] = iso_ms(BASE_MS + at + 2)
+        return doc
+
+    docs = [bare(plain(at, 7001, 7000)) for _ in range(4)]  # the first makes the elements
+    docs.insert(3, bare(execve(at, 7001, 7000, "/new", ["new", "-z"])))
+    both_loops(docs, monkeypatch, live=False, size=len(docs))
+    out: list[dict[str, Any]] = []
+    side = Side(True, False)
+    native.apply_ready(side.step, side.table, events_of(copy.deepcopy(docs)), out, None)
+    written = [e["doc"]["process"] for e in out if e["raw"]]
+    assert written[2] is written[1] and written[2]["executable"] == "/worker"
+    assert written[3] is not written[2] and "executable" not in written[3]
+    assert written[4] is written[3]
