@@ -426,3 +426,27 @@ def test_an_exec_that_looks_like_the_run_before_is_enriched_anew(
     assert written[2] is written[1] and written[2]["executable"] == "/worker"
     assert written[3] is not written[2] and "executable" not in written[3]
     assert written[4] is written[3]
+
+
+def test_a_parent_changed_by_the_python_steps_ends_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent's exec in a doc the C steps leave to Python (a dict subclass) between
+    events of 7001 with one `process` text, without ancestry: no C enrichment replaces the
+    memo between them, so the parent's values it compares are what tell the runs apart."""
+    at = LAST + 50
+    docs: list[Any] = [plain(at, 7001, 7000, exe="/worker", comm="worker") for _ in range(2)]
+    docs.append(DictSub(execve(at, 7000, 1, "/app3", ["app3"])))
+    docs += [plain(at, 7001, 7000, exe="/worker", comm="worker") for _ in range(2)]
+    for doc in docs:
+        doc["@timestamp"] = iso_ms(BASE_MS + at + 2)
+    config = TableConfig(ancestry_max_depth=0)
+    outs = [
+        Side(bool(loop), False, config).apply(events_of(copy.deepcopy(docs)), monkeypatch)
+        for loop in (0, 1)
+    ]
+    assert outs[0] == outs[1]
+    out: list[dict[str, Any]] = []
+    side = Side(True, False, config)
+    native.apply_ready(side.step, side.table, events_of(copy.deepcopy(docs)), out, None)
+    written = [e["doc"]["process"] for e in out if e["raw"] and e["doc"]["process"]["pid"] == 7001]
+    assert written[1] is written[0] and written[3] is written[2] and written[2] is not written[1]
+    assert [w["parent"]["executable"] for w in written] == ["/app"] * 2 + ["/app3"] * 2
