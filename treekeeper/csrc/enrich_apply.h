@@ -216,9 +216,7 @@ static PyObject *py_apply_ready(PyObject *self, PyObject *const *args, Py_ssize_
     Py_ssize_t total = 0;
     Table view;
     int viewing = 0; /* 1: view holds the table as it is; 0: take it; -1: the table declined */
-    EnrichMemo memo; /* this call's last enrichment (enrich_memo.h) */
-    memset(&memo, 0, sizeof memo);
-    memo.section_at = -1;
+    EnrichMemo memo = {.section_at = -1}; /* this call's last enrichment (enrich_memo.h) */
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ready); i++) {
         PyObject *event = Py_NewRef(PyList_GET_ITEM(ready, i));
         if (viewing == 0)

@@ -81,19 +81,8 @@ static int same_json(PyObject *a, PyObject *b, int depth)
         return 0;
     if (PyUnicode_CheckExact(a))
         return PyUnicode_GET_LENGTH(a) == PyUnicode_GET_LENGTH(b) && PyUnicode_Compare(a, b) == 0;
-    if (PyLong_CheckExact(a)) {
-        int overflow_a, overflow_b;
-        long long x = PyLong_AsLongLongAndOverflow(a, &overflow_a);
-        long long y = PyLong_AsLongLongAndOverflow(b, &overflow_b);
-        if (overflow_a || overflow_b) { /* beyond 64 bits: Python's own comparison */
-            PyErr_Clear();
-            int equal = PyObject_RichCompareBool(a, b, Py_EQ);
-            if (equal < 0)
-                PyErr_Clear();
-            return equal == 1;
-        }
-        return x == y;
-    }
+    if (PyLong_CheckExact(a)) /* int's own comparison: it cannot fail or run Python code */
+        return PyObject_RichCompareBool(a, b, Py_EQ) == 1;
     if (PyFloat_CheckExact(a)) { /* bit for bit: -0.0 and 0.0 are written differently */
         double x = PyFloat_AS_DOUBLE(a), y = PyFloat_AS_DOUBLE(b);
         return memcmp(&x, &y, sizeof x) == 0;
@@ -229,7 +218,11 @@ static int apply_enrich_memo(PyObject *doc, Plan *plan, EnrichMemo *memo)
             return -1;
         return apply_container(doc, plan);
     }
-    int kept = inputs >= 0 ? memo_keep(memo, plan, input, inputs) : (memo_clear(memo), 0);
+    int kept = 0;
+    if (inputs >= 0)
+        kept = memo_keep(memo, plan, input, inputs);
+    else
+        memo_clear(memo);
     if (apply_enrich(doc, plan) < 0) {
         memo_clear(memo);
         return -1;
