@@ -1,14 +1,16 @@
 """Replay benchmark: the whole pipeline, each stage alone, and the peers, on one log in one run.
 
     python bench/replay.py                     # generates a 300k-line exec-heavy log
-    python bench/replay.py --log /var/log/audit/audit.log --assemblers 2
+    python bench/replay.py --log /var/log/audit/audit.log --assemblers 1,2
 
 Prints lines/s for each and the ratio to Debian's laurel (and ausearch -i) measured
 on the same input in the same run. Machines here are noisy: read the ratios. The
 pipeline, laurel and ausearch run ``--rounds`` times each, alternated (ours, laurel,
 ausearch, ours, ...), and each row is the median of its rounds, with their range: one run
 of ~1.5 s swung by ±20 % here (session 34: 1.07x, 1.52x and 1.23x laurel in three runs in
-a row). The pipeline without C code (AUDITSTREAM_NATIVE=0) runs once.
+a row). ``--assemblers 1,2`` runs the pipeline with each number of assemblers in every
+round, so that the configurations are compared in the same run too. The pipeline without C
+code (AUDITSTREAM_NATIVE=0) and the start-up figure run once, with the first number.
 """
 
 from __future__ import annotations
@@ -45,6 +47,17 @@ def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def assembler_counts(text: str) -> list[int]:
+    """``--assemblers``: "1" or "1,2" (each number of assembler processes to run)."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"numbers of assemblers are 1 or more: {text!r}")
+    return counts
 
 
 def median_of(times: list[float | None]) -> float | None:
@@ -159,7 +172,12 @@ def main() -> None:
     )
     parser.add_argument("--log", type=Path, help="audit.log to replay (default: generate one)")
     parser.add_argument("--lines", type=int, default=300_000, help="lines to generate")
-    parser.add_argument("--assemblers", type=int, default=1)
+    parser.add_argument(
+        "--assemblers",
+        type=assembler_counts,
+        default=[1],
+        help="assembler processes, or several to compare in the same rounds: 1,2",
+    )
     parser.add_argument("--no-stages", action="store_true", help="skip the per-stage timings")
     parser.add_argument(
         "--rounds", type=int, default=3, help="alternated runs of ours and the peers (median)"
@@ -186,25 +204,30 @@ def main() -> None:
             )
         with open(log, "rb") as fh:
             lines = sum(1 for _ in fh)
-        ours_name = f"auditstream replay, 3 processes, {args.assemblers} assembler(s)"
+        ours = {n: f"auditstream replay, 3 processes, {n} assembler(s)" for n in args.assemblers}
         laurel_name, ausearch_name = (
             "laurel (Debian) on the same log",
             "ausearch -i on the same log",
         )
-        runs: dict[str, list[float | None]] = {ours_name: [], laurel_name: [], ausearch_name: []}
+        runs: dict[str, list[float | None]] = {name: [] for name in ours.values()}
+        runs[laurel_name], runs[ausearch_name] = [], []
         for _ in range(max(1, args.rounds)):  # alternated: a slow spell hits both sides
-            runs[ours_name].append(pipeline(log, tmp, args.assemblers))
+            for count, name in ours.items():
+                runs[name].append(pipeline(log, tmp, count))
             runs[laurel_name].append(laurel(log, tmp))
             runs[ausearch_name].append(ausearch(log))
-        rows: list[tuple[str, float | None]] = [(ours_name, median_of(runs[ours_name]))]
-        no_c = "  the same with AUDITSTREAM_NATIVE=0 (no C code)"
-        rows.append((no_c, pipeline(log, tmp, args.assemblers, "0")))
+        rows: list[tuple[str, float | None]] = [
+            (name, median_of(runs[name])) for name in ours.values()
+        ]
+        first = args.assemblers[0]
+        no_c = f"  {first} assembler(s) with AUDITSTREAM_NATIVE=0 (no C code)"
+        rows.append((no_c, pipeline(log, tmp, first, "0")))
         runs[no_c] = [rows[-1][1]]
         # The fixed cost in the row above: the processes' start and the end of the stream.
         head = tmp / "head.log"
         with open(log, "rb") as src:
             head.write_bytes(b"".join(itertools.islice(src, 20)))
-        fixed = min(pipeline(head, tmp, args.assemblers) for _ in range(3))
+        fixed = min(pipeline(head, tmp, first) for _ in range(3))
         if not args.no_stages:
             rows += list(stage_timings(log, tmp).items())
         rows.append((laurel_name, median_of(runs[laurel_name])))
@@ -222,7 +245,10 @@ def main() -> None:
             ratio = f"{base / secs:.2f}x" if base else "-"
             spread = spread_of(runs.get(name, []))
             print(f"{name:56} {secs:8.2f} {lines / secs:10.0f} {ratio:>10}  {spread}")
-        print(f"start-up and end of the pipeline (its first 20 lines, best of 3): {fixed:.2f} s")
+        print(
+            f"start-up and end of the pipeline ({first} assembler(s), its first 20 lines, best "
+            f"of 3): {fixed:.2f} s"
+        )
         if args.json_out:
             table = [
                 {"what": name, "seconds": secs, "rounds": runs.get(name, [secs])}

@@ -72,3 +72,38 @@ def test_live_budget_row_adds_the_loads_cpu_to_the_readers() -> None:
             "-",
         )
     ]
+
+
+def test_replay_rows_name_each_assembler_count_against_the_same_laurel() -> None:
+    """Each number of assemblers replayed gets its own rows, each against the same peers."""
+    bench_all = _bench_module("all")
+    data = {
+        "lines": 300_000,
+        "rows": [
+            {"what": "auditstream replay, 3 processes, 1 assembler(s)", "seconds": 1.0},
+            {"what": "auditstream replay, 3 processes, 2 assembler(s)", "seconds": 1.25},
+            {"what": "  1 assembler(s) with AUDITSTREAM_NATIVE=0 (no C code)", "seconds": 4.5},
+            {"what": "laurel (Debian) on the same log", "seconds": 1.5},
+            {"what": "ausearch -i on the same log", "seconds": 3.0},
+        ],
+    }
+    rows = bench_all.replay_rows(data)
+    assert rows == [
+        ("replay lines/s vs laurel (1 assembler(s))", "300,000", "200,000", "1.50x", "met"),
+        ("replay lines/s vs ausearch -i (1 assembler(s))", "300,000", "100,000", "3.00x", "-"),
+        ("replay lines/s vs laurel (2 assembler(s))", "240,000", "200,000", "1.20x", "not met (>= 1.5x)"),
+        ("replay lines/s vs ausearch -i (2 assembler(s))", "240,000", "100,000", "2.40x", "-"),
+    ]
+
+
+def test_replay_takes_a_list_of_assembler_counts() -> None:
+    """``--assemblers 1,2`` compares both; a count below one or a word is refused."""
+    replay = _bench_module("replay")
+    assert replay.assembler_counts("1,2") == [1, 2]
+    assert replay.assembler_counts("2") == [2]
+    for bad in ("0", "1,x", ""):
+        try:
+            replay.assembler_counts(bad)
+        except replay.argparse.ArgumentTypeError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
