@@ -72,6 +72,8 @@ def _apply_common(cfg: config_mod.Config, args: argparse.Namespace, *, default_s
         cfg.runtime.log_format = "json"
     config_mod.validate(cfg)
     check_sinks(cfg)
+    # The supervisor's own lines (stage pids, restarts) in the stages' format and level.
+    logs.setup("cli", fmt=cfg.runtime.log_format, level=cfg.runtime.log_level)
 
 
 def _print_summary(cfg: config_mod.Config, *, restarts: int = 0) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,8 +26,16 @@ def setup(component: str, *, fmt: str = "text", level: str = "info") -> logging.
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         formatter_class = json_formatter_class()
+
+        class EcsJsonFormatter(formatter_class):  # type: ignore[valid-type,misc]
+            """``@timestamp`` in ISO 8601 UTC with milliseconds, as ECS and our docs have it
+            (logging's default, ``2026-11-24 15:19:10,985``, has no zone and a comma)."""
+
+            def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+                return iso_utc_ms(record.created)
+
         handler.setFormatter(
-            formatter_class(
+            EcsJsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",
                 rename_fields={
                     "asctime": "@timestamp",
@@ -43,6 +52,12 @@ def setup(component: str, *, fmt: str = "text", level: str = "info") -> logging.
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     return logging.getLogger(f"auditstream.{component}")
+
+
+def iso_utc_ms(seconds: float) -> str:
+    """``2026-11-24T15:19:10.985Z``: a POSIX time as ISO 8601 UTC with milliseconds."""
+    stamp = datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
 
 
 class RateLimitedLog:
