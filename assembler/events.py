@@ -99,8 +99,14 @@ def written_event_completer(target: EventTarget, fallback: CompleteFn) -> Comple
     return _NATIVE_COMPLETER(target, _NATIVE_COALESCE, fallback, _COMPLETED_BY)
 
 
-def lost_event(lost: LostRange) -> Event:
-    now_ms = time.time_ns() // 1_000_000
+def _marker_ms(at_ms: int | None) -> int:
+    """A marker's time: ``at_ms`` (a replay's event time, so that a replay of old logs dates
+    its markers among their events, and does so the same way every run), else now."""
+    return at_ms if at_ms is not None else time.time_ns() // 1_000_000
+
+
+def lost_event(lost: LostRange, at_ms: int | None = None) -> Event:
+    now_ms = _marker_ms(at_ms)
     details = {
         "cause": "serial_gap",
         "first_serial": lost.first_serial,
@@ -112,8 +118,10 @@ def lost_event(lost: LostRange) -> Event:
     return {"key": key, "raw": [], "doc": doc}
 
 
-def parse_error_event(type_: int, data: bytes, node: str, error: str) -> Event:
-    now_ms = time.time_ns() // 1_000_000
+def parse_error_event(
+    type_: int, data: bytes, node: str, error: str, at_ms: int | None = None
+) -> Event:
+    now_ms = _marker_ms(at_ms)
     snippet = data[:PARSE_ERROR_SNIPPET_BYTES]
     # The prefix alone from format_log_line: it turns CR/LF in data into spaces (for log
     # files), and escape() already keeps them off the line, exactly (%0a).

@@ -129,16 +129,23 @@ class Assembly:
             self.warn.warning("interpret", "cannot interpret event %s: %r", records[0].serial, err)
             for rec in records:
                 self.out.append(
-                    parse_error_event(rec.type, rec.data, rec.node, f"interpret: {err!r}")
+                    parse_error_event(
+                        rec.type, rec.data, rec.node, f"interpret: {err!r}", self.marker_ms()
+                    )
                 )
 
     def _lost(self, lost: LostRange) -> None:
         self.counts["lost_events"] += lost.count
         self.counts["lost_markers"] += 1
-        event = lost_event(lost)
+        event = lost_event(lost, self.marker_ms())
         if self.shards > 1:  # this assembler sees every Nth serial: the range is strided
             event["doc"]["auditstream"]["marker"]["serial_stride"] = self.shards
         self.out.append(event)
+
+    def marker_ms(self) -> int | None:
+        """A marker's time in ms: in replay the event time reached (the log's own clock),
+        live None (now)."""
+        return self.clock_ms if self.event_time and self.clock_ms > 0 else None
 
     def note_read_to(self, read_to: Any) -> None:
         """The receiver had read up to this (event ms, serial), and sent us all of ours."""
@@ -180,7 +187,7 @@ class Assembly:
             return
         self.counts["parse_errors"] += 1
         self.warn.warning("parse", "unparseable record: %s", error)
-        self.out.append(parse_error_event(type_, data, node, error))
+        self.out.append(parse_error_event(type_, data, node, error, self.marker_ms()))
 
     def sent_below(self) -> list[int] | None:
         """Live: [event ms, serial] below which every event seen here has been completed
@@ -200,7 +207,9 @@ class Assembly:
         """Type 0: a line that is not a record; negative: the receiver reports a loss."""
         if type_ == 0:
             self.counts["parse_errors"] += 1
-            self.out.append(parse_error_event(0, data, node, "not an audit record line"))
+            self.out.append(
+                parse_error_event(0, data, node, "not an audit record line", self.marker_ms())
+            )
             return
         if type_ == RESTART_GAP_TYPE:  # a restarted live receiver names what it lost
             self.out.append(restart_gap_event(data, node))
