@@ -1,9 +1,11 @@
 """Drop events that were already written: redelivery after a crash sends some twice.
 
 An event's identity is the exact text of its raw records (``auditd.records``: each
-holds the ``audit(SEC.MSEC:SERIAL)`` of the event, so this is the issue's (node,
-timestamp, serial) key, refined to the record): an event is a duplicate when every
-one of its records was already written. So a part of an event sent again is dropped,
+holds the ``audit(SEC.MSEC:SERIAL)`` of the event) and its node (the ``node=`` of an
+aggregated log, which the records' text leaves out), so this is the issue's (node,
+timestamp, serial) key, refined to the record: an event is a duplicate when every one
+of its records was already written for the same node (two hosts of an audisp-remote
+log can write the very same records). So a part of an event sent again is dropped,
 while a LATE record (same key, a record not seen yet) still gets through. A serial-gap
 marker is identified by its range. Other markers (parse errors, kernel loss) carry
 no stable identity and are never dropped: after a crash one may appear twice.
@@ -28,7 +30,7 @@ import orjson
 
 from auditstream.config import Config
 from auditstream.doc_text import DOC_TEXT, RECORD_HASHES
-from auditstream.escape import escape
+from auditstream.escape import escape, unescape
 from auditstream.logline import LineError, split_log_line, type_name
 from auditstream.native import load_native
 from auditstream.redelivery import resendable_records
@@ -97,13 +99,20 @@ class RecentFingerprints:
 
 
 def doc_fingerprints(doc: Any) -> tuple[int, ...] | None:
-    """The identity of an event document, or None for events that are never deduplicated."""
+    """The identity of an event document, or None for events that are never deduplicated.
+
+    Its records' hashes salted with the node its ``host.name`` names (:func:`node_salt`):
+    a doc alone, read back from a sink, gives what its event gave in :meth:`Dedupe.filter`.
+    """
     if not isinstance(doc, dict):
         return None
     auditd = doc.get("auditd")
     if isinstance(auditd, dict):
         records = auditd.get("records")
         if isinstance(records, list) and records:
+            salt = node_salt(host_node(doc))
+            if salt:
+                return tuple([hash(record) ^ salt for record in records if isinstance(record, str)])
             return tuple([hash(record) for record in records if isinstance(record, str)])
     event = doc.get("event")
     if isinstance(event, dict) and event.get("action") == "events-lost":
@@ -116,26 +125,63 @@ def doc_fingerprints(doc: Any) -> tuple[int, ...] | None:
     return None
 
 
-def head_fingerprints(head: Any) -> tuple[int, ...] | None:
+def node_salt(node: str) -> int:
+    """What a record's hash is XORed with to be its fingerprint: hash() of its event's node,
+    0 (the hash itself) for a log without ``node=``. Two nodes' identical records then
+    differ (aggregated logs: audisp-remote), and the C filter mixes it in per record with
+    one XOR (treekeeper/csrc/fingerprints.c)."""
+    return hash(node) if node else 0
+
+
+def host_node(doc: dict[str, Any]) -> str:
+    """The event key's node of a doc: its ``host.name`` with the assembler's escapes undone
+    (assembler/ecs.py ``host_name``: exact, a plain name has no ``%``); "" when it has none."""
+    host = doc.get("host")
+    name = host.get("name") if isinstance(host, dict) else None
+    if not isinstance(name, str):
+        return ""
+    if "%" not in name:
+        return name
+    try:
+        return unescape(name).decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate: no host_name() wrote it, it is its own node
+        return name
+
+
+def head_fingerprints(head: Any, node: str | None = "") -> tuple[int, ...] | None:
     """The identity of an event whose doc travelled as a head: the record hashes the
-    assembler computed (auditstream/doc_text.py), equal to :func:`doc_fingerprints`'s."""
+    assembler computed (auditstream/doc_text.py) salted with ``node``, the event key's
+    (None: the event has no key, and so no identity); equal to :func:`doc_fingerprints`'s."""
     auditd = head.get("auditd") if isinstance(head, dict) else None
     hashes = auditd.get(RECORD_HASHES) if isinstance(auditd, dict) else None
-    if isinstance(hashes, list) and all(map(_is_int, hashes)):  # no Python frame per item
-        return tuple(hashes)
-    return None
+    if node is None or not isinstance(hashes, list) or not all(map(_is_int, hashes)):
+        return None  # all(map(...)): no Python frame per item
+    salt = node_salt(node)
+    return tuple([h ^ salt for h in hashes]) if salt else tuple(hashes)
 
 
 _is_int = int.__instancecheck__
 
 
+def event_node(event: Event) -> str | None:
+    """The node of an event's key ``[node, sec, msec, serial]``; None without such a key."""
+    key = event.get("key")
+    if isinstance(key, list | tuple) and key and isinstance(key[0], str):
+        return key[0]
+    return None
+
+
 def line_fingerprint(line: bytes) -> int | None:
-    """The fingerprint of one raw audit.log line (the ``file`` sink) as a record of a doc."""
+    """The fingerprint of one raw audit.log line (the ``file`` sink) as a record of a doc.
+
+    The sink writes a node with spaces or control characters changed (sinks/rawfile.py):
+    such a node's events read back do not match, and may be written again (at-least-once).
+    """
     try:
-        type_, data, _node = split_log_line(line)
+        type_, data, node = split_log_line(line)
     except LineError:
         return None
-    return hash(f"type={type_name(type_)} msg={escape(data)}")
+    return hash(f"type={type_name(type_)} msg={escape(data)}") ^ node_salt(node)
 
 
 # The C set and filter (treekeeper/csrc/fingerprints.c) where built and allowed; this
@@ -174,8 +220,13 @@ class Dedupe:
         seen = self.seen
         for event in events:
             doc = event.get("doc")
-            # A head (its text beside it) carries hashes of the records, a whole doc the records.
-            fingerprints = head_fingerprints(doc) if DOC_TEXT in event else doc_fingerprints(doc)
+            # A head (its text beside it) carries hashes of the records, its node in the key;
+            # a whole doc the records, its node in host.name.
+            fingerprints = (
+                head_fingerprints(doc, event_node(event))
+                if DOC_TEXT in event
+                else doc_fingerprints(doc)
+            )
             if fingerprints:
                 if seen.has_all(fingerprints):
                     self.dropped += 1

@@ -5,7 +5,8 @@
  * ~1.5 µs per event in all. Here a generation is an open-addressed table of int64 (linear
  * probing, at most half full) that keeps its memory when it becomes the newer one again.
  *
- * Fingerprints are hash() values (an int64, Py_hash_t). An int outside int64 cannot be
+ * Fingerprints are hash() values (an int64, Py_hash_t), a record's XORed with hash() of its
+ * event's node where the log names one (dedupe.node_salt). An int outside int64 cannot be
  * one, nor can anything but an int: has_all/__contains__ answer False for it, add/add_all
  * raise TypeError, and filter_events keeps an event carrying one without remembering it
  * (a duplicate may pass, nothing is dropped).
@@ -242,10 +243,34 @@ static PyObject *recent_add(Recent *self, PyObject *fingerprint)
 
 /* -- filter_events: Dedupe.filter ---------------------------------------------------- */
 
-static PyObject *s_doc, *s_doc_text, *s_auditd, *s_record_hashes;
+static PyObject *s_doc, *s_doc_text, *s_auditd, *s_record_hashes, *s_key;
+
+/* node_salt of the node of the event's key [node, sec, msec, serial] (dedupe.event_node):
+ * 1 and *salt set (0 for ""), 0 when the event has no such key (no identity), -1 with an
+ * exception. */
+static int key_node_salt(PyObject *event, int64_t *salt)
+{
+    PyObject *key = PyDict_GetItemWithError(event, s_key); /* borrowed */
+    if (key == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!(PyList_Check(key) || PyTuple_Check(key)) || PySequence_Fast_GET_SIZE(key) == 0)
+        return 0;
+    PyObject *node = PySequence_Fast_GET_ITEM(key, 0);
+    if (!PyUnicode_Check(node))
+        return 0;
+    *salt = 0;
+    if (PyUnicode_GET_LENGTH(node) > 0) {
+        Py_hash_t h = PyObject_Hash(node);
+        if (h == -1 && PyErr_Occurred())
+            return -1;
+        *salt = (int64_t)h;
+    }
+    return 1;
+}
 
 /* The fingerprints of one event into *values (grown as needed): their count, 0 when the
- * event has none it can be deduplicated by, -1 with an exception. */
+ * event has none it can be deduplicated by, -1 with an exception. A head's are its record
+ * hashes XORed with its key's node_salt (a whole doc's are salted by doc_fingerprints). */
 static Py_ssize_t event_fingerprints(PyObject *event, PyObject *doc_fingerprints,
                                      int64_t **values, Py_ssize_t *room)
 {
@@ -255,6 +280,7 @@ static Py_ssize_t event_fingerprints(PyObject *event, PyObject *doc_fingerprints
     if (doc == NULL)
         doc = Py_None;
     PyObject *found = NULL; /* a new reference to a list or tuple of ints, or None */
+    int64_t salt = 0;
     int has_text = PyDict_Contains(event, s_doc_text);
     if (has_text < 0)
         return -1;
@@ -267,6 +293,9 @@ static Py_ssize_t event_fingerprints(PyObject *event, PyObject *doc_fingerprints
             return -1;
         if (hashes == NULL || !PyList_Check(hashes))
             return 0;
+        int keyed = key_node_salt(event, &salt);
+        if (keyed <= 0)
+            return keyed;
         found = Py_NewRef(hashes); /* a non-int in it: no identity, below */
     } else {
         found = PyObject_CallOneArg(doc_fingerprints, doc);
@@ -298,6 +327,7 @@ static Py_ssize_t event_fingerprints(PyObject *event, PyObject *doc_fingerprints
             Py_DECREF(seq);
             return ok; /* not a hash(): no identity, kept and not remembered */
         }
+        (*values)[i] ^= salt;
     }
     Py_DECREF(seq);
     return n;
@@ -409,8 +439,9 @@ PyMODINIT_FUNC PyInit_native_fingerprints(void)
     s_doc_text = PyUnicode_InternFromString("doc_text");
     s_auditd = PyUnicode_InternFromString("auditd");
     s_record_hashes = PyUnicode_InternFromString("record_hashes");
+    s_key = PyUnicode_InternFromString("key");
     if (s_doc == NULL || s_doc_text == NULL || s_auditd == NULL || s_record_hashes == NULL ||
-        PyType_Ready(&RecentType) < 0)
+        s_key == NULL || PyType_Ready(&RecentType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
