@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -134,6 +135,24 @@ def parse_error_event(
     doc = marker_doc("parse-error", node, now_ms // 1000, now_ms % 1000, details)
     raw = [[type_, data, node]] if type_ else []
     return {"key": [node, now_ms // 1000, now_ms % 1000, 0], "raw": raw, "doc": doc}
+
+
+# receiver.logsource.DAMAGED_INPUT_TYPE: an input file read only up to a damage.
+DAMAGED_INPUT_TYPE = -4
+
+
+def damaged_input_event(data: bytes, at_ms: int | None = None) -> Event:
+    """A replayed file was read only up to a damage (corrupt or truncated gzip, a read
+    error): its rest is lost. ``data`` is the receiver's JSON of the details."""
+    try:
+        details = json.loads(data)
+    except ValueError:
+        details = None
+    if not isinstance(details, dict):
+        details = {"cause": "input_damaged", "error": escape(data)}
+    now_ms = _marker_ms(at_ms)
+    doc = marker_doc("input-damaged", "", now_ms // 1000, now_ms % 1000, details)
+    return {"key": ["", now_ms // 1000, now_ms % 1000, 0], "raw": [], "doc": doc}
 
 
 # Synthetic record types the receiver sends (see docs/internals.md).

@@ -11,7 +11,9 @@ import zmq
 
 from assembler.batch import Unparsed
 from assembler.events import (
+    DAMAGED_INPUT_TYPE,
     Event,
+    damaged_input_event,
     event_from_records,
     lost_event,
     parse_error_event,
@@ -213,6 +215,9 @@ class Assembly:
             return
         if type_ == RESTART_GAP_TYPE:  # a restarted live receiver names what it lost
             self.out.append(restart_gap_event(data, node))
+            return
+        if type_ == DAMAGED_INPUT_TYPE:  # a replayed file read only up to a damage
+            self.out.append(damaged_input_event(data, self.marker_ms()))
             return
         self.counts["kernel_loss_markers"] += 1
         self.out.append(receiver_marker_event(type_, data))

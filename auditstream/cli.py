@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -17,6 +18,15 @@ from auditstream.stage import write_status
 from auditstream.supervisor import RestartPolicy, Supervisor
 
 EXIT_EVENTS_DISCARDED = 3  # replay finished, but a sink could not write some events
+# Replay finished, but an input file was read only up to a damage (corrupt or truncated
+# gzip, a read error): the files after it were read, its rest is lost.
+EXIT_INPUT_DAMAGED = 4
+# Every output gone (stdout's reader exited: `| head`): stopped early, 128 + SIGPIPE as a
+# shell shows for any writer its reader left.
+EXIT_OUTPUT_CLOSED = 141
+# A replay stopped by a signal before the end of its input exits 128 + the signal's
+# number (130 SIGINT, 143 SIGTERM). `run` and `replay --follow` end only so: they exit 0.
+EXIT_SIGNAL_BASE = 128
 DEFAULT_LIVE_SINK = "jsonl:/var/log/auditstream/events.jsonl"
 log = logging.getLogger("auditstream.cli")
 
@@ -38,6 +48,20 @@ def sink_table(arg: str) -> dict[str, Any]:
             raise config_mod.ConfigError(f"--sink {arg!r}: expected kafka:BROKER[,BROKER…]/TOPIC")
         return {"type": "kafka", "name": arg, "brokers": brokers, "topic": topic}
     raise config_mod.ConfigError(f"--sink {arg!r}: unknown sink type {kind!r} (jsonl, file, kafka)")
+
+
+def assembler_count(text: str) -> int:
+    """``--assemblers N``, refused by argparse (naming the option) before anything forks."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    high = config_mod.MAX_ASSEMBLERS
+    if not 1 <= count <= high:
+        raise argparse.ArgumentTypeError(
+            f"must be 1..{high}, as [assembler].instances, got {count}"
+        )
+    return count
 
 
 def _load(args: argparse.Namespace) -> config_mod.Config:
@@ -76,13 +100,15 @@ def _apply_common(cfg: config_mod.Config, args: argparse.Namespace, *, default_s
     logs.setup("cli", fmt=cfg.runtime.log_format, level=cfg.runtime.log_level)
 
 
-def _print_summary(cfg: config_mod.Config, *, restarts: int = 0) -> int:
-    """Print the summary lines; return how many events the sinks discarded."""
+def _print_summary(cfg: config_mod.Config, *, restarts: int = 0, stopped: str = "") -> int:
+    """Print the summary lines (``stopped``: why the run ended early, said at the end of the
+    first); return how many events the sinks discarded."""
     path = runtime.summary_path(cfg)
+    why = f"; {stopped}" if stopped else ""
     try:
         stats = json.loads(path.read_text())
     except (OSError, ValueError):
-        print("auditstream: no summary (the pipeline did not finish)", file=sys.stderr)
+        print(f"auditstream: no summary (the pipeline did not finish){why}", file=sys.stderr)
         return 0
     rec = stats.get("receiver", {})
     asm = stats.get("assembler", {})
@@ -94,7 +120,7 @@ def _print_summary(cfg: config_mod.Config, *, restarts: int = 0) -> int:
         f"auditstream: {rec.get('records', 0)} records read, "
         f"{stats.get('treekeeper', {}).get('events_out', asm.get('events', 0))} events out, "
         f"{asm.get('lost_events', 0)} events lost (serial gaps), "
-        f"{asm.get('parse_errors', 0)} records failed to parse; sent: {sent or 'none'}",
+        f"{asm.get('parse_errors', 0)} records failed to parse; sent: {sent or 'none'}{why}",
         file=sys.stderr,
     )
     tk = stats.get("treekeeper", {})
@@ -145,7 +171,9 @@ def _privileges(cfg: config_mod.Config) -> privilege.SpawnPrivileges | None:
     return plan
 
 
-def _start(cfg: config_mod.Config, *, live: bool, receiver_stdin: bool) -> int:
+def _start(
+    cfg: config_mod.Config, *, live: bool, receiver_stdin: bool, receiver_fds: tuple[int, ...] = ()
+) -> int:
     privileges = _privileges(cfg)
     created = not cfg.runtime.dir
     run_dir = runtime.make_private_dir(cfg, live=live)
@@ -155,27 +183,72 @@ def _start(cfg: config_mod.Config, *, live: bool, receiver_stdin: bool) -> int:
         conf_path,
         assemblers=cfg.assembler.instances,
         receiver_stdin=receiver_stdin,
+        receiver_fds=receiver_fds,
         # Replay too: a restarted stage gets what it lost again (docs/recovery.md).
         policy=RestartPolicy(enabled=True),
         ready_file=runtime.ready_path(cfg),
         privileges=privileges,
         capturing_file=runtime.status_path(cfg, "receiver") if live else None,
         fork_stages=not live,  # live stages are exec'd: see auditstream/stagefork.py
+        output_closed_file=runtime.output_closed_path(cfg),
     )
     code = supervisor.run()
     if supervisor.killed_late and not runtime.summary_path(cfg).exists():
         code = code or 1  # killed before the tree keeper could say what it wrote
+    # A signal cut the input short (or a second one killed stages): not a whole replay.
+    cut = supervisor.interrupted_by is not None and not live and not cfg.receiver.follow
+    signum = supervisor.signals[0] if supervisor.signals else None
+    stopped = ""
+    if supervisor.output_closed:
+        stopped = "stopped early: every output is closed"
+    elif signum is not None and (cut or supervisor.force_killed):
+        stopped = f"interrupted by {_signal_name(signum)} before the end of the input"
     if supervisor.stopped_starting:
         print("auditstream: stopped while starting; nothing was read", file=sys.stderr)
-    elif _print_summary(cfg, restarts=supervisor.restarts) and code == 0 and not live:
+    elif (
+        _print_summary(cfg, restarts=supervisor.restarts, stopped=stopped)
+        and code == 0
+        and not live
+    ):
         code = EXIT_EVENTS_DISCARDED  # a replay that did not write everything did not succeed
+    if code in (0, EXIT_EVENTS_DISCARDED) and stopped:
+        code = EXIT_OUTPUT_CLOSED if supervisor.output_closed else EXIT_SIGNAL_BASE + (signum or 0)
+    if _report_damaged_inputs(cfg) and code == 0 and not live:
+        code = EXIT_INPUT_DAMAGED
     if created and not live:
         shutil.rmtree(run_dir, ignore_errors=True)
     return code
 
 
+def _report_damaged_inputs(cfg: config_mod.Config) -> int:
+    """Name the input files read only up to a damage (after the summary); return how many."""
+    try:
+        receiver = json.loads(runtime.summary_path(cfg).read_text()).get("receiver", {})
+    except (OSError, ValueError, AttributeError):
+        return 0
+    count = int(receiver.get("damaged_files", 0))
+    if count:
+        named = ", ".join(
+            f"{path} after {lines} lines ({error})"
+            for path, error, lines, _bytes in receiver.get("damaged_inputs", [])
+        )
+        print(
+            f"auditstream: NOT READ TO THE END ({count} files): {named or 'see the log'}",
+            file=sys.stderr,
+        )
+    return count
+
+
+def _signal_name(signum: int) -> str:
+    """``SIGINT`` for 2."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
-    from receiver.logsource import SourceError, check_readable
+    from receiver.logsource import SourceError, check_readable, inherited_fds
 
     cfg = _load(args)
     cfg.receiver.source = "file"
@@ -188,7 +261,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except SourceError as err:
         print(f"auditstream: {err}", file=sys.stderr)
         return 2
-    return _start(cfg, live=False, receiver_stdin="-" in args.files)
+    # /dev/fd/N (`replay <(zcat a.gz)`) names a descriptor of ours: the receiver keeps it.
+    fds = inherited_fds(args.files)
+    receiver_stdin = "-" in args.files or 0 in fds
+    return _start(
+        cfg,
+        live=False,
+        receiver_stdin=receiver_stdin,
+        receiver_fds=tuple(fd for fd in fds if fd > 2),
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -238,7 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="TYPE:TARGET",
             help="jsonl:PATH (- = stdout), file:PATH, kafka:BROKERS/TOPIC; repeatable",
         )
-        p.add_argument("--assemblers", type=int, help="number of assembler processes")
+        p.add_argument(
+            "--assemblers",
+            type=assembler_count,
+            help=f"number of assembler processes (1..{config_mod.MAX_ASSEMBLERS})",
+        )
         p.add_argument("--log-json", action="store_true", help="log as JSON lines on stderr")
 
     p = sub.add_parser(

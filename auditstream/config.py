@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import stat
 import tomllib
@@ -118,6 +119,74 @@ class TreekeeperConfig:
     sinks_shutdown_timeout_ms: int = 5000
 
 
+class IntRange(NamedTuple):
+    """The values an integer key may take, and why where a bound is not obvious."""
+
+    low: int
+    high: int
+    zero_means: str = ""  # 0 is accepted too, meaning this (e.g. "by source")
+    why_low: str = ""  # said when a value is below ``low``
+    why_high: str = ""  # said when a value is above ``high``
+
+
+# Assemblers: a fixed cap, not one derived from this host's CPUs, so that check-config
+# answers the same on the host that writes a config and on the one that runs it. At
+# ~35 MB each, 64 stay within a few GB; the tree keeper, one thread, is saturated long
+# before (docs/performance.md), so more would only cost memory and processes.
+MAX_ASSEMBLERS = 64
+# A replay batch is acknowledged only once the batches after it have reached the tree
+# keeper: the event open at its end completes in the next one, and that frame leaves the
+# reorder window only when a later batch moves event time past it. Measured: with 2, every
+# batch of any log waited ACK_WAIT_MAX_S (10 s, receiver/redelivery.py) for its
+# acknowledgement; with 3, every batch of bench/gen_log.py's (512 records = 160 ms of
+# event time, less than the 250 ms window); with 4 none did.
+MIN_REPLAY_BUFFER_BATCHES = 4
+# Below this the table evicts a running process's ancestors while it runs: a booted host
+# has a few hundred processes, and the ancestry of each is up to ancestry_max_depth deep.
+MIN_TREE_PROCESSES = 1024
+HOUR_MS = 3_600_000
+
+# Every integer key's range. Past an upper bound a value overflows a C conversion or a
+# ZeroMQ/socket option, makes a loop or a wait practically endless, or lets a queue grow
+# until memory runs out; each bound is far above real use (deploy/auditstream.example.toml).
+INT_RANGES: dict[tuple[str, str], IntRange] = {
+    ("runtime", "hwm_messages"): IntRange(1, 65_536),
+    ("receiver", "batch_max_records"): IntRange(1, 65_536, zero_means="by source"),
+    ("receiver", "batch_max_ms"): IntRange(0, 60_000),
+    ("receiver", "backlog_limit"): IntRange(0, 2**32 - 1),  # the kernel's u32
+    ("receiver", "backlog_wait_time"): IntRange(0, 600_000),  # auditctl's bound (rules.py)
+    ("receiver", "rate_limit"): IntRange(0, 2**32 - 1),
+    ("receiver", "failure_mode"): IntRange(0, 2),
+    ("receiver", "rcvbuf_bytes"): IntRange(1, 2**31 - 1),  # setsockopt's int
+    ("receiver", "priority_boost"): IntRange(0, 20),
+    ("receiver", "status_poll_ms"): IntRange(1, HOUR_MS),
+    ("receiver", "replay_buffer_batches"): IntRange(
+        MIN_REPLAY_BUFFER_BATCHES,
+        16_384,
+        zero_means="by source",
+        why_low="with fewer, a replay waits 10 s for every batch's acknowledgement",
+    ),
+    ("assembler", "instances"): IntRange(
+        1,
+        MAX_ASSEMBLERS,
+        why_high="each is a process of ~35 MB, and the tree keeper is saturated long before",
+    ),
+    ("assembler", "event_timeout_ms"): IntRange(0, HOUR_MS),
+    ("assembler", "max_in_flight"): IntRange(1, 1_000_000),
+    ("treekeeper", "exit_grace_ms"): IntRange(0, HOUR_MS),
+    ("treekeeper", "ancestry_max_depth"): IntRange(0, 1024),
+    ("treekeeper", "max_processes"): IntRange(
+        MIN_TREE_PROCESSES,
+        4_194_304,  # the kernel's PID_MAX_LIMIT: every pid a host can have
+        why_low="a smaller table evicts a running process's ancestors while it runs",
+    ),
+    ("treekeeper", "state_max_age_ms"): IntRange(0, 7 * 24 * HOUR_MS),
+    ("treekeeper", "reorder_window_ms"): IntRange(0, 600_000),
+    ("treekeeper", "sinks_shutdown_timeout_ms"): IntRange(0, MAX_SINKS_SHUTDOWN_TIMEOUT_MS),
+}
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")  # any case, as logging takes them
+
+
 @dataclass(slots=True)
 class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -201,30 +270,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"{where}: [receiver].when_full must be block or drop_newest")
     if cfg.runtime.log_format not in ("text", "json"):
         raise ConfigError(f"{where}: [runtime].log_format must be text or json")
-    for name, value in (
-        ("[assembler].instances", cfg.assembler.instances),
-        ("[assembler].max_in_flight", cfg.assembler.max_in_flight),
-        ("[runtime].hwm_messages", cfg.runtime.hwm_messages),
-    ):
-        if value < 1:
-            raise ConfigError(f"{where}: {name} must be at least 1, got {value}")
-    for name, value in (
-        ("[receiver].batch_max_records", cfg.receiver.batch_max_records),
-        ("[receiver].replay_buffer_batches", cfg.receiver.replay_buffer_batches),
-    ):
-        if value < 0:
-            raise ConfigError(f"{where}: {name} must be 0 (by source) or more, got {value}")
-    if not 0 <= cfg.receiver.priority_boost <= 20:
+    # logs.setup() passes it to logging in upper case: the names logging knows, any case.
+    if cfg.runtime.log_level.upper() not in logging.getLevelNamesMapping():
         raise ConfigError(
-            f"{where}: [receiver].priority_boost must be 0..20, got {cfg.receiver.priority_boost}"
+            f"{where}: [runtime].log_level must be one of {', '.join(LOG_LEVELS)}, "
+            f"got {cfg.runtime.log_level!r}"
         )
-    if cfg.assembler.event_timeout_ms < 0 or cfg.treekeeper.exit_grace_ms < 0:
-        raise ConfigError(f"{where}: timeouts must not be negative")
-    if not 0 <= cfg.treekeeper.sinks_shutdown_timeout_ms <= MAX_SINKS_SHUTDOWN_TIMEOUT_MS:
-        raise ConfigError(
-            f"{where}: [treekeeper].sinks_shutdown_timeout_ms must be "
-            f"0..{MAX_SINKS_SHUTDOWN_TIMEOUT_MS}, got {cfg.treekeeper.sinks_shutdown_timeout_ms}"
-        )
+    for (section, key), allowed in INT_RANGES.items():
+        _check_range(getattr(getattr(cfg, section), key), allowed, f"{where}: [{section}].{key}")
     if cfg.runtime.user or cfg.runtime.group:
         try:
             privilege.resolve_account(cfg.runtime.user, cfg.runtime.group)
@@ -235,6 +288,15 @@ def validate(cfg: Config) -> None:
         _check_cpus(cpus, f"{where}: [{section}].cpu_affinity")
     if cfg.runtime.metrics_listen:
         parse_listen(cfg.runtime.metrics_listen, f"{where}: [runtime].metrics_listen")
+
+
+def _check_range(value: int, allowed: IntRange, where: str) -> None:
+    if allowed.low <= value <= allowed.high or (allowed.zero_means and value == 0):
+        return
+    zero = f"0 ({allowed.zero_means}) or " if allowed.zero_means else ""
+    why = allowed.why_low if value < allowed.low else allowed.why_high
+    why = f": {why}" if why else ""
+    raise ConfigError(f"{where} must be {zero}{allowed.low}..{allowed.high}, got {value}{why}")
 
 
 def _check_cpus(cpus: list[int], where: str) -> None:

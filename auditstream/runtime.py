@@ -86,6 +86,11 @@ def status_path(cfg: Config, stage: str) -> Path:
     return base / f"status-{stage}.json"
 
 
+def output_closed_path(cfg: Config) -> Path:
+    """The tree keeper creates it once every sink's output is gone (stdout's reader exited)."""
+    return stage_dir(cfg) / "output-closed"
+
+
 def ready_path(cfg: Config) -> Path:
     """The tree keeper creates it once its sinks are open; upstream stages start after."""
     return stage_dir(cfg) / "treekeeper.ready"

@@ -8,7 +8,8 @@ shares those pages until it writes them (docs/performance.md, twenty-seventh pas
 A forked stage runs ``stage_main`` as ``python -m NAME`` would: in a session of its own,
 SIGINT and SIGTERM at their defaults until the stage sets its handlers (blocked across
 the fork, so that none is lost in between), stdin on /dev/null (unless the receiver reads
-it), every descriptor above 2 closed, and the privilege limits
+it), every descriptor above 2 closed but those it is given (a replay of ``<(zcat a.gz)``
+reads /dev/fd/63), and the privilege limits
 ``SpawnPrivileges.fork_setup`` gives it. It ends with ``os._exit``: it
 must never return into the supervisor's code. Its ``/proc/PID/cmdline`` stays the
 supervisor's; its ``comm`` names it (``stage_main`` sets that for every stage).
@@ -112,9 +113,15 @@ def preload() -> None:
 
 
 def fork_stage(
-    module: str, args: list[str], *, stdin_inherit: bool, setup: Callable[[], None]
+    module: str,
+    args: list[str],
+    *,
+    stdin_inherit: bool,
+    setup: Callable[[], None],
+    keep_fds: tuple[int, ...] = (),
 ) -> ForkedStage | None:
-    """Fork ``python -m module *args``; None where it cannot be forked (exec it then)."""
+    """Fork ``python -m module *args``, with ``keep_fds`` open as they are here; None where
+    it cannot be forked (exec it then, passing the same descriptors)."""
     if not forkable(module):
         return None
     run: StageRun = importlib.import_module(STAGE_RUNNERS[module]).run
@@ -129,7 +136,7 @@ def fork_stage(
     if pid:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return ForkedStage(pid)
-    _run_in_child(module, run, args, stdin_inherit, setup, mask)  # never returns
+    _run_in_child(module, run, args, stdin_inherit, setup, mask, keep_fds)  # never returns
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -148,6 +155,15 @@ def _stdio_on_standard_fds() -> None:
         setattr(sys, attr, stream)
 
 
+def _close_fds_above_2(keep: tuple[int, ...]) -> None:
+    """Close every descriptor above 2 but those in ``keep``."""
+    low = 3
+    for fd in sorted(fd for fd in keep if fd >= low):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
 def _run_in_child(
     module: str,
     run: StageRun,
@@ -155,6 +171,7 @@ def _run_in_child(
     stdin_inherit: bool,
     setup: Callable[[], None],
     mask: set[int | signal.Signals],
+    keep_fds: tuple[int, ...],
 ) -> None:
     code = 1
     try:
@@ -167,7 +184,7 @@ def _run_in_child(
             os.dup2(null, 0)
             os.close(null)
         _stdio_on_standard_fds()
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        _close_fds_above_2(keep_fds)
         setup()
         code = stage_main(module, run, args)
     except SystemExit as stop:

@@ -8,6 +8,7 @@ has imported them (auditstream/stagefork.py); live ones are exec'd.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -36,6 +37,11 @@ POLL_S = 0.05
 READY_POLL_S = 0.01
 STOP_EARLY_TIMEOUT_S = 5.0
 STOP_GRACE_S = 60.0  # how long a stage may take to drain after its upstream stopped
+# A stop signal while a stop is under way (a second Ctrl-C) stops the stages at once:
+# SIGTERM, then SIGKILL for any still running this much later (a stuck one). Like a second
+# Ctrl-C in docker compose, not supervisord's and circus's 10 s and 30 s: those are the
+# first stop's grace, and the first signal here has had its drain already.
+FORCE_GRACE_S = 1.0
 FAIL_GRACE_S = 3.0  # after a stage failed, nothing downstream of it can drain: do not wait long
 READY_TIMEOUT_S = 120.0  # sinks' start-up checks (a Kafka health check takes up to its timeout)
 METRICS_STOP_S = 5.0
@@ -46,6 +52,7 @@ class StageProcess:
     name: str  # receiver, assembler-0, treekeeper
     argv: list[str]
     stdin_inherit: bool = False
+    pass_fds: tuple[int, ...] = ()  # descriptors it keeps (replay /dev/fd/N inputs)
     proc: ChildProcess | None = None
     exit_code: int | None = None
     restarts: list[float] = field(default_factory=list)
@@ -87,14 +94,18 @@ class Supervisor:
         *,
         assemblers: int,
         receiver_stdin: bool,
+        receiver_fds: tuple[int, ...] = (),
         policy: RestartPolicy,
         ready_file: Path | None = None,
         privileges: privilege.SpawnPrivileges | None = None,
         capturing_file: Path | None = None,
         fork_stages: bool = False,
+        output_closed_file: Path | None = None,
     ) -> None:
         """``fork_stages``: fork the pipeline's stages instead of exec'ing them, where each
-        one's privileges allow (a replay; see auditstream/stagefork.py)."""
+        one's privileges allow (a replay; see auditstream/stagefork.py).
+        ``output_closed_file``: the tree keeper creates it once every sink's output is gone
+        for good (stdout's reader exited): the run then stops as on a first signal."""
         py = sys.executable
         conf = ["--config", str(config_path), "--supervisor-pid", str(os.getpid())]
         # Start order is downstream first: each stage binds its input before anyone pushes.
@@ -104,7 +115,12 @@ class Supervisor:
             for i in range(assemblers)
         ]
         self.stages.append(
-            StageProcess("receiver", [py, "-m", "receiver", *conf], stdin_inherit=receiver_stdin)
+            StageProcess(
+                "receiver",
+                [py, "-m", "receiver", *conf],
+                stdin_inherit=receiver_stdin,
+                pass_fds=receiver_fds,
+            )
         )
         # The Prometheus endpoint only reads status files: it starts last (after the tree
         # keeper is ready) and is stopped once the pipeline is done; it has nothing to drain.
@@ -125,6 +141,14 @@ class Supervisor:
         self.ready_notified = False
         self.stopping_notified = False
         self.stop_requested = 0
+        self.signals: list[int] = []  # SIGINT/SIGTERM received, in order
+        # The first stop signal, when it came before the receiver had finished: the input
+        # was not read to its end (a replay exits 128 + it).
+        self.interrupted_by: int | None = None
+        self.output_closed_file = output_closed_file
+        self.output_closed = False  # every output gone: the run stopped early (see above)
+        self.kill_at: float | None = None  # a forced stop SIGKILLs what still runs then
+        self.force_killed: list[str] = []  # stages a forced stop killed (not failures)
         self.failed: list[str] = []
         self.gave_up = False
         self.stopped_starting = False  # a stop signal came before the tree keeper was ready
@@ -145,7 +169,7 @@ class Supervisor:
                 self.fork_setups = {name: setup for name, setup in setups.items() if setup}
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self.stop_requested += 1
+        self.signals.append(signum)  # the loop counts it into stop_requested, in its order
 
     def _spawn(self, stage: StageProcess, extra_args: list[str] | None = None) -> None:
         argv = stage.argv + (extra_args or [])
@@ -159,7 +183,11 @@ class Supervisor:
             return None
         # argv is [python, "-m", module, args...], as it would be exec'd
         forked = stagefork.fork_stage(
-            argv[2], argv[3:], stdin_inherit=stage.stdin_inherit, setup=setup
+            argv[2],
+            argv[3:],
+            stdin_inherit=stage.stdin_inherit,
+            setup=setup,
+            keep_fds=stage.pass_fds,
         )
         if forked is None:
             log.warning("%s: cannot fork here (threads running); exec'd instead", stage.name)
@@ -171,7 +199,12 @@ class Supervisor:
         # Own session: a terminal's Ctrl-C reaches the supervisor only, which stops the
         # stages in pipeline order.
         return subprocess.Popen(
-            argv, stdin=stdin, start_new_session=True, env=self.stage_env, **options
+            argv,
+            stdin=stdin,
+            start_new_session=True,
+            env=self.stage_env,
+            pass_fds=stage.pass_fds,
+            **options,
         )
 
     def _stage(self, name: str) -> StageProcess:
@@ -180,6 +213,8 @@ class Supervisor:
     def run(self) -> int:
         """Run until every stage has exited; return the process exit code."""
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        if self.output_closed_file is not None:  # a killed run's must not count for this one
+            self.output_closed_file.unlink(missing_ok=True)
         try:
             # The tree keeper opens the sinks first: a bad sink fails the start, not later.
             # The other stages start meanwhile, so that their start (exec'd: ~0.085 CPU s of
@@ -214,17 +249,21 @@ class Supervisor:
 
     def _stop_early(self, stages: list[StageProcess]) -> None:
         """Stop stages before the receiver was let go (nothing reached them): SIGTERM, then
-        SIGKILL after STOP_EARLY_TIMEOUT_S."""
+        SIGKILL after STOP_EARLY_TIMEOUT_S, or at once on a further stop signal."""
         for stage in stages:
             if stage.proc is not None and stage.proc.poll() is None:
                 stage.proc.terminate()
-        for stage in stages:
-            if stage.proc is not None:
-                try:
-                    stage.proc.wait(timeout=STOP_EARLY_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    stage.proc.kill()
-                    stage.proc.wait()
+        deadline = time.monotonic() + STOP_EARLY_TIMEOUT_S
+        signals = len(self.signals)
+        while running := [s.proc for s in stages if s.proc is not None and s.proc.poll() is None]:
+            if len(self.signals) > signals or time.monotonic() > deadline:
+                if len(self.signals) > signals:
+                    log.warning("%s again: killing the stages now", _signal_name(self.signals[-1]))
+                for proc in running:
+                    proc.kill()
+                    proc.wait()
+                return
+            self.exits.wait([proc.pid for proc in running], POLL_S)
 
     def _wait_ready(self, stage: StageProcess) -> bool:
         if self.ready_file is None:
@@ -237,7 +276,7 @@ class Supervisor:
                 code is not None
                 and code < 0
                 and self.policy.enabled
-                and not self.stop_requested
+                and not self.signals
                 and self.restarts < self.policy.max_restarts
             ):
                 log.error("%s died while starting (signal %d); restarting", stage.name, -code)
@@ -252,7 +291,7 @@ class Supervisor:
                 stage.exit_code = code
                 log.error("%s could not start (exit code %s)", stage.name, code)
                 return False
-            if self.stop_requested:  # the receiver has not been let go: nothing was read
+            if self.signals:  # the receiver has not been let go: nothing was read
                 log.info("stop requested while %s was starting; stopping", stage.name)
                 self.stopped_starting = True
                 return False
@@ -266,10 +305,23 @@ class Supervisor:
 
     def _loop(self) -> None:
         signalled = 0
+        seen_signals = 0
         stop_started: float | None = None
         while True:
             now = time.monotonic()
             self._notify_ready()
+            for signum in self.signals[seen_signals:]:
+                seen_signals += 1
+                self.stop_requested += 1
+                if stop_started is None and self.kill_at is None:
+                    self._note_first_signal(signum)
+                    stop_started = now  # the stop below
+                else:
+                    self._force_stop(signum, now)
+            if not self.output_closed and self._outputs_gone():
+                self.output_closed = True
+                log.debug("every output is closed: stopping the pipeline")
+                self.stop_requested += 1  # a first stop: the stages drain, discarding
             if self.stop_requested > signalled:
                 signalled = self.stop_requested
                 stop_started = stop_started or now
@@ -280,6 +332,9 @@ class Supervisor:
                     receiver.proc.send_signal(signal.SIGTERM)
                 else:
                     self._terminate_all(signal.SIGTERM)
+            if self.kill_at is not None and now >= self.kill_at:
+                self._kill_remaining()
+                self.kill_at = math.inf  # once: still a forced stop for a further signal
             # A failed receiver sent its eof, so the rest can drain; any other failure
             # breaks the pipe and nothing behind it will drain.
             broken = any(name != "receiver" for name in self.failed)
@@ -299,7 +354,50 @@ class Supervisor:
             if not alive:
                 return
             running = [s.proc.pid for s in self.stages if s.proc and s.exit_code is None]
-            self.exits.wait(running, POLL_S)
+            timeout = POLL_S if self.kill_at is None else max(0.0, min(POLL_S, self.kill_at - now))
+            self.exits.wait(running, timeout)
+
+    def _note_first_signal(self, signum: int) -> None:
+        """The first stop signal: the stages drain in pipeline order (the loop sends it)."""
+        receiver = self._stage("receiver")
+        if receiver.exit_code is None or receiver.restart_at is not None:
+            self.interrupted_by = signum  # the source had not finished: the input is cut
+        log.info(
+            "%s: stopping, the stages write what they hold (a second signal stops them at once)",
+            _signal_name(signum),
+        )
+
+    def _force_stop(self, signum: int, now: float) -> None:
+        """A stop signal while a stop is under way: SIGTERM every stage, and SIGKILL what
+        still runs FORCE_GRACE_S later; a further signal kills at once."""
+        if self.kill_at is None:
+            log.warning(
+                "%s again: stopping every stage now (SIGTERM; SIGKILL to any still running "
+                "after %.0f s)",
+                _signal_name(signum),
+                FORCE_GRACE_S,
+            )
+            self.kill_at = now + FORCE_GRACE_S
+            self._terminate_all(signal.SIGTERM)
+        else:
+            log.warning("%s again: killing every stage now", _signal_name(signum))
+            self.kill_at = now  # the loop kills them next
+
+    def _kill_remaining(self) -> None:
+        """SIGKILL each stage still running, named with the reason on stderr."""
+        for stage in self.stages:
+            stage.restart_at = None
+            if stage.proc is None or stage.exit_code is not None or stage.proc.poll() is not None:
+                continue
+            log.warning(
+                "killing %s (pid %d): still running after SIGTERM", stage.name, stage.proc.pid
+            )
+            self.force_killed.append(stage.name)
+            stage.proc.kill()
+
+    def _outputs_gone(self) -> bool:
+        """The tree keeper said every output is gone for good (its file exists)."""
+        return self.output_closed_file is not None and self.output_closed_file.exists()
 
     def _check(self, stage: StageProcess, now: float, *, stopping: bool) -> None:
         if stage.restart_at is not None and now >= stage.restart_at and not stopping:
@@ -317,6 +415,8 @@ class Supervisor:
         if code == 0 or (stopping and code == -signal.SIGTERM):
             self._exited_cleanly(stage)
             return
+        if stage.name in self.force_killed and code == -signal.SIGKILL:
+            return  # asked for (a second stop signal) and said when it was sent
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         if code < 0 and self.source_done:
             # The receiver exited 0 once everything it sent was acknowledged: a stage killed
@@ -414,3 +514,11 @@ class Supervisor:
             stage.restart_at = None
             if stage.proc is not None and stage.exit_code is None and stage.proc.poll() is None:
                 stage.proc.send_signal(sig)
+
+
+def _signal_name(signum: int) -> str:
+    """``SIGINT`` for 2."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

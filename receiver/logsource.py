@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import logging
 import os
+import re
+import stat
 import sys
 import time
+import zlib
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from auditstream.escape import escape
 
 log = logging.getLogger("auditstream.receiver")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -18,10 +24,40 @@ READ_HINT = 1 << 20  # bytes of lines per read: few syscalls, bounded memory
 # A rotated file is still read this many 0.2 s polls after its last line: a writer that
 # reopens its log only when told (logrotate, then a signal) may append to it meanwhile.
 ROTATED_QUIET_POLLS = 5
+# A marker record (negative type: never the kernel's) for an input file read only up to
+# its damage; the assembler turns it into an input-damaged marker (docs/internals.md).
+DAMAGED_INPUT_TYPE = -4
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib reads the gzip header and checks its trailer
+_SALVAGE_BLOCK = 1 << 16  # compressed bytes fed at once when reading up to a damage
+# The names a process gives its own descriptors: `replay <(zcat a.gz)` passes /dev/fd/63.
+_OWN_FD_PATH = re.compile(r"/(?:dev/fd|proc/self/fd|proc/thread-self/fd)/(\d+)")
 
 
 class SourceError(OSError):
     """A file cannot be opened or read; the message names it."""
+
+
+@dataclass(slots=True, frozen=True)
+class DamagedInput:
+    """An input file read up to a damage (corrupt or truncated gzip, a read error): the
+    lines before it were passed on, the rest of the file is lost."""
+
+    path: str
+    cause: str  # gzip_corrupt, gzip_truncated, read_error
+    error: str
+    read_lines: int  # lines of it passed on (by this receiver)
+    read_bytes: int  # bytes of its text passed on (from its start: its offset of the damage)
+
+    def marker_data(self) -> bytes:
+        """The marker record's data: what the assembler puts under auditstream.marker."""
+        details = {
+            "cause": self.cause,
+            "file": escape(os.fsencode(self.path)),  # a name is any bytes
+            "error": self.error,
+            "read_lines": self.read_lines,
+            "read_bytes": self.read_bytes,
+        }
+        return json.dumps(details).encode()
 
 
 @dataclass(slots=True)
@@ -34,17 +70,49 @@ class FileProgress:
 
 
 def check_readable(paths: list[str]) -> None:
-    """Fail early, before any process starts, on a missing or unreadable file."""
+    """Fail early, before any process starts, on a missing or unreadable file.
+
+    Only a regular file is opened: opening a named pipe would wait for its writer, and
+    closing it again could lose what the writer had sent (or fail the writer with EPIPE).
+    """
     for path in paths:
         if path == "-":
             continue
         try:
-            with open(path, "rb"):
-                pass
+            mode = os.stat(path).st_mode
+            if stat.S_ISDIR(mode):
+                raise SourceError(f"cannot read {path}: is a directory")
+            if stat.S_ISREG(mode):
+                with open(path, "rb"):
+                    pass
+            elif not os.access(path, os.R_OK):
+                raise PermissionError(13, os.strerror(13))
+        except SourceError:
+            raise
         except OSError as err:
             raise SourceError(f"cannot read {path}: {err.strerror or err}") from err
-        if os.path.isdir(path):
-            raise SourceError(f"cannot read {path}: is a directory")
+
+
+def inherited_fds(paths: list[str]) -> list[int]:
+    """The descriptors of this process that ``paths`` name (/dev/fd/N, /proc/self/fd/N):
+    the receiver needs them open too (0 included: /dev/stdin is the receiver's stdin)."""
+    fds = []
+    for path in paths:
+        if path == "/dev/stdin":
+            fds.append(0)
+        elif (found := _OWN_FD_PATH.fullmatch(path)) is not None:
+            fds.append(int(found.group(1)))
+    return sorted(set(fds))
+
+
+def rereadable(path: str) -> bool:
+    """A regular file: a restarted receiver can open it again and seek to where it was."""
+    if path == "-":
+        return False
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # gone or unreadable: opening it says so, with its name
 
 
 def _open(path: str) -> tuple[BinaryIO, BinaryIO]:
@@ -55,9 +123,77 @@ def _open(path: str) -> tuple[BinaryIO, BinaryIO]:
         raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
     except OSError as err:
         raise SourceError(f"cannot read {path}: {err.strerror or err}") from err
-    if raw.peek(2)[:2] == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
+    try:
+        if _is_gzip(raw):
+            return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
+    except OSError:
+        pass  # a read error (EIO) at its start: reading it fails again, and is reported
     return raw, raw
+
+
+def _is_gzip(raw: BinaryIO) -> bool:
+    return bool(raw.peek(2)[:2] == _GZIP_MAGIC)  # type: ignore[attr-defined]
+
+
+def _damage_cause(error: Exception | None) -> str:
+    if isinstance(error, EOFError):
+        return "gzip_truncated"
+    if isinstance(error, zlib.error | gzip.BadGzipFile):
+        return "gzip_corrupt"
+    return "read_error"
+
+
+def _plain_text(raw: io.BufferedReader) -> Generator[bytes, None, Exception | None]:
+    """A plain file's bytes from its position, one read(2) at a time: a read error (EIO)
+    leaves everything before it read (a short read comes first)."""
+    while True:
+        try:
+            data = raw.read1(_SALVAGE_BLOCK)  # what peek() buffered, then one read(2)
+        except OSError as err:
+            return err
+        if not data:
+            return None
+        yield data
+
+
+def _gzip_text(raw: io.BufferedReader) -> Generator[bytes, None, Exception | None]:
+    """A gzip file's text from its start, member after member, up to its first damage:
+    returns that error (EOFError: truncated), None at a clean end. GzipFile loses what
+    the failing read had decompressed; here a block that fails is fed again byte by
+    byte from a copy of the decompressor, so every byte before the damage comes out."""
+    state = [zlib.decompressobj(_GZIP_WBITS)]
+    while block := raw.read1(_SALVAGE_BLOCK):
+        before = state[0].copy()
+        try:
+            texts = _inflate(state, block)
+        except zlib.error:
+            state[0] = before
+            for at in range(len(block)):
+                try:
+                    texts = _inflate(state, block[at : at + 1])
+                except zlib.error as err:
+                    return err
+                yield from texts
+            continue  # (fed byte by byte without an error after all: on with the next)
+        yield from texts
+    if not state[0].eof:
+        return EOFError("Compressed file ended before the end-of-stream marker was reached")
+    return None
+
+
+def _inflate(state: list[zlib._Decompress], data: bytes) -> list[bytes]:
+    """Decompress ``data`` with ``state[0]``, which a new gzip member replaces; zero bytes
+    between members are padding, as gzip allows."""
+    texts = []
+    while data:
+        if state[0].eof:
+            data = data.lstrip(b"\0")
+            if not data:
+                break
+            state[0] = zlib.decompressobj(_GZIP_WBITS)
+        texts.append(state[0].decompress(data))
+        data = state[0].unused_data if state[0].eof else b""
+    return texts
 
 
 class LogSource:
@@ -81,6 +217,11 @@ class LogSource:
         # Follow mode, while waiting for the file to grow: called every 0.2 s; True stops.
         self.on_idle: Callable[[], bool] | None = None
         self.rotations = 0  # followed file rotated or truncated, and opened again
+        # Files read only up to a damage; each is also passed to on_damaged, in its place
+        # between the last lines before the damage and the next file's first.
+        self.damaged: list[DamagedInput] = []
+        self.on_damaged: Callable[[DamagedInput], None] | None = None
+        self._file_lines = 0  # lines of the current file passed on
 
     def chunks(self) -> Iterator[list[bytes]]:
         first, offset = self.start
@@ -90,24 +231,32 @@ class LogSource:
                     self._base += os.path.getsize(path)
                 continue
             seek_to = offset if index == first else 0
+            if path != "-" and not self.follow and not rereadable(path):
+                yield from self._read_pipe(index, path)
+                continue
             while True:
                 reader, raw = _open(path)
                 self.progress.name = path
                 self.position = (index, 0)
+                self._file_lines = 0
                 replaced = False
+                failure: Exception | None = None
                 try:
                     if seek_to:
                         reader.seek(seek_to)  # gzip: decompresses up to there
                         self.position = (index, seek_to)
                     last = index == len(self.paths) - 1
                     replaced = yield from self._read(reader, raw, path, last=last)
-                except (OSError, EOFError, gzip.BadGzipFile) as err:
-                    raise SourceError(f"error reading {path}: {err}") from err
+                except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+                    failure = err
                 finally:
                     if raw is not sys.stdin.buffer:
                         self._base += os.fstat(raw.fileno()).st_size
                         reader.close()
                         raw.close()
+                if failure is not None:
+                    yield from self._read_up_to_damage(index, path, failure)
+                    break  # the rest of this file is lost: on with the next one
                 if not replaced:
                     break
                 # Followed and rotated (or truncated): go on with what the path is now.
@@ -123,6 +272,7 @@ class LogSource:
         pending = b""
         replaced = False
         quiet = 0  # polls without a line since the path was replaced
+        seekable = raw is not sys.stdin.buffer and raw.seekable()
         while not self.stop:
             lines = reader.readlines(READ_HINT)
             if not lines:
@@ -148,16 +298,116 @@ class LogSource:
                 pending = b""
             if not lines[-1].endswith(b"\n") and self.follow and not replaced:
                 pending = lines.pop()  # an incomplete line being written right now
-            if raw is not sys.stdin.buffer and isinstance(raw, io.BufferedReader):
+            if seekable:
                 self.progress.done_bytes = self._base + raw.tell()
                 self.position = (self.position[0], reader.tell() - len(pending))
+            else:  # a pipe has no position: count what was passed on (for a damage's report)
+                self.position = (self.position[0], self.position[1] + sum(map(len, lines)))
             if lines:
+                self._file_lines += len(lines)
                 yield lines
         if pending:
-            if raw is not sys.stdin.buffer:
-                self.position = (self.position[0], reader.tell())
+            self.position = (self.position[0], self.position[1] + len(pending))
+            self._file_lines += 1
             yield [pending]
         return replaced and not self.stop
+
+    def _read_pipe(self, index: int, path: str) -> Generator[list[bytes], None, None]:
+        """A pipe or FIFO (`<(zcat a.gz)`), read once: through the reader that passes on every
+        line before a damage, since it cannot be read again to find them."""
+        try:
+            raw = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as err:
+            raise SourceError(f"cannot read {path}: {err.strerror or err}") from err
+        self.progress.name = path
+        self.position = (index, 0)
+        self._file_lines = 0
+        with raw:
+            try:
+                error = yield from self._salvage(raw, 0)
+            except OSError as err:  # its first read (the gzip test)
+                error = err
+        if error is not None:
+            self._report_damage(path, error)
+
+    def _read_up_to_damage(
+        self, index: int, path: str, failure: Exception
+    ) -> Generator[list[bytes], None, None]:
+        """After ``failure`` reading ``path``: its lines from where the last chunk ended up
+        to the damage itself (a failed read loses the lines it had gathered, up to a MiB),
+        then the report. Stdin cannot be read again: what the read had gathered is lost."""
+        offset = self.position[1] if self.position[0] == index else 0
+        error: Exception | None = failure
+        if rereadable(path):
+            try:
+                with open(path, "rb") as raw:
+                    error = yield from self._salvage(raw, offset)
+            except OSError as err:
+                error = err
+            if error is None:  # read to its end this time (a passing read error)
+                log.warning("%s: %s; read again without error", path, failure)
+                return
+        self._report_damage(path, error or failure)
+
+    def _report_damage(self, path: str, error: Exception) -> None:
+        said = (error.strerror if isinstance(error, OSError) else None) or str(error)
+        damage = DamagedInput(path, _damage_cause(error), said, self._file_lines, self.position[1])
+        log.error(
+            "%s: %s, after %d lines (%d bytes of text): the rest of this file is not read",
+            path, damage.error, damage.read_lines, damage.read_bytes,
+        )  # fmt: skip
+        self.damaged.append(damage)
+        if self.on_damaged is not None:
+            self.on_damaged(damage)
+
+    def _salvage(
+        self, raw: io.BufferedReader, offset: int
+    ) -> Generator[list[bytes], None, Exception | None]:
+        """The lines of an opened file from text ``offset`` up to its first damage, exactly;
+        returns that damage's error (None: no damage this time)."""
+        if _is_gzip(raw):
+            texts = _gzip_text(raw)
+            skip = offset  # a gzip cannot seek: decompress it again from its start
+        else:
+            if offset:
+                raw.seek(offset)
+            texts = _plain_text(raw)
+            skip = 0
+        tail = b""
+        whole: list[bytes] = []  # pieces of whole lines not passed on yet
+        size = 0
+        while True:
+            try:
+                text = next(texts)
+            except StopIteration as stop:
+                error: Exception | None = stop.value
+                break
+            except OSError as err:
+                error = err
+                break
+            if skip:
+                text, skip = text[skip:], max(0, skip - len(text))
+            text = tail + text
+            cut = text.rfind(b"\n") + 1
+            tail = text[cut:]
+            if cut:
+                whole.append(text[:cut])
+                size += cut
+            if size >= READ_HINT:  # pieces fed byte by byte are small: a chunk of them
+                yield self._pass_on(b"".join(whole), b"")
+                whole, size = [], 0
+        if whole or tail:  # tail: the line the damage cut (or a last one without newline)
+            yield self._pass_on(b"".join(whole), tail)
+        return error
+
+    def _pass_on(self, text: bytes, tail: bytes) -> list[bytes]:
+        """The lines of ``text`` (then ``tail``), counted as read from the current file."""
+        lines = io.BytesIO(text).readlines()
+        if tail:
+            lines.append(tail)
+        self._file_lines += len(lines)
+        self.position = (self.position[0], self.position[1] + len(text) + len(tail))
+        return lines
 
 
 def _replaced(path: str, raw: BinaryIO) -> bool:

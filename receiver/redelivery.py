@@ -38,6 +38,12 @@ WAIT_STEP_MS = 50
 # the buffer holds less event time than the assembler's timeout and the tree keeper's
 # reorder window would otherwise wait forever).
 ACK_WAIT_MAX_S = 10.0
+# A replay's batch is acknowledged once later batches moved event time past the tree
+# keeper's reorder window: a buffer holding less of the log than that waits each time.
+WAITED_HINT = (
+    f", after {ACK_WAIT_MAX_S:.0f} s without an acknowledgement (a buffer holding more than "
+    "[treekeeper] reorder_window_ms of this log's event time avoids the wait)"
+)
 ACKS_HWM = 10_000
 EXIT_LINGER_MS = 30_000  # at exit, wait this long for the assemblers to take what we sent
 
@@ -271,9 +277,10 @@ class DeliveryGuard:
             self.warn.warning(
                 "evict",
                 "replay buffer of assembler-%d full (%d batches, [receiver] "
-                "replay_buffer_batches): its oldest batch is no longer protected against a crash",
+                "replay_buffer_batches): its oldest batch is no longer protected against a crash%s",
                 shard,
                 buf.capacity,
+                WAITED_HINT if self.may_wait else "",
             )
 
     def finish(self, eof_body: dict[str, Any]) -> None:

@@ -22,7 +22,13 @@ from auditstream.redelivery import (
 )
 from auditstream.stage import EXIT_FATAL, StageContext
 from receiver.checkpoint import CheckpointKeeper, SerialMark, load_checkpoint
-from receiver.logsource import LogSource, SourceError
+from receiver.logsource import (
+    DAMAGED_INPUT_TYPE,
+    DamagedInput,
+    LogSource,
+    SourceError,
+    rereadable,
+)
 from receiver.redelivery import DeliveryGuard
 from receiver.shipper import RawRecord, RecordShipper
 
@@ -35,13 +41,14 @@ _SPLIT_LINES = load_native("receiver.native_lines", "split_lines")
 
 
 class LineCounters:
-    __slots__ = ("bad_lines", "blank_lines", "comment_lines", "lines")
+    __slots__ = ("bad_lines", "blank_lines", "comment_lines", "damaged_files", "lines")
 
     def __init__(self) -> None:
         self.lines = 0
         self.bad_lines = 0
         self.blank_lines = 0
         self.comment_lines = 0
+        self.damaged_files = 0  # read only up to a damage (logsource.DamagedInput)
 
 
 def lines_to_records(lines: list[bytes], counters: LineCounters) -> list[RawRecord]:
@@ -120,6 +127,13 @@ def run_log_source(
         return ctx.stop_requested
 
     source.on_idle = idle
+
+    def damaged(damage: DamagedInput) -> None:  # in the stream where the file's lines end
+        counters.damaged_files += 1
+        shipper.add([(DAMAGED_INPUT_TYPE, damage.marker_data(), "")])
+        shipper.stats.records -= 1  # a marker, not a record read
+
+    source.on_damaged = damaged
     for lines in source.chunks():
         shipper.add(lines_to_records(lines, counters))
         if keeper is not None:
@@ -147,6 +161,8 @@ def run_log_source(
         "blank_lines": counters.blank_lines,
         "followed_rotations": source.rotations,
         "comment_lines": counters.comment_lines,
+        "damaged_files": counters.damaged_files,
+        "damaged_inputs": [[d.path, d.error, d.read_lines, d.read_bytes] for d in source.damaged],
     }
 
 
@@ -157,6 +173,7 @@ def counter_values(counters: LineCounters, shipper: RecordShipper) -> dict[str, 
         "bad_lines": counters.bad_lines,
         "blank_lines": counters.blank_lines,
         "comment_lines": counters.comment_lines,
+        "damaged_files": counters.damaged_files,
         "records": shipper.stats.records,
     }
 
@@ -166,6 +183,7 @@ def restore_counters(saved: dict[str, int], counters: LineCounters, shipper: Rec
     counters.bad_lines = saved.get("bad_lines", 0)
     counters.blank_lines = saved.get("blank_lines", 0)
     counters.comment_lines = saved.get("comment_lines", 0)
+    counters.damaged_files = saved.get("damaged_files", 0)
     shipper.stats.records = saved.get("records", 0)
 
 
@@ -183,13 +201,15 @@ def run(cfg: Config, ctx: StageContext) -> int:
             early_error = err  # reported below, after downstream can be told (eof)
     zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     file_source = cfg.receiver.source == "file"
+    # A pipe (stdin, a FIFO, `<(zcat …)`) cannot be read again from a checkpoint.
+    rereadable_files = file_source and all(rereadable(path) for path in cfg.receiver.files)
     guard = DeliveryGuard(
         zctx,
         cfg,
         may_wait=file_source,
         # A file source resumes from its checkpoint: the assemblers drop what they hold, as
         # it comes again. Live, what they hold is all there is (the kernel cannot resend).
-        reset_on_start=file_source and "-" not in cfg.receiver.files,
+        reset_on_start=rereadable_files,
     )
     guard.orphaned = ctx.orphaned
     code = 0
@@ -207,7 +227,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
         )
         guard.wait_for_hello(HELLO_WAIT_S, lambda: ctx.stop_requested)
         keeper: CheckpointKeeper | None = None
-        if file_source and "-" not in cfg.receiver.files:  # a pipe cannot be read again
+        if rereadable_files:
             keeper = CheckpointKeeper(
                 checkpoint_path(cfg), cfg.receiver.files, checkpoint_lag_records(cfg)
             )

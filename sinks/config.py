@@ -24,6 +24,9 @@ WHEN_FULL_CHOICES: tuple[WhenFull, ...] = ("block", "drop_newest")
 DEFAULT_QUEUE_MAX_EVENTS = 10_000
 DEFAULT_BUFFER_BYTES = 1 << 20  # one large write per MiB: syscalls, not JSON, dominate otherwise
 DEFAULT_KEEP_FILES = 5
+# Each rotation looks for every PATH.i and PATH.i.gz up to it: 20,000 lstat calls at this
+# bound, an endless loop at 10**12.
+MAX_KEEP_FILES = 10_000
 
 _COMMON_KEYS = frozenset({"type", "name", "when_full", "queue_max_events"})
 _FILE_OUTPUT_KEYS = frozenset(
@@ -68,14 +71,22 @@ class FileOutputConfig:
 
 
 def option_int(
-    options: Mapping[str, object], key: str, where: str, default: int, minimum: int = 0
+    options: Mapping[str, object],
+    key: str,
+    where: str,
+    default: int,
+    minimum: int = 0,
+    maximum: int | None = None,
 ) -> int:
-    """Return ``options[key]`` as an int >= ``minimum``; booleans are not integers."""
+    """Return ``options[key]`` as an int >= ``minimum`` (and <= ``maximum``); booleans are
+    not integers."""
     value = options.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise SinkError(f"{where}.{key}: expected an integer, got {value!r}")
     if value < minimum:
         raise SinkError(f"{where}.{key}: must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SinkError(f"{where}.{key}: must be at most {maximum}, got {value}")
     return value
 
 
@@ -138,7 +149,9 @@ def file_output_config(cfg: SinkConfig) -> FileOutputConfig:
     return FileOutputConfig(
         path=option_str(cfg.options, "path", where),
         max_bytes=option_int(cfg.options, "max_bytes", where, 0),
-        keep_files=option_int(cfg.options, "keep_files", where, DEFAULT_KEEP_FILES),
+        keep_files=option_int(
+            cfg.options, "keep_files", where, DEFAULT_KEEP_FILES, maximum=MAX_KEEP_FILES
+        ),
         compress=option_bool(cfg.options, "compress", where, False),
         fsync=option_bool(cfg.options, "fsync", where, False),
         buffer_bytes=option_int(cfg.options, "buffer_bytes", where, DEFAULT_BUFFER_BYTES),

@@ -19,6 +19,10 @@
   and is only logged; any other exception is counted (``errors[ClassName]``),
   logged and retried (``write_attempts`` times, with backoff), then the batch
   is counted as discarded (``write_error``). Nothing escapes a worker thread.
+- A sink whose output is gone for good (``output_closed``: stdout's reader exited,
+  sinks/jsonl.py) is written no more: one line says so, and what it would have been
+  given is counted as discarded (``output_closed``). ``all_outputs_closed()`` tells the
+  tree keeper that nothing it makes can arrive anywhere.
 - ``close()`` ends open drop episodes, lets every queue drain, flushes and
   closes every sink, and returns when all are done or ``shutdown_timeout_ms``
   (``[treekeeper] sinks_shutdown_timeout_ms``) passed; what is still queued then
@@ -270,6 +274,11 @@ class _Lane:
             self.latency.observe_many(now - stamp for stamp in stamps)
 
 
+def _output_closed(lane: _Lane) -> bool:
+    """The lane's sink says its output is gone for good (sinks/jsonl.py ``output_closed``)."""
+    return bool(getattr(lane.sink, "output_closed", False))
+
+
 def _worth_logging(count: int) -> bool:
     """Log the 1st, 2nd, 4th, 8th... occurrence: visible, but bounded under a storm."""
     return count & (count - 1) == 0
@@ -323,11 +332,15 @@ class FanOut:
                 self._offer(lane, events, seq=self.submitted, encoded=encoded)
         return self.submitted
 
+    def all_outputs_closed(self) -> bool:
+        """Every sink's output is gone for good: nothing submitted can arrive anywhere."""
+        return bool(self._lanes) and all(_output_closed(lane) for lane in self._lanes)
+
     def _encode_ahead(self, lane: _Lane, events: list[Event]) -> _Encoded | None:
         """The batch as the lane's sink encodes it ahead, or None (its worker then runs
         write_batch, which encodes and accounts as always)."""
         encode = getattr(lane.sink, "encode", None)
-        if encode is None:
+        if encode is None or _output_closed(lane):
             return None
         try:
             payload = encode(events)
@@ -482,7 +495,10 @@ class FanOut:
     def _run(self, lane: _Lane) -> None:
         while (events := lane.queue.get()) is not None:
             seq = lane.queue.taken_seq
-            if events and self._deliver(lane, events):
+            closed = _output_closed(lane)
+            if events and closed:
+                lane.discard("output_closed", len(events))  # done: counted, nowhere to go
+            elif events and self._deliver(lane, events):
                 lane.hold_stamps(events)
             if seq:
                 lane.written_seq = seq
@@ -491,7 +507,7 @@ class FanOut:
                 or len(lane.unflushed_stamps) >= MAX_UNFLUSHED_STAMPS
                 or time.monotonic() - lane.flushed_at >= DURABLE_FLUSH_S
             ):
-                flushed = self._guarded(lane, lane.sink.flush, "flush") == "ok"
+                flushed = not closed and self._guarded(lane, lane.sink.flush, "flush") == "ok"
                 lane.observe_flushed(flushed)
                 lane.flushed_at = time.monotonic()
                 self._note_durable(lane)
@@ -532,7 +548,14 @@ class FanOut:
             action()
         except SinkWriteError as err:  # counted by the sink itself
             lane.accounted_failures += 1
-            if _worth_logging(lane.accounted_failures):
+            if _output_closed(lane):  # once: nothing more is written to it
+                log.warning(
+                    "sink %s: its reader has gone (%s); %d events written, the rest discarded",
+                    lane.sink.name,
+                    err.__cause__ or err,
+                    lane.sink.stats.sent_events,
+                )
+            elif _worth_logging(lane.accounted_failures):
                 log.error("sink %s: %s failed: %s", lane.sink.name, what, err)
             return "accounted"
         except Exception as err:

@@ -10,11 +10,17 @@ surrogates, integers beyond 64 bits, nesting deeper than 254, or a doc that is n
 an object) is counted as ``errors["encode"]`` and as discarded, and an
 ``encode-error`` marker line (event key and reason) takes its place, so the gap is
 visible in the archive. Buffering, rotation and write-error accounting are
-:class:`sinks.rotation.RotatingWriter`'s.
+:class:`sinks.rotation.RotatingWriter`'s; the lines a pipe took before its reader went
+away count as sent.
+
+Stdout whose reader has exited (EPIPE: ``| head``) is gone for good: the sink says so
+(``output_closed``) and the fan-out writes nothing more to it (sinks/fanout.py). A named
+FIFO is not: the next write opens it again and waits for a new reader.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,7 +57,8 @@ class JsonlSink:
     def __init__(self, name: str, output: FileOutputConfig) -> None:
         self.name = name
         self.stats = SinkStats()
-        self._writer = RotatingWriter(name, output, self.stats)
+        self._writer = RotatingWriter(name, output, self.stats, events_in=_lines_in)
+        self.output_closed = False  # stdout's reader exited: nothing written can arrive
 
     @classmethod
     def from_config(cls, cfg: SinkConfig) -> JsonlSink:
@@ -112,13 +119,23 @@ class JsonlSink:
         it are discarded too (the writer counted the chunk's)."""
         try:
             self._writer.append(chunk, events=events)
-        except SinkWriteError:
+        except SinkWriteError as err:
             self.stats.discarded_events += after
+            self._note_closed(err)
             raise
 
     def flush(self) -> None:
         """Hand buffered lines to the OS (fsync when configured)."""
-        self._writer.flush()
+        try:
+            self._writer.flush()
+        except SinkWriteError as err:
+            self._note_closed(err)
+            raise
+
+    def _note_closed(self, err: SinkWriteError) -> None:
+        cause = err.__cause__
+        if self._writer.path == "-" and isinstance(cause, OSError) and cause.errno == errno.EPIPE:
+            self.output_closed = True
 
     def close(self) -> None:
         """Flush and close the file (stdout stays open)."""
@@ -153,3 +170,9 @@ class JsonlSink:
         except orjson.JSONEncodeError:  # the key itself is unencodable (e.g. a lone surrogate)
             marker["key"] = None
             return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE, default=repr)
+
+
+def _lines_in(data: bytes) -> int:
+    """The events in a start of what was written: its whole lines. An encode-error marker
+    line stands for none but counts as one here: rare, and only when a write fails."""
+    return data.count(b"\n")

@@ -34,6 +34,7 @@ import re
 import shutil
 import stat
 import sys
+from collections.abc import Callable
 
 from sinks.base import SinkError, SinkStats
 from sinks.config import FileOutputConfig
@@ -57,10 +58,20 @@ def errno_name(err: OSError) -> str:
 
 
 class RotatingWriter:
-    """Append chunks to ``output.path``, buffered, rotated and accounted in ``stats``."""
+    """Append chunks to ``output.path``, buffered, rotated and accounted in ``stats``.
 
-    def __init__(self, sink_name: str, output: FileOutputConfig, stats: SinkStats) -> None:
+    ``events_in(data)``: how many whole events ``data`` (a start of what was written) holds.
+    Given, the events a pipe took before a write failed (its reader exited) count as sent."""
+
+    def __init__(
+        self,
+        sink_name: str,
+        output: FileOutputConfig,
+        stats: SinkStats,
+        events_in: Callable[[bytes], int] | None = None,
+    ) -> None:
         self._name = sink_name
+        self._events_in = events_in
         self._output = output
         self._stats = stats
         self._path = output.path
@@ -175,6 +186,7 @@ class RotatingWriter:
         """Write ``data`` (the buffer, or a chunk that fills it alone) and count the pending
         events sent; on an error, :meth:`_fail` counts them discarded and raises."""
         size_before = self._size
+        done = 0
         try:
             fd = self._fd if self._fd is not None else self._open()
             size_before = self._size  # _open() learnt the size of a reopened file
@@ -182,17 +194,22 @@ class RotatingWriter:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
+                done += written
             view.release()
         except OSError as err:
-            self._fail(err, size_before)
+            self._fail(err, size_before, bytes(data[:done]) if done else b"")
         self._size += len(data)
         self._stats.sent_events += self._pending_events
         self._pending_events = 0
         if self._pages is not None:
             self._pages.written(fd, self._size)  # what is on disk leaves the page cache
 
-    def _fail(self, err: OSError, size_before: int) -> None:
+    def _fail(self, err: OSError, size_before: int, delivered: bytes = b"") -> None:
         lost = self._pending_events
+        if delivered and not self._is_regular and self._events_in is not None:
+            taken = min(lost, self._events_in(delivered))  # a pipe's reader got these
+            self._stats.sent_events += taken
+            lost -= taken
         self._buffer = bytearray()  # a memoryview may still pin the old one
         self._pending_events = 0
         self._stats.discarded_events += lost

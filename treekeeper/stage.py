@@ -89,6 +89,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
     received = 0
     last_status = 0.0
     merge = replay_merge(cfg)
+    outputs_closed = False
 
     def handle(frame: wire.Frame) -> None:
         nonlocal received
@@ -133,6 +134,14 @@ def run(cfg: Config, ctx: StageContext) -> int:
                     handle(parked)
         acks.service(fanout.durable_seq())
         control.serve(step.table)
+        if not outputs_closed and fanout.all_outputs_closed():
+            # Stdout's reader exited (| head): the supervisor stops the source as on a first
+            # signal; what is in flight drains here, counted as discarded (output_closed).
+            outputs_closed = True
+            try:
+                runtime.output_closed_path(cfg).touch(mode=0o600)
+            except OSError as err:  # the replay then runs to its end, discarding
+                log.warning("cannot tell the supervisor that every output is closed: %s", err)
         if now - last_status >= STATUS_EVERY_S:
             last_status = now
             write_status(
@@ -165,6 +174,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
             "acks_sent": acks.acks_sent,
             # Replay: frames taken before every assembler had one parked (treekeeper/merge.py).
             "frames_taken_early": merge.taken_early if merge is not None else 0,
+            "outputs_closed": outputs_closed,
             **step.stats(),
         },
         "sinks": fanout_stats(fanout),

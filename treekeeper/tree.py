@@ -864,28 +864,33 @@ class ProcessTable:
 
     def _insert(self, proc: Process, out: list[Doc]) -> None:
         self.processes[proc.key] = proc
-        while len(self.processes) > self.config.max_processes:
-            self._evict_one(proc, out)
+        # Ends when only ``proc`` is left too: with max_processes 0 (a table built in
+        # code; the config refuses below MIN_TREE_PROCESSES) this spun for ever.
+        while len(self.processes) > self.config.max_processes and self._evict_one(proc, out):
+            pass
 
-    def _evict_one(self, keep: Process, out: list[Doc]) -> None:
+    def _evict_one(self, keep: Process, out: list[Doc]) -> bool:
+        """Delete one process other than ``keep``: exited first, then inferred, then the
+        oldest; False if ``keep`` is all there is."""
         while self._exited:
             _, key = heapq.heappop(self._exited)
             victim = self.processes.get(key)
             if victim is not None and victim.exited_at is not None and victim is not keep:
                 self.stats.evicted_exited += 1
                 self._delete(victim, out)
-                return
+                return True
         while self._inferred:
             victim = self.processes.get(self._inferred.popleft())
             if victim is not None and victim.inferred and victim is not keep:
                 self.stats.evicted_inferred += 1
                 self._delete(victim, out)
-                return
+                return True
         for victim in self.processes.values():  # oldest inserted first
             if victim is not keep:
                 self.stats.evicted_live += 1
                 self._delete(victim, out)
-                return
+                return True
+        return False
 
     def _delete(self, proc: Process, out: list[Doc]) -> None:
         key = proc.key
