@@ -21,6 +21,9 @@ from treekeeper.reorder import ReorderWindow, new_window
 from treekeeper.tree import ProcessTable, TableConfig
 
 log = logging.getLogger("auditstream.treekeeper")
+# Replay: the audit nodes that get a process table of their own. A hostile log naming a new
+# node on every line would otherwise make a table each; the nodes past this share one.
+MAX_NODE_TABLES = 1024
 EXEC_SYSCALLS = ("execve", "execveat")
 _NATIVE_APPLY = native_apply_ready()  # _apply's loop (treekeeper/csrc/enrich_apply.h)
 MAX_HELD_EVENTS = 10_000  # the reorder window's memory bound
@@ -70,7 +73,15 @@ class TreeStep:
             ancestry_fragments=sinks_take_doc_text(cfg.sinks),
         )
         restored = state.load(t.state_file, t.state_max_age_ms, table_cfg) if t.state_file else None
+        # The table of records without ``node=``: the only one live. The state file and the
+        # control server (`auditstream tree`) see this one only; other nodes' are replay's.
         self.table = restored or ProcessTable(table_cfg)
+        self.table_cfg = table_cfg
+        # Replay of an aggregated log (audisp-remote: ``node=NAME`` lines): one table per
+        # audit node, the event key's node, so two hosts' pid 500 stay two processes.
+        self.tables: dict[str, ProcessTable] = {"": self.table}
+        self.shared_table: ProcessTable | None = None  # the nodes past MAX_NODE_TABLES
+        self.shared_runs = 0  # runs of their events applied to it (warned, in stats)
         # A followed log's quiet shard may never send an event: wait for no one there.
         expected = 0 if self.follow else cfg.assembler.instances
         # Held events keep their batches in the receiver's replay buffers unacknowledged:
@@ -102,10 +113,56 @@ class TreeStep:
             return self.clock_ms + int((time.monotonic() - self.input_at) * 1000)
         return self.clock_ms
 
-    def _apply(self, ready: list[Event], out: list[Event]) -> None:
-        """Each released event, in order, into the table and then ``out``, followed by the
-        lifecycle docs it causes (in C where built, without three Python calls per event)."""
-        table = self.table
+    def _apply_released(self, ready: list[Event], out: list[Event]) -> None:
+        """Each released event, in order, into its node's table (replay) and then ``out``."""
+        if not self.event_time or not ready:  # live: kernel records name no node
+            self._apply(ready, out)
+            return
+        nodes = [event["key"][0] for event in ready]
+        if nodes.count(nodes[0]) == len(nodes):  # one node's batch: the common case, one call
+            self._apply(ready, out, self._table_of(nodes[0]))
+            return
+        start = 0
+        for at in range(1, len(nodes)):  # each run of one node's events, in order
+            if nodes[at] != nodes[start]:
+                self._apply(ready[start:at], out, self._table_of(nodes[start]))
+                start = at
+        self._apply(ready[start:], out, self._table_of(nodes[start]))
+
+    def _table_of(self, node: str) -> ProcessTable:
+        """The node's table; a new node's own gets its host.name (lifecycle docs, entity ids)."""
+        table = self.tables.get(node)
+        if table is None:
+            if len(self.tables) > MAX_NODE_TABLES:  # not kept in tables: memory is bounded
+                return self._shared_table(node)
+            # Imported here: only a replay of a log with node= needs the assembler's spelling.
+            from assembler.ecs import host_name
+
+            table = ProcessTable(dataclasses.replace(self.table_cfg, host=host_name(node)))
+            self.tables[node] = table
+        return table
+
+    def _shared_table(self, node: str) -> ProcessTable:
+        """The one table of every node past MAX_NODE_TABLES (memory stays bounded): their
+        pids are no longer kept apart, which is said once and counted."""
+        self.shared_runs += 1
+        if self.shared_table is None:
+            self.shared_table = ProcessTable(self.table_cfg)
+            log.warning(
+                "more than %d audit nodes in this log: from node %r on, the further nodes "
+                "share one process table (their pids are not kept apart)",
+                MAX_NODE_TABLES,
+                node,
+            )
+        return self.shared_table
+
+    def _apply(
+        self, ready: list[Event], out: list[Event], table: ProcessTable | None = None
+    ) -> None:
+        """Each released event, in order, into ``table`` (the node-less one by default) and
+        then ``out``, followed by the lifecycle docs it causes (in C where built, without
+        three Python calls per event)."""
+        table = self.table if table is None else table
         if _NATIVE_APPLY is not None and type(table) is ProcessTable:
             _NATIVE_APPLY(
                 self, table, ready, out, None if self.event_time else self._live_container
@@ -200,20 +257,21 @@ class TreeStep:
                     ready += window.see(sec * 1000 + msec, source)
                 continue
             if not event["raw"]:  # markers carry no process and need no order
-                self._apply(ready, out)  # what was released before it goes first
+                self._apply_released(ready, out)  # what was released before it goes first
                 ready.clear()
                 out.append(event)
                 self.gap_markers += is_gap_marker(event)
                 continue
             _, sec, msec, serial = event["key"]
             window.push_into(event, sec * 1000 + msec, serial, source, ready)
-        self._apply(ready, out)
+        self._apply_released(ready, out)
         if window.timelines != self.timelines_warned:
             self._warn_timeline(source)
         if window.released_full != self.full_warned:
             self._warn_full()
         if sent_below is not None and not self.event_time:
-            self._apply(window.claim(source, (int(sent_below[0]), int(sent_below[1]))), out)
+            claim = (int(sent_below[0]), int(sent_below[1]))
+            self._apply_released(window.claim(source, claim), out)
         out.extend(self.maintain())
         return out
 
@@ -222,7 +280,7 @@ class TreeStep:
         if not self.enabled:
             return []
         out: list[Event] = []
-        self._apply(self.window.close_source(source), out)
+        self._apply_released(self.window.close_source(source), out)
         return out + self.maintain()
 
     def maintain(self) -> list[Event]:
@@ -234,28 +292,38 @@ class TreeStep:
         self.clock_ms = max(self.clock_ms, self.window.horizon())
         now = self._now()
         out: list[Event] = []
-        self._apply(self.window.due(now), out)
-        gone = self.table.maintain(now)
-        out.extend({"key": ["", 0, 0, 0], "raw": [], "doc": d} for d in gone)
-        self.lifecycle_events += len(gone)
+        self._apply_released(self.window.due(now), out)
+        for node, table in self._every_table():
+            gone = table.maintain(now)
+            out.extend({"key": [node, 0, 0, 0], "raw": [], "doc": d} for d in gone)
+            self.lifecycle_events += len(gone)
         return out
+
+    def _every_table(self) -> list[tuple[str, ProcessTable]]:
+        """(node, table) of each table: the nodes' own, and the shared one under node ""."""
+        shared = [("", self.shared_table)] if self.shared_table is not None else []
+        return [*self.tables.items(), *shared]
 
     def close(self) -> list[Event]:
         if not self.enabled:
             return []
         out: list[Event] = []
-        self._apply(self.window.flush(), out)
-        if self.state_file:
+        self._apply_released(self.window.flush(), out)
+        if self.state_file:  # live restarts: the node-less table, live's only one
             state.save(self.table, self.state_file)
         return out
 
     def stats(self) -> dict[str, Any]:
-        tree = dataclasses.asdict(self.table.stats) if self.enabled else {}
+        tree: dict[str, int] = {}
+        for _, table in self._every_table() if self.enabled else ():  # every node's, summed
+            for name, count in dataclasses.asdict(table.stats).items():
+                tree[name] = tree.get(name, 0) + count
         return {
             "lifecycle_events": self.lifecycle_events,
             "released_by_claim": self.window.released_by_claim,
             "released_full": self.window.released_full,
             "time_went_back": self.window.timelines,
+            "runs_in_the_shared_node_table": self.shared_runs,
             "tree": tree,
         }
 
