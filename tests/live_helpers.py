@@ -314,12 +314,24 @@ def is_audit_event(event: Event) -> bool:
 
 def replay_audit_events(log: Path, out: Path) -> dict[int, Event]:
     """`auditstream replay LOG` into the jsonl sink ``out``: its audit events by serial."""
+    docs, _ = replay_to_jsonl(log, out)
+    return {e["event"]["sequence"]: e for e in docs if is_audit_event(e)}
+
+
+def replay_to_jsonl(log: Path, out: Path, native: str | None = None) -> tuple[list[Event], bytes]:
+    """`auditstream replay LOG` into the jsonl sink ``out``, which must succeed: its docs in
+    order and its stderr. ``native``: AUDITSTREAM_NATIVE for it ("": unset, C where built)."""
+    env = dict(os.environ)
+    if native is not None:
+        env.pop("AUDITSTREAM_NATIVE", None)
+        if native:
+            env["AUDITSTREAM_NATIVE"] = native
     done = subprocess.run(
         [sys.executable, "-m", "auditstream", "replay", str(log), "--sink", f"jsonl:{out}"],
-        cwd=REPO, capture_output=True, timeout=60, check=False,
+        cwd=REPO, env=env, capture_output=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr.decode(errors="replace")
-    return {e["event"]["sequence"]: e for e in read_events(out) if is_audit_event(e)}
+    return read_events(out), done.stderr
 
 
 ONE_EVENT_LOG = (
@@ -340,6 +352,15 @@ def replay(
         cwd=REPO,
         check=False,
     )
+
+
+def process_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a stage its supervisor has not reaped yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"
 
 
 def start_follow_replay(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:

@@ -10,16 +10,14 @@ live and when a restarted tree keeper reads its sinks back.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from live_helpers import replay_to_jsonl
 from test_native_fingerprints import c_dedupe, python_dedupe
 
 from assembler.ecs import host_name
@@ -61,17 +59,9 @@ def two_node_log(*, repeat_first_of: str | None = None) -> bytes:
 
 def replay(log: Path, out: Path, native: str) -> tuple[list[Event], int, int]:
     """`auditstream replay LOG` into a jsonl sink: its audit docs, events out, duplicates dropped."""
-    env = {k: v for k, v in os.environ.items() if k != "AUDITSTREAM_NATIVE"}
-    if native:
-        env["AUDITSTREAM_NATIVE"] = native
-    done = subprocess.run(
-        [sys.executable, "-m", "auditstream", "replay", str(log), "--sink", f"jsonl:{out}"],
-        cwd=REPO, env=env, capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    events_out, dropped = EVENTS_OUT.search(done.stderr), RECOVERY.search(done.stderr)
-    assert events_out and dropped, done.stderr.decode(errors="replace")
-    docs = [json.loads(line) for line in out.read_bytes().splitlines()]
+    docs, stderr = replay_to_jsonl(log, out, native)
+    events_out, dropped = EVENTS_OUT.search(stderr), RECOVERY.search(stderr)
+    assert events_out and dropped, stderr.decode(errors="replace")
     audit = [d for d in docs if d.get("auditd", {}).get("records")]
     return audit, int(events_out.group(1)), int(dropped.group(1))
 

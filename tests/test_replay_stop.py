@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from generated_logs import write_generated_log
-from live_helpers import stage_pids
+from live_helpers import process_alive, stage_pids
 
 REPO = Path(__file__).resolve().parents[1]
 AUDITSTREAM = (sys.executable, "-m", "auditstream")
@@ -28,14 +28,6 @@ def big_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("replay_stop") / "big.log"
     yield write_generated_log(path, BIG_LOG_LINES)
     path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != b"Z"
 
 
 def _start(*args: str, stdout: int | None = None) -> subprocess.Popen[bytes]:
@@ -72,7 +64,7 @@ def _lines_written(path: Path, at_least: int, proc: subprocess.Popen[bytes]) -> 
 
 def _kill_all(proc: subprocess.Popen[bytes], stages: dict[str, int]) -> None:
     for pid in stages.values():
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -139,7 +131,7 @@ def test_a_second_signal_stops_a_stage_that_ignores_the_first(
     assert "SIGINT again: stopping every stage now" in text
     assert f"killing treekeeper (pid {stages['treekeeper']})" in text
     assert "interrupted by SIGINT" in text
-    assert not [name for name, pid in stages.items() if _alive(pid)]
+    assert not [name for name, pid in stages.items() if process_alive(pid)]
     assert "Traceback" not in text
 
 

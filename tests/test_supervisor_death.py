@@ -11,18 +11,10 @@ from pathlib import Path
 
 import pytest
 from generated_logs import write_generated_log
-from live_helpers import stage_pids, start_follow_replay
+from live_helpers import process_alive, stage_pids, start_follow_replay
 
 REPO = Path(__file__).resolve().parents[1]
 AUDITSTREAM = (sys.executable, "-m", "auditstream")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != b"Z"
 
 
 def _wait_for_stages(supervisor: int) -> list[int]:
@@ -44,9 +36,9 @@ def test_stages_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in stages) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in stages) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = [pid for pid in stages if _alive(pid)]
+    left = [pid for pid in stages if process_alive(pid)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"stages outlived their supervisor: {left}"
@@ -80,15 +72,15 @@ def test_no_orphan_when_the_tree_keeper_dies_with_the_supervisor(tmp_path: Path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     left = [
         f"{name} {Path(f'/proc/{pid}/cmdline').read_bytes()!r}"
         for pid, name in pids.items()
-        if _alive(pid)
+        if process_alive(pid)
     ]
     for pid in pids:
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
     assert not left, f"stages outlived their supervisor: {left}"
 
@@ -118,4 +110,4 @@ def test_stop_while_starting_is_a_stop_not_a_failure(tmp_path: Path) -> None:
     assert proc.returncode == 0, stderr.decode(errors="replace")
     assert b"stopped while starting; nothing was read" in stderr
     assert b"did not become ready" not in stderr and b"could not start" not in stderr
-    assert not [pid for pid in stages if _alive(pid)]
+    assert not [pid for pid in stages if process_alive(pid)]

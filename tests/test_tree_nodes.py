@@ -8,12 +8,10 @@ never enriched with host A's pid 500, and lifecycle docs say which host they are
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from live_helpers import replay_to_jsonl
 
 from assembler.ecs import host_name
 
@@ -67,15 +65,7 @@ def colliding_log(node_a: str, node_b: str) -> bytes:
 
 def replay(log: Path, out: Path, native: str | None = None) -> list[Doc]:
     """`auditstream replay LOG` into the jsonl sink ``out``: its docs, in order."""
-    env = dict(os.environ)
-    if native is not None:
-        env["AUDITSTREAM_NATIVE"] = native
-    done = subprocess.run(
-        [sys.executable, "-m", "auditstream", "replay", str(log), "--sink", f"jsonl:{out}"],
-        cwd=REPO, env=env, capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    return [json.loads(line) for line in out.read_bytes().splitlines()]
+    return replay_to_jsonl(log, out, native)[0]
 
 
 def audit_doc(docs: list[Doc], serial: int) -> Doc:
@@ -160,9 +150,7 @@ def test_a_log_without_node_keeps_one_table(tmp_path: Path) -> None:
     assert lifecycle(docs) and not any("host" in d for d in docs)
 
 
-def test_nodes_past_the_cap_share_one_table_and_say_so(
-    monkeypatch: Any, caplog: Any
-) -> None:
+def test_nodes_past_the_cap_share_one_table_and_say_so(monkeypatch: Any, caplog: Any) -> None:
     """A log naming more nodes than MAX_NODE_TABLES keeps memory bounded: the further nodes
     share one table (not remembered per name), with one warning and a count in the stats."""
     from auditstream.config import Config
