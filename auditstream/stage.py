@@ -213,6 +213,9 @@ def stage_main(name: str, run: StageRun, argv: list[str] | None = None) -> int:
     ctx = StageContext(name=name, index=args.index, supervisor_pid=args.supervisor_pid or 0)
     for number in STOP_SIGNALS:
         signal.signal(number, ctx._on_signal)
+    # A forked stage has had them blocked since the fork (auditstream/stagefork.py): one
+    # that came meanwhile lands on the handler now. An exec'd stage has nothing blocked.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     # A broken stdout pipe (jq exited) must not kill the stage with a traceback.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL if name != "treekeeper" else signal.SIG_IGN)
     _stop_with_supervisor(ctx)

@@ -130,7 +130,8 @@ def fork_stage(
             stream.flush()
     # Blocked across the fork: a stop signal that reaches the child before it has reset our
     # handlers would only set a flag in its copy of the supervisor, and be lost. Blocked,
-    # it waits, and lands on the default action (or the stage's own handler) instead.
+    # it waits until stage_main has set the stage's own handler (auditstream/stage.py), and
+    # lands there: a stage stopped while it starts drains like any other.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     pid = os.fork()
     if pid:
@@ -178,7 +179,8 @@ def _run_in_child(
         os.setsid()
         for sig in STOP_SIGNALS:  # the supervisor's handlers are not ours
             signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        # The parent's mask, the stop signals still blocked: stage_main unblocks them.
+        signal.pthread_sigmask(signal.SIG_SETMASK, set(mask) | STOP_SIGNALS)
         if not stdin_inherit:
             null = os.open(os.devnull, os.O_RDWR)
             os.dup2(null, 0)

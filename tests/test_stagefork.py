@@ -70,6 +70,18 @@ def test_a_forked_stage_that_raises_says_why_and_exits_1(
     assert "the stand-in stage failed on purpose" in capfd.readouterr().err
 
 
+def test_a_stop_signal_at_once_after_the_fork_reaches_the_stages_handler(
+    stand_in: list[str],
+) -> None:
+    """SIGTERM sent the moment the stage is forked waits, blocked, for its handler: it drains
+    (exit 0) instead of dying of the default action (-15) while it starts."""
+    stagefork_stage.BEHAVIOUR["mode"] = "wait"
+    for _ in range(5):
+        forked = fork(stand_in)
+        forked.terminate()
+        assert forked.wait(timeout=30) == 0
+
+
 def test_a_forked_stage_waits_with_a_timeout_and_stops_on_sigterm(stand_in: list[str]) -> None:
     """wait() times out like Popen's; SIGTERM reaches the stage's own handler; after the exit signals go nowhere."""
     stagefork_stage.BEHAVIOUR["mode"] = "wait"
@@ -128,6 +140,11 @@ def test_a_replay_forks_its_stages_and_limits_the_receiver(tmp_path: Path) -> No
         assert privilege.thread_caps(stages["treekeeper"]).effective == (
             privilege.thread_caps(proc.pid).effective
         )
+        # Stopped before the tree keeper is ready, a replay reads nothing (by design): the
+        # stop goes once the log's events are out.
+        while not out.exists() or out.read_bytes().count(b"\n") == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, "no output"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
