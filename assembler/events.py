@@ -19,6 +19,7 @@ from assembler.parse import Record
 from assembler.reassembler import CompletionReason, LostRange
 from auditstream.escape import escape
 from auditstream.logline import format_log_line
+from auditstream.marker_records import KERNEL_LOST_TYPE, SOCKET_OVERRUN_TYPE
 
 Event = dict[str, Any]
 
@@ -137,10 +138,6 @@ def parse_error_event(
     return {"key": [node, now_ms // 1000, now_ms % 1000, 0], "raw": raw, "doc": doc}
 
 
-# receiver.logsource.DAMAGED_INPUT_TYPE: an input file read only up to a damage.
-DAMAGED_INPUT_TYPE = -4
-
-
 def damaged_input_event(data: bytes, at_ms: int | None = None) -> Event:
     """A replayed file was read only up to a damage (corrupt or truncated gzip, a read
     error): its rest is lost. ``data`` is the receiver's JSON of the details."""
@@ -156,7 +153,10 @@ def damaged_input_event(data: bytes, at_ms: int | None = None) -> Event:
 
 
 # Synthetic record types the receiver sends (see docs/internals.md).
-RECEIVER_MARKERS = {-1: ("kernel-lost", "kernel_lost"), -2: ("socket-overrun", "socket_overrun")}
+RECEIVER_MARKERS = {
+    KERNEL_LOST_TYPE: ("kernel-lost", "kernel_lost"),
+    SOCKET_OVERRUN_TYPE: ("socket-overrun", "socket_overrun"),
+}
 
 
 def receiver_marker_event(type_: int, data: bytes) -> Event:

@@ -114,9 +114,6 @@ def replay_gap_events(body: dict[str, Any]) -> list[Event]:
     return events
 
 
-RESTART_GAP_TYPE = -3  # receiver.checkpoint.RESTART_GAP_TYPE: the wire's marker record type
-
-
 def restart_gap_event(data: bytes, node: str) -> Event:
     """The ``events-lost`` marker for serials a restarted live receiver could not get again."""
     fields = dict(item.partition("=")[::2] for item in data.decode("ascii", "replace").split())

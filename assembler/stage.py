@@ -11,7 +11,6 @@ import zmq
 
 from assembler.batch import Unparsed
 from assembler.events import (
-    DAMAGED_INPUT_TYPE,
     Event,
     damaged_input_event,
     event_from_records,
@@ -24,7 +23,6 @@ from assembler.native import parse_batch_function, push_items_function
 from assembler.parse import Record
 from assembler.reassembler import EOE_TYPE, CompletionReason, LostRange, Reassembler
 from assembler.redelivery import (
-    RESTART_GAP_TYPE,
     BatchStream,
     replay_gap_events,
     restart_gap_event,
@@ -33,6 +31,7 @@ from auditstream import runtime, wire
 from auditstream.component_status import PROCESSING, ComponentStatus
 from auditstream.config import Config, batching
 from auditstream.logs import RateLimitedLog
+from auditstream.marker_records import DAMAGED_INPUT_TYPE, RESTART_GAP_TYPE
 from auditstream.stage import StageContext, lower_priority, merge_stats, write_status
 from sinks import sinks_take_doc_text, sinks_write_raw
 

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -15,7 +14,7 @@ from typing import Any, NoReturn
 from auditstream import __version__, logs, privilege, runtime
 from auditstream import config as config_mod
 from auditstream.stage import write_status
-from auditstream.supervisor import RestartPolicy, Supervisor
+from auditstream.supervisor import RestartPolicy, Supervisor, signal_name
 
 EXIT_EVENTS_DISCARDED = 3  # replay finished, but a sink could not write some events
 # Replay finished, but an input file was read only up to a damage (corrupt or truncated
@@ -56,10 +55,10 @@ def assembler_count(text: str) -> int:
         count = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    high = config_mod.MAX_ASSEMBLERS
-    if not 1 <= count <= high:
+    allowed = config_mod.INT_RANGES[("assembler", "instances")]
+    if not allowed.low <= count <= allowed.high:
         raise argparse.ArgumentTypeError(
-            f"must be 1..{high}, as [assembler].instances, got {count}"
+            f"must be {allowed.low}..{allowed.high}, as [assembler].instances, got {count}"
         )
     return count
 
@@ -100,16 +99,18 @@ def _apply_common(cfg: config_mod.Config, args: argparse.Namespace, *, default_s
     logs.setup("cli", fmt=cfg.runtime.log_format, level=cfg.runtime.log_level)
 
 
-def _print_summary(cfg: config_mod.Config, *, restarts: int = 0, stopped: str = "") -> int:
+def _print_summary(
+    cfg: config_mod.Config, *, restarts: int = 0, stopped: str = ""
+) -> tuple[int, int]:
     """Print the summary lines (``stopped``: why the run ended early, said at the end of the
-    first); return how many events the sinks discarded."""
+    first); return how many events the sinks discarded and how many inputs were damaged."""
     path = runtime.summary_path(cfg)
     why = f"; {stopped}" if stopped else ""
     try:
         stats = json.loads(path.read_text())
     except (OSError, ValueError):
         print(f"auditstream: no summary (the pipeline did not finish){why}", file=sys.stderr)
-        return 0
+        return 0, 0
     rec = stats.get("receiver", {})
     asm = stats.get("assembler", {})
     sinks = stats.get("sinks", {})
@@ -150,7 +151,7 @@ def _print_summary(cfg: config_mod.Config, *, restarts: int = 0, stopped: str = 
             ),
             file=sys.stderr,
         )
-    return sum(discarded.values())
+    return sum(discarded.values()), _report_damaged_inputs(rec)
 
 
 def _reasons(sink: dict[str, Any]) -> str:
@@ -202,30 +203,25 @@ def _start(
     if supervisor.output_closed:
         stopped = "stopped early: every output is closed"
     elif signum is not None and (cut or supervisor.force_killed):
-        stopped = f"interrupted by {_signal_name(signum)} before the end of the input"
+        stopped = f"interrupted by {signal_name(signum)} before the end of the input"
+    discarded = damaged = 0
     if supervisor.stopped_starting:
         print("auditstream: stopped while starting; nothing was read", file=sys.stderr)
-    elif (
-        _print_summary(cfg, restarts=supervisor.restarts, stopped=stopped)
-        and code == 0
-        and not live
-    ):
+    else:
+        discarded, damaged = _print_summary(cfg, restarts=supervisor.restarts, stopped=stopped)
+    if discarded and code == 0 and not live:
         code = EXIT_EVENTS_DISCARDED  # a replay that did not write everything did not succeed
     if code in (0, EXIT_EVENTS_DISCARDED) and stopped:
         code = EXIT_OUTPUT_CLOSED if supervisor.output_closed else EXIT_SIGNAL_BASE + (signum or 0)
-    if _report_damaged_inputs(cfg) and code == 0 and not live:
+    if damaged and code == 0 and not live:
         code = EXIT_INPUT_DAMAGED
     if created and not live:
         shutil.rmtree(run_dir, ignore_errors=True)
     return code
 
 
-def _report_damaged_inputs(cfg: config_mod.Config) -> int:
-    """Name the input files read only up to a damage (after the summary); return how many."""
-    try:
-        receiver = json.loads(runtime.summary_path(cfg).read_text()).get("receiver", {})
-    except (OSError, ValueError, AttributeError):
-        return 0
+def _report_damaged_inputs(receiver: dict[str, Any]) -> int:
+    """Name the input files the receiver read only up to a damage; return how many."""
     count = int(receiver.get("damaged_files", 0))
     if count:
         named = ", ".join(
@@ -237,14 +233,6 @@ def _report_damaged_inputs(cfg: config_mod.Config) -> int:
             file=sys.stderr,
         )
     return count
-
-
-def _signal_name(signum: int) -> str:
-    """``SIGINT`` for 2."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -258,7 +258,7 @@ class Supervisor:
         while running := [s.proc for s in stages if s.proc is not None and s.proc.poll() is None]:
             if len(self.signals) > signals or time.monotonic() > deadline:
                 if len(self.signals) > signals:
-                    log.warning("%s again: killing the stages now", _signal_name(self.signals[-1]))
+                    log.warning("%s again: killing the stages now", signal_name(self.signals[-1]))
                 for proc in running:
                     proc.kill()
                     proc.wait()
@@ -364,7 +364,7 @@ class Supervisor:
             self.interrupted_by = signum  # the source had not finished: the input is cut
         log.info(
             "%s: stopping, the stages write what they hold (a second signal stops them at once)",
-            _signal_name(signum),
+            signal_name(signum),
         )
 
     def _force_stop(self, signum: int, now: float) -> None:
@@ -374,13 +374,13 @@ class Supervisor:
             log.warning(
                 "%s again: stopping every stage now (SIGTERM; SIGKILL to any still running "
                 "after %.0f s)",
-                _signal_name(signum),
+                signal_name(signum),
                 FORCE_GRACE_S,
             )
             self.kill_at = now + FORCE_GRACE_S
             self._terminate_all(signal.SIGTERM)
         else:
-            log.warning("%s again: killing every stage now", _signal_name(signum))
+            log.warning("%s again: killing every stage now", signal_name(signum))
             self.kill_at = now  # the loop kills them next
 
     def _kill_remaining(self) -> None:
@@ -516,7 +516,7 @@ class Supervisor:
                 stage.proc.send_signal(sig)
 
 
-def _signal_name(signum: int) -> str:
+def signal_name(signum: int) -> str:
     """``SIGINT`` for 2."""
     try:
         return signal.Signals(signum).name

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import orjson
 
+from auditstream.marker_records import RESTART_GAP_TYPE
 from auditstream.redelivery import write_atomically
 from receiver.netlink import any_node
 from receiver.replaybuffer import serial_of
@@ -131,9 +132,6 @@ def load_checkpoint(path: Path, files: list[str]) -> Checkpoint | None:
     return checkpoint
 
 
-# A marker record (negative type: never the kernel's) for serials a restarted live
-# receiver may have lost; the assembler turns it into an events-lost marker.
-RESTART_GAP_TYPE = -3
 DISCONTINUITY_JUMP = 1 << 24  # a larger jump is a new serial space (reboot), not loss
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from auditstream import privilege, runtime
 from auditstream.component_status import RECEIVING, ComponentStatus
 from auditstream.config import Config
+from auditstream.marker_records import KERNEL_LOST_TYPE, SOCKET_OVERRUN_TYPE
 from auditstream.stage import StageContext, merge_stats, write_status
 from receiver.kernel import AuditHeld, AuditStatus, KernelSession, get_status
 from receiver.logsource import SourceError
@@ -34,8 +35,6 @@ READ_MAX_RECORDS = 4096
 SMALL_READ_RECORDS = 64
 SMALL_READ_PAUSE_MS = 4.0
 # Synthetic record types (negative: never a kernel type) that ask the assembler for a marker.
-KERNEL_LOST_TYPE = -1
-SOCKET_OVERRUN_TYPE = -2
 CONTROL_RCVBUF_BYTES = 1 << 20
 DRAIN_MAX_S = 20.0  # below the supervisor's 30 s stop grace
 DRAIN_QUIET_S = 0.3

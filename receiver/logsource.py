@@ -24,9 +24,6 @@ READ_HINT = 1 << 20  # bytes of lines per read: few syscalls, bounded memory
 # A rotated file is still read this many 0.2 s polls after its last line: a writer that
 # reopens its log only when told (logrotate, then a signal) may append to it meanwhile.
 ROTATED_QUIET_POLLS = 5
-# A marker record (negative type: never the kernel's) for an input file read only up to
-# its damage; the assembler turns it into an input-damaged marker (docs/internals.md).
-DAMAGED_INPUT_TYPE = -4
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib reads the gzip header and checks its trailer
 _SALVAGE_BLOCK = 1 << 16  # compressed bytes fed at once when reading up to a damage
 # The names a process gives its own descriptors: `replay <(zcat a.gz)` passes /dev/fd/63.

@@ -13,6 +13,7 @@ import zmq
 
 from auditstream.config import Config, batching
 from auditstream.logline import LineError, split_log_line
+from auditstream.marker_records import DAMAGED_INPUT_TYPE
 from auditstream.native import load_native
 from auditstream.redelivery import (
     HELLO_WAIT_S,
@@ -22,13 +23,7 @@ from auditstream.redelivery import (
 )
 from auditstream.stage import EXIT_FATAL, StageContext
 from receiver.checkpoint import CheckpointKeeper, SerialMark, load_checkpoint
-from receiver.logsource import (
-    DAMAGED_INPUT_TYPE,
-    DamagedInput,
-    LogSource,
-    SourceError,
-    rereadable,
-)
+from receiver.logsource import DamagedInput, LogSource, SourceError, rereadable
 from receiver.redelivery import DeliveryGuard
 from receiver.shipper import RawRecord, RecordShipper
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
+import live_helpers
 import pytest
 from test_tree import exit_group, fork
 
@@ -112,16 +113,10 @@ def test_check_config_exits_non_zero_naming_the_key(
     assert key in result.stderr and reason in result.stderr and "Traceback" not in result.stderr
 
 
-def replay(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``auditstream replay ARGS``."""
-    return subprocess.run(
-        [sys.executable, "-m", "auditstream", "replay", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-        timeout=timeout,
-    )
+def replay(*args: str, timeout: float) -> tuple[int, str]:
+    """``auditstream replay ARGS``: its exit code and stderr."""
+    done = live_helpers.replay(*args, timeout=timeout)
+    return done.returncode, done.stderr.decode(errors="replace")
 
 
 @pytest.mark.parametrize("count", [str(MAX_ASSEMBLERS + 1), "100000"])
@@ -133,11 +128,11 @@ def test_too_many_assemblers_on_the_command_line_stop_before_any_fork(
     log.write_text("")
     sink = tmp_path / "out.jsonl"
     started = time.monotonic()
-    result = replay(str(log), "--assemblers", count, "--sink", f"jsonl:{sink}", timeout=30)
+    code, stderr = replay(str(log), "--assemblers", count, "--sink", f"jsonl:{sink}", timeout=30)
     assert time.monotonic() - started < 5
-    assert result.returncode == 2
-    assert "--assemblers" in result.stderr and f"1..{MAX_ASSEMBLERS}" in result.stderr
-    assert "stage pids" not in result.stderr and not sink.exists()
+    assert code == 2
+    assert "--assemblers" in stderr and f"1..{MAX_ASSEMBLERS}" in stderr
+    assert "stage pids" not in stderr and not sink.exists()
 
 
 def test_too_many_assemblers_in_the_config_stop_a_replay_before_any_fork(tmp_path: Path) -> None:
@@ -147,10 +142,10 @@ def test_too_many_assemblers_in_the_config_stop_a_replay_before_any_fork(tmp_pat
     sink = tmp_path / "out.jsonl"
     conf = write_config(tmp_path, "[assembler]\ninstances = 100000\n")
     started = time.monotonic()
-    result = replay(str(log), "-c", str(conf), "--sink", f"jsonl:{sink}", timeout=30)
+    code, stderr = replay(str(log), "-c", str(conf), "--sink", f"jsonl:{sink}", timeout=30)
     assert time.monotonic() - started < 5
-    assert result.returncode == 2 and "[assembler].instances" in result.stderr
-    assert "stage pids" not in result.stderr and not sink.exists()
+    assert code == 2 and "[assembler].instances" in stderr
+    assert "stage pids" not in stderr and not sink.exists()
 
 
 @pytest.fixture
@@ -222,9 +217,9 @@ def test_a_replay_with_the_smallest_allowed_value_writes_every_event(
     conf = write_config(tmp_path, toml)
     out = tmp_path / "out.jsonl"
     started = time.monotonic()
-    result = replay(str(generated_log), "-c", str(conf), "--sink", f"jsonl:{out}", timeout=90)
+    code, stderr = replay(str(generated_log), "-c", str(conf), "--sink", f"jsonl:{out}", timeout=90)
     elapsed = time.monotonic() - started
-    assert result.returncode == 0, result.stderr
+    assert code == 0, stderr
     assert audit_serials(out) == log_serials(generated_log)
-    assert "replay buffer of" not in result.stderr  # no batch waited out ACK_WAIT_MAX_S
+    assert "replay buffer of" not in stderr  # no batch waited out ACK_WAIT_MAX_S
     assert elapsed < 30  # replay_buffer_batches = 1 took ~10 s per batch
