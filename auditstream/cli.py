@@ -78,7 +78,16 @@ def check_sinks(cfg: config_mod.Config) -> None:
         for sink_cfg in sink_configs_from_tables(cfg.sinks):
             if sink_cfg.type in ("jsonl", "file"):
                 file_output_config(sink_cfg)
-            elif sink_cfg.type != "kafka":
+            elif sink_cfg.type == "kafka":
+                try:
+                    from sinks import kafka
+                except ImportError as err:
+                    raise SinkError(
+                        f"{sink_cfg.where}: the kafka sink needs confluent-kafka "
+                        f"(pip install 'auditstream[kafka]'): {err}"
+                    ) from err
+                kafka.check_sink_config(sink_cfg)  # its own validation; no broker contacted
+            else:
                 raise SinkError(f"{sink_cfg.where}.type: unknown sink type {sink_cfg.type!r}")
     except SinkError as err:
         raise config_mod.ConfigError(f"{cfg.source_path}: {err}") from err
@@ -114,12 +123,24 @@ def _print_summary(
     rec = stats.get("receiver", {})
     asm = stats.get("assembler", {})
     sinks = stats.get("sinks", {})
+    events_out = stats.get("treekeeper", {}).get("events_out", asm.get("events", 0))
+
+    def sent_note(sink: dict[str, Any]) -> str:
+        # Why a sink's sent differs from the events out, besides what it discarded: the file
+        # sink sends only events with raw records (docs/design.md, "The file sink's counts");
+        # the others also write the fan-out's drop markers, which are not events out.
+        if skipped := sink.get("skipped_events", 0):
+            return f" ({skipped} without raw records)"
+        markers = sink.get("component_received_events_total", 0) - events_out
+        return f" (incl. {markers} drop marker{'s' * (markers != 1)})" if markers > 0 else ""
+
     sent = ", ".join(
-        f"{name} {s.get('component_sent_events_total', 0)}" for name, s in sinks.items()
+        f"{name} {s.get('component_sent_events_total', 0)}{sent_note(s)}"
+        for name, s in sinks.items()
     )
     print(
         f"auditstream: {rec.get('records', 0)} records read, "
-        f"{stats.get('treekeeper', {}).get('events_out', asm.get('events', 0))} events out, "
+        f"{events_out} events out, "
         f"{asm.get('lost_events', 0)} events lost (serial gaps), "
         f"{asm.get('parse_errors', 0)} records failed to parse; sent: {sent or 'none'}{why}",
         file=sys.stderr,
@@ -177,7 +198,50 @@ def _start(
 ) -> int:
     privileges = _privileges(cfg)
     created = not cfg.runtime.dir
-    run_dir = runtime.make_private_dir(cfg, live=live)
+    try:
+        run_dir = runtime.make_private_dir(cfg, live=live)
+    except runtime.RuntimeDirBusy as err:
+        print(f"auditstream: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        where = err.filename or cfg.runtime.dir or runtime.LIVE_DEFAULT_DIR
+        print(f"auditstream: runtime dir {where}: {err.strerror}", file=sys.stderr)
+        return 1
+    try:
+        return _run_in(
+            cfg,
+            run_dir.path,
+            live=live,
+            receiver_stdin=receiver_stdin,
+            receiver_fds=receiver_fds,
+            privileges=privileges,
+            hold_fds=(run_dir.lock_fd,),
+        )
+    finally:
+        os.close(run_dir.lock_fd)
+        if created and not live:
+            shutil.rmtree(run_dir.path, ignore_errors=True)
+
+
+def _run_in(
+    cfg: config_mod.Config,
+    run_dir: Path,
+    *,
+    live: bool,
+    receiver_stdin: bool,
+    receiver_fds: tuple[int, ...],
+    privileges: privilege.SpawnPrivileges | None,
+    hold_fds: tuple[int, ...],
+) -> int:
+    """Run the pipeline in ``run_dir`` (locked: ours alone) and print its summary."""
+    if live and cfg.receiver.source == "netlink" and not cfg.receiver.takeover:
+        from receiver.live import audit_pid_refusal
+
+        # Refused before anything starts (sinks opened, files created); the receiver
+        # checks again when it registers.
+        if refusal := audit_pid_refusal():
+            print(f"auditstream: {refusal}", file=sys.stderr)
+            return 1
     conf_path = run_dir / "effective-config.json"
     config_mod.write_json(cfg, conf_path)
     supervisor = Supervisor(
@@ -192,6 +256,7 @@ def _start(
         capturing_file=runtime.status_path(cfg, "receiver") if live else None,
         fork_stages=not live,  # live stages are exec'd: see auditstream/stagefork.py
         output_closed_file=runtime.output_closed_path(cfg),
+        hold_fds=hold_fds,
     )
     code = supervisor.run()
     if supervisor.killed_late and not runtime.summary_path(cfg).exists():
@@ -215,8 +280,11 @@ def _start(
         code = EXIT_OUTPUT_CLOSED if supervisor.output_closed else EXIT_SIGNAL_BASE + (signum or 0)
     if damaged and code == 0 and not live:
         code = EXIT_INPUT_DAMAGED
-    if created and not live:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if live:  # last, where it is seen: we do not start the stopped holder again
+        from receiver.live import takeover_notice
+
+        if notice := takeover_notice(cfg):
+            log.warning("%s", notice)
     return code
 
 
@@ -271,26 +339,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     _apply_common(cfg, args, default_sink=DEFAULT_LIVE_SINK)
     for table in cfg.sinks:
         if table.get("type") in ("jsonl", "file") and table.get("path") not in (None, "-"):
-            Path(table["path"]).parent.mkdir(parents=True, exist_ok=True)
+            directory = Path(table["path"]).parent
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise config_mod.ConfigError(
+                    f"sink {table.get('name') or table['path']}: cannot create its directory "
+                    f"{directory}: {err.strerror or err}"
+                ) from err
     return _start(cfg, live=True, receiver_stdin=cfg.receiver.source == "stdin")
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config as `run` would load it: sinks (run's default when none), rules
+    files; what `run` would warn about (rules-file lines it ignores) is logged the same."""
+    from logging.handlers import BufferingHandler
+
     cfg = config_mod.load(args.config)
+    sinks = f"{len(cfg.sinks)} sink{'s' if len(cfg.sinks) != 1 else ''}"
+    if not cfg.sinks:  # as _apply_common: run writes its default sink, replay stdout
+        cfg.sinks = [sink_table(DEFAULT_LIVE_SINK)]
+        sinks = f"1 sink: run's default {DEFAULT_LIVE_SINK} (replay's: stdout)"
     check_sinks(cfg)
     rules = ""
+    # Counts the warnings rules_and_settings logs (the receiver logs the same at run).
+    warned = BufferingHandler(capacity=1 << 20)
+    warned.setLevel(logging.WARNING)
     if cfg.receiver.source == "netlink":  # the rules a live start would load (multicast: none)
         from receiver.live import rules_and_settings
         from receiver.logsource import SourceError
 
+        logging.getLogger().addHandler(warned)
         try:
             loaded, _settings = rules_and_settings(cfg)
         except SourceError as err:
             raise config_mod.ConfigError(
                 f"{cfg.source_path}: [receiver].rules_files: {err}"
             ) from err
-        rules = f", {len(loaded)} rules"
-    print(f"{args.config}: OK ({len(cfg.sinks)} sinks, source {cfg.receiver.source}{rules})")
+        finally:
+            logging.getLogger().removeHandler(warned)
+        rules = f", {len(loaded)} rule{'s' if len(loaded) != 1 else ''}"
+    count = len(warned.buffer)
+    warnings = f", {count} warning{'s' if count != 1 else ''} above" if count else ""
+    print(f"{args.config}: OK ({sinks}, source {cfg.receiver.source}{rules}){warnings}")
     return 0
 
 

@@ -78,14 +78,27 @@ LIVE_BATCHING = Batching(2048, 64)
 FILE_BATCHING = Batching(512, 256)
 
 
+# The replay buffer keeps at least this many records (4 batches of 512, the measured
+# minimum below, MIN_REPLAY_BUFFER_BATCHES): with smaller batches it keeps more of them,
+# or a replay's every batch would wait for an acknowledgement that cannot come yet, and
+# the assemblers (which keep a quarter of it open) would cut events at batch ends.
+MIN_REPLAY_BUFFER_RECORDS = 2048
+# A file source's full buffer that spans no more of the log's event time than the tree
+# keeper's reorder window cannot be acknowledged yet (the window lets its oldest events go
+# only once later records pass them): it grows past its bound instead of waiting, up to
+# the records the default buffer holds (receiver/redelivery.py). What can be resent after
+# a crash, and so what the tree keeper's duplicate filter covers, includes that growth.
+GROWN_REPLAY_BUFFER_RECORDS = FILE_BATCHING.batch_max_records * FILE_BATCHING.replay_buffer_batches
+
+
 def batching(receiver: ReceiverConfig) -> Batching:
-    """The batching in effect: a value left 0 in the config follows the source."""
+    """The batching in effect: a value left 0 in the config follows the source, and the
+    replay buffer holds at least MIN_REPLAY_BUFFER_RECORDS records."""
     from_file = receiver.source == "file" and not receiver.follow
     default = FILE_BATCHING if from_file else LIVE_BATCHING
-    return Batching(
-        receiver.batch_max_records or default.batch_max_records,
-        receiver.replay_buffer_batches or default.replay_buffer_batches,
-    )
+    batch_max = receiver.batch_max_records or default.batch_max_records
+    kept = receiver.replay_buffer_batches or default.replay_buffer_batches
+    return Batching(batch_max, max(kept, -(-MIN_REPLAY_BUFFER_RECORDS // batch_max)))
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from auditstream import runtime
-from auditstream.config import Config, batching
+from auditstream.config import GROWN_REPLAY_BUFFER_RECORDS, Config, batching
 
 # How long the receiver waits at start for the tree keeper's hello before it reads
 # anyway, unprotected (a tree keeper that never says hello cannot acknowledge).
@@ -23,9 +23,13 @@ HELLO_WAIT_S = 10.0
 
 
 def buffered_records(cfg: Config) -> int:
-    """Records the receiver's replay buffers hold unacknowledged, full, for every assembler."""
+    """Records the receiver's replay buffers hold unacknowledged, full, for every assembler
+    (a file source's, grown: auditstream/config.py GROWN_REPLAY_BUFFER_RECORDS)."""
     effective = batching(cfg.receiver)
-    return effective.replay_buffer_batches * effective.batch_max_records * cfg.assembler.instances
+    per_shard = effective.replay_buffer_batches * effective.batch_max_records
+    if cfg.receiver.source == "file":
+        per_shard = max(per_shard, GROWN_REPLAY_BUFFER_RECORDS)
+    return per_shard * cfg.assembler.instances
 
 
 def checkpoint_lag_records(cfg: Config) -> int:

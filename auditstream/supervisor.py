@@ -101,11 +101,14 @@ class Supervisor:
         capturing_file: Path | None = None,
         fork_stages: bool = False,
         output_closed_file: Path | None = None,
+        hold_fds: tuple[int, ...] = (),
     ) -> None:
         """``fork_stages``: fork the pipeline's stages instead of exec'ing them, where each
         one's privileges allow (a replay; see auditstream/stagefork.py).
         ``output_closed_file``: the tree keeper creates it once every sink's output is gone
-        for good (stdout's reader exited): the run then stops as on a first signal."""
+        for good (stdout's reader exited): the run then stops as on a first signal.
+        ``hold_fds``: descriptors every stage keeps open (the runtime dir's lock): a stage
+        still draining after our death keeps the directory from a new run."""
         py = sys.executable
         conf = ["--config", str(config_path), "--supervisor-pid", str(os.getpid())]
         # Start order is downstream first: each stage binds its input before anyone pushes.
@@ -128,6 +131,8 @@ class Supervisor:
         if config_mod.load(config_path).runtime.metrics_listen:
             self.metrics = StageProcess("metrics", [py, "-m", "auditstream.metrics", *conf])
             self.stages.append(self.metrics)
+        for stage in self.stages:
+            stage.pass_fds += hold_fds
         self.policy = policy
         self.ready_file = ready_file
         self.stage_env = stage_environment(os.environ)
@@ -330,6 +335,11 @@ class Supervisor:
                 receiver = self._stage("receiver")
                 if signalled == 1 and receiver.proc and receiver.exit_code is None:
                     receiver.proc.send_signal(signal.SIGTERM)
+                    # The tree keeper too, which still drains till the eof: a submit blocked
+                    # on a full `block` sink then ends (sinks/fanout.py, watch_stop).
+                    treekeeper = self._stage("treekeeper")
+                    if treekeeper.proc and treekeeper.exit_code is None:
+                        treekeeper.proc.send_signal(signal.SIGTERM)
                 else:
                     self._terminate_all(signal.SIGTERM)
             if self.kill_at is not None and now >= self.kill_at:

@@ -74,6 +74,55 @@ class AuditHeld(RuntimeError):
         self.command = command
 
 
+class KernelRefused(NetlinkError):
+    """The kernel answered a rule or a setting with an error: the configuration is wrong
+    for this kernel (a missing directory, a field combination it rejects), so a restart
+    would fail the same way. The message names the rule's file:line and the reason."""
+
+
+# What an errno from AUDIT_ADD_RULE means for the rule (auditctl only prints strerror).
+RULE_ERRNO_HINTS = {
+    errno.ENOENT: "a path it names with dir=, path= or -w, or that path's parent, does not exist",
+    errno.EINVAL: "this kernel does not accept the rule's fields or their combination",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StoppedHolder:
+    """The audit PID's holder that `takeover` stopped (it is not started again by us)."""
+
+    pid: int
+    command: str
+    comm: str
+    # Its systemd unit (e.g. auditd.service) when it ran as one: how to start it again.
+    unit: str = ""
+
+    def start_hint(self) -> str:
+        """How the user starts it again: its unit, else the command it ran."""
+        return f"systemctl start {self.unit}" if self.unit else self.command
+
+
+def process_comm(pid: int) -> str:
+    """A process's comm (``auditd``), "" if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def systemd_unit(pid: int) -> str:
+    """The systemd service a process runs in (its cgroup's last part), "" if none."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        last = line.rpartition("/")[2]
+        if last.endswith(".service"):
+            return last
+    return ""
+
+
 STATUS_FIELDS = tuple(f.name for f in fields(AuditStatus))
 
 
@@ -146,6 +195,7 @@ class KernelSession:
         self.takeover_timeout_s = takeover_timeout_s
         self.immutable = False
         self.leftovers_restored = False
+        self.stopped_holder: StoppedHolder | None = None  # who takeover stopped, if anyone
         self._conn = AuditNetlink(rcvbuf_bytes=rcvbuf_bytes)
         self._changes = _Changes({}, [])
         self._started = False
@@ -206,13 +256,23 @@ class KernelSession:
             return status  # dead holder: the kernel drops it when we register
         if not self.takeover:
             raise AuditHeld(holder, command)
-        log.warning("taking over the audit pid: sending SIGTERM to %d (%s)", holder, command)
+        # Captured before the signal: afterwards /proc no longer has them.
+        stopped = StoppedHolder(holder, command, process_comm(holder), systemd_unit(holder))
+        # We do not start it again at our stop: say so now, and again then (the supervisor).
+        log.warning(
+            "taking over the audit pid: sending SIGTERM to %d (%s); it stays stopped when "
+            "auditstream stops: start it again then with: %s",
+            holder,
+            command,
+            stopped.start_hint(),
+        )
         with contextlib.suppress(ProcessLookupError):
             os.kill(holder, signal.SIGTERM)
         deadline = time.monotonic() + self.takeover_timeout_s
         while time.monotonic() < deadline:
             status = get_status(self._conn)
             if status.pid != holder or process_command(holder) is None:
+                self.stopped_holder = stopped
                 return status
             time.sleep(0.05)
         raise AuditHeld(holder, command, f"still holding {self.takeover_timeout_s} s after SIGTERM")
@@ -220,7 +280,14 @@ class KernelSession:
     def _change_setting(self, name: str, value: int, original: int) -> None:
         self._changes.settings.setdefault(name, original)
         self._save_state()  # write-ahead: a crash after the change still finds it
-        set_status(self._conn, name, value)
+        try:
+            set_status(self._conn, name, value)
+        except NetlinkError as exc:
+            if exc.errno == errno.ETIMEDOUT:  # no answer: not a refusal
+                raise
+            raise KernelRefused(
+                exc.errno, f"the kernel refused {name} {value}: {os.strerror(exc.errno or 0)}"
+            ) from None
 
     def _change_pid(self, pid: int) -> None:
         self._changes.audit_pid = pid
@@ -236,8 +303,15 @@ class KernelSession:
         except NetlinkError as exc:
             self._changes.rules.pop()  # not ours: the same rule was there, or it failed
             self._save_state()
-            if exc.errno != errno.EEXIST:
+            if exc.errno == errno.ETIMEDOUT:  # no answer: not a refusal
                 raise NetlinkError(exc.errno, f"{rule.origin}: cannot add rule: {exc}") from None
+            if exc.errno != errno.EEXIST:
+                hint = RULE_ERRNO_HINTS.get(exc.errno or 0)
+                raise KernelRefused(
+                    exc.errno,
+                    f"{rule.origin}: the kernel refused the rule: "
+                    f"{os.strerror(exc.errno or 0)}{f' ({hint})' if hint else ''}",
+                ) from None
             log.info("%s: rule already present, left to its owner", rule.origin)
 
     def quiesce(self, conn: AuditNetlink | None = None) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,25 @@ from auditstream.component_status import RECEIVING, ComponentStatus
 from auditstream.config import Config
 from auditstream.marker_records import KERNEL_LOST_TYPE, SOCKET_OVERRUN_TYPE
 from auditstream.stage import StageContext, merge_stats, write_status
-from receiver.kernel import AuditHeld, AuditStatus, KernelSession, get_status
+from receiver.kernel import (
+    AuditHeld,
+    AuditStatus,
+    KernelRefused,
+    KernelSession,
+    StoppedHolder,
+    get_status,
+    process_command,
+)
 from receiver.logsource import SourceError
 from receiver.netlink import AuditNetlink, NetlinkSource
-from receiver.rules import KernelSettings, Rule, RuleError, load_rules
+from receiver.rules import (
+    KernelSettings,
+    Rule,
+    RuleError,
+    RuleFile,
+    ignored_line_warnings,
+    load_rules,
+)
 from receiver.shipper import RecordShipper
 from receiver.stage import LineCounters, lines_to_records
 from receiver.statuspoll import KernelStatusPoller
@@ -48,6 +64,7 @@ def rules_and_settings(cfg: Config) -> tuple[list[Rule], KernelSettings]:
     paths = [Path(p) for p in cfg.receiver.rules_files] or [DEFAULT_RULES]
     rules: list[Rule] = []
     settings = KernelSettings()
+    files: list[RuleFile] = []
     for path in paths:
         try:
             loaded = load_rules(path)
@@ -57,6 +74,7 @@ def rules_and_settings(cfg: Config) -> tuple[list[Rule], KernelSettings]:
             raise SourceError(f"bad rule: {err}") from err
         rules.extend(loaded.rules)
         settings = settings.overridden_by(loaded.settings)
+        files.append(loaded)
     ours = KernelSettings(
         enabled=1,
         failure=cfg.receiver.failure_mode,
@@ -64,8 +82,77 @@ def rules_and_settings(cfg: Config) -> tuple[list[Rule], KernelSettings]:
         backlog_limit=cfg.receiver.backlog_limit,
         backlog_wait_time=cfg.receiver.backlog_wait_time,
     )
-    # The config file wins over settings lines in rule files.
+    # The config file wins over settings lines in rule files; each line overridden or
+    # ignored (-D) is said, here and so by check-config too.
+    for warning in ignored_line_warnings(files, ours):
+        log.warning("%s", warning)
     return rules, settings.overridden_by(ours)
+
+
+def held_message(pid: int, command: str) -> str:
+    """Why a unicast run cannot start beside another holder of the audit PID."""
+    return (
+        f"the kernel audit PID is held by pid {pid} ({command}); stop it, "
+        "use --source multicast to read beside it, or --takeover"
+    )
+
+
+def audit_pid_refusal() -> str | None:
+    """Before anything starts: why a unicast run would be refused (another live process
+    holds the audit PID), or None. The receiver checks again when it registers; this one
+    only spares a doomed run opening its sinks. None too when the kernel cannot be asked
+    (the receiver then says why)."""
+    conn = AuditNetlink(rcvbuf_bytes=CONTROL_RCVBUF_BYTES)
+    try:
+        conn.open()
+        holder = get_status(conn).pid
+    except OSError:
+        return None
+    finally:
+        conn.close()
+    command = process_command(holder) if holder else None
+    return held_message(holder, command) if command is not None else None
+
+
+def record_takeover(cfg: Config, holder: StoppedHolder) -> None:
+    """Write down who takeover stopped: the supervisor says it again at the stop."""
+    try:
+        write_status(runtime.takeover_path(cfg), asdict(holder))
+    except OSError as err:
+        log.error("cannot write down the stopped audit PID holder: %s", err)
+
+
+def takeover_notice(cfg: Config) -> str | None:
+    """At the stop: the audit PID holder this run's takeover stopped, if it is not running
+    again, as a sentence that says how to start it; None if none was stopped."""
+    try:
+        holder = StoppedHolder(**json.loads(runtime.takeover_path(cfg).read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as err:
+        return f"takeover stopped the audit PID's holder (unreadable record: {err})"
+    name = holder.comm or "the audit PID's holder"
+    again = [pid for pid in _pids_named(holder.comm) if pid != holder.pid] if holder.comm else []
+    if again:
+        log.info("%s (pid %d) was stopped by takeover; it runs again (pid %d)",
+                 name, holder.pid, again[0])  # fmt: skip
+        return None
+    return (
+        f"{name} (pid {holder.pid}, command {holder.command}) was stopped by takeover and is "
+        f"not running; start it again with: {holder.start_hint()}"
+    )
+
+
+def _pids_named(comm: str) -> list[int]:
+    """Processes whose comm is ``comm``."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if entry.read_text().strip() == comm:
+                found.append(int(entry.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 class KernelCounters:
@@ -220,10 +307,16 @@ def run_netlink(
             try:
                 session.start(pid=os.getpid(), settings=settings, rules=rules)
             except AuditHeld as held:
+                raise SourceError(held_message(held.pid, held.command)) from held
+            except KernelRefused as refused:
+                # Not restarted (EXIT_FATAL): it would be refused again. The session's
+                # close below puts back what was changed before it.
                 raise SourceError(
-                    f"the kernel audit PID is held by pid {held.pid} ({held.command}); stop it, "
-                    "use --source multicast to read beside it, or --takeover"
-                ) from held
+                    f"{refused.strerror}; auditing stays as it was before this run"
+                ) from refused
+            finally:
+                if session.stopped_holder is not None:
+                    record_takeover(cfg, session.stopped_holder)
             if session.immutable:
                 log.warning(
                     "kernel audit configuration is immutable (enabled 2): rules and settings left as they are"

@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 
 from auditstream import runtime, wire
-from auditstream.config import Config, batching
+from auditstream.config import GROWN_REPLAY_BUFFER_RECORDS, Config, batching
 from auditstream.logs import RateLimitedLog
 from auditstream.redelivery import acks_endpoint
 from receiver.replaybuffer import ShardBuffer
@@ -55,6 +55,7 @@ class GuardStats:
     stale_acks: int = 0  # for another epoch (an earlier receiver)
     rewinds: int = 0
     waits_for_acks: int = 0
+    grown_batches: int = 0  # kept past a full buffer's bound, as no wait could help (file)
 
 
 class DeliveryGuard:
@@ -85,6 +86,7 @@ class DeliveryGuard:
         self.epoch = int.from_bytes(os.urandom(6), "big")  # this receiver's batch numbering
         self.token: int | None = None  # the tree keeper's, from its hello
         self.may_wait = may_wait  # a file can wait for acknowledgements; the kernel cannot
+        self.reorder_window_ms = cfg.treekeeper.reorder_window_ms
         self.reset_on_start = reset_on_start
         self.protected = False  # True once a tree keeper said hello: it will acknowledge
         self.sent_unprotected = False
@@ -264,11 +266,14 @@ class DeliveryGuard:
                     return  # the caller must not block: the buffer grows past its bound
                 self.outlets[shard].writable(WAIT_STEP_MS)
                 continue
+            all_joined = all(o.watch is not None and o.watch.connected for o in self.outlets)
+            if self.may_wait and all_joined and self._cannot_be_acked_yet(buf):
+                self.stats.grown_batches += 1
+                return
             now = time.monotonic()
             if waited_since is None:
                 waited_since = now
                 self.stats.waits_for_acks += 1
-            all_joined = all(o.watch is not None and o.watch.connected for o in self.outlets)
             # An assembler away is waited for: the supervisor restarts it.
             if self.may_wait and (now - waited_since < ACK_WAIT_MAX_S or not all_joined):
                 self.acks.sock.poll(WAIT_STEP_MS)
@@ -282,6 +287,16 @@ class DeliveryGuard:
                 buf.capacity,
                 WAITED_HINT if self.may_wait else "",
             )
+
+    def _cannot_be_acked_yet(self, buf: ShardBuffer) -> bool:
+        """The full buffer spans no more event time than the reorder window: no wait helps
+        (it grows, up to GROWN_REPLAY_BUFFER_RECORDS: auditstream/config.py)."""
+        held_ms = buf.event_ms_kept()
+        return (
+            held_ms is not None
+            and held_ms <= self.reorder_window_ms
+            and buf.kept_records < GROWN_REPLAY_BUFFER_RECORDS
+        )
 
     def finish(self, eof_body: dict[str, Any]) -> None:
         """The source ended: after its batches, each assembler gets the eof (again on a resend)."""
@@ -328,6 +343,7 @@ class DeliveryGuard:
             "rewinds": self.stats.rewinds,
             "acks": self.stats.acks,
             "waits_for_acks": self.stats.waits_for_acks,
+            "grown_batches": self.stats.grown_batches,
         }
 
     def acked_below(self) -> list[int]:

@@ -88,6 +88,7 @@ class BufferedBatch:
     body: bytes  # the packed records frame body, as sent
     records: int
     last: tuple[str, int] | None  # (node, serial) of its last audit record
+    last_ms: int | None = None  # event time (ms) of its last audit record with the usual header
     # (first, last, distinct) serials when every record is of node "" (live kernel
     # sources): an eviction then needs no unpacking. None: work it out from ``body``.
     serial_range: tuple[int, int, int] | None = None
@@ -130,6 +131,8 @@ class ShardBuffer:
         self._kept: deque[BufferedBatch] = deque()
         self._gaps: list[SerialGap] = []
         self.stats = ShardBufferStats()
+        self.kept_records = 0
+        self.newest_ms: int | None = None  # the latest event time of any batch added
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -146,7 +149,11 @@ class ShardBuffer:
         """
         body["batch"] = self.next_number
         packed = wire.pack_body(body)
-        batch = BufferedBatch(self.next_number, packed, records, _last_record(body.get("recs")))
+        last, last_ms = _last_record(body.get("recs"))
+        batch = BufferedBatch(self.next_number, packed, records, last, last_ms)
+        if last_ms is not None and (self.newest_ms is None or last_ms > self.newest_ms):
+            self.newest_ms = last_ms
+        self.kept_records += records
         if serials is not None:
             found = [serial for serial in serials if serial]
             if found:
@@ -182,7 +189,7 @@ class ShardBuffer:
         self.acked_below = durable_below
         freed = []
         while self._kept and self._kept[0].number < durable_below:
-            freed.append(self._kept.popleft())
+            freed.append(self._pop_oldest())
         self.cursor = max(self.cursor, durable_below)
         self._gaps = [gap for gap in self._gaps if gap.below_batch > durable_below]
         return freed
@@ -192,7 +199,7 @@ class ShardBuffer:
 
     def evict_oldest(self) -> None:
         """Stop protecting the oldest (sent) batch; remember its serials for a resend."""
-        batch = self._kept.popleft()
+        batch = self._pop_oldest()
         self.stats.evicted_batches += 1
         for gap in serial_gaps(batch):
             last = self._gaps[-1] if self._gaps else None
@@ -216,15 +223,29 @@ class ShardBuffer:
     def forget_all(self) -> None:
         """Nothing is protected (no tree keeper acknowledges): keep no copies."""
         while self._kept and self._kept[0].number < self.cursor:
-            self._kept.popleft()
+            self._pop_oldest()
+
+    def _pop_oldest(self) -> BufferedBatch:
+        batch = self._kept.popleft()
+        self.kept_records -= batch.records
+        return batch
+
+    def event_ms_kept(self) -> int | None:
+        """How much event time the kept batches span: from the oldest one's last record to
+        the latest record added (None if a header was not the usual one)."""
+        if not self._kept or self._kept[0].last_ms is None or self.newest_ms is None:
+            return None
+        return self.newest_ms - self._kept[0].last_ms
 
 
-def _last_record(recs: object) -> tuple[str, int] | None:
+def _last_record(recs: object) -> tuple[tuple[str, int] | None, int | None]:
+    """(node, serial) of the last audit record of a batch, and its event time in ms."""
     if isinstance(recs, list):
         for type_, data, node in reversed(recs):
             if type_ > 0:
-                return node, serial_of(data)
-    return None
+                m = _HEADER_KEY.match(data)
+                return (node, serial_of(data)), (int(m[1]) * 1000 + int(m[2]) if m else None)
+    return None, None
 
 
 def serial_gaps(batch: BufferedBatch) -> list[SerialGap]:

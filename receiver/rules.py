@@ -47,6 +47,9 @@ OPERATORS: tuple[tuple[str, int], ...] = (
     ("&", OP_BIT_MASK),
 )
 
+OPERATOR_CHARS = "=!<>&"
+OPERATORS_AS_LISTED = "=, !=, <, >, <=, >=, &, &="  # auditctl(8)'s order, for messages
+
 PERM_EXEC, PERM_WRITE, PERM_READ, PERM_ATTR = 1, 2, 4, 8
 PERM_LETTERS = {"x": PERM_EXEC, "w": PERM_WRITE, "r": PERM_READ, "a": PERM_ATTR}
 
@@ -72,6 +75,9 @@ EXIT_ONLY_FIELDS = frozenset({19, 20, 21, 22, 23, F_WATCH, F_DIR, F_EXIT, F_SUCC
 FILE_TYPES = {"socket": 0o140000, "link": 0o120000, "file": 0o100000, "block": 0o060000,
               "dir": 0o040000, "character": 0o020000, "fifo": 0o010000}  # fmt: skip
 FS_TYPES = {"debugfs": 0x64626720, "tracefs": 0x74726163}
+
+ENABLED_IMMUTABLE = 2  # -e 2: the audit configuration locked until reboot
+FAILURE_PANIC = 2  # -f 2: the kernel panics when it loses audit records
 
 MAX_FIELDS = 64
 BITMASK_WORDS = 64
@@ -185,6 +191,16 @@ def decode_rule(data: bytes) -> Rule:
     return Rule(flags, action, mask, tuple(fields))
 
 
+@dataclass(frozen=True, slots=True)
+class SettingLine:
+    """A kernel settings line of a rules file (``-b 8192``) and where it was written."""
+
+    origin: str  # file:line
+    option: str  # as written: -b, -f, --backlog_wait_time ...
+    name: str  # the KernelSettings field it sets
+    value: int
+
+
 @dataclass(slots=True)
 class RuleFile:
     """What a rules file asks for: rules, whether to delete all first (-D), settings."""
@@ -192,6 +208,8 @@ class RuleFile:
     rules: list[Rule]
     delete_all: bool
     settings: KernelSettings
+    setting_lines: list[SettingLine] = field(default_factory=list)
+    delete_all_origins: list[str] = field(default_factory=list)  # file:line of each -D
 
 
 def machine_arch() -> str:
@@ -291,10 +309,22 @@ def _check_path(path: str) -> None:
 
 
 def _split_pair(pair: str) -> tuple[str, int, str]:
-    """'auid>=1000' -> ('auid', OP_GT | OP_EQ, '1000'): the first operator found splits."""
+    """'auid>=1000' -> ('auid', OP_GT | OP_EQ, '1000'): the first operator found splits.
+
+    Operator characters left beside the split ('uid=>0', 'uid==0', 'uid<>0') are an
+    operator auditctl does not have: named as such, not read as part of a name or value
+    (libaudit would look up a user called '>0').
+    """
     for token, op in OPERATORS:
         name, found, value = pair.partition(token)
         if found:
+            written = name[len(name.rstrip(OPERATOR_CHARS)) :] + token
+            written += value[: len(value) - len(value.lstrip(OPERATOR_CHARS))]
+            if written != token:
+                raise ValueError(
+                    f"-F {pair!r}: operator {written!r} is not supported "
+                    f"(auditctl's operators: {OPERATORS_AS_LISTED})"
+                )
             return name, op, value
     raise ValueError(f"-F {pair!r}: no operator")
 
@@ -512,9 +542,10 @@ _SETTING_RANGES = {
 
 
 def _parse_line(
-    tokens: list[str], origin: str, settings: dict[str, int]
+    tokens: list[str], origin: str, setting_lines: list[SettingLine]
 ) -> tuple[Rule | None, bool]:
-    """One line of options -> (the rule it builds or None, whether it said -D)."""
+    """One line of options -> (the rule it builds or None, whether it said -D); a settings
+    option is added to ``setting_lines``."""
     builder = _RuleBuilder()
     delete_all = False
     index = 0
@@ -524,6 +555,12 @@ def _parse_line(
             delete_all = True
             index += 1
             continue
+        if option.startswith("#"):
+            # auditctl reads '#' as a comment only at the start of a line, and so do we.
+            raise ValueError(
+                "trailing comments are not supported (as in auditctl, '#' starts a comment "
+                "only at the start of a line): put the comment on its own line"
+            )
         if option not in _VALUE_OPTIONS:
             raise ValueError(f"unsupported option {option!r}")
         if index + 1 >= len(tokens):
@@ -534,7 +571,14 @@ def _parse_line(
             name, low, high = _SETTING_RANGES[option]
             if not value.isdigit() or not low <= int(value) <= high:
                 raise ValueError(f"{option} needs a number from {low} to {high}, got {value!r}")
-            settings[name] = int(value)
+            if name == "enabled" and int(value) == ENABLED_IMMUTABLE:
+                # The kernel would refuse every rule change until reboot, our removal at
+                # the stop included; receiver/kernel.py refuses it too.
+                raise ValueError(
+                    "-e 2 (immutable: audit rules and settings locked until reboot) is refused: "
+                    "auditstream must be able to remove its rules when it stops; remove the line"
+                )
+            setting_lines.append(SettingLine(origin, option, name, int(value)))
         elif option in ("-a", "-A"):
             builder.set_list(value, prepend=option == "-A")
         elif option == "-S":
@@ -559,8 +603,8 @@ def _parse_line(
 def parse_rules(lines: Iterable[bytes], *, source: str = "<rules>") -> RuleFile:
     """Parse auditctl rule lines (bytes, like a rules file); RuleError on the first bad line."""
     rules: list[Rule] = []
-    settings: dict[str, int] = {}
-    delete_all = False
+    setting_lines: list[SettingLine] = []
+    delete_all_origins: list[str] = []
     for number, raw in enumerate(lines, start=1):
         if b"\x00" in raw:
             raise RuleError(source, number, "NUL byte in line")
@@ -568,14 +612,58 @@ def parse_rules(lines: Iterable[bytes], *, source: str = "<rules>") -> RuleFile:
         text = raw.decode("utf-8", "surrogateescape").strip()
         if not text or text.startswith("#"):
             continue
+        origin = f"{source}:{number}"
         try:
-            rule, deletes = _parse_line(text.split(), f"{source}:{number}", settings)
+            rule, deletes = _parse_line(text.split(), origin, setting_lines)
         except ValueError as exc:
             raise RuleError(source, number, str(exc)) from None
-        delete_all = delete_all or deletes
+        if deletes:
+            delete_all_origins.append(origin)
         if rule is not None:
             rules.append(rule)
-    return RuleFile(rules, delete_all, KernelSettings(**settings))
+    settings = KernelSettings(**{line.name: line.value for line in setting_lines})
+    return RuleFile(rules, bool(delete_all_origins), settings, setting_lines, delete_all_origins)
+
+
+# The config key that sets what a settings line of a rules file would (the config wins).
+CONFIG_KEY_OF_SETTING = {
+    "failure": "[receiver] failure_mode",
+    "rate_limit": "[receiver] rate_limit",
+    "backlog_limit": "[receiver] backlog_limit",
+    "backlog_wait_time": "[receiver] backlog_wait_time",
+}
+
+
+def ignored_line_warnings(files: Iterable[RuleFile], applied: KernelSettings) -> list[str]:
+    """What a live start says about rules-file lines it does not follow, and about a panic
+    failure mode, given the settings it applies (the config's): one sentence each, naming
+    file:line. Said by ``check-config`` and by the receiver alike (receiver/live.py)."""
+    warnings: list[str] = []
+    for rule_file in files:
+        warnings.extend(
+            f"{origin}: -D (delete all rules) is ignored: auditstream never deletes rules it "
+            "did not add; it removes only its own when it stops"
+            for origin in rule_file.delete_all_origins
+        )
+        for line in rule_file.setting_lines:
+            wanted = getattr(applied, line.name)
+            if wanted is None or wanted == line.value:
+                continue
+            if line.name == "enabled":
+                why = (
+                    "auditstream enables auditing while it runs and puts the flag back at the stop"
+                )
+            else:
+                key = CONFIG_KEY_OF_SETTING[line.name]
+                why = f"auditstream applies {key} = {wanted} (config or default); set it there"
+            warnings.append(f"{line.origin}: {line.option} {line.value} is ignored: {why}")
+    if applied.failure == FAILURE_PANIC:
+        warnings.append(
+            f"{CONFIG_KEY_OF_SETTING['failure']} = {FAILURE_PANIC}: the kernel panics (halts) "
+            "the host whenever it loses audit records (a full backlog, a rate limit); "
+            "1 (printk) logs the loss instead"
+        )
+    return warnings
 
 
 def load_rules(path: Path) -> RuleFile:

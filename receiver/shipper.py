@@ -7,6 +7,7 @@ downstream (docs/recovery.md).
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,10 @@ class RecordShipper:
         self.batch_max_s = batch_max_ms / 1000
         self.drop_when_full = drop_when_full
         self.record_to = record_to
+        # A recorded record of this host names it (node=, as auditd's name_format =
+        # hostname): its replay then gives host.name and the entity ids the live tree keeper
+        # gave (it names its table by this host), not those of a foreign, unnamed log.
+        self.record_node = socket.gethostname() if record_to is not None else ""
         shards = len(guard.outlets)
         self.batches: list[list[RawRecord]] = [[] for _ in range(shards)]
         self.batch_serials: list[list[int]] = [[] for _ in range(shards)]  # live, or sharded
@@ -88,7 +93,10 @@ class RecordShipper:
 
     def add(self, records: list[RawRecord]) -> None:
         if self.record_to is not None:
-            self.record_to.write(b"".join(format_log_line(t, d, n) + b"\n" for t, d, n in records))
+            here = self.record_node
+            self.record_to.write(
+                b"".join(format_log_line(t, d, n or here) + b"\n" for t, d, n in records)
+            )
             self.stats.recorded_records += len(records)
         self.stats.records += len(records)
         shards = len(self.batches)

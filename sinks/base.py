@@ -18,11 +18,15 @@ class SinkError(Exception):
 
 @dataclass(slots=True)
 class SinkStats:
-    """Vector's component counters for one sink."""
+    """Vector's component counters for one sink.
+
+    ``skipped_events``: events the sink has nothing to write for (the ``file`` sink's events
+    without raw records), neither sent nor lost: received == sent + discarded + skipped."""
 
     received_events: int = 0
     sent_events: int = 0
     discarded_events: int = 0
+    skipped_events: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
     def error(self, error_type: str, count: int = 1) -> None:

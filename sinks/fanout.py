@@ -10,7 +10,13 @@
   ``events-dropped`` marker event (sink, count, first/last key) goes to the OTHER
   sinks, so the loss is visible in the data and not only in a counter. Markers
   are built here (same shape as ``assembler.ecs.marker_doc``; kept local so sinks
-  do not import the assembler).
+  do not import the assembler). A sink that drops inside itself (``take_drops``:
+  kafka) has its worker post the markers straight into the other queues. A marker
+  is never refused for a full queue (one event over the bound); at close every
+  worker waits for the drop-reporting sinks to finish writing before it writes its
+  last markers and closes, so the last drops are marked too. A marker that still
+  cannot be queued (that sink's worker has finished or was abandoned) is counted
+  on the dropping sink (``errors["drop_marker_lost"]``, in events) and logged.
 - A sink that encodes ahead (:class:`sinks.base.EncodingAhead`: jsonl) has each batch
   encoded by ``submit``, in the caller's thread, and its worker only writes; a batch
   that could not be encoded ahead is written by ``write_batch`` as from other sinks.
@@ -26,8 +32,16 @@
 - ``close()`` ends open drop episodes, lets every queue drain, flushes and
   closes every sink, and returns when all are done or ``shutdown_timeout_ms``
   (``[treekeeper] sinks_shutdown_timeout_ms``) passed; what is still queued then
-  is counted as discarded (``shutdown_timeout``) and logged. Events already inside a stuck sink's own
-  buffer stay unaccounted (the sink's thread is stuck in write(2)).
+  is counted as discarded (``shutdown_timeout``) and logged. A sink with
+  ``stop_by(deadline)`` (kafka) is told to stop waiting ``CLOSE_RESERVE_S`` before
+  that, so it can count what it gives up before the fan-out stops waiting for it.
+  Events already inside a stuck sink's own buffer stay unaccounted (a jsonl/file
+  sink's thread stuck in write(2)).
+- A stop signal (``watch_stop``) ends a ``block`` wait: block means "wait while
+  running". Once stopped, a submit blocked on a full sink waits at most
+  ``shutdown_timeout_ms`` (the sinks are told ``stop_by`` then), and a batch that still
+  does not fit is counted as discarded (``shutdown_timeout``) for that sink only;
+  the other sinks get it.
 - Latency: an event carrying ``recv_ns`` (the receiver's wall-clock stamp of
   the batch that completed it) is observed into the sink's histogram once a
   successful write of it has been flushed (``now - recv_ns``). A worker whose
@@ -61,6 +75,11 @@ log = logging.getLogger(__name__)
 
 MARKER_INTERVAL_S = 1.0
 DEFAULT_SHUTDOWN_TIMEOUT_MS = 5000
+# Of the shutdown timeout, what a sink that stops by a deadline keeps for counting what it
+# gives up (kafka: purge and serve the delivery reports); at most half of the timeout.
+CLOSE_RESERVE_S = 1.0
+# How often a submit blocked on a full sink looks at the stop flag.
+STOP_POLL_S = 0.1
 MAX_UNFLUSHED_STAMPS = 65_536
 DURABLE_FLUSH_S = 0.2  # under load, flush at least this often so acknowledgements flow
 
@@ -115,6 +134,13 @@ class DropReporting(Protocol):
         """(count, first_key, last_key) of each run dropped since the last call."""
 
 
+class StoppingByDeadline(Protocol):
+    """A sink whose waits (for room, for a flush) can be bounded from another thread."""
+
+    def stop_by(self, deadline: float) -> None:
+        """Stop waiting at ``deadline`` (time.monotonic()), counting what is given up."""
+
+
 @dataclass(frozen=True, slots=True)
 class SinkMetrics:
     """Vector's component metrics for one sink, as seen through the fan-out."""
@@ -124,6 +150,8 @@ class SinkMetrics:
     component_discarded_events_total: int
     discarded_by_reason: dict[str, int]
     component_errors_total: dict[str, int]
+    # Events the sink had nothing to write for (the raw file sink: no raw records).
+    skipped_events: int = 0
 
 
 def receive_stamps(events: Sequence[Event]) -> list[int]:
@@ -156,7 +184,9 @@ class _EventQueue:
         self._seqs: deque[int] = deque()  # submit's number of each batch (0: a marker)
         self.taken_seq = 0  # the number of the batch get() returned last (worker thread only)
         self._events = 0
+        self.markers_in = 0  # marker events queued by put_marker (the lane's received)
         self._closed = False
+        self._finished = False  # the worker took its last batch: nothing more is written
         self._abandoned = False
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
@@ -177,6 +207,36 @@ class _EventQueue:
             self._events += len(batch)
             self._not_empty.notify()
             return True
+
+    def put_marker(self, batch: list[Event]) -> bool:
+        """Queue a marker batch whatever the bound (they are few and must not be lost),
+        also after close(); False once the worker has finished or the queue was abandoned."""
+        with self._lock:
+            if self._abandoned or self._finished:
+                return False
+            self._batches.append(batch)
+            self._seqs.append(0)
+            self._events += len(batch)
+            self.markers_in += len(batch)
+            self._not_empty.notify()
+            return True
+
+    def finish(self) -> list[Batch]:
+        """The worker's last take: what is still queued (markers posted after close);
+        put_marker fails from now on."""
+        with self._lock:
+            self._finished = True
+            if self._abandoned:
+                return []
+            batches = list(self._batches)
+            self._batches.clear()
+            self._seqs.clear()
+            self._events = 0
+            return batches
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
 
     def get(self) -> Batch | None:
         """Next batch; None once closed and empty, or abandoned."""
@@ -253,6 +313,10 @@ class _Lane:
     durable_seq: int = 0  # ... and flushed: every batch up to it is done for this sink
     flushed_at: float = 0.0
     unflushed_stamps: list[int] = field(default_factory=list)  # recv_ns written, not yet flushed
+    # Set by the worker once it has written every batch close() left it (not the markers
+    # others post after): the other workers wait for this before they write their last.
+    writes_done: threading.Event = field(default_factory=threading.Event)
+    unmarked_drops: int = 0  # events dropped here whose marker some sink could not take
 
     def discard(self, reason: str, count: int) -> None:
         self.discarded[reason] = self.discarded.get(reason, 0) + count
@@ -279,6 +343,11 @@ def _output_closed(lane: _Lane) -> bool:
     return bool(getattr(lane.sink, "output_closed", False))
 
 
+def _reports_drops(lane: _Lane) -> bool:
+    """The lane's sink drops inside itself and reports it (``take_drops``: kafka)."""
+    return callable(getattr(lane.sink, "take_drops", None))
+
+
 def _worth_logging(count: int) -> bool:
     """Log the 1st, 2nd, 4th, 8th... occurrence: visible, but bounded under a storm."""
     return count & (count - 1) == 0
@@ -302,9 +371,14 @@ class FanOut:
         self._retry_backoff_s = retry_backoff_ms / 1000
         self._closed = False
         self._closing = False
+        self._reserve_s = min(CLOSE_RESERVE_S, self._shutdown_timeout_s / 2)
+        self._stop_check: Callable[[], bool] | None = None
+        self._stop_at: float | None = None  # a stop was seen while blocked: block waits end here
+        # close(): the workers wait this long for the drop-reporting sinks' last markers: past
+        # the sinks' stop_by deadline (from then on they only count, fast), before the end.
+        self._reports_due_at: float | None = None
+        self._marker_lock = threading.Lock()  # unmarked_drops, counted from several threads
         self.submitted = 0  # batches numbered by submit()
-        # Markers for drops inside sinks (take_drops), queued by workers, posted by submit().
-        self._sink_drop_notices: deque[tuple[_Lane, Event]] = deque()
         self._lanes = [
             _Lane(sink, cfg, _EventQueue(cfg.queue_max_events))
             for sink, cfg in zip(sinks, configs, strict=True)
@@ -323,7 +397,6 @@ class FanOut:
         """
         if self._closed:
             raise RuntimeError("FanOut.submit after close")
-        self._post_sink_drop_notices(None)
         events = list(batch)
         if events:
             self.submitted += 1
@@ -331,6 +404,11 @@ class FanOut:
                 encoded = self._encode_ahead(lane, events)
                 self._offer(lane, events, seq=self.submitted, encoded=encoded)
         return self.submitted
+
+    def watch_stop(self, stop_requested: Callable[[], bool]) -> None:
+        """Have a submit blocked on a full ``block`` sink look at ``stop_requested`` (the
+        stage's signal flag): once it is true, the wait ends after ``shutdown_timeout_ms``."""
+        self._stop_check = stop_requested
 
     def all_outputs_closed(self) -> bool:
         """Every sink's output is gone for good: nothing submitted can arrive anywhere."""
@@ -361,23 +439,29 @@ class FanOut:
         self,
         lane: _Lane,
         events: list[Event],
-        marker: bool = False,
-        timeout: float | None = None,
         seq: int = 0,
         encoded: _Encoded | None = None,
     ) -> None:
         lane.received += len(events)
         block = lane.config.when_full == "block"
         queued: Batch = events if encoded is None else encoded
-        if lane.queue.put(queued, block=block, timeout=timeout, seq=seq):
-            if lane.episode is not None and not marker:
+        if self._put(lane, queued, block, seq):
+            if lane.episode is not None:
                 self._end_episode(lane)
             return
         if seq:
             lane.queue.skip(seq)
-        if self._closing:  # no episode may start now: nothing would end it
-            lane.discard("queue_full" if not block else "shutdown_timeout", len(events))
-            log.error("sink %s: %d events discarded at shutdown", lane.sink.name, len(events))
+        if block:  # only a stop ends a block wait: counted, and no episode (nothing would end it)
+            lane.discard("shutdown_timeout", len(events))
+            lane.dropped_batches += 1
+            if _worth_logging(lane.dropped_batches):
+                log.error(
+                    "sink %s: still full %d ms after the stop; %d events discarded so far "
+                    "(shutdown_timeout)",
+                    lane.sink.name,
+                    int(self._shutdown_timeout_s * 1000),
+                    lane.discarded["shutdown_timeout"],
+                )
             return
         lane.discard("queue_full", len(events))
         now = time.monotonic()
@@ -388,10 +472,46 @@ class FanOut:
         lane.dropped_batches += 1
         if _worth_logging(lane.dropped_batches):
             log.warning("sink %s: queue full, dropped %d events", lane.sink.name, len(events))
-        if not marker and now - lane.episode.started >= MARKER_INTERVAL_S:
+        if now - lane.episode.started >= MARKER_INTERVAL_S:
             self._end_episode(lane)
 
-    def _end_episode(self, lane: _Lane, timeout: float | None = None) -> None:
+    def _put(self, lane: _Lane, queued: Batch, block: bool, seq: int) -> bool:
+        """Queue a batch; a block wait ends only when there is room, the queue is abandoned,
+        or a stop was requested and the shutdown timeout has passed since."""
+        if not block or self._stop_check is None:
+            return lane.queue.put(queued, block=block, seq=seq)
+        while True:
+            stop_at = self._stop_at
+            wait_s = STOP_POLL_S if stop_at is None else max(0.0, stop_at - time.monotonic())
+            if lane.queue.put(queued, block=True, timeout=wait_s, seq=seq):
+                return True
+            if lane.queue.abandoned or stop_at is not None:
+                return False
+            if self._stop_check():
+                self._begin_stop(lane)
+
+    def _begin_stop(self, blocked: _Lane) -> None:
+        """A stop was requested while a submit waits on a full sink: the wait ends after the
+        shutdown timeout, and sinks that can be told to stop waiting are told."""
+        self._stop_at = time.monotonic() + self._shutdown_timeout_s
+        log.warning(
+            "stop requested while sink %s is full; waiting at most %d ms (sinks_shutdown_timeout_ms)",
+            blocked.sink.name,
+            int(self._shutdown_timeout_s * 1000),
+        )
+        self._tell_stop_by(self._stop_at - self._reserve_s)
+
+    def _tell_stop_by(self, deadline: float) -> None:
+        for lane in self._lanes:
+            stop_by = getattr(lane.sink, "stop_by", None)
+            if not callable(stop_by):
+                continue
+            try:
+                cast(StoppingByDeadline, lane.sink).stop_by(deadline)
+            except Exception as err:  # the join's timeout still bounds close()
+                log.error("sink %s: stop_by failed: %r", lane.sink.name, err)
+
+    def _end_episode(self, lane: _Lane) -> None:
         episode, lane.episode = lane.episode, None
         if episode is None:
             return
@@ -402,9 +522,24 @@ class FanOut:
             event_key(episode.last),
             "sink-queue-full",
         )
+        self._post_marker(lane, notice, episode.count)
+
+    def _post_marker(self, source: _Lane, notice: Event, dropped: int) -> None:
+        """Queue a drop marker for every sink but the one that dropped (any thread)."""
         for other in self._lanes:
-            if other is not lane:
-                self._offer(other, [notice], marker=True, timeout=timeout)
+            if other is source or other.queue.put_marker([notice]):
+                continue
+            with self._marker_lock:
+                source.unmarked_drops += dropped
+                lost = source.unmarked_drops
+            log.error(
+                "sink %s: the marker for %d events it dropped could not reach sink %s "
+                "(already closed); %d dropped events unmarked there so far",
+                source.sink.name,
+                dropped,
+                other.sink.name,
+                lost,
+            )
 
     def close(self) -> bool:
         """Drain, flush and close every sink; True when all finished within the timeout."""
@@ -412,9 +547,10 @@ class FanOut:
             return True
         deadline = time.monotonic() + self._shutdown_timeout_s
         self._closing = True
+        self._reports_due_at = deadline - self._reserve_s / 2
+        self._tell_stop_by(deadline - self._reserve_s)
         for lane in self._lanes:
-            self._end_episode(lane, timeout=max(0.0, deadline - time.monotonic()))
-        self._post_sink_drop_notices(deadline)
+            self._end_episode(lane)
         self._closed = True
         for lane in self._lanes:
             lane.queue.close()
@@ -432,21 +568,10 @@ class FanOut:
                     int(self._shutdown_timeout_s * 1000),
                     left,
                 )
-        if self._sink_drop_notices:
-            log.error(
-                "%d drop markers arrived after the sinks closed", len(self._sink_drop_notices)
-            )
         return finished
 
-    def _post_sink_drop_notices(self, deadline: float | None) -> None:
-        while self._sink_drop_notices:
-            source, notice = self._sink_drop_notices.popleft()
-            for other in self._lanes:
-                if other is not source:
-                    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    self._offer(other, [notice], marker=True, timeout=timeout)
-
     def _collect_sink_drops(self, lane: _Lane) -> None:
+        """Post markers for the runs the lane's sink dropped inside itself (its worker)."""
         take_drops = getattr(lane.sink, "take_drops", None)
         if not callable(take_drops):
             return
@@ -456,7 +581,7 @@ class FanOut:
                 notice = drop_marker_event(
                     lane.sink.name, count, first_key, last_key, "sink-dropped"
                 )
-                self._sink_drop_notices.append((lane, notice))
+                self._post_marker(lane, notice, count)
         except Exception as err:
             if _worth_logging(lane.error(type(err).__name__)):
                 log.error("sink %s: take_drops failed: %r", lane.sink.name, err)
@@ -467,17 +592,25 @@ class FanOut:
         for lane in self._lanes:
             own = lane.sink.stats
             discarded = dict(lane.discarded)
-            if own.discarded_events:
+            # A sink that says why it discarded (kafka: discarded_by_reason) is shown so.
+            own_reasons = dict(getattr(lane.sink, "discarded_by_reason", None) or {})
+            if own_reasons and sum(own_reasons.values()) == own.discarded_events:
+                for reason, count in own_reasons.items():
+                    discarded[reason] = discarded.get(reason, 0) + count
+            elif own.discarded_events:
                 discarded["sink"] = own.discarded_events
             errors = dict(own.errors)
             for error_type, count in dict(lane.errors).items():
                 errors[error_type] = errors.get(error_type, 0) + count
+            if lane.unmarked_drops:
+                errors["drop_marker_lost"] = lane.unmarked_drops
             result[lane.sink.name] = SinkMetrics(
-                component_received_events_total=lane.received,
+                component_received_events_total=lane.received + lane.queue.markers_in,
                 component_sent_events_total=own.sent_events,
                 component_discarded_events_total=sum(discarded.values()),
                 discarded_by_reason=discarded,
                 component_errors_total=errors,
+                skipped_events=own.skipped_events,
             )
         return result
 
@@ -494,26 +627,43 @@ class FanOut:
 
     def _run(self, lane: _Lane) -> None:
         while (events := lane.queue.get()) is not None:
-            seq = lane.queue.taken_seq
-            closed = _output_closed(lane)
-            if events and closed:
-                lane.discard("output_closed", len(events))  # done: counted, nowhere to go
-            elif events and self._deliver(lane, events):
-                lane.hold_stamps(events)
-            if seq:
-                lane.written_seq = seq
-            if (
-                lane.queue.is_empty()
-                or len(lane.unflushed_stamps) >= MAX_UNFLUSHED_STAMPS
-                or time.monotonic() - lane.flushed_at >= DURABLE_FLUSH_S
-            ):
-                flushed = not closed and self._guarded(lane, lane.sink.flush, "flush") == "ok"
-                lane.observe_flushed(flushed)
-                lane.flushed_at = time.monotonic()
-                self._note_durable(lane)
-            self._collect_sink_drops(lane)
+            self._write_taken(lane, events, lane.queue.taken_seq)
+        lane.writes_done.set()
+        if not lane.queue.abandoned:
+            # The drop-reporting sinks' last drops become markers in this queue: wait for
+            # them to finish writing (bounded), then write what came.
+            self._await_drop_reports(lane)
+            for batch in lane.queue.finish():
+                self._write_taken(lane, batch, 0)
         closed = self._guarded(lane, lane.sink.close, "close") == "ok"
         lane.observe_flushed(closed)
+        self._collect_sink_drops(lane)
+
+    def _await_drop_reports(self, lane: _Lane) -> None:
+        due_at = self._reports_due_at
+        for other in self._lanes:
+            if other is not lane and _reports_drops(other):
+                wait_s = None if due_at is None else max(0.0, due_at - time.monotonic())
+                other.writes_done.wait(wait_s)
+
+    def _write_taken(self, lane: _Lane, events: Batch, seq: int) -> None:
+        """Write one batch the worker took, flush when due, post the sink's drop markers."""
+        closed = _output_closed(lane)
+        if events and closed:
+            lane.discard("output_closed", len(events))  # done: counted, nowhere to go
+        elif events and self._deliver(lane, events):
+            lane.hold_stamps(events)
+        if seq:
+            lane.written_seq = seq
+        if (
+            lane.queue.is_empty()
+            or len(lane.unflushed_stamps) >= MAX_UNFLUSHED_STAMPS
+            or time.monotonic() - lane.flushed_at >= DURABLE_FLUSH_S
+        ):
+            flushed = not closed and self._guarded(lane, lane.sink.flush, "flush") == "ok"
+            lane.observe_flushed(flushed)
+            lane.flushed_at = time.monotonic()
+            self._note_durable(lane)
         self._collect_sink_drops(lane)
 
     def _note_durable(self, lane: _Lane) -> None:

@@ -20,7 +20,6 @@ FIFO is not: the next write opens it again and waits for a new reader.
 
 from __future__ import annotations
 
-import errno
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,7 +57,11 @@ class JsonlSink:
         self.name = name
         self.stats = SinkStats()
         self._writer = RotatingWriter(name, output, self.stats, events_in=_lines_in)
-        self.output_closed = False  # stdout's reader exited: nothing written can arrive
+
+    @property
+    def output_closed(self) -> bool:
+        """Stdout's reader exited: nothing written can arrive (the fan-out stops writing)."""
+        return self._writer.output_closed
 
     @classmethod
     def from_config(cls, cfg: SinkConfig) -> JsonlSink:
@@ -119,23 +122,13 @@ class JsonlSink:
         it are discarded too (the writer counted the chunk's)."""
         try:
             self._writer.append(chunk, events=events)
-        except SinkWriteError as err:
+        except SinkWriteError:
             self.stats.discarded_events += after
-            self._note_closed(err)
             raise
 
     def flush(self) -> None:
         """Hand buffered lines to the OS (fsync when configured)."""
-        try:
-            self._writer.flush()
-        except SinkWriteError as err:
-            self._note_closed(err)
-            raise
-
-    def _note_closed(self, err: SinkWriteError) -> None:
-        cause = err.__cause__
-        if self._writer.path == "-" and isinstance(cause, OSError) and cause.errno == errno.EPIPE:
-            self.output_closed = True
+        self._writer.flush()
 
     def close(self) -> None:
         """Flush and close the file (stdout stays open)."""

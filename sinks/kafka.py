@@ -9,6 +9,11 @@ remembered for a marker (`when_full = "drop_newest"`).
 An event counts as sent only when its delivery report says the brokers acknowledged it.
 Delivery reports are served from write_batch() and flush() in the caller's thread (the sink
 is single-threaded, like every sink), so the caller should flush() now and then when idle.
+
+Shutdown is bounded: stop_by(deadline) (thread-safe; the fan-out calls it at close, or when a
+stop signal finds the pipeline blocked on this sink) ends every wait at that deadline. What
+then finds no room is discarded (shutdown_timeout), and close() purges what librdkafka still
+holds, counted (undelivered_at_exit): sent + discarded == received, always.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from typing import Any, Final, Literal, cast
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from auditstream.logs import RateLimitedLog
 from sinks.base import Event, SinkError, SinkStats
+from sinks.config import SinkConfig
 from sinks.rotation import SinkWriteError
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,13 @@ CACHE_MAX_ENTRIES: Final = 4096
 
 # How long one poll() may block while flushing, so the deadline is checked often.
 POLL_SLICE_S: Final = 0.1
+# At close, how long purged messages' delivery reports may take to come back (they are
+# served at once; what has not come back by then is counted from the queue length).
+PURGE_WAIT_S: Final = 0.5
+# librdkafka's own log lines (FAIL: connection refused, per broker, per retry): the first
+# few of each facility, then one in this many, with the count.
+LIBRDKAFKA_LOG_FIRST: Final = 3
+LIBRDKAFKA_LOG_EVERY: Final = 100
 
 # Delivery report errors that mean "purged by close()", not a broker failure.
 PURGE_ERRORS: Final = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
@@ -122,32 +136,34 @@ class KafkaOptions:
         return f"KafkaOptions({', '.join(shown)})"
 
     @classmethod
-    def from_mapping(cls, options: Mapping[str, Any]) -> KafkaOptions:
-        """Validate a dict of TOML options; SinkError names the first bad key."""
+    def from_mapping(cls, options: Mapping[str, Any], where: str = "sinks[kafka]") -> KafkaOptions:
+        """Validate a dict of TOML options; SinkError names the sink (``where``) and the
+        first bad key, as ``sinks[NAME].KEY: ...``."""
         known = {f.name for f in fields(cls)}
         for name in options:
             if name not in known:
-                raise SinkError(f"kafka sink: unknown option {name!r}")
+                names = ", ".join(sorted(known | {"type", "name", "target"}))
+                raise SinkError(f"{where}: unknown key {name!r} (known: {names})")
         for required in ("brokers", "topic"):
             if required not in options:
-                raise SinkError(f"kafka sink: option {required!r} is required")
+                raise SinkError(f"{where}.{required}: required")
         return cls(
-            brokers=_brokers_option(options["brokers"]),
-            topic=_topic_option(options["topic"]),
-            key=cast(KeyMode, _choice_option(options, "key", KEY_MODES, "host")),
-            compression=_choice_option(options, "compression", COMPRESSIONS, "zstd"),
-            acks=_choice_option(options, "acks", ACKS, "all"),
-            linger_ms=_int_option(options, "linger_ms", 5, minimum=0),
-            batch_max_bytes=_int_option(options, "batch_max_bytes", 1_000_000, minimum=1),
-            queue_max_events=_int_option(options, "queue_max_events", 100_000, minimum=1),
-            message_timeout_ms=_int_option(options, "message_timeout_ms", 0, minimum=0),
-            flush_timeout_ms=_int_option(options, "flush_timeout_ms", 30_000, minimum=1),
-            connect_timeout_ms=_int_option(options, "connect_timeout_ms", 10_000, minimum=1),
+            brokers=_brokers_option(options["brokers"], where),
+            topic=_topic_option(options["topic"], where),
+            key=cast(KeyMode, _choice_option(options, "key", KEY_MODES, "host", where)),
+            compression=_choice_option(options, "compression", COMPRESSIONS, "zstd", where),
+            acks=_choice_option(options, "acks", ACKS, "all", where),
+            linger_ms=_int_option(options, "linger_ms", 5, 0, where),
+            batch_max_bytes=_int_option(options, "batch_max_bytes", 1_000_000, 1, where),
+            queue_max_events=_int_option(options, "queue_max_events", 100_000, 1, where),
+            message_timeout_ms=_int_option(options, "message_timeout_ms", 0, 0, where),
+            flush_timeout_ms=_int_option(options, "flush_timeout_ms", 30_000, 1, where),
+            connect_timeout_ms=_int_option(options, "connect_timeout_ms", 10_000, 1, where),
             when_full=cast(
                 Literal["block", "drop_newest"],
-                _choice_option(options, "when_full", WHEN_FULL, "block"),
+                _choice_option(options, "when_full", WHEN_FULL, "block", where),
             ),
-            librdkafka=_librdkafka_option(options.get("librdkafka", {})),
+            librdkafka=_librdkafka_option(options.get("librdkafka", {}), where),
         )
 
 
@@ -156,60 +172,158 @@ def masked_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {k: "***" if is_secret_setting(k) else v for k, v in settings.items()}
 
 
-def _brokers_option(value: Any) -> tuple[str, ...]:
+def _brokers_option(value: Any, where: str) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple) or not items:
-        raise SinkError("kafka sink: option 'brokers' must be a non-empty string or list")
+        raise SinkError(f"{where}.brokers: expected a non-empty string or list, got {value!r}")
     brokers = tuple(b.strip() if isinstance(b, str) else "" for b in items)
     if any(not b or any(c.isspace() for c in b) for b in brokers):
-        raise SinkError(f"kafka sink: option 'brokers' has a bad entry: {value!r}")
+        raise SinkError(f"{where}.brokers: bad entry in {value!r}")
     return brokers
 
 
-def _topic_option(value: Any) -> str:
+def _topic_option(value: Any, where: str) -> str:
     if not isinstance(value, str) or not TOPIC_NAME.fullmatch(value):
-        raise SinkError(f"kafka sink: option 'topic' is not a legal Kafka topic name: {value!r}")
+        raise SinkError(
+            f"{where}.topic: not a legal Kafka topic name (letters, digits, '.', '_', '-'; "
+            f"at most 249): {value!r}"
+        )
     return value
 
 
 def _choice_option(
-    options: Mapping[str, Any], name: str, choices: Sequence[str], default: str
+    options: Mapping[str, Any], name: str, choices: Sequence[str], default: str, where: str
 ) -> str:
     value = options.get(name, default)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # acks = 1 in TOML
     if value not in choices:
-        raise SinkError(
-            f"kafka sink: option {name!r} must be one of {list(choices)}, not {value!r}"
-        )
+        raise SinkError(f"{where}.{name}: must be one of {', '.join(choices)}, got {value!r}")
     return cast(str, value)
 
 
-def _int_option(options: Mapping[str, Any], name: str, default: int, minimum: int) -> int:
+def _int_option(
+    options: Mapping[str, Any], name: str, default: int, minimum: int, where: str
+) -> int:
     value = options.get(name, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise SinkError(
-            f"kafka sink: option {name!r} must be an integer >= {minimum}, not {value!r}"
-        )
+        raise SinkError(f"{where}.{name}: expected an integer >= {minimum}, got {value!r}")
     return value
 
 
-def _librdkafka_option(value: Any) -> dict[str, str | int | float | bool]:
+def _librdkafka_option(value: Any, where: str) -> dict[str, str | int | float | bool]:
     if not isinstance(value, Mapping):
-        raise SinkError("kafka sink: option 'librdkafka' must be a table of librdkafka settings")
+        raise SinkError(f"{where}.librdkafka: expected a table of librdkafka settings")
     settings: dict[str, str | int | float | bool] = {}
     for name, setting in value.items():
         if not isinstance(name, str):
-            raise SinkError(f"kafka sink: librdkafka setting name {name!r} is not a string")
+            raise SinkError(f"{where}.librdkafka: setting name {name!r} is not a string")
         if name in RESERVED_SETTINGS:
             raise SinkError(
-                f"kafka sink: librdkafka setting {name!r} is controlled by option "
+                f"{where}.librdkafka: setting {name!r} is controlled by the option "
                 f"{RESERVED_SETTINGS[name]!r}; set that instead"
             )
         if not isinstance(setting, LIBRDKAFKA_VALUE_TYPES):
-            raise SinkError(f"kafka sink: librdkafka setting {name!r} must be a string or number")
+            raise SinkError(f"{where}.librdkafka: setting {name!r} must be a string or number")
         settings[name] = setting
     return settings
+
+
+def sink_table(cfg: SinkConfig) -> dict[str, Any]:
+    """The registry table of a configured kafka sink: its options plus the fan-out's
+    when_full/queue_max_events, which also bound the producer's own local queue."""
+    return {
+        "type": cfg.type,
+        "name": cfg.name,
+        "when_full": cfg.when_full,
+        "queue_max_events": cfg.queue_max_events,
+        **cfg.options,
+    }
+
+
+def options_from_config(config: Mapping[str, Any]) -> tuple[str, KafkaOptions]:
+    """(name, options) of a registry config table: the options plus optional `type`, `name`,
+    and `target` ("BROKERS/TOPIC", the CLI form) in place of `brokers` and `topic`.
+    The one validation of a kafka sink's options: the sink and check-config both use it."""
+    options = dict(config)
+    sink_type = options.pop("type", "kafka")
+    name = options.pop("name", "kafka")
+    if not isinstance(name, str) or not name:
+        raise SinkError(f"sinks[kafka].name: expected a non-empty string, got {name!r}")
+    where = f"sinks[{name}]"
+    if sink_type != "kafka":
+        raise SinkError(f"{where}.type: expected 'kafka', got {sink_type!r}")
+    if "target" in options:
+        target = options.pop("target")
+        if not isinstance(target, str):
+            raise SinkError(f"{where}.target: expected a string, got {target!r}")
+        options["brokers"], options["topic"] = parse_kafka_target(target)
+    return name, KafkaOptions.from_mapping(options, where)
+
+
+def producer_settings(opts: KafkaOptions) -> dict[str, Any]:
+    """librdkafka's configuration for these options, without callbacks or logger."""
+    return {
+        "client.id": "auditstream",
+        "bootstrap.servers": ",".join(opts.brokers),
+        "enable.idempotence": opts.acks in ("all", "-1"),
+        "acks": opts.acks,
+        "compression.type": opts.compression,
+        "linger.ms": opts.linger_ms,
+        "batch.size": opts.batch_max_bytes,
+        "queue.buffering.max.messages": opts.queue_max_events,
+        "message.timeout.ms": opts.message_timeout_ms,
+        **opts.librdkafka,
+    }
+
+
+def check_sink_config(cfg: SinkConfig) -> KafkaOptions:
+    """Validate a kafka sink as the tree keeper will build it, without contacting a broker:
+    the options, then librdkafka's own check of the producer settings (unknown or bad
+    `librdkafka` settings, conflicts such as idempotence with acks). SinkError names the
+    sink and key."""
+    name, opts = options_from_config(sink_table(cfg))
+    settings = producer_settings(opts)
+    # No bootstrap.servers: librdkafka checks the settings but connects nowhere.
+    del settings["bootstrap.servers"]
+    settings["logger"] = logging.getLogger(f"{__name__}.check")
+    try:
+        Producer(settings)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise SinkError(
+            f"sinks[{name}].librdkafka: librdkafka refuses the producer settings: "
+            f"{_scrub_text(exc, opts)}"
+        ) from None
+    return opts
+
+
+def _scrub_text(exc: BaseException, opts: KafkaOptions) -> str:
+    """An exception's text with any credential value blanked out."""
+    text = str(exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc)
+    for name, value in opts.librdkafka.items():
+        if is_secret_setting(name) and str(value):
+            text = text.replace(str(value), "***")
+    return text
+
+
+class LibrdkafkaLog:
+    """The logger handed to librdkafka: its lines go to ``log`` rate-limited per facility
+    (an outage of three brokers gave 18-32 FAIL lines), at WARNING: librdkafka retries,
+    and what is lost is counted and logged by the sink itself."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.limited = RateLimitedLog(
+            logger, first=LIBRDKAFKA_LOG_FIRST, every=LIBRDKAFKA_LOG_EVERY
+        )
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        """Called by confluent-kafka as ``log(level, "%s [%s] %s", facility, client, text)``."""
+        if level < logging.WARNING:
+            self.logger.log(level, msg, *args)
+            return
+        facility = str(args[0]) if args else "librdkafka"
+        self.limited.warning(facility, msg, *args)
 
 
 def _doc_field(doc: Mapping[str, Any], outer: str, inner: str) -> Any:
@@ -242,6 +356,12 @@ class KafkaSink:
         self._local_host = socket.gethostname()
         self._closing = False
         self._closed = False
+        # Set by stop_by() from another thread: every wait ends there (time.monotonic()).
+        self._stop_at: float | None = None
+        self._gave_up = False
+        # Why events were discarded, summing to stats.discarded_events (the fan-out's summary).
+        self.discarded_by_reason: dict[str, int] = {}
+        self._librdkafka_log = LibrdkafkaLog(logging.getLogger(f"{__name__}.librdkafka"))
         self._fatal: KafkaError | None = None
         self._drops: list[DropSpan] = []
         self._drop_run_open = False
@@ -263,25 +383,13 @@ class KafkaSink:
     @classmethod
     def from_options(cls, options: Mapping[str, Any], name: str = "kafka") -> KafkaSink:
         """Build from a dict of TOML options; SinkError names a bad key or an unreachable broker."""
-        return cls(KafkaOptions.from_mapping(options), name=name)
+        return cls(KafkaOptions.from_mapping(options, f"sinks[{name}]"), name=name)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> KafkaSink:
-        """Build from a registry config table: the options plus optional `type`, `name`,
-        and `target` ("BROKERS/TOPIC", the CLI form) in place of `brokers` and `topic`."""
-        options = dict(config)
-        sink_type = options.pop("type", "kafka")
-        if sink_type != "kafka":
-            raise SinkError(f"kafka sink: config has type {sink_type!r}")
-        name = options.pop("name", "kafka")
-        if not isinstance(name, str) or not name:
-            raise SinkError(f"kafka sink: option 'name' must be a non-empty string, not {name!r}")
-        if "target" in options:
-            target = options.pop("target")
-            if not isinstance(target, str):
-                raise SinkError(f"kafka sink: option 'target' must be a string, not {target!r}")
-            options["brokers"], options["topic"] = parse_kafka_target(target)
-        return cls.from_options(options, name=name)
+        """Build from a registry config table (see :func:`options_from_config`)."""
+        name, options = options_from_config(config)
+        return cls(options, name=name)
 
     def __repr__(self) -> str:
         return f"KafkaSink(name={self.name!r}, options={self.options!r})"
@@ -290,8 +398,7 @@ class KafkaSink:
 
     def _producer_config(self) -> dict[str, Any]:
         opts = self.options
-        idempotent = opts.acks in ("all", "-1")
-        if not idempotent:
+        if opts.acks not in ("all", "-1"):
             log.warning(
                 "kafka sink %s: acks=%s turns off idempotence; retries may duplicate or "
                 "reorder events",
@@ -299,19 +406,10 @@ class KafkaSink:
                 opts.acks,
             )
         return {
-            "client.id": "auditstream",
-            "bootstrap.servers": ",".join(opts.brokers),
-            "enable.idempotence": idempotent,
-            "acks": opts.acks,
-            "compression.type": opts.compression,
-            "linger.ms": opts.linger_ms,
-            "batch.size": opts.batch_max_bytes,
-            "queue.buffering.max.messages": opts.queue_max_events,
-            "message.timeout.ms": opts.message_timeout_ms,
-            **opts.librdkafka,
+            **producer_settings(opts),
             "on_delivery": self._on_delivery,
             "error_cb": self._on_client_error,
-            "logger": logging.getLogger(f"{__name__}.librdkafka"),
+            "logger": self._librdkafka_log,
         }
 
     def _start_producer(self) -> Producer:
@@ -321,7 +419,7 @@ class KafkaSink:
             producer = Producer(self._producer_config())
         except (KafkaException, ValueError, TypeError) as exc:
             raise SinkError(
-                f"kafka sink {self.name}: bad producer settings: {self._scrub(exc)}"
+                f"sinks[{self.name}].librdkafka: bad producer settings: {self._scrub(exc)}"
             ) from None
         try:
             metadata = producer.list_topics(
@@ -340,11 +438,7 @@ class KafkaSink:
 
     def _scrub(self, exc: BaseException) -> str:
         """An exception's text with any credential value blanked out."""
-        text = str(exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc)
-        for name, value in self.options.librdkafka.items():
-            if is_secret_setting(name) and str(value):
-                text = text.replace(str(value), "***")
-        return text
+        return _scrub_text(exc, self.options)
 
     # -- the Sink protocol ------------------------------------------------------------------
 
@@ -356,8 +450,7 @@ class KafkaSink:
         self.stats.received_events += len(events)
         for index, event in enumerate(events):
             if self._fatal is not None:
-                self.stats.discarded_events += len(events) - index
-                self.stats.error("fatal", len(events) - index)
+                self._count_discard("fatal", len(events) - index)
                 break
             message = self._encode(event)
             if message is not None:
@@ -381,9 +474,22 @@ class KafkaSink:
         """
         return 0 if self._closed else len(self._producer)
 
+    def stop_by(self, deadline: float) -> None:
+        """Give up waiting at ``deadline`` (time.monotonic()): a flush returns then, an event
+        that finds the queue full then is discarded (shutdown_timeout), close() purges.
+        Safe from another thread; an earlier deadline wins."""
+        stop_at = self._stop_at
+        if stop_at is None or deadline < stop_at:
+            self._stop_at = deadline
+
+    def _stop_due(self) -> bool:
+        stop_at = self._stop_at
+        return stop_at is not None and time.monotonic() >= stop_at
+
     def _flush_producer(self) -> None:
-        remaining = self._serve(self.options.flush_timeout_ms / 1000, flush=True)
-        if remaining:
+        # The shutdown deadline bounds the flush too, also one set while it waits.
+        remaining = self._serve(self.options.flush_timeout_ms / 1000, flush=True, stoppable=True)
+        if remaining and not self._stop_due():
             self.stats.error("flush_timeout")
             log.warning(
                 "kafka sink %s: %d messages still undelivered after %d ms; still retrying",
@@ -393,8 +499,9 @@ class KafkaSink:
             )
 
     def close(self) -> None:
-        """Flush, then give up on what is left: it is counted as discarded
-        (errors["undelivered_at_exit"]) and logged, never dropped silently."""
+        """Flush (until flush_timeout_ms or the stop_by() deadline), then give up on what is
+        left: it is counted as discarded (undelivered_at_exit) and logged, never dropped
+        silently."""
         if self._closed:
             return
         self._flush_producer()
@@ -402,15 +509,22 @@ class KafkaSink:
         if len(self._producer):
             # Purged messages come back as delivery reports; _on_delivery counts them.
             self._producer.purge(in_queue=True, in_flight=True, blocking=False)
-            self._serve(1.0, flush=True)
+            self._serve(PURGE_WAIT_S, flush=True)
             leftover = len(self._producer)
             if leftover:
-                self.stats.discarded_events += leftover
-                self.stats.error("undelivered_at_exit", leftover)
-        undelivered = self.stats.errors.get("undelivered_at_exit", 0)
+                self._count_discard("undelivered_at_exit", leftover)
+        self._closed = True
+        undelivered = self.discarded_by_reason.get("undelivered_at_exit", 0)
         if undelivered:
             log.error("kafka sink %s: %d events undelivered at exit", self.name, undelivered)
-        self._closed = True
+        given_up = self.discarded_by_reason.get("shutdown_timeout", 0)
+        if given_up:
+            log.error(
+                "kafka sink %s: %d events discarded: no room in the local queue before the "
+                "shutdown deadline",
+                self.name,
+                given_up,
+            )
 
     def take_drops(self) -> list[DropSpan]:
         """The runs of events dropped because the queue was full since the last call, as
@@ -492,6 +606,9 @@ class KafkaSink:
                 if self.options.when_full == "drop_newest":
                     self._record_drop(event)
                     return
+                if self._stop_due():  # block waits while running, not past the shutdown
+                    self._give_up()
+                    return
                 self._wait_for_space()
                 continue
             except KafkaException as exc:
@@ -523,15 +640,30 @@ class KafkaSink:
             )
         self._serve(0.05)
 
-    def _serve(self, timeout_s: float, flush: bool = False) -> int:
+    def _give_up(self) -> None:
+        """An event that found no room after the stop_by() deadline: discarded, counted."""
+        self._count_discard("shutdown_timeout", 1)
+        if not self._gave_up:
+            self._gave_up = True
+            log.error(
+                "kafka sink %s: shutdown deadline reached with the local queue full; "
+                "discarding what does not fit (shutdown_timeout)",
+                self.name,
+            )
+
+    def _serve(self, timeout_s: float, flush: bool = False, stoppable: bool = False) -> int:
         """Serve delivery reports for up to timeout_s (until nothing is outstanding when
-        `flush`); a fatal producer error raised from poll() is remembered. Returns the
-        messages still outstanding.
+        `flush`; until the stop_by() deadline if that comes first and `stoppable`); a fatal
+        producer error raised from poll() is remembered. Returns the messages still
+        outstanding.
 
         Producer.flush() is not used: when a fatal error surfaces inside it, confluent-kafka
         keeps calling delivery callbacks with the exception set and ends in SystemError."""
         deadline = time.monotonic() + timeout_s
         while True:
+            stop_at = self._stop_at
+            if stoppable and stop_at is not None and stop_at < deadline:
+                deadline = stop_at
             try:
                 self._producer.poll(max(0.0, min(deadline - time.monotonic(), POLL_SLICE_S)))
             except KafkaException as exc:
@@ -550,8 +682,7 @@ class KafkaSink:
 
     def _record_drop(self, event: Event) -> None:
         key = list(event.get("key") or [])
-        self.stats.discarded_events += 1
-        self.stats.error("queue_full")
+        self._count_discard("queue_full", 1)
         if self._drop_run_open and self._drops:
             count, first, _ = self._drops[-1]
             self._drops[-1] = (count + 1, first, key)
@@ -561,9 +692,14 @@ class KafkaSink:
         self._log_sparsely("queue_full", "local queue full; dropping newest events")
 
     def _discard(self, error_type: str, detail: str) -> None:
-        self.stats.discarded_events += 1
-        self.stats.error(error_type)
+        self._count_discard(error_type, 1)
         self._log_sparsely(error_type, f"event discarded: {detail}")
+
+    def _count_discard(self, reason: str, count: int) -> None:
+        """Count events discarded, as an error of that type and by reason."""
+        self.stats.discarded_events += count
+        self.stats.error(reason, count)
+        self.discarded_by_reason[reason] = self.discarded_by_reason.get(reason, 0) + count
 
     def _log_sparsely(self, error_type: str, message: str) -> None:
         """Log the 1st, 2nd, 4th, 8th… occurrence of each error type, with its count."""
@@ -578,8 +714,7 @@ class KafkaSink:
         if err is None:
             self.stats.sent_events += 1
         elif self._closing and err.code() in PURGE_ERRORS:
-            self.stats.discarded_events += 1
-            self.stats.error("undelivered_at_exit")
+            self._count_discard("undelivered_at_exit", 1)
         else:
             self._discard(err.name(), f"delivery failed: {err.str()}")
 

@@ -6,8 +6,14 @@ order, EOE included, so ``ausearch -if PATH`` finds the same events as in the
 input. One event's lines are written (and rotated) together.
 
 Decisions:
-- Marker events (``raw == []``) have nothing to write here; they count as received
-  and sent (delivered as nothing), so received == sent + discarded still holds.
+- Events without raw records (``raw == []``: markers, the tree keeper's lifecycle docs
+  ``process-started``/``-exec``/``-exited``) have nothing to write here: they count as
+  received and ``skipped_events``, neither sent nor discarded, so ``sent_events`` is
+  the events whose records reached the file and received == sent + discarded + skipped.
+- An event whose ``raw`` is not a list, or none of whose records could be written
+  (all malformed, below), is discarded: it had records and none reached the file.
+- Stdout whose reader exited (EPIPE: ``| head``) is gone for good, as for the jsonl
+  sink: ``output_closed``, and the fan-out writes nothing more to it.
 - A record of type 0 (a line the receiver could not split) is written as its
   original line, ``data``, so the archive keeps what the input had.
 - Line forging: ``\\n`` and ``\\r`` inside a record would start a second record
@@ -53,18 +59,29 @@ class RawFileSink:
         """Build from a validated :class:`SinkConfig` of type ``file``."""
         return cls(cfg.name, file_output_config(cfg))
 
+    @property
+    def output_closed(self) -> bool:
+        """Stdout's reader exited: nothing written can arrive (the fan-out stops writing)."""
+        return self._writer.output_closed
+
     def write_batch(self, events: Sequence[Event]) -> None:
         """Buffer each event's records in order; raise SinkWriteError after counting a loss."""
         self.stats.received_events += len(events)
         for done, event in enumerate(events):
+            if _has_no_records(event):
+                self.stats.skipped_events += 1  # a marker or lifecycle doc: nothing to write
+                continue
             chunk = self._event_lines(event)
+            if not chunk:  # it had records, none writable (counted in errors)
+                self.stats.discarded_events += 1
+                continue
             try:
-                if chunk:
-                    self._writer.append(chunk)
-                else:
-                    self.stats.sent_events += 1  # a marker: nothing to write here
+                self._writer.append(chunk)
             except SinkWriteError:
-                self.stats.discarded_events += len(events) - done - 1
+                rest = events[done + 1 :]
+                skipped = sum(1 for later in rest if _has_no_records(later))
+                self.stats.skipped_events += skipped
+                self.stats.discarded_events += len(rest) - skipped
                 raise
 
     def flush(self) -> None:
@@ -118,3 +135,12 @@ class RawFileSink:
             return node
         self.stats.error("node_escaped")
         return "".join(ch if ch.isprintable() and not ch.isspace() else "_" for ch in node)
+
+
+def _has_no_records(event: Event) -> bool:
+    """The event's ``raw`` is an empty list: a marker or lifecycle doc, nothing to write."""
+    try:
+        raw = event["raw"]
+    except (KeyError, TypeError):
+        return False
+    return isinstance(raw, list | tuple) and not raw

@@ -20,6 +20,11 @@ the writer's thread, because opening a FIFO blocks until a reader appears.
 A rotation that fails (rename error) is counted as ``errors["rotate"]``, logged,
 and writing goes on in the current file, which then rotates again one
 ``max_bytes`` later. New files are created mode 0600: audit data is sensitive.
+An existing file whose last line is unfinished (no final newline: a writer killed
+mid-line) gets a newline before the first chunk written to it, so the torn line stays
+alone and every line written after it is whole; a warning names the file
+(``errors["unfinished_line"]``).
+Stdout whose reader exited (EPIPE) is gone for good: :attr:`RotatingWriter.output_closed`.
 What a regular file has written leaves the page cache once it is on disk
 (:mod:`sinks.page_cache`).
 """
@@ -60,8 +65,9 @@ def errno_name(err: OSError) -> str:
 class RotatingWriter:
     """Append chunks to ``output.path``, buffered, rotated and accounted in ``stats``.
 
-    ``events_in(data)``: how many whole events ``data`` (a start of what was written) holds.
-    Given, the events a pipe took before a write failed (its reader exited) count as sent."""
+    The events a pipe took before a write failed (its reader exited) count as sent:
+    ``events_in(data)``, when given, says how many whole events ``data`` (a start of what
+    was written) holds; otherwise the writer counts the chunks that went out whole."""
 
     def __init__(
         self,
@@ -80,12 +86,20 @@ class RotatingWriter:
         self._pages: WrittenPages | None = None  # a regular file's page cache
         self._buffer = bytearray()
         self._pending_events = 0
+        # A pipe's buffered chunks, without events_in: (end offset, events), to count the
+        # events its reader took whole before it left.
+        self._chunk_ends: list[tuple[int, int]] | None = None
+        self._newline_due = False  # the file ends in an unfinished line: end it first
+        self._warned_unfinished = False
+        self.output_closed = False  # stdout's reader exited: nothing written can arrive
         self._is_stdout = output.path == "-"
         self._is_fifo = False
         self._is_regular = False
         if not self._is_stdout:
             self._inspect_and_open()
         self._rotates = self._is_regular and output.max_bytes > 0
+        if not self._is_regular and events_in is None:
+            self._chunk_ends = []
 
     @property
     def path(self) -> str:
@@ -119,7 +133,38 @@ class RotatingWriter:
         self._fd = fd
         self._size = os.fstat(fd).st_size if self._is_regular else 0
         self._pages = WrittenPages(self._size) if self._is_regular else None
+        self._newline_due = self._size > 0 and self._ends_unfinished()
         return fd
+
+    def _ends_unfinished(self) -> bool:
+        """The regular file's last byte is not a newline (read through a read-only fd: ours
+        is write-only). Logged and counted once per writer."""
+        try:
+            reader = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                last = os.pread(reader, 1, self._size - 1)
+            finally:
+                os.close(reader)
+        except OSError as err:  # unreadable (e.g. mode 0200): append as before
+            log.warning(
+                "sink %s: cannot check that %s ends in a whole line: %s",
+                self._name,
+                self._path,
+                err.strerror,
+            )
+            return False
+        if last in (b"\n", b""):
+            return False
+        if not self._warned_unfinished:
+            self._warned_unfinished = True
+            self._stats.error("unfinished_line")
+            log.warning(
+                "sink %s: %s ends in an unfinished line (no final newline: a writer stopped "
+                "mid-line?); ending it with a newline, so it stays alone on its line",
+                self._name,
+                self._path,
+            )
+        return True
 
     def _close_fd(self) -> None:
         fd, self._fd = self._fd, None
@@ -144,9 +189,13 @@ class RotatingWriter:
         if not self._buffer and len(chunk) >= self._output.buffer_bytes:
             # It fills the buffer alone (the jsonl sink's encode_lines makes such chunks):
             # written as it is, not copied into the buffer first.
+            if self._chunk_ends is not None:
+                self._chunk_ends.append((len(chunk), events))
             self._write_out(chunk)
             return
         self._buffer += chunk
+        if self._chunk_ends is not None:
+            self._chunk_ends.append((len(self._buffer), events))
         if len(self._buffer) >= self._output.buffer_bytes:
             self._drain()
 
@@ -190,6 +239,11 @@ class RotatingWriter:
         try:
             fd = self._fd if self._fd is not None else self._open()
             size_before = self._size  # _open() learnt the size of a reopened file
+            if self._newline_due:  # before our first chunk: the torn line stays alone
+                os.write(fd, b"\n")
+                self._newline_due = False
+                self._size += 1
+                size_before = self._size
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
@@ -201,15 +255,26 @@ class RotatingWriter:
         self._size += len(data)
         self._stats.sent_events += self._pending_events
         self._pending_events = 0
+        if self._chunk_ends:
+            self._chunk_ends.clear()
         if self._pages is not None:
             self._pages.written(fd, self._size)  # what is on disk leaves the page cache
 
     def _fail(self, err: OSError, size_before: int, delivered: bytes = b"") -> None:
         lost = self._pending_events
-        if delivered and not self._is_regular and self._events_in is not None:
-            taken = min(lost, self._events_in(delivered))  # a pipe's reader got these
+        if delivered and not self._is_regular:  # a pipe's reader got these
+            if self._events_in is not None:
+                taken = self._events_in(delivered)
+            else:
+                ends = self._chunk_ends or []
+                taken = sum(events for end, events in ends if end <= len(delivered))
+            taken = min(lost, taken)
             self._stats.sent_events += taken
             lost -= taken
+        if self._chunk_ends:
+            self._chunk_ends.clear()
+        if self._is_stdout and err.errno == errno.EPIPE:
+            self.output_closed = True
         self._buffer = bytearray()  # a memoryview may still pin the old one
         self._pending_events = 0
         self._stats.discarded_events += lost
@@ -226,6 +291,13 @@ class RotatingWriter:
         ) from err
 
     def _rotate(self) -> None:
+        if self._newline_due and self._fd is not None:
+            try:  # the torn line ends here too: `cat PATH.1 PATH` must not glue it to ours
+                os.write(self._fd, b"\n")
+                self._newline_due = False
+            except OSError as err:
+                self._stats.error(errno_name(err))
+                log.warning("sink %s: ending %s's last line: %s", self._name, self._path, err)
         self._close_fd()
         try:
             rotate_files(self._path, self._output.keep_files, self._output.compress)

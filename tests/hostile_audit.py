@@ -267,6 +267,7 @@ class SinkOutputs:
     jsonl_errors: dict[str, int]
     raw_errors: dict[str, int]
     raw_sent: int
+    raw_skipped: int  # events without raw records: nothing to write, neither sent nor lost
 
 
 def write_sinks(events: Sequence[dict[str, Any]], directory: Path) -> SinkOutputs:
@@ -284,6 +285,7 @@ def write_sinks(events: Sequence[dict[str, Any]], directory: Path) -> SinkOutput
         dict(jsonl.stats.errors),
         dict(raw.stats.errors),
         raw.stats.sent_events,
+        raw.stats.skipped_events,
     )
 
 
@@ -447,8 +449,12 @@ def check_raw(events: Sequence[dict[str, Any]], outputs: SinkOutputs) -> list[st
             problems.append(f"record type {written[0]} read back as {read[0]}")
         if written[0] != 0 and _audit_id(bytes(written[1])) != _audit_id(read[1]):
             problems.append(f"record {bytes(written[1])[:60]!r} read back with another audit id")
-    if outputs.raw_sent != len(events):
-        problems.append(f"file sink sent {outputs.raw_sent} of {len(events)} events")
+    with_records = sum(1 for event in events if event["raw"])
+    if (outputs.raw_sent, outputs.raw_skipped) != (with_records, len(events) - with_records):
+        problems.append(
+            f"file sink sent {outputs.raw_sent} and skipped {outputs.raw_skipped} of "
+            f"{len(events)} events, {with_records} of them with records"
+        )
     return problems
 
 

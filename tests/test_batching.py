@@ -39,7 +39,26 @@ def test_values_set_in_the_config_win_each_on_its_own() -> None:
     assert batching(cfg.receiver) == (100, LIVE_BATCHING.replay_buffer_batches)
     cfg = config.from_dict({"receiver": {"source": "file", "replay_buffer_batches": 7}})
     assert batching(cfg.receiver) == (FILE_BATCHING.batch_max_records, 7)
-    assert buffered_records(cfg) == 7 * FILE_BATCHING.batch_max_records
+    live = config.from_dict({"receiver": {"replay_buffer_batches": 7}})
+    assert buffered_records(live) == 7 * LIVE_BATCHING.batch_max_records
+
+
+def test_small_batches_keep_at_least_the_minimum_records() -> None:
+    """With tiny batches the buffer keeps more of them: at least 2,048 records in all."""
+    cfg = config.from_dict({"receiver": {"batch_max_records": 1, "replay_buffer_batches": 4}})
+    assert batching(cfg.receiver) == (1, config.MIN_REPLAY_BUFFER_RECORDS)
+    cfg = config.from_dict({"receiver": {"batch_max_records": 7, "replay_buffer_batches": 4}})
+    assert batching(cfg.receiver) == (7, 293)  # ceil(2048 / 7)
+    cfg = config.from_dict({"receiver": {"batch_max_records": 4096, "replay_buffer_batches": 4}})
+    assert batching(cfg.receiver) == (4096, 4)
+
+
+def test_a_file_sources_resend_bound_covers_its_growth() -> None:
+    """A file source's buffer may grow to the default's records: dedupe must cover that."""
+    cfg = config.from_dict({"receiver": {"source": "file", "replay_buffer_batches": 7}})
+    assert buffered_records(cfg) == config.GROWN_REPLAY_BUFFER_RECORDS == 131_072
+    cfg.assembler.instances = 3
+    assert buffered_records(cfg) == 3 * 131_072
 
 
 @pytest.mark.parametrize("key", ["batch_max_records", "replay_buffer_batches"])

@@ -13,6 +13,7 @@ from auditstream import wire
 from auditstream.config import Config
 from sinks.config import FileOutputConfig
 from sinks.jsonl import JsonlSink
+from treekeeper import pipeline
 from treekeeper.merge import IMMEDIATE, FrameMerge, frame_order_key
 from treekeeper.pipeline import TreeStep
 from treekeeper.stage import TransportErrors, frames_events
@@ -152,7 +153,7 @@ def tree_output(frames: list[wire.Frame], cfg: Config, path: Path, merge: FrameM
 
 
 def test_one_assembler_far_ahead_gives_the_documents_of_one_assembler(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """All of one shard's frames before the other's: with the merge, the very documents of a
     single assembler, though the reorder window holds fewer events than one shard has;
@@ -160,7 +161,9 @@ def test_one_assembler_far_ahead_gives_the_documents_of_one_assembler(
     log = write_generated_log(tmp_path / "audit.log", 12000)
     cfg = Config()
     cfg.receiver.source = "file"
-    cfg.receiver.replay_buffer_batches = 5  # the window then holds 256 events per assembler
+    # A replay's window holds up to 10,000 events (a file source's buffer may grow to
+    # 131,072 records): 512 here, fewer than one shard's events of this log.
+    monkeypatch.setattr(pipeline, "MAX_HELD_EVENTS", 512)
     single = [
         wire.Frame(wire.EVENTS, 0, n, new_frame(events, {})[0])
         for n, events in enumerate(sharded_frames(log, 1))

@@ -337,6 +337,22 @@ def test_recorded_raw_replays_to_the_same_events(
     again = audit_event_keys(read_events(replayed))
     assert len(live) > 6
     assert live - again == set() and again - live == set()
+    # The recording names this host (node=): the shell's children, forked while recording,
+    # get the live entity ids back (a replay joins the live archive) and host.name.
+    host = socket.gethostname()
+    assert raw.read_bytes().split(b" ", 1)[0] == b"node=" + host.encode()
+    live_ids, again_ids = (
+        {
+            e["event"]["sequence"]: e["process"]["entity_id"]
+            for e in read_events(out)
+            if is_audit_event(e) and e.get("process", {}).get("parent", {}).get("pid") == shell.pid
+        }
+        for out in (live_out, replayed)
+    )
+    assert len(live_ids) >= 6 and live_ids == again_ids
+    assert {e.get("host", {}).get("name") for e in read_events(replayed) if is_audit_event(e)} == {
+        host
+    }
 
 
 def summary_of(run_dir: Path) -> dict[str, object]:

@@ -20,7 +20,12 @@ from typing import Any
 
 import pytest
 
-from auditstream.config import Config, write_json
+from auditstream.config import (
+    GROWN_REPLAY_BUFFER_RECORDS,
+    MIN_REPLAY_BUFFER_RECORDS,
+    Config,
+    write_json,
+)
 from auditstream.redelivery import buffered_records, checkpoint_lag_records, resendable_records
 from auditstream.supervisor import RestartPolicy, Supervisor
 from receiver.checkpoint import CheckpointKeeper, load_checkpoint
@@ -78,16 +83,28 @@ def test_read_back_of_a_sink_without_a_whole_line(tmp_path: Path) -> None:
 
 def test_tree_keeper_remembers_what_a_restarted_receiver_sends_again() -> None:
     """The dedupe set holds more than the buffers plus the checkpoint's lag, for any shape."""
-    for batches, records, instances in [(256, 512, 1), (256, 512, 2), (4, 8, 3), (1, 1, 1)]:
-        cfg = Config()
-        cfg.receiver.replay_buffer_batches = batches
-        cfg.receiver.batch_max_records = records
-        cfg.assembler.instances = instances
-        buffered = batches * records * instances
-        assert buffered_records(cfg) == buffered
-        assert resendable_records(cfg) == buffered + checkpoint_lag_records(cfg)
-        assert 1 <= checkpoint_lag_records(cfg) <= max(1, buffered // 8)
-        assert Dedupe.for_config(cfg).seen.capacity > resendable_records(cfg)
+    shapes = [(256, 512, 1), (256, 512, 2), (4, 2048, 3), (4, 8, 3), (1, 1, 1)]
+    for source in ("netlink", "file"):
+        for batches, records, instances in shapes:
+            cfg = Config()
+            cfg.receiver.source = source
+            cfg.receiver.replay_buffer_batches = batches
+            cfg.receiver.batch_max_records = records
+            cfg.assembler.instances = instances
+            _check_resend_bounds(cfg, batches, records, instances)
+
+
+def _check_resend_bounds(cfg: Config, batches: int, records: int, instances: int) -> None:
+    # At least MIN_REPLAY_BUFFER_RECORDS kept; a file source's may grow to the default's.
+    per_shard = max(batches * records, MIN_REPLAY_BUFFER_RECORDS)
+    if cfg.receiver.source == "file":
+        per_shard = max(per_shard, GROWN_REPLAY_BUFFER_RECORDS)
+    buffered = per_shard * instances
+    assert buffered_records(cfg) >= buffered
+    assert buffered_records(cfg) < buffered + records * instances  # batches round up
+    assert resendable_records(cfg) == buffered_records(cfg) + checkpoint_lag_records(cfg)
+    assert 1 <= checkpoint_lag_records(cfg) <= max(1, buffered_records(cfg) // 8)
+    assert Dedupe.for_config(cfg).seen.capacity > resendable_records(cfg)
 
 
 def test_checkpoint_is_written_after_its_lag_in_records_not_only_in_time(tmp_path: Path) -> None:

@@ -146,7 +146,7 @@ def test_newline_in_a_record_cannot_forge_a_second_record(tmp_path: Path) -> Non
 
 
 def test_markers_are_not_written_and_node_is_sanitised(tmp_path: Path) -> None:
-    """A marker (raw == []) writes nothing; a node with spaces cannot shift the type field."""
+    """A marker (raw == []) writes nothing and is skipped, not sent; a node with spaces cannot shift the type field."""
     data = b"audit(1700000000.002:8): arch=c000003e syscall=2 success=yes exit=3"
     events: list[Any] = [
         {"key": ["", 1, 0, 0], "raw": [], "doc": {"event": {"action": "events-lost"}}},
@@ -156,7 +156,8 @@ def test_markers_are_not_written_and_node_is_sanitised(tmp_path: Path) -> None:
     sink = write_events(out, events)
     assert out.read_bytes() == b"node=a_b_ type=SYSCALL msg=" + data + b"\n"
     assert split_log_line(out.read_bytes()) == (1300, data, "a_b_")
-    assert sink.stats.sent_events == 2 and sink.stats.errors == {"node_escaped": 1}
+    assert (sink.stats.sent_events, sink.stats.skipped_events) == (1, 1)
+    assert sink.stats.errors == {"node_escaped": 1}
 
 
 def test_malformed_records_are_counted_and_skipped(tmp_path: Path) -> None:
@@ -175,6 +176,7 @@ def test_malformed_records_are_counted_and_skipped(tmp_path: Path) -> None:
     assert out.read_bytes() == b"type=EOE msg=" + good + b"\n"
     assert sink.stats.errors == {"malformed_record": 5}
     assert sink.stats.received_events == 3
+    assert (sink.stats.sent_events, sink.stats.discarded_events) == (1, 2)  # no silent drop
 
 
 def test_type_zero_record_is_written_as_its_original_line(tmp_path: Path) -> None:

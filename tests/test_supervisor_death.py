@@ -47,7 +47,8 @@ def test_stages_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
 
 def test_no_orphan_when_the_tree_keeper_dies_with_the_supervisor(tmp_path: Path) -> None:
     """With the tree keeper killed first (no acknowledgement ever comes), a killed supervisor still leaves no receiver waiting for one."""
-    log = write_generated_log(tmp_path / "in.log", 60000)
+    # Long enough that the replay is still reading when its tree keeper is killed (~1 s).
+    log = write_generated_log(tmp_path / "in.log", 300_000)
     config = tmp_path / "auditstream.toml"
     config.write_text("[receiver]\nreplay_buffer_batches = 4\nbatch_max_records = 64\n")
     out = tmp_path / "out.jsonl"
@@ -64,7 +65,7 @@ def test_no_orphan_when_the_tree_keeper_dies_with_the_supervisor(tmp_path: Path)
         assert time.monotonic() < deadline, f"stages did not start: {stages}"
         time.sleep(0.05)
         stages = stage_pids(proc.pid)
-    time.sleep(0.5)
+    time.sleep(0.2)
     os.kill(stages["treekeeper"], signal.SIGKILL)
     time.sleep(0.5)  # the receiver's small buffer fills: it waits for acknowledgements
     pids = {pid: name for name, pid in stages.items() if name != "treekeeper"}

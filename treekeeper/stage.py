@@ -68,6 +68,8 @@ def run(cfg: Config, ctx: StageContext) -> int:
         inlet.close()
         zctx.term()
         return 2
+    # A stop signal ends a wait on a full `block` sink after sinks_shutdown_timeout_ms.
+    fanout.watch_stop(lambda: ctx.stop_requested)
     step = TreeStep(cfg)
     # Decode only the docs' heads (auditstream/doc_text.py).
     doc_text = sinks_take_doc_text(cfg.sinks)

@@ -1,0 +1,120 @@
+"""Appending to a file whose last line is unfinished: that line stays alone, ours stay whole."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from live_helpers import ONE_EVENT_LOG, replay
+
+from auditstream.logline import split_log_line
+from sinks.config import FileOutputConfig
+from sinks.jsonl import JsonlSink
+from sinks.rawfile import RawFileSink
+from sinks.rotation import SinkWriteError
+
+TORN_JSON = b'{"partial": tr'
+TORN_RAW = b"type=SYSCALL msg=audit(1700000000.000:1): arch=c000"
+SINK_EVENT = {"key": ["", 1700000000, 0, 2], "raw": [], "doc": {"event": {"action": "x"}}}
+
+
+def test_replay_into_a_torn_jsonl_file_keeps_the_torn_line_alone(tmp_path: Path) -> None:
+    """The torn text keeps a line of its own, every new line is valid JSON, and a warning names the file."""
+    out = tmp_path / "events.jsonl"
+    out.write_bytes(TORN_JSON)
+    result = replay("-", "--sink", f"jsonl:{out}", stdin=ONE_EVENT_LOG)
+    stderr = result.stderr.decode(errors="replace")
+    assert result.returncode == 0, stderr
+    first, *ours = out.read_bytes().split(b"\n")
+    assert first == TORN_JSON and ours[-1] == b""
+    docs = [json.loads(line) for line in ours[:-1]]
+    assert docs and docs[0]["auditd"]["sequence"] == 1
+    assert f"{out} ends in an unfinished line" in stderr
+
+
+def test_replay_into_a_torn_raw_file_cannot_glue_a_record(tmp_path: Path) -> None:
+    """The raw file sink's first record starts its own line after a torn one, so it reads back whole."""
+    out = tmp_path / "audit.log"
+    out.write_bytes(TORN_RAW)
+    result = replay("-", "--sink", f"file:{out}", stdin=ONE_EVENT_LOG)
+    stderr = result.stderr.decode(errors="replace")
+    assert result.returncode == 0, stderr
+    lines = out.read_bytes().split(b"\n")
+    assert lines[0] == TORN_RAW and lines[-1] == b""
+    assert [split_log_line(line)[0] for line in lines[1:-1]] == [1300, 1320]
+    assert f"{out} ends in an unfinished line" in stderr
+
+
+@pytest.mark.parametrize("existing", [b"", b'{"whole": 1}\n'], ids=["empty", "whole-lines"])
+def test_a_file_ending_in_a_whole_line_gets_nothing_added(tmp_path: Path, existing: bytes) -> None:
+    """An empty file, or one whose last byte is a newline, is appended to as it is, without a warning."""
+    out = tmp_path / "events.jsonl"
+    out.write_bytes(existing)
+    result = replay("-", "--sink", f"jsonl:{out}", stdin=ONE_EVENT_LOG)
+    stderr = result.stderr.decode(errors="replace")
+    assert result.returncode == 0, stderr
+    data = out.read_bytes()
+    assert data.startswith(existing) and not data.startswith(existing + b"\n")
+    assert all(json.loads(line) for line in data.splitlines())
+    assert "unfinished line" not in stderr
+
+
+def test_a_torn_file_rotated_away_at_once_ends_its_line_there(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the first write rotates the torn file, PATH.1 gets the newline and PATH holds only whole lines."""
+    out = tmp_path / "events.jsonl"
+    out.write_bytes(b'{"whole": 1}\n' * 10 + TORN_JSON)
+    sink = JsonlSink("j", FileOutputConfig(str(out), max_bytes=100, keep_files=2))
+    with caplog.at_level(logging.WARNING, logger="sinks.rotation"):
+        sink.write_batch([SINK_EVENT])
+        sink.close()
+    assert (tmp_path / "events.jsonl.1").read_bytes().endswith(b"}\n" + TORN_JSON + b"\n")
+    assert json.loads(out.read_bytes()) == SINK_EVENT["doc"]
+    assert sink.stats.errors == {"unfinished_line": 1}
+    assert [r.getMessage() for r in caplog.records if "unfinished" in r.getMessage()] == [
+        f"sink j: {out} ends in an unfinished line (no final newline: a writer stopped "
+        "mid-line?); ending it with a newline, so it stays alone on its line"
+    ]
+
+
+def test_a_torn_file_that_is_never_written_is_left_as_it_was(tmp_path: Path) -> None:
+    """A sink opened on a torn file that writes nothing (only markers reach the file sink) adds no newline."""
+    out = tmp_path / "audit.log"
+    out.write_bytes(TORN_RAW)
+    sink = RawFileSink("raw", FileOutputConfig(str(out)))
+    sink.write_batch([SINK_EVENT])
+    sink.close()
+    assert out.read_bytes() == TORN_RAW
+    assert sink.stats.skipped_events == 1
+
+
+def test_a_write_failing_after_the_newline_keeps_it_and_adds_no_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on the chunk after the newline: the file is cut back to the newline, and the retry writes the chunk with no second newline."""
+    out = tmp_path / "events.jsonl"
+    out.write_bytes(TORN_JSON)
+    sink = JsonlSink("j", FileOutputConfig(str(out), buffer_bytes=0))
+    real_write = os.write
+    failed: list[bytes] = []
+
+    def fail_first_chunk(fd: int, data: bytes) -> int:
+        if not failed and bytes(data) != b"\n":
+            failed.append(bytes(data))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", fail_first_chunk)
+    with pytest.raises(SinkWriteError, match="ENOSPC"):
+        sink.write_batch([SINK_EVENT])
+    assert failed and out.read_bytes() == TORN_JSON + b"\n"
+    sink.write_batch([SINK_EVENT])
+    sink.close()
+    lines = out.read_bytes().split(b"\n")
+    assert lines[0] == TORN_JSON and json.loads(lines[1]) == SINK_EVENT["doc"] and lines[2] == b""
+    assert (sink.stats.sent_events, sink.stats.discarded_events) == (1, 1)
