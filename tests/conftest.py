@@ -9,6 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from live_helpers import AUDITD, AuditdDaemon, KernelState, LiveRun, kernel_clean
+
+__all__ = ["kernel_clean"]  # a fixture the auditd fixture below uses
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -50,3 +53,39 @@ def kernel_audit_restored() -> Iterator[None]:
     assert before == after, (
         f"kernel audit state changed by the tests:\nbefore={before}\nafter={after}"
     )
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def runs() -> Iterator[list[LiveRun]]:
+    """`auditstream run` children of a test; each is killed (as a group) if still alive."""
+    made: list[LiveRun] = []
+    yield made
+    for run in made:
+        run.kill()
+
+
+@pytest.fixture
+def auditd(kernel_clean: KernelState, tmp_path: Path) -> Iterator[AuditdDaemon]:
+    """Debian's auditd holding the audit pid for the test; stopped by pid and enabled flag
+    put back."""
+    if not AUDITD.exists():
+        pytest.skip(f"{AUDITD} (package auditd) is not installed")
+    daemon = AuditdDaemon(tmp_path / "auditd")
+    try:
+        yield daemon.start()
+    finally:
+        daemon.stop()

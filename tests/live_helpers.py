@@ -286,6 +286,15 @@ class LiveRun:
             self.proc.wait(timeout=10)
 
 
+def start_run(runs: list[LiveRun], workdir: Path, *args: str) -> LiveRun:
+    """Start `auditstream run ARGS` (stderr in ``workdir``) and add it to ``runs`` (the
+    conftest fixture that kills what is left)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = LiveRun(["run", *args], workdir)
+    runs.append(run)
+    return run.start()
+
+
 def read_events(path: Path) -> list[Event]:
     """All complete JSON lines of a JSONL sink file ([] if it does not exist yet)."""
     try:

@@ -11,7 +11,6 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,20 +58,6 @@ def record_event(serial: int, size: int = 100) -> dict[str, Any]:
 
 
 MARKER: dict[str, Any] = {"key": ["", 1, 0, 0], "raw": [], "doc": {"event": {"action": "x"}}}
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs (root only), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_events_without_records_are_skipped_neither_sent_nor_discarded(tmp_path: Path) -> None:

@@ -14,12 +14,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from live_helpers import (
-    AUDITD,
     DEFAULT_RULES,
     REPO,
     AuditdDaemon,
@@ -31,6 +29,7 @@ from live_helpers import (
     kernel_clean,
     kernel_status,
     read_events,
+    start_run,
     syscall_of,
     wait_for_events,
     write_config,
@@ -40,23 +39,6 @@ pytestmark = pytest.mark.kernel
 __all__ = ["kernel_clean"]  # the fixture is used by name
 
 PYTHON_EXE = os.path.realpath(sys.executable)
-
-
-@pytest.fixture
-def runs() -> Iterator[list[LiveRun]]:
-    """`auditstream run` children of a test; each is killed (as a group) if still alive."""
-    made: list[LiveRun] = []
-    yield made
-    for run in made:
-        run.kill()
-
-
-def start_run(runs: list[LiveRun], workdir: Path, *args: str) -> LiveRun:
-    """Start `auditstream run ARGS` and remember it for cleanup."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    run = LiveRun(["run", *args], workdir)
-    runs.append(run)
-    return run.start()
 
 
 def execs_of(events: list[Event], pid: int) -> list[Event]:
@@ -236,18 +218,6 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
-
-
-@pytest.fixture
-def auditd(kernel_clean: KernelState, tmp_path: Path) -> Iterator[AuditdDaemon]:
-    """Debian's auditd holding the audit pid for the test; stopped by pid and enabled flag put back."""
-    if not AUDITD.exists():
-        pytest.skip(f"{AUDITD} (package auditd) is not installed")
-    daemon = AuditdDaemon(tmp_path / "auditd")
-    try:
-        yield daemon.start()
-    finally:
-        daemon.stop()
 
 
 def test_unicast_run_refused_beside_auditd(

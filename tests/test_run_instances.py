@@ -12,12 +12,10 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from live_helpers import (
-    AUDITD,
     DEFAULT_RULES,
     ONE_EVENT_LOG,
     REPO,
@@ -29,6 +27,7 @@ from live_helpers import (
     kernel_status,
     read_events,
     replay,
+    start_run,
     wait_for_events,
     write_config,
 )
@@ -36,23 +35,6 @@ from live_helpers import (
 __all__ = ["kernel_clean"]  # the fixture is used by name
 
 EXIT_WITHIN_S = 15.0
-
-
-@pytest.fixture
-def runs() -> Iterator[list[LiveRun]]:
-    """`auditstream run` children of a test; each is killed (as a group) if still alive."""
-    made: list[LiveRun] = []
-    yield made
-    for run in made:
-        run.kill()
-
-
-def start_run(runs: list[LiveRun], workdir: Path, *args: str) -> LiveRun:
-    """Start `auditstream run ARGS` (stderr in ``workdir``) and remember it for cleanup."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    run = LiveRun(["run", *args], workdir)
-    runs.append(run)
-    return run.start()
 
 
 def wait_exit(run: LiveRun, timeout_s: float = EXIT_WITHIN_S) -> tuple[int, str]:
@@ -198,18 +180,6 @@ def test_kernel_rejected_rule_ends_the_run_naming_file_and_line(
     assert auditctl("-l").strip() == "No rules"
     status = kernel_status()
     assert (status["pid"], status["enabled"]) == (0, kernel_clean.settings["enabled"])
-
-
-@pytest.fixture
-def auditd(kernel_clean: KernelState, tmp_path: Path) -> Iterator[AuditdDaemon]:
-    """Debian's auditd holding the audit pid; stopped by pid and enabled flag put back."""
-    if not AUDITD.exists():
-        pytest.skip(f"{AUDITD} (package auditd) is not installed")
-    daemon = AuditdDaemon(tmp_path / "auditd")
-    try:
-        yield daemon.start()
-    finally:
-        daemon.stop()
 
 
 @pytest.mark.kernel
