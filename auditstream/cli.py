@@ -71,24 +71,11 @@ def _load(args: argparse.Namespace) -> config_mod.Config:
 
 def check_sinks(cfg: config_mod.Config) -> None:
     """Validate sink tables the way the tree keeper will build them."""
-    from sinks import SinkError
-    from sinks.config import file_output_config, sink_configs_from_tables
+    from sinks import SinkError, check_sink, sink_configs_from_tables
 
     try:
         for sink_cfg in sink_configs_from_tables(cfg.sinks):
-            if sink_cfg.type in ("jsonl", "file"):
-                file_output_config(sink_cfg)
-            elif sink_cfg.type == "kafka":
-                try:
-                    from sinks import kafka
-                except ImportError as err:
-                    raise SinkError(
-                        f"{sink_cfg.where}: the kafka sink needs confluent-kafka "
-                        f"(pip install 'auditstream[kafka]'): {err}"
-                    ) from err
-                kafka.check_sink_config(sink_cfg)  # its own validation; no broker contacted
-            else:
-                raise SinkError(f"{sink_cfg.where}.type: unknown sink type {sink_cfg.type!r}")
+            check_sink(sink_cfg)
     except SinkError as err:
         raise config_mod.ConfigError(f"{cfg.source_path}: {err}") from err
 

@@ -243,8 +243,9 @@ def _last_record(recs: object) -> tuple[tuple[str, int] | None, int | None]:
     if isinstance(recs, list):
         for type_, data, node in reversed(recs):
             if type_ > 0:
-                m = _HEADER_KEY.match(data)
-                return (node, serial_of(data)), (int(m[1]) * 1000 + int(m[2]) if m else None)
+                if m := _HEADER_KEY.match(data):
+                    return (node, int(m[3])), int(m[1]) * 1000 + int(m[2])
+                return (node, serial_of(data)), None  # an odd header: its serial, no time
     return None, None
 
 

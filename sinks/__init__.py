@@ -10,9 +10,15 @@ sink is configured, so a missing confluent-kafka only matters then.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 
 from sinks.base import Event, Sink, SinkError, SinkStats
-from sinks.config import SinkConfig, sink_config_from_table, sink_configs_from_tables
+from sinks.config import (
+    SinkConfig,
+    file_output_config,
+    sink_config_from_table,
+    sink_configs_from_tables,
+)
 
 SinkFactory = Callable[[SinkConfig], Sink]
 
@@ -48,7 +54,8 @@ def _build_file(cfg: SinkConfig) -> Sink:
     return RawFileSink.from_config(cfg)
 
 
-def _build_kafka(cfg: SinkConfig) -> Sink:
+def _kafka_module(cfg: SinkConfig) -> ModuleType:
+    """sinks.kafka, imported on first use; SinkError if confluent-kafka is missing."""
     try:
         from sinks import kafka
     except ImportError as err:
@@ -56,16 +63,24 @@ def _build_kafka(cfg: SinkConfig) -> Sink:
             f"{cfg.where}: the kafka sink needs confluent-kafka "
             f"(pip install 'auditstream[kafka]'): {err}"
         ) from err
-    # The fan-out's when_full/queue_max_events also bound the producer's own local queue.
-    table = {
-        "type": cfg.type,
-        "name": cfg.name,
-        "when_full": cfg.when_full,
-        "queue_max_events": cfg.queue_max_events,
-        **cfg.options,
-    }
-    sink: Sink = kafka.KafkaSink.from_config(table)
+    return kafka
+
+
+def _build_kafka(cfg: SinkConfig) -> Sink:
+    kafka = _kafka_module(cfg)
+    sink: Sink = kafka.KafkaSink.from_config(kafka.sink_table(cfg))
     return sink
+
+
+def check_sink(cfg: SinkConfig) -> None:
+    """Validate a sink as its factory will build it, without opening a file or contacting
+    a broker (check-config); SinkError names the sink and key."""
+    if cfg.type in ("jsonl", "file"):
+        file_output_config(cfg)
+    elif cfg.type == "kafka":
+        _kafka_module(cfg).check_sink_config(cfg)
+    else:
+        raise SinkError(f"{cfg.where}.type: unknown sink type {cfg.type!r}")
 
 
 SINK_FACTORIES: dict[str, SinkFactory] = {
@@ -105,6 +120,7 @@ __all__ = [
     "SinkFactory",
     "SinkStats",
     "build_sink",
+    "check_sink",
     "parse_sink_arg",
     "sink_configs_from_tables",
     "sinks_take_doc_text",

@@ -363,6 +363,29 @@ def replay(
     )
 
 
+def replay_into_head(log: Path, *sinks: str, lines: int = 100) -> tuple[int, str, bytes, float]:
+    """`auditstream replay LOG --sink … | head -LINES`: exit code, stderr, what head printed,
+    seconds taken; the replay's process group is killed if it outlives the pipe."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auditstream", "replay", str(log),
+         *(f"--sink={sink}" for sink in sinks)],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    head = subprocess.Popen(["head", f"-{lines}"], stdin=proc.stdout, stdout=subprocess.PIPE)
+    proc.stdout.close()  # head alone reads it: its exit closes the pipe
+    try:
+        printed, _ = head.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, stderr.decode(errors="replace"), printed, time.monotonic() - started
+
+
 def process_alive(pid: int) -> bool:
     """The process exists and is not a zombie (a stage its supervisor has not reaped yet)."""
     try:

@@ -6,7 +6,6 @@ import fcntl
 import json
 import os
 import re
-import subprocess
 import sys
 import termios
 import threading
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 from generated_logs import write_generated_log
-from live_helpers import REPO, replay
+from live_helpers import replay, replay_into_head
 
 from sinks.config import FileOutputConfig
 from sinks.rawfile import RawFileSink
@@ -155,22 +154,8 @@ def test_replay_file_sink_on_a_full_disk_counts_only_what_it_wrote(
 def test_file_sink_on_stdout_into_head_stops_early_with_141(tmp_path: Path) -> None:
     """`replay BIG --sink file:- | head -2` stops early with exit 141, one line about the reader, no flush errors, and counts that add up."""
     log = write_generated_log(tmp_path / "big.log", 300_000)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "auditstream", "replay", str(log), "--sink", "file:-"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    head = subprocess.Popen(["head", "-2"], stdin=proc.stdout, stdout=subprocess.PIPE)
-    proc.stdout.close()  # head alone reads it: its exit closes the pipe
-    try:
-        printed, _ = head.communicate(timeout=60)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-    stderr = err.decode(errors="replace")
-    assert proc.returncode == 141, stderr
+    code, stderr, printed, _took = replay_into_head(log, "file:-", lines=2)
+    assert code == 141, stderr
     assert len(printed.splitlines()) == 2 and printed.startswith(b"type=")
     assert "stopped early: every output is closed" in stderr
     assert int(stderr.split(" records read")[0].rsplit(" ", 1)[1]) < 300_000

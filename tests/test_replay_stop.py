@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from generated_logs import write_generated_log
-from live_helpers import process_alive, stage_pids
+from live_helpers import process_alive, replay_into_head, stage_pids
 
 REPO = Path(__file__).resolve().parents[1]
 AUDITSTREAM = (sys.executable, "-m", "auditstream")
@@ -135,25 +135,9 @@ def test_a_second_signal_stops_a_stage_that_ignores_the_first(
     assert "Traceback" not in text
 
 
-def _replay_into_head(big_log: Path, *sinks: str) -> tuple[int, str, bytes, float]:
-    """`auditstream replay BIG --sink … | head -100`: exit code, stderr, what head printed,
-    seconds taken."""
-    started = time.monotonic()
-    proc = _start(str(big_log), *(f"--sink={sink}" for sink in sinks), stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    head = subprocess.Popen(["head", "-100"], stdin=proc.stdout, stdout=subprocess.PIPE)
-    proc.stdout.close()  # head alone reads it: its exit closes the pipe
-    try:
-        printed, _ = head.communicate(timeout=60)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        _kill_all(proc, {})
-    return proc.returncode, stderr.decode(errors="replace"), printed, time.monotonic() - started
-
-
 def test_a_closed_stdout_stops_the_replay_early_with_141(big_log: Path) -> None:
     """`replay BIG --sink jsonl:- | head -100` stops soon after head exits, with one line about it, true counts and exit 141."""
-    code, text, printed, took = _replay_into_head(big_log, "jsonl:-")
+    code, text, printed, took = replay_into_head(big_log, "jsonl:-")
     assert code == 141, text
     assert len(printed.splitlines()) == 100
     match = SUMMARY.search(text.encode())
@@ -172,7 +156,7 @@ def test_a_closed_stdout_stops_the_replay_early_with_141(big_log: Path) -> None:
 def test_a_closed_stdout_leaves_the_other_sinks_to_finish(big_log: Path, tmp_path: Path) -> None:
     """With a file sink beside stdout, head's exit costs stdout only: the file gets every event, one line names the closed stdout, and the replay exits 3."""
     out = tmp_path / "all.jsonl"
-    code, text, _printed, _took = _replay_into_head(big_log, "jsonl:-", f"jsonl:{out}")
+    code, text, _printed, _took = replay_into_head(big_log, "jsonl:-", f"jsonl:{out}")
     assert code == 3, text
     match = SUMMARY.search(text.encode())
     assert match, text
