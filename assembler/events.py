@@ -19,7 +19,11 @@ from assembler.parse import Record
 from assembler.reassembler import CompletionReason, LostRange
 from auditstream.escape import escape
 from auditstream.logline import format_log_line
-from auditstream.marker_records import KERNEL_LOST_TYPE, SOCKET_OVERRUN_TYPE
+from auditstream.marker_records import (
+    KERNEL_LOST_TYPE,
+    SOCKET_OVERRUN_TYPE,
+    SOURCE_RECONNECT_TYPE,
+)
 
 Event = dict[str, Any]
 
@@ -156,11 +160,13 @@ def damaged_input_event(data: bytes, at_ms: int | None = None) -> Event:
 RECEIVER_MARKERS = {
     KERNEL_LOST_TYPE: ("kernel-lost", "kernel_lost"),
     SOCKET_OVERRUN_TYPE: ("socket-overrun", "socket_overrun"),
+    SOURCE_RECONNECT_TYPE: ("source-reconnected", "source_reconnected"),
 }
 
 
-def receiver_marker_event(type_: int, data: bytes) -> Event:
-    """The kernel's lost counter rose, or the netlink socket overran: say so in the stream."""
+def receiver_marker_event(type_: int, data: bytes, node: str = "") -> Event:
+    """The kernel's lost counter rose, the netlink socket overran, or auditd's socket came
+    back: say so in the stream, of the source's node (live: this host, ``host.name``)."""
     action, cause = RECEIVER_MARKERS.get(type_, ("receiver-marker", "unknown"))
     details: dict[str, Any] = {"cause": cause}
     for item in data.decode("ascii", "replace").split():
@@ -169,5 +175,5 @@ def receiver_marker_event(type_: int, data: bytes) -> Event:
     if "lost" in details:
         details["count"] = details["lost"]
     now_ms = time.time_ns() // 1_000_000
-    doc = marker_doc(action, "", now_ms // 1000, now_ms % 1000, details)
-    return {"key": ["", now_ms // 1000, now_ms % 1000, 0], "raw": [], "doc": doc}
+    doc = marker_doc(action, node, now_ms // 1000, now_ms % 1000, details)
+    return {"key": [node, now_ms // 1000, now_ms % 1000, 0], "raw": [], "doc": doc}

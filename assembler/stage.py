@@ -219,7 +219,7 @@ class Assembly:
             self.out.append(damaged_input_event(data, self.marker_ms()))
             return
         self.counts["kernel_loss_markers"] += 1
-        self.out.append(receiver_marker_event(type_, data))
+        self.out.append(receiver_marker_event(type_, data, node))
 
     def maintain(self) -> None:
         if not self.event_time:

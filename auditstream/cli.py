@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -194,6 +195,12 @@ def _start(
         where = err.filename or cfg.runtime.dir or runtime.LIVE_DEFAULT_DIR
         print(f"auditstream: runtime dir {where}: {err.strerror}", file=sys.stderr)
         return 1
+    if run_dir.left_takeover:  # its run was killed before its stop could say it
+        log.warning(
+            "left by an earlier run in %s that did not stop cleanly: %s",
+            run_dir.path,
+            run_dir.left_takeover,
+        )
     try:
         return _run_in(
             cfg,
@@ -268,9 +275,12 @@ def _run_in(
     if damaged and code == 0 and not live:
         code = EXIT_INPUT_DAMAGED
     if live:  # last, where it is seen: we do not start the stopped holder again
-        from receiver.live import takeover_notice
-
-        if notice := takeover_notice(cfg):
+        notice = runtime.takeover_notice_in(run_dir)
+        try:  # said now, so the next start in this dir does not say it again
+            runtime.takeover_path(cfg).unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("cannot remove %s: %s", runtime.takeover_path(cfg), err.strerror or err)
+        if notice:
             log.warning("%s", notice)
     return code
 
@@ -334,14 +344,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                     f"sink {table.get('name') or table['path']}: cannot create its directory "
                     f"{directory}: {err.strerror or err}"
                 ) from err
+    if cfg.receiver.source == "stdin":
+        # As auditd's plugin: auditd passes its SIGHUP (reload) on to us. Nothing to reload
+        # (the config is read at start); dying of it would restart the pipeline.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return _start(cfg, live=True, receiver_stdin=cfg.receiver.source == "stdin")
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config as `run` would load it: sinks (run's default when none), rules
-    files; what `run` would warn about (rules-file lines it ignores) is logged the same."""
-    from logging.handlers import BufferingHandler
-
+    files; what `run` would warn about (rules-file lines it ignores) is said the same."""
     cfg = config_mod.load(args.config)
     sinks = f"{len(cfg.sinks)} sink{'s' if len(cfg.sinks) != 1 else ''}"
     if not cfg.sinks:  # as _apply_common: run writes its default sink, replay stdout
@@ -349,24 +361,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         sinks = f"1 sink: run's default {DEFAULT_LIVE_SINK} (replay's: stdout)"
     check_sinks(cfg)
     rules = ""
-    # Counts the warnings rules_and_settings logs (the receiver logs the same at run).
-    warned = BufferingHandler(capacity=1 << 20)
-    warned.setLevel(logging.WARNING)
+    warned: list[str] = []
     if cfg.receiver.source == "netlink":  # the rules a live start would load (multicast: none)
-        from receiver.live import rules_and_settings
         from receiver.logsource import SourceError
+        from receiver.rules import load_rule_set
 
-        logging.getLogger().addHandler(warned)
         try:
-            loaded, _settings = rules_and_settings(cfg)
+            loaded = load_rule_set(cfg)
         except SourceError as err:
             raise config_mod.ConfigError(
                 f"{cfg.source_path}: [receiver].rules_files: {err}"
             ) from err
-        finally:
-            logging.getLogger().removeHandler(warned)
-        rules = f", {len(loaded)} rule{'s' if len(loaded) != 1 else ''}"
-    count = len(warned.buffer)
+        warned = loaded.warnings
+        for warning in warned:  # in the log's format: the lines `run` logs, word for word
+            log.warning("%s", warning)
+        rule_count = len(loaded.rules)
+        rules = f", {rule_count} rule{'s' if rule_count != 1 else ''}"
+    count = len(warned)
     warnings = f", {count} warning{'s' if count != 1 else ''} above" if count else ""
     print(f"{args.config}: OK ({sinks}, source {cfg.receiver.source}{rules}){warnings}")
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from auditstream import runtime
 
+log = logging.getLogger("auditstream.status")
 EXIT_NOT_RUNNING = 3
 EXIT_STATE_UNKNOWN = 4
 # Files that hold the supervisor's pid: the runtime dir's lock (written at start) and the
@@ -143,6 +145,17 @@ def pipeline_state(run_dir: Path, last_status: float | None) -> PipelineState:
     )
 
 
+def takeover_warning(run_dir: Path, state: PipelineState) -> str | None:
+    """What the runtime dir's takeover record says: the audit PID holder a run stopped and
+    how to start it again (said at that run's stop, or, killed, at the next start)."""
+    if state.state == "unreadable":
+        return None
+    notice = runtime.takeover_notice_in(run_dir)
+    if notice and state.state == "running":  # it cannot register while we hold the PID
+        return f"{notice} (once this run has stopped)"
+    return notice
+
+
 def _status_dir(args: argparse.Namespace) -> Path:
     """``--runtime-dir``, else the config's ``[runtime] dir`` (``-c``), else a live run's."""
     if args.runtime_dir:
@@ -187,10 +200,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     run_dir = _status_dir(args)
     pipeline, last_status = _pipeline_status(run_dir)
     state = pipeline_state(run_dir, last_status)
+    takeover = takeover_warning(run_dir, state)
     report = {
         "kernel": _kernel_status(),
         "pipeline": pipeline,
         "pipeline_state": {"runtime_dir": str(run_dir), **asdict(state)},
+        "takeover": takeover,
     }
     try:
         if args.json:
@@ -199,6 +214,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             _print_text(report, run_dir, state)
         sys.stdout.flush()
+        if takeover:  # on stderr, so that --json stays one document
+            log.warning("%s", takeover)
     except BrokenPipeError:
         # The reader left (`status | head`): stop quietly, as the replay does (128 + SIGPIPE);
         # stdout goes to /dev/null so that the flush at exit does not fail again.

@@ -101,8 +101,18 @@ class Families:
         self.errors = MetricFamily(
             "component_errors_total", "counter", "Errors in a component, by error_type and stage."
         )
+        # Ours since the receiver registered: the kernel's own counter (below) also holds
+        # what other readers lost before this run, and a fresh start must not show that.
         self.kernel_lost = MetricFamily(
-            "auditstream_kernel_lost_total", "counter", "The kernel audit subsystem's lost counter."
+            "auditstream_kernel_lost_total",
+            "counter",
+            "Audit records the kernel lost since this run's receiver registered (netlink and"
+            " multicast sources).",
+        )
+        self.kernel_lost_since_boot = MetricFamily(
+            "auditstream_kernel_lost_since_boot",
+            "gauge",
+            "The kernel's own audit lost counter: since boot, all readers (auditctl -s lost).",
         )
         self.kernel_backlog = MetricFamily(
             "auditstream_kernel_backlog", "gauge", "Audit records queued in the kernel."
@@ -229,7 +239,9 @@ def collect(statuses: list[StageStatus], sink_types: dict[str, str]) -> list[Met
     if receiver is not None:
         kernel = _dict(receiver.get("kernel"))
         if kernel:
-            out.kernel_lost.add(_int(kernel.get("lost")))
+            if "lost_since_start" in kernel:
+                out.kernel_lost.add(_int(kernel["lost_since_start"]))
+            out.kernel_lost_since_boot.add(_int(kernel.get("lost")))
             out.kernel_backlog.add(_int(kernel.get("backlog")))
             out.kernel_backlog_limit.add(_int(kernel.get("backlog_limit")))
         queue = {"component_id": "receiver", "queue": "batched_records"}

@@ -16,7 +16,9 @@ LIVE_DEFAULT_DIR = "/run/auditstream"
 STAGES_SUBDIR = "stages"
 LOCK_NAME = "auditstream.lock"
 # The receiver writes it when `takeover` stopped the audit PID's holder; the supervisor
-# reads it at the stop to say that holder is not running (receiver/live.py).
+# reads it at the stop to say that holder is not running (receiver/live.py), then removes
+# it. One left behind (a SIGKILLed supervisor) is said by the next start in the directory,
+# and by `status` while it is there.
 TAKEOVER_NAME = "taken-over.json"
 
 
@@ -31,6 +33,9 @@ class RuntimeDir:
 
     path: Path
     lock_fd: int
+    # An earlier run's takeover that run did not get to say (it was killed), as the
+    # sentence to say now: what it stopped and how to start that again.
+    left_takeover: str | None = None
 
 
 def make_private_dir(cfg: Config, *, live: bool) -> RuntimeDir:
@@ -64,14 +69,30 @@ def make_private_dir(cfg: Config, *, live: bool) -> RuntimeDir:
                 os.chmod(stages, 0o750)
         # Files an earlier run left must not count for this one: ready, capturing, its
         # summary (printed as this run's when this one fails before writing its own), the
-        # holder its takeover stopped.
+        # holder its takeover stopped (said by the caller: that run could not).
         for stale in (ready_path(cfg), status_path(cfg, "receiver"), summary_path(cfg)):
             stale.unlink(missing_ok=True)
+        left_takeover = takeover_notice_in(path)
         takeover_path(cfg).unlink(missing_ok=True)
     except BaseException:
         os.close(lock_fd)
         raise
-    return RuntimeDir(path, lock_fd)
+    return RuntimeDir(path, lock_fd, left_takeover)
+
+
+def takeover_notice_in(run_dir: Path) -> str | None:
+    """The sentence about the audit PID holder a run in ``run_dir`` stopped by `takeover`
+    (receiver/live.py takeover_notice): None if it stopped none, or that holder runs again."""
+    try:
+        if not (run_dir / TAKEOVER_NAME).exists():
+            return None  # the common case, without importing the receiver
+    except OSError:  # e.g. a root-only dir: the reader says it cannot read the dir itself
+        return None
+    from receiver.live import takeover_notice
+
+    cfg = Config(source_path=str(run_dir / TAKEOVER_NAME))
+    cfg.runtime.dir = str(run_dir)
+    return takeover_notice(cfg)
 
 
 def lock_dir(path: Path) -> int:

@@ -24,7 +24,7 @@ import orjson
 
 from auditstream.marker_records import RESTART_GAP_TYPE
 from auditstream.redelivery import write_atomically
-from receiver.netlink import any_node
+from receiver.netlink import all_of_node
 from receiver.replaybuffer import serial_of
 
 log = logging.getLogger("auditstream.receiver")
@@ -181,11 +181,13 @@ class SerialMark:
         read = self.read
         if serials is None:
             serials = [serial_of(data) if type_ > 0 else 0 for type_, data, _ in records]
-        if "" in read and not self._inherited and not any_node(records):
-            # The usual case (a kernel source, already reading): only the newest serial moves.
+        node = records[0][2] if records else ""
+        if node in read and not self._inherited and all_of_node(records, node):
+            # The usual case (a live source, already reading its one node, this host's):
+            # only the newest serial moves.
             newest = max(serials, default=0)
-            if newest > read[""]:
-                read[""] = newest
+            if newest > read[node]:
+                read[node] = newest
             if records:
                 self._write()
             return markers

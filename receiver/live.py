@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import select
-import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +14,11 @@ from typing import Any
 from auditstream import privilege, runtime
 from auditstream.component_status import RECEIVING, ComponentStatus
 from auditstream.config import Config
-from auditstream.marker_records import KERNEL_LOST_TYPE, SOCKET_OVERRUN_TYPE
+from auditstream.marker_records import (
+    KERNEL_LOST_TYPE,
+    SOCKET_OVERRUN_TYPE,
+    SOURCE_RECONNECT_TYPE,
+)
 from auditstream.stage import StageContext, merge_stats, write_status
 from receiver.kernel import (
     AuditHeld,
@@ -28,20 +31,13 @@ from receiver.kernel import (
 )
 from receiver.logsource import SourceError
 from receiver.netlink import AuditNetlink, NetlinkSource
-from receiver.rules import (
-    KernelSettings,
-    Rule,
-    RuleError,
-    RuleFile,
-    ignored_line_warnings,
-    load_rules,
-)
+from receiver.rules import KernelSettings, Rule, load_rule_set
 from receiver.shipper import RecordShipper
 from receiver.stage import LineCounters, lines_to_records
 from receiver.statuspoll import KernelStatusPoller
+from receiver.streamsource import PluginStream
 
 log = logging.getLogger("auditstream.receiver")
-DEFAULT_RULES = Path(__file__).with_name("default.rules")
 READ_MAX_RECORDS = 4096
 # kauditd sends one datagram per record and each wakes the reader: after a read of fewer
 # records than this, wait a moment so that the next read takes a batch (at most a quarter
@@ -55,38 +51,20 @@ CONTROL_RCVBUF_BYTES = 1 << 20
 DRAIN_MAX_S = 20.0  # below the supervisor's 30 s stop grace
 DRAIN_QUIET_S = 0.3
 DRAIN_POLL_MS = 50
+# auditd restarting: its af_unix socket is back within ~1 s; what it passes on before we
+# connect again is lost to us, so try often (a connect to a missing path costs one syscall).
+RECONNECT_INTERVAL_S = 0.1
+RECONNECT_REPORT_S = 60.0  # while it stays away, say so this often
 
 
 def rules_and_settings(cfg: Config) -> tuple[list[Rule], KernelSettings]:
-    """The rules and kernel settings a unicast receiver loads: the rules files (the packaged
-    default.rules when none is given) parsed, no kernel touched; SourceError names the
-    file, line and reason (also used by ``auditstream check-config``)."""
-    paths = [Path(p) for p in cfg.receiver.rules_files] or [DEFAULT_RULES]
-    rules: list[Rule] = []
-    settings = KernelSettings()
-    files: list[RuleFile] = []
-    for path in paths:
-        try:
-            loaded = load_rules(path)
-        except OSError as err:
-            raise SourceError(f"cannot read rules file {path}: {err.strerror or err}") from err
-        except RuleError as err:
-            raise SourceError(f"bad rule: {err}") from err
-        rules.extend(loaded.rules)
-        settings = settings.overridden_by(loaded.settings)
-        files.append(loaded)
-    ours = KernelSettings(
-        enabled=1,
-        failure=cfg.receiver.failure_mode,
-        rate_limit=cfg.receiver.rate_limit,
-        backlog_limit=cfg.receiver.backlog_limit,
-        backlog_wait_time=cfg.receiver.backlog_wait_time,
-    )
-    # The config file wins over settings lines in rule files; each line overridden or
-    # ignored (-D) is said, here and so by check-config too.
-    for warning in ignored_line_warnings(files, ours):
+    """The rules and kernel settings a unicast receiver loads (receiver/rules.py
+    load_rule_set: SourceError names the file, line and reason); each rules-file line it
+    does not follow is logged, as ``auditstream check-config`` prints it."""
+    loaded = load_rule_set(cfg)
+    for warning in loaded.warnings:
         log.warning("%s", warning)
-    return rules, settings.overridden_by(ours)
+    return loaded.rules, loaded.settings
 
 
 def held_message(pid: int, command: str) -> str:
@@ -171,6 +149,10 @@ class KernelCounters:
         self.taken_at = time.monotonic()
         return risen
 
+    def lost_since_start(self) -> int:
+        """Records lost since this receiver registered (the kernel's counter is a u32)."""
+        return (self.last_lost - self.lost_at_start) & 0xFFFFFFFF
+
 
 def receiver_status(
     cfg: Config,
@@ -217,8 +199,9 @@ def drop_privileges(source: str) -> int:
     return len(result.errors)
 
 
-def _marker_record(kind: int, text: str) -> tuple[int, bytes, str]:
-    return (kind, text.encode(), "")
+def _marker_record(kind: int, text: str, node: str) -> tuple[int, bytes, str]:
+    """A marker of this source: of its records' node, so that its doc names the host too."""
+    return (kind, text.encode(), node)
 
 
 def datagram_errors(source: NetlinkSource, control: AuditNetlink) -> dict[str, int]:
@@ -295,6 +278,7 @@ def run_netlink(
 ) -> dict[str, Any]:
     multicast = cfg.receiver.source == "multicast"
     session, source, control = sockets.session, sockets.source, sockets.control
+    source.node = shipper.node  # kernel records name no node: this host's (receiver/hostnode.py)
     privilege_errors = sockets.privilege_errors
     stats: dict[str, Any] = {}
     try:
@@ -428,7 +412,11 @@ def _read_loop(
         shipper.flush_due()
         if source.overruns != overruns:
             shipper.add(
-                [_marker_record(SOCKET_OVERRUN_TYPE, f"overruns={source.overruns - overruns}")]
+                [
+                    _marker_record(
+                        SOCKET_OVERRUN_TYPE, f"overruns={source.overruns - overruns}", source.node
+                    )
+                ]
             )
             overruns = source.overruns
             emptied = _empty_socket(source, shipper)
@@ -444,7 +432,11 @@ def _read_loop(
             if risen:
                 log.warning("kernel lost %d audit records (backlog %d)", risen, status.backlog)
                 shipper.add(
-                    [_marker_record(KERNEL_LOST_TYPE, f"lost={risen} backlog={status.backlog}")]
+                    [
+                        _marker_record(
+                            KERNEL_LOST_TYPE, f"lost={risen} backlog={status.backlog}", source.node
+                        )
+                    ]
                 )
         now = time.monotonic()
         if now >= next_status:  # on its own clock: a poll held in the kernel must show
@@ -460,7 +452,8 @@ def _read_loop(
                         datagram_errors=datagram_errors(source, sockets.control),
                     ),
                     "kernel": {
-                        "lost": status.lost,
+                        "lost": status.lost,  # since boot, every reader's (as `status` shows)
+                        "lost_since_start": counters.lost_since_start(),  # the metrics' counter
                         "backlog": status.backlog,
                         "enabled": status.enabled,
                         "pid": status.pid,
@@ -548,46 +541,114 @@ def _drain(
 
 
 def run_stream(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[str, Any]:
-    """auditd plugin input: audit.log text lines on stdin or from auditd's af_unix socket."""
+    """auditd plugin input: audit.log text lines on stdin or from auditd's af_unix socket.
+
+    stdin ends when auditd stops us (its end of file); the socket goes away while auditd
+    restarts: we connect again and a ``source-reconnected`` marker stands for what auditd
+    passed on meanwhile. At a stop, what auditd already wrote to us is read first."""
     src = cfg.receiver.source
-    if src == "stdin":
-        fd, sock = 0, None
-    else:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(src.removeprefix("unix:"))
-        except OSError as err:
-            raise SourceError(f"cannot connect to {src}: {err.strerror or err}") from err
-        fd = sock.fileno()
+    stream = PluginStream.open(src)
     privilege_errors = drop_privileges(src)  # the source is open: nothing more is needed
     counters = LineCounters()
-    pending = b""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
+    feed = _StreamFeed(shipper, counters)
+    reconnects = 0
     status_file = runtime.status_path(cfg, "receiver")
     next_status = time.monotonic()
     while not ctx.stop_requested:
-        if poller.poll(max(1, cfg.receiver.batch_max_ms)):
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
+        chunk = stream.read(max(1, cfg.receiver.batch_max_ms))
+        if chunk:
+            feed.add(chunk)
+        elif chunk is not None:  # auditd closed it
+            feed.end_of_stream()
+            if not stream.reconnectable or not _reconnect(stream, ctx, shipper):
                 break
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            shipper.add(lines_to_records(lines, counters))
+            reconnects += 1
         shipper.flush_due()
         if (now := time.monotonic()) >= next_status:
             next_status = now + cfg.receiver.status_poll_ms / 1000
             status = receiver_status(cfg, shipper, bad_lines=counters.bad_lines)
-            write_status(status_file, {**status, "records": shipper.stats.records})
-    if pending:
-        shipper.add(lines_to_records([pending], counters))
-    if sock is not None:
-        sock.close()
+            write_status(
+                status_file, {**status, "records": shipper.stats.records, "reconnects": reconnects}
+            )
+    if ctx.stop_requested and (stream.sock is not None or not stream.reconnectable):
+        _drain_stream(stream, feed)
+    feed.end_of_stream()
+    stream.close()
     return {
         "lines": counters.lines,
         "bad_lines": counters.bad_lines,
         "privilege_errors": privilege_errors,
+        "reconnects": reconnects,
     }
+
+
+class _StreamFeed:
+    """Bytes of the stream to records: whole lines now, the unfinished one kept."""
+
+    def __init__(self, shipper: RecordShipper, counters: LineCounters) -> None:
+        self.shipper, self.counters = shipper, counters
+        self.pending = b""
+
+    def add(self, chunk: bytes) -> None:
+        lines = (self.pending + chunk).split(b"\n")
+        self.pending = lines.pop()
+        self.shipper.add(lines_to_records(lines, self.counters, self.shipper.node))
+
+    def end_of_stream(self) -> None:
+        """The stream ended: an unfinished last line goes as it is (a bad line if cut)."""
+        if self.pending:
+            self.shipper.add(lines_to_records([self.pending], self.counters, self.shipper.node))
+            self.pending = b""
+
+
+def _drain_stream(stream: PluginStream, feed: _StreamFeed) -> None:
+    """At a stop, read what auditd already wrote to us. stdin: up to its end of file or a
+    quiet moment (auditd sends its plugin SIGTERM, then closes the pipe); the socket, which
+    flows on while auditd runs: what is there now, for at most DRAIN_QUIET_S."""
+    stdin = not stream.reconnectable
+    wait_ms = int(DRAIN_QUIET_S * 1000) if stdin else 0
+    deadline = time.monotonic() + (DRAIN_MAX_S if stdin else DRAIN_QUIET_S)
+    while time.monotonic() < deadline:
+        chunk = stream.read(wait_ms)
+        if not chunk:
+            return
+        feed.add(chunk)
+    if stdin:
+        log.error("stdin still sent records after %.0f s of draining", DRAIN_MAX_S)
+
+
+def _reconnect(stream: PluginStream, ctx: StageContext, shipper: RecordShipper) -> bool:
+    """Connect again to auditd's socket (it restarts) until it answers or we are stopped;
+    then put a ``source-reconnected`` marker in the stream. False if stopped first."""
+    log.warning(
+        "auditd closed %s (%s; auditd stopped or restarting): connecting again every %.1f s",
+        stream.source, stream.closed_by, RECONNECT_INTERVAL_S,
+    )  # fmt: skip
+    stream.close()
+    lost_at = time.monotonic()
+    next_report = lost_at + RECONNECT_REPORT_S
+    while not ctx.stop_requested:
+        error = stream.connect()
+        now = time.monotonic()
+        if error is None:
+            down_ms = int((now - lost_at) * 1000)
+            log.warning(
+                "connected again to %s after %.1f s: what auditd passed on meanwhile is not "
+                "here (marker source-reconnected; auditd's own log has it)",
+                stream.source, down_ms / 1000,
+            )  # fmt: skip
+            marker = f"disconnected_ms={down_ms}"
+            shipper.add([_marker_record(SOURCE_RECONNECT_TYPE, marker, shipper.node)])
+            return True
+        if now >= next_report:
+            next_report = now + RECONNECT_REPORT_S
+            log.warning(
+                "still cannot connect to %s after %.0f s: %s",
+                stream.source, now - lost_at, error.strerror or error,
+            )  # fmt: skip
+        shipper.flush_due()  # what came before the loss still leaves on time
+        time.sleep(RECONNECT_INTERVAL_S)
+    return False
 
 
 def run_live_source(

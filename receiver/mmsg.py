@@ -31,10 +31,10 @@ AUDIT_REPLACE = 1329  # the kernel asking the pid holder whether it is alive; no
 
 # recvmmsg(fd, msgvec address, vlen, flags, timeout address or None) -> count, or -1 + errno
 RecvMmsg: TypeAlias = Callable[[int, int, int, int, None], int]
-# take_records(buffer, headers, names, start, count, slot_bytes, records) -> slot (C)
+# take_records(buffer, headers, names, start, count, slot_bytes, records, node) -> slot (C)
 TakeRecords: TypeAlias = Callable[
     [mmap.mmap, ctypes.Array["MmsgHdr"], ctypes.Array["SockaddrNl"], int, int, int,
-     list[tuple[int, bytes, str]]],
+     list[tuple[int, bytes, str]], str],
     int,
 ]  # fmt: skip
 
@@ -177,23 +177,25 @@ class DatagramBatch:
         ]
         return sizes, flags, senders, types.tolist()
 
-    def take_records(self, start: int, count: int, records: list[tuple[int, bytes, str]]) -> int:
+    def take_records(
+        self, start: int, count: int, records: list[tuple[int, bytes, str]], node: str = ""
+    ) -> int:
         """Append the records of slots ``start``.. to ``records`` up to the first slot that
         is not one; return that slot's index (``count``: all were).
 
         A whole record from the kernel (at least a netlink header, sender port id 0, not
         cut, a record type other than AUDIT_REPLACE) is (type, payload without trailing
-        NULs, ""). The slot returned (a control reply, a foreign sender, a cut or short
+        NULs, ``node``: live, this host's, receiver/hostnode.py). The slot returned (a control reply, a foreign sender, a cut or short
         datagram) is for the caller to take, with :meth:`slot`, before going on from the next.
         """
         if _TAKE_RECORDS is not None:
             return _TAKE_RECORDS(
-                self.buffer, self.headers, self.names, start, count, self.slot_bytes, records
+                self.buffer, self.headers, self.names, start, count, self.slot_bytes, records, node
             )
-        return self.python_take_records(start, count, records)
+        return self.python_take_records(start, count, records, node)
 
     def python_take_records(
-        self, start: int, count: int, records: list[tuple[int, bytes, str]]
+        self, start: int, count: int, records: list[tuple[int, bytes, str]], node: str = ""
     ) -> int:
         """:meth:`take_records` in Python (the reference of receiver/csrc/datagrams.c)."""
         buffer, slot_bytes, append = self.buffer, self.slot_bytes, records.append
@@ -207,9 +209,8 @@ class DatagramBatch:
             ):  # fmt: skip
                 return slot
             offset = slot * slot_bytes
-            append(
-                (msg_type, buffer[offset + NLMSG_HEADER_BYTES : offset + size].rstrip(b"\x00"), "")
-            )
+            payload = buffer[offset + NLMSG_HEADER_BYTES : offset + size].rstrip(b"\x00")
+            append((msg_type, payload, node))
         return count
 
     def slot(self, index: int) -> tuple[int, int, int]:

@@ -89,8 +89,9 @@ class BufferedBatch:
     records: int
     last: tuple[str, int] | None  # (node, serial) of its last audit record
     last_ms: int | None = None  # event time (ms) of its last audit record with the usual header
-    # (first, last, distinct) serials when every record is of node "" (live kernel
-    # sources): an eviction then needs no unpacking. None: work it out from ``body``.
+    # (first, last, distinct) serials when every record is of one node, its last audit
+    # record's (live: this host's): an eviction then needs no unpacking. None: work it
+    # out from ``body``.
     serial_range: tuple[int, int, int] | None = None
 
 
@@ -145,7 +146,7 @@ class ShardBuffer:
     ) -> BufferedBatch:
         """Number ``body`` (it gains ``batch``), pack it and keep it.
 
-        ``serials``: the records' serials when all are of node "" (see BufferedBatch).
+        ``serials``: the records' serials when all are of one node (see BufferedBatch).
         """
         body["batch"] = self.next_number
         packed = wire.pack_body(body)
@@ -251,9 +252,9 @@ def _last_record(recs: object) -> tuple[tuple[str, int] | None, int | None]:
 
 def serial_gaps(batch: BufferedBatch) -> list[SerialGap]:
     """The serial range of each node in a packed records batch."""
-    if batch.serial_range is not None:
+    if batch.serial_range is not None and batch.last is not None:  # a serial: an audit record
         first, last, count = batch.serial_range
-        return [SerialGap("", first, last, count, batch.number + 1)]
+        return [SerialGap(batch.last[0], first, last, count, batch.number + 1)]
     body = msgpack.unpackb(batch.body, raw=False)
     serials: dict[str, set[int]] = {}
     for type_, data, node in body["recs"]:

@@ -17,9 +17,17 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from auditstream.record_types import NUMBER_BY_NAME
+from receiver.logsource import SourceError
 from receiver.syscall_numbers import AUDIT_ARCHES, SYSCALL_NUMBERS
+
+if TYPE_CHECKING:
+    from auditstream.config import Config
+
+# What a unicast `run` loads when the config names no rules files.
+DEFAULT_RULES = Path(__file__).with_name("default.rules")
 
 # Filter lists (rule flags) and actions.
 FILTER_USER, FILTER_TASK, FILTER_EXIT, FILTER_EXCLUDE, FILTER_FS = 0x00, 0x01, 0x04, 0x05, 0x06
@@ -664,6 +672,46 @@ def ignored_line_warnings(files: Iterable[RuleFile], applied: KernelSettings) ->
             "1 (printk) logs the loss instead"
         )
     return warnings
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedRules:
+    """What a unicast start loads: its rules, the kernel settings it applies, and one
+    sentence per rules-file line it does not follow (``ignored_line_warnings``)."""
+
+    rules: list[Rule]
+    settings: KernelSettings
+    warnings: list[str]
+
+
+def load_rule_set(cfg: Config) -> LoadedRules:
+    """The rules files of ``cfg`` (the packaged default.rules when none is given) parsed, no
+    kernel touched; SourceError names the file, line and reason. The receiver logs the
+    warnings (receiver/live.py rules_and_settings), ``check-config`` prints and counts them."""
+    paths = [Path(p) for p in cfg.receiver.rules_files] or [DEFAULT_RULES]
+    rules: list[Rule] = []
+    settings = KernelSettings()
+    files: list[RuleFile] = []
+    for path in paths:
+        try:
+            loaded = load_rules(path)
+        except OSError as err:
+            raise SourceError(f"cannot read rules file {path}: {err.strerror or err}") from err
+        except RuleError as err:
+            raise SourceError(f"bad rule: {err}") from err
+        rules.extend(loaded.rules)
+        settings = settings.overridden_by(loaded.settings)
+        files.append(loaded)
+    ours = KernelSettings(
+        enabled=1,
+        failure=cfg.receiver.failure_mode,
+        rate_limit=cfg.receiver.rate_limit,
+        backlog_limit=cfg.receiver.backlog_limit,
+        backlog_wait_time=cfg.receiver.backlog_wait_time,
+    )
+    # The config file wins over settings lines in rule files; each line overridden or
+    # ignored (-D) is said.
+    return LoadedRules(rules, settings.overridden_by(ours), ignored_line_warnings(files, ours))
 
 
 def load_rules(path: Path) -> RuleFile:

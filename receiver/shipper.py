@@ -7,7 +7,6 @@ downstream (docs/recovery.md).
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from typing import BinaryIO
 from auditstream.logline import format_log_line
 from auditstream.native import load_native
 from receiver.checkpoint import SerialMark
-from receiver.netlink import RawRecord, any_node
+from receiver.hostnode import local_node
+from receiver.netlink import RawRecord, all_of_node
 from receiver.redelivery import DeliveryGuard
 from receiver.replaybuffer import newest_key, record_serials, serial_of
 
@@ -63,8 +63,12 @@ class RecordShipper:
         drop_when_full: bool = False,
         record_to: BinaryIO | None = None,
         never_block: bool = False,
+        node: str = "",
     ) -> None:
         self.guard = guard
+        # The node the source gives records that name none (live: this host's, one shared
+        # str; a file: ""): a batch all of it needs no per-node work (its serials suffice).
+        self.node = node
         # Live kernel sources: a send must never stall the netlink read (see receiver/live.py).
         self.never_block = never_block
         self.batch_max = batch_max_records
@@ -74,11 +78,11 @@ class RecordShipper:
         # A recorded record of this host names it (node=, as auditd's name_format =
         # hostname): its replay then gives host.name and the entity ids the live tree keeper
         # gave (it names its table by this host), not those of a foreign, unnamed log.
-        self.record_node = socket.gethostname() if record_to is not None else ""
+        self.record_node = local_node() if record_to is not None else ""
         shards = len(guard.outlets)
         self.batches: list[list[RawRecord]] = [[] for _ in range(shards)]
         self.batch_serials: list[list[int]] = [[] for _ in range(shards)]  # live, or sharded
-        self.batch_has_nodes = [False for _ in range(shards)]
+        self.batch_has_nodes = [False for _ in range(shards)]  # a record not of self.node
         self.oldest = [0.0 for _ in range(shards)]
         self.stats = ShipperStats()
         # Live: the durable serial mark (it names what a predecessor may have lost).
@@ -133,7 +137,7 @@ class RecordShipper:
             batch += part
             if serials is not None:
                 self.batch_serials[index] += serials[taken:end]
-                if not self.batch_has_nodes[index] and any_node(part):
+                if not self.batch_has_nodes[index] and not all_of_node(part, self.node):
                     self.batch_has_nodes[index] = True
             taken += len(part)
             if len(batch) >= self.batch_max:

@@ -23,6 +23,7 @@ from auditstream.redelivery import (
 )
 from auditstream.stage import EXIT_FATAL, StageContext
 from receiver.checkpoint import CheckpointKeeper, SerialMark, load_checkpoint
+from receiver.hostnode import local_node
 from receiver.logsource import DamagedInput, LogSource, SourceError, rereadable
 from receiver.redelivery import DeliveryGuard
 from receiver.shipper import RawRecord, RecordShipper
@@ -46,19 +47,25 @@ class LineCounters:
         self.damaged_files = 0  # read only up to a damage (logsource.DamagedInput)
 
 
-def lines_to_records(lines: list[bytes], counters: LineCounters) -> list[RawRecord]:
-    """Split log lines; a line that is not a record travels as type 0 so it is reported."""
+def lines_to_records(lines: list[bytes], counters: LineCounters, node: str = "") -> list[RawRecord]:
+    """Split log lines; a line that is not a record travels as type 0 so it is reported.
+
+    ``node``: the node of the lines without ``node=`` (live: this host's, receiver/hostnode.py;
+    a file replay: "", an unknown host's)."""
     counters.lines += len(lines)
     if _SPLIT_LINES is not None:  # C for the usual lines, odd_line for the rest
-        records: list[RawRecord] = _SPLIT_LINES(lines, partial(odd_line, counters=counters))
+        odd = partial(odd_line, counters=counters, node=node)
+        records: list[RawRecord] = _SPLIT_LINES(lines, odd, node)
         return records
-    return [record for line in lines if (record := odd_line(line, counters)) is not None]
+    return [record for line in lines if (record := odd_line(line, counters, node)) is not None]
 
 
-def odd_line(line: bytes, counters: LineCounters) -> RawRecord | None:
-    """One line as a record; a blank or comment line counted and None; anything else type 0."""
+def odd_line(line: bytes, counters: LineCounters, node: str = "") -> RawRecord | None:
+    """One line as a record (of ``node`` if it names none); a blank or comment line counted
+    and None; anything else type 0."""
     try:
-        return split_log_line(line)
+        record = split_log_line(line)
+        return record if record[2] or not node else (record[0], record[1], node)
     except LineError:
         stripped = line.strip()
         if not stripped:
@@ -68,7 +75,7 @@ def odd_line(line: bytes, counters: LineCounters) -> RawRecord | None:
             counters.comment_lines += 1
             return None
         counters.bad_lines += 1
-        return (0, line.rstrip(b"\r\n"), "")
+        return (0, line.rstrip(b"\r\n"), node)
 
 
 class ProgressBar:
@@ -219,6 +226,9 @@ def run(cfg: Config, ctx: StageContext) -> int:
             drop_when_full=cfg.receiver.when_full == "drop_newest",
             record_to=record_to,
             never_block=cfg.receiver.source in ("netlink", "multicast"),
+            # Live records that name no node are this host's, as auditd's name_format =
+            # hostname makes them; a file's are an unknown host's (docs/design.md).
+            node="" if file_source else local_node(),
         )
         guard.wait_for_hello(HELLO_WAIT_S, lambda: ctx.stop_requested)
         keeper: CheckpointKeeper | None = None

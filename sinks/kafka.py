@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -30,6 +29,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from auditstream.logs import RateLimitedLog
+from receiver.hostnode import local_host_name
 from sinks.base import Event, SinkError, SinkStats
 from sinks.config import SinkConfig
 from sinks.rotation import SinkWriteError
@@ -353,7 +353,8 @@ class KafkaSink:
         self.name = name
         self.stats = SinkStats()
         self.options = options
-        self._local_host = socket.gethostname()
+        # A doc without host.name (a fan-out marker): keyed as this host's own docs are.
+        self._local_host = local_host_name()
         self._closing = False
         self._closed = False
         # Set by stop_by() from another thread: every wait ends there (time.monotonic()).

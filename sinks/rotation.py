@@ -23,7 +23,9 @@ and writing goes on in the current file, which then rotates again one
 An existing file whose last line is unfinished (no final newline: a writer killed
 mid-line) gets a newline before the first chunk written to it, so the torn line stays
 alone and every line written after it is whole; a warning names the file
-(``errors["unfinished_line"]``).
+(``errors["unfinished_line"]``). That newline counts against ``max_bytes`` like our own
+bytes (if it does not fit, the file rotates first and gets it there): only a file that was
+already ``max_bytes`` or more when opened ends up larger.
 Stdout whose reader exited (EPIPE) is gone for good: :attr:`RotatingWriter.output_closed`.
 What a regular file has written leaves the page cache once it is on disk
 (:mod:`sinks.page_cache`).
@@ -177,7 +179,7 @@ class RotatingWriter:
     def append(self, chunk: bytes, events: int = 1) -> None:
         """Buffer one whole chunk holding ``events`` events; write when the buffer is full."""
         if self._rotates:
-            used = self._size + len(self._buffer)
+            used = self._used_bytes()
             if used > 0 and used + len(chunk) > self._output.max_bytes:
                 try:
                     self._drain()
@@ -204,8 +206,13 @@ class RotatingWriter:
         of ``enough`` bytes or more fills the buffer (the last of its lines takes it there)."""
         most = sys.maxsize
         if self._rotates:  # an empty file takes one line of any size: append() alone does that
-            most = self._output.max_bytes - (self._size + len(self._buffer))
+            most = self._output.max_bytes - self._used_bytes()
         return most, max(1, self._output.buffer_bytes - len(self._buffer))
+
+    def _used_bytes(self) -> int:
+        """What the current file holds once the buffer is written: the newline still due
+        after a torn last line is written first, so it counts against ``max_bytes`` too."""
+        return self._size + int(self._newline_due) + len(self._buffer)
 
     def flush(self) -> None:
         """Hand everything buffered to the OS (and fsync a regular file when configured)."""

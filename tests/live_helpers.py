@@ -442,13 +442,16 @@ end_of_event_timeout = 2
 
 @dataclass
 class AuditdDaemon:
-    """Debian's auditd in the foreground (`-n`) with a private config: no plugins, log in `workdir`.
+    """Debian's auditd in the foreground (`-n`) with a private config: log in `workdir`, the
+    plugins.d files of `plugins` (none by default) in `workdir`/plugins.
 
     It loads no rules itself (rules come from augenrules, which we do not run) but leaves the
     kernel's enabled flag at 1 when it exits: `kernel_clean` puts that back.
     """
 
     workdir: Path
+    # plugins.d files by name (e.g. {"auditstream.conf": "active = yes\n..."}), written at start
+    plugins: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     enabled_before: int | None = None
 
@@ -460,6 +463,8 @@ class AuditdDaemon:
     def start(self, timeout_s: float = 10.0) -> AuditdDaemon:
         """Start auditd and wait until it holds the kernel audit pid."""
         (self.workdir / "plugins").mkdir(parents=True, exist_ok=True)
+        for name, text in self.plugins.items():
+            (self.workdir / "plugins" / name).write_text(text)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "auditd.conf"
         conf.write_text(
@@ -467,7 +472,7 @@ class AuditdDaemon:
         )
         conf.chmod(0o600)  # auditd refuses a config others can write
         self.enabled_before = kernel_status()["enabled"]
-        with (self.workdir / "auditd.out").open("wb") as out:
+        with (self.workdir / "auditd.out").open("ab") as out:
             self.proc = subprocess.Popen(
                 [str(AUDITD), "-n", "-c", str(self.workdir)],
                 stdin=subprocess.DEVNULL,

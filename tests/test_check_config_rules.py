@@ -13,7 +13,16 @@ import pytest
 
 from auditstream.config import Config
 from receiver.live import rules_and_settings
-from receiver.rules import OP_BIT_MASK, OP_EQ, OP_GT, OP_LT, OP_NE, RuleError, parse_rules
+from receiver.rules import (
+    OP_BIT_MASK,
+    OP_EQ,
+    OP_GT,
+    OP_LT,
+    OP_NE,
+    RuleError,
+    load_rule_set,
+    parse_rules,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 EXEC_RULE = "-a always,exit -F arch=b64 -S execve -k exec"
@@ -82,6 +91,24 @@ def test_run_logs_the_same_warnings_as_check_config(
         f"{rules_file}:1: -D (delete all rules) is ignored: auditstream never deletes rules it "
         "did not add; it removes only its own when it stops"
     ]
+
+
+def test_check_config_prints_and_counts_the_warnings_the_rules_loader_returns(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """load_rule_set returns the warnings without logging them, and check-config's stderr is those lines, in order, with their count on stdout."""
+    result = check_config(tmp_path, f"-D\n-b 320\n{EXEC_RULE}\n-D\n", "failure_mode = 2\n")
+    cfg = Config(source_path="<test>")
+    cfg.receiver.rules_files = [str(tmp_path / "my.rules")]
+    cfg.receiver.failure_mode = 2
+    with caplog.at_level(logging.DEBUG):
+        loaded = load_rule_set(cfg)
+    assert caplog.records == [] and len(loaded.rules) == 1 and len(loaded.warnings) == 4
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"auditstream[cli] WARNING: {warning}" for warning in loaded.warnings
+    ]
+    assert result.stdout.rstrip().endswith("1 rule), 4 warnings above"), result.stdout
 
 
 def test_no_sinks_reports_the_default_sink_run_writes(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from assembler.redelivery import BatchStream, replay_gap_events, restart_gap_eve
 from auditstream.config import Config, write_json
 from auditstream.supervisor import RestartPolicy, Supervisor
 from receiver.checkpoint import CheckpointKeeper, SerialMark, load_checkpoint
+from receiver.hostnode import local_host_name
 from receiver.logsource import LogSource
 from receiver.replaybuffer import ShardBuffer
 from sinks.config import sink_config_from_table
@@ -63,11 +64,12 @@ def big_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_generated_log(tmp_path_factory.mktemp("crash") / "big.log", LOG_LINES)
 
 
-def input_keys(log: bytes) -> list[EventKey]:
-    """Every event's (node, sec, msec, serial) in order of first appearance."""
+def input_keys(log: bytes, here: str = "") -> list[EventKey]:
+    """Every event's (node, sec, msec, serial) in order of first appearance; ``here``: the
+    host.name of lines without node= (live: this host's, receiver/hostnode.py)."""
     seen: dict[EventKey, None] = {}
     for node, sec, msec, serial in KEY.findall(log):
-        seen[(node.decode(), int(sec), int(msec), int(serial))] = None
+        seen[(node.decode() or here, int(sec), int(msec), int(serial))] = None
     return list(seen)
 
 
@@ -228,7 +230,7 @@ def test_live_stdin_source_survives_random_sigkills(big_log: Path, tmp_path: Pat
     stderr = result.stderr.decode(errors="replace")
     assert result.returncode == 0, stderr
     assert len(victims) >= 3, f"the run ended before enough kills landed: {victims}"
-    keys = input_keys(head.read_bytes())
+    keys = input_keys(head.read_bytes(), local_host_name())
     outcome = read_outcome(out)
     present, in_gap = assert_exactly_once_or_in_gap(keys, outcome)
     # Only a dead receiver loses (what it had read and not yet sent): the kernel, or a

@@ -35,6 +35,8 @@ from auditstream import config as config_mod
 from auditstream.latency import LatencyHistogram, percentile
 from auditstream.metrics import StageStatus, collect
 from auditstream.prometheus import MetricFamily, escape_label_value, format_value, render
+from receiver.kernel import AuditStatus
+from receiver.live import KernelCounters
 from receiver.netlink import NLMSG_HEADER, AuditNetlink
 from sinks.config import FileOutputConfig, SinkConfig
 from sinks.fanout import FanOut
@@ -231,7 +233,7 @@ def test_collect_reports_hop_in_flight_and_kernel_from_status_files() -> None:
             "receiver",
             {
                 "component": component("receiver", 100, 90),
-                "kernel": {"lost": 7, "backlog": 3, "backlog_limit": 8192},
+                "kernel": {"lost": 7, "lost_since_start": 2, "backlog": 3, "backlog_limit": 8192},
                 "batched_records": 10,
             },
             0.5,
@@ -252,11 +254,41 @@ def test_collect_reports_hop_in_flight_and_kernel_from_status_files() -> None:
     parsed = parse_exposition(render(collect(statuses, {})))
     assert values(parsed, "auditstream_hop_in_flight", hop="receiver->assembler") == [5]
     assert values(parsed, "auditstream_hop_in_flight", hop="assembler->treekeeper") == [4]
-    assert values(parsed, "auditstream_kernel_lost_total") == [7]
+    assert values(parsed, "auditstream_kernel_lost_total") == [2]
+    assert values(parsed, "auditstream_kernel_lost_since_boot") == [7]
+    assert parsed["auditstream_kernel_lost_since_boot"].type == "gauge"
     assert values(parsed, "auditstream_kernel_backlog") == [3]
     assert values(parsed, "auditstream_queue_events", component_id="out") == [4]
     assert values(parsed, "auditstream_queue_events", component_id="assembler-0") == [2]
     assert values(parsed, "auditstream_status_age_seconds", component_id="receiver") == [0.5]
+
+
+def test_kernel_lost_total_counts_from_the_receivers_start_across_the_u32_wrap() -> None:
+    """The counter is what the kernel lost after the receiver's first status read, through the
+    kernel's u32 wrap; the gauge stays the kernel's own count since boot."""
+
+    def kernel_status(lost: int) -> AuditStatus:
+        return AuditStatus(0, 1, 1, 42, 0, 8192, lost, 0, 0, 0, 0)
+
+    counters = KernelCounters(kernel_status(0xFFFFFFF0))  # another reader lost those
+    assert counters.lost_since_start() == 0
+    assert counters.update(kernel_status(5)) == 0x15
+    assert counters.lost_since_start() == 0x15
+    kernel = {"lost": counters.last.lost, "lost_since_start": counters.lost_since_start()}
+    receiver = StageStatus("receiver", {"kernel": kernel}, 0.1)
+    parsed = parse_exposition(render(collect([receiver], {})))
+    assert values(parsed, "auditstream_kernel_lost_total") == [0x15]
+    assert parsed["auditstream_kernel_lost_total"].type == "counter"
+    assert values(parsed, "auditstream_kernel_lost_since_boot") == [5]
+
+
+def test_a_receiver_status_without_lost_since_start_gives_no_lost_counter() -> None:
+    """A status file that does not say what this run lost (a receiver of an older version)
+    leaves the counter out instead of exporting the kernel's count since boot as ours."""
+    receiver = StageStatus("receiver", {"kernel": {"lost": 6144256, "backlog": 0}}, 0.1)
+    parsed = parse_exposition(render(collect([receiver], {})))
+    assert "auditstream_kernel_lost_total" not in parsed
+    assert values(parsed, "auditstream_kernel_lost_since_boot") == [6144256]
 
 
 def test_fanout_observes_latency_of_stamped_events_after_the_flush(tmp_path: Path) -> None:
@@ -662,6 +694,7 @@ def test_live_run_exposes_kernel_and_receiver_metrics(
         wait_for(observed, 20, "receiver and tree keeper statuses written after the events")
         assert values(scraped, "auditstream_kernel_backlog_limit") == [8192]
         assert len(values(scraped, "auditstream_kernel_lost_total")) == 1
+        assert len(values(scraped, "auditstream_kernel_lost_since_boot")) == 1
         (received,) = values(
             scraped,
             "component_received_events_total",

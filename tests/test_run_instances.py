@@ -32,6 +32,10 @@ from live_helpers import (
     write_config,
 )
 
+from auditstream.config import Config
+from receiver.kernel import StoppedHolder
+from receiver.live import record_takeover
+
 __all__ = ["kernel_clean"]  # the fixture is used by name
 
 EXIT_WITHIN_S = 15.0
@@ -209,6 +213,8 @@ def test_takeover_warns_that_auditd_stays_stopped(
                     "--sink", f"jsonl:{tmp_path / 't.jsonl'}")  # fmt: skip
     run.wait_registered()
     assert auditd.proc is not None and auditd.proc.wait(timeout=10) == 0
+    recorded = json.loads((tmp_path / "t-run" / "taken-over.json").read_text())
+    assert recorded["pid"] == auditd.pid and recorded["comm"] == "auditd"
     command = f"/usr/sbin/auditd -n -c {auditd.workdir}"
     at_takeover = run.read_stderr()
     assert f"sending SIGTERM to {auditd.pid} ({command})" in at_takeover, at_takeover
@@ -221,6 +227,102 @@ def test_takeover_warns_that_auditd_stays_stopped(
         f"auditd (pid {auditd.pid}, command {command}) was stopped by takeover and is not "
         f"running; start it again with: {command}" in at_stop
     ), at_stop
-    recorded = json.loads((tmp_path / "t-run" / "taken-over.json").read_text())
-    assert recorded["pid"] == auditd.pid and recorded["comm"] == "auditd"
     assert read_events(tmp_path / "t.jsonl"), "the run captured nothing"
+    # Said at the stop, so not again by the next start in the dir (nor by status).
+    assert not (tmp_path / "t-run" / "taken-over.json").exists()
+
+
+def record_takeover_in(run_dir: Path, comm: str) -> StoppedHolder:
+    """Write the runtime dir's takeover record as the receiver's takeover does, for a holder
+    named ``comm`` whose pid has exited (a supervisor SIGKILLed after the takeover)."""
+    holder = StoppedHolder(
+        pid=first_free_pid(), command="/usr/sbin/auditd", comm=comm, unit="auditd.service"
+    )
+    cfg = Config(source_path="<test>")
+    cfg.runtime.dir = str(run_dir)
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    record_takeover(cfg, holder)
+    assert (run_dir / "taken-over.json").exists()
+    return holder
+
+
+def first_free_pid() -> int:
+    """The pid of a child that has exited and been reaped: no process has it now."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+STOPPED_COMM = "auditd-stopped"  # no process has this name: the holder is not running again
+
+
+def test_status_says_a_killed_runs_takeover_every_time(tmp_path: Path) -> None:
+    """`status -c CONF` on the dir of a run killed after its takeover says on stderr, each
+    time it is asked, what was stopped and how to start it again, and leaves the record."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.toml", run_dir)
+    holder = record_takeover_in(run_dir, STOPPED_COMM)
+    notice = (
+        f"{STOPPED_COMM} (pid {holder.pid}, command /usr/sbin/auditd) was stopped by takeover "
+        "and is not running; start it again with: systemctl start auditd.service"
+    )
+    for _ in range(2):
+        shown = status_of(config)
+        assert shown.returncode == 3, shown.stderr
+        assert f"auditstream[cli] WARNING: {notice}\n" in shown.stderr, shown.stderr
+        assert notice not in shown.stdout and "Traceback" not in shown.stderr
+    as_json = status_of(config, "--json")
+    assert json.loads(as_json.stdout)["takeover"] == notice
+    assert (run_dir / "taken-over.json").exists()
+
+
+def test_the_next_start_says_a_killed_runs_takeover_once(tmp_path: Path) -> None:
+    """The next start in the dir (here a replay) says what the killed run's takeover stopped
+    and how to start it again, naming the dir, then removes the record: said once."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.toml", run_dir)
+    log = tmp_path / "a.log"
+    log.write_bytes(ONE_EVENT_LOG)
+    holder = record_takeover_in(run_dir, STOPPED_COMM)
+    first = replay("-c", str(config), str(log), "--sink", f"jsonl:{tmp_path / 'a.jsonl'}")
+    stderr = first.stderr.decode()
+    assert first.returncode == 0, stderr
+    assert (
+        f"auditstream[cli] WARNING: left by an earlier run in {run_dir} that did not stop "
+        f"cleanly: {STOPPED_COMM} (pid {holder.pid}, command /usr/sbin/auditd) was stopped by "
+        "takeover and is not running; start it again with: systemctl start auditd.service\n"
+    ) in stderr, stderr
+    assert not (run_dir / "taken-over.json").exists()
+    again = replay("-c", str(config), str(log), "--sink", f"jsonl:{tmp_path / 'b.jsonl'}")
+    assert again.returncode == 0 and b"takeover" not in again.stderr, again.stderr
+    shown = status_of(config)
+    assert "takeover" not in shown.stderr, shown.stderr
+
+
+def test_a_stopped_holder_running_again_is_not_reported(tmp_path: Path) -> None:
+    """When a process of the stopped holder's name runs again, neither status nor the next
+    start warns (they only note that it runs again), and the start still removes the record."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.toml", run_dir)
+    log = tmp_path / "a.log"
+    log.write_bytes(ONE_EVENT_LOG)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        record_takeover_in(run_dir, "sleep")
+        shown = status_of(config)
+        assert "WARNING" not in shown.stderr and "runs again" in shown.stderr, shown.stderr
+        done = replay("-c", str(config), str(log), "--sink", f"jsonl:{tmp_path / 'a.jsonl'}")
+        stderr = done.stderr.decode()
+        assert done.returncode == 0 and "WARNING" not in stderr and "runs again" in stderr, stderr
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not (run_dir / "taken-over.json").exists()
+
+
+def status_of(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``auditstream status -c CONFIG ARGS``, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "auditstream", "status", "-c", str(config), *args],
+        capture_output=True, text=True, check=False, cwd=REPO, timeout=60,
+    )  # fmt: skip

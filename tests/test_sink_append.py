@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from live_helpers import ONE_EVENT_LOG, replay
 
-from auditstream.logline import split_log_line
+from auditstream.logline import format_log_line, split_log_line
 from sinks.config import FileOutputConfig
 from sinks.jsonl import JsonlSink
 from sinks.rawfile import RawFileSink
@@ -118,3 +118,40 @@ def test_a_write_failing_after_the_newline_keeps_it_and_adds_no_second(
     lines = out.read_bytes().split(b"\n")
     assert lines[0] == TORN_JSON and json.loads(lines[1]) == SINK_EVENT["doc"] and lines[2] == b""
     assert (sink.stats.sent_events, sink.stats.discarded_events) == (1, 1)
+
+
+RAW_DATA = b"audit(1700000000.000:7): arch=c000003e syscall=59"
+RAW_EVENT = {
+    "key": ["", 1700000000, 0, 7],
+    "raw": [[1300, RAW_DATA, "n1"]],
+    "doc": {"event": {"action": "x"}},
+}
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "file", "jsonl-encoded-ahead"])
+def test_the_newline_ending_a_torn_line_counts_against_max_bytes(tmp_path: Path, kind: str) -> None:
+    """With max_bytes exactly the torn file plus one chunk, the newline before the chunk tips it over, so the file rotates first and no file exceeds max_bytes."""
+    out = tmp_path / "events.out"
+    torn = TORN_RAW if kind == "file" else TORN_JSON
+    out.write_bytes(torn)
+    event = RAW_EVENT if kind == "file" else SINK_EVENT
+    chunk = (
+        format_log_line(1300, RAW_DATA, "n1") + b"\n"
+        if kind == "file"
+        else json.dumps(event["doc"], separators=(",", ":")).encode() + b"\n"
+    )
+    output = FileOutputConfig(str(out), max_bytes=len(torn) + len(chunk), keep_files=3)
+    sink = RawFileSink("s", output) if kind == "file" else JsonlSink("s", output)
+    if kind == "jsonl-encoded-ahead":
+        assert isinstance(sink, JsonlSink)
+        encoded = sink.encode([event])
+        if encoded is None:
+            pytest.skip("the C line encoder is not built")
+        sink.write_encoded(encoded, 1)
+    else:
+        sink.write_batch([event])
+    sink.close()
+    assert (tmp_path / "events.out.1").read_bytes() == torn + b"\n"
+    assert out.read_bytes() == chunk
+    sizes = {path.name: path.stat().st_size for path in tmp_path.glob("events.out*")}
+    assert max(sizes.values()) <= output.max_bytes, sizes

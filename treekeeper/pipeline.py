@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 import time
 from typing import Any
 
 from auditstream.config import Config
 from auditstream.logs import RateLimitedLog
 from auditstream.redelivery import buffered_records
+from receiver.hostnode import local_host_name
 from sinks import build_sink, sinks_take_doc_text
 from sinks.config import sink_configs_from_tables
 from sinks.fanout import FanOut
@@ -66,7 +66,7 @@ class TreeStep:
         self.input_at = time.monotonic()
         self.state_file = t.state_file
         table_cfg = TableConfig(
-            host="" if self.event_time else socket.gethostname(),
+            host="" if self.event_time else local_host_name(),  # as live docs' host.name
             exit_grace_ms=t.exit_grace_ms,
             max_processes=t.max_processes,
             ancestry_max_depth=t.ancestry_max_depth,

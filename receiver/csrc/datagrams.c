@@ -3,11 +3,13 @@
  * Reference: receiver/mmsg.py, DatagramBatch.python_take_records. A slot whose datagram is
  * a whole record from the kernel (size at least a netlink header, sender port id 0, no
  * MSG_TRUNC, nlmsg_type a record type other than AUDIT_REPLACE) becomes the tuple
- * (type, payload without trailing NULs, "") appended to `records`, from slot `start` on,
+ * (type, payload without trailing NULs, node) appended to `records`, from slot `start` on,
  * up to the first slot that is not: its index is returned (or `count`) for the Python path
  * to take (control replies, foreign senders, cut datagrams) before going on, so that the
  * records keep their order. At 50,000 events/s the live reader takes ~250,000 records a
  * second: the Python loop cost ~0.5 us a record (docs/performance.md, 21st pass).
+ * `node` (optional, "" by default) is one str every record shares: live, this host's name
+ * (receiver/hostnode.py), at no cost per record.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h> /* first: its pyconfig.h sets _GNU_SOURCE (struct mmsghdr) */
@@ -35,7 +37,8 @@ static PyObject *type_object(unsigned type) {
     return cached_types[index];
 }
 
-static int append_record(PyObject *records, unsigned type, const char *payload, Py_ssize_t size) {
+static int append_record(PyObject *records, unsigned type, const char *payload, Py_ssize_t size,
+                         PyObject *node) {
     while (size > 0 && payload[size - 1] == '\0') size--;
     PyObject *type_int = type_object(type);
     if (type_int == NULL) return -1;
@@ -44,17 +47,17 @@ static int append_record(PyObject *records, unsigned type, const char *payload, 
         Py_DECREF(type_int);
         return -1;
     }
-    Py_INCREF(empty_node);
+    Py_INCREF(node);
     PyObject *record = PyTuple_New(3);
     if (record == NULL) {
         Py_DECREF(type_int);
         Py_DECREF(data);
-        Py_DECREF(empty_node);
+        Py_DECREF(node);
         return -1;
     }
     PyTuple_SET_ITEM(record, 0, type_int);
     PyTuple_SET_ITEM(record, 1, data);
-    PyTuple_SET_ITEM(record, 2, empty_node);
+    PyTuple_SET_ITEM(record, 2, node);
     int rc = PyList_Append(records, record);
     Py_DECREF(record);
     return rc;
@@ -63,9 +66,9 @@ static int append_record(PyObject *records, unsigned type, const char *payload, 
 static PyObject *take_records(PyObject *module, PyObject *args) {
     Py_buffer buffer, headers, names;
     Py_ssize_t start, count, slot_bytes;
-    PyObject *records;
-    if (!PyArg_ParseTuple(args, "y*y*y*nnnO!", &buffer, &headers, &names, &start, &count,
-                          &slot_bytes, &PyList_Type, &records))
+    PyObject *records, *node = empty_node;
+    if (!PyArg_ParseTuple(args, "y*y*y*nnnO!|U", &buffer, &headers, &names, &start, &count,
+                          &slot_bytes, &PyList_Type, &records, &node))
         return NULL;
     PyObject *result = NULL;
     if (start < 0 || count < start || slot_bytes < HEADER_BYTES || count > buffer.len / slot_bytes ||
@@ -87,7 +90,7 @@ static PyObject *take_records(PyObject *module, PyObject *args) {
         uint16_t type;
         memcpy(&type, datagram + 4, sizeof type); /* nlmsg_type */
         if (type < AUDIT_FIRST_USER_MSG || type == AUDIT_REPLACE) break;
-        if (append_record(records, type, datagram + HEADER_BYTES, size - HEADER_BYTES) < 0)
+        if (append_record(records, type, datagram + HEADER_BYTES, size - HEADER_BYTES, node) < 0)
             goto done;
     }
     result = PyLong_FromSsize_t(slot);
@@ -107,8 +110,8 @@ static PyObject *struct_sizes(PyObject *module, PyObject *unused) {
 
 static PyMethodDef methods[] = {
     {"take_records", take_records, METH_VARARGS,
-     "take_records(buffer, headers, names, start, count, slot_bytes, records) -> first slot "
-     "not taken"},
+     "take_records(buffer, headers, names, start, count, slot_bytes, records, node='') -> "
+     "first slot not taken"},
     {"struct_sizes", struct_sizes, METH_NOARGS, "(sizeof mmsghdr, sizeof sockaddr_nl)"},
     {NULL, NULL, 0, NULL},
 };

@@ -5,6 +5,8 @@
  * UNKNOWN[number], this makes the same (type, data, node) tuple. Every other line (no
  * type=, no msg=, an unknown type name, data that is not bytes...) is handed to the
  * Python callback, which returns the record or None and counts the line (receiver/stage.py).
+ * A record without a node (none, or an empty one) gets the optional third argument, one
+ * shared str: live, this host's name (receiver/hostnode.py); "" by default.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -13,6 +15,7 @@
 #define MAX_DIGITS 18
 
 static PyObject *number_by_name; /* auditstream.record_types.NUMBER_BY_NAME */
+static PyObject *empty_node;
 
 static int load_references(void) {
     if (number_by_name != NULL) return 0;
@@ -61,7 +64,8 @@ static const char *find(const char *start, const char *end, const char *needle, 
 }
 
 /* The record of one usual line (a new reference); NULL without an error: not usual. */
-static PyObject *split_line(PyObject *line, PyObject **last_node_bytes, PyObject **last_node) {
+static PyObject *split_line(PyObject *line, PyObject **last_node_bytes, PyObject **last_node,
+                            PyObject *default_node) {
     const char *start = PyBytes_AS_STRING(line);
     const char *end = start + PyBytes_GET_SIZE(line);
     while (end > start && (end[-1] == '\n' || end[-1] == '\r')) end--;
@@ -88,6 +92,7 @@ static PyObject *split_line(PyObject *line, PyObject **last_node_bytes, PyObject
             Py_XSETREF(*last_node, node);
         }
         start = space + 1;
+        if (size == 0) Py_CLEAR(node); /* "node= ": no node, as in Python */
     }
     const char *msg = NULL;
     if (end - start >= 5 && memcmp(start, "type=", 5) == 0) msg = find(start + 5, end, " msg=", 5);
@@ -96,7 +101,7 @@ static PyObject *split_line(PyObject *line, PyObject **last_node_bytes, PyObject
         Py_XDECREF(node);
         return NULL;
     }
-    if (node == NULL) node = PyUnicode_New(0, 0);
+    if (node == NULL) node = Py_NewRef(default_node);
     PyObject *data = PyBytes_FromStringAndSize(msg + 5, end - (msg + 5));
     if (node == NULL || data == NULL) {
         Py_DECREF(type);
@@ -118,19 +123,22 @@ static PyObject *split_line(PyObject *line, PyObject **last_node_bytes, PyObject
 }
 
 static PyObject *split_lines(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyList_Check(args[0]) || !PyCallable_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "split_lines(lines: list[bytes], odd_line: callable)");
+    if (nargs < 2 || nargs > 3 || !PyList_Check(args[0]) || !PyCallable_Check(args[1]) ||
+        (nargs == 3 && !PyUnicode_CheckExact(args[2]))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "split_lines(lines: list[bytes], odd_line: callable, node: str = '')");
         return NULL;
     }
     if (load_references() < 0) return NULL;
     PyObject *lines = args[0], *odd_line = args[1];
+    PyObject *default_node = nargs == 3 ? args[2] : empty_node;
     PyObject *out = PyList_New(0);
     PyObject *last_node_bytes = NULL, *last_node = NULL;
     if (out == NULL) return NULL;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lines); i++) {
         PyObject *line = PyList_GET_ITEM(lines, i);
         Py_INCREF(line); /* the callback may change the list */
-        PyObject *record = PyBytes_CheckExact(line) ? split_line(line, &last_node_bytes, &last_node) : NULL;
+        PyObject *record = PyBytes_CheckExact(line) ? split_line(line, &last_node_bytes, &last_node, default_node) : NULL;
         if (record == NULL && !PyErr_Occurred()) record = PyObject_CallOneArg(odd_line, line);
         Py_DECREF(line);
         if (record == NULL) goto failed;
@@ -214,7 +222,8 @@ static PyObject *record_serials(PyObject *self, PyObject *const *args, Py_ssize_
 
 static PyMethodDef methods[] = {
     {"split_lines", (PyCFunction)(void (*)(void))split_lines, METH_FASTCALL,
-     "split_lines(lines, odd_line) -> list of (type, data, node); odd_line(line) for the rest."},
+     "split_lines(lines, odd_line, node='') -> list of (type, data, node); odd_line(line) for "
+     "the rest."},
     {"record_serials", (PyCFunction)(void (*)(void))record_serials, METH_FASTCALL,
      "record_serials(records, slow) -> the serial of each record; slow(record) for the rest."},
     {NULL, NULL, 0, NULL},
@@ -224,4 +233,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "native_lines",
                                     "auditstream.logline.split_log_line over many lines, in C.",
                                     -1, methods};
 
-PyMODINIT_FUNC PyInit_native_lines(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit_native_lines(void) {
+    empty_node = PyUnicode_New(0, 0);
+    if (empty_node == NULL) return NULL;
+    return PyModule_Create(&module);
+}
