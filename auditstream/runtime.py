@@ -83,16 +83,15 @@ def make_private_dir(cfg: Config, *, live: bool) -> RuntimeDir:
 def takeover_notice_in(run_dir: Path) -> str | None:
     """The sentence about the audit PID holder a run in ``run_dir`` stopped by `takeover`
     (receiver/live.py takeover_notice): None if it stopped none, or that holder runs again."""
+    record = run_dir / TAKEOVER_NAME
     try:
-        if not (run_dir / TAKEOVER_NAME).exists():
+        if not record.exists():
             return None  # the common case, without importing the receiver
     except OSError:  # e.g. a root-only dir: the reader says it cannot read the dir itself
         return None
     from receiver.live import takeover_notice
 
-    cfg = Config(source_path=str(run_dir / TAKEOVER_NAME))
-    cfg.runtime.dir = str(run_dir)
-    return takeover_notice(cfg)
+    return takeover_notice(record)
 
 
 def lock_dir(path: Path) -> int:

@@ -100,11 +100,11 @@ def record_takeover(cfg: Config, holder: StoppedHolder) -> None:
         log.error("cannot write down the stopped audit PID holder: %s", err)
 
 
-def takeover_notice(cfg: Config) -> str | None:
-    """At the stop: the audit PID holder this run's takeover stopped, if it is not running
-    again, as a sentence that says how to start it; None if none was stopped."""
+def takeover_notice(record: Path) -> str | None:
+    """The audit PID holder a takeover stopped (its ``record``, runtime.TAKEOVER_NAME), if it
+    is not running again, as a sentence that says how to start it; None if none was stopped."""
     try:
-        holder = StoppedHolder(**json.loads(runtime.takeover_path(cfg).read_text()))
+        holder = StoppedHolder(**json.loads(record.read_text()))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError) as err:
@@ -278,7 +278,7 @@ def run_netlink(
 ) -> dict[str, Any]:
     multicast = cfg.receiver.source == "multicast"
     session, source, control = sockets.session, sockets.source, sockets.control
-    source.node = shipper.node  # kernel records name no node: this host's (receiver/hostnode.py)
+    source.node = shipper.node  # kernel records name no node: this host's (auditstream/hostnode.py)
     privilege_errors = sockets.privilege_errors
     stats: dict[str, Any] = {}
     try:

@@ -185,7 +185,7 @@ class DatagramBatch:
 
         A whole record from the kernel (at least a netlink header, sender port id 0, not
         cut, a record type other than AUDIT_REPLACE) is (type, payload without trailing
-        NULs, ``node``: live, this host's, receiver/hostnode.py). The slot returned (a control reply, a foreign sender, a cut or short
+        NULs, ``node``: live, this host's, auditstream/hostnode.py). The slot returned (a control reply, a foreign sender, a cut or short
         datagram) is for the caller to take, with :meth:`slot`, before going on from the next.
         """
         if _TAKE_RECORDS is not None:

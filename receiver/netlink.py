@@ -44,7 +44,7 @@ _NODE_OF = operator.itemgetter(2)
 
 def all_of_node(records: list[RawRecord], node: str) -> bool:
     """Whether every one of ``records`` is of ``node`` (live: the one str the sources
-    share, receiver/hostnode.py; a file: "", a log without node=). list.count compares
+    share, auditstream/hostnode.py; a file: "", a log without node=). list.count compares
     by identity first: ~13 ns a record, as ``any(map(_NODE_OF, records))`` for "" alone
     (a ``node.__ne__`` per record cost three times that)."""
     return list(map(_NODE_OF, records)).count(node) == len(records)
@@ -108,7 +108,7 @@ class AuditNetlink:
         self.truncated = 0  # datagrams longer than a batch slot (MSG_TRUNC): cut short
         self.batch_reads = 0  # recvmmsg calls that returned datagrams
         self.batched_datagrams = 0  # datagrams those calls returned
-        # The node of the records read (live: this host's, receiver/hostnode.py): one str
+        # The node of the records read (live: this host's, auditstream/hostnode.py): one str
         # shared by all of them, so naming it costs nothing per record.
         self.record_node = ""
         self._sock: socket.socket | None = None
@@ -337,7 +337,7 @@ class AuditNetlink:
 
 class NetlinkSource:
     """Reads audit records from the kernel: (type, data, node) per record, never blocking;
-    ``node`` is :attr:`node` ("" unless set: live, this host's, receiver/hostnode.py)."""
+    ``node`` is :attr:`node` ("" unless set: live, this host's, auditstream/hostnode.py)."""
 
     def __init__(
         self, *, multicast: bool, rcvbuf_bytes: int = 64 << 20,

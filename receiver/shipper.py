@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from auditstream.hostnode import local_node
 from auditstream.logline import format_log_line
 from auditstream.native import load_native
 from receiver.checkpoint import SerialMark
-from receiver.hostnode import local_node
 from receiver.netlink import RawRecord, all_of_node
 from receiver.redelivery import DeliveryGuard
 from receiver.replaybuffer import newest_key, record_serials, serial_of

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import zmq
 
 from auditstream.config import Config, batching
+from auditstream.hostnode import local_node
 from auditstream.logline import LineError, split_log_line
 from auditstream.marker_records import DAMAGED_INPUT_TYPE
 from auditstream.native import load_native
@@ -23,7 +24,6 @@ from auditstream.redelivery import (
 )
 from auditstream.stage import EXIT_FATAL, StageContext
 from receiver.checkpoint import CheckpointKeeper, SerialMark, load_checkpoint
-from receiver.hostnode import local_node
 from receiver.logsource import DamagedInput, LogSource, SourceError, rereadable
 from receiver.redelivery import DeliveryGuard
 from receiver.shipper import RawRecord, RecordShipper
@@ -50,7 +50,7 @@ class LineCounters:
 def lines_to_records(lines: list[bytes], counters: LineCounters, node: str = "") -> list[RawRecord]:
     """Split log lines; a line that is not a record travels as type 0 so it is reported.
 
-    ``node``: the node of the lines without ``node=`` (live: this host's, receiver/hostnode.py;
+    ``node``: the node of the lines without ``node=`` (live: this host's, auditstream/hostnode.py;
     a file replay: "", an unknown host's)."""
     counters.lines += len(lines)
     if _SPLIT_LINES is not None:  # C for the usual lines, odd_line for the rest

@@ -28,8 +28,8 @@ from typing import Any, Final, Literal, cast
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from auditstream.hostnode import local_host_name
 from auditstream.logs import RateLimitedLog
-from receiver.hostnode import local_host_name
 from sinks.base import Event, SinkError, SinkStats
 from sinks.config import SinkConfig
 from sinks.rotation import SinkWriteError

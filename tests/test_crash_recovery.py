@@ -33,9 +33,9 @@ from live_helpers import feed_slowly, stage_pids
 from assembler.reassembler import CompletionReason, Reassembler
 from assembler.redelivery import BatchStream, replay_gap_events, restart_gap_event
 from auditstream.config import Config, write_json
+from auditstream.hostnode import local_host_name
 from auditstream.supervisor import RestartPolicy, Supervisor
 from receiver.checkpoint import CheckpointKeeper, SerialMark, load_checkpoint
-from receiver.hostnode import local_host_name
 from receiver.logsource import LogSource
 from receiver.replaybuffer import ShardBuffer
 from sinks.config import sink_config_from_table
@@ -66,7 +66,7 @@ def big_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def input_keys(log: bytes, here: str = "") -> list[EventKey]:
     """Every event's (node, sec, msec, serial) in order of first appearance; ``here``: the
-    host.name of lines without node= (live: this host's, receiver/hostnode.py)."""
+    host.name of lines without node= (live: this host's, auditstream/hostnode.py)."""
     seen: dict[EventKey, None] = {}
     for node, sec, msec, serial in KEY.findall(log):
         seen[(node.decode() or here, int(sec), int(msec), int(serial))] = None

@@ -2,7 +2,7 @@
 
 auditd with ``name_format = hostname`` prefixes each record with ``node=<hostname>`` and
 Auditbeat sets ``host.name`` on every event; the live receiver gives the records of its
-sources that name no node this host's name (receiver/hostnode.py), so that the archive of
+sources that name no node this host's name (auditstream/hostnode.py), so that the archive of
 many hosts tells them apart. A file replay stays as it was: a log without ``node=`` is of
 an unknown host. Live runs here read stdin (the auditd plugin source): no kernel needed.
 """
@@ -25,10 +25,10 @@ from assembler.ecs import host_name
 from assembler.stage import Assembly
 from auditstream.config import Config
 from auditstream.doc_text import RECORD_HASHES
+from auditstream.hostnode import local_host_name, local_node, node_of_hostname
 from auditstream.logline import format_log_line, split_log_line
 from auditstream.marker_records import KERNEL_LOST_TYPE, SOCKET_OVERRUN_TYPE, SOURCE_RECONNECT_TYPE
 from receiver.checkpoint import SerialMark
-from receiver.hostnode import local_host_name, local_node, node_of_hostname
 from receiver.replaybuffer import ShardBuffer, record_serials, serial_gaps
 from receiver.stage import LineCounters, lines_to_records, odd_line
 from treekeeper.dedupe import doc_fingerprints, head_fingerprints, line_fingerprint

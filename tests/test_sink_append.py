@@ -22,31 +22,31 @@ TORN_RAW = b"type=SYSCALL msg=audit(1700000000.000:1): arch=c000"
 SINK_EVENT = {"key": ["", 1700000000, 0, 2], "raw": [], "doc": {"event": {"action": "x"}}}
 
 
-def test_replay_into_a_torn_jsonl_file_keeps_the_torn_line_alone(tmp_path: Path) -> None:
-    """The torn text keeps a line of its own, every new line is valid JSON, and a warning names the file."""
-    out = tmp_path / "events.jsonl"
-    out.write_bytes(TORN_JSON)
-    result = replay("-", "--sink", f"jsonl:{out}", stdin=ONE_EVENT_LOG)
+def replay_into_torn(out: Path, torn: bytes, sink: str) -> list[bytes]:
+    """Replay one event into ``out``, a file ending in the unfinished line ``torn``: the torn
+    line must stay first and alone, the file end in a newline, and a warning name the file.
+    Returns our lines."""
+    out.write_bytes(torn)
+    result = replay("-", "--sink", f"{sink}:{out}", stdin=ONE_EVENT_LOG)
     stderr = result.stderr.decode(errors="replace")
     assert result.returncode == 0, stderr
-    first, *ours = out.read_bytes().split(b"\n")
-    assert first == TORN_JSON and ours[-1] == b""
-    docs = [json.loads(line) for line in ours[:-1]]
-    assert docs and docs[0]["auditd"]["sequence"] == 1
+    first, *ours, last = out.read_bytes().split(b"\n")
+    assert first == torn and last == b""
     assert f"{out} ends in an unfinished line" in stderr
+    return ours
+
+
+def test_replay_into_a_torn_jsonl_file_keeps_the_torn_line_alone(tmp_path: Path) -> None:
+    """The torn text keeps a line of its own, every new line is valid JSON, and a warning names the file."""
+    ours = replay_into_torn(tmp_path / "events.jsonl", TORN_JSON, "jsonl")
+    docs = [json.loads(line) for line in ours]
+    assert docs and docs[0]["auditd"]["sequence"] == 1
 
 
 def test_replay_into_a_torn_raw_file_cannot_glue_a_record(tmp_path: Path) -> None:
     """The raw file sink's first record starts its own line after a torn one, so it reads back whole."""
-    out = tmp_path / "audit.log"
-    out.write_bytes(TORN_RAW)
-    result = replay("-", "--sink", f"file:{out}", stdin=ONE_EVENT_LOG)
-    stderr = result.stderr.decode(errors="replace")
-    assert result.returncode == 0, stderr
-    lines = out.read_bytes().split(b"\n")
-    assert lines[0] == TORN_RAW and lines[-1] == b""
-    assert [split_log_line(line)[0] for line in lines[1:-1]] == [1300, 1320]
-    assert f"{out} ends in an unfinished line" in stderr
+    ours = replay_into_torn(tmp_path / "audit.log", TORN_RAW, "file")
+    assert [split_log_line(line)[0] for line in ours] == [1300, 1320]
 
 
 @pytest.mark.parametrize("existing", [b"", b'{"whole": 1}\n'], ids=["empty", "whole-lines"])

@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 from auditstream.config import Config
+from auditstream.hostnode import local_host_name
 from auditstream.logs import RateLimitedLog
 from auditstream.redelivery import buffered_records
-from receiver.hostnode import local_host_name
 from sinks import build_sink, sinks_take_doc_text
 from sinks.config import sink_configs_from_tables
 from sinks.fanout import FanOut

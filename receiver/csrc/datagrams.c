@@ -9,7 +9,7 @@
  * records keep their order. At 50,000 events/s the live reader takes ~250,000 records a
  * second: the Python loop cost ~0.5 us a record (docs/performance.md, 21st pass).
  * `node` (optional, "" by default) is one str every record shares: live, this host's name
- * (receiver/hostnode.py), at no cost per record.
+ * (auditstream/hostnode.py), at no cost per record.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h> /* first: its pyconfig.h sets _GNU_SOURCE (struct mmsghdr) */

@@ -6,7 +6,7 @@
  * type=, no msg=, an unknown type name, data that is not bytes...) is handed to the
  * Python callback, which returns the record or None and counts the line (receiver/stage.py).
  * A record without a node (none, or an empty one) gets the optional third argument, one
- * shared str: live, this host's name (receiver/hostnode.py); "" by default.
+ * shared str: live, this host's name (auditstream/hostnode.py); "" by default.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
