@@ -50,6 +50,10 @@ _ENRICHED_KEY = re.compile(rb"(?:^|(?<=[ \t]))([A-Z][A-Z0-9_-]*)=")
 _FAST_HEADER = re.compile(rb"[ \t\n\r\f]*audit\(([0-9]{1,18})\.([0-9]{1,18}):([0-9]{1,18})\): ")
 
 
+# What may follow "audit(" in a header cut short: SEC, ".", MSEC, ":", SERIAL, each cut.
+_CUT_HEADER_REST = re.compile(rb"[0-9]*(?:\.[0-9]*(?::([0-9]*))?)?")
+
+
 class ParseError(ValueError):
     """The record's header cannot be parsed; the message says what is wrong."""
 
@@ -92,7 +96,7 @@ def parse_record(type: int, data: bytes, node: str = "", *, trailer: bool = True
         sec += msec // 1000
         msec %= 1000
     body_start = match.end()
-    separator = data.find(_ENRICHED_SEPARATOR, body_start) if trailer else -1
+    separator = trailer_start(data, body_start) if trailer else -1
     if separator < 0:
         return Record(type, node, sec, msec, serial, data[body_start:].strip(_GO_SPACE), b"", data)
     return Record(
@@ -105,6 +109,27 @@ def parse_record(type: int, data: bytes, node: str = "", *, trailer: bool = True
         data[separator + 1 :].strip(_GO_SPACE),
         data,
     )
+
+
+def trailer_start(data: bytes, body_start: int) -> int:
+    """Where the ENRICHED trailer starts: the first 0x1d after ``body_start`` outside a
+    ``"…"`` value (an even number of ``"`` between them); -1: no trailer.
+
+    auditd appends its 0x1d after the whole record, and the kernel hex-encodes a value
+    with a control character or a ``"``, so a 0x1d inside a ``"…"`` value is a forged or
+    corrupted line's: it stays value text (as go-libaudit and laurel read the value) rather
+    than cut off the fields after it (auparse cuts at the first 0x1d anywhere). A 0x1d in
+    other text (an AUDIT_USER message's ``msg='…'``, which the kernel does not escape)
+    still starts the trailer. ``assembler/csrc/parse.c`` does the same."""
+    separator = data.find(_ENRICHED_SEPARATOR, body_start)
+    quotes, counted_to = 0, body_start
+    while separator >= 0:
+        quotes += data.count(b'"', counted_to, separator)
+        if not quotes & 1:
+            return separator
+        counted_to = separator
+        separator = data.find(_ENRICHED_SEPARATOR, separator + 1)
+    return -1
 
 
 def _parse_record_checked(type: int, data: bytes, node: str, trailer: bool = True) -> Record:
@@ -135,7 +160,7 @@ def _parse_record_checked(type: int, data: bytes, node: str, trailer: bool = Tru
         space_after = data.find(b" ", close + 1)
         found = [i for i in (colon_after, space_after) if i >= 0]
         body_start = min(found) + 1 if found else len(data)
-    separator = data.find(_ENRICHED_SEPARATOR, body_start) if trailer else -1
+    separator = trailer_start(data, body_start) if trailer else -1
     if separator < 0:
         body, enriched = data[body_start:], b""
     else:
@@ -150,6 +175,21 @@ def _parse_record_checked(type: int, data: bytes, node: str, trailer: bool = Tru
         enriched=enriched.strip(_GO_SPACE),
         data=data,
     )
+
+
+def cut_header_serial(data: bytes) -> bytes | None:
+    """The serial digits of a header cut short (a torn line): ``b"4"`` for
+    ``audit(1700000000.123:4``, which begins the serial; ``b""`` when cut before them
+    (``aud``, ``audit(1700000000.123:``). None when ``data`` is not the beginning of a
+    header ``audit(SEC.MSEC:SERIAL)`` (a malformed header, not a cut one)."""
+    text = data.strip(_GO_SPACE)
+    head = text[: len(_HEADER_PREFIX)]
+    if not _HEADER_PREFIX.startswith(head):
+        return None
+    match = _CUT_HEADER_REST.fullmatch(text, len(head))
+    if match is None:
+        return None
+    return match[1] or b""
 
 
 def fields(body: bytes) -> list[tuple[bytes, bytes, bool]]:

@@ -29,6 +29,9 @@ completed serial is reported lost only once no open event of that node lies
 below it and the serial after the gap completed ``timeout_ms`` ago (or at
 close), because events complete out of order. A jump of more than 2^24 ahead,
 or of more than 2^12 back, is a discontinuity (reboot, another log), never loss.
+A record cut inside its header (a torn line) is reported as a parse error with its
+text; :meth:`Reassembler.note_cut_record` lets it stand for the serial after the
+newest seen, which then is not reported lost a second time (docs/schema.md).
 
 Clock: ``now_ms`` is event time for files and wall time live. The reassembler
 keeps the largest value seen, so a clock that steps back never un-expires
@@ -68,6 +71,7 @@ MAX_ALONE_SERIALS = 64  # remembered, so that their completions stay out of gap 
 START_SLACK = 256
 # Bounds on bookkeeping that hostile input could otherwise grow without limit.
 MAX_PENDING_SERIALS = 1 << 16
+MAX_CLAIMED_SERIALS = 64
 MAX_NODES = 4096
 
 EventKey = tuple[str, int, int, int]
@@ -157,8 +161,8 @@ class _NodeSerials:
     """One node's serial space: unwrapping, completed-but-unsettled serials, frontier."""
 
     __slots__ = (
-        "alone", "candidate", "candidate_new_space", "completed_at", "floor", "frontier",
-        "last_seen", "offset", "pending", "stats", "stride",
+        "alone", "candidate", "candidate_new_space", "claimed", "completed_at", "floor",
+        "frontier", "last_seen", "offset", "pending", "stats", "stride",
     )  # fmt: skip
 
     def __init__(
@@ -181,6 +185,8 @@ class _NodeSerials:
         self.candidate: int | None = None
         self.candidate_new_space = False
         self.alone: dict[int, int | None] = {}
+        # Unwrapped serials a cut record stands for (claim_next): a gap leaves them out.
+        self.claimed: set[int] = set()
 
     def unwrap(self, serial: int) -> tuple[int, int]:
         """Map a 32-bit serial to this node's unbounded line, and say how it fits
@@ -244,6 +250,48 @@ class _NodeSerials:
         self.candidate = None
         self.stats.stray_serials += 1
 
+    def claim_next(self, digits: bytes) -> bool:
+        """A record cut inside its header came after the newest serial seen: let it stand
+        for the next serial, which its parse-error event reports with its text, if its
+        serial ``digits`` (a cut serial's beginning) fit that serial. Without digits only
+        when every serial comes here: with several assemblers the next one may be
+        another's. False: nothing claimed (that gap, if any, is reported as lost)."""
+        last = self.last_seen
+        if last is None or self.candidate is not None or (not digits and self.stride != 1):
+            return False
+        claim = last + 1
+        serial = (claim & SERIAL_MASK) * self.stride + self.offset
+        if not str(serial).encode("ascii").startswith(digits):
+            return False
+        claimed = self.claimed
+        if self.frontier is not None:
+            claimed.difference_update([s for s in claimed if s < self.frontier])
+        if len(claimed) >= MAX_CLAIMED_SERIALS:
+            claimed.discard(min(claimed))
+        claimed.add(claim)
+        return True
+
+    def _gap(self, node: str, first: int, end: int) -> list[LostRange]:
+        """The lost ranges of unwrapped serials ``first..end-1``, less the claimed ones."""
+        lost: list[LostRange] = []
+        claimed = self.claimed
+        cuts = sorted(s for s in claimed if first <= s < end) if claimed else []
+        for serial in cuts:
+            claimed.discard(serial)
+            if first < serial:
+                lost.append(self._range(node, first, serial))
+            first = serial + 1
+        if first < end:
+            lost.append(self._range(node, first, end))
+        return lost
+
+    def _range(self, node: str, first: int, end: int) -> LostRange:
+        low, high = first & SERIAL_MASK, (end - 1) & SERIAL_MASK
+        if self.stride != 1:
+            low = low * self.stride + self.offset
+            high = high * self.stride + self.offset
+        return LostRange(node, low, high, end - first)
+
     def note_completed(self, unwrapped: int, now_ms: int) -> bool:
         """Record a completed serial; False if it was already settled or completed."""
         alone = self.alone
@@ -290,14 +338,9 @@ class _NodeSerials:
             heapq.heappop(pending)
             del self.completed_at[lowest]
             frontier = self.frontier
-            if frontier is not None and frontier < lowest:
-                gap = lowest - frontier
-                if gap <= DISCONTINUITY_JUMP:  # larger: a new serial space, counted at unwrap
-                    first, last = frontier & SERIAL_MASK, (lowest - 1) & SERIAL_MASK
-                    if self.stride != 1:
-                        first = first * self.stride + self.offset
-                        last = last * self.stride + self.offset
-                    lost.append(LostRange(node, first, last, gap))
+            # A larger gap is a new serial space, counted at unwrap.
+            if frontier is not None and frontier < lowest <= frontier + DISCONTINUITY_JUMP:
+                lost += self._gap(node, frontier, lowest)
             self.frontier = lowest + 1
             while pending and pending[0] == lowest + 1:
                 lowest = heapq.heappop(pending)
@@ -506,6 +549,12 @@ class Reassembler(Generic[RecordT]):
             self._finish(key, event, CompletionReason.CLOSED, already_removed=True)
         for name, node in self._nodes.items():
             self._report(node.settle(name, None, None))
+
+    def note_cut_record(self, node: str, digits: bytes) -> bool:
+        """A record of ``node`` cut inside its header (its parse error carries its text):
+        it stands for the next serial, see :meth:`_NodeSerials.claim_next`."""
+        serials = self._nodes.get(node)
+        return serials is not None and serials.claim_next(digits)
 
     def _node(self, name: str) -> _NodeSerials:
         node = self._nodes.get(name)

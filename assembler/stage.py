@@ -20,7 +20,7 @@ from assembler.events import (
     written_event_completer,
 )
 from assembler.native import parse_batch_function, push_items_function
-from assembler.parse import Record
+from assembler.parse import Record, cut_header_serial
 from assembler.reassembler import EOE_TYPE, CompletionReason, LostRange, Reassembler
 from assembler.redelivery import (
     BatchStream,
@@ -189,6 +189,9 @@ class Assembly:
         self.counts["parse_errors"] += 1
         self.warn.warning("parse", "unparseable record: %s", error)
         self.out.append(parse_error_event(type_, data, node, error, self.marker_ms()))
+        digits = cut_header_serial(data)
+        if digits is not None:  # a torn line: its event is reported here, not as a gap too
+            self.reassembler.note_cut_record(node, digits)
 
     def sent_below(self) -> list[int] | None:
         """Live: [event ms, serial] below which every event seen here has been completed

@@ -35,8 +35,8 @@ def node_of_hostname(name: str) -> str:
 @cache
 def local_host_name() -> str:
     """:func:`local_node` as ``host.name`` spells it (assembler/ecs.py ``host_name``: a
-    name with ``%`` or beyond printable ASCII escaped): the tree keeper's live table and a
-    Kafka key then name this host as its audit docs do."""
+    name with ``%`` or beyond printable ASCII escaped): the tree keeper's live table and the
+    fan-out's ``events-dropped`` markers then name this host as its audit docs do."""
     from assembler.ecs import host_name  # only here: the receiver never needs the assembler
 
     return host_name(local_node())

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from auditstream.hostnode import local_node
 from auditstream.logline import format_log_line
 from auditstream.native import load_native
 from receiver.checkpoint import SerialMark
@@ -74,11 +73,10 @@ class RecordShipper:
         self.batch_max = batch_max_records
         self.batch_max_s = batch_max_ms / 1000
         self.drop_when_full = drop_when_full
+        # Each record is written with its own node: live, the sources gave this host's to
+        # those that name none (``node``), so their replay names it as the live docs did; a
+        # replay's recording keeps its input's lines (a log without node= stays without).
         self.record_to = record_to
-        # A recorded record of this host names it (node=, as auditd's name_format =
-        # hostname): its replay then gives host.name and the entity ids the live tree keeper
-        # gave (it names its table by this host), not those of a foreign, unnamed log.
-        self.record_node = local_node() if record_to is not None else ""
         shards = len(guard.outlets)
         self.batches: list[list[RawRecord]] = [[] for _ in range(shards)]
         self.batch_serials: list[list[int]] = [[] for _ in range(shards)]  # live, or sharded
@@ -97,10 +95,7 @@ class RecordShipper:
 
     def add(self, records: list[RawRecord]) -> None:
         if self.record_to is not None:
-            here = self.record_node
-            self.record_to.write(
-                b"".join(format_log_line(t, d, n or here) + b"\n" for t, d, n in records)
-            )
+            self.record_to.write(b"".join(format_log_line(t, d, n) + b"\n" for t, d, n in records))
             self.stats.recorded_records += len(records)
         self.stats.records += len(records)
         shards = len(self.batches)

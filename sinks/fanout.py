@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, cast
 
+from auditstream.hostnode import local_host_name, local_node
 from auditstream.latency import LatencyHistogram
 from sinks.base import EncodingAhead, Event, Sink
 from sinks.config import SinkConfig
@@ -123,8 +124,13 @@ def drop_marker_event(
         "first_key": first_key,
         "last_key": last_key,
     }
-    key = ["", int(now), int(now * 1000) % 1000, 0]
-    return {"key": key, "raw": [], "doc": marker_doc("events-dropped", marker)}
+    # The drop happened on this host, in this run, whatever host the events came from: the
+    # marker names it (a live run's docs all do; a Kafka key then keeps it with them).
+    key = [local_node(), int(now), int(now * 1000) % 1000, 0]
+    doc = marker_doc("events-dropped", marker)
+    if local_node():
+        doc["host"] = {"name": local_host_name()}
+    return {"key": key, "raw": [], "doc": doc}
 
 
 class DropReporting(Protocol):

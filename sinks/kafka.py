@@ -28,7 +28,6 @@ from typing import Any, Final, Literal, cast
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from auditstream.hostnode import local_host_name
 from auditstream.logs import RateLimitedLog
 from sinks.base import Event, SinkError, SinkStats
 from sinks.config import SinkConfig
@@ -273,6 +272,10 @@ def producer_settings(opts: KafkaOptions) -> dict[str, Any]:
         "batch.size": opts.batch_max_bytes,
         "queue.buffering.max.messages": opts.queue_max_events,
         "message.timeout.ms": opts.message_timeout_ms,
+        # CRC32 of the key as librdkafka's default (consistent_random), so a key's partition
+        # is the same, but the empty key (a doc without host.name) on one partition rather
+        # than a random one each time: a replayed log without node= stays in order.
+        "partitioner": "consistent",
         **opts.librdkafka,
     }
 
@@ -283,9 +286,7 @@ def check_sink_config(cfg: SinkConfig) -> KafkaOptions:
     `librdkafka` settings, conflicts such as idempotence with acks). SinkError names the
     sink and key."""
     name, opts = options_from_config(sink_table(cfg))
-    settings = producer_settings(opts)
-    # No bootstrap.servers: librdkafka checks the settings but connects nowhere.
-    del settings["bootstrap.servers"]
+    settings = offline_check_settings(producer_settings(opts))
     settings["logger"] = logging.getLogger(f"{__name__}.check")
     try:
         Producer(settings)
@@ -295,6 +296,28 @@ def check_sink_config(cfg: SinkConfig) -> KafkaOptions:
             f"{_scrub_text(exc, opts)}"
         ) from None
     return opts
+
+
+def offline_check_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` for a producer that checks them and does nothing else: no broker
+    (without bootstrap.servers librdkafka connects nowhere), and none of the work librdkafka
+    starts at client creation. With GSSAPI it runs ``sasl.kerberos.kinit.cmd`` at once (a
+    timer on creation): a relogin time of 0 turns that refresh off, so kinit never runs.
+    With OAUTHBEARER ``method=oidc`` it POSTs the client secret to the token endpoint: a
+    token callback of ours answers instead (the OIDC settings are still checked)."""
+    checked = {**settings, "sasl.kerberos.min.time.before.relogin": 0}
+    checked.pop("bootstrap.servers", None)
+    mechanism = checked.get("sasl.mechanisms", checked.get("sasl.mechanism", ""))
+    method = str(checked.get("sasl.oauthbearer.method", "default")).lower()
+    if str(mechanism).upper() == "OAUTHBEARER" and method == "oidc":
+        # confluent-kafka waits for a callback's token at creation: give it one at once.
+        checked["oauth_cb"] = _offline_token
+    return checked
+
+
+def _offline_token(_config: object) -> tuple[str, float]:
+    """A token for the offline check's producer, which never authenticates anywhere."""
+    return "offline-check", time.time() + 60
 
 
 def _scrub_text(exc: BaseException, opts: KafkaOptions) -> str:
@@ -353,8 +376,6 @@ class KafkaSink:
         self.name = name
         self.stats = SinkStats()
         self.options = options
-        # A doc without host.name (a fan-out marker): keyed as this host's own docs are.
-        self._local_host = local_host_name()
         self._closing = False
         self._closed = False
         # Set by stop_by() from another thread: every wait ends there (time.monotonic()).
@@ -547,7 +568,11 @@ class KafkaSink:
         except TypeError as exc:
             self._discard("serialize", str(exc))
             return None
-        host = _as_text(_doc_field(doc, "host", "name")) or self._local_host
+        # Live docs name this host already (the receiver gave their records its node); a
+        # doc without host.name (a replayed log without node=: an unknown host; a fan-out
+        # marker) gets the empty key, which the "consistent" partitioner keeps on one
+        # partition, and no host header: this host is not named for another's events.
+        host = _as_text(_doc_field(doc, "host", "name")) or ""
         key = host if self.options.key == "host" else self._partition_key(doc, host)
         kind = (
             _as_text(_doc_field(doc, "event", "action"))
@@ -566,16 +591,16 @@ class KafkaSink:
         return encoded
 
     def _headers(self, host: str, kind: str) -> Headers:
-        """Message headers, cached per (host, kind); produce() only reads them."""
+        """Message headers, cached per (host, kind); produce() only reads them. No ``host``
+        header for a doc without host.name ("")."""
         headers = self._headers_cache.get((host, kind))
         if headers is None:
             if len(self._headers_cache) >= CACHE_MAX_ENTRIES:
                 self._headers_cache.clear()
-            headers = [
-                ("schema_version", SCHEMA_VERSION),
-                ("host", _utf8(host)),
-                ("event_kind", _utf8(kind)),
-            ]
+            headers = [("schema_version", SCHEMA_VERSION)]
+            if host:
+                headers.append(("host", _utf8(host)))
+            headers.append(("event_kind", _utf8(kind)))
             self._headers_cache[(host, kind)] = headers
         return headers
 

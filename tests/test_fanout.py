@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from auditstream.config import MAX_SINKS_SHUTDOWN_TIMEOUT_MS, ConfigError, load
+from auditstream.hostnode import local_host_name, local_node
 from auditstream.supervisor import STOP_GRACE_S
 from sinks.base import Event, SinkStats
 from sinks.config import FileOutputConfig, SinkConfig
-from sinks.fanout import FanOut
+from sinks.fanout import FanOut, drop_marker_event
 from sinks.jsonl import JsonlSink
 from treekeeper.pipeline import build_fanout
 
@@ -392,3 +393,14 @@ def test_a_sink_that_encodes_ahead_is_encoded_in_the_submitting_thread(
     assert spy.arrivals == [(way, list(range(n, n + 10))) for n in range(0, 30, 10)]
     assert fanout.stats()["spy"].component_sent_events_total == 30
     assert ("encoding ahead failed" in caplog.text) == encode_fails
+
+
+def test_drop_markers_name_the_host_where_the_sink_dropped() -> None:
+    """An events-dropped marker carries this host's host.name and node, as live docs do."""
+    event = drop_marker_event("kafka", 3, ["", 1, 2, 3], ["", 1, 2, 5], "queue_full")
+    assert event["key"][0] == local_node()
+    if local_node():
+        assert event["doc"]["host"] == {"name": local_host_name()}
+    else:
+        assert "host" not in event["doc"]
+    assert event["doc"]["auditstream"]["marker"]["count"] == 3

@@ -182,6 +182,22 @@ static PyObject *type_number(PyObject *type, long long value) {
     return Py_NewRef(shared_type[value]);
 }
 
+/* parse.py's trailer_start: the first 0x1d outside a "..." value (an even number of '"'
+ * between the body's start and it), NULL: no ENRICHED trailer. */
+static const char *trailer_start(const char *body, const char *end) {
+    unsigned quotes = 0;
+    const char *counted = body;
+    const char *separator = memchr(body, 0x1d, (size_t)(end - body));
+    while (separator != NULL) {
+        for (const char *q = counted; (q = memchr(q, '"', (size_t)(separator - q))) != NULL; q++)
+            quotes++;
+        if ((quotes & 1) == 0) return separator;
+        counted = separator;
+        separator = memchr(separator + 1, 0x1d, (size_t)(end - separator - 1));
+    }
+    return NULL;
+}
+
 /* One record (a new reference) and its key; NULL with the Python parser's exception.
  * *keyed is 0 when the key could not be read (the record then starts its own run).
  * trailer == 0: a 0x1d is body text (records from the kernel, which appends no trailer). */
@@ -216,7 +232,7 @@ static PyObject *parse_one(PyObject *type, PyObject *data, PyObject *node, int t
         sec += msec / 1000;
         msec %= 1000;
     }
-    const char *separator = trailer ? memchr(bytes + pos, 0x1d, (size_t)(size - pos)) : NULL;
+    const char *separator = trailer ? trailer_start(bytes + pos, bytes + size) : NULL;
     PyObject *fields[F_COUNT];
     if (separator == NULL) {
         fields[F_BODY] = stripped(data, bytes, pos, size);
