@@ -310,7 +310,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cfg.receiver.progress = args.progress
     _apply_common(cfg, args, default_sink="jsonl:-")
     try:
-        check_readable(args.files)
+        check_readable(args.files, follow=args.follow)  # followed, the last may come later
     except SourceError as err:
         print(f"auditstream: {err}", file=sys.stderr)
         return 2
@@ -377,6 +377,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             log.warning("%s", warning)
         rule_count = len(loaded.rules)
         rules = f", {rule_count} rule{'s' if rule_count != 1 else ''}"
+    elif cfg.receiver.source == "file":  # `run` of a config's files: refused as replay would
+        from receiver.logsource import SourceError, check_readable
+
+        try:
+            check_readable(cfg.receiver.files, follow=cfg.receiver.follow)
+        except SourceError as err:
+            raise config_mod.ConfigError(f"{cfg.source_path}: [receiver].files: {err}") from err
     count = len(warned)
     warnings = f", {count} warning{'s' if count != 1 else ''} above" if count else ""
     print(f"{args.config}: OK ({sinks}, source {cfg.receiver.source}{rules}){warnings}")

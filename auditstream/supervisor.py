@@ -146,7 +146,7 @@ class Supervisor:
         self.ready_notified = False
         self.stopping_notified = False
         self.stop_requested = 0
-        self.signals: list[int] = []  # SIGINT/SIGTERM received, in order
+        self.signals: list[int] = []  # SIGINT/SIGTERM/SIGHUP received, in order
         # The first stop signal, when it came before the receiver had finished: the input
         # was not read to its end (a replay exits 128 + it).
         self.interrupted_by: int | None = None
@@ -217,7 +217,10 @@ class Supervisor:
 
     def run(self) -> int:
         """Run until every stage has exited; return the process exit code."""
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        stop_signals = [signal.SIGINT, signal.SIGTERM]
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup; auditd's plugin
+            stop_signals.append(signal.SIGHUP)  # its terminal closed: stop as for SIGTERM
+        old = {s: signal.signal(s, self._on_signal) for s in stop_signals}
         if self.output_closed_file is not None:  # a killed run's must not count for this one
             self.output_closed_file.unlink(missing_ok=True)
         try:

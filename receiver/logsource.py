@@ -21,9 +21,10 @@ from auditstream.escape import escape
 log = logging.getLogger("auditstream.receiver")
 _GZIP_MAGIC = b"\x1f\x8b"
 READ_HINT = 1 << 20  # bytes of lines per read: few syscalls, bounded memory
-# A rotated file is still read this many 0.2 s polls after its last line: a writer that
-# reopens its log only when told (logrotate, then a signal) may append to it meanwhile.
-ROTATED_QUIET_POLLS = 5
+FOLLOW_POLL_S = 0.2  # follow mode: how often a quiet log is looked at again
+# A followed path that cannot be opened (gone, unreadable) is warned about again this often.
+TROUBLE_REPEAT_S = 60.0
+HEAD_BYTES = 64  # a followed file's first bytes: rewritten ones mean a copytruncate
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib reads the gzip header and checks its trailer
 _SALVAGE_BLOCK = 1 << 16  # compressed bytes fed at once when reading up to a damage
 # The names a process gives its own descriptors: `replay <(zcat a.gz)` passes /dev/fd/63.
@@ -66,14 +67,18 @@ class FileProgress:
     total_bytes: int = 0  # sum of all file sizes (0 for stdin)
 
 
-def check_readable(paths: list[str]) -> None:
+def check_readable(paths: list[str], *, follow: bool = False) -> None:
     """Fail early, before any process starts, on a missing or unreadable file.
 
     Only a regular file is opened: opening a named pipe would wait for its writer, and
     closing it again could lose what the writer had sent (or fail the writer with EPIPE).
+    Followed, the last file may not exist yet (auditd creates it): the receiver waits for
+    it as tail -F does, and says so.
     """
-    for path in paths:
+    for at, path in enumerate(paths):
         if path == "-":
+            continue
+        if follow and at == len(paths) - 1 and not os.path.lexists(path):
             continue
         try:
             mode = os.stat(path).st_mode
@@ -214,6 +219,12 @@ class LogSource:
         # Follow mode, while waiting for the file to grow: called every 0.2 s; True stops.
         self.on_idle: Callable[[], bool] | None = None
         self.rotations = 0  # followed file rotated or truncated, and opened again
+        # Follow mode: a stop was asked for; what the file holds now is still read.
+        self.draining = False
+        # The file now at the followed path, opened as soon as a rotation was seen (so a
+        # further rotation cannot take it away before it is read): read after the old one.
+        self._successor: tuple[BinaryIO, BinaryIO] | None = None
+        self._trouble = _PathTrouble()
         # Files read only up to a damage; each is also passed to on_damaged, in its place
         # between the last lines before the damage and the next file's first.
         self.damaged: list[DamagedInput] = []
@@ -231,8 +242,17 @@ class LogSource:
             if path != "-" and not self.follow and not rereadable(path):
                 yield from self._read_pipe(index, path)
                 continue
+            followed = self.follow and path != "-" and index == len(self.paths) - 1
             while True:
-                reader, raw = _open(path)
+                if self._successor is not None:
+                    (reader, raw), self._successor = self._successor, None
+                elif followed:
+                    opened = self._open_followed(path)
+                    if opened is None:
+                        break  # stopped while waiting for it
+                    reader, raw = opened
+                else:
+                    reader, raw = _open(path)
                 self.progress.name = path
                 self.position = (index, 0)
                 self._file_lines = 0
@@ -256,46 +276,65 @@ class LogSource:
                     break  # the rest of this file is lost: on with the next one
                 if not replaced:
                     break
-                # Followed and rotated (or truncated): go on with what the path is now.
-                self.rotations += 1
-                log.info("%s was rotated or truncated: reading it again from its start", path)
-                seek_to = 0
+                seek_to = 0  # followed and rotated: on with the new file, from its start
+        if self._successor is not None:  # stopped before it was read
+            self._successor[0].close()
+            self._successor[1].close()
+            self._successor = None
 
     def _read(
         self, reader: BinaryIO, raw: BinaryIO, path: str, *, last: bool
     ) -> Generator[list[bytes], None, bool]:
-        """Yield the file's lines; True when, followed, the path was rotated or truncated
-        under us (every line of the old file read): the caller opens it again."""
+        """Yield the file's lines; True when, followed, the path was rotated under us (every
+        line of the old file read): the caller goes on with ``self._successor``."""
         pending = b""
-        replaced = False
-        quiet = 0  # polls without a line since the path was replaced
-        seekable = raw is not sys.stdin.buffer and raw.seekable()
+        followed = self.follow and last and raw is not sys.stdin.buffer
+        # Plain followed files: their first bytes tell a copytruncate even when the writer
+        # has already written past our position again (the size alone would not).
+        regular = followed and reader is raw and stat.S_ISREG(os.fstat(raw.fileno()).st_mode)
+        head = _head(raw) if regular else None
+        successor_written = False  # the new file has data: the writer has left the old one
         while not self.stop:
+            if head is not None:
+                head, truncated = _check_head(raw, head)
+                if truncated:
+                    if pending:
+                        self._file_lines += 1
+                        yield [pending]  # an unfinished line of the old text: shown as it is
+                        pending = b""
+                    raw.seek(0)
+                    self.position = (self.position[0], 0)
+                    self.rotations += 1
+                    log.info(
+                        "%s was truncated (copytruncate): reading it again from its start", path
+                    )
             lines = reader.readlines(READ_HINT)
             if not lines:
-                if self.follow and last and raw is not sys.stdin.buffer:
-                    if self.on_idle is not None and self.on_idle():
-                        replaced = False  # nothing is opened again
-                        break  # told to stop while waiting for more
-                    if replaced:
-                        quiet += 1
-                        if quiet > ROTATED_QUIET_POLLS:
-                            break  # the old file is read to its end and stays quiet
-                    # Like tail -F: auditd renames audit.log and starts a new one (or a
-                    # copytruncate empties it); read what is left of this one, then that.
-                    elif _replaced(path, raw):
-                        replaced = True
-                        continue  # read once more at once: the last lines before the rename
-                    time.sleep(0.2)  # follow: wait for auditd to append
+                if not followed:
+                    break
+                if self._successor is not None and (successor_written or self.draining):
+                    break  # read to its end after the writer moved on: on with the new file
+                if self.draining:
+                    break  # stopping: everything written before the stop is read
+                if self.on_idle is not None and self.on_idle():
+                    self.draining = True  # read once more to the end, then stop
                     continue
-                break
-            quiet = 0
+                if self._successor is None:
+                    self._successor = self._rotated_to(path, raw)
+                # Leave the old file once the new one has data: a single writer (auditd,
+                # or one reopening after logrotate's signal) wrote its last line to the
+                # old file before, so one more read of it gets them all.
+                if self._successor is not None and _has_data(self._successor[1]):
+                    successor_written = True
+                    continue
+                time.sleep(FOLLOW_POLL_S)  # follow: wait for auditd to append
+                continue
             if pending:
                 lines[0] = pending + lines[0]
                 pending = b""
-            if not lines[-1].endswith(b"\n") and self.follow and not replaced:
+            if not lines[-1].endswith(b"\n") and followed:
                 pending = lines.pop()  # an incomplete line being written right now
-            if seekable:
+            if raw.seekable() and raw is not sys.stdin.buffer:
                 self.progress.done_bytes = self._base + raw.tell()
                 self.position = (self.position[0], reader.tell() - len(pending))
             else:  # a pipe has no position: count what was passed on (for a damage's report)
@@ -307,7 +346,44 @@ class LogSource:
             self.position = (self.position[0], self.position[1] + len(pending))
             self._file_lines += 1
             yield [pending]
-        return replaced and not self.stop
+        return self._successor is not None and not self.stop
+
+    def _rotated_to(self, path: str, raw: BinaryIO) -> tuple[BinaryIO, BinaryIO] | None:
+        """The file the path names now, opened, if it is not ``raw``'s (auditd renamed the
+        log and started a new one); None while it is the same, gone or unreadable."""
+        try:
+            now = os.stat(path)
+        except OSError as err:  # deleted, or between auditd's rename and its new file
+            self._trouble.saw(path, err, "still reading the open file")
+            return None
+        mine = os.fstat(raw.fileno())
+        if (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev):
+            self._trouble.cleared(path)
+            return None
+        try:
+            opened = _open(path)
+        except SourceError as err:
+            self._trouble.saw(path, err.__cause__ or err, "still reading the old file")
+            return None
+        self._trouble.cleared(path)
+        self.rotations += 1
+        log.info("%s was rotated: reading the new file once the old one is read", path)
+        return opened
+
+    def _open_followed(self, path: str) -> tuple[BinaryIO, BinaryIO] | None:
+        """Open the followed path, waiting (as tail -F) while it is missing or unreadable;
+        None if told to stop meanwhile."""
+        while True:
+            try:
+                opened = _open(path)
+            except SourceError as err:
+                self._trouble.saw(path, err.__cause__ or err, "waiting for it")
+                if self.stop or self.draining or (self.on_idle is not None and self.on_idle()):
+                    return None
+                time.sleep(FOLLOW_POLL_S)
+                continue
+            self._trouble.cleared(path)
+            return opened
 
     def _read_pipe(self, index: int, path: str) -> Generator[list[bytes], None, None]:
         """A pipe or FIFO (`<(zcat a.gz)`), read once: through the reader that passes on every
@@ -407,11 +483,42 @@ class LogSource:
         return lines
 
 
-def _replaced(path: str, raw: BinaryIO) -> bool:
-    """The path now names another file (rotated), or this one shrank (truncated)."""
-    try:
-        now = os.stat(path)
-    except OSError:
-        return False  # between auditd's rename and its new file: look again later
-    mine = os.fstat(raw.fileno())
-    return (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev) or mine.st_size < raw.tell()
+def _has_data(raw: BinaryIO) -> bool:
+    return os.fstat(raw.fileno()).st_size > 0
+
+
+def _head(raw: BinaryIO) -> bytes:
+    """The file's first bytes (fewer while it is shorter)."""
+    return os.pread(raw.fileno(), HEAD_BYTES, 0)
+
+
+def _check_head(raw: BinaryIO, head: bytes) -> tuple[bytes, bool]:
+    """The file's first bytes now, and whether it was truncated since ``head`` was taken:
+    it shrank below our position, or its first bytes changed (emptied, written again)."""
+    now = _head(raw)
+    if not now.startswith(head):
+        return now, True
+    return now, os.fstat(raw.fileno()).st_size < raw.tell()
+
+
+class _PathTrouble:
+    """Warnings about a followed path that cannot be opened: at the first failure, again
+    every TROUBLE_REPEAT_S while it lasts (naming the error), and once it is back."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.last_warned = 0.0
+
+    def saw(self, path: str, err: BaseException, doing: str) -> None:
+        now = time.monotonic()
+        if self.since is None or now - self.last_warned >= TROUBLE_REPEAT_S:
+            said = (err.strerror if isinstance(err, OSError) else None) or str(err)
+            log.warning("cannot open followed %s: %s; %s (as tail -F)", path, said, doing)
+            self.last_warned = now
+            if self.since is None:
+                self.since = now
+
+    def cleared(self, path: str) -> None:
+        if self.since is not None:
+            log.warning("%s can be read now (after %.0f s)", path, time.monotonic() - self.since)
+            self.since = None

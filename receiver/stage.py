@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import zmq
 
+from auditstream import runtime
 from auditstream.config import Config, batching
 from auditstream.hostnode import local_node
 from auditstream.logline import LineError, split_log_line
@@ -22,7 +23,7 @@ from auditstream.redelivery import (
     checkpoint_path,
     serial_mark_path,
 )
-from auditstream.stage import EXIT_FATAL, StageContext
+from auditstream.stage import EXIT_FATAL, StageContext, write_status
 from receiver.checkpoint import CheckpointKeeper, SerialMark, load_checkpoint
 from receiver.logsource import DamagedInput, LogSource, SourceError, rereadable
 from receiver.redelivery import DeliveryGuard
@@ -126,7 +127,22 @@ def run_log_source(
 
     def idle() -> bool:  # follow mode, nothing new: keep acknowledgements and resends moving
         shipper.flush_due()
+        report_following()
         return ctx.stop_requested
+
+    next_status = 0.0
+
+    def report_following(*, final: bool = False) -> None:
+        """Followed: status-receiver.json every status_poll_ms, as a live source writes it."""
+        nonlocal next_status
+        if not cfg.receiver.follow or (not final and time.monotonic() < next_status):
+            return
+        next_status = time.monotonic() + cfg.receiver.status_poll_ms / 1000
+        from receiver.live import receiver_status  # a cycle; a followed replay only
+
+        status = receiver_status(cfg, shipper, bad_lines=counters.bad_lines)
+        status |= {"lines": counters.lines, "followed_rotations": source.rotations}
+        write_status(runtime.status_path(cfg, "receiver"), status)
 
     source.on_idle = idle
 
@@ -145,13 +161,15 @@ def run_log_source(
             keeper.update(shipper.guard.acked_below())
         if bar:
             bar.tick()
-        if ctx.stop_requested:
-            source.stop = True
+        if ctx.stop_requested and not cfg.receiver.follow:
+            source.stop = True  # followed: the source reads what the file holds, then ends
             break
         if cfg.receiver.follow:
             shipper.flush_due()
+            report_following()
     if bar:
         bar.tick(final=True)
+    report_following(final=True)
     if counters.bad_lines:
         log.warning(
             "%d lines were not audit records; they are reported as parse-error events",

@@ -406,11 +406,8 @@ class FollowedReplay:
         return stage_pids(self.proc.pid)
 
     def stop(self) -> int:
-        """SIGINT, then wake the follow loop (it sees the stop only when a line arrives)."""
+        """SIGINT; the follow loop reads the log to its end, then the pipeline drains."""
         self.proc.send_signal(signal.SIGINT)
-        time.sleep(0.5)
-        with self.log.open("ab") as fh:
-            fh.write(b"\n")
         return self.proc.wait(timeout=60)
 
 
@@ -519,6 +516,43 @@ def test_metrics_endpoint_during_a_replay_matches_the_sink_file(tmp_path: Path) 
         assert replay.stop() == 0, replay.stderr.read_text()
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         scrape(replay.port)  # the endpoint went with the pipeline
+
+
+def test_a_followed_log_shows_the_receiver_and_a_malformed_line(tmp_path: Path) -> None:
+    """replay --follow: the receiver's counters move as lines are appended; a line that is no record is an error counted and a parse-error event."""
+    with followed_replay(tmp_path) as replay:
+        scraped: dict[str, Family] = {}
+
+        def receiver_read(lines: int) -> bool:
+            nonlocal scraped
+            try:
+                scraped = parse_exposition(scrape(replay.port)[1])
+            except (urllib.error.URLError, ConnectionError):
+                return False  # not listening yet
+            got = values(scraped, "component_received_events_total", component_id="receiver")
+            return got == [lines]
+
+        wait_for(lambda: receiver_read(2 * EVENTS), 30, "the receiver's first count")
+        with replay.log.open("ab") as fh:
+            fh.write(b"this is not an audit record\n")
+        wait_for(lambda: receiver_read(2 * EVENTS + 1), 30, "the receiver to count the new line")
+        labels = {"component_id": "receiver", "component_kind": "source", "component_type": "file"}
+        assert values(
+            scraped,
+            "component_errors_total",
+            error_type="not_a_record",
+            stage="receiving",
+            **labels,
+        ) == [1]
+        assert values(scraped, "component_sent_events_total", **labels) == [2 * EVENTS + 1]
+        assert values(scraped, "auditstream_status_age_seconds", component_id="receiver")
+        assert replay.stop() == 0, replay.stderr.read_text()
+        markers = [
+            e for e in read_events(replay.out) if e.get("event", {}).get("action") == "parse-error"
+        ]
+        assert [m["auditstream"]["marker"]["record"] for m in markers] == [
+            "this is not an audit record"
+        ]
 
 
 def test_cpu_affinity_pins_each_stage(tmp_path: Path) -> None:
@@ -711,7 +745,10 @@ def test_live_run_exposes_kernel_and_receiver_metrics(
         # Records forged by another socket (not the kernel) never become events, and each is
         # counted: FORGED to each of the two sockets.
         assert values(
-            scraped, "component_errors_total", component_id="receiver", error_type="foreign_datagram"
+            scraped,
+            "component_errors_total",
+            component_id="receiver",
+            error_type="foreign_datagram",
         ) == [FORGED * len(ports)]
         assert not any(b"forged" in line for line in out.read_bytes().splitlines())
         assert run.stop(signal.SIGINT) == 0, run.stderr_text
