@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -11,6 +12,9 @@ from typing import Any
 
 from auditstream import runtime
 from auditstream.escape import unescape
+
+# What `docker ps` (12), `docker inspect` (64) and `crictl ps` (13) show: hex, any length.
+_ID_PREFIX = re.compile(r"[0-9a-f]{1,64}")
 
 
 def fetch(run_dir: str, timeout_ms: int = 5000) -> list[dict[str, Any]]:
@@ -68,7 +72,8 @@ def render(processes: list[dict[str, Any]], out: Any) -> None:
         for p in processes
         if not p.get("container_id") and (p.get("parent_entity_id") not in by_id)
     ]
-    out.write("host:\n")
+    if roots_host:  # none when one container was asked for
+        out.write("host:\n")
     for root in sorted(roots_host, key=lambda p: p["pid"]):
         walk(root, 1)
     containers: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -86,16 +91,50 @@ def render(processes: list[dict[str, Any]], out: Any) -> None:
             walk(root, 1)
 
 
+def container_id_prefix(text: str) -> str:
+    """Check a ``--container`` value: a hex id or prefix, any case (docker shows lower)."""
+    prefix = text.strip().lower()
+    if not _ID_PREFIX.fullmatch(prefix):
+        raise ValueError(
+            f"--container {text!r}: not a container id (1 to 64 hex digits, as `docker ps` "
+            "shows it; container names are not known to the tree keeper)"
+        )
+    return prefix
+
+
+def select_container(processes: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    """The processes of the one container whose id starts with ``prefix``.
+
+    As docker does with an id prefix: none or several such containers is an error.
+    """
+    ids = sorted({p["container_id"] for p in processes if p.get("container_id")})
+    matching = [cid for cid in ids if cid.startswith(prefix)]
+    if not matching:
+        raise LookupError(f"no live process of a container whose id starts with {prefix}")
+    if len(matching) > 1:
+        raise LookupError(f"container id prefix {prefix} is ambiguous: {', '.join(matching)}")
+    return [p for p in processes if p.get("container_id") == matching[0]]
+
+
 def cmd_tree(args: argparse.Namespace) -> int:
+    prefix = None
+    if args.container is not None:
+        try:
+            prefix = container_id_prefix(args.container)
+        except ValueError as err:
+            print(f"auditstream: {err}", file=sys.stderr)
+            return 2
     try:
         processes = fetch(str(runtime.stage_dir_of(Path(args.runtime_dir))))
     except (TimeoutError, RuntimeError) as err:
         print(f"auditstream: {err}", file=sys.stderr)
         return 1
-    if args.container:
-        processes = [
-            p for p in processes if (p.get("container_id") or "").startswith(args.container)
-        ]
+    if prefix is not None:
+        try:
+            processes = select_container(processes, prefix)
+        except LookupError as err:
+            print(f"auditstream: {err}", file=sys.stderr)
+            return 1
     if args.json:
         json.dump(processes, sys.stdout)
         print()
@@ -107,6 +146,10 @@ def cmd_tree(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("tree", help="print the live process tree of a running `auditstream run`")
     p.add_argument("--json", action="store_true", help="one JSON array of processes")
-    p.add_argument("--container", metavar="ID", help="only this container (an id prefix is enough)")
+    p.add_argument(
+        "--container",
+        metavar="ID",
+        help="only this container: its id or a unique prefix (12 hex, as `docker ps` shows)",
+    )
     p.add_argument("--runtime-dir", default=runtime.LIVE_DEFAULT_DIR)
     p.set_defaults(func=cmd_tree)

@@ -130,6 +130,9 @@ class TreekeeperConfig:
     # At the stop: how long the sinks may take to write what is queued for them; what is
     # left then is counted as discarded (shutdown_timeout) and logged (sinks/fanout.py).
     sinks_shutdown_timeout_ms: int = 5000
+    # Live: how often /proc is listed to end processes killed by a signal (no exit record:
+    # treekeeper/tree.py sweep_proc); 0: never.
+    proc_sweep_ms: int = 10_000
 
 
 class IntRange(NamedTuple):
@@ -158,6 +161,8 @@ MIN_REPLAY_BUFFER_BATCHES = 4
 # has a few hundred processes, and the ancestry of each is up to ancestry_max_depth deep.
 MIN_TREE_PROCESSES = 1024
 HOUR_MS = 3_600_000
+# The /proc sweep's shortest period: each costs ~1 us a listed pid and 8-16 us a live process.
+MIN_PROC_SWEEP_MS = 100
 
 # Every integer key's range. Past an upper bound a value overflows a C conversion or a
 # ZeroMQ/socket option, makes a loop or a wait practically endless, or lets a queue grow
@@ -196,6 +201,12 @@ INT_RANGES: dict[tuple[str, str], IntRange] = {
     ("treekeeper", "state_max_age_ms"): IntRange(0, 7 * 24 * HOUR_MS),
     ("treekeeper", "reorder_window_ms"): IntRange(0, 600_000),
     ("treekeeper", "sinks_shutdown_timeout_ms"): IntRange(0, MAX_SINKS_SHUTDOWN_TIMEOUT_MS),
+    ("treekeeper", "proc_sweep_ms"): IntRange(
+        MIN_PROC_SWEEP_MS,
+        HOUR_MS,
+        zero_means="no sweep",
+        why_low="each sweep lists /proc and reads the stat file of every live process",
+    ),
 }
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")  # any case, as logging takes them
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
-from test_tree import BASE_MS, ev, execve, fork, run
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
+import pytest
+from test_tree import BASE_MS, ev, execve, exit_group, fork, run
+
+from auditstream.cmd_tree import container_id_prefix, render, select_container
 from treekeeper.containers import ContainerRef, RuntimeRole, classify, from_cgroup
+from treekeeper.control import snapshot
 from treekeeper.procfs import FakeProcSource, ProcInfo
 from treekeeper.tree import ProcessTable
+
+REPO = Path(__file__).resolve().parents[1]
 
 CID = "369bb5f7b143" + "0123456789abcdef" * 3 + "abcd"
 OTHER = "f" * 64
@@ -190,3 +199,86 @@ def test_replay_docker_exec_through_runc_exec_and_unseen_init_clone() -> None:
     hook = execve(6, 623, 620, "/usr/bin/hook", ["hook"])
     run(t, hook)
     assert "container" not in hook
+
+
+def test_runc_hook_orphans_handed_to_the_shim_stay_outside() -> None:
+    """A runc hook's children (a clone3 thread, a daemon) reaped by the shim are not the container's."""
+    t = ProcessTable()
+    _shim(t)
+    run(t, fork(1, 500, 1, 600, exe="/usr/bin/containerd-shim-runc-v2"))
+    bundle = f"/run/containerd/io.containerd.runtime.v2.task/moby/{CID}"
+    run(t, execve(2, 600, 500, "/usr/bin/runc", ["runc", "create", "--bundle", bundle, CID]))
+    # dockerd's prestart hook, as logged: runc forks it, it execs, clones a Go thread, exits.
+    run(t, fork(3, 600, 500, 602, exe="/usr/bin/runc"))
+    run(t, execve(4, 602, 600, "/usr/sbin/dockerd", ["libnetwork-setkey", "-exec-root=/x"]))
+    run(t, ev(5, "clone3", 602, 600, exit="603", exe="/usr/sbin/dockerd"))
+    run(t, fork(6, 602, 600, 604, exe="/usr/sbin/dockerd"))  # a child that outlives it
+    assert run(t, exit_group(7, 602, 600)) == ["process-exited"]  # no container-first-seen
+    assert run(t, exit_group(8, 600, 500)) == ["process-exited"]
+    orphan = ev(9, "openat", 604, 500, exit="3", exe="/usr/sbin/dockerd")
+    assert run(t, orphan) == []
+    assert orphan["process"]["parent"]["pid"] == 500  # reaped by the shim, a subreaper
+    assert "container" not in orphan
+    assert CID not in t.container_members
+
+
+def test_tree_snapshot_leaves_out_processes_gone_from_proc() -> None:
+    """Processes killed by a signal (no exit record) leave the live tree once /proc lacks them."""
+    cgroup = f"0::/system.slice/docker-{CID}.scope\n".encode()
+    at_start = [
+        ProcInfo(900, 1, BASE_MS - 10_000, b"sh", b"/bin/sh", [b"sh"], cgroup=cgroup),
+        ProcInfo(
+            901, 900, BASE_MS - 9_000, b"sleep", b"/bin/sleep", [b"sleep", b"9"], cgroup=cgroup
+        ),
+        ProcInfo(902, 900, BASE_MS - 9_000, b"top", b"/bin/top", [b"top"], cgroup=cgroup),
+    ]
+    t = ProcessTable()
+    t.scan(FakeProcSource(at_start))
+    assert sorted(p["pid"] for p in snapshot(t)) == [900, 901, 902]  # a replay: no /proc
+    # docker stop: 901 was SIGKILLed (gone), 902's pid now names a later process.
+    reused = ProcInfo(902, 1, BASE_MS + 60_000, b"cron", b"/usr/sbin/cron", [b"cron"])
+    t.proc_source = FakeProcSource([at_start[0], reused])
+    assert [(p["pid"], p["container_id"]) for p in snapshot(t)] == [(900, CID)]
+
+
+def _tree_row(pid: int, container: str | None, parent: str | None = None) -> dict[str, Any]:
+    return {"pid": pid, "entity_id": f"e{pid}", "parent_entity_id": parent, "args": ["sh"],
+            "container_id": container, "container_runtime": "docker"}  # fmt: skip
+
+
+def test_tree_container_option_takes_a_docker_ps_prefix() -> None:
+    """--container takes the 12-hex id `docker ps` shows, any case; none or several is an error."""
+    rows = [_tree_row(1, None), _tree_row(10, CID, "e1"), _tree_row(11, CID, "e10"),
+            _tree_row(20, OTHER, "e1")]  # fmt: skip
+    assert container_id_prefix(f" {CID[:12].upper()} ") == CID[:12]
+    assert [p["pid"] for p in select_container(rows, CID[:12])] == [10, 11]
+    assert [p["pid"] for p in select_container(rows, OTHER)] == [20]
+    with pytest.raises(LookupError, match="no live process of a container whose id starts with 0"):
+        select_container(rows, "0")
+    twin = "369bb5f7b143" + "f" * 52  # shares the 12 hex docker ps shows
+    with pytest.raises(LookupError, match=f"ambiguous: {CID}, {twin}"):
+        select_container([*rows, _tree_row(30, twin)], CID[:12])
+    for bad in ("web", "", "x" * 3, CID + "0"):
+        with pytest.raises(ValueError, match="not a container id"):
+            container_id_prefix(bad)
+
+    class Out:
+        text = ""
+
+        def write(self, chunk: str) -> None:
+            Out.text += chunk
+
+    render(select_container(rows, CID[:12]), Out())
+    assert Out.text == f"container {CID} (docker):\n  10 sh\n    11 sh\n"
+
+
+def test_tree_command_refuses_a_container_name(tmp_path: Path) -> None:
+    """`auditstream tree --container web` exits 2 naming the option, before asking any pipeline."""
+    done = subprocess.run(
+        [sys.executable, "-m", "auditstream", "tree", "--container", "web", "--runtime-dir",
+         str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "--container 'web': not a container id" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""

@@ -7,7 +7,9 @@ from typing import Any
 
 import zmq
 
-from treekeeper.tree import ProcessTable
+from treekeeper.namespaces import PROBE_START_SLACK_MS
+from treekeeper.procfs import ProcSource
+from treekeeper.tree import Process, ProcessTable
 
 log = logging.getLogger("auditstream.treekeeper")
 
@@ -16,11 +18,25 @@ def control_endpoint(run_dir: str) -> str:
     return f"ipc://{run_dir}/treekeeper-control.sock"
 
 
+def gone_from_proc(source: ProcSource, proc: Process) -> bool:
+    """Live: has ``proc`` left /proc (its pid is gone or now names a later process)?
+
+    A process killed by a signal (``docker stop``/``restart``, SIGKILL, the end of its pid
+    namespace) makes no exit syscall, so the audit log never says it ended; the /proc sweep
+    (ProcessTable.sweep_proc) ends it within ``proc_sweep_ms``, this covers the time between.
+    """
+    started = source.start_ms(proc.pid)  # the table's start is never before the real one
+    return started is None or started > proc.start_ms + PROBE_START_SLACK_MS
+
+
 def snapshot(table: ProcessTable) -> list[dict[str, Any]]:
-    """Every live (not exited) process, with what a tree view needs."""
+    """Every live process (not exited, and live: still in /proc), with what a tree view needs."""
     out = []
+    source = table.proc_source  # None in a replay: the log is all there is
     for proc in table.processes.values():
         if proc.exited_at is not None or proc.tentative:
+            continue
+        if source is not None and gone_from_proc(source, proc):
             continue
         parent = table.get(proc.parent) if proc.parent else None
         out.append(

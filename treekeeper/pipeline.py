@@ -98,12 +98,19 @@ class TreeStep:
         self.timelines_warned = 0  # the window's count of steps back already logged
         self.full_warned = 0  # the window's count of events released full, already logged
         self.warn = RateLimitedLog(log)
+        # Live: lifecycle docs of the start-up scan (containers already running), sent first.
+        self.found_at_start: list[dict[str, Any]] = []
+        self.proc_sweep_ms = 0  # live: how often /proc is listed for processes gone (0: never)
+        self.next_sweep_ms = 0
         if self.enabled and not self.event_time:
             proc_source = LiveProcSource()
             # Live, /proc says which pid namespace a forking process is in (namespaces.py).
             self.table.proc_source = proc_source
+            self.proc_sweep_ms = t.proc_sweep_ms
+            now_ms = self._now()
+            self.next_sweep_ms = now_ms + t.proc_sweep_ms
             if restored is None:
-                found = self.table.scan(proc_source)
+                found = self.table.scan(proc_source, self.found_at_start, now_ms)
                 log.info("process table started from /proc: %d processes", found)
 
     def _now(self) -> int:
@@ -292,7 +299,15 @@ class TreeStep:
         self.clock_ms = max(self.clock_ms, self.window.horizon())
         now = self._now()
         out: list[Event] = []
+        if self.found_at_start:
+            out += [{"key": ["", 0, 0, 0], "raw": [], "doc": d} for d in self.found_at_start]
+            self.lifecycle_events += len(self.found_at_start)
+            self.found_at_start = []
         self._apply_released(self.window.due(now), out)
+        source = self.table.proc_source
+        if self.proc_sweep_ms and source is not None and now >= self.next_sweep_ms:
+            self.next_sweep_ms = now + self.proc_sweep_ms
+            self.table.sweep_proc(source, now)  # what it finds gone, maintain() ends later
         for node, table in self._every_table():
             gone = table.maintain(now)
             out.extend({"key": [node, 0, 0, 0], "raw": [], "doc": d} for d in gone)

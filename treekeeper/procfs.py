@@ -50,6 +50,9 @@ class ProcSource(Protocol):
     def nspid(self, pid: int) -> NsPidReading | None:
         """The pid namespaces ``pid`` is numbered in, or None if it is gone or unreadable."""
 
+    def start_ms(self, pid: int) -> int | None:
+        """When the process that has ``pid`` now started (epoch ms), or None if it is gone."""
+
 
 def parse_stat(text: bytes, boot_ms: int, ticks_per_s: int) -> tuple[int, int, bytes, int] | None:
     """Return (ppid, start_ms, comm, threads) from /proc/PID/stat, or None if malformed.
@@ -177,6 +180,12 @@ class LiveProcSource:
             return None
         return NsPidReading(parse_nspid(status), parsed[1])
 
+    def start_ms(self, pid: int) -> int | None:
+        # stat only (the /proc sweep, per live process): status as well (nspid) costs ~2x.
+        stat = self._read_bytes(pid, "stat")
+        parsed = parse_stat(stat, self.boot_ms, self.ticks_per_s) if stat is not None else None
+        return parsed[1] if parsed is not None else None
+
 
 class FakeProcSource:
     """A /proc made of ``ProcInfo`` values, for tests."""
@@ -193,3 +202,7 @@ class FakeProcSource:
     def nspid(self, pid: int) -> NsPidReading | None:
         info = self.processes.get(pid)
         return NsPidReading(info.nspid, info.start_ms) if info is not None else None
+
+    def start_ms(self, pid: int) -> int | None:
+        info = self.processes.get(pid)
+        return info.start_ms if info is not None else None

@@ -108,6 +108,9 @@ class TreeStats:
     evicted_live: int = 0
     bad_docs: int = 0
     bad_times: int = 0
+    proc_sweeps: int = 0  # live: listings of /proc (proc_sweep_ms)
+    proc_sweeps_skipped: int = 0  # listings without pid 1: not the host's whole /proc (hidepid)
+    gone_from_proc: int = 0  # processes ended because /proc no longer had them
 
 
 # Every event repeats its ancestors' args: without a cap, one process started with
@@ -149,6 +152,11 @@ class Process:
     # exit_notify), so for a few ms their records still name it as ppid.
     reaped_from: Key | None = None
     children: set[Key] = field(default_factory=set)
+    # Live: its start as /proc gave it (the scan, or the first sweep that found its pid), so a
+    # later sweep tells a reused pid exactly, whatever the wall clock did meanwhile.
+    proc_start_ms: int | None = None
+    gone_at: int | None = None  # live: when a sweep first found it gone from /proc
+    ended_gone: bool = False  # ended by the sweep (no exit record): no exit code
     ancestry_entry: dict[str, Any] | None = None
     ancestry_fragment: orjson.Fragment | None = None  # entry_fragment(): of fragment_of
     fragment_of: dict[str, Any] | None = None
@@ -200,8 +208,30 @@ def _capped_args(args: list[str], budget: int) -> tuple[list[str], bool]:
 # "000".."999" -> int: the usual fraction of @timestamp without str.isdigit + int per event.
 _MS_OF_FRACTION = {f"{ms:03d}": ms for ms in range(1000)}
 
+# Live: a process /proc no longer lists is ended this long (or exit_grace_ms, if longer) after
+# the sweep that found it gone, unless its exit record comes first (it was on its way).
+GONE_CONFIRM_MIN_MS = 1000
+# ``auditstream.lifecycle_source`` of lifecycle docs learned from /proc, not from records.
+LIFECYCLE_FROM_SCAN = "proc_scan"  # container-first-seen of a container running at start
+LIFECYCLE_FROM_SWEEP = "proc_sweep"  # process-exited (and container-gone) of one found gone
+
+
+def _from_source(doc: Doc, source: str) -> Doc:
+    """``doc``, saying that /proc, not an audit record, told what it announces."""
+    doc["auditstream"] = {"lifecycle_source": source}
+    return doc
+
+
+def _swept(doc: Doc) -> Doc:
+    return _from_source(doc, LIFECYCLE_FROM_SWEEP)
+
+
 # Older processes of one pid that lookup() walks back through; real chains are a few long.
 PREVIOUS_CHAIN_MAX = 64
+
+# The kernel's PROCTITLE holds 128 bytes of the command line; a title of this many bytes (a
+# character cut in two is escaped, longer) may be a longer command line cut short.
+PROCTITLE_CUT_BYTES = 125
 
 # runc names its setup stages runc:[0:PARENT], runc:[1:CHILD], runc:[2:INIT] (comm).
 RUNC_INIT_COMM = "runc:["
@@ -251,6 +281,35 @@ def _args(value: Any) -> list[str] | None:
     return None
 
 
+def _take_forked_image(child: Process, parent: Process) -> None:
+    """Give ``child``, known from its own events only, the command line it inherited from
+    ``parent``, as a fork's child gets it: if it has not exec'd (same executable, no exec
+    seen) and its PROCTITLE (``title``, from its own events), where it has one, is that
+    command line. A child that renamed itself (``nginx: worker process``) gets no args."""
+    if (
+        child.args is not None
+        or child.exec_ms is not None
+        or child.executable is None
+        or child.executable != parent.executable
+        or parent.args is None
+    ):
+        return
+    title = child.title
+    if title is not None and title != parent.title:
+        # Not the parent's title alone: the kernel keeps the PROCTITLE of a task's first
+        # record across its execs (a container's sh logs "runc init"), a child's is fresh.
+        line = " ".join(parent.args)
+        cut = len(title.encode("utf-8", "surrogateescape")) >= PROCTITLE_CUT_BYTES
+        if title != line and not (cut and line.startswith(title)):
+            return
+    child.args = parent.args
+    if child.title is None:
+        child.title = parent.title
+    if child.cwd is None:
+        child.cwd = parent.cwd
+    child.ancestry_entry = None
+
+
 class ProcessTable:
     """The live process table of one host, fed with event docs in (roughly) event order."""
 
@@ -264,6 +323,7 @@ class ProcessTable:
         self._exited: list[tuple[int, Key]] = []  # heap by exit time
         self._tentative: deque[tuple[int, Key]] = deque()
         self._inferred: deque[Key] = deque()
+        self._gone: deque[tuple[int, Key]] = deque()  # found gone from /proc, by when: to end
         self._ts_head = ""
         self._ts_base = 0
         self._ts_last: object = None
@@ -389,6 +449,8 @@ class ProcessTable:
     def maintain(self, now_ms: int) -> list[Doc]:
         """Delete processes exited more than ``exit_grace_ms`` before ``now_ms``."""
         out: list[Doc] = []
+        if self._gone:  # live only: what /proc sweeps found gone (sweep_proc)
+            self._end_gone(now_ms, out)
         limit = now_ms - self.config.exit_grace_ms
         while self._exited and self._exited[0][0] < limit:
             _, key = heapq.heappop(self._exited)
@@ -404,8 +466,59 @@ class ProcessTable:
                 self._delete(proc, out)
         return out
 
-    def scan(self, proc_source: ProcSource) -> int:
-        """Fill the table from /proc (live start); return how many processes were read."""
+    def sweep_proc(self, source: ProcSource, now_ms: int) -> None:
+        """Live: note the processes /proc no longer has; maintain() ends them a while later.
+
+        A process killed by a signal (``docker stop``, SIGKILL, the end of its pid namespace)
+        makes no exit syscall: no record says it ended. Cost: one listing of /proc, and one
+        read of /proc/PID/stat (its start: was the pid reused?) per live process it lists.
+        A listing without pid 1 is not the host's whole /proc (``hidepid``, another pid
+        namespace): it says nothing of who is gone, and is only counted.
+        """
+        present = set(source.pids())
+        if 1 not in present:
+            self.stats.proc_sweeps_skipped += 1
+            return
+        self.stats.proc_sweeps += 1
+        for proc in self.processes.values():
+            if proc.exited_at is not None or proc.tentative or proc.gone_at is not None:
+                continue  # a tentative clone3 child may be a thread: /proc lists no tids
+            if proc.pid in present:
+                if self.current.get(proc.pid) != proc.key:
+                    continue  # an older process of the pid (its fork came late): not its pid now
+                started = source.start_ms(proc.pid)
+                if started is not None and proc.proc_start_ms in (None, started):
+                    # First seen here: the same process (a reuse since its fork is missed);
+                    # later, /proc's own start must stay the same, whatever the clock did.
+                    proc.proc_start_ms = started
+                    continue
+            proc.gone_at = now_ms
+            self._gone.append((now_ms, proc.key))
+
+    def _end_gone(self, now_ms: int, out: list[Doc]) -> None:
+        """End the processes found gone at least GONE_CONFIRM_MIN_MS (or exit_grace_ms) ago
+        whose exit record has not come since: one that exited just before the sweep may have
+        its record still on the way, and then the record ends it, with its exit code."""
+        confirmed = now_ms - max(self.config.exit_grace_ms, GONE_CONFIRM_MIN_MS)
+        while self._gone and self._gone[0][0] <= confirmed:
+            found_ms, key = self._gone.popleft()
+            proc = self.processes.get(key)
+            if proc is None or proc.exited_at is not None:
+                continue
+            self.stats.gone_from_proc += 1
+            # It ended before the sweep found it gone: no later event is its. It is kept
+            # exit_grace_ms from now, as after an exit, for events still on the way.
+            proc.exited_at = found_ms
+            proc.ended_gone = True
+            heapq.heappush(self._exited, (now_ms, key))
+            self._reparent_children(proc, found_ms, out)
+            out.append(_swept(_lifecycle_doc(self, "process-exited", proc, found_ms)))
+
+    def scan(self, proc_source: ProcSource, out: list[Doc] | None = None, at_ms: int = 0) -> int:
+        """Fill the table from /proc (live start); return how many processes were read.
+
+        With ``out``: a ``container-first-seen`` doc at ``at_ms`` for each container found,
+        naming its oldest process (its init, but for a ``--pid=host`` one)."""
         found: list[Process] = []
         for pid in proc_source.pids():
             info = proc_source.read(pid)
@@ -431,6 +544,7 @@ class ProcessTable:
             if info.cgroup is not None:
                 proc.container = containers.from_cgroup(info.cgroup)
             proc.pid_ns = namespaces.from_nspid(info.pid, info.nspid)
+            proc.proc_start_ms = info.start_ms
             found.append(proc)
         for proc in found:
             self.current[proc.pid] = proc.key
@@ -443,6 +557,17 @@ class ProcessTable:
                 proc.parent = parent.key
                 parent.children.add(proc.key)
         self.stats.processes_created += len(found)
+        if out is not None:
+            oldest: dict[str, Process] = {}
+            for proc in found:
+                ref = proc.container
+                if ref is not None:
+                    known = oldest.get(ref.id)
+                    if known is None or (proc.start_ms, proc.pid) < (known.start_ms, known.pid):
+                        oldest[ref.id] = proc
+            for proc in oldest.values():
+                doc = _lifecycle_doc(self, "container-first-seen", proc, at_ms)
+                out.append(_from_source(doc, LIFECYCLE_FROM_SCAN))
         return len(found)
 
     # -- observing ----------------------------------------------------------
@@ -526,6 +651,9 @@ class ProcessTable:
                 self._set_container(proc, parent.container, at_ms, out)
             if parent is not None and parent.pid_ns is PidNs.NESTED:
                 proc.pid_ns = PidNs.NESTED  # a child is in its parent's pid namespace or below
+                # Its fork returned a pid of the namespace (nothing was copied then): a child
+                # still running its parent's image has the parent's command line, as ps shows.
+                _take_forked_image(proc, parent)
         return proc
 
     def _take_image(
@@ -586,9 +714,11 @@ class ProcessTable:
         if parent is None:
             return
         parent.children.add(proc.key)
-        # A shim's children are its container's processes, unless they run the runtime.
+        # A shim's children are its container's processes, unless they run the runtime or
+        # were only handed to it (a subreaper) by a dead parent: a runc hook's orphans.
         if (
             proc.container is None
+            and proc.reaped_from is None
             and proc.role is RuntimeRole.NONE
             and parent.role is RuntimeRole.SHIM
             and parent.managed is not None
@@ -729,6 +859,8 @@ class ProcessTable:
             proc.executable, proc.name = caller.executable, caller.name
             proc.args, proc.cwd, proc.title = caller.args, caller.cwd, caller.title
             proc.ancestry_entry = None
+        else:
+            _take_forked_image(proc, caller)  # events before its fork, none an exec
         if proc.container is None and container is not None:
             self._set_container(proc, container, at_ms, out)
         out.append(_lifecycle_doc(self, "process-started", proc, at_ms))
@@ -908,7 +1040,8 @@ class ProcessTable:
             left = self.container_members.get(proc.container.id, 1) - 1
             if left <= 0:
                 self.container_members.pop(proc.container.id, None)
-                out.append(_lifecycle_doc(self, "container-gone", proc, self.last_ms))
+                gone = _lifecycle_doc(self, "container-gone", proc, self.last_ms)
+                out.append(_swept(gone) if proc.ended_gone else gone)
             else:
                 self.container_members[proc.container.id] = left
 
