@@ -127,14 +127,16 @@ def find_pid(cmdline: bytes, cgroup_id: str) -> int | None:
     return None
 
 
-def start_run(tmp: Path, volume: Path) -> subprocess.Popen[str]:
-    """Start `auditstream run` with the default rules and a watch on `volume`; wait for rules."""
+def start_run(tmp: Path, volume: Path, more_config: str = "") -> subprocess.Popen[str]:
+    """Start `auditstream run` with the default rules and a watch on `volume` (and
+    ``more_config``'s tables); wait for rules."""
     extra = tmp / "extra.rules"
     extra.write_text(f"-w {volume} -p wa -k volume\n")
     config = tmp / "auditstream.toml"
     config.write_text(
         f'[runtime]\ndir = "{tmp / "run"}"\n\n'
         f'[receiver]\nrules_files = ["{REPO / "receiver" / "default.rules"}", "{extra}"]\n'
+        + more_config
     )
     stderr = (tmp / "run.stderr").open("w")
     run = subprocess.Popen(

@@ -12,7 +12,6 @@ write `process-exited` for its processes and `container-gone` for it.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 from docker_helpers import exclusive_clean_kernel, kernel_audit_state, private_dockerd, skip_reason
-from test_docker_live import read_jsonl, stop_run, wait_for
+from test_docker_live import read_jsonl, start_run, stop_run, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.kernel, pytest.mark.slow]
 
@@ -46,36 +45,9 @@ class Session:
     live: list[Doc]
 
 
-def start_run(tmp: Path, volume: Path) -> subprocess.Popen[str]:
+def start_sweeping_run(tmp: Path, volume: Path) -> subprocess.Popen[str]:
     """`auditstream run` (default rules, a watch on `volume`, a fast sweep); wait for its rules."""
-    extra = tmp / "extra.rules"
-    extra.write_text(f"-w {volume} -p wa -k volume\n")
-    config = tmp / "auditstream.toml"
-    config.write_text(
-        f'[runtime]\ndir = "{tmp / "run"}"\n\n'
-        f'[receiver]\nrules_files = ["{REPO / "receiver" / "default.rules"}", "{extra}"]\n\n'
-        f"[treekeeper]\nproc_sweep_ms = {PROC_SWEEP_MS}\n"
-    )
-    with (tmp / "run.stderr").open("w") as stderr:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "auditstream", "run", "-c", str(config),
-             "--sink", f"jsonl:{tmp / 'live.jsonl'}"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
-        )  # fmt: skip
-
-    def ready() -> bool:
-        if run.poll() is not None:
-            raise AssertionError(f"auditstream run exited: {(tmp / 'run.stderr').read_text()}")
-        status, rules = kernel_audit_state()
-        return status.get("pid", 0) != 0 and status.get("enabled") == 1 and "-k volume" in rules
-
-    try:
-        wait_for("auditstream run to load its rules", ready, timeout_s=30)
-    except BaseException:
-        stop_run(run)
-        raise
-    time.sleep(0.5)
-    return run
+    return start_run(tmp, volume, f"\n[treekeeper]\nproc_sweep_ms = {PROC_SWEEP_MS}\n")
 
 
 def lifecycle(docs: list[Doc], action: str, container: str) -> list[Doc]:
@@ -97,7 +69,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     with exclusive_clean_kernel() as found, private_dockerd() as docker:
         mount = ["--network", "none", "-v", f"{volume}:/data"]
         pre_id = docker.cli("run", "-d", *mount, docker.image, "sleep", "300").strip()
-        run = start_run(tmp, volume)
+        run = start_sweeping_run(tmp, volume)
         try:
             victim_id = docker.cli("run", "-d", *mount, docker.image, "sh", "-c",
                                    VICTIM_SCRIPT).strip()  # fmt: skip
