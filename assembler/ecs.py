@@ -18,6 +18,7 @@ from typing import Any
 from assembler.coalesced import ECS_SLOTS, Address, Coalesced, EcsEntity
 from assembler.parse import Record, enriched_fields
 from auditstream.escape import escape
+from auditstream.hostnode import host_name
 from auditstream.logline import type_name
 
 MARKER_TAG = "auditstream-marker"
@@ -51,15 +52,6 @@ _ID_PARENTS = {key: paths[0][:-1] for key, paths in _ID_PATHS.items()}
 def _second_text(sec: int) -> str:
     # strftime is slow and events come many per second: format each second once.
     return datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-@lru_cache(maxsize=256)
-def host_name(node: str) -> str:
-    """A log's ``node=`` name as ``host.name``: escaped like any untrusted text, since a
-    hostile file can put control bytes or ``%`` there (plain names pass unchanged)."""
-    if node.isascii() and node.isprintable() and "%" not in node:
-        return node
-    return escape(node.encode("utf-8", "surrogateescape"))
 
 
 # ".000Z" … ".999Z": the millisecond tail of every timestamp, formatted once.

@@ -10,7 +10,9 @@ host's node"). A file replay gives none: a log without ``node=`` is of an unknow
 from __future__ import annotations
 
 import socket
-from functools import cache
+from functools import cache, lru_cache
+
+from auditstream.escape import escape
 
 
 @cache
@@ -32,11 +34,20 @@ def node_of_hostname(name: str) -> str:
     return "".join(ch if ch.isprintable() and not ch.isspace() else "_" for ch in text)
 
 
+@lru_cache(maxsize=256)
+def host_name(node: str) -> str:
+    """A log's ``node=`` name as ``host.name``: escaped like any untrusted text, since a
+    hostile file can put control bytes or ``%`` there (plain names pass unchanged). The
+    assembler writes docs' ``host.name`` so (in C too: assembler/csrc/ecs.c), and the Kafka
+    sink keys a split doc by its event key's node so."""
+    if node.isascii() and node.isprintable() and "%" not in node:
+        return node
+    return escape(node.encode("utf-8", "surrogateescape"))
+
+
 @cache
 def local_host_name() -> str:
-    """:func:`local_node` as ``host.name`` spells it (assembler/ecs.py ``host_name``: a
-    name with ``%`` or beyond printable ASCII escaped): the tree keeper's live table and the
-    fan-out's ``events-dropped`` markers then name this host as its audit docs do."""
-    from assembler.ecs import host_name  # only here: the receiver never needs the assembler
-
+    """:func:`local_node` as ``host.name`` spells it (:func:`host_name`): the tree keeper's
+    live table and the fan-out's ``events-dropped`` markers then name this host as its
+    audit docs do."""
     return host_name(local_node())

@@ -23,13 +23,21 @@ from sinks.config import (
 SinkFactory = Callable[[SinkConfig], Sink]
 
 # Sink types that write an audit event from its doc's text and head (auditstream/doc_text.py):
-# jsonl splices the text, file writes the raw records. kafka encodes the whole doc.
-_DOC_TEXT_TYPES = frozenset({"jsonl", "file"})
+# jsonl and kafka splice the text, file writes the raw records.
+_DOC_TEXT_TYPES = frozenset({"jsonl", "kafka", "file"})
+# Those that also take ``process.ancestry`` entries as JSON text (orjson.Fragment): kafka
+# reads an entry's entity_id for its process_tree_root key.
+_ANCESTRY_TEXT_TYPES = frozenset({"jsonl", "file"})
 
 
 def sinks_take_doc_text(tables: object) -> bool:
     """Every sink of ``[[sinks]]`` writes from a doc's text and head: no need for whole docs."""
     return all(sink.type in _DOC_TEXT_TYPES for sink in sink_configs_from_tables(tables))
+
+
+def sinks_take_ancestry_text(tables: object) -> bool:
+    """Every sink of ``[[sinks]]`` writes ``process.ancestry`` entries from their JSON text."""
+    return all(sink.type in _ANCESTRY_TEXT_TYPES for sink in sink_configs_from_tables(tables))
 
 
 def sinks_write_raw(tables: object) -> bool:
@@ -123,5 +131,6 @@ __all__ = [
     "check_sink",
     "parse_sink_arg",
     "sink_configs_from_tables",
+    "sinks_take_ancestry_text",
     "sinks_take_doc_text",
 ]

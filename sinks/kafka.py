@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal, cast
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from auditstream.doc_text import DOC_TEXT, doc_line
+from auditstream.hostnode import host_name
 from auditstream.logs import RateLimitedLog
+from auditstream.native import load_native
 from sinks.base import Event, SinkError, SinkStats
 from sinks.config import SinkConfig
 from sinks.rotation import SinkWriteError
@@ -349,6 +353,49 @@ class LibrdkafkaLog:
         self.limited.warning(facility, msg, *args)
 
 
+# The jsonl sink's C line encoder (auditstream/csrc/doc_text.c): a batch's docs as JSON in one
+# call, a split doc's text spliced around its enriched ``process`` (no whole doc decoded or
+# encoded again). A message's value is its line without the newline.
+_NATIVE_LINES: Callable[..., tuple[bytes, int]] | None = load_native(
+    "auditstream.native_doc_text", "encode_lines"
+)
+_EVENT_OBJECT = b'"event":{'
+
+
+def text_event(before: bytes) -> Mapping[str, Any] | None:
+    """The ``event`` object of a split doc, read from its text before ``process`` (the
+    assembler writes it there, a flat object of scalars and string lists, so the first
+    ``},"`` after it ends it); None when that slice is not one JSON object (the caller then
+    decodes the whole line)."""
+    start = before.find(_EVENT_OBJECT)
+    end = before.find(b'},"', start) if start >= 0 else -1
+    if end < 0:
+        return None
+    try:
+        found = orjson.loads(before[start + len(_EVENT_OBJECT) - 1 : end + 1])
+    except orjson.JSONDecodeError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _encoded_values(batch: list[Event]) -> list[bytes]:
+    """The batch's docs as JSON (C), as far as the encoder takes them in order; the rest
+    goes through KafkaSink._encode alone (its errors counted there, as the jsonl sink's)."""
+    if _NATIVE_LINES is None or not batch:
+        return []
+    lines, upto = _NATIVE_LINES(
+        orjson.dumps, orjson.OPT_APPEND_NEWLINE, batch, 0, sys.maxsize, sys.maxsize
+    )
+    # JSON text holds no raw newline (a string's is escaped): one line per event.
+    return lines.split(b"\n")[:upto]
+
+
+def _doc_field_of_line(value: bytes, name: str) -> Mapping[str, Any]:
+    """A top-level object of a doc's JSON (a split doc whose text did not show it plainly)."""
+    found = orjson.loads(value).get(name)
+    return found if isinstance(found, dict) else {}
+
+
 def _doc_field(doc: Mapping[str, Any], outer: str, inner: str) -> Any:
     """ECS field outer.inner from a nested doc ({"host": {"name": …}}), else from a flat
     "host.name" key. Per event and hot: isinstance(dict) first, the ABC check is slow."""
@@ -390,6 +437,7 @@ class KafkaSink:
         self._stalled = False
         self._log_counts: dict[str, int] = {}
         self._key_cache: dict[str, bytes] = {}
+        self._host_cache: dict[object, str] = {}  # a split doc's key node -> host.name
         self._headers_cache: dict[tuple[str, str], Headers] = {}
         self._producer = self._start_producer()
         log.info(
@@ -470,11 +518,13 @@ class KafkaSink:
         if self._closed:
             raise SinkError(f"kafka sink {self.name}: used after close()")
         self.stats.received_events += len(events)
-        for index, event in enumerate(events):
+        batch = events if type(events) is list else list(events)
+        values = _encoded_values(batch)
+        for index, event in enumerate(batch):
             if self._fatal is not None:
-                self._count_discard("fatal", len(events) - index)
+                self._count_discard("fatal", len(batch) - index)
                 break
-            message = self._encode(event)
+            message = self._encode(event, values[index] if index < len(values) else None)
             if message is not None:
                 self._produce(event, *message)
         self._serve(0)
@@ -557,29 +607,57 @@ class KafkaSink:
 
     # -- per event --------------------------------------------------------------------------
 
-    def _encode(self, event: Event) -> tuple[bytes, bytes, Headers] | None:
-        """(value, key, headers) for one event, or None (counted) if it cannot be sent."""
+    def _encode(
+        self, event: Event, value: bytes | None = None
+    ) -> tuple[bytes, bytes, Headers] | None:
+        """(value, key, headers) for one event, or None (counted) if it cannot be sent.
+        ``value``: the doc's JSON already made for the batch (_encoded_values)."""
         doc = event.get("doc") if isinstance(event, dict | Mapping) else None
         if not isinstance(doc, dict | Mapping):
             self._discard("bad_event", "event without a doc mapping")
             return None
-        try:
-            value = orjson.dumps(doc)
-        except TypeError as exc:
-            self._discard("serialize", str(exc))
-            return None
-        # Live docs name this host already (the receiver gave their records its node); a
-        # doc without host.name (a replayed log without node=: an unknown host; a fan-out
-        # marker) gets the empty key, which the "consistent" partitioner keeps on one
-        # partition, and no host header: this host is not named for another's events.
-        host = _as_text(_doc_field(doc, "host", "name")) or ""
+        # A split doc (auditstream/doc_text.py): its text, around the head's ``process``.
+        text = event.get(DOC_TEXT) if isinstance(doc, dict) else None
+        if value is None:
+            try:
+                if text is not None and isinstance(doc, dict):
+                    value = doc_line(doc, text)[:-1]
+                else:
+                    value = orjson.dumps(doc)
+            except (orjson.JSONEncodeError, KeyError, TypeError, ValueError) as exc:
+                self._discard("serialize", str(exc))
+                return None
+        if text is not None:
+            # The head holds process and container only; host.name is the records' node's
+            # (the assembler wrote it from the event key's node), event is in the text.
+            host = self._host_of(event)
+            found = text_event(text[0])
+            if found is None:
+                found = _doc_field_of_line(value, "event")
+            action = _as_text(found.get("action")) or _as_text(found.get("kind"))
+        else:
+            # Live docs name this host already (the receiver gave their records its node); a
+            # doc without host.name (a replayed log without node=: an unknown host) gets the
+            # empty key, which the "consistent" partitioner keeps on one partition, and no
+            # host header: this host is not named for another's events.
+            host = _as_text(_doc_field(doc, "host", "name")) or ""
+            action = _as_text(_doc_field(doc, "event", "action")) or _as_text(
+                _doc_field(doc, "event", "kind")
+            )
         key = host if self.options.key == "host" else self._partition_key(doc, host)
-        kind = (
-            _as_text(_doc_field(doc, "event", "action"))
-            or _as_text(_doc_field(doc, "event", "kind"))
-            or "event"
-        )
-        return value, self._key_bytes(key), self._headers(host, kind)
+        return value, self._key_bytes(key), self._headers(host, action or "event")
+
+    def _host_of(self, event: Event) -> str:
+        """host.name of a split doc: its event key's node as the assembler spells it (cached:
+        a host has few nodes, and this runs per event); "" for a log without node=."""
+        key = event.get("key")
+        node = key[0] if isinstance(key, list | tuple) and key else ""
+        host = self._host_cache.get(node)
+        if host is None:
+            if len(self._host_cache) >= CACHE_MAX_ENTRIES:
+                self._host_cache.clear()
+            host = self._host_cache[node] = host_name(node) if isinstance(node, str) else ""
+        return host
 
     def _key_bytes(self, key: str) -> bytes:
         """Encoded message key, cached: a host has few distinct keys and this runs per event."""

@@ -20,9 +20,9 @@ import pytest
 from live_helpers import replay_to_jsonl
 from test_native_fingerprints import c_dedupe, python_dedupe
 
-from assembler.ecs import host_name
 from auditstream.config import Config
 from auditstream.doc_text import DOC_TEXT, RECORD_HASHES
+from auditstream.hostnode import host_name
 from treekeeper.dedupe import Dedupe, doc_fingerprints, head_fingerprints, recover_sink_tails
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from test_event_transport import old_frame, sharded_frames
 from auditstream import wire
 from auditstream.config import Config
 from auditstream.doc_text import DOC_TEXT, doc_line, encode_docs
-from sinks import sinks_take_doc_text
+from sinks import sinks_take_ancestry_text, sinks_take_doc_text
 from sinks.config import FileOutputConfig
 from sinks.jsonl import JsonlSink
 from treekeeper.dedupe import Dedupe
@@ -187,13 +187,13 @@ def test_heads_that_do_not_fit_become_transport_error_markers(broken: Any, messa
     assert all(DOC_TEXT not in e for e in got)
 
 
-def test_only_sinks_that_write_text_get_heads() -> None:
-    """jsonl and file sinks take heads; a kafka sink needs whole docs."""
+def test_every_sink_takes_heads_kafka_not_ancestry_text() -> None:
+    """jsonl, file and kafka sinks take heads; with a kafka sink ancestry entries stay dicts."""
     cfg = Config()
     cfg.sinks = [{"type": "jsonl", "path": "/tmp/x.jsonl"}, {"type": "file", "path": "/tmp/x"}]
-    assert sinks_take_doc_text(cfg.sinks)
+    assert sinks_take_doc_text(cfg.sinks) and sinks_take_ancestry_text(cfg.sinks)
     cfg.sinks = [*cfg.sinks, {"type": "kafka", "brokers": "localhost:9092", "topic": "t"}]
-    assert not sinks_take_doc_text(cfg.sinks)
+    assert sinks_take_doc_text(cfg.sinks) and not sinks_take_ancestry_text(cfg.sinks)
 
 
 def tree_keeper_jsonl(bodies: list[Event], path: Path, *, doc_text: bool, shards: int) -> bytes:

@@ -21,11 +21,10 @@ import pytest
 from live_helpers import replay
 from test_native_datagrams import SLOT_BYTES, c_take_records, filled_batch
 
-from assembler.ecs import host_name
 from assembler.stage import Assembly
 from auditstream.config import Config
 from auditstream.doc_text import RECORD_HASHES
-from auditstream.hostnode import local_host_name, local_node, node_of_hostname
+from auditstream.hostnode import host_name, local_host_name, local_node, node_of_hostname
 from auditstream.logline import format_log_line, split_log_line
 from auditstream.marker_records import KERNEL_LOST_TYPE, SOCKET_OVERRUN_TYPE, SOURCE_RECONNECT_TYPE
 from receiver.checkpoint import SerialMark

@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 from auditstream.config import Config
-from auditstream.hostnode import local_host_name
+from auditstream.hostnode import host_name, local_host_name
 from auditstream.logs import RateLimitedLog
 from auditstream.redelivery import buffered_records
-from sinks import build_sink, sinks_take_doc_text
+from sinks import build_sink, sinks_take_ancestry_text
 from sinks.config import sink_configs_from_tables
 from sinks.fanout import FanOut
 from treekeeper import state
@@ -70,7 +70,7 @@ class TreeStep:
             exit_grace_ms=t.exit_grace_ms,
             max_processes=t.max_processes,
             ancestry_max_depth=t.ancestry_max_depth,
-            ancestry_fragments=sinks_take_doc_text(cfg.sinks),
+            ancestry_fragments=sinks_take_ancestry_text(cfg.sinks),
         )
         restored = state.load(t.state_file, t.state_max_age_ms, table_cfg) if t.state_file else None
         # The table of records without ``node=``: the only one live. The state file and the
@@ -142,9 +142,6 @@ class TreeStep:
         if table is None:
             if len(self.tables) > MAX_NODE_TABLES:  # not kept in tables: memory is bounded
                 return self._shared_table(node)
-            # Imported here: only a replay of a log with node= needs the assembler's spelling.
-            from assembler.ecs import host_name
-
             table = ProcessTable(dataclasses.replace(self.table_cfg, host=host_name(node)))
             self.tables[node] = table
         return table
