@@ -437,7 +437,6 @@ class KafkaSink:
         self._stalled = False
         self._log_counts: dict[str, int] = {}
         self._key_cache: dict[str, bytes] = {}
-        self._host_cache: dict[object, str] = {}  # a split doc's key node -> host.name
         self._headers_cache: dict[tuple[str, str], Headers] = {}
         self._producer = self._start_producer()
         log.info(
@@ -647,17 +646,13 @@ class KafkaSink:
         key = host if self.options.key == "host" else self._partition_key(doc, host)
         return value, self._key_bytes(key), self._headers(host, action or "event")
 
-    def _host_of(self, event: Event) -> str:
-        """host.name of a split doc: its event key's node as the assembler spells it (cached:
-        a host has few nodes, and this runs per event); "" for a log without node=."""
+    @staticmethod
+    def _host_of(event: Event) -> str:
+        """host.name of a split doc: its event key's node as the assembler spells it
+        (``host_name`` caches the spelling); "" for a log without node=."""
         key = event.get("key")
         node = key[0] if isinstance(key, list | tuple) and key else ""
-        host = self._host_cache.get(node)
-        if host is None:
-            if len(self._host_cache) >= CACHE_MAX_ENTRIES:
-                self._host_cache.clear()
-            host = self._host_cache[node] = host_name(node) if isinstance(node, str) else ""
-        return host
+        return host_name(node) if isinstance(node, str) else ""
 
     def _key_bytes(self, key: str) -> bytes:
         """Encoded message key, cached: a host has few distinct keys and this runs per event."""

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,10 +57,12 @@ def _wait_for(out: Path, serials: set[int], timeout_s: float = 20) -> None:
     assert not missing, f"events never came out: {missing}"
 
 
+@contextmanager
 def _follow(
     tmp_path: Path, log: Path, *, no_dac: bool = False
-) -> tuple[subprocess.Popen[bytes], Path, Path]:
-    """Start `auditstream replay --follow LOG` into a jsonl sink; (process, sink, stderr).
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
+    """Run `auditstream replay --follow LOG` into a jsonl sink: (process, sink, stderr),
+    killed at the end if the test did not stop it.
 
     ``no_dac``: as root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH, so that a mode 000
     file is unreadable to it as to any user."""
@@ -69,7 +73,12 @@ def _follow(
         argv = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *argv]
     with stderr.open("wb") as err:
         proc = subprocess.Popen(argv, cwd=REPO, stderr=err, stdout=subprocess.DEVNULL)
-    return proc, out, stderr
+    try:
+        yield proc, out, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _stop(proc: subprocess.Popen[bytes], stderr: Path, sig: int = signal.SIGINT) -> None:
@@ -86,8 +95,7 @@ def test_auditd_rotations_in_quick_succession_lose_nothing(tmp_path: Path) -> No
     """Three auditd rotations 0.3 s apart (.1 -> .2, audit.log -> .1, a new audit.log), an event split across one: each event once, whole."""
     log = tmp_path / "audit.log"
     log.write_bytes(_whole(1))
-    proc, out, stderr = _follow(tmp_path, log)
-    try:
+    with _follow(tmp_path, log) as (proc, out, stderr):
         _wait_for(out, {1})
         serial = 2
         for _rotation in range(3):
@@ -114,18 +122,13 @@ def test_auditd_rotations_in_quick_succession_lose_nothing(tmp_path: Path) -> No
             if isinstance(auditd, dict) and "sequence" in auditd:
                 assert len(auditd["records"]) == 3, doc  # SYSCALL, EXECVE, EOE together
         assert "rotated" in stderr.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_copytruncate_rewritten_past_the_position_is_read_from_its_start(tmp_path: Path) -> None:
     """A copytruncate whose writer has already written more than was read before: the new text is read from its start, no line torn."""
     log = tmp_path / "audit.log"
     log.write_bytes(_whole(1) + _whole(2))
-    proc, out, stderr = _follow(tmp_path, log)
-    try:
+    with _follow(tmp_path, log) as (proc, out, stderr):
         _wait_for(out, {1, 2})
         shutil.copyfile(log, tmp_path / "audit.log.1")
         with log.open("r+b") as same:
@@ -136,10 +139,6 @@ def test_copytruncate_rewritten_past_the_position_is_read_from_its_start(tmp_pat
         assert _serials(out) == Counter(range(1, 13))
         assert not [d for d in _docs(out) if "marker" in str(d.get("auditstream", ""))]
         assert "truncated" in stderr.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="drops root's DAC capabilities with setpriv")
@@ -147,8 +146,7 @@ def test_an_unreadable_new_log_is_waited_for_not_fatal(tmp_path: Path) -> None:
     """A rotation to a file the follower cannot read: a warning naming it, the old file still read, the new one once readable."""
     log = tmp_path / "audit.log"
     log.write_bytes(_whole(1))
-    proc, out, stderr = _follow(tmp_path, log, no_dac=True)
-    try:
+    with _follow(tmp_path, log, no_dac=True) as (proc, out, stderr):
         _wait_for(out, {1})
         os.chmod(log, 0)  # the open file stays readable
         _append(log, _whole(2))
@@ -163,17 +161,12 @@ def test_an_unreadable_new_log_is_waited_for_not_fatal(tmp_path: Path) -> None:
         _wait_for(out, {1, 2, 3})
         _stop(proc, stderr)
         assert _serials(out) == Counter({1: 1, 2: 1, 3: 1})
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_follow_waits_for_a_log_that_does_not_exist_yet(tmp_path: Path) -> None:
     """A followed log auditd has not created yet: a warning, then its lines once it appears; a deleted one is still read from the open file."""
     log = tmp_path / "audit.log"
-    proc, out, stderr = _follow(tmp_path, log)
-    try:
+    with _follow(tmp_path, log) as (proc, out, stderr):
         time.sleep(1)
         assert proc.poll() is None, stderr.read_text()
         assert f"cannot open followed {log}: No such file or directory" in stderr.read_text()
@@ -185,10 +178,6 @@ def test_follow_waits_for_a_log_that_does_not_exist_yet(tmp_path: Path) -> None:
             writer.write(_whole(2))  # auditd still writes to the deleted file
         _wait_for(out, {2})
         _stop(proc, stderr)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
@@ -196,8 +185,7 @@ def test_stop_signal_writes_everything_appended_before_it(tmp_path: Path, sig: i
     """A stop signal right after a burst appended: exit 0, every event of the burst written once, the summary said."""
     log = tmp_path / "audit.log"
     log.write_bytes(_whole(1))
-    proc, out, stderr = _follow(tmp_path, log)
-    try:
+    with _follow(tmp_path, log) as (proc, out, stderr):
         _wait_for(out, {1})
         _append(log, b"".join(_whole(n) for n in range(2, 10002)))
         _stop(proc, stderr, sig)
@@ -205,10 +193,6 @@ def test_stop_signal_writes_everything_appended_before_it(tmp_path: Path, sig: i
         said = stderr.read_text()
         assert f"{signal.Signals(sig).name}: stopping" in said
         assert "30003 records read" in said
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.parametrize(

@@ -135,7 +135,8 @@ def node_salt(node: str) -> int:
 
 def host_node(doc: dict[str, Any]) -> str:
     """The event key's node of a doc: its ``host.name`` with the assembler's escapes undone
-    (auditstream/hostnode.py ``host_name``: exact, a plain name has no ``%``); "" when it has none."""
+    (auditstream/hostnode.py ``host_name``: exact, a plain name has no ``%``); "" when it
+    has none."""
     host = doc.get("host")
     name = host.get("name") if isinstance(host, dict) else None
     if not isinstance(name, str):
