@@ -320,6 +320,22 @@ def test_recorded_raw_replays_to_the_same_events(
         for out in (live_out, replayed)
     )
     assert len(live_ids) >= 6 and live_ids == again_ids
+    # The processes running before the recording began (this test's, its ancestors) come
+    # from the table written beside it (raw.log.tree): whole `process` objects agree,
+    # ancestry and parent included, not only the entity ids of those forked meanwhile.
+    assert (tmp_path / "raw.log.tree").is_file()
+    live_procs, again_procs = (
+        {
+            e["event"]["sequence"]: e["process"]
+            for e in read_events(out)
+            if is_audit_event(e)
+            and e.get("process", {}).get("parent", {}).get("pid") in (shell.pid, os.getpid())
+        }
+        for out in (live_out, replayed)
+    )
+    assert live_procs.keys() == again_procs.keys() and len(live_procs) > 6
+    for sequence, process in live_procs.items():
+        assert again_procs[sequence] == process, sequence
     # Every audit doc names this host, live (kernel records name no node: the receiver
     # gives them this host's, as auditd's name_format = hostname) as replayed.
     for out in (live_out, replayed):

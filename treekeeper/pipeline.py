@@ -8,13 +8,13 @@ import time
 from typing import Any
 
 from auditstream.config import Config
-from auditstream.hostnode import host_name, local_host_name
+from auditstream.hostnode import host_name, local_host_name, local_node
 from auditstream.logs import RateLimitedLog
 from auditstream.redelivery import buffered_records
 from sinks import build_sink, sinks_take_ancestry_text
 from sinks.config import sink_configs_from_tables
 from sinks.fanout import FanOut
-from treekeeper import state
+from treekeeper import recording_tree, state
 from treekeeper.native import native_apply_ready
 from treekeeper.procfs import LiveProcSource, read_file
 from treekeeper.reorder import ReorderWindow, new_window
@@ -112,6 +112,26 @@ class TreeStep:
             if restored is None:
                 found = self.table.scan(proc_source, self.found_at_start, now_ms)
                 log.info("process table started from /proc: %d processes", found)
+            if cfg.receiver.record:  # its replay then starts from this table too
+                recording_tree.save_start(self.table, local_node(), cfg.receiver.record)
+        elif self.enabled:
+            self._load_recording_start(cfg, restored is not None)
+
+    def _load_recording_start(self, cfg: Config, restored: bool) -> None:
+        """Replay: the table the first file's recording started from, into its node's
+        table (treekeeper/recording_tree.py); passed on to this replay's own recording."""
+        started = recording_tree.load_start(cfg.receiver.files, self.table_cfg)
+        if started is None:
+            return
+        node, table = started
+        if node == "":
+            if restored:  # the state file's table is the node-less one already
+                log.warning("state_file loaded: the recording's process table is not used")
+                return
+            self.table = table
+        self.tables[node] = table
+        if cfg.receiver.record:
+            recording_tree.save_start(table, node, cfg.receiver.record)
 
     def _now(self) -> int:
         if not self.event_time:

@@ -1,7 +1,8 @@
 """Save the process table on shutdown and load it on start, so a restart keeps ancestry.
 
-The file is msgpack: ``{"version", "saved_ms", "host", "processes": [[field, ...], ...]}``.
-It is written to a temporary file and renamed, so a crash never leaves half a file.
+The file is msgpack: ``{"version", "saved_ms", "host", "processes": [[field, ...], ...]}``,
+and ``"node"`` in a recording's table (treekeeper/recording_tree.py). It is written to a
+temporary file and renamed, so a crash never leaves half a file.
 A file older than ``max_age_ms`` describes processes that may be long gone, and a
 corrupt one cannot be trusted: both are logged and give a fresh, empty table.
 """
@@ -11,11 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
+from auditstream.hostnode import host_name
 from treekeeper.containers import ContainerRef, RuntimeRole
 from treekeeper.tree import Process, ProcessTable, TableConfig
 
@@ -79,15 +82,24 @@ def _unpack(row: list[Any]) -> Process:
     )
 
 
-def save(table: ProcessTable, path: str | os.PathLike[str], now_ms: int | None = None) -> None:
-    """Write the table to ``path`` atomically."""
+def save(
+    table: ProcessTable,
+    path: str | os.PathLike[str],
+    now_ms: int | None = None,
+    *,
+    node: str | None = None,
+) -> None:
+    """Write the table to ``path`` atomically; ``node``: the audit node its records name
+    (a recording's table, treekeeper/recording_tree.py)."""
     saved_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    body = {
+    body: dict[str, Any] = {
         "version": STATE_VERSION,
         "saved_ms": saved_ms,
         "host": table.config.host,
         "processes": [_pack(p) for p in table.processes.values()],
     }
+    if node is not None:
+        body["node"] = node
     target = Path(path)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_bytes(msgpack.packb(body, use_bin_type=True))
@@ -111,9 +123,7 @@ def load(
         return ProcessTable(config)
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     try:
-        body = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-        if not isinstance(body, dict) or body.get("version") != STATE_VERSION:
-            raise ValueError(f"not a treekeeper state file of version {STATE_VERSION}")
+        body = _body(raw)
         age = now - int(body["saved_ms"])
         if age > max_age_ms:
             log.warning(
@@ -125,6 +135,39 @@ def load(
     except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as err:
         log.warning("treekeeper state %s is corrupt (%s); starting with an empty table", path, err)
         return ProcessTable(config)
+    return _table_of(processes, config)
+
+
+def load_recorded(
+    path: str | os.PathLike[str], config: TableConfig
+) -> tuple[str, ProcessTable] | None:
+    """(node, table) of a recording's table (saved with ``node``), of any age: the
+    recording it belongs to is replayed whenever its user likes. None, logged, when it
+    cannot be read or is not such a file."""
+    try:
+        body = _body(Path(path).read_bytes())
+        node = body["node"]
+        if type(node) is not str:
+            raise ValueError("no audit node named")
+        processes = [_unpack(row) for row in body["processes"]]
+    except (OSError, ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as err:
+        log.warning(
+            "the recording's process table %s cannot be used (%s): the replay starts without it",
+            path,
+            getattr(err, "strerror", None) or err,
+        )
+        return None
+    return node, _table_of(processes, replace(config, host=host_name(node)))
+
+
+def _body(raw: bytes) -> dict[str, Any]:
+    body = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    if not isinstance(body, dict) or body.get("version") != STATE_VERSION:
+        raise ValueError(f"not a treekeeper state file of version {STATE_VERSION}")
+    return body
+
+
+def _table_of(processes: list[Process], config: TableConfig | None) -> ProcessTable:
     table = ProcessTable(config)
     for proc in processes:
         table.insert_restored(proc)
