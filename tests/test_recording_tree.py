@@ -142,3 +142,18 @@ def test_replay_recording_passes_the_table_on(tmp_path: Path) -> None:
     assert ls_exec(second)["process"]["parent"]["entity_id"] == (
         table.processes[table.current[10]].entity_id
     )
+
+
+def test_links_planted_beside_the_recording_are_not_written_through(tmp_path: Path) -> None:
+    """Links at PATH.tree and PATH.tree.tmp (a shared directory) are replaced or left,
+    never followed: the files they point at keep their bytes; the table is mode 0600."""
+    victims = [tmp_path / "victim1", tmp_path / "victim2"]
+    for victim in victims:
+        victim.write_bytes(b"keep")
+    recording = tmp_path / "rec.log"
+    (tmp_path / "rec.log.tree").symlink_to(victims[0])
+    (tmp_path / "rec.log.tree.tmp").symlink_to(victims[1])
+    assert recording_tree.save_start(scanned_table(), NODE, str(recording))
+    assert [v.read_bytes() for v in victims] == [b"keep", b"keep"]
+    sidecar = recording_tree.sidecar_path(str(recording))
+    assert not sidecar.is_symlink() and sidecar.stat().st_mode & 0o777 == 0o600

@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from auditstream.hostnode import host_name
+from auditstream.redelivery import write_atomically
 from treekeeper.containers import ContainerRef, RuntimeRole
 from treekeeper.tree import Process, ProcessTable, TableConfig
 
@@ -100,10 +101,10 @@ def save(
     }
     if node is not None:
         body["node"] = node
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(msgpack.packb(body, use_bin_type=True))
-    os.replace(tmp, target)
+    # A temporary file of a random name, created exclusively (mode 0600: it holds command
+    # lines), then renamed: a link planted at a fixed name in a shared directory (a
+    # recording's, /tmp) is replaced, never written through.
+    write_atomically(Path(path), msgpack.packb(body, use_bin_type=True))
 
 
 def load(
