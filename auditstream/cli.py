@@ -301,16 +301,27 @@ def _report_damaged_inputs(receiver: dict[str, Any]) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from receiver.logsource import SourceError, check_readable, inherited_fds
+    from receiver.logsource import SourceError, check_position_file, check_readable, inherited_fds
 
     cfg = _load(args)
     cfg.receiver.source = "file"
     cfg.receiver.files = args.files
     cfg.receiver.follow = args.follow
     cfg.receiver.progress = args.progress
+    if args.position_file:
+        if not args.follow or len(args.files) != 1 or args.files == ["-"]:
+            raise config_mod.ConfigError(
+                "--position-file keeps the read position of one followed log: "
+                "give --follow and exactly one FILE (not -)"
+            )
+        cfg.receiver.position_file = args.position_file
+    if cfg.receiver.position_file:  # the stages may run elsewhere (exec'd: their own cwd)
+        cfg.receiver.position_file = os.path.abspath(cfg.receiver.position_file)
     _apply_common(cfg, args, default_sink="jsonl:-")
     try:
         check_readable(args.files, follow=args.follow)  # followed, the last may come later
+        if cfg.receiver.position_file:
+            check_position_file(cfg.receiver.position_file)
     except SourceError as err:
         print(f"auditstream: {err}", file=sys.stderr)
         return 2
@@ -378,12 +389,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         rule_count = len(loaded.rules)
         rules = f", {rule_count} rule{'s' if rule_count != 1 else ''}"
     elif cfg.receiver.source == "file":  # `run` of a config's files: refused as replay would
-        from receiver.logsource import SourceError, check_readable
+        from receiver.logsource import SourceError, check_position_file, check_readable
 
         try:
             check_readable(cfg.receiver.files, follow=cfg.receiver.follow)
         except SourceError as err:
             raise config_mod.ConfigError(f"{cfg.source_path}: [receiver].files: {err}") from err
+        if cfg.receiver.position_file:
+            try:
+                check_position_file(cfg.receiver.position_file)
+            except SourceError as err:
+                raise config_mod.ConfigError(
+                    f"{cfg.source_path}: [receiver].position_file: {err}"
+                ) from err
     count = len(warned)
     warnings = f", {count} warning{'s' if count != 1 else ''} above" if count else ""
     print(f"{args.config}: OK ({sinks}, source {cfg.receiver.source}{rules}){warnings}")
@@ -416,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
     p.add_argument("--follow", action="store_true", help="keep reading the last file as it grows")
+    p.add_argument(
+        "--position-file",
+        metavar="PATH",
+        help="with --follow: keep the log's acknowledged read position in PATH; "
+        "a follow started again resumes there",
+    )
     common(p)
     p.set_defaults(func=cmd_replay)
 

@@ -2,8 +2,11 @@
 
 Exec'd afresh, each stage spent ~85 ms of CPU starting (the interpreter, ZeroMQ, its own
 modules), four of them at once on two cores: most of a short replay's 0.25 s. Forked
-from a supervisor that has imported the three stage modules, a stage starts at once and
-shares those pages until it writes them (docs/performance.md, twenty-seventh pass).
+from a supervisor that has imported its stage module, a stage starts at once and shares
+those pages until it writes them (docs/performance.md, twenty-seventh pass). The
+supervisor imports each stage's module just before that stage's fork, downstream first:
+the tree keeper sets up while the supervisor imports the next stage's modules
+(forty-second pass).
 
 A forked stage runs ``stage_main`` as ``python -m NAME`` would: in a session of its own,
 SIGINT and SIGTERM at their defaults until the stage sets its handlers (blocked across
@@ -26,7 +29,6 @@ import contextlib
 import importlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -86,6 +88,8 @@ class ForkedStage:
         deadline = None if timeout is None else time.monotonic() + timeout
         while (code := self.poll()) is None:
             if deadline is not None and time.monotonic() > deadline:
+                import subprocess  # here: ~2 ms of every start that a replay does not use
+
                 raise subprocess.TimeoutExpired(f"stage {self.pid}", timeout or 0.0)
             time.sleep(WAIT_POLL_S)
         return code
@@ -107,7 +111,8 @@ def forkable(module: str) -> bool:
 
 
 def preload() -> None:
-    """Import every stage's modules here, once, before the first fork."""
+    """Import every stage's modules here, as the forks of a whole pipeline do (each
+    ``fork_stage`` imports its stage's before it forks)."""
     for name in STAGE_RUNNERS.values():
         importlib.import_module(name)
 

@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -199,6 +198,8 @@ class Supervisor:
         return forked
 
     def _exec(self, stage: StageProcess, argv: list[str]) -> ChildProcess:
+        import subprocess  # here: ~2 ms of every start, which a replay's forks do not use
+
         stdin = None if stage.stdin_inherit else subprocess.DEVNULL
         options = self.privileges.popen_options(stage.name) if self.privileges else {}
         # Own session: a terminal's Ctrl-C reaches the supervisor only, which stops the
@@ -229,13 +230,23 @@ class Supervisor:
             # imports each) overlaps its own: the assemblers only pass on what the receiver
             # sends, and the receiver opens its source only once the tree keeper is ready
             # (--start-after).
+            #
+            # A forked stage's modules are imported here just before its fork (stagefork.py),
+            # downstream first: the tree keeper sets up and opens its sinks while we import
+            # the assembler's and the receiver's: its ~8 ms of set-up leaves the critical path.
             early = [s for s in self.stages[1:] if s is not self.metrics]
-            if self.fork_setups is not None:
-                stagefork.preload()  # once, here: each forked stage then starts at once
-            self._spawn(self.stages[0])
-            for stage in early:
-                after = ["--start-after", str(self.ready_file)] if stage.name == "receiver" else []
-                self._spawn(stage, after if self.ready_file is not None else [])
+            try:
+                self._spawn(self.stages[0])
+                for stage in early:
+                    after = (
+                        ["--start-after", str(self.ready_file)] if stage.name == "receiver" else []
+                    )
+                    self._spawn(stage, after if self.ready_file is not None else [])
+            except BaseException:
+                # A stage that cannot be started (an import that fails: a broken install; an
+                # exec that fails): the ones already running are stopped before it is raised.
+                self._stop_early(self.stages)
+                raise
             if not self._wait_ready(self.stages[0]):
                 self._stop_early(self.stages)
                 if self.stopped_starting:
@@ -497,6 +508,8 @@ class Supervisor:
             stage.exit_code = stage.exit_code if stage.exit_code is not None else 0
             return
         stage.proc.send_signal(signal.SIGTERM)
+        import subprocess  # its TimeoutExpired: see _exec
+
         try:
             code = stage.proc.wait(timeout=METRICS_STOP_S)
         except subprocess.TimeoutExpired:

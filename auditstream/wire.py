@@ -418,6 +418,11 @@ class PeerWatch:
         self.joins += joined
         return joined
 
+    @property
+    def monitor(self) -> zmq.Socket[bytes]:
+        """The monitor socket, readable once an event waits for ``poll``: to wait on with others."""
+        return self._monitor
+
     def close(self) -> None:
         self._sock.disable_monitor()
         self._monitor.close(linger=0)

@@ -8,6 +8,11 @@ it has moved over more than ``auditstream.redelivery.checkpoint_lag_records``), 
 line counters as of that position. A receiver started again by the same supervisor
 resumes from it (docs/recovery.md); what it reads again that was already written
 downstream is dropped there as duplicates.
+
+A followed log may also have a position file (``[receiver] position_file``, ``replay
+--position-file``): the same acknowledged position, written at the same moments and at a
+clean stop, with the file's identity instead of an index, so that a follow started again
+later (a new supervisor) resumes where the last one stopped (receiver/position.py).
 """
 
 from __future__ import annotations
@@ -18,17 +23,22 @@ import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
 from auditstream.marker_records import RESTART_GAP_TYPE
 from auditstream.redelivery import write_atomically
+from receiver.logsource import FileIdentity
 from receiver.netlink import all_of_node
+from receiver.position import POSITION_VERSION
 from receiver.replaybuffer import serial_of
 
 log = logging.getLogger("auditstream.receiver")
 WRITE_EVERY_S = 0.25
+# A position file that cannot be written is warned about again this often while it lasts.
+POSITION_WARN_EVERY_S = 60.0
 
 
 @dataclass(slots=True)
@@ -50,27 +60,55 @@ class _ReadMark:
     position: tuple[int, int]
     needed: list[int]  # per shard: batches to be acknowledged
     counters: dict[str, int]
+    reading: FileIdentity | None = None  # the plain file ``position`` is in
+
+    @property
+    def key(self) -> tuple[tuple[int, int], FileIdentity | None]:
+        return self.position, self.reading
 
 
 class CheckpointKeeper:
-    """Turns acknowledged batch numbers into a durable read position, and persists it."""
+    """Turns acknowledged batch numbers into a durable read position, and persists it
+    (and, given ``position_file``, the followed log's position file too)."""
 
-    def __init__(self, path: Path, files: list[str], max_lag_records: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        files: list[str],
+        max_lag_records: int = 0,
+        *,
+        position_file: Path | None = None,
+    ) -> None:
         self.path = path
         self.files = files
         # Written also once this many records past the written one (0: by time only).
         self.max_lag_records = max_lag_records
+        self.position_file = position_file
         self._written_records = 0
         self._marks: deque[_ReadMark] = deque()
         self._durable: _ReadMark | None = None
-        self._written: tuple[int, int] | None = None
+        self._written: tuple[tuple[int, int], FileIdentity | None] | None = None
         self._last_write = 0.0
         self.writes = 0
+        self.position_write_errors = 0
+        self._position_warned = 0.0
 
     def chunk_read(
-        self, position: tuple[int, int], needed: list[int], counters: dict[str, int]
+        self,
+        position: tuple[int, int],
+        needed: list[int],
+        counters: dict[str, int],
+        reading: FileIdentity | None = None,
     ) -> None:
-        self._marks.append(_ReadMark(position, needed, counters))
+        self._marks.append(_ReadMark(position, needed, counters, reading))
+
+    def resumed_at(
+        self, position: tuple[int, int], reading: FileIdentity | None, counters: dict[str, int]
+    ) -> None:
+        """Where reading starts: durable already (a clean stop before nothing new writes it)."""
+        self._durable = _ReadMark(position, [], counters, reading)
+        self._written = self._durable.key
+        self._written_records = counters.get("records", 0)
 
     def update(self, acked_below: list[int], *, force: bool = False) -> None:
         """Advance over read positions whose batches are all acknowledged; write now and then."""
@@ -79,7 +117,7 @@ class CheckpointKeeper:
             self._durable = marks.popleft()
         now = time.monotonic()
         durable = self._durable
-        if durable is None or durable.position == self._written:
+        if durable is None or durable.key == self._written:
             return
         lag = durable.counters.get("records", 0) - self._written_records
         if force or now - self._last_write >= WRITE_EVERY_S or 0 < self.max_lag_records <= lag:
@@ -94,9 +132,57 @@ class CheckpointKeeper:
             inode = 0
         checkpoint = Checkpoint(os.getppid(), self.files, index, inode, offset, mark.counters)
         write_atomically(self.path, json.dumps(asdict(checkpoint)).encode())
-        self._written = mark.position
+        self._write_position(mark, clean_stop=False)
+        self._written = mark.key
         self._written_records = mark.counters.get("records", 0)
         self.writes += 1
+
+    def finish(self, *, clean_stop: bool) -> None:
+        """At the stop (after ``update(force=True)``): the position file once more, saying
+        whether everything read up to it was acknowledged and nothing past it was sent."""
+        if self._durable is not None:
+            self._write_position(self._durable, clean_stop=clean_stop)
+
+    def _write_position(self, mark: _ReadMark, *, clean_stop: bool) -> None:
+        if self.position_file is None or mark.reading is None:
+            return  # (a gzip being read has no plain offset: the last position stays)
+        import hashlib  # here: OpenSSL's start is ~2.5 ms of every replay's start
+
+        reading = mark.reading
+        saved = {
+            "version": POSITION_VERSION,
+            "path": os.path.abspath(self.files[-1]),  # the followed log
+            "device": reading.device,
+            "inode": reading.inode,
+            "head_length": len(reading.head),
+            "head_sha256": hashlib.sha256(reading.head).hexdigest(),
+            "offset": mark.position[1],
+            "clean_stop": clean_stop,
+            "owner": os.getppid(),  # the supervisor: a receiver restarted in its run
+            "saved_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+        try:
+            write_atomically(self.position_file, json.dumps(saved, indent=1).encode() + b"\n")
+        except OSError as err:
+            self.position_write_errors += 1
+            now = time.monotonic()
+            if now - self._position_warned >= POSITION_WARN_EVERY_S:
+                self._position_warned = now
+                log.warning(
+                    "cannot write position file %s: %s; a restart may send events again",
+                    self.position_file, err.strerror or err,
+                )  # fmt: skip
+
+
+def checkpoint_counters(path: Path) -> dict[str, int] | None:
+    """The line counters of this run's checkpoint, if a predecessor of this receiver left one."""
+    try:
+        data = json.loads(path.read_text())
+        if data["owner"] == os.getppid():
+            return {str(k): int(v) for k, v in data["counters"].items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass
+    return None
 
 
 def load_checkpoint(path: Path, files: list[str]) -> Checkpoint | None:

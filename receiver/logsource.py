@@ -36,6 +36,16 @@ class SourceError(OSError):
 
 
 @dataclass(slots=True, frozen=True)
+class FileIdentity:
+    """A plain file being read, as a position file names it: its device and inode, and its
+    first HEAD_BYTES bytes as read (fewer while it was shorter), which tell a copytruncate."""
+
+    device: int
+    inode: int
+    head: bytes
+
+
+@dataclass(slots=True, frozen=True)
 class DamagedInput:
     """An input file read up to a damage (corrupt or truncated gzip, a read error): the
     lines before it were passed on, the rest of the file is lost."""
@@ -93,6 +103,18 @@ def check_readable(paths: list[str], *, follow: bool = False) -> None:
             raise
         except OSError as err:
             raise SourceError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def check_position_file(path: str) -> None:
+    """Fail early on a position file that cannot be written: a directory, or a directory
+    that is missing or read-only (the receiver would only warn at each write)."""
+    if os.path.isdir(path):
+        raise SourceError(f"position file {path}: is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise SourceError(f"position file {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SourceError(f"position file {path}: cannot write in {parent}")
 
 
 def inherited_fds(paths: list[str]) -> list[int]:
@@ -230,6 +252,20 @@ class LogSource:
         self.damaged: list[DamagedInput] = []
         self.on_damaged: Callable[[DamagedInput], None] | None = None
         self._file_lines = 0  # lines of the current file passed on
+        # The plain file being read (device, inode) and its first bytes as passed on: what a
+        # position file keeps (receiver/checkpoint.py). None for gzip, stdin, a pipe.
+        self._file_id: tuple[int, int] | None = None
+        self._read_head = b""
+        # Followed with a position file: a stop leaves an unfinished last line unread
+        # (its position is before it), instead of passing its first part on alone.
+        self.resumable = False
+
+    @property
+    def reading(self) -> FileIdentity | None:
+        """The plain file ``position`` is in, as a position file names it."""
+        if self._file_id is None:
+            return None
+        return FileIdentity(self._file_id[0], self._file_id[1], self._read_head)
 
     def chunks(self) -> Iterator[list[bytes]]:
         first, offset = self.start
@@ -256,6 +292,7 @@ class LogSource:
                 self.progress.name = path
                 self.position = (index, 0)
                 self._file_lines = 0
+                self._note_file(reader, raw, seek_to)
                 replaced = False
                 failure: Exception | None = None
                 try:
@@ -304,6 +341,7 @@ class LogSource:
                         pending = b""
                     raw.seek(0)
                     self.position = (self.position[0], 0)
+                    self._read_head = b""
                     self.rotations += 1
                     log.info(
                         "%s was truncated (copytruncate): reading it again from its start", path
@@ -337,16 +375,47 @@ class LogSource:
             if raw.seekable() and raw is not sys.stdin.buffer:
                 self.progress.done_bytes = self._base + raw.tell()
                 self.position = (self.position[0], reader.tell() - len(pending))
+                if len(self._read_head) < HEAD_BYTES:
+                    self._note_head(lines)
             else:  # a pipe has no position: count what was passed on (for a damage's report)
                 self.position = (self.position[0], self.position[1] + sum(map(len, lines)))
             if lines:
                 self._file_lines += len(lines)
                 yield lines
+        if pending and followed and self.resumable and self._successor is None:
+            # Stopping while the writer is inside a line: the next follow reads it whole.
+            log.info("%s: its unfinished last line is left for the next follow", path)
+            pending = b""
         if pending:
             self.position = (self.position[0], self.position[1] + len(pending))
             self._file_lines += 1
             yield [pending]
         return self._successor is not None and not self.stop
+
+    def _note_file(self, reader: BinaryIO, raw: BinaryIO, offset: int) -> None:
+        """A file opened, to be read from ``offset``: note what a position file names."""
+        self._file_id, self._read_head = None, b""
+        if reader is not raw or raw is sys.stdin.buffer:
+            return  # gzip (its offset is in the text), stdin
+        try:
+            st = os.fstat(raw.fileno())
+            if stat.S_ISREG(st.st_mode):
+                self._file_id = (st.st_dev, st.st_ino)
+                if offset:  # resumed past its start: the head a position file matched
+                    self._read_head = _head(raw)[: min(offset, HEAD_BYTES)]
+        except OSError:
+            pass  # (EIO) the read that follows meets it too, and reports it
+
+    def _note_head(self, lines: list[bytes]) -> None:
+        """Keep the file's first bytes from the lines just read, if they begin where the
+        kept head ends: the head of the text passed on, not of what the file holds now."""
+        size = sum(map(len, lines))
+        if self.position[1] - size != len(self._read_head):
+            return
+        for line in lines:
+            self._read_head += line[: HEAD_BYTES - len(self._read_head)]
+            if len(self._read_head) >= HEAD_BYTES:
+                break
 
     def _rotated_to(self, path: str, raw: BinaryIO) -> tuple[BinaryIO, BinaryIO] | None:
         """The file the path names now, opened, if it is not ``raw``'s (auditd renamed the

@@ -7,6 +7,7 @@ import sys
 import time
 from contextlib import ExitStack
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import zmq
@@ -24,8 +25,14 @@ from auditstream.redelivery import (
     serial_mark_path,
 )
 from auditstream.stage import EXIT_FATAL, StageContext, write_status
-from receiver.checkpoint import CheckpointKeeper, SerialMark, load_checkpoint
+from receiver.checkpoint import (
+    CheckpointKeeper,
+    SerialMark,
+    checkpoint_counters,
+    load_checkpoint,
+)
 from receiver.logsource import DamagedInput, LogSource, SourceError, rereadable
+from receiver.position import Resume, resume_position
 from receiver.redelivery import DeliveryGuard
 from receiver.shipper import RawRecord, RecordShipper
 
@@ -110,7 +117,16 @@ def run_log_source(
     files = cfg.receiver.files
     counters = LineCounters()
     start = (0, 0)
-    if keeper is not None:
+    resume: Resume | None = None  # a followed log's position file: where the last follow stopped
+    if keeper is not None and keeper.position_file is not None:
+        resume = resume_position(keeper.position_file, files[-1])
+        files, start = resume.files, resume.start
+        keeper.files = files
+        saved = checkpoint_counters(keeper.path)  # restarted in this run: the summary stays exact
+        if saved is not None:
+            restore_counters(saved, counters, shipper)
+        keeper.resumed_at(start, resume.reading, counter_values(counters, shipper))
+    elif keeper is not None:
         resumed = load_checkpoint(keeper.path, files)
         if resumed is not None:
             start = resumed.position
@@ -121,12 +137,15 @@ def run_log_source(
                 resumed.offset,
             )
     source = LogSource(files, follow=cfg.receiver.follow, start=start)
+    source.resumable = resume is not None
     bar = ProgressBar(source, counters) if cfg.receiver.progress else None
     if keeper is not None:
         shipper.guard.on_acks = keeper.update
 
     def idle() -> bool:  # follow mode, nothing new: keep acknowledgements and resends moving
         shipper.flush_due()
+        if keeper is not None:  # the last acknowledgement's position written within 0.25 s
+            keeper.update(shipper.guard.acked_below())
         report_following()
         return ctx.stop_requested
 
@@ -142,6 +161,8 @@ def run_log_source(
 
         status = receiver_status(cfg, shipper, bad_lines=counters.bad_lines)
         status |= {"lines": counters.lines, "followed_rotations": source.rotations}
+        if resume is not None:
+            status |= position_stats(resume, keeper)
         write_status(runtime.status_path(cfg, "receiver"), status)
 
     source.on_idle = idle
@@ -156,7 +177,10 @@ def run_log_source(
         shipper.add(lines_to_records(lines, counters))
         if keeper is not None:
             keeper.chunk_read(
-                source.position, shipper.batches_needed(), counter_values(counters, shipper)
+                source.position,
+                shipper.batches_needed(),
+                counter_values(counters, shipper),
+                source.reading,
             )
             keeper.update(shipper.guard.acked_below())
         if bar:
@@ -175,7 +199,7 @@ def run_log_source(
             "%d lines were not audit records; they are reported as parse-error events",
             counters.bad_lines,
         )
-    return {
+    stats = {
         "lines": counters.lines,
         "bad_lines": counters.bad_lines,
         "blank_lines": counters.blank_lines,
@@ -183,6 +207,20 @@ def run_log_source(
         "comment_lines": counters.comment_lines,
         "damaged_files": counters.damaged_files,
         "damaged_inputs": [[d.path, d.error, d.read_lines, d.read_bytes] for d in source.damaged],
+    }
+    if resume is not None:
+        stats |= position_stats(resume, keeper)
+    return stats
+
+
+def position_stats(resume: Resume, keeper: CheckpointKeeper | None) -> dict[str, Any]:
+    """A followed log's position file in the status and summary: how this follow started
+    (``position_start``: resumed, resumed_rotated, resumed_copy, new, or truncated,
+    not_found, unusable: read from the log's start, warned about) and failed writes."""
+    return {
+        "position_start": resume.outcome,
+        "position_start_offset": resume.start[1],
+        "position_write_errors": keeper.position_write_errors if keeper is not None else 0,
     }
 
 
@@ -250,9 +288,16 @@ def run(cfg: Config, ctx: StageContext) -> int:
         )
         guard.wait_for_hello(HELLO_WAIT_S, lambda: ctx.stop_requested)
         keeper: CheckpointKeeper | None = None
+        # A followed log's position file (config.py allows it only there).
+        position_file = cfg.receiver.position_file if cfg.receiver.follow else ""
+        if position_file and not rereadable_files:
+            log.warning("position file %s not used: a pipe cannot be read again", position_file)
         if rereadable_files:
             keeper = CheckpointKeeper(
-                checkpoint_path(cfg), cfg.receiver.files, checkpoint_lag_records(cfg)
+                checkpoint_path(cfg),
+                cfg.receiver.files,
+                checkpoint_lag_records(cfg),
+                position_file=Path(position_file) if position_file else None,
             )
         else:  # what a predecessor read and did not deliver is gone: say which serials
             mark = SerialMark(serial_mark_path(cfg))
@@ -296,8 +341,10 @@ def run(cfg: Config, ctx: StageContext) -> int:
             return len(ctx.signals) > stop_signals
 
         durable = guard.wait_durable(give_up)
-        if durable and keeper is not None:
+        if keeper is not None:  # what is acknowledged, even if not everything is
             keeper.update(guard.acked_below(), force=True)
+            # After the drain: a clean stop then start gives no event twice, none lost.
+            keeper.finish(clean_stop=durable)
         guard.send_stop()
     guard.close(durable=durable)
     zctx.term()

@@ -4,14 +4,20 @@ start-up scan are announced; a container's forked child that never execs has its
 A process killed by a signal (`docker stop`, SIGKILL, the end of its pid namespace) makes
 no exit syscall: the audit log never says it ended. Live, the tree keeper lists /proc every
 `proc_sweep_ms` and ends the table's processes it no longer lists (treekeeper/tree.py
-`sweep_proc`), through the /proc seam (treekeeper/procfs.py `FakeProcSource` here).
+`sweep_proc`), in bounded steps between frames (`sweep_step`: a big host's sweep never
+stalls the loop), through the /proc seam (treekeeper/procfs.py `FakeProcSource` here).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +28,15 @@ from auditstream import config
 from auditstream.config import ConfigError
 from treekeeper.enrich import iso_ms
 from treekeeper.pipeline import TreeStep
-from treekeeper.procfs import FakeProcSource, ProcInfo
-from treekeeper.tree import GONE_CONFIRM_MIN_MS, ProcessTable, TableConfig
+from treekeeper.procfs import FakeProcSource, LiveProcSource, ProcInfo
+from treekeeper.tree import (
+    GONE_CONFIRM_MIN_MS,
+    REUSE_START_SLACK_MS,
+    SWEEP_LIST_PER_STEP,
+    SWEEP_READS_PER_STEP,
+    ProcessTable,
+    TableConfig,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "tests" / "corpus" / "containers" / "docker-exec-runc-exits-first.log"
@@ -167,6 +180,222 @@ def test_the_stage_sweeps_live_every_proc_sweep_ms_and_never_in_replay() -> None
     assert replay.table.proc_source is None and replay.proc_sweep_ms == 0
     replay.maintain()
     assert replay.table.stats.proc_sweeps == 0
+
+
+# -- the sweep in steps: a big host's never stalls the loop --------------------------------
+
+BIG = 20_000  # processes of a big host (a build server, a Kubernetes node)
+
+
+class CountingProc(FakeProcSource):
+    """A fake /proc that also counts the pids its listing has handed out."""
+
+    def __init__(self, processes: list[ProcInfo]) -> None:
+        super().__init__(processes)
+        self.listed = 0
+
+    def iter_pids(self) -> Iterator[int]:
+        for pid in self.pids():
+            self.listed += 1
+            yield pid
+
+
+def big_host() -> tuple[ProcessTable, list[ProcInfo], set[int]]:
+    """A table scanned from a host of BIG processes; /proc after a sweep's worth of changes:
+    every 97th process killed, every 101st pid taken by a later process. Returns the table,
+    /proc's processes now, and the pids whose processes must be found gone."""
+    before = [INIT] + [
+        ProcInfo(pid, 1, BASE_MS - 60_000 + pid, b"cc1") for pid in range(2, BIG + 1)
+    ]
+    table = ProcessTable(TableConfig(host="h1"))
+    table.scan(FakeProcSource(before), None, BASE_MS)
+    killed = set(range(2, BIG + 1, 97))
+    reused = set(range(3, BIG + 1, 101)) - killed
+    now = [info for info in before if info.pid not in killed and info.pid not in reused]
+    now += [ProcInfo(pid, 1, BASE_MS + pid, b"make") for pid in sorted(reused)]
+    return table, now, killed | reused
+
+
+def live_step(table: ProcessTable, source: FakeProcSource, sweep_ms: int = 10_000) -> TreeStep:
+    """A live tree keeper step on ``table`` whose /proc is ``source``, its sweep due now."""
+    step = _step(sweep_ms, "netlink")
+    step.table = step.tables[""] = table
+    table.proc_source = source
+    step.next_sweep_ms = 0
+    return step
+
+
+def found_gone(table: ProcessTable) -> dict[int, int]:
+    """pid: when it had ended by, of each process the sweep found gone."""
+    return {p.pid: p.gone_at for p in table.processes.values() if p.gone_at is not None}
+
+
+def test_a_big_hosts_sweep_runs_in_bounded_steps_and_finds_exactly_the_gone() -> None:
+    """20,000 processes: no maintain() lists or reads more than a step's bound, and the sweep
+    ends exactly the killed processes and those whose pid a later process took."""
+    table, now, gone = big_host()
+    proc = CountingProc(now)
+    step = live_step(table, proc)
+    per_call: list[tuple[int, int]] = []
+    while True:
+        reads, listed = proc.start_reads, proc.listed
+        step.maintain()
+        per_call.append((proc.start_reads - reads, proc.listed - listed))
+        assert per_call[-1][0] <= SWEEP_READS_PER_STEP and per_call[-1][1] <= SWEEP_LIST_PER_STEP
+        if not table.sweeping:
+            break
+        assert step.idle_poll_ms(100) == 0  # the loop runs the next step without waiting
+    assert step.idle_poll_ms(100) == 100
+    assert len(per_call) > len(now) // SWEEP_READS_PER_STEP
+    assert proc.listed == proc.start_reads == len(now)  # each pid listed, each live one read once
+    assert set(found_gone(table)) == gone
+    assert table.stats.proc_sweeps == 1 and table.stats.proc_sweeps_skipped == 0
+    docs = table.maintain(time.time_ns() // 1_000_000 + GONE_CONFIRM_MIN_MS)  # all confirmed
+    assert sorted(pid for action, pid in actions(docs) if action == "process-exited") == sorted(
+        gone
+    )
+    assert table.stats.gone_from_proc == len(gone)
+
+
+def test_only_processes_known_when_the_listing_began_are_judged_by_it() -> None:
+    """Between the listing and the checks: a new child is not judged, an exited process is
+    skipped, a pid taken by a later process or a process killed is gone by the check's time."""
+    t, _ = scanned(INIT, SHIM, SH, SLEEP, WEB)
+    proc = FakeProcSource([INIT, SHIM, SH, SLEEP, WEB])
+    t.start_sweep(proc, BASE_MS + 100)
+    assert t.sweep_step(proc, BASE_MS + 100) and t.sweeping  # the listing, read whole
+    assert proc.start_reads == 0
+    run(t, fork(150, 800, 1, 960, exe="/usr/bin/containerd-shim-runc-v2"))  # not listed
+    assert run(t, exit_group(160, 901, 900, code=0)) == ["process-exited"]
+    proc.processes[950] = ProcInfo(950, 1, BASE_MS + 170, b"cron", b"/usr/sbin/cron", [b"cron"])
+    del proc.processes[900]  # killed after the listing, which has it
+    while t.sweep_step(proc, BASE_MS + 200):
+        pass
+    assert not t.sweeping
+    assert found_gone(t) == {900: BASE_MS + 200, 950: BASE_MS + 200}
+    docs = t.maintain(BASE_MS + 200 + GONE_CONFIRM_MIN_MS)
+    assert sorted(actions(docs)) == [("process-exited", 900), ("process-exited", 950)]
+    assert t.lookup(960, BASE_MS + 5_000) is not None  # the new child lives on
+
+
+def test_the_next_sweep_waits_for_the_one_under_way_and_zero_is_off() -> None:
+    """A sweep due again while one runs does not restart it; proc_sweep_ms = 0 never sweeps."""
+    table, now, _ = big_host()
+    proc = CountingProc(now)
+    step = live_step(table, proc, sweep_ms=100)
+    step.maintain()
+    while table.sweeping:
+        step.next_sweep_ms = 0  # overdue: still the same sweep
+        step.maintain()
+    assert table.stats.proc_sweeps == 1 and proc.listed == proc.start_reads == len(now)
+    step.next_sweep_ms = 0
+    step.maintain()
+    assert table.sweeping and proc.listed == len(now) + SWEEP_LIST_PER_STEP  # the next began
+    small, _ = scanned(INIT, SHIM)
+    idle = CountingProc([INIT])
+    off = live_step(small, idle, sweep_ms=0)
+    off.maintain()
+    assert not small.sweeping and off.idle_poll_ms(100) == 100
+    assert small.stats.proc_sweeps == 0 and idle.listed == idle.start_reads == 0
+
+
+class BrokenListing(FakeProcSource):
+    """A /proc whose listing stops with EIO after two pids."""
+
+    def pids(self) -> list[int]:
+        return super().pids()[:2]
+
+    def iter_pids(self) -> Iterator[int]:
+        yield from self.pids()
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def test_a_listing_that_breaks_off_ends_nothing_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A /proc listing that fails half-way is no evidence: counted, logged once, none gone."""
+    t, _ = scanned(INIT, SHIM, SH, SLEEP)
+    with caplog.at_level(logging.WARNING, logger="treekeeper.tree"):
+        t.sweep_proc(BrokenListing([INIT, SHIM, SH, SLEEP]), BASE_MS + 100)
+        t.sweep_proc(BrokenListing([INIT, SHIM, SH, SLEEP]), BASE_MS + 10_100)
+    assert t.maintain(BASE_MS + 20_000) == [] and found_gone(t) == {}
+    assert t.stats.proc_sweeps_skipped == 2 and t.stats.proc_sweeps == 0
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "Input/output error" in warned[0], warned
+
+
+# -- a pid reused before the first sweep saw it --------------------------------------------
+
+
+def test_a_pid_reused_before_the_first_sweep_saw_it_is_gone() -> None:
+    """/proc's start clearly after an event the process made itself means its pid was reused,
+    while within the slack, or known from a fork alone (stamped late for a big parent), it stays."""
+    t, _ = scanned(INIT, SHIM, SH)
+    run(t, ev(1_000, "openat", 700, 1, exit="3", exe="/usr/bin/python3"))  # a placeholder
+    run(t, ev(1_000, "openat", 730, 1, exit="3", exe="/usr/bin/python3"))
+    run(t, fork(1_000, 1, 0, 710, exe="/usr/lib/systemd/systemd"))
+    run(t, execve(1_200, 710, 1, "/usr/bin/make", ["make"]))  # its own exec
+    run(t, fork(1_000, 1, 0, 720, exe="/usr/lib/systemd/systemd"))  # its fork only
+    starts = {
+        700: BASE_MS + 1_000 + REUSE_START_SLACK_MS + 1,
+        710: BASE_MS + 1_200 + REUSE_START_SLACK_MS + 1,
+        720: BASE_MS + 1_000 + 5_000,
+        730: BASE_MS + 1_000 + REUSE_START_SLACK_MS,
+    }
+    now = [ProcInfo(pid, 1, start, b"x") for pid, start in starts.items()]
+    t.sweep_proc(FakeProcSource([INIT, SHIM, SH, *now]), BASE_MS + 8_000)
+    assert found_gone(t) == {700: BASE_MS + 8_000, 710: BASE_MS + 8_000}
+    for pid in (720, 730):  # the same processes: /proc's start recorded for the next sweep
+        kept = t.lookup(pid, BASE_MS + 8_000)
+        assert kept is not None and kept.proc_start_ms == starts[pid]
+
+
+def test_a_clock_step_or_offset_never_makes_a_reuse() -> None:
+    """/proc's start is put on the wall clock as set now; across a clock step nothing is
+    compared, and once recorded only /proc's own start counts; steady again, a reuse shows."""
+    t, _ = scanned(INIT, SHIM, SH)
+    # btime 3 s ahead of the wall clock: /proc's starts read 3 s late, the shift puts them back.
+    ahead = [INIT, SHIM, SH, ProcInfo(700, 1, BASE_MS + 1_000 + 2_500, b"x")]
+    t.scan(FakeProcSource([], clock_shift_ms=-3_000), None, BASE_MS)
+    run(t, ev(1_000, "openat", 700, 1, exit="3", exe="/usr/bin/python3"))
+    t.sweep_proc(FakeProcSource(ahead, clock_shift_ms=-3_000), BASE_MS + 8_000)
+    assert found_gone(t) == {}
+    # The clock stepped 88 s forward before this sweep: events before it are not compared.
+    run(t, ev(9_000, "openat", 740, 1, exit="3", exe="/usr/bin/python3"))
+    stepped = [*ahead, ProcInfo(740, 1, BASE_MS + 9_000 + 500, b"y")]
+    t.sweep_proc(FakeProcSource(stepped, clock_shift_ms=85_000), BASE_MS + 18_000)
+    t.sweep_proc(FakeProcSource(stepped, clock_shift_ms=85_000), BASE_MS + 28_000)
+    assert found_gone(t) == {} and t.maintain(BASE_MS + 40_000) == []
+    # Steady since: a placeholder whose pid /proc says began 2 s after its event (on the
+    # wall clock: /proc's own reading is 83 s earlier) was reused; one 0.5 s after was not.
+    run(t, ev(30_000, "openat", 750, 1, exit="3", exe="/usr/bin/python3"))
+    run(t, ev(30_000, "openat", 760, 1, exit="3", exe="/usr/bin/python3"))
+    later = [*stepped, ProcInfo(750, 1, BASE_MS + 30_000 - 85_000 + 2_000, b"z"),
+             ProcInfo(760, 1, BASE_MS + 30_000 - 85_000 + 500, b"w")]  # fmt: skip
+    t.sweep_proc(FakeProcSource(later, clock_shift_ms=85_000), BASE_MS + 38_000)
+    assert found_gone(t) == {750: BASE_MS + 38_000}
+
+
+def test_the_real_proc_lists_in_order_and_its_starts_match_the_wall_clock() -> None:
+    """This host's /proc: the lazy listing is the whole one, in pid order, and a child's
+    start, put on the wall clock (clock_shift_ms), falls between just before and after it was
+    spawned (a tick's rounding either way)."""
+    live = LiveProcSource()
+    listed = list(live.iter_pids())
+    assert listed == sorted(listed) and {1, os.getpid()} <= set(listed)
+    assert set(live.pids()) & set(listed) >= {1, os.getpid()}
+    assert 0 <= live.clock_shift_ms() < 1_000 + 50  # btime is whole seconds
+    before = time.time_ns() // 1_000_000
+    child = subprocess.Popen(["sleep", "5"])
+    after = time.time_ns() // 1_000_000
+    try:
+        started = live.start_ms(child.pid)
+        assert started is not None
+        tick = 1000 // os.sysconf("SC_CLK_TCK")
+        assert before - 2 * tick <= started + live.clock_shift_ms() <= after + 2 * tick
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.mark.parametrize("value", [-1, 1, 99, 3_600_001])

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from treekeeper import state
@@ -532,6 +533,49 @@ def test_state_stale_or_corrupt(tmp_path: Path, caplog: pytest.LogCaptureFixture
         with caplog.at_level(logging.WARNING):
             fresh = state.load(path, 1000)
         assert fresh is not None and len(fresh) == 0 and "corrupt" in caplog.text
+
+
+def test_state_keeps_that_the_sweep_ended_a_process(tmp_path: Path) -> None:
+    """A process the /proc sweep ended is still so after a restart: its container-gone says proc_sweep."""
+    cgroup = b"0::/system.slice/docker-" + b"c" * 64 + b".scope\n"
+    init = ProcInfo(1, 0, BASE_MS - 900_000, b"systemd", b"/usr/lib/systemd/systemd", [b"init"])
+    sh = ProcInfo(900, 1, BASE_MS - 50_000, b"sh", b"/bin/busybox", [b"sh"], cgroup=cgroup)
+    t = ProcessTable(TableConfig(host="h"))
+    t.scan(FakeProcSource([init, sh]), None, BASE_MS)
+    t.sweep_proc(FakeProcSource([init]), BASE_MS + 100)  # the container's sh was SIGKILLed
+    assert actions(t.maintain(BASE_MS + 1_100)) == ["process-exited"]
+    path = tmp_path / "tree.state"
+    state.save(t, path, now_ms=BASE_MS + 1_200)
+    loaded = state.load(path, 60_000, TableConfig(host="h"), now_ms=BASE_MS + 1_300)
+    assert loaded is not None
+    docs = loaded.maintain(BASE_MS + 5_000)  # past exit_grace_ms: deleted, its container gone
+    assert actions(docs) == ["container-gone"]
+    assert docs[0]["auditstream"] == {"lifecycle_source": "proc_sweep"}
+
+
+def test_state_of_an_older_version_loads_and_a_longer_row_is_corrupt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state file saved before ended_gone was (24 fields a row) loads; a row of 26 is corrupt."""
+    t = ProcessTable()
+    run(t, execve(0, 100, 1, "/bin/sh", ["sh"]))
+    run(t, fork(1, 100, 1, 200))
+    path = tmp_path / "tree.state"
+    state.save(t, path, now_ms=BASE_MS)
+    body = msgpack.unpackb(path.read_bytes())
+    assert [len(row) for row in body["processes"]] == [25, 25]
+    for row in body["processes"]:
+        del row[24]
+    path.write_bytes(msgpack.packb(body))
+    loaded = state.load(path, 60_000, now_ms=BASE_MS)
+    assert loaded is not None and sorted(loaded.processes) == sorted(t.processes)
+    assert not any(proc.ended_gone for proc in loaded.processes.values())
+    for row in body["processes"]:
+        row += [False, "more"]
+    path.write_bytes(msgpack.packb(body))
+    with caplog.at_level(logging.WARNING):
+        fresh = state.load(path, 60_000, now_ms=BASE_MS)
+    assert fresh is not None and len(fresh) == 0 and "26 fields" in caplog.text
 
 
 def test_parse_stat_with_hostile_comm() -> None:

@@ -322,14 +322,23 @@ class TreeStep:
             self.found_at_start = []
         self._apply_released(self.window.due(now), out)
         source = self.table.proc_source
-        if self.proc_sweep_ms and source is not None and now >= self.next_sweep_ms:
-            self.next_sweep_ms = now + self.proc_sweep_ms
-            self.table.sweep_proc(source, now)  # what it finds gone, maintain() ends later
+        if self.proc_sweep_ms and source is not None:
+            # One bounded step of the /proc sweep a call (between frames); the next sweep
+            # begins proc_sweep_ms after this one began, and never before it ended.
+            if not self.table.sweeping and now >= self.next_sweep_ms:
+                self.next_sweep_ms = now + self.proc_sweep_ms
+                self.table.start_sweep(source, now)
+            self.table.sweep_step(source, now)  # what it finds gone, table.maintain ends later
         for node, table in self._every_table():
             gone = table.maintain(now)
             out.extend({"key": [node, 0, 0, 0], "raw": [], "doc": d} for d in gone)
             self.lifecycle_events += len(gone)
         return out
+
+    def idle_poll_ms(self, idle_ms: int) -> int:
+        """How long the loop may wait for a frame before maintain(): not at all while a
+        /proc sweep is under way, so that its steps run back to back when no frame comes."""
+        return 0 if self.table.sweeping else idle_ms
 
     def _every_table(self) -> list[tuple[str, ProcessTable]]:
         """(node, table) of each table: the nodes' own, and the shared one under node ""."""

@@ -8,6 +8,8 @@ it gone: that is ``None``, never an exception.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +45,15 @@ class ProcSource(Protocol):
 
     def pids(self) -> list[int]:
         """The pids (thread-group ids) present now."""
+
+    def iter_pids(self) -> Iterator[int]:
+        """The pids present, read as they are taken, in pid order (the /proc sweep takes a
+        slice a step). A pid present from the first to the last is in it; one that came or
+        went meanwhile may or may not be. OSError if the listing cannot be read to its end."""
+
+    def clock_shift_ms(self) -> int:
+        """What to add to a ``start_ms`` of this source to have it on the wall clock as it
+        is set now (the audit records' clock): 0 for a source whose boot time is exact."""
 
     def read(self, pid: int) -> ProcInfo | None:
         """One process, or None if it is gone or unreadable."""
@@ -137,6 +148,20 @@ class LiveProcSource:
         except OSError:
             return []
 
+    def iter_pids(self) -> Iterator[int]:
+        # os.scandir reads the directory as it is iterated (glibc: getdents of 32 KiB, ~1,000
+        # pids each), where os.listdir reads it whole: ~1 us a pid, 20 ms for 20,000 at once.
+        with os.scandir(self._root_text) as entries:
+            for entry in entries:
+                if entry.name.isdigit():
+                    yield int(entry.name)
+
+    def clock_shift_ms(self) -> int:
+        # /proc/stat's btime is whole seconds, read once: the wall clock's offset from the
+        # boot clock now (ns) corrects both the cut fraction and any slew or step since.
+        offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        return offset_ns // 1_000_000 - self.boot_ms
+
     def _read_bytes(self, pid: int, name: str) -> bytes | None:
         return read_file(f"{self._root_text}/{pid}/{name}")
 
@@ -188,13 +213,21 @@ class LiveProcSource:
 
 
 class FakeProcSource:
-    """A /proc made of ``ProcInfo`` values, for tests."""
+    """A /proc made of ``ProcInfo`` values, for tests; it counts its start reads."""
 
-    def __init__(self, processes: list[ProcInfo]) -> None:
+    def __init__(self, processes: list[ProcInfo], clock_shift_ms: int = 0) -> None:
         self.processes = {info.pid: info for info in processes}
+        self.shift_ms = clock_shift_ms  # a test moves it to step the wall clock
+        self.start_reads = 0  # start_ms() calls: the sweep's reads of /proc/PID/stat
 
     def pids(self) -> list[int]:
         return sorted(self.processes)
+
+    def iter_pids(self) -> Iterator[int]:
+        return iter(self.pids())
+
+    def clock_shift_ms(self) -> int:
+        return self.shift_ms
 
     def read(self, pid: int) -> ProcInfo | None:
         return self.processes.get(pid)
@@ -204,5 +237,6 @@ class FakeProcSource:
         return NsPidReading(info.nspid, info.start_ms) if info is not None else None
 
     def start_ms(self, pid: int) -> int | None:
+        self.start_reads += 1
         info = self.processes.get(pid)
         return info.start_ms if info is not None else None

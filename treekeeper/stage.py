@@ -115,8 +115,10 @@ def run(cfg: Config, ctx: StageContext) -> int:
 
     while len(eofs) < cfg.assembler.instances:
         waiting = merge is not None and merge.parked_frames > 0
-        idle_ms = HELLO_POLL_MS if acks.hello_due else IDLE_POLL_MS
-        frame = inlet.recv(MERGE_PATIENCE_MS if waiting else idle_ms)
+        if acks.hello_due and not waiting:
+            frame = recv_or_joined(inlet, acks, HELLO_POLL_MS)
+        else:
+            frame = inlet.recv(MERGE_PATIENCE_MS if waiting else step.idle_poll_ms(IDLE_POLL_MS))
         now = time.monotonic()
         if frame is None:
             if merge is not None and waiting:  # the one we wait for is quiet: on with the oldest
@@ -189,6 +191,15 @@ def run(cfg: Config, ctx: StageContext) -> int:
     inlet.close()
     zctx.term()
     return 0
+
+
+def recv_or_joined(inlet: wire.Inlet, acks: AckSender, timeout_ms: int) -> wire.Frame | None:
+    """The next frame within ``timeout_ms``, or None as soon as a receiver connects to the ack
+    socket: it reads nothing before our hello (acks.service says it), so the first records of
+    every replay waited up to the whole timeout for it."""
+    assert acks.outlet.watch is not None  # the ack socket is always watched
+    readable, _, _ = zmq.select([inlet.sock, acks.outlet.watch.monitor], [], [], timeout_ms / 1000)
+    return inlet.recv(0) if inlet.sock in readable else None
 
 
 MERGE_PATIENCE_MS = 50  # replay: how long to wait for a quiet assembler (treekeeper/merge.py)

@@ -48,13 +48,22 @@ def _pack(p: Process) -> list[Any]:
         p.inferred, p.tentative, p.maybe_threaded, p.exited_at, p.exit_code,
         ref(p.container), p.role.value, ref(p.managed),
         list(p.previous) if p.previous else None,
+        p.ended_gone,
     ]  # fmt: skip
+
+
+# The fields every saved row has; later ones were added since and default when absent.
+BASE_FIELDS = 24
 
 
 def _unpack(row: list[Any]) -> Process:
     (pid, start_ms, eid, ppid, parent, creator, exe, name, args, cwd, title, started_at,
      first_seen, image_ms, exec_ms, inferred, tentative, maybe_threaded, exited_at, exit_code,
-     container, role, managed, previous) = row  # fmt: skip
+     container, role, managed, previous) = row[:BASE_FIELDS]  # fmt: skip
+    if len(row) > BASE_FIELDS + 1:
+        raise ValueError(f"a process row of {len(row)} fields (at most {BASE_FIELDS + 1})")
+    # Saved since ended_gone was: a process the /proc sweep ended (its container-gone says so).
+    ended_gone = bool(row[BASE_FIELDS]) if len(row) > BASE_FIELDS else False
     return Process(
         pid=int(pid),
         start_ms=int(start_ms),
@@ -80,6 +89,7 @@ def _unpack(row: list[Any]) -> Process:
         role=RuntimeRole(role),
         managed=_ref(managed),
         previous=_key(previous),
+        ended_gone=ended_gone,
     )
 
 

@@ -29,9 +29,12 @@ from __future__ import annotations
 import base64
 import heapq
 import logging
+import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -68,11 +71,15 @@ SUBREAPER_NAMES = frozenset({"systemd", "tini", "dumb-init", "conmon", "s6-svsca
 
 def entity_id(host: str, pid: int, start_ms: int) -> str:
     """A stable id for one process: the same host, pid and start give the same id."""
-    # Imported here: OpenSSL's start is ~3 ms of every stage start (the C table hashes
-    # with its own SHA-256, treekeeper/csrc/sha256.h, so this runs for Python's only).
-    import hashlib
+    # Imported here, and CPython's own SHA-256 rather than hashlib's: hashlib starts OpenSSL,
+    # ~3 ms of every stage start, and of a replay's first events that the C table leaves to
+    # this (its own SHA-256: treekeeper/csrc/sha256.h). The digests are the same.
+    try:
+        from _sha256 import sha256
+    except ImportError:  # an interpreter built without it
+        from hashlib import sha256
 
-    digest = hashlib.sha256(f"{host}|{pid}|{start_ms}".encode()).digest()[:16]
+    digest = sha256(f"{host}|{pid}|{start_ms}".encode()).digest()[:16]
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
@@ -109,7 +116,8 @@ class TreeStats:
     bad_docs: int = 0
     bad_times: int = 0
     proc_sweeps: int = 0  # live: listings of /proc (proc_sweep_ms)
-    proc_sweeps_skipped: int = 0  # listings without pid 1: not the host's whole /proc (hidepid)
+    # Listings without pid 1 (not the host's whole /proc: hidepid), or not read to their end.
+    proc_sweeps_skipped: int = 0
     gone_from_proc: int = 0  # processes ended because /proc no longer had them
 
 
@@ -155,7 +163,9 @@ class Process:
     # Live: its start as /proc gave it (the scan, or the first sweep that found its pid), so a
     # later sweep tells a reused pid exactly, whatever the wall clock did meanwhile.
     proc_start_ms: int | None = None
-    gone_at: int | None = None  # live: when a sweep first found it gone from /proc
+    # Live: when a sweep found it gone from /proc: the time it had ended by (its end, if no
+    # exit record comes: _end_gone).
+    gone_at: int | None = None
     ended_gone: bool = False  # ended by the sweep (no exit record): no exit code
     ancestry_entry: dict[str, Any] | None = None
     ancestry_fragment: orjson.Fragment | None = None  # entry_fragment(): of fragment_of
@@ -211,6 +221,23 @@ _MS_OF_FRACTION = {f"{ms:03d}": ms for ms in range(1000)}
 # Live: a process /proc no longer lists is ended this long (or exit_grace_ms, if longer) after
 # the sweep that found it gone, unless its exit record comes first (it was on its way).
 GONE_CONFIRM_MIN_MS = 1000
+# The /proc sweep runs in steps between the tree keeper's frames (ProcessTable.sweep_step),
+# none holding its loop more than ~2 ms whatever the host's size: events wait meanwhile.
+SWEEP_LIST_PER_STEP = 1024  # pids listed a step: ~one getdents of /proc, 0.5-1 ms
+SWEEP_READS_PER_STEP = 128  # /proc/PID/stat reads a step: 8-16 us each
+SWEEP_VISITS_PER_STEP = 4096  # table entries looked at a step (most need no read: ~0.3 us)
+SWEEP_STEP_NS = 2_000_000  # and a step ends after 2 ms, whatever it did (a slow /proc)
+# A process the table learned from an event of its own (a placeholder, an exec) was running
+# then: /proc giving its pid a start later than that by more than this is a later process,
+# the pid reused before the first sweep saw it. The kernel stamps audit records with its
+# coarse clock (up to a tick early); /proc's start is in ticks; the wall clock slews ~0.5 ms
+# a second at most: 1 s is ~50x those. A fork's own time is not used: the child's start is
+# stamped after the parent's memory is copied (26-70 ms for 2 GiB measured here; seconds
+# for the biggest processes), so a child known from its fork alone is never judged so.
+REUSE_START_SLACK_MS = 1000
+# The wall clock's offset from the boot clock moving more than this between two sweeps is a
+# step (NTP, an admin): events from before it are not compared with /proc's starts.
+CLOCK_STEP_MS = 100
 # ``auditstream.lifecycle_source`` of lifecycle docs learned from /proc, not from records.
 LIFECYCLE_FROM_SCAN = "proc_scan"  # container-first-seen of a container running at start
 LIFECYCLE_FROM_SWEEP = "proc_sweep"  # process-exited (and container-gone) of one found gone
@@ -224,6 +251,18 @@ def _from_source(doc: Doc, source: str) -> Doc:
 
 def _swept(doc: Doc) -> Doc:
     return _from_source(doc, LIFECYCLE_FROM_SWEEP)
+
+
+@dataclass(slots=True)
+class ProcSweep:
+    """One /proc sweep under way: its listing read in slices, then the processes the table
+    had when the listing began, checked in slices (ProcessTable.sweep_step)."""
+
+    keys: list[Key]  # the table's processes when the listing began: only these are judged
+    listing: Iterator[int] | None  # what is left of the listing; None once read whole
+    present: set[int] = field(default_factory=set)
+    listed_ms: int = 0  # when the listing was read whole: the absent had ended by then
+    at: int = 0  # keys[at] is the next process to check
 
 
 # Older processes of one pid that lookup() walks back through; real chains are a few long.
@@ -324,6 +363,12 @@ class ProcessTable:
         self._tentative: deque[tuple[int, Key]] = deque()
         self._inferred: deque[Key] = deque()
         self._gone: deque[tuple[int, Key]] = deque()  # found gone from /proc, by when: to end
+        self._sweep: ProcSweep | None = None  # live: the /proc sweep under way
+        # Live: (when, clock_shift_ms) of the last reading of the wall clock's offset from the
+        # boot clock (scan, sweeps), and since when it has held (None: a step was just seen).
+        self._clock: tuple[int, int] | None = None
+        self._clock_steady_since: int | None = None
+        self._listing_failed = False  # a /proc listing that broke off was logged once
         self._ts_head = ""
         self._ts_base = 0
         self._ts_last: object = None
@@ -466,34 +511,146 @@ class ProcessTable:
                 self._delete(proc, out)
         return out
 
+    @property
+    def sweeping(self) -> bool:
+        """A /proc sweep is under way: sweep_step() has more to do."""
+        return self._sweep is not None
+
     def sweep_proc(self, source: ProcSource, now_ms: int) -> None:
-        """Live: note the processes /proc no longer has; maintain() ends them a while later.
+        """Live: a whole /proc sweep at once: start_sweep(), then each of its steps. The tree
+        keeper's loop runs the steps between frames instead (treekeeper/pipeline.py)."""
+        self.start_sweep(source, now_ms)
+        while self.sweep_step(source, now_ms):
+            pass
+
+    def start_sweep(self, source: ProcSource, now_ms: int) -> None:
+        """Live: begin noting the processes /proc no longer has; maintain() ends them a while
+        later. Nothing is read yet; sweep_step() does it. Not while a sweep is under way.
 
         A process killed by a signal (``docker stop``, SIGKILL, the end of its pid namespace)
         makes no exit syscall: no record says it ended. Cost: one listing of /proc, and one
-        read of /proc/PID/stat (its start: was the pid reused?) per live process it lists.
-        A listing without pid 1 is not the host's whole /proc (``hidepid``, another pid
-        namespace): it says nothing of who is gone, and is only counted.
+        read of /proc/PID/stat (its start: was the pid reused?) per live process it lists,
+        in steps of at most SWEEP_*_PER_STEP. Only the processes the table has now are
+        judged: one it learns of later may have begun after the listing passed its pid.
         """
-        present = set(source.pids())
-        if 1 not in present:
-            self.stats.proc_sweeps_skipped += 1
+        if self._sweep is not None:
             return
+        self._note_clock(source, now_ms)
+        self._sweep = ProcSweep(list(self.processes), source.iter_pids())
+
+    def sweep_step(self, source: ProcSource, now_ms: int) -> bool:
+        """One bounded step of the sweep under way; False once it is over (or none is)."""
+        sweep = self._sweep
+        if sweep is None:
+            return False
+        if sweep.listing is not None:
+            more = self._list_step(sweep, sweep.listing, now_ms)
+        else:
+            more = self._check_step(sweep, source, now_ms)
+        if not more:
+            self._sweep = None
+        return more
+
+    def _list_step(self, sweep: ProcSweep, listing: Iterator[int], now_ms: int) -> bool:
+        """A slice of the listing; at its end, whether it can tell who is gone at all.
+
+        A listing without pid 1 is not the host's whole /proc (``hidepid``, another pid
+        namespace's), and one that broke off lacks pids that are there: neither says anything
+        of who is gone; each is only counted (proc_sweeps_skipped).
+        """
+        try:
+            chunk = list(islice(listing, SWEEP_LIST_PER_STEP))
+        except OSError as err:
+            self.stats.proc_sweeps_skipped += 1
+            if not self._listing_failed:
+                self._listing_failed = True
+                log.warning(
+                    "/proc sweep: listing /proc failed (%s): that sweep judges no process "
+                    "gone (counted in proc_sweeps_skipped; logged once)",
+                    err,
+                )
+            return False
+        sweep.present.update(chunk)
+        if len(chunk) == SWEEP_LIST_PER_STEP:
+            return True
+        sweep.listing = None
+        if 1 not in sweep.present:
+            self.stats.proc_sweeps_skipped += 1
+            return False
         self.stats.proc_sweeps += 1
-        for proc in self.processes.values():
-            if proc.exited_at is not None or proc.tentative or proc.gone_at is not None:
-                continue  # a tentative clone3 child may be a thread: /proc lists no tids
-            if proc.pid in present:
-                if self.current.get(proc.pid) != proc.key:
-                    continue  # an older process of the pid (its fork came late): not its pid now
-                started = source.start_ms(proc.pid)
-                if started is not None and proc.proc_start_ms in (None, started):
-                    # First seen here: the same process (a reuse since its fork is missed);
-                    # later, /proc's own start must stay the same, whatever the clock did.
-                    proc.proc_start_ms = started
-                    continue
-            proc.gone_at = now_ms
-            self._gone.append((now_ms, proc.key))
+        sweep.listed_ms = now_ms
+        return True
+
+    def _check_step(self, sweep: ProcSweep, source: ProcSource, now_ms: int) -> bool:
+        """Check a slice of the processes the listing judges; False once all are checked."""
+        keys, present, processes, current = sweep.keys, sweep.present, self.processes, self.current
+        deadline = time.monotonic_ns() + SWEEP_STEP_NS
+        at, reads = sweep.at, 0
+        end = min(len(keys), at + SWEEP_VISITS_PER_STEP)
+        while at < end and reads < SWEEP_READS_PER_STEP:
+            key = keys[at]
+            at += 1
+            proc = processes.get(key)
+            if proc is None or proc.exited_at is not None or proc.gone_at is not None:
+                continue  # deleted or ended since the listing began
+            if proc.tentative:
+                continue  # a clone3 child not yet confirmed may be a thread: /proc lists no tids
+            if proc.pid not in present:
+                self._found_gone(proc, sweep.listed_ms, now_ms)
+                continue
+            if current.get(proc.pid) != key:
+                continue  # an older process of the pid (its fork came late): not its pid now
+            reads += 1
+            started = source.start_ms(proc.pid)
+            if started is None or not self._same_start(proc, started):
+                self._found_gone(proc, now_ms, now_ms)  # gone, or its pid reused, by now
+            if time.monotonic_ns() >= deadline:
+                break
+        sweep.at = at
+        return at < len(keys)
+
+    def _same_start(self, proc: Process, started: int) -> bool:
+        """Is the process /proc has under ``proc``'s pid, started at ``started``, ``proc``?
+
+        /proc's own start must stay the one first seen, whatever the wall clock did. The first
+        sighting records it, unless an event of ``proc``'s own came clearly before that start:
+        then its pid was reused before any sweep saw it (_reused_before_seen).
+        """
+        if proc.proc_start_ms is not None:
+            return proc.proc_start_ms == started
+        if self._reused_before_seen(proc, started):
+            return False
+        proc.proc_start_ms = started
+        return True
+
+    def _reused_before_seen(self, proc: Process, started: int) -> bool:
+        """Did /proc's process with ``proc``'s pid start after an event ``proc`` made itself?
+
+        Its own events: a placeholder's first (the log showed it before any fork), else its
+        exec. Not its fork's: the child's start is stamped later (REUSE_START_SLACK_MS).
+        Only events since the wall clock last held steady are compared (_note_clock).
+        """
+        own = proc.exec_ms
+        if proc.started_at is None or proc.first_seen > proc.started_at:
+            own = proc.first_seen
+        steady = self._clock_steady_since
+        if own is None or steady is None or own < steady or self._clock is None:
+            return False
+        return started + self._clock[1] > own + REUSE_START_SLACK_MS
+
+    def _note_clock(self, source: ProcSource, now_ms: int) -> None:
+        """Read the wall clock's offset from the boot clock (scan, each sweep): a step since
+        the last reading makes the events before now incomparable with /proc's starts."""
+        shift = source.clock_shift_ms()
+        last = self._clock
+        steady = last is not None and abs(shift - last[1]) <= CLOCK_STEP_MS and now_ms >= last[0]
+        self._clock_steady_since = last[0] if last is not None and steady else None
+        self._clock = (now_ms, shift)
+
+    def _found_gone(self, proc: Process, gone_ms: int, found_ms: int) -> None:
+        """``proc`` had ended by ``gone_ms``; _end_gone ends it a confirmation after ``found_ms``."""
+        proc.gone_at = gone_ms
+        self._gone.append((found_ms, proc.key))
 
     def _end_gone(self, now_ms: int, out: list[Doc]) -> None:
         """End the processes found gone at least GONE_CONFIRM_MIN_MS (or exit_grace_ms) ago
@@ -501,18 +658,18 @@ class ProcessTable:
         its record still on the way, and then the record ends it, with its exit code."""
         confirmed = now_ms - max(self.config.exit_grace_ms, GONE_CONFIRM_MIN_MS)
         while self._gone and self._gone[0][0] <= confirmed:
-            found_ms, key = self._gone.popleft()
+            _, key = self._gone.popleft()
             proc = self.processes.get(key)
-            if proc is None or proc.exited_at is not None:
+            if proc is None or proc.exited_at is not None or proc.gone_at is None:
                 continue
             self.stats.gone_from_proc += 1
             # It ended before the sweep found it gone: no later event is its. It is kept
             # exit_grace_ms from now, as after an exit, for events still on the way.
-            proc.exited_at = found_ms
+            proc.exited_at = proc.gone_at
             proc.ended_gone = True
             heapq.heappush(self._exited, (now_ms, key))
-            self._reparent_children(proc, found_ms, out)
-            out.append(_swept(_lifecycle_doc(self, "process-exited", proc, found_ms)))
+            self._reparent_children(proc, proc.gone_at, out)
+            out.append(_swept(_lifecycle_doc(self, "process-exited", proc, proc.gone_at)))
 
     def scan(self, proc_source: ProcSource, out: list[Doc] | None = None, at_ms: int = 0) -> int:
         """Fill the table from /proc (live start); return how many processes were read.
@@ -520,6 +677,7 @@ class ProcessTable:
         With ``out``: a ``container-first-seen`` doc at ``at_ms`` for each container found,
         naming its oldest process (its init, but for a ``--pid=host`` one)."""
         found: list[Process] = []
+        self._note_clock(proc_source, at_ms)  # the sweeps' first reading: the clock at start
         for pid in proc_source.pids():
             info = proc_source.read(pid)
             if info is None:
