@@ -62,6 +62,8 @@ class Session:
     tree_unknown: subprocess.CompletedProcess[str]
     tree_all: subprocess.CompletedProcess[str]
     live: list[Doc]
+    replayed: list[Doc]
+    replay_stderr: str
 
 
 def tree(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -113,6 +115,10 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
             after = kernel_audit_state()
             assert after == found, f"kernel audit state changed: {found} -> {after}"
         assert code == 0, (tmp / "run.stderr").read_text()[-3000:]
+    replay = auditstream(
+        "replay", str(tmp / "raw.log"), "--sink", f"jsonl:{tmp / 'replayed.jsonl'}", timeout=90
+    )
+    assert replay.returncode == 0, replay.stderr
     yield Session(
         pre_id=pre_id,
         pre_init_before=pre_init_before,
@@ -123,6 +129,8 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         tree_unknown=tree_unknown,
         tree_all=tree_all,
         live=read_jsonl(tmp / "live.jsonl"),
+        replayed=read_jsonl(tmp / "replayed.jsonl"),
+        replay_stderr=replay.stderr,
     )
 
 
@@ -155,6 +163,26 @@ def test_container_started_before_the_run_is_attributed(session: Session) -> Non
         assert str(parent.get("executable", "")).endswith("containerd-shim-runc-v2")
         assert session.pre_id in parent["args"]
         assert doc["process"]["ancestry"][0]["entity_id"] == parent["entity_id"]
+
+
+def test_replay_of_the_recording_knows_the_container_started_before_it(
+    session: Session,
+) -> None:
+    """The scanned shell's writes replay from `run --record` as they were live: container,
+    parent (the shim) and ancestry, from the process table written beside the recording."""
+    live, replayed = (
+        {
+            d["event"]["sequence"]: d
+            for d in watched(docs, "pre.txt")
+            if d["process"]["pid"] == session.pre_init_before
+        }
+        for docs in (session.live, session.replayed)
+    )
+    assert live and live.keys() == replayed.keys(), session.replay_stderr
+    for sequence, doc in live.items():
+        assert replayed[sequence].get("container") == {"id": session.pre_id, "runtime": "docker"}
+        assert replayed[sequence]["process"] == doc["process"], sequence
+    assert "starts from the process table recorded" in session.replay_stderr
 
 
 def test_restart_gives_a_new_init_with_a_new_entity_id(session: Session) -> None:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,16 +59,21 @@ def _wait_for(out: Path, serials: set[int], timeout_s: float = 20) -> None:
 
 @contextmanager
 def _follow(
-    tmp_path: Path, log: Path, *, no_dac: bool = False
+    tmp_path: Path,
+    log: Path,
+    *,
+    no_dac: bool = False,
+    name: str = "out",
+    extra: Sequence[str] = (),
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
-    """Run `auditstream replay --follow LOG` into a jsonl sink: (process, sink, stderr),
-    killed at the end if the test did not stop it.
+    """Run `auditstream replay --follow LOG` into the jsonl sink ``NAME.jsonl``, stderr to
+    ``NAME.stderr``: (process, sink, stderr), killed at the end if the test did not stop it.
 
     ``no_dac``: as root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH, so that a mode 000
-    file is unreadable to it as to any user."""
-    out, stderr = tmp_path / "out.jsonl", tmp_path / "stderr"
+    file is unreadable to it as to any user. ``extra``: more arguments."""
+    out, stderr = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.stderr"
     argv = [sys.executable, "-m", "auditstream", "replay", "--follow", str(log)]
-    argv += ["--sink", f"jsonl:{out}"]
+    argv += ["--sink", f"jsonl:{out}", *extra]
     if no_dac:
         argv = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *argv]
     with stderr.open("wb") as err:

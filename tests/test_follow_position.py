@@ -14,13 +14,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 from live_helpers import REPO
 from test_follow_log import _append, _wait_for, _whole
+from test_follow_log import _follow as follow_log
 
 
 def _events(serials: range | list[int]) -> bytes:
@@ -43,25 +43,13 @@ def _serials(out: Path) -> Counter[int]:
     return found
 
 
-@contextmanager
 def _follow(
     tmp_path: Path, log: Path, name: str, *extra: str
-) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
-    """Run `auditstream replay --follow LOG --position-file POS` into the jsonl sink
-    ``NAME.jsonl``, stderr to ``NAME.stderr``: (process, sink, stderr); killed at the end if
-    the test did not stop it. ``extra``: more arguments (``-c``, or to replace the option)."""
-    out, stderr = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.stderr"
-    argv = [sys.executable, "-m", "auditstream", "replay", "--follow", str(log)]
-    argv += ["--sink", f"jsonl:{out}"]
-    argv += list(extra) or ["--position-file", str(tmp_path / "audit.position")]
-    with stderr.open("wb") as err:
-        proc = subprocess.Popen(argv, cwd=REPO, stderr=err, stdout=subprocess.DEVNULL)
-    try:
-        yield proc, out, stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+) -> AbstractContextManager[tuple[subprocess.Popen[bytes], Path, Path]]:
+    """test_follow_log's follow into ``NAME.jsonl`` with this test's position file (or
+    ``extra``, to add ``-c`` or replace the option)."""
+    position = list(extra) or ["--position-file", str(tmp_path / "audit.position")]
+    return follow_log(tmp_path, log, name=name, extra=position)
 
 
 def _stop(proc: subprocess.Popen[bytes], stderr: Path) -> str:

@@ -93,10 +93,7 @@ def test_entity_ids_are_sha256_without_openssl() -> None:
         "import sys; from treekeeper.tree import entity_id; entity_id('h', 1, 2); "
         "print('hashlib' in sys.modules)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "False"
+    assert python_prints(code) == "False"
 
 
 def test_a_replays_start_imports_no_module_only_other_paths_use() -> None:
@@ -106,10 +103,15 @@ def test_a_replays_start_imports_no_module_only_other_paths_use() -> None:
         "import sys, auditstream.cli, auditstream.stagefork as f; f.preload(); "
         "print(sorted(m for m in ('subprocess', 'tomllib', 'hashlib') if m in sys.modules))"
     )
+    assert python_prints(code) == "[]"
+
+
+def python_prints(code: str) -> str:
+    """What a fresh interpreter running ``code`` in this checkout prints, stripped."""
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == "[]"
+    return out.stdout.strip()
 
 
 def test_a_toml_config_still_loads_and_its_errors_name_the_file(tmp_path: Path) -> None:
