@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from live_helpers import REPO
 
@@ -157,3 +158,38 @@ def test_links_planted_beside_the_recording_are_not_written_through(tmp_path: Pa
     assert [v.read_bytes() for v in victims] == [b"keep", b"keep"]
     sidecar = recording_tree.sidecar_path(str(recording))
     assert not sidecar.is_symlink() and sidecar.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [(18, "x"), (1, "later"), (0, True), (8, "ls"), (4, [1]), (20, ["a" * 64, 7]), (24, 1)],
+)
+def test_a_field_of_another_type_is_refused_not_a_crash(
+    tmp_path: Path, field: int, value: Any
+) -> None:
+    """A row whose field has another type (an exit time that is text, a pid that is a
+    flag, args that are not a list…) makes the table unusable, said once; before, such an
+    exit time stopped the tree keeper at its first comparison, restart after restart."""
+    rows = [state._pack(p) for p in scanned_table().processes.values()]
+    rows[0][field] = value
+    body = {"version": 1, "saved_ms": 1, "host": "h", "node": NODE, "processes": rows}
+    log = tmp_path / "raw.log"
+    log.write_bytes(b"".join(line + b"\n" for line in recording_lines()))
+    recording_tree.sidecar_path(str(log)).write_bytes(msgpack.packb(body))
+    docs, stderr = replay(tmp_path, log)
+    assert ls_exec(docs)["process"]["args"] == ["ls", "/tmp"]
+    assert "raw.log.tree cannot be used" in stderr and "Traceback" not in stderr
+
+
+def test_a_parent_cycle_in_the_table_ends_the_ancestry(tmp_path: Path) -> None:
+    """init and the shell each other's parent (a table made by hand): the replay ends,
+    and the exec's ancestry stops where it would repeat itself."""
+    table = scanned_table()
+    init, shell = table.processes[table.current[1]], table.processes[table.current[10]]
+    init.parent = shell.key
+    log = tmp_path / "raw.log"
+    log.write_bytes(b"".join(line + b"\n" for line in recording_lines()))
+    state.save(table, recording_tree.sidecar_path(str(log)), node=NODE)
+    docs, stderr = replay(tmp_path, log)
+    ancestry = ls_exec(docs)["process"]["ancestry"]
+    assert "Traceback" not in stderr and [a["pid"] for a in ancestry] == [10, 1]

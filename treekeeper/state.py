@@ -28,12 +28,60 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 
 
+# A saved row is checked field by field: a value of another type (a corrupt file, one edited
+# by hand, a recording's table from elsewhere) would otherwise reach the table and stop the
+# tree keeper at its first comparison (an exit time that is text), restart after restart.
+_INT_MAX = 2**63
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int or not -_INT_MAX <= value < _INT_MAX:
+        raise ValueError(f"{value!r:.40} is not a 64-bit integer")
+    return value
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else _int(value)
+
+
+def _str(value: Any) -> str:
+    if type(value) is not str:
+        raise ValueError(f"{value!r:.40} is not text")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _flag(value: Any) -> bool:
+    if type(value) is not bool:
+        raise ValueError(f"{value!r:.40} is not true or false")
+    return value
+
+
+def _opt_strs(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if type(value) is not list:
+        raise ValueError(f"{value!r:.40} is not a list")
+    return [_str(item) for item in value]
+
+
 def _key(value: Any) -> tuple[int, int] | None:
-    return (int(value[0]), int(value[1])) if value is not None else None
+    if value is None:
+        return None
+    if type(value) is not list or len(value) != 2:
+        raise ValueError(f"{value!r:.40} is not a process key")
+    return (_int(value[0]), _int(value[1]))
 
 
 def _ref(value: Any) -> ContainerRef | None:
-    return ContainerRef(str(value[0]), value[1]) if value is not None else None
+    if value is None:
+        return None
+    if type(value) is not list or len(value) != 2:
+        raise ValueError(f"{value!r:.40} is not a container")
+    return ContainerRef(_str(value[0]), _opt_str(value[1]))
 
 
 def _pack(p: Process) -> list[Any]:
@@ -63,28 +111,28 @@ def _unpack(row: list[Any]) -> Process:
     if len(row) > BASE_FIELDS + 1:
         raise ValueError(f"a process row of {len(row)} fields (at most {BASE_FIELDS + 1})")
     # Saved since ended_gone was: a process the /proc sweep ended (its container-gone says so).
-    ended_gone = bool(row[BASE_FIELDS]) if len(row) > BASE_FIELDS else False
+    ended_gone = _flag(row[BASE_FIELDS]) if len(row) > BASE_FIELDS else False
     return Process(
-        pid=int(pid),
-        start_ms=int(start_ms),
-        entity_id=str(eid),
-        ppid=int(ppid),
+        pid=_int(pid),
+        start_ms=_int(start_ms),
+        entity_id=_str(eid),
+        ppid=_int(ppid),
         parent=_key(parent),
         creator=_key(creator),
-        executable=exe,
-        name=name,
-        args=list(args) if args is not None else None,
-        cwd=cwd,
-        title=title,
-        started_at=started_at,
-        first_seen=int(first_seen),
-        image_ms=int(image_ms),
-        exec_ms=exec_ms,
-        inferred=bool(inferred),
-        tentative=bool(tentative),
-        maybe_threaded=bool(maybe_threaded),
-        exited_at=exited_at,
-        exit_code=exit_code,
+        executable=_opt_str(exe),
+        name=_opt_str(name),
+        args=_opt_strs(args),
+        cwd=_opt_str(cwd),
+        title=_opt_str(title),
+        started_at=_opt_int(started_at),
+        first_seen=_int(first_seen),
+        image_ms=_int(image_ms),
+        exec_ms=_opt_int(exec_ms),
+        inferred=_flag(inferred),
+        tentative=_flag(tentative),
+        maybe_threaded=_flag(maybe_threaded),
+        exited_at=_opt_int(exited_at),
+        exit_code=_opt_int(exit_code),
         container=_ref(container),
         role=RuntimeRole(role),
         managed=_ref(managed),
