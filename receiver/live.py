@@ -55,6 +55,9 @@ DRAIN_POLL_MS = 50
 # connect again is lost to us, so try often (a connect to a missing path costs one syscall).
 RECONNECT_INTERVAL_S = 0.1
 RECONNECT_REPORT_S = 60.0  # while it stays away, say so this often
+# A connection counts as made again once it has stayed open this long or brought data: a
+# stopping auditd's socket still takes connections until it exits, then resets them.
+RECONNECT_CONFIRM_MS = 1000
 
 
 def rules_and_settings(cfg: Config) -> tuple[list[Rule], KernelSettings]:
@@ -560,9 +563,12 @@ def run_stream(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[s
             feed.add(chunk)
         elif chunk is not None:  # auditd closed it
             feed.end_of_stream()
-            if not stream.reconnectable or not _reconnect(stream, ctx, shipper):
+            first = _reconnect(stream, ctx, shipper) if stream.reconnectable else None
+            if first is None:
                 break
             reconnects += 1
+            if first:
+                feed.add(first)
         shipper.flush_due()
         if (now := time.monotonic()) >= next_status:
             next_status = now + cfg.receiver.status_poll_ms / 1000
@@ -617,9 +623,10 @@ def _drain_stream(stream: PluginStream, feed: _StreamFeed) -> None:
         log.error("stdin still sent records after %.0f s of draining", DRAIN_MAX_S)
 
 
-def _reconnect(stream: PluginStream, ctx: StageContext, shipper: RecordShipper) -> bool:
-    """Connect again to auditd's socket (it restarts) until it answers or we are stopped;
-    then put a ``source-reconnected`` marker in the stream. False if stopped first."""
+def _reconnect(stream: PluginStream, ctx: StageContext, shipper: RecordShipper) -> bytes | None:
+    """Connect again to auditd's socket (it restarts) until a connection holds or we are
+    stopped; then put a ``source-reconnected`` marker in the stream. Returns what the new
+    connection brought first (b"": nothing yet), to go after the marker; None if stopped."""
     log.warning(
         "auditd closed %s (%s; auditd stopped or restarting): connecting again every %.1f s",
         stream.source, stream.closed_by, RECONNECT_INTERVAL_S,
@@ -629,8 +636,9 @@ def _reconnect(stream: PluginStream, ctx: StageContext, shipper: RecordShipper) 
     next_report = lost_at + RECONNECT_REPORT_S
     while not ctx.stop_requested:
         error = stream.connect()
+        first = _first_read(stream) if error is None else None
         now = time.monotonic()
-        if error is None:
+        if first is not None:
             down_ms = int((now - lost_at) * 1000)
             log.warning(
                 "connected again to %s after %.1f s: what auditd passed on meanwhile is not "
@@ -639,16 +647,27 @@ def _reconnect(stream: PluginStream, ctx: StageContext, shipper: RecordShipper) 
             )  # fmt: skip
             marker = f"disconnected_ms={down_ms}"
             shipper.add([_marker_record(SOURCE_RECONNECT_TYPE, marker, shipper.node)])
-            return True
+            return first
         if now >= next_report:
             next_report = now + RECONNECT_REPORT_S
+            reason = error.strerror or error if error is not None else stream.closed_by
             log.warning(
                 "still cannot connect to %s after %.0f s: %s",
-                stream.source, now - lost_at, error.strerror or error,
+                stream.source, now - lost_at, reason,
             )  # fmt: skip
         shipper.flush_due()  # what came before the loss still leaves on time
         time.sleep(RECONNECT_INTERVAL_S)
-    return False
+    return None
+
+
+def _first_read(stream: PluginStream) -> bytes | None:
+    """A new connection's first data (b"": it stayed open RECONNECT_CONFIRM_MS with none),
+    or None when it was closed at once: the socket of an auditd that was still stopping."""
+    chunk = stream.read(RECONNECT_CONFIRM_MS)
+    if chunk == b"":
+        stream.close()
+        return None
+    return chunk or b""
 
 
 def run_live_source(
