@@ -213,6 +213,11 @@ def stage_main(name: str, run: StageRun, argv: list[str] | None = None) -> int:
     ctx = StageContext(name=name, index=args.index, supervisor_pid=args.supervisor_pid or 0)
     for number in STOP_SIGNALS:
         signal.signal(number, ctx._on_signal)
+    # SIGHUP: a supervised stage leaves it to its supervisor (which stops the pipeline in
+    # order), so that a `pkill -HUP` reaching every process kills no stage mid-drain (exec'd
+    # stages died of it; forked ones ran the supervisor's handler copy); a stage run alone
+    # stops on it as the supervisor does, as on SIGTERM.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN if ctx.supervisor_pid else ctx._on_signal)
     # A forked stage has had them blocked since the fork (auditstream/stagefork.py): one
     # that came meanwhile lands on the handler now. An exec'd stage has nothing blocked.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

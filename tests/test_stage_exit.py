@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -49,3 +50,66 @@ def test_a_stop_signal_after_the_run_keeps_the_stage_exit_code(tmp_path: Path) -
             if child.poll() is None:
                 child.kill()
             child.communicate()
+
+
+# A stage whose run waits for a stop, then says which signals stopped it.
+WAITER = """
+import sys, time
+from auditstream.stage import stage_main
+
+def run(cfg, ctx):
+    print("running", flush=True)
+    while not ctx.stop_requested:
+        time.sleep(0.01)
+    print("stopped by", ctx.signals, flush=True)
+    return 0
+
+sys.exit(stage_main("standin", run, ["--config", sys.argv[1], *sys.argv[2:]]))
+"""
+
+
+def _waiter(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    """The WAITER stage started, once its run is running."""
+    config = tmp_path / "c.toml"
+    config.write_text("")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WAITER, str(config), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "running\n"
+    return proc
+
+
+def test_a_supervised_stage_leaves_sighup_to_its_supervisor(tmp_path: Path) -> None:
+    """With a supervisor, SIGHUP neither kills the stage nor stops it (the supervisor stops
+    the pipeline in order); SIGTERM still does."""
+    proc = _waiter(tmp_path, "--supervisor-pid", str(os.getpid()))
+    try:
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert f"stopped by [{int(signal.SIGTERM)}]" in out
+
+
+def test_a_stage_run_alone_stops_on_sighup(tmp_path: Path) -> None:
+    """Without a supervisor, SIGHUP stops the stage as SIGTERM does: its run ends, exit 0."""
+    proc = _waiter(tmp_path)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert f"stopped by [{int(signal.SIGHUP)}]" in out
