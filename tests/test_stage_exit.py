@@ -83,33 +83,33 @@ def _waiter(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     return proc
 
 
-def test_a_supervised_stage_leaves_sighup_to_its_supervisor(tmp_path: Path) -> None:
-    """With a supervisor, SIGHUP neither kills the stage nor stops it (the supervisor stops
-    the pipeline in order); SIGTERM still does."""
-    proc = _waiter(tmp_path, "--supervisor-pid", str(os.getpid()))
+def _signalled(proc: subprocess.Popen[str], *signals: int) -> str:
+    """Send ``signals`` (0.5 s apart, the stage still running after each but the last),
+    then wait: the stage's stdout, once it exited 0 (killed if it hangs)."""
     try:
-        proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
-        assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
+        for index, number in enumerate(signals):
+            if index:
+                time.sleep(0.5)
+                assert proc.poll() is None, "the stage ended on a signal it should leave"
+            proc.send_signal(number)
         out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
+    return out
+
+
+def test_a_supervised_stage_leaves_sighup_to_its_supervisor(tmp_path: Path) -> None:
+    """With a supervisor, SIGHUP neither kills the stage nor stops it (the supervisor stops
+    the pipeline in order); SIGTERM still does."""
+    proc = _waiter(tmp_path, "--supervisor-pid", str(os.getpid()))
+    out = _signalled(proc, signal.SIGHUP, signal.SIGTERM)
     assert f"stopped by [{int(signal.SIGTERM)}]" in out
 
 
 def test_a_stage_run_alone_stops_on_sighup(tmp_path: Path) -> None:
     """Without a supervisor, SIGHUP stops the stage as SIGTERM does: its run ends, exit 0."""
-    proc = _waiter(tmp_path)
-    try:
-        proc.send_signal(signal.SIGHUP)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+    out = _signalled(_waiter(tmp_path), signal.SIGHUP)
     assert f"stopped by [{int(signal.SIGHUP)}]" in out
