@@ -110,13 +110,6 @@ def forkable(module: str) -> bool:
     return module in STAGE_RUNNERS and hasattr(os, "fork") and threading.active_count() == 1
 
 
-def preload() -> None:
-    """Import every stage's modules here, as the forks of a whole pipeline do (each
-    ``fork_stage`` imports its stage's before it forks)."""
-    for name in STAGE_RUNNERS.values():
-        importlib.import_module(name)
-
-
 def fork_stage(
     module: str,
     args: list[str],

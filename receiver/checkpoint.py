@@ -32,7 +32,7 @@ from auditstream.marker_records import RESTART_GAP_TYPE
 from auditstream.redelivery import write_atomically
 from receiver.logsource import FileIdentity
 from receiver.netlink import all_of_node
-from receiver.position import POSITION_VERSION
+from receiver.position import POSITION_VERSION, head_digest
 from receiver.replaybuffer import serial_of
 
 log = logging.getLogger("auditstream.receiver")
@@ -146,8 +146,6 @@ class CheckpointKeeper:
     def _write_position(self, mark: _ReadMark, *, clean_stop: bool) -> None:
         if self.position_file is None or mark.reading is None:
             return  # (a gzip being read has no plain offset: the last position stays)
-        import hashlib  # here: OpenSSL's start is ~2.5 ms of every replay's start
-
         reading = mark.reading
         saved = {
             "version": POSITION_VERSION,
@@ -155,7 +153,7 @@ class CheckpointKeeper:
             "device": reading.device,
             "inode": reading.inode,
             "head_length": len(reading.head),
-            "head_sha256": hashlib.sha256(reading.head).hexdigest(),
+            "head_sha256": head_digest(reading.head),
             "offset": mark.position[1],
             "clean_stop": clean_stop,
             "owner": os.getppid(),  # the supervisor: a receiver restarted in its run

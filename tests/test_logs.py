@@ -43,7 +43,7 @@ def test_json_log_timestamps_are_iso_8601_utc() -> None:
 def test_text_logging_leaves_the_json_library_unloaded() -> None:
     """The CLI and every stage module start without python-json-logger (~10 ms of a start)."""
     code = (
-        "import sys, auditstream.cli, auditstream.stagefork as f; f.preload(); "
+        "import sys, auditstream.cli, receiver.stage, assembler.stage, treekeeper.stage; "
         "from auditstream import logs; logs.setup('cli'); "
         "print(sorted(m for m in sys.modules if m.startswith('pythonjsonlogger')))"
     )

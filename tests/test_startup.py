@@ -100,7 +100,7 @@ def test_a_replays_start_imports_no_module_only_other_paths_use() -> None:
     """The command and every stage module load without subprocess (exec'd stages only),
     tomllib (TOML configs only) or hashlib: each was milliseconds of every replay."""
     code = (
-        "import sys, auditstream.cli, auditstream.stagefork as f; f.preload(); "
+        "import sys, auditstream.cli, receiver.stage, assembler.stage, treekeeper.stage; "
         "print(sorted(m for m in ('subprocess', 'tomllib', 'hashlib') if m in sys.modules))"
     )
     assert python_prints(code) == "[]"

@@ -15,12 +15,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from live_helpers import REPO
+from live_helpers import REPO, read_events, wait_for_events
 
 NORMAL_LOG = REPO / "tests" / "corpus" / "go-libaudit" / "testdata" / "normal.log"
-Doc = dict[str, Any]
 
 
 def listen(path: Path) -> socket.socket:
@@ -41,23 +39,6 @@ def line_with_serial(serial: int) -> bytes:
     ).encode()
 
 
-def wait_for(probe: Any, timeout_s: float = 20) -> Any:
-    """Poll ``probe()`` until it is truthy."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if found := probe():
-            return found
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
-def docs_of(path: Path) -> list[Doc]:
-    """The JSON lines written so far."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_bytes().splitlines() if line.endswith(b"}")]
-
-
 def test_a_stopping_auditds_socket_is_not_a_reconnect(tmp_path: Path) -> None:
     """The old auditd's socket takes our connection and resets it as it exits; the new
     one's holds: one marker, `reconnects` 1, and the new auditd's lines after it."""
@@ -73,7 +54,7 @@ def test_a_stopping_auditds_socket_is_not_a_reconnect(tmp_path: Path) -> None:
     try:
         first, _ = old.accept()
         first.sendall(NORMAL_LOG.read_bytes())
-        wait_for(lambda: any(d["event"].get("sequence") == 62 for d in docs_of(out)))
+        assert wait_for_events(out, lambda d: d["event"].get("sequence") == 62, timeout_s=20)
         first.close()  # the stopping auditd ends its plugin's connection first...
         time.sleep(0.3)  # ...our reconnect lands in its listen queue meanwhile...
         old.close()  # ...and its exit resets it
@@ -81,7 +62,7 @@ def test_a_stopping_auditds_socket_is_not_a_reconnect(tmp_path: Path) -> None:
         new = listen(path)
         second, _ = new.accept()
         second.sendall(line_with_serial(70001))
-        wait_for(lambda: any(d["event"].get("sequence") == 70001 for d in docs_of(out)))
+        assert wait_for_events(out, lambda d: d["event"].get("sequence") == 70001, timeout_s=20)
         second.close()
         new.close()
     finally:
@@ -89,7 +70,7 @@ def test_a_stopping_auditds_socket_is_not_a_reconnect(tmp_path: Path) -> None:
         _, stderr = run.communicate(timeout=60)
     text = stderr.decode(errors="replace")
     assert run.returncode == 0, text
-    markers = [d for d in docs_of(out) if d["event"].get("action") == "source-reconnected"]
+    markers = [d for d in read_events(out) if d["event"].get("action") == "source-reconnected"]
     assert len(markers) == 1, text
     assert text.count("connected again to") == 1, text
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
