@@ -39,13 +39,16 @@ from receiver.streamsource import PluginStream
 
 log = logging.getLogger("auditstream.receiver")
 READ_MAX_RECORDS = 4096
-# kauditd sends one datagram per record and each wakes the reader: after a read of fewer
-# records than this, wait a moment so that the next read takes a batch (at most a quarter
-# of batch_max_ms; not when congested). docs/performance.md, "Twelfth pass"; 4 ms rather
-# than 1 took a fifth less of the receiver's CPU at 5,000-10,000 events/s for ~1 ms more
-# median latency ("Twenty-sixth pass").
+# kauditd sends one datagram per record and each wakes the reader. After a read of fewer
+# records than this the reader ticks: it sleeps batch_max_ms, letting the socket gather
+# the records, then reads and sends them all, and again, until a tick reads nothing (back
+# to waiting in poll) or at least QUIET_READ_RECORDS (a rate the batches' size bounds).
+# A record waits at most batch_max_ms either way (in the socket rather than in a batch),
+# and the reader wakes once per batch: each wakeup cost ~50 µs of CPU on these VMs, the
+# larger part of a low rate's CPU (docs/performance.md, "Forty-third pass").
 SMALL_READ_RECORDS = 64
-SMALL_READ_PAUSE_MS = 4.0
+QUIET_READ_RECORDS = 1024
+WAITED_IN_POLL_NS = 1_000_000  # a poll that returned sooner found records already there
 # Synthetic record types (negative: never a kernel type) that ask the assembler for a marker.
 CONTROL_RCVBUF_BYTES = 1 << 20
 DRAIN_MAX_S = 20.0  # below the supervisor's 30 s stop grace
@@ -395,7 +398,10 @@ def _read_loop(
     poller = select.poll()
     poller.register(source.fileno(), select.POLLIN)
     poll_ms = max(1, cfg.receiver.batch_max_ms)
-    pause_s = min(SMALL_READ_PAUSE_MS, cfg.receiver.batch_max_ms / 4) / 1000
+    tick_s = cfg.receiver.batch_max_ms / 1000
+    ticking = False
+    read_at_ns = time.time_ns()  # when the last read ended: what the next finds waited since
+    socket_reads = 0
     overruns = 0
     status_file = runtime.status_path(cfg, "receiver")
     multicast = cfg.receiver.source == "multicast"
@@ -404,13 +410,31 @@ def _read_loop(
     next_status = time.monotonic()
     while not ctx.stop_requested:
         limit = pacing.records_to_read()
-        if limit and poller.poll(poll_ms if limit == READ_MAX_RECORDS else CONGESTED_TICK_MS):
+        if ticking and limit == READ_MAX_RECORDS:
+            # A tick after the last read: what it finds waited at most batch_max_ms.
+            time.sleep(min(tick_s, max(0.0, tick_s - (time.time_ns() - read_at_ns) / 1e9)))
             records = source.read_records(limit)
-            if records:
-                shipper.add(records)
-                if len(records) < SMALL_READ_RECORDS and limit == READ_MAX_RECORDS and pause_s:
-                    time.sleep(pause_s)
-        elif not limit:
+            socket_reads += 1
+            if records:  # each may have waited in the socket since the last read
+                shipper.add(records, waited_since_ns=read_at_ns)
+            read_at_ns = time.time_ns()
+            shipper.send_batched()  # each record waited up to a tick in the socket already
+            ticking = 0 < len(records) < QUIET_READ_RECORDS
+        elif limit:
+            polled_ns = time.time_ns()
+            if poller.poll(poll_ms if limit == READ_MAX_RECORDS else CONGESTED_TICK_MS):
+                woke_ns = time.time_ns()
+                records = source.read_records(limit)
+                socket_reads += 1
+                if records:
+                    # Found at once, they came after the last read; a poll that waited was
+                    # woken by the first of them.
+                    at_once = woke_ns - polled_ns < WAITED_IN_POLL_NS
+                    shipper.add(records, waited_since_ns=read_at_ns if at_once else woke_ns)
+                    ticking = len(records) < SMALL_READ_RECORDS and limit == READ_MAX_RECORDS
+                    ticking = ticking and tick_s > 0
+                read_at_ns = time.time_ns()
+        else:
             time.sleep(CONGESTED_TICK_MS / 1000)
         shipper.flush_due()
         if source.overruns != overruns:
@@ -465,6 +489,7 @@ def _read_loop(
                     "records": shipper.stats.records,
                     "socket_overruns": source.overruns,
                     "unsent_batches": shipper.guard.unsent_batches(),
+                    "socket_reads": socket_reads,
                     "trickle_ticks": pacing.trickle_ticks,
                     "buffered_ticks": pacing.buffered_ticks,
                     "stalled_ticks": pacing.stalled_ticks,
@@ -479,6 +504,7 @@ def _read_loop(
     return {
         "kernel_lost": (counters.last_lost - counters.lost_at_start) & 0xFFFFFFFF,
         "socket_overruns": source.overruns,
+        "socket_reads": socket_reads,
         "queued_sends": shipper.stats.queued_sends,
         "trickle_ticks": pacing.trickle_ticks,
         "buffered_ticks": pacing.buffered_ticks,

@@ -82,6 +82,8 @@ class RecordShipper:
         self.batch_serials: list[list[int]] = [[] for _ in range(shards)]  # live, or sharded
         self.batch_has_nodes = [False for _ in range(shards)]  # a record not of self.node
         self.oldest = [0.0 for _ in range(shards)]
+        self.since_ns = 0  # the add under way's waited_since_ns
+        self.batch_since_ns = [0 for _ in range(shards)]  # the batch's first add's
         self.stats = ShipperStats()
         # Live: the durable serial mark (it names what a predecessor may have lost).
         self.serial_mark: SerialMark | None = None
@@ -93,7 +95,10 @@ class RecordShipper:
         self.conveyed: list[tuple[int, int] | None] = [None for _ in range(shards)]
         self.last_out = [0.0 for _ in range(shards)]
 
-    def add(self, records: list[RawRecord]) -> None:
+    def add(self, records: list[RawRecord], waited_since_ns: int | None = None) -> None:
+        """Batch ``records``; ``waited_since_ns``: the wall-clock time since which they may
+        have waited in the source (a batch's ``recv_ns``, the latency's start, is its
+        records' earliest: docs/design.md); None: they arrived now."""
         if self.record_to is not None:
             self.record_to.write(b"".join(format_log_line(t, d, n) + b"\n" for t, d, n in records))
             self.stats.recorded_records += len(records)
@@ -107,6 +112,7 @@ class RecordShipper:
                 records = markers + records
                 serials = [0] * len(markers) + serials if serials is not None else None
         now = time.monotonic()
+        self.since_ns = time.time_ns() if waited_since_ns is None else waited_since_ns
         if shards == 1 or serials is None:  # live, or a file (which needs no serials)
             self._add_run(records, serials, now)
             return
@@ -127,6 +133,7 @@ class RecordShipper:
             batch = self.batches[index]
             if not batch:
                 self.oldest[index] = now
+                self.batch_since_ns[index] = self.since_ns
             end = taken + max(1, self.batch_max - len(batch))
             part = records[taken:end]
             batch += part
@@ -157,10 +164,14 @@ class RecordShipper:
                 self.conveyed[index] = read_to
                 self.last_out[index] = now
 
-    def flush(self) -> None:
+    def send_batched(self) -> None:
+        """Send every batch that holds records, whatever its age."""
         for index, batch in enumerate(self.batches):
             if batch:
                 self._send(index)
+
+    def flush(self) -> None:
+        self.send_batched()
         if self.record_to is not None:
             self.record_to.flush()
 
@@ -172,7 +183,7 @@ class RecordShipper:
         if self.batch_has_nodes[index] or not serials:  # nodes, or serials never parsed:
             serials = None  # the replay buffer works the ranges out if it must
         self.batch_has_nodes[index] = False
-        body: dict[str, object] = {"recs": batch, "recv_ns": time.time_ns()}
+        body: dict[str, object] = {"recs": batch, "recv_ns": self.batch_since_ns[index]}
         if self.read_to is not None:  # every record of this shard read so far is in it
             body["read_to"] = list(self.read_to)
             self.conveyed[index] = self.read_to

@@ -162,3 +162,37 @@ def test_c_deal_refuses_what_python_refuses() -> None:
         deal([(1300, b"", "")], ["7"], 2)
     with pytest.raises(TypeError):
         python_deal([(1300, b"", "")], ["7"], 2)  # type: ignore[list-item]
+
+
+def received_stamps(guard: DeliveryGuard, inlet: wire.Inlet) -> list[tuple[int, int]]:
+    """(first serial, recv_ns) of each records batch the assembler gets."""
+    deadline = time.monotonic() + 10
+    while guard.unsent_batches() and time.monotonic() < deadline:
+        guard.pump(0)
+        time.sleep(0.01)
+    stamps = []
+    while (frame := inlet.recv(timeout_ms=200)) is not None:
+        if frame.kind == wire.RECORDS:
+            stamps.append((serial_of(frame.body["recs"][0][1]), frame.body["recv_ns"]))
+    return stamps
+
+
+def test_a_batch_s_receive_stamp_is_when_its_first_records_may_have_begun_to_wait(
+    make_pipe: MakePipe,
+) -> None:
+    """recv_ns (where the latency starts) is the waited_since_ns of the read that began the
+    batch, or that read's time without one; a batch begun by the rest of a read gets its."""
+    guard, inlet = make_pipe(True)
+    assert inlet is not None
+    shipper = RecordShipper(
+        guard, batch_max_records=BATCH_RECORDS, batch_max_ms=1000, never_block=True
+    )
+    shipper.add(records(1, 4), waited_since_ns=1_000)
+    shipper.add(records(5, 10), waited_since_ns=2_000)  # fills 1..10; 11..14 begin the next
+    shipper.flush()
+    before = time.time_ns()
+    shipper.add(records(15, 3))
+    shipper.flush()
+    stamps = received_stamps(guard, inlet)
+    assert stamps[:2] == [(1, 1_000), (11, 2_000)]
+    assert stamps[2][0] == 15 and before <= stamps[2][1] <= time.time_ns()
