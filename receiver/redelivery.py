@@ -244,6 +244,14 @@ class DeliveryGuard:
             return False
         return self.outlets[shard].send(wire.TICK, body, block=False)
 
+    def has_nothing_to_send(self) -> bool:
+        """No batch, resume or eof waits here to go out (acknowledgements may still come)."""
+        return (
+            self.unsent_batches() == 0
+            and all(r is None for r in self._resume)
+            and (self._eof is None or all(self._eof_sent))
+        )
+
     def unsent_batches(self) -> int:
         """Batches numbered but not yet taken by their assembler, over all shards."""
         return sum(buf.next_number - buf.cursor for buf in self.buffers)

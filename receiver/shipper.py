@@ -164,6 +164,15 @@ class RecordShipper:
                 self.conveyed[index] = read_to
                 self.last_out[index] = now
 
+    def is_idle(self) -> bool:
+        """Nothing batched, nothing waiting to be sent, every shard told how far reading got:
+        the reader may wait for records without a deadline of its own."""
+        return (
+            not any(self.batches)
+            and self.guard.has_nothing_to_send()
+            and (self.read_to is None or all(c == self.read_to for c in self.conveyed))
+        )
+
     def send_batched(self) -> None:
         """Send every batch that holds records, whatever its age."""
         for index, batch in enumerate(self.batches):

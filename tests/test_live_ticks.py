@@ -1,8 +1,9 @@
-"""The live reader at a low rate wakes once per `batch_max_ms`, not after every datagram.
+"""The live reader at a low rate wakes once per `batch_max_ms`, not after every datagram;
+idle, a few times a second.
 
 kauditd sends one datagram per record; a reader that woke for each (or every few ms) spent
-most of a quiet host's CPU on wakeups. All real: the kernel, `auditstream run`, a process
-opening a watched file at a paced rate.
+most of a quiet host's CPU on wakeups, and an idle one woke every `batch_max_ms`. All
+real: the kernel, `auditstream run`, a process opening a watched file at a paced rate.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,30 @@ def test_a_low_rate_is_read_about_once_per_batch_interval_and_arrives_whole(
     receiver = json.loads((run_dir / "summary.json").read_text())["receiver"]
     bound = 2 * seconds * 1000 / BATCH_MAX_MS + 10
     assert 0 < receiver["socket_reads"] <= bound, (receiver["socket_reads"], seconds)
+
+
+def voluntary_switches(pid: int) -> int:
+    """How often the thread ``pid`` (a process's main thread) has gone to sleep."""
+    for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches for {pid}")
+
+
+def test_an_idle_reader_wakes_a_few_times_a_second(
+    kernel_clean: KernelState, runs: list[LiveRun], tmp_path: Path
+) -> None:
+    """With a rule nothing matches, the receiver's main thread sleeps at most ~6 times a
+    second (its status write, a 500 ms wait, the odd ack); it woke every batch_max_ms (50)."""
+    rules = tmp_path / "quiet.rules"
+    rules.write_text(f"-w {tmp_path / 'nothing'} -p r -k quiet\n")
+    config = write_config(tmp_path / "c.toml", tmp_path / "run", [rules])
+    run = start_run(runs, tmp_path, "-c", str(config), "--sink", f"jsonl:{tmp_path / 'out'}")
+    receiver = run.wait_registered()
+    time.sleep(1.0)  # past the start's own traffic
+    before, started = voluntary_switches(receiver), time.monotonic()
+    time.sleep(3.0)
+    woke = voluntary_switches(receiver) - before
+    seconds = time.monotonic() - started
+    assert run.stop() == 0, run.stderr_text
+    assert woke <= 6 * seconds, (woke, seconds)
