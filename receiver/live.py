@@ -48,6 +48,8 @@ READ_MAX_RECORDS = 4096
 # larger part of a low rate's CPU (docs/performance.md, "Forty-third pass").
 SMALL_READ_RECORDS = 64
 QUIET_READ_RECORDS = 1024
+SMALL_READ_BYTES = 16 << 10  # the plugin's stream: ~64 lines
+QUIET_READ_BYTES = 256 << 10
 WAITED_IN_POLL_NS = 1_000_000  # a poll that returned sooner found records already there
 # With nothing batched or due, the reader waits for records up to its next status write but
 # no longer than this: a stop signal ends the wait only when it times out (PEP 475 retries).
@@ -410,7 +412,7 @@ def _read_loop(
     tick_s = cfg.receiver.batch_max_ms / 1000
     ticking = False
     read_at_ns = time.time_ns()  # when the last read ended: what the next finds waited since
-    socket_reads = 0
+    source_reads = 0
     overruns = 0
     status_file = runtime.status_path(cfg, "receiver")
     multicast = cfg.receiver.source == "multicast"
@@ -423,7 +425,7 @@ def _read_loop(
             # A tick after the last read: what it finds waited at most batch_max_ms.
             time.sleep(min(tick_s, max(0.0, tick_s - (time.time_ns() - read_at_ns) / 1e9)))
             records = source.read_records(limit)
-            socket_reads += 1
+            source_reads += 1
             if records:  # each may have waited in the socket since the last read
                 shipper.add(records, waited_since_ns=read_at_ns)
             read_at_ns = time.time_ns()
@@ -437,7 +439,7 @@ def _read_loop(
             if poller.poll(wait_ms):
                 woke_ns = time.time_ns()
                 records = source.read_records(limit)
-                socket_reads += 1
+                source_reads += 1
                 if records:
                     # Found at once, they came after the last read; a poll that waited was
                     # woken by the first of them.
@@ -501,7 +503,7 @@ def _read_loop(
                     "records": shipper.stats.records,
                     "socket_overruns": source.overruns,
                     "unsent_batches": shipper.guard.unsent_batches(),
-                    "socket_reads": socket_reads,
+                    "source_reads": source_reads,
                     "trickle_ticks": pacing.trickle_ticks,
                     "buffered_ticks": pacing.buffered_ticks,
                     "stalled_ticks": pacing.stalled_ticks,
@@ -516,7 +518,7 @@ def _read_loop(
     return {
         "kernel_lost": (counters.last_lost - counters.lost_at_start) & 0xFFFFFFFF,
         "socket_overruns": source.overruns,
-        "socket_reads": socket_reads,
+        "source_reads": source_reads,
         "queued_sends": shipper.stats.queued_sends,
         "trickle_ticks": pacing.trickle_ticks,
         "buffered_ticks": pacing.buffered_ticks,
@@ -595,11 +597,37 @@ def run_stream(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[s
     reconnects = 0
     status_file = runtime.status_path(cfg, "receiver")
     next_status = time.monotonic()
+    # auditd writes each record on its own: gathered in the pipe or socket as the netlink
+    # reader gathers (SMALL_READ_RECORDS), one wakeup per batch_max_ms instead of per record.
+    tick_s = cfg.receiver.batch_max_ms / 1000
+    ticking = False
+    read_at_ns = time.time_ns()
+    source_reads = 0
     while not ctx.stop_requested:
-        chunk = stream.read(max(1, cfg.receiver.batch_max_ms))
-        if chunk:
-            feed.add(chunk)
-        elif chunk is not None:  # auditd closed it
+        if ticking:
+            time.sleep(min(tick_s, max(0.0, tick_s - (time.time_ns() - read_at_ns) / 1e9)))
+            chunk = stream.read(0)
+            source_reads += 1
+            if chunk:
+                feed.add(chunk, waited_since_ns=read_at_ns)
+            read_at_ns = time.time_ns()
+            shipper.send_batched()
+            ticking = chunk is not None and 0 < len(chunk) < QUIET_READ_BYTES
+        else:
+            wait_ms = max(1, cfg.receiver.batch_max_ms)
+            if shipper.is_idle():
+                wait_ms = max(wait_ms, min(IDLE_POLL_MAX_MS, ms_until(next_status)))
+            polled_ns = time.time_ns()
+            chunk = stream.read(wait_ms)
+            source_reads += chunk is not None
+            if chunk:
+                woke_ns = time.time_ns()
+                at_once = woke_ns - polled_ns < WAITED_IN_POLL_NS
+                feed.add(chunk, waited_since_ns=read_at_ns if at_once else woke_ns)
+                read_at_ns = time.time_ns()
+                ticking = len(chunk) < SMALL_READ_BYTES and tick_s > 0
+        if chunk is not None and not chunk:  # auditd closed it
+            ticking = False
             feed.end_of_stream()
             first = _reconnect(stream, ctx, shipper) if stream.reconnectable else None
             if first is None:
@@ -612,7 +640,13 @@ def run_stream(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[s
             next_status = now + cfg.receiver.status_poll_ms / 1000
             status = receiver_status(cfg, shipper, bad_lines=counters.bad_lines)
             write_status(
-                status_file, {**status, "records": shipper.stats.records, "reconnects": reconnects}
+                status_file,
+                {
+                    **status,
+                    "records": shipper.stats.records,
+                    "reconnects": reconnects,
+                    "source_reads": source_reads,
+                },
             )
     if ctx.stop_requested and (stream.sock is not None or not stream.reconnectable):
         _drain_stream(stream, feed)
@@ -623,6 +657,7 @@ def run_stream(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[s
         "bad_lines": counters.bad_lines,
         "privilege_errors": privilege_errors,
         "reconnects": reconnects,
+        "source_reads": source_reads,
     }
 
 
@@ -633,10 +668,11 @@ class _StreamFeed:
         self.shipper, self.counters = shipper, counters
         self.pending = b""
 
-    def add(self, chunk: bytes) -> None:
+    def add(self, chunk: bytes, waited_since_ns: int | None = None) -> None:
         lines = (self.pending + chunk).split(b"\n")
         self.pending = lines.pop()
-        self.shipper.add(lines_to_records(lines, self.counters, self.shipper.node))
+        records = lines_to_records(lines, self.counters, self.shipper.node)
+        self.shipper.add(records, waited_since_ns=waited_since_ns)
 
     def end_of_stream(self) -> None:
         """The stream ended: an unfinished last line goes as it is (a bad line if cut)."""

@@ -64,7 +64,7 @@ def test_a_low_rate_is_read_about_once_per_batch_interval_and_arrives_whole(
     assert len(opens) == OPENS, run.stderr_text
     receiver = json.loads((run_dir / "summary.json").read_text())["receiver"]
     bound = 2 * seconds * 1000 / BATCH_MAX_MS + 10
-    assert 0 < receiver["socket_reads"] <= bound, (receiver["socket_reads"], seconds)
+    assert 0 < receiver["source_reads"] <= bound, (receiver["source_reads"], seconds)
 
 
 def voluntary_switches(pid: int) -> int:
