@@ -1,6 +1,6 @@
 """Live benchmark: auditstream run vs Debian's auditd under an open() load of rising rates.
 
-    python bench/live.py                         # 5k..50k events/s, 5 s each
+    python bench/live.py                         # 1k..50k events/s, 5 s each
     python bench/live.py --rates 5000,20000,50000 --seconds 3
 
 For each rate and each reader: start it with one rule (`-a always,exit -F arch=b64 -S
@@ -287,7 +287,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--rates", default="5000,10000,20000,30000,40000,50000", help="events/s, comma separated"
+        "--rates",
+        default="1000,5000,10000,20000,30000,40000,50000",
+        help="events/s, comma separated",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="load duration per rate")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
