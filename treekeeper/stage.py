@@ -108,7 +108,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
                 dropped = {id(event) for event in arrived if id(event) not in kept}
                 submit(step.process(arrived, frame.sender, sent_below, dropped))
         elif frame.kind == wire.EOF_KIND:
-            acks.tracker.frame_arrived(frame.sender, frame.body, [], fanout.submitted)
+            acks.tracker.frame_arrived(frame.sender, frame.body, [], fanout.submitted, final=True)
             if frame.body.get("token") in (None, acks.token):
                 eofs[frame.sender] = frame.body.get("stats", {})
                 submit(step.source_done(frame.sender))
@@ -157,7 +157,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
             handle(parked)
     submit(step.close())
     fanout.close()
-    acks.service(fanout.durable_seq())  # everything is flushed: the last acknowledgements
+    acks.service(fanout.durable_seq(), now_all=True)  # all flushed: the last acknowledgements
     upstream: dict[str, Any] = {}
     for index in sorted(eofs):
         merge_stats(upstream, eofs[index])
