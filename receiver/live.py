@@ -51,10 +51,11 @@ QUIET_READ_RECORDS = 1024
 SMALL_READ_BYTES = 16 << 10  # the plugin's stream: ~64 lines
 QUIET_READ_BYTES = 256 << 10
 WAITED_IN_POLL_NS = 1_000_000  # a poll that returned sooner found records already there
-# With nothing batched or due, the reader waits for records up to its next status write but
-# no longer than this: a stop signal ends the wait only when it times out (PEP 475 retries).
-# An idle reader woke every batch_max_ms (50 times a second), ~0.8 % of a core for nothing.
-IDLE_POLL_MAX_MS = 500
+# The longest the reader sleeps or polls at once: a stop signal ends a wait only when it
+# times out (PEP 475 retries it), whatever batch_max_ms is. With nothing batched or due, the
+# reader waits that long (or until its status write): idle, it woke every batch_max_ms (50
+# times a second), ~0.8 % of a core for nothing.
+WAIT_MAX_MS = 500
 # Synthetic record types (negative: never a kernel type) that ask the assembler for a marker.
 CONTROL_RCVBUF_BYTES = 1 << 20
 DRAIN_MAX_S = 20.0  # below the supervisor's 30 s stop grace
@@ -387,6 +388,16 @@ class ReadPacing:
         return 0
 
 
+def sleep_until_tick(tick_s: float, read_at_ns: int, ctx: StageContext) -> None:
+    """Sleep until ``tick_s`` after the last read (wall clock, ``read_at_ns``), at most
+    ``tick_s``, in steps of WAIT_MAX_MS; at once when a stop is requested."""
+    left = min(tick_s, max(0.0, tick_s - (time.time_ns() - read_at_ns) / 1e9))
+    while left > 0 and not ctx.stop_requested:
+        step = min(left, WAIT_MAX_MS / 1000)
+        time.sleep(step)
+        left -= step
+
+
 def ms_until(deadline: float) -> int:
     """Whole milliseconds from now (time.monotonic()) to ``deadline``, at least 0."""
     return max(0, int((deadline - time.monotonic()) * 1000) + 1)
@@ -423,7 +434,7 @@ def _read_loop(
         limit = pacing.records_to_read()
         if ticking and limit == READ_MAX_RECORDS:
             # A tick after the last read: what it finds waited at most batch_max_ms.
-            time.sleep(min(tick_s, max(0.0, tick_s - (time.time_ns() - read_at_ns) / 1e9)))
+            sleep_until_tick(tick_s, read_at_ns, ctx)
             records = source.read_records(limit)
             source_reads += 1
             if records:  # each may have waited in the socket since the last read
@@ -434,7 +445,8 @@ def _read_loop(
         elif limit:
             wait_ms = poll_ms if limit == READ_MAX_RECORDS else CONGESTED_TICK_MS
             if limit == READ_MAX_RECORDS and shipper.is_idle():  # nothing is due before the status
-                wait_ms = max(wait_ms, min(IDLE_POLL_MAX_MS, ms_until(next_status)))
+                wait_ms = max(wait_ms, ms_until(next_status))
+            wait_ms = min(wait_ms, WAIT_MAX_MS)
             polled_ns = time.time_ns()
             if poller.poll(wait_ms):
                 woke_ns = time.time_ns()
@@ -605,7 +617,7 @@ def run_stream(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[s
     source_reads = 0
     while not ctx.stop_requested:
         if ticking:
-            time.sleep(min(tick_s, max(0.0, tick_s - (time.time_ns() - read_at_ns) / 1e9)))
+            sleep_until_tick(tick_s, read_at_ns, ctx)
             chunk = stream.read(0)
             source_reads += 1
             if chunk:
@@ -616,7 +628,8 @@ def run_stream(cfg: Config, ctx: StageContext, shipper: RecordShipper) -> dict[s
         else:
             wait_ms = max(1, cfg.receiver.batch_max_ms)
             if shipper.is_idle():
-                wait_ms = max(wait_ms, min(IDLE_POLL_MAX_MS, ms_until(next_status)))
+                wait_ms = max(wait_ms, ms_until(next_status))
+            wait_ms = min(wait_ms, WAIT_MAX_MS)
             polled_ns = time.time_ns()
             chunk = stream.read(wait_ms)
             source_reads += chunk is not None

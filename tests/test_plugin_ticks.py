@@ -71,3 +71,38 @@ def test_a_paced_plugin_stream_is_read_about_once_per_batch_interval_and_arrives
     receiver = json.loads((run_dir / "summary.json").read_text())["receiver"]
     bound = 2 * seconds * 1000 / BATCH_MAX_MS + 10
     assert 0 < receiver["source_reads"] <= bound, (receiver["source_reads"], seconds)
+
+
+def test_a_stop_is_seen_soon_and_drains_whatever_batch_max_ms_is(tmp_path: Path) -> None:
+    """batch_max_ms 20 s and a few lines in (the reader sleeps a tick): SIGTERM ends the run
+    within a few seconds, not after the tick, and the lines' events are written."""
+    run_dir = tmp_path / "run"
+    conf = tmp_path / "plugin.toml"
+    conf.write_text(
+        f'[runtime]\ndir = "{run_dir}"\n[receiver]\nsource = "stdin"\nbatch_max_ms = 20000\n'
+    )
+    out = tmp_path / "o.jsonl"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "auditstream", "run", "-c", str(conf), "--sink", f"jsonl:{out}"],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (run_dir / "status-receiver.json").exists():
+            assert time.monotonic() < deadline and run.poll() is None, "the receiver never ran"
+            time.sleep(0.05)
+        assert run.stdin is not None
+        os.write(run.stdin.fileno(), b"".join(event_lines(1) + event_lines(2)))
+        time.sleep(1.0)  # read, and asleep in its 20 s tick
+        stopped_at = time.monotonic()
+        run.terminate()
+        _, stderr = run.communicate(timeout=60)
+        took = time.monotonic() - stopped_at
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, stderr.decode(errors="replace")
+    assert took < 10, f"the stop took {took:.1f} s"
+    docs = [json.loads(line) for line in out.read_bytes().splitlines()]
+    assert sorted(d["process"]["pid"] for d in docs if d.get("auditd", {}).get("records")) == [1, 2]
