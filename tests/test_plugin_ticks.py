@@ -7,11 +7,13 @@ at a paced rate, as auditd feeds it; no kernel needed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from live_helpers import REPO
@@ -30,27 +32,47 @@ def event_lines(serial: int) -> list[bytes]:
     ]
 
 
+@contextlib.contextmanager
+def plugin_run(tmp_path: Path, batch_max_ms: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`run --source stdin` with ``batch_max_ms``, once its receiver reads (its status file
+    is there); killed if the test leaves it running."""
+    run_dir = tmp_path / "run"
+    conf = tmp_path / "plugin.toml"
+    conf.write_text(
+        f'[runtime]\ndir = "{run_dir}"\n[receiver]\nsource = "stdin"\n'
+        f"batch_max_ms = {batch_max_ms}\n"
+    )
+    run = subprocess.Popen(
+        [
+            sys.executable, "-m", "auditstream", "run", "-c", str(conf),
+            "--sink", f"jsonl:{tmp_path / 'o.jsonl'}",
+        ],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (run_dir / "status-receiver.json").exists():
+            assert time.monotonic() < deadline and run.poll() is None, "the receiver never ran"
+            time.sleep(0.05)
+        yield run
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+
+def exec_pids(tmp_path: Path) -> list[int]:
+    """The pids of the execve docs written (not the lifecycle docs), sorted."""
+    docs = [json.loads(line) for line in (tmp_path / "o.jsonl").read_bytes().splitlines()]
+    return sorted(d["process"]["pid"] for d in docs if d.get("auditd", {}).get("records"))
+
+
 def test_a_paced_plugin_stream_is_read_about_once_per_batch_interval_and_arrives_whole(
     tmp_path: Path,
 ) -> None:
     """1,000 lines/s, one write each, for 2 s: every event arrives, and the receiver read the
     stream at most twice per batch_max_ms (it read after nearly every line before)."""
-    run_dir = tmp_path / "run"
-    conf = tmp_path / "plugin.toml"
-    conf.write_text(
-        f'[runtime]\ndir = "{run_dir}"\n[receiver]\nsource = "stdin"\n'
-        f"batch_max_ms = {BATCH_MAX_MS}\n"
-    )
-    out = tmp_path / "o.jsonl"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "auditstream", "run", "-c", str(conf), "--sink", f"jsonl:{out}"],
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while not (run_dir / "status-receiver.json").exists():  # reading, not starting
-            assert time.monotonic() < deadline and run.poll() is None, "the receiver never ran"
-            time.sleep(0.05)
+    with plugin_run(tmp_path, BATCH_MAX_MS) as run:
         assert run.stdin is not None
         lines = [line for serial in range(1, EVENTS + 1) for line in event_lines(serial)]
         start = time.monotonic()
@@ -60,15 +82,9 @@ def test_a_paced_plugin_stream_is_read_about_once_per_batch_interval_and_arrives
             os.write(run.stdin.fileno(), line)
         seconds = time.monotonic() - start
         _, stderr = run.communicate(timeout=60)  # closes stdin: auditd stopped us
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
     assert run.returncode == 0, stderr.decode(errors="replace")
-    docs = [json.loads(line) for line in out.read_bytes().splitlines()]
-    execs = [d for d in docs if d.get("auditd", {}).get("records")]  # not lifecycle docs
-    assert sorted(d["process"]["pid"] for d in execs) == list(range(1, EVENTS + 1))
-    receiver = json.loads((run_dir / "summary.json").read_text())["receiver"]
+    assert exec_pids(tmp_path) == list(range(1, EVENTS + 1))
+    receiver = json.loads((tmp_path / "run" / "summary.json").read_text())["receiver"]
     bound = 2 * seconds * 1000 / BATCH_MAX_MS + 10
     assert 0 < receiver["source_reads"] <= bound, (receiver["source_reads"], seconds)
 
@@ -76,21 +92,7 @@ def test_a_paced_plugin_stream_is_read_about_once_per_batch_interval_and_arrives
 def test_a_stop_is_seen_soon_and_drains_whatever_batch_max_ms_is(tmp_path: Path) -> None:
     """batch_max_ms 20 s and a few lines in (the reader sleeps a tick): SIGTERM ends the run
     within a few seconds, not after the tick, and the lines' events are written."""
-    run_dir = tmp_path / "run"
-    conf = tmp_path / "plugin.toml"
-    conf.write_text(
-        f'[runtime]\ndir = "{run_dir}"\n[receiver]\nsource = "stdin"\nbatch_max_ms = 20000\n'
-    )
-    out = tmp_path / "o.jsonl"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "auditstream", "run", "-c", str(conf), "--sink", f"jsonl:{out}"],
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while not (run_dir / "status-receiver.json").exists():
-            assert time.monotonic() < deadline and run.poll() is None, "the receiver never ran"
-            time.sleep(0.05)
+    with plugin_run(tmp_path, 20_000) as run:
         assert run.stdin is not None
         os.write(run.stdin.fileno(), b"".join(event_lines(1) + event_lines(2)))
         time.sleep(1.0)  # read, and asleep in its 20 s tick
@@ -98,11 +100,6 @@ def test_a_stop_is_seen_soon_and_drains_whatever_batch_max_ms_is(tmp_path: Path)
         run.terminate()
         _, stderr = run.communicate(timeout=60)
         took = time.monotonic() - stopped_at
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
     assert run.returncode == 0, stderr.decode(errors="replace")
     assert took < 10, f"the stop took {took:.1f} s"
-    docs = [json.loads(line) for line in out.read_bytes().splitlines()]
-    assert sorted(d["process"]["pid"] for d in docs if d.get("auditd", {}).get("records")) == [1, 2]
+    assert exec_pids(tmp_path) == [1, 2]
