@@ -512,6 +512,11 @@ class Reassembler(Generic[RecordT]):
             return None
         return min((sec * 1000 + msec, serial) for _, sec, msec, serial in self._open)
 
+    def has_timed_work(self) -> bool:
+        """maintain() may still have work without more input: an event is open, or a
+        completed serial waits for the gap below it to settle (the assembler's idle wait)."""
+        return bool(self._open) or any(node.pending for node in self._nodes.values())
+
     def renumber_open(self, batch: int) -> None:
         """Give every open event ``batch`` as its first batch (the batch numbering restarted)."""
         for event in self._open.values():

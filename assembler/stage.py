@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -48,6 +49,9 @@ KERNEL_SOURCES = ("netlink", "multicast")
 OUT_BATCH_EVENTS = 256
 REPLAY_NICE = 10  # the assemblers' nice value in replay (process and autogroup)
 IDLE_POLL_MS = 100
+# An idle assembler (no open event, nothing to ship) sleeps until its status is due, this
+# long at most: a stop signal does not end a wait (PEP 475 retries it).
+IDLE_MAX_MS = 1000
 STATUS_EVERY_S = 1.0
 
 
@@ -300,10 +304,12 @@ def run(cfg: Config, ctx: StageContext) -> int:
     shipped_watermark: dict[str, Any] = {}
     shipped_claim: list[int] | None = None
     heads = sinks_take_doc_text(cfg.sinks)  # else the tree keeper decodes whole docs
+    shipped = True  # ship() ran since the last frame: what the frames changed has gone on
 
     def ship() -> None:
-        nonlocal events_sent, shipped_watermark, shipped_claim, batches_unshipped
+        nonlocal events_sent, shipped_watermark, shipped_claim, batches_unshipped, shipped
         batches_unshipped = 0
+        shipped = True
         watermark = stream.frame_fields(assembly.reassembler.oldest_open_batch())
         claim = assembly.sent_below()
         # An empty frame too when only the watermark moved (the receiver waits for it) or
@@ -322,7 +328,9 @@ def run(cfg: Config, ctx: StageContext) -> int:
     upstream: dict[str, Any] = {}
     eof_forwarded = False
     while True:
-        frame = inlet.recv(IDLE_POLL_MS)
+        frame = inlet.recv(
+            IDLE_POLL_MS if not shipped else idle_wait_ms(assembly, ctx, next_status)
+        )
         if (now := time.monotonic()) >= next_status:
             next_status = now + STATUS_EVERY_S
             write_status(status_file, assembly.status(ctx.index, events_sent, inlet))
@@ -337,6 +345,7 @@ def run(cfg: Config, ctx: StageContext) -> int:
                 break
             continue
         ctx.input_arrived()
+        shipped = False
         if frame.kind == wire.RECORDS:
             if not stream.accept(frame.body):
                 continue
@@ -383,6 +392,17 @@ def run(cfg: Config, ctx: StageContext) -> int:
     inlet.close()
     zctx.term()
     return 0
+
+
+def idle_wait_ms(assembly: Assembly, ctx: StageContext, status_due: float) -> int:
+    """How long the loop may wait for a frame: IDLE_POLL_MS while an event is open (its
+    timeout), a serial gap may still settle, events wait to be shipped, or a stop is asked
+    (STOP_IDLE_S is counted in these turns); else until the status file is due, at most
+    IDLE_MAX_MS."""
+    if ctx.stop_requested or assembly.out or assembly.reassembler.has_timed_work():
+        return IDLE_POLL_MS
+    due_ms = math.ceil((status_due - time.monotonic()) * 1000)
+    return max(0, min(IDLE_MAX_MS, due_ms))
 
 
 EXIT_LINGER_MS = 10_000  # a tree keeper that is gone for longer cannot take our tail anyway

@@ -120,6 +120,11 @@ class AckTracker:
                 acks.append((shard, newest.epoch, newest.durable_below))
         return acks
 
+    @property
+    def outstanding(self) -> bool:
+        """A frame is not acknowledged yet: its events are in the window or the sinks."""
+        return any(self._frames.values())
+
 
 def _is_done(frame: _Frame, durable_seq: int) -> bool:
     return frame.waiting == 0 and frame.seq is not None and frame.seq <= durable_seq
@@ -178,6 +183,15 @@ class AckSender:
             self._sent_below[shard] = pending.pop(shard)["durable_below"]
             self.acks_sent += 1
             self._next_ack = now + ACK_EVERY_S
+
+    def next_due(self, now: float) -> float:
+        """The monotonic time from which :meth:`service` has timed work: a held ack goes
+        (again every ACK_EVERY_S while no receiver takes it), or the next hello. (A frame
+        still in the window or the sinks is not timed: see :attr:`AckTracker.outstanding`.)"""
+        if not self._pending:
+            return self._next_hello
+        next_ack = self._next_ack if self._next_ack > now else now + ACK_EVERY_S
+        return min(next_ack, self._next_hello)
 
     def _frees_enough(self, shard: int, ack: dict[str, Any]) -> bool:
         below: int = ack["durable_below"]

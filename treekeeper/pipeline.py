@@ -92,6 +92,7 @@ class TreeStep:
             max_held=min(MAX_HELD_EVENTS, max(MIN_HELD_EVENTS, buffered // 10)),
             sources=expected,
         )
+        self.held = 0  # events in the window (the C window does not say): the loop's idle wait
         self.clock_ms = 0
         self.lifecycle_events = 0
         self.gap_markers = 0  # events-lost markers passed on (counted here: the only path)
@@ -142,6 +143,7 @@ class TreeStep:
 
     def _apply_released(self, ready: list[Event], out: list[Event]) -> None:
         """Each released event, in order, into its node's table (replay) and then ``out``."""
+        self.held -= len(ready)  # every event the window releases comes through here once
         if not self.event_time or not ready:  # live: kernel records name no node
             self._apply(ready, out)
             return
@@ -270,7 +272,8 @@ class TreeStep:
         at, count = 0, len(events)
         while at < count:
             if not dropped:  # the events up to the next marker in one call (C where built)
-                at = window.push_frame(events, source, ready, at)
+                start, at = at, window.push_frame(events, source, ready, at)
+                self.held += at - start
                 if at == count:
                     break
             event = events[at]
@@ -287,6 +290,7 @@ class TreeStep:
                 self.gap_markers += is_gap_marker(event)
                 continue
             _, sec, msec, serial = event["key"]
+            self.held += 1
             window.push_into(event, sec * 1000 + msec, serial, source, ready)
         self._apply_released(ready, out)
         if window.timelines != self.timelines_warned:
@@ -335,10 +339,30 @@ class TreeStep:
             self.lifecycle_events += len(gone)
         return out
 
-    def idle_poll_ms(self, idle_ms: int) -> int:
+    def idle_poll_ms(self, idle_ms: int, longest_ms: int = 0) -> int:
         """How long the loop may wait for a frame before maintain(): not at all while a
-        /proc sweep is under way, so that its steps run back to back when no frame comes."""
-        return 0 if self.table.sweeping else idle_ms
+        /proc sweep is under way, so that its steps run back to back when no frame comes;
+        ``idle_ms`` while the window holds events; else until maintain() has timed work
+        (:meth:`next_due_ms`), at most ``longest_ms``: an idle host's tree keeper sleeps."""
+        if self.table.sweeping:
+            return 0
+        if longest_ms <= idle_ms or self.held or self.found_at_start:
+            return idle_ms
+        due = self.next_due_ms()
+        if due is None:
+            return longest_ms
+        return max(0, min(longest_ms, due - self._now()))
+
+    def next_due_ms(self) -> int | None:
+        """The clock ms (:meth:`_now`) from which maintain() has timed work besides the
+        window's: a table's exit grace or tentative TTL ends, the next /proc sweep begins.
+        None: none while no event comes (a replay's clock moves only with its events)."""
+        if not self.enabled or (self.event_time and not self.follow):
+            return None
+        dues = [table.next_due_ms() for _, table in self._every_table()]
+        if self.proc_sweep_ms and self.table.proc_source is not None:
+            dues.append(self.next_sweep_ms)
+        return min((due for due in dues if due is not None), default=None)
 
     def _every_table(self) -> list[tuple[str, ProcessTable]]:
         """(node, table) of each table: the nodes' own, and the shared one under node ""."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,9 @@ from treekeeper.pipeline import TreeStep, build_fanout, fanout_stats
 
 log = logging.getLogger("auditstream.treekeeper")
 IDLE_POLL_MS = 100
+# An idle tree keeper (nothing in the window, the sinks or an ack) sleeps until its next
+# timed work, this long at most: a stop signal does not end a wait (PEP 475 retries it).
+IDLE_MAX_MS = 1000
 # While a hello waits for the receiver to connect: the receiver reads nothing before it.
 HELLO_POLL_MS = 10
 MAX_PARKED_EVENTS = 10_000  # frames parked for the merge, in events (~1.5 KB each)
@@ -91,6 +95,8 @@ def run(cfg: Config, ctx: StageContext) -> int:
     received = 0
     last_status = 0.0
     merge = replay_merge(cfg)
+    # What the idle wait wakes for besides frames: `auditstream tree` asks, a receiver joins.
+    wakers = IdleWakers(inlet, control, acks)
     outputs_closed = False
 
     def handle(frame: wire.Frame) -> None:
@@ -117,8 +123,11 @@ def run(cfg: Config, ctx: StageContext) -> int:
         waiting = merge is not None and merge.parked_frames > 0
         if acks.hello_due and not waiting:
             frame = recv_or_joined(inlet, acks, HELLO_POLL_MS)
+        elif waiting:
+            frame = inlet.recv(MERGE_PATIENCE_MS)
         else:
-            frame = inlet.recv(MERGE_PATIENCE_MS if waiting else step.idle_poll_ms(IDLE_POLL_MS))
+            wait_ms = idle_wait_ms(step, acks, fanout, ctx, last_status + STATUS_EVERY_S)
+            frame = wakers.recv(wait_ms)
         now = time.monotonic()
         if frame is None:
             if merge is not None and waiting:  # the one we wait for is quiet: on with the oldest
@@ -191,6 +200,41 @@ def run(cfg: Config, ctx: StageContext) -> int:
     inlet.close()
     zctx.term()
     return 0
+
+
+def idle_wait_ms(
+    step: TreeStep, acks: AckSender, fanout: FanOut, ctx: StageContext, status_due: float
+) -> int:
+    """How long the loop may wait for a frame: IDLE_POLL_MS (0 during a /proc sweep) while
+    anything is in flight (held in the window, written by the sinks, not acknowledged: the
+    sinks' progress wakes no one here) or a stop is asked (STOP_IDLE_S is counted in these
+    turns); else until the next timed work (a table's deadline, an ack or hello, the status
+    file), at most IDLE_MAX_MS."""
+    if ctx.stop_requested or acks.tracker.outstanding or fanout.durable_seq() < fanout.submitted:
+        return step.idle_poll_ms(IDLE_POLL_MS)
+    now = time.monotonic()
+    due_ms = math.ceil((min(status_due, acks.next_due(now)) - now) * 1000)
+    return max(0, min(step.idle_poll_ms(IDLE_POLL_MS, IDLE_MAX_MS), due_ms))
+
+
+class IdleWakers:
+    """The loop's wait for a frame, which a control request or a receiver joining the ack
+    socket ends too: with waits of up to IDLE_MAX_MS, `auditstream tree` and a restarted
+    receiver's hello would otherwise wait for the next turn."""
+
+    def __init__(self, inlet: wire.Inlet, control: ControlServer, acks: AckSender) -> None:
+        assert acks.outlet.watch is not None  # the ack socket is always watched
+        self.inlet = inlet
+        self.poller = zmq.Poller()
+        for sock in (inlet.sock, control.sock, acks.outlet.watch.monitor):
+            self.poller.register(sock, zmq.POLLIN)
+
+    def recv(self, timeout_ms: int) -> wire.Frame | None:
+        """The next frame within ``timeout_ms``; None when it passes or something else woke."""
+        ready = self.poller.poll(timeout_ms)
+        if any(sock is self.inlet.sock for sock, _ in ready):
+            return self.inlet.recv(0)
+        return None
 
 
 def recv_or_joined(inlet: wire.Inlet, acks: AckSender, timeout_ms: int) -> wire.Frame | None:

@@ -511,6 +511,18 @@ class ProcessTable:
                 self._delete(proc, out)
         return out
 
+    def next_due_ms(self) -> int | None:
+        """The clock ms from which maintain() has work (an exit grace, a tentative TTL or a
+        /proc sweep's confirmation ends); None: none until more events come."""
+        dues = []
+        if self._exited:
+            dues.append(self._exited[0][0] + self.config.exit_grace_ms + 1)
+        if self._tentative:
+            dues.append(self._tentative[0][0] + self.config.tentative_ttl_ms + 1)
+        if self._gone:
+            dues.append(self._gone[0][0] + max(self.config.exit_grace_ms, GONE_CONFIRM_MIN_MS))
+        return min(dues, default=None)
+
     @property
     def sweeping(self) -> bool:
         """A /proc sweep is under way: sweep_step() has more to do."""
