@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,7 +32,13 @@ from auditstream.component_status import PROCESSING, ComponentStatus
 from auditstream.config import Config, batching
 from auditstream.logs import RateLimitedLog
 from auditstream.marker_records import DAMAGED_INPUT_TYPE, RESTART_GAP_TYPE
-from auditstream.stage import StageContext, lower_priority, merge_stats, write_status
+from auditstream.stage import (
+    StageContext,
+    lower_priority,
+    merge_stats,
+    ms_until,
+    write_status,
+)
 from sinks import sinks_take_doc_text, sinks_write_raw
 
 log = logging.getLogger("auditstream.assembler")
@@ -401,8 +406,7 @@ def idle_wait_ms(assembly: Assembly, ctx: StageContext, status_due: float) -> in
     IDLE_MAX_MS."""
     if ctx.stop_requested or assembly.out or assembly.reassembler.has_timed_work():
         return IDLE_POLL_MS
-    due_ms = math.ceil((status_due - time.monotonic()) * 1000)
-    return max(0, min(IDLE_MAX_MS, due_ms))
+    return min(IDLE_MAX_MS, ms_until(status_due))
 
 
 EXIT_LINGER_MS = 10_000  # a tree keeper that is gone for longer cannot take our tail anyway

@@ -8,6 +8,7 @@ import ctypes
 import gc
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -71,6 +72,12 @@ def merge_stats(into: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
         else:
             into[key] = value
     return into
+
+
+def ms_until(deadline: float) -> int:
+    """Whole milliseconds from now (time.monotonic()) to ``deadline``, rounded up, at least 0:
+    a wait that long ends at or after it."""
+    return max(0, math.ceil((deadline - time.monotonic()) * 1000))
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from auditstream.marker_records import (
     SOCKET_OVERRUN_TYPE,
     SOURCE_RECONNECT_TYPE,
 )
-from auditstream.stage import StageContext, merge_stats, write_status
+from auditstream.stage import StageContext, merge_stats, ms_until, write_status
 from receiver.kernel import (
     AuditHeld,
     AuditStatus,
@@ -396,11 +396,6 @@ def sleep_until_tick(tick_s: float, read_at_ns: int, ctx: StageContext) -> None:
         step = min(left, WAIT_MAX_MS / 1000)
         time.sleep(step)
         left -= step
-
-
-def ms_until(deadline: float) -> int:
-    """Whole milliseconds from now (time.monotonic()) to ``deadline``, at least 0."""
-    return max(0, int((deadline - time.monotonic()) * 1000) + 1)
 
 
 def kernel_waits(status: AuditStatus, *, multicast: bool) -> bool:

@@ -521,3 +521,45 @@ def feed_slowly(pipe: IO[bytes], log: Path, seconds: float, chunks: int = 40) ->
             pipe.write(b"".join(lines[start : start + step]))
             pipe.flush()
             time.sleep(seconds / chunks)
+
+
+@contextlib.contextmanager
+def stdin_run(
+    tmp_path: Path, receiver_options: str = "", stages: tuple[str, ...] = ("receiver",)
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`run --source stdin` (the auditd plugin source: no kernel) into ``tmp_path/o.jsonl``,
+    runtime dir ``tmp_path/run``, ``receiver_options`` added to `[receiver]`; yielded once
+    each of ``stages`` has written its status; killed if the test leaves it running."""
+    run_dir = tmp_path / "run"
+    conf = tmp_path / "stdin.toml"
+    conf.write_text(
+        f'[runtime]\ndir = "{run_dir}"\n[receiver]\nsource = "stdin"\n{receiver_options}'
+    )
+    run = subprocess.Popen(
+        [
+            sys.executable, "-m", "auditstream", "run", "-c", str(conf),
+            "--sink", f"jsonl:{tmp_path / 'o.jsonl'}",
+        ],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not all((run_dir / f"status-{name}.json").exists() for name in stages):
+            assert time.monotonic() < deadline and run.poll() is None, "the stages never ran"
+            time.sleep(0.05)
+        yield run
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        for pipe in (run.stdin, run.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def main_thread_sleeps(pid: int) -> int:
+    """How often the process ``pid``'s main thread has gone to sleep (voluntary switches)."""
+    for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches for {pid}")

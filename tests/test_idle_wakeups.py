@@ -12,14 +12,13 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import zmq
-from live_helpers import REPO, stage_pids
+from live_helpers import main_thread_sleeps, stage_pids, stdin_run
 from test_tree import BASE_MS, execve, exit_group, fork
 
 from assembler import stage as assembler_stage
@@ -41,40 +40,10 @@ MAX_SLEEPS_PER_S = 4
 @contextlib.contextmanager
 def idle_run(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     """`run --source stdin`, stdin an open pipe with nothing written, once every stage has
-    written its status: (supervisor, runtime dir); killed if the test leaves it running."""
-    run_dir = tmp_path / "run"
-    conf = tmp_path / "idle.toml"
-    conf.write_text(f'[runtime]\ndir = "{run_dir}"\n[receiver]\nsource = "stdin"\n')
-    run = subprocess.Popen(
-        [
-            sys.executable, "-m", "auditstream", "run", "-c", str(conf),
-            "--sink", f"jsonl:{tmp_path / 'o.jsonl'}",
-        ],
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        names = ("receiver", "assembler-0", "treekeeper")
-        while not all((run_dir / f"status-{name}.json").exists() for name in names):
-            assert time.monotonic() < deadline and run.poll() is None, "the stages never ran"
-            time.sleep(0.05)
+    written its status and its start-up is over: (supervisor, runtime dir)."""
+    with stdin_run(tmp_path, stages=("receiver", "assembler-0", "treekeeper")) as run:
         time.sleep(1.0)  # the start-up scan's lifecycle docs written and acknowledged
-        yield run, run_dir
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-        for pipe in (run.stdin, run.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-def main_thread_sleeps(pid: int) -> int:
-    """How often the process ``pid``'s main thread has gone to sleep (voluntary switches)."""
-    for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no voluntary_ctxt_switches for {pid}")
+        yield run, tmp_path / "run"
 
 
 def test_an_idle_assembler_and_tree_keeper_sleep_a_few_times_a_second(tmp_path: Path) -> None:

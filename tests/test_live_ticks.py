@@ -15,7 +15,15 @@ import time
 from pathlib import Path
 
 import pytest
-from live_helpers import KernelState, LiveRun, kernel_clean, read_events, start_run, write_config
+from live_helpers import (
+    KernelState,
+    LiveRun,
+    kernel_clean,
+    main_thread_sleeps,
+    read_events,
+    start_run,
+    write_config,
+)
 
 pytestmark = pytest.mark.kernel
 __all__ = ["kernel_clean"]  # the fixture is used by name
@@ -67,14 +75,6 @@ def test_a_low_rate_is_read_about_once_per_batch_interval_and_arrives_whole(
     assert 0 < receiver["source_reads"] <= bound, (receiver["source_reads"], seconds)
 
 
-def voluntary_switches(pid: int) -> int:
-    """How often the thread ``pid`` (a process's main thread) has gone to sleep."""
-    for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no voluntary_ctxt_switches for {pid}")
-
-
 def test_an_idle_reader_wakes_a_few_times_a_second(
     kernel_clean: KernelState, runs: list[LiveRun], tmp_path: Path
 ) -> None:
@@ -86,9 +86,9 @@ def test_an_idle_reader_wakes_a_few_times_a_second(
     run = start_run(runs, tmp_path, "-c", str(config), "--sink", f"jsonl:{tmp_path / 'out'}")
     receiver = run.wait_registered()
     time.sleep(1.0)  # past the start's own traffic
-    before, started = voluntary_switches(receiver), time.monotonic()
+    before, started = main_thread_sleeps(receiver), time.monotonic()
     time.sleep(3.0)
-    woke = voluntary_switches(receiver) - before
+    woke = main_thread_sleeps(receiver) - before
     seconds = time.monotonic() - started
     assert run.stop() == 0, run.stderr_text
     assert woke <= 6 * seconds, (woke, seconds)

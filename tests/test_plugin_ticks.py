@@ -7,16 +7,12 @@ at a paced rate, as auditd feeds it; no kernel needed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from live_helpers import REPO
+from live_helpers import stdin_run
 
 BATCH_MAX_MS = 20
 EVENTS, LINES_PER_S = 1000, 1000.0
@@ -32,35 +28,6 @@ def event_lines(serial: int) -> list[bytes]:
     ]
 
 
-@contextlib.contextmanager
-def plugin_run(tmp_path: Path, batch_max_ms: int) -> Iterator[subprocess.Popen[bytes]]:
-    """`run --source stdin` with ``batch_max_ms``, once its receiver reads (its status file
-    is there); killed if the test leaves it running."""
-    run_dir = tmp_path / "run"
-    conf = tmp_path / "plugin.toml"
-    conf.write_text(
-        f'[runtime]\ndir = "{run_dir}"\n[receiver]\nsource = "stdin"\n'
-        f"batch_max_ms = {batch_max_ms}\n"
-    )
-    run = subprocess.Popen(
-        [
-            sys.executable, "-m", "auditstream", "run", "-c", str(conf),
-            "--sink", f"jsonl:{tmp_path / 'o.jsonl'}",
-        ],
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while not (run_dir / "status-receiver.json").exists():
-            assert time.monotonic() < deadline and run.poll() is None, "the receiver never ran"
-            time.sleep(0.05)
-        yield run
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-
-
 def exec_pids(tmp_path: Path) -> list[int]:
     """The pids of the execve docs written (not the lifecycle docs), sorted."""
     docs = [json.loads(line) for line in (tmp_path / "o.jsonl").read_bytes().splitlines()]
@@ -72,7 +39,7 @@ def test_a_paced_plugin_stream_is_read_about_once_per_batch_interval_and_arrives
 ) -> None:
     """1,000 lines/s, one write each, for 2 s: every event arrives, and the receiver read the
     stream at most twice per batch_max_ms (it read after nearly every line before)."""
-    with plugin_run(tmp_path, BATCH_MAX_MS) as run:
+    with stdin_run(tmp_path, f"batch_max_ms = {BATCH_MAX_MS}\n") as run:
         assert run.stdin is not None
         lines = [line for serial in range(1, EVENTS + 1) for line in event_lines(serial)]
         start = time.monotonic()
@@ -92,7 +59,7 @@ def test_a_paced_plugin_stream_is_read_about_once_per_batch_interval_and_arrives
 def test_a_stop_is_seen_soon_and_drains_whatever_batch_max_ms_is(tmp_path: Path) -> None:
     """batch_max_ms 20 s and a few lines in (the reader sleeps a tick): SIGTERM ends the run
     within a few seconds, not after the tick, and the lines' events are written."""
-    with plugin_run(tmp_path, 20_000) as run:
+    with stdin_run(tmp_path, "batch_max_ms = 20000\n") as run:
         assert run.stdin is not None
         os.write(run.stdin.fileno(), b"".join(event_lines(1) + event_lines(2)))
         time.sleep(1.0)  # read, and asleep in its 20 s tick

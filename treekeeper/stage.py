@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +14,7 @@ from auditstream.component_status import PROCESSING, ComponentStatus
 from auditstream.config import Config
 from auditstream.logs import RateLimitedLog
 from auditstream.redelivery import is_restart
-from auditstream.stage import StageContext, merge_stats, write_status
+from auditstream.stage import StageContext, merge_stats, ms_until, write_status
 from sinks import sinks_take_doc_text
 from sinks.fanout import FanOut, marker_doc
 from treekeeper.acks import AckSender
@@ -212,9 +211,8 @@ def idle_wait_ms(
     file), at most IDLE_MAX_MS."""
     if ctx.stop_requested or acks.tracker.outstanding or fanout.durable_seq() < fanout.submitted:
         return step.idle_poll_ms(IDLE_POLL_MS)
-    now = time.monotonic()
-    due_ms = math.ceil((min(status_due, acks.next_due(now)) - now) * 1000)
-    return max(0, min(step.idle_poll_ms(IDLE_POLL_MS, IDLE_MAX_MS), due_ms))
+    due_ms = ms_until(min(status_due, acks.next_due(time.monotonic())))
+    return min(step.idle_poll_ms(IDLE_POLL_MS, IDLE_MAX_MS), due_ms)
 
 
 class IdleWakers:
