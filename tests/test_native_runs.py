@@ -5,7 +5,8 @@ at the close they must have handed out, reported lost and counted the same, and 
 same state: open events, recently completed keys (in order), clock, and every node's
 serial bookkeeping. The streams are kernel-like (whole runs in near serial order, with
 gaps, repeats, strays, new serial spaces, events without EOE, lone records, markers),
-random (hypothesis), sharded, in event time and in wall time, with the bounds that make
+interleaved (records alone that join an open event), random (hypothesis), sharded, in
+event time and in wall time, with the bounds that make
 push_run evict or go record by record. Ints beyond what C keeps, and an exception from the
 completion callback, must leave what the Python function leaves.
 """
@@ -215,6 +216,56 @@ def test_most_whole_runs_are_completed_in_c() -> None:
     assert len(side.collector.events) == 2000
     assert calls.count("push_run") == 1  # the first: its node is new
     assert calls.count("_note_completed") == 100  # the first batch: no frontier before maintain
+
+
+def interleaved_rows(rng: random.Random, count: int) -> list[Row]:
+    """Kernel-like rows with the records of neighbouring events interleaved, as two CPUs'
+    exits can write them to a log: records alone that join an event already open."""
+    events: list[list[Row]] = [[]]
+    for row in kernel_rows(rng, count, swaps=0.0):
+        events[-1].append(row)
+        if row[0] == 1320 or row[0] <= 0 or rng.random() < 0.02:
+            events.append([])
+    rows: list[Row] = []
+    for first, second in zip(events[0::2], events[1::2], strict=False):
+        while first or second:  # alternate, one or two records at a time
+            for event in (first, second):
+                take = rng.choice([1, 1, 2])
+                rows += event[:take]
+                del event[:take]
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_interleaved_events(seed: int) -> None:
+    """Records of events that interleave give the same hand-outs, losses, counters and state
+    both ways, with the bounds that evict by record count and by events in flight."""
+    rng = random.Random(seed)
+    limits = {
+        "timeout_ms": rng.choice([0, 50, 10**9]),
+        "max_in_flight": rng.choice([1, 3, 1000]),
+        "max_records_per_event": rng.choice([2, 3, 1000]),
+    }
+    both_ways(interleaved_rows(rng, 300), rng.choice([3, 7, 64]), rng.random() < 0.7, **limits)
+
+
+def test_records_that_join_an_open_event_are_pushed_in_c() -> None:
+    """Two events' records alternating one by one: only the record that opens each event goes
+    to push; the others, the EOE that completes it among them, are appended in C."""
+    side = Side(native_runs.push_items, timeout_ms=0)
+    pushed: list[int] = []
+    push = side.reassembler.push
+    side.reassembler.push = lambda rec, now: (pushed.append(rec.serial), push(rec, now))[1]  # type: ignore[method-assign]
+    rows = []
+    for serial in range(1, 1001, 2):
+        for rtype in (1300, 1302, 1320):
+            for own in (serial, serial + 1):
+                rows.append((rtype, b"audit(%d.000:%d): x=1" % (SEC, own), ""))
+    for number, start in enumerate(range(0, len(rows), 300)):
+        side.batch(rows[start : start + 300], True, 0, number)
+    assert len(side.collector.events) == 1000
+    assert all(reason is CompletionReason.EOE for _, reason in side.collector.events)
+    assert sorted(pushed) == list(range(1, 1001))  # each event's first record only
 
 
 @pytest.mark.parametrize(

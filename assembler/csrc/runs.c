@@ -10,7 +10,9 @@
  * completed recently, its node known, its serial within 2^12 of the node's newest (no stray
  * waiting to be judged when it moves the newest on), room for one more open event. Its
  * serial's frontier step is taken here when the event is the next in order and nothing is
- * pending or alone, as push_run does. Every other item goes to the Python methods (push,
+ * pending or alone, as push_run does. A record alone whose event is open (the records of
+ * events that interleave, as in a replayed log's) is appended here, and an EOE completes
+ * its event as push and _finish do. Every other item goes to the Python methods (push,
  * push_run, the reassembler's _note_completed), after every check and before any change, so
  * the state is always what the Python function leaves. Ints beyond 2^62 (clocks, serial
  * spaces) hand the rest of the batch to the Python function.
@@ -26,12 +28,14 @@
 #include <stdint.h>
 
 #define EOE_TYPE 1320
+#define LOGIN_TYPE 1006  /* reassembler.completes_alone: the bounds and exceptions */
+#define KERNEL_TYPE 2000
 #define SERIAL_MASK 0xffffffffLL
 #define SERIAL_HALF 0x80000000LL
 #define BACKWARD_JUMP 4096 /* reassembler.BACKWARD_JUMP: the unwrap's near case */
 #define FITS (1LL << 62)   /* larger ints go to the Python function */
 
-static PyTypeObject *record_type, *node_type;
+static PyTypeObject *record_type, *node_type, *open_type;
 static PyObject *python_push_items, *reason_eoe;
 
 enum { R_TYPE, R_NODE, R_SEC, R_MSEC, R_SERIAL, R_COUNT };
@@ -42,6 +46,10 @@ enum { N_STRIDE, N_LAST_SEEN, N_CANDIDATE, N_FRONTIER, N_PENDING, N_ALONE, N_COU
 static const char *const node_names[N_COUNT] = {"stride",   "last_seen", "candidate",
                                                 "frontier", "pending",   "alone"};
 static Py_ssize_t node_offsets[N_COUNT];
+
+enum { O_RECORDS, O_UNWRAPPED, O_COUNT };
+static const char *const open_names[O_COUNT] = {"records", "unwrapped"};
+static Py_ssize_t open_offsets[O_COUNT];
 
 static PyObject *s_open, *s_recent, *s_nodes, *s_stats, *s_on_complete, *s_clock, *s_push,
     *s_push_run, *s_note_completed, *s_max_records, *s_max_in_flight, *s_max_recent, *s_popitem,
@@ -157,6 +165,62 @@ static int record_type_is(PyObject *rec, long type)
     return small(slot(rec, record_offsets[R_TYPE]), &value) && value == type;
 }
 
+/* _done's hand-over after the event is out of _open and in _recent: count it (EOE), call
+ * on_complete(records, EOE), then the frontier step of an event next in order (push_run's
+ * inlined case), else _note_completed(node, name, unwrapped). ``node``: borrowed from
+ * _nodes; ``unwrapped_obj``: the event's own int when the caller has one (else made here).
+ * 1 done, -1 error. */
+static int completed(Parts *p, PyObject *records, PyObject *node, PyObject *name,
+                     PyObject *unwrapped_obj, long long unwrapped)
+{
+    p->whole++;
+    PyObject *args[2] = {records, reason_eoe};
+    Py_INCREF(node); /* the callback runs Python code */
+    PyObject *result = PyObject_Vectorcall(p->on_complete, args, 2, NULL);
+    if (result == NULL) {
+        Py_DECREF(node);
+        return -1;
+    }
+    Py_DECREF(result);
+    int rc = 1;
+    long long frontier;
+    PyObject *pending = slot(node, node_offsets[N_PENDING]), *alone = slot(node, node_offsets[N_ALONE]);
+    if (small(slot(node, node_offsets[N_FRONTIER]), &frontier) && frontier == unwrapped &&
+        pending != NULL && PyList_CheckExact(pending) && PyList_GET_SIZE(pending) == 0 &&
+        alone != NULL && PyDict_CheckExact(alone) && PyDict_GET_SIZE(alone) == 0) {
+        PyObject *next = PyLong_FromLongLong(unwrapped + 1);
+        if (next == NULL)
+            rc = -1;
+        else
+            set_slot(node, node_offsets[N_FRONTIER], next);
+    } else {
+        PyObject *made = unwrapped_obj ? NULL : PyLong_FromLongLong(unwrapped);
+        PyObject *number = unwrapped_obj ? unwrapped_obj : made;
+        PyObject *noted = number ? PyObject_CallFunctionObjArgs(p->note_completed, node, name,
+                                                                number, NULL)
+                                 : NULL;
+        rc = noted != NULL ? 1 : -1;
+        Py_XDECREF(noted);
+        Py_XDECREF(made);
+    }
+    Py_DECREF(node);
+    return rc;
+}
+
+/* _recent[key] = None, the oldest dropped beyond its bound (_done's first lines); -1 error. */
+static int note_recent(Parts *p, PyObject *key)
+{
+    if (PyObject_SetItem(p->recent, key, Py_None) < 0)
+        return -1;
+    if (PyDict_GET_SIZE(p->recent) > p->max_recent) {
+        PyObject *dropped = PyObject_CallMethodObjArgs(p->recent, s_popitem, Py_False, NULL);
+        if (dropped == NULL)
+            return -1;
+        Py_DECREF(dropped);
+    }
+    return 0;
+}
+
 /* The run as a whole event completed here: 1 done, 0 left to push_run (nothing changed),
  * -1 error. */
 static int whole_run(Parts *p, PyObject *run)
@@ -219,50 +283,80 @@ static int whole_run(Parts *p, PyObject *run)
         }
         set_slot(node, node_offsets[N_LAST_SEEN], seen_to);
     }
-    if (PyObject_SetItem(p->recent, key, Py_None) < 0) {
+    if (note_recent(p, key) < 0) {
         rc = -1;
         goto done;
     }
-    if (PyDict_GET_SIZE(p->recent) > p->max_recent) {
-        PyObject *dropped = PyObject_CallMethodObjArgs(p->recent, s_popitem, Py_False, NULL);
-        if (dropped == NULL) {
-            rc = -1;
+    rc = completed(p, run, node, name, NULL, unwrapped);
+done:
+    Py_DECREF(key);
+    return rc;
+}
+
+/* push() of one record whose event is open (records of events that interleave, as a
+ * replayed log's may): appended here and, an EOE, the event completed as _finish does.
+ * 1 done, 0 left to push (nothing changed), -1 error. */
+static int joins_open(Parts *p, PyObject *rec, long long now)
+{
+    long long type, unwrapped;
+    if (!Py_IS_TYPE(rec, record_type) || !small(slot(rec, record_offsets[R_TYPE]), &type))
+        return 0;
+    if ((type < 1300 || type >= 2100 || type == KERNEL_TYPE) && type != LOGIN_TYPE)
+        return 0; /* completes alone */
+    PyObject *name = slot(rec, record_offsets[R_NODE]), *sec = slot(rec, record_offsets[R_SEC]),
+             *msec = slot(rec, record_offsets[R_MSEC]),
+             *serial_obj = slot(rec, record_offsets[R_SERIAL]);
+    if (name == NULL || sec == NULL || msec == NULL || serial_obj == NULL ||
+        !PyUnicode_CheckExact(name))
+        return 0;
+    PyObject *key = PyTuple_Pack(4, name, sec, msec, serial_obj);
+    if (key == NULL)
+        return -1;
+    int rc = 0;
+    PyObject *event = PyDict_GetItemWithError(p->open, key); /* borrowed */
+    if (event == NULL) {
+        rc = PyErr_Occurred() ? -1 : 0; /* opens an event, or comes late: push */
+        goto done;
+    }
+    PyObject *records = Py_IS_TYPE(event, open_type) ? slot(event, open_offsets[O_RECORDS]) : NULL;
+    PyObject *unwrapped_obj = Py_IS_TYPE(event, open_type) ? slot(event, open_offsets[O_UNWRAPPED])
+                                                           : NULL;
+    if (records == NULL || !PyList_CheckExact(records) || unwrapped_obj == NULL)
+        goto done;
+    int eoe = type == EOE_TYPE;
+    if (!eoe && PyList_GET_SIZE(records) + 1 >= p->max_records)
+        goto done; /* it would be evicted: push */
+    PyObject *node = NULL;
+    if (eoe) {
+        node = PyDict_GetItemWithError(p->nodes, name);
+        if (node == NULL) {
+            rc = PyErr_Occurred() ? -1 : 0; /* a node forgotten meanwhile: push */
             goto done;
         }
-        Py_DECREF(dropped);
+        if (!Py_IS_TYPE(node, node_type) || !small(unwrapped_obj, &unwrapped))
+            goto done;
     }
-    p->whole++;
-    PyObject *args[2] = {run, reason_eoe};
-    Py_INCREF(node); /* borrowed from _nodes: the callback runs Python code */
-    PyObject *result = PyObject_Vectorcall(p->on_complete, args, 2, NULL);
-    if (result == NULL) {
-        Py_DECREF(node);
+
+    /* From here on, push's changes, in its order. */
+    p->records++;
+    if (move_clock(p, now) < 0 || PyList_Append(records, rec) < 0) {
         rc = -1;
         goto done;
     }
-    Py_DECREF(result);
     rc = 1;
-    /* The frontier step of an event next in order, else _note_completed. */
-    long long frontier;
-    PyObject *pending = slot(node, node_offsets[N_PENDING]), *alone = slot(node, node_offsets[N_ALONE]);
-    if (small(slot(node, node_offsets[N_FRONTIER]), &frontier) && frontier == unwrapped &&
-        pending != NULL && PyList_CheckExact(pending) && PyList_GET_SIZE(pending) == 0 &&
-        alone != NULL && PyDict_CheckExact(alone) && PyDict_GET_SIZE(alone) == 0) {
-        PyObject *next = PyLong_FromLongLong(unwrapped + 1);
-        if (next == NULL)
-            rc = -1;
-        else
-            set_slot(node, node_offsets[N_FRONTIER], next);
-    } else {
-        PyObject *unwrapped_obj = PyLong_FromLongLong(unwrapped);
-        PyObject *noted = unwrapped_obj ? PyObject_CallFunctionObjArgs(
-                                              p->note_completed, node, name, unwrapped_obj, NULL)
-                                        : NULL;
-        rc = noted != NULL ? 1 : -1;
-        Py_XDECREF(noted);
-        Py_XDECREF(unwrapped_obj);
-    }
+    if (!eoe)
+        goto done;
+    Py_INCREF(records);
+    Py_INCREF(unwrapped_obj);
+    Py_INCREF(node);
+    /* _finish: out of _open (the event object goes with it), then _done. */
+    if (PyObject_DelItem(p->open, key) < 0 || note_recent(p, key) < 0)
+        rc = -1;
+    else
+        rc = completed(p, records, node, name, unwrapped_obj, unwrapped);
     Py_DECREF(node);
+    Py_DECREF(unwrapped_obj);
+    Py_DECREF(records);
 done:
     Py_DECREF(key);
     return rc;
@@ -355,15 +449,14 @@ static PyObject *py_push_items(PyObject *module, PyObject *const *args, Py_ssize
                 clock = stamp;
         }
         int done = 0;
-        if (n > 1) {
-            if (move_clock(&p, clock) < 0)
-                goto fail;
-            Py_INCREF(item);
-            done = whole_run(&p, item);
-            Py_DECREF(item);
-            if (done < 0)
-                goto fail;
-        }
+        Py_INCREF(item);
+        if (n > 1)
+            done = move_clock(&p, clock) < 0 ? -1 : whole_run(&p, item);
+        else
+            done = joins_open(&p, first, clock);
+        Py_DECREF(item);
+        if (done < 0)
+            goto fail;
         if (!done) {
             PyObject *clock_obj = PyLong_FromLongLong(clock);
             if (clock_obj == NULL)
@@ -438,7 +531,8 @@ static int constants_agree(PyObject *reassembler_module)
         const char *name;
         long long value;
     } copied[] = {{"EOE_TYPE", EOE_TYPE}, {"SERIAL_MASK", SERIAL_MASK},
-                  {"BACKWARD_JUMP", BACKWARD_JUMP}, {"IN_SPACE", 0}};
+                  {"BACKWARD_JUMP", BACKWARD_JUMP}, {"IN_SPACE", 0},
+                  {"LOGIN_TYPE", LOGIN_TYPE}, {"KERNEL_TYPE", KERNEL_TYPE}};
     for (size_t k = 0; k < sizeof copied / sizeof copied[0]; k++) {
         PyObject *value = PyObject_GetAttrString(reassembler_module, copied[k].name);
         long long v;
@@ -474,11 +568,14 @@ PyMODINIT_FUNC PyInit_native_runs(void)
              (record_type = (PyTypeObject *)PyObject_GetAttrString(parse, "Record")) != NULL &&
              (node_type = (PyTypeObject *)PyObject_GetAttrString(reassembler, "_NodeSerials")) !=
                  NULL &&
-             PyType_Check(record_type) && PyType_Check(node_type) &&
+             (open_type = (PyTypeObject *)PyObject_GetAttrString(reassembler, "_OpenEvent")) !=
+                 NULL &&
+             PyType_Check(record_type) && PyType_Check(node_type) && PyType_Check(open_type) &&
              (python_push_items = PyObject_GetAttrString(batch, "push_items")) != NULL &&
              (reason_eoe = PyObject_GetAttrString(reasons, "EOE")) != NULL &&
              slot_offsets(record_type, record_names, record_offsets, R_COUNT) == 0 &&
-             slot_offsets(node_type, node_names, node_offsets, N_COUNT) == 0;
+             slot_offsets(node_type, node_names, node_offsets, N_COUNT) == 0 &&
+             slot_offsets(open_type, open_names, open_offsets, O_COUNT) == 0;
     Py_XDECREF(reassembler);
     Py_XDECREF(parse);
     Py_XDECREF(batch);
