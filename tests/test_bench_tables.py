@@ -107,3 +107,26 @@ def test_replay_takes_a_list_of_assembler_counts() -> None:
         except replay.argparse.ArgumentTypeError:
             continue
         raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_cpu_rows_compare_per_event_delivered_where_a_reader_lost_records() -> None:
+    """Lossless at a rate, CPU is per 1k events of the load; where auditd lost records (and
+    so did less work), the row gives both and the verdict compares per event delivered."""
+    bench_all = _bench_module("all")
+    results = [
+        _live_result("auditstream", 1_000, cpu_s={"receiver": 0.5}),
+        _live_result("auditd", 1_000, cpu_s={"auditd": 0.25}),
+        _live_result("auditstream", 50_000),
+        _live_result("auditd", 50_000, events_out=125_000, kernel_lost=600_000),
+    ]
+    rows = [row for row in bench_all.live_rows(results, 5.0) if "CPU s per 1k" in row[0]]
+    assert rows == [
+        ("live 1,000/s: CPU s per 1k events", "0.100", "0.050", "2.00x", "not met (<= auditd)"),
+        (
+            "live 50,000/s: CPU s per 1k events of the load / delivered",
+            "0.018 / 0.018",
+            "0.012 / 0.024",
+            "1.50x / 0.75x",
+            "met per event delivered; auditd lost 600,000 records (125,000 of 250,000 events out)",
+        ),
+    ]
