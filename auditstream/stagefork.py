@@ -6,7 +6,11 @@ from a supervisor that has imported its stage module, a stage starts at once and
 those pages until it writes them (docs/performance.md, twenty-seventh pass). The
 supervisor imports each stage's module just before that stage's fork, downstream first:
 the tree keeper sets up while the supervisor imports the next stage's modules
-(forty-second pass).
+(forty-second pass). The tree keeper, forked first, imports its own modules after the
+fork (IMPORTED_AFTER_FORK): its imports, the largest, then run on one core while the
+supervisor imports the assembler's and the receiver's on the other (forty-fourth pass).
+A module it cannot import ends it with exit code 1 and the traceback on stderr, and the
+supervisor reports that it could not start.
 
 A forked stage runs ``stage_main`` as ``python -m NAME`` would: in a session of its own,
 SIGINT and SIGTERM at their defaults until the stage sets its handlers (blocked across
@@ -44,6 +48,8 @@ STAGE_RUNNERS = {
     "assembler": "assembler.stage",
     "treekeeper": "treekeeper.stage",
 }
+# Stages that import their module after the fork, in the child: see the docstring.
+IMPORTED_AFTER_FORK = frozenset({"treekeeper"})
 WAIT_POLL_S = 0.005
 
 
@@ -122,7 +128,9 @@ def fork_stage(
     it cannot be forked (exec it then, passing the same descriptors)."""
     if not forkable(module):
         return None
-    run: StageRun = importlib.import_module(STAGE_RUNNERS[module]).run
+    run: StageRun | None = None
+    if module not in IMPORTED_AFTER_FORK:
+        run = importlib.import_module(STAGE_RUNNERS[module]).run
     for stream in (sys.stdout, sys.stderr):  # what is buffered would be written twice
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
@@ -165,7 +173,7 @@ def _close_fds_above_2(keep: tuple[int, ...]) -> None:
 
 def _run_in_child(
     module: str,
-    run: StageRun,
+    run: StageRun | None,
     args: list[str],
     stdin_inherit: bool,
     setup: Callable[[], None],
@@ -186,6 +194,8 @@ def _run_in_child(
         _stdio_on_standard_fds()
         _close_fds_above_2(keep_fds)
         setup()
+        if run is None:
+            run = importlib.import_module(STAGE_RUNNERS[module]).run
         code = stage_main(module, run, args)
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)

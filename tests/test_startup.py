@@ -1,8 +1,9 @@
 """The fixed cost of every replay: what its start imports and what it waits for.
 
 docs/performance.md, "Forty-second pass": each stage forked as soon as its modules are
-imported, the tree keeper woken by the receiver's connection, no module a replay does not
-use (subprocess, tomllib, OpenSSL's hashlib) on its way. `bench/replay.py` measures it.
+imported (the tree keeper before, importing its own: forty-fourth pass), the tree keeper
+woken by the receiver's connection, no module a replay does not use (subprocess, tomllib,
+OpenSSL's hashlib) on its way. `bench/replay.py` measures it.
 """
 
 from __future__ import annotations
@@ -154,3 +155,31 @@ def test_a_stage_that_cannot_be_imported_stops_those_forked_before_it(
     assert treekeeper is not None and treekeeper.pid != os.getpid()
     assert treekeeper.poll() == 0  # stopped by SIGTERM through its own handler, and reaped
     assert all(stage.proc is None for stage in supervisor.stages[1:])
+
+
+def test_the_tree_keeper_imports_its_modules_after_its_fork(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The tree keeper's module is imported in the forked child, not in the supervisor: one
+    that cannot be imported ends the child (exit 1, the error on its stderr), the supervisor
+    says it could not start and stops the stages forked after it."""
+    monkeypatch.setitem(stagefork.STAGE_RUNNERS, "treekeeper", "auditstream_test_no_tree_keeper")
+    cfg = Config()
+    cfg.runtime.dir = str(tmp_path / "run")
+    conf = tmp_path / "effective-config.json"
+    write_json(cfg, conf)
+    supervisor = Supervisor(
+        conf,
+        assemblers=1,
+        receiver_stdin=False,
+        policy=RestartPolicy(),
+        fork_stages=True,
+        ready_file=tmp_path / "ready",
+    )
+    assert supervisor.run() == 1
+    assert "auditstream_test_no_tree_keeper" not in sys.modules
+    treekeeper = supervisor.stages[0]
+    assert treekeeper.proc is not None and treekeeper.proc.poll() == 1
+    assert supervisor.failed == ["treekeeper"]
+    assert all(s.proc is not None and s.proc.poll() is not None for s in supervisor.stages)
+    assert "No module named 'auditstream_test_no_tree_keeper'" in capfd.readouterr().err
