@@ -108,7 +108,10 @@ def cpu_row(
         return cpu / max(events / 1000, 1e-9)
 
     my_gen, peer_gen = per_1k(my_cpu, mine["generated"]), per_1k(peer_cpu, peer["generated"])
-    lossy = [r for r in (mine, peer) if r["kernel_lost"] or r["events_out"] < r["generated"]]
+    readers = (("ours", mine), ("auditd", peer))
+    lossy = [
+        (name, r) for name, r in readers if r["kernel_lost"] or r["events_out"] < r["generated"]
+    ]
     label = f"live {rate:,}/s: CPU s per 1k events"
     if not lossy:
         return (label, f"{my_gen:.3f}", f"{peer_gen:.3f}",
@@ -118,8 +121,8 @@ def cpu_row(
     losses = ", ".join(
         f"{name} lost {r['kernel_lost']:,} records ({r['events_out']:,} of "
         f"{r['generated']:,} events out)"
-        for name, r in (("ours", mine), ("auditd", peer)) if r in lossy
-    )  # fmt: skip
+        for name, r in lossy
+    )
     met = "met" if peer_out and my_out <= peer_out else "not met (<= auditd)"
     return (f"{label} of the load / delivered", f"{my_gen:.3f} / {my_out:.3f}",
             f"{peer_gen:.3f} / {peer_out:.3f}",
