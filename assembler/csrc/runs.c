@@ -165,6 +165,22 @@ static int record_type_is(PyObject *rec, long type)
     return small(slot(rec, record_offsets[R_TYPE]), &value) && value == type;
 }
 
+/* The key (node, sec, msec, serial) of a record, as the reassembler's dicts hold it: 1 with
+ * *key new and *name borrowed, 0 when its slots are not those of a plain record (the Python
+ * methods cope), -1 error. */
+static int key_of(PyObject *rec, PyObject **key, PyObject **name)
+{
+    PyObject *node = slot(rec, record_offsets[R_NODE]), *sec = slot(rec, record_offsets[R_SEC]),
+             *msec = slot(rec, record_offsets[R_MSEC]),
+             *serial = slot(rec, record_offsets[R_SERIAL]);
+    if (node == NULL || sec == NULL || msec == NULL || serial == NULL ||
+        !PyUnicode_CheckExact(node))
+        return 0;
+    *name = node;
+    *key = PyTuple_Pack(4, node, sec, msec, serial);
+    return *key != NULL ? 1 : -1;
+}
+
 /* _done's hand-over after the event is out of _open and in _recent: count it (EOE), call
  * on_complete(records, EOE), then the frontier step of an event next in order (push_run's
  * inlined case), else _note_completed(node, name, unwrapped). ``node``: borrowed from
@@ -232,16 +248,11 @@ static int whole_run(Parts *p, PyObject *run)
             return 0; /* push_run reads every record: it raises or copes, as before */
     if (!record_type_is(PyList_GET_ITEM(run, n - 1), EOE_TYPE) || n >= p->max_records)
         return 0;
-    PyObject *name = slot(first, record_offsets[R_NODE]), *sec = slot(first, record_offsets[R_SEC]),
-             *msec = slot(first, record_offsets[R_MSEC]),
-             *serial_obj = slot(first, record_offsets[R_SERIAL]);
-    if (name == NULL || sec == NULL || msec == NULL || serial_obj == NULL ||
-        !PyUnicode_CheckExact(name))
-        return 0;
-    PyObject *key = PyTuple_Pack(4, name, sec, msec, serial_obj);
-    if (key == NULL)
-        return -1;
-    int rc = 0;
+    PyObject *key, *name, *serial_obj = slot(first, record_offsets[R_SERIAL]);
+    int rc = key_of(first, &key, &name);
+    if (rc <= 0)
+        return rc;
+    rc = 0;
     int seen = PyDict_Contains(p->open, key);
     if (seen == 0)
         seen = PyDict_Contains(p->recent, key);
@@ -298,21 +309,16 @@ done:
  * 1 done, 0 left to push (nothing changed), -1 error. */
 static int joins_open(Parts *p, PyObject *rec, long long now)
 {
-    long long type, unwrapped;
+    long long type, unwrapped = 0;
     if (!Py_IS_TYPE(rec, record_type) || !small(slot(rec, record_offsets[R_TYPE]), &type))
         return 0;
     if ((type < 1300 || type >= 2100 || type == KERNEL_TYPE) && type != LOGIN_TYPE)
         return 0; /* completes alone */
-    PyObject *name = slot(rec, record_offsets[R_NODE]), *sec = slot(rec, record_offsets[R_SEC]),
-             *msec = slot(rec, record_offsets[R_MSEC]),
-             *serial_obj = slot(rec, record_offsets[R_SERIAL]);
-    if (name == NULL || sec == NULL || msec == NULL || serial_obj == NULL ||
-        !PyUnicode_CheckExact(name))
-        return 0;
-    PyObject *key = PyTuple_Pack(4, name, sec, msec, serial_obj);
-    if (key == NULL)
-        return -1;
-    int rc = 0;
+    PyObject *key, *name;
+    int rc = key_of(rec, &key, &name);
+    if (rc <= 0)
+        return rc;
+    rc = 0;
     PyObject *event = PyDict_GetItemWithError(p->open, key); /* borrowed */
     if (event == NULL) {
         rc = PyErr_Occurred() ? -1 : 0; /* opens an event, or comes late: push */
