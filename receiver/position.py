@@ -240,14 +240,48 @@ def _find_saved_file(
 
 def _newer_rotations(log_path: str, found: str) -> list[str]:
     """The files rotated after ``found``, oldest first, where the names tell: auditd's and
-    logrotate's numbered ones (found at LOG.3: LOG.2, then LOG.1, plain or .gz)."""
+    logrotate's numbered ones (found at LOG.3: LOG.2, then LOG.1, plain or .gz), and
+    logrotate's dated ones (``dateext``: found at LOG-20261123, the LOG-SUFFIX names whose
+    suffix has the same shape and sorts after it, plain or .gz)."""
     numbered = re.fullmatch(re.escape(log_path) + r"\.(\d+)", found)
-    if numbered is None:
+    if numbered is not None:
+        newer = []
+        for n in range(int(numbered.group(1)) - 1, 0, -1):
+            for name in (f"{log_path}.{n}", f"{log_path}.{n}.gz"):
+                if _readable_file(name):
+                    newer.append(name)
+                    break
+        return newer
+    dated = re.fullmatch(re.escape(log_path) + _DATED_SUFFIX, found)
+    return _newer_dated(log_path, dated.group(1)) if dated is not None else []
+
+
+# logrotate's dateext suffix (dateformat's default -%Y%m%d, or with the hour, minutes,
+# seconds or %s): digits and separators. logrotate itself sorts these names as text to
+# find its oldest, so a dateformat that does not sort so breaks its own rotation too.
+_DATED_SUFFIX = r"-(\d[\d_.-]*)(?:\.gz)?"
+
+
+def _newer_dated(log_path: str, suffix: str) -> list[str]:
+    """LOG-S names (or LOG-S.gz, where LOG-S is not there) with S of the shape of ``suffix``
+    (each digit a digit, the separators the same) sorting after it, oldest first."""
+    shape = re.sub(r"\d", "9", suffix)
+    directory = os.path.dirname(log_path)
+    try:
+        names = sorted(entry.name for entry in os.scandir(directory))
+    except OSError:
         return []
-    newer = []
-    for n in range(int(numbered.group(1)) - 1, 0, -1):
-        for name in (f"{log_path}.{n}", f"{log_path}.{n}.gz"):
-            if os.path.isfile(name) and os.access(name, os.R_OK):
-                newer.append(name)
-                break
-    return newer
+    newer: dict[str, str] = {}
+    for name in names:  # LOG-S sorts before LOG-S.gz: the plain one wins
+        path = os.path.join(directory, name)
+        dated = re.fullmatch(re.escape(log_path) + _DATED_SUFFIX, path)
+        if dated is None or dated.group(1) in newer or not _readable_file(path):
+            continue
+        other = dated.group(1)
+        if re.sub(r"\d", "9", other) == shape and other > suffix:
+            newer[other] = path
+    return [newer[other] for other in sorted(newer)]
+
+
+def _readable_file(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.R_OK)

@@ -1,5 +1,5 @@
 """`replay --follow --position-file`: a follow started again resumes where the last one
-stopped, across a clean stop, a rotation or a copytruncate while stopped, a corrupt
+stopped, across a clean stop, a rotation (numbered or dated) or a copytruncate while stopped, a corrupt
 position file and a killed run; check-config and replay refuse it where it means nothing."""
 
 from __future__ import annotations
@@ -149,6 +149,51 @@ def test_auditd_rotation_while_stopped_reads_the_rest_then_the_new_log(
     assert f"resuming {tmp_path / f'audit.log.{rotations}'} at byte " in said
     assert f"(the rotated file of {log}" in said
     assert _serials(first) + _serials(second) == Counter(range(1, serial + 1))
+
+
+def test_logrotate_dateext_rotations_while_stopped_are_read_in_date_order(
+    tmp_path: Path,
+) -> None:
+    """logrotate (`dateext`) rotates twice while the follower is stopped: the saved file's unread end (now audit.log-20261124), then audit.log-20261125, then the new log, each event once; a file dated before the saved one is not read."""
+    log = tmp_path / "audit.log"
+    (tmp_path / "audit.log-20261123").write_bytes(_events([100]))  # rotated before
+    log.write_bytes(_events(range(1, 4)))
+    with _follow(tmp_path, log, "first") as (proc, first, stderr):
+        _wait_for(first, {1, 2, 3})
+        _stop(proc, stderr)
+    _append(log, _events([4, 5]))  # written before the rotation, not read yet
+    for day, serials in ((24, [6, 7]), (25, [8, 9])):  # as logrotate's create
+        os.rename(log, tmp_path / f"audit.log-202611{day}")
+        log.write_bytes(_events(serials))
+    with _follow(tmp_path, log, "second") as (proc, second, stderr):
+        _wait_for(second, set(range(4, 10)))
+        said = _stop(proc, stderr)
+    assert f"resuming {tmp_path / 'audit.log-20261124'} at byte " in said
+    assert f"then {tmp_path / 'audit.log-20261125'}, then {log})" in said
+    assert _serials(first) + _serials(second) == Counter(range(1, 10))
+
+
+def test_dated_rotations_after_the_saved_file_are_those_of_its_shape_sorted(
+    tmp_path: Path,
+) -> None:
+    """The dated files after the saved one: later suffixes of its shape only, oldest first, a plain file before its .gz twin, a .gz where it alone is left; numbered names as before."""
+    from receiver.position import _newer_rotations
+
+    names = [
+        "audit.log-20261121", "audit.log-20261122", "audit.log-20261123",
+        "audit.log-20261124.gz", "audit.log-20261125", "audit.log-20261125.gz",
+        "audit.log-2026112", "audit.log-2026112612", "audit.log-20261126x", "audit.log.1",
+        "other.log-20261127",
+    ]  # fmt: skip
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    log = str(tmp_path / "audit.log")
+    newer = _newer_rotations(log, str(tmp_path / "audit.log-20261122"))
+    assert [Path(p).name for p in newer] == [
+        "audit.log-20261123", "audit.log-20261124.gz", "audit.log-20261125",
+    ]  # fmt: skip
+    assert [Path(p).name for p in _newer_rotations(log, log + ".2")] == ["audit.log.1"]
+    assert _newer_rotations(log, log + ".old") == []
 
 
 @pytest.mark.parametrize("copy_left", [True, False])
