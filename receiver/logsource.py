@@ -333,9 +333,17 @@ class LogSource:
         successor_written = False  # the new file has data: the writer has left the old one
         while not self.stop:
             if head is not None:
+                old_head = head
                 head, truncated = _check_head(raw, head)
                 if truncated:
-                    if pending:
+                    # logrotate's copytruncate copied the file before emptying it: what the
+                    # writer appended after our last read is in the copy, past our offset.
+                    read_to = raw.tell() - len(pending)
+                    copy = _copytruncate_copy(path, old_head, read_to)
+                    if copy is not None:
+                        pending = b""  # the copy holds that line whole, if it was finished
+                        yield from self._read_copy(copy, read_to, path)
+                    elif pending:
                         self._file_lines += 1
                         yield [pending]  # an unfinished line of the old text: shown as it is
                         pending = b""
@@ -391,6 +399,31 @@ class LogSource:
             self._file_lines += 1
             yield [pending]
         return self._successor is not None and not self.stop
+
+    def _read_copy(self, copy: str, offset: int, path: str) -> Generator[list[bytes], None, None]:
+        """The lines of a copytruncate's copy past ``offset``, where our last read of
+        ``path`` ended. The position stays in the old text until the log is read again from
+        its start: a position file written meanwhile names the old file, whose copy a
+        restart finds (receiver/position.py)."""
+        read = 0
+        try:
+            with open(copy, "rb") as fh:
+                fh.seek(offset)
+                while lines := fh.readlines(READ_HINT):
+                    read += sum(map(len, lines))
+                    self._file_lines += len(lines)
+                    yield lines
+        except OSError as err:
+            log.warning(
+                "%s was truncated (copytruncate): its copy %s could not be read past byte %d "
+                "(%s); what the log held after that byte may be missing",
+                path, copy, offset + read, err.strerror or err,
+            )  # fmt: skip
+            return
+        log.info(
+            "%s was truncated (copytruncate): read the %d bytes it held past byte %d from "
+            "its copy %s", path, read, offset, copy,
+        )  # fmt: skip
 
     def _note_file(self, reader: BinaryIO, raw: BinaryIO, offset: int) -> None:
         """A file opened, to be read from ``offset``: note what a position file names."""
@@ -559,6 +592,36 @@ def _has_data(raw: BinaryIO) -> bool:
 def _head(raw: BinaryIO) -> bytes:
     """The file's first bytes (fewer while it is shorter)."""
     return os.pread(raw.fileno(), HEAD_BYTES, 0)
+
+
+def _copytruncate_copy(path: str, head: bytes, offset: int) -> str | None:
+    """logrotate's copy of ``path`` made before a copytruncate emptied it: a regular file in
+    its directory whose name begins with the log's, longer than ``offset`` (it holds text
+    not read yet), whose first bytes are ``head`` (the log's before; at least one line's
+    worth: an empty head names no file). The largest such file; None if there is none."""
+    if len(head) < min(HEAD_BYTES, offset) or not head:
+        return None
+    directory, base = os.path.split(os.path.abspath(path))
+    found: list[tuple[int, str]] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.name == base or not entry.name.startswith(base):
+            continue
+        candidate = os.path.join(directory, entry.name)
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_size <= offset:
+                continue
+            with open(candidate, "rb") as fh:
+                if fh.read(len(head)) != head:
+                    continue
+        except OSError:
+            continue
+        found.append((st.st_size, candidate))
+    return max(found)[1] if found else None
 
 
 def _check_head(raw: BinaryIO, head: bytes) -> tuple[bytes, bool]:
