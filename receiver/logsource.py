@@ -597,8 +597,9 @@ def _head(raw: BinaryIO) -> bytes:
 def _copytruncate_copy(path: str, head: bytes, offset: int) -> str | None:
     """logrotate's copy of ``path`` made before a copytruncate emptied it: a regular file in
     its directory whose name begins with the log's, longer than ``offset`` (it holds text
-    not read yet), whose first bytes are ``head`` (the log's before; at least one line's
-    worth: an empty head names no file). The largest such file; None if there is none."""
+    not read yet), whose first bytes are ``head`` (the log's before, as many as we read of
+    it up to HEAD_BYTES: an empty or shorter head names no file). The largest such file;
+    None if there is none."""
     if len(head) < min(HEAD_BYTES, offset) or not head:
         return None
     directory, base = os.path.split(os.path.abspath(path))

@@ -217,7 +217,7 @@ def test_the_tree_keepers_wait_wakes_for_a_control_request(tmp_path: Path) -> No
     pusher = zctx.socket(zmq.PUSH)
     pusher.setsockopt(zmq.LINGER, 0)
     try:
-        wakers = treekeeper_stage.IdleWakers(inlet, control, acks)
+        wakers = treekeeper_stage.FrameWait(inlet, control, acks)
         asker.connect(f"ipc://{tmp_path}/treekeeper-control.sock")
         asker.send_json({"get": "nothing"})
         assert wakers.recv(60_000) is None  # woken, no frame: the loop's turn serves it

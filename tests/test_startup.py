@@ -26,7 +26,8 @@ from auditstream.config import Config, ConfigError, load, write_json
 from auditstream.redelivery import acks_endpoint
 from auditstream.supervisor import RestartPolicy, Supervisor
 from treekeeper.acks import AckSender
-from treekeeper.stage import recv_or_joined
+from treekeeper.control import ControlServer
+from treekeeper.stage import FrameWait
 from treekeeper.tree import entity_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,21 +41,24 @@ def test_the_tree_keeper_wakes_when_a_receiver_connects(tmp_path: Path) -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         inlet = wire.Inlet(ctx, f"ipc://{tmp_path}/treekeeper.sock")
+        control = ControlServer(ctx, str(tmp_path))
         acks = AckSender(ctx, cfg)
+        frames = FrameWait(inlet, control, acks)
         acks.service(-1)
         assert acks.hello_due  # nobody connected yet
         receiver = wire.Inlet(ctx, acks_endpoint(cfg), connect=True)
         start = time.monotonic()
-        assert recv_or_joined(inlet, acks, 20_000) is None
+        assert frames.recv(20_000) is None
         assert time.monotonic() - start < 10  # woken by the connection, not the timeout
         deadline = time.monotonic() + 10
         while acks.hello_due and time.monotonic() < deadline:
             acks.service(-1)
-            recv_or_joined(inlet, acks, 10)
+            frames.recv(10)
         frame = receiver.recv(10_000)
         assert frame is not None and frame.kind == wire.HELLO
         receiver.close()
         acks.close(linger_ms=0)
+        control.close()
         inlet.close()
     finally:
         ctx.term()
@@ -68,16 +72,19 @@ def test_the_tree_keepers_wait_returns_a_frame_that_arrives(tmp_path: Path) -> N
     try:
         endpoint = f"ipc://{tmp_path}/treekeeper.sock"
         inlet = wire.Inlet(ctx, endpoint)
+        control = ControlServer(ctx, str(tmp_path))
         acks = AckSender(ctx, cfg)
+        frames = FrameWait(inlet, control, acks)
         outlet = wire.Outlet(ctx, endpoint)
         assert outlet.send(wire.EVENTS, {"n": 1})
         frame = None
         deadline = time.monotonic() + 10
         while frame is None and time.monotonic() < deadline:
-            frame = recv_or_joined(inlet, acks, 1000)
+            frame = frames.recv(1000)
         assert frame is not None and frame.kind == wire.EVENTS and frame.body == {"n": 1}
         outlet.close(linger_ms=0)
         acks.close(linger_ms=0)
+        control.close()
         inlet.close()
     finally:
         ctx.term()

@@ -94,8 +94,8 @@ def run(cfg: Config, ctx: StageContext) -> int:
     received = 0
     last_status = 0.0
     merge = replay_merge(cfg)
-    # What the idle wait wakes for besides frames: `auditstream tree` asks, a receiver joins.
-    wakers = IdleWakers(inlet, control, acks)
+    # What a wait for a frame wakes for besides one: `auditstream tree` asks, a receiver joins.
+    frames = FrameWait(inlet, control, acks)
     outputs_closed = False
 
     def handle(frame: wire.Frame) -> None:
@@ -121,12 +121,11 @@ def run(cfg: Config, ctx: StageContext) -> int:
     while len(eofs) < cfg.assembler.instances:
         waiting = merge is not None and merge.parked_frames > 0
         if acks.hello_due and not waiting:
-            frame = recv_or_joined(inlet, acks, HELLO_POLL_MS)
+            frame = frames.recv(HELLO_POLL_MS)
         elif waiting:
             frame = inlet.recv(MERGE_PATIENCE_MS)
         else:
-            wait_ms = idle_wait_ms(step, acks, fanout, ctx, last_status + STATUS_EVERY_S)
-            frame = wakers.recv(wait_ms)
+            frame = frames.recv(idle_wait_ms(step, acks, fanout, ctx, last_status + STATUS_EVERY_S))
         now = time.monotonic()
         if frame is None:
             if merge is not None and waiting:  # the one we wait for is quiet: on with the oldest
@@ -215,10 +214,12 @@ def idle_wait_ms(
     return min(step.idle_poll_ms(IDLE_POLL_MS, IDLE_MAX_MS), due_ms)
 
 
-class IdleWakers:
+class FrameWait:
     """The loop's wait for a frame, which a control request or a receiver joining the ack
-    socket ends too: with waits of up to IDLE_MAX_MS, `auditstream tree` and a restarted
-    receiver's hello would otherwise wait for the next turn."""
+    socket ends too: with idle waits of up to IDLE_MAX_MS, `auditstream tree` and a
+    restarted receiver's hello would otherwise wait for the next turn; and while a hello is
+    due, the receiver reads nothing before it, so the first records of every replay waited
+    up to the whole wait for it."""
 
     def __init__(self, inlet: wire.Inlet, control: ControlServer, acks: AckSender) -> None:
         assert acks.outlet.watch is not None  # the ack socket is always watched
@@ -233,15 +234,6 @@ class IdleWakers:
         if any(sock is self.inlet.sock for sock, _ in ready):
             return self.inlet.recv(0)
         return None
-
-
-def recv_or_joined(inlet: wire.Inlet, acks: AckSender, timeout_ms: int) -> wire.Frame | None:
-    """The next frame within ``timeout_ms``, or None as soon as a receiver connects to the ack
-    socket: it reads nothing before our hello (acks.service says it), so the first records of
-    every replay waited up to the whole timeout for it."""
-    assert acks.outlet.watch is not None  # the ack socket is always watched
-    readable, _, _ = zmq.select([inlet.sock, acks.outlet.watch.monitor], [], [], timeout_ms / 1000)
-    return inlet.recv(0) if inlet.sock in readable else None
 
 
 MERGE_PATIENCE_MS = 50  # replay: how long to wait for a quiet assembler (treekeeper/merge.py)
