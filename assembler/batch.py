@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from assembler.parse import ParseError, Record, parse_record
-from assembler.reassembler import EOE_TYPE, Reassembler, completes_alone
+from assembler.reassembler import Reassembler
+from auditstream.record_kinds import EOE_TYPE, completes_alone
 
 
 class Unparsed(NamedTuple):

@@ -47,9 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-EOE_TYPE = 1320
-LOGIN_TYPE = 1006
-KERNEL_TYPE = 2000
+from auditstream.record_kinds import EOE_TYPE, KERNEL_TYPE, LOGIN_TYPE
+
 SERIAL_MODULUS = 1 << 32
 SERIAL_MASK = SERIAL_MODULUS - 1
 # Larger serial jumps are a new serial space, not loss (go-libaudit's 2^24 rule).
@@ -136,13 +135,6 @@ class ReassemblerStats:
     # Events whose serial was already settled (duplicate serial, or reported lost earlier).
     stale_serials: int = 0
     in_flight: int = 0
-
-
-def completes_alone(record_type: int) -> bool:
-    """True for record types that never have companion records (complete at once)."""
-    if record_type == LOGIN_TYPE:
-        return False
-    return not 1300 <= record_type < 2100 or record_type == KERNEL_TYPE
 
 
 class _OpenEvent(Generic[RecordT]):

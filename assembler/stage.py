@@ -21,7 +21,7 @@ from assembler.events import (
 )
 from assembler.native import parse_batch_function, push_items_function
 from assembler.parse import Record, cut_header_serial
-from assembler.reassembler import EOE_TYPE, CompletionReason, LostRange, Reassembler
+from assembler.reassembler import CompletionReason, LostRange, Reassembler
 from assembler.redelivery import (
     BatchStream,
     replay_gap_events,
@@ -32,6 +32,7 @@ from auditstream.component_status import PROCESSING, ComponentStatus
 from auditstream.config import Config, batching
 from auditstream.logs import RateLimitedLog
 from auditstream.marker_records import DAMAGED_INPUT_TYPE, RESTART_GAP_TYPE
+from auditstream.record_kinds import EOE_TYPE
 from auditstream.stage import (
     StageContext,
     lower_priority,

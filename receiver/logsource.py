@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from auditstream.escape import escape
+from receiver.event_tail import LINGER_POLL_S, STOP_GRACE_S, EventTail
 
 log = logging.getLogger("auditstream.receiver")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -243,6 +244,11 @@ class LogSource:
         self.rotations = 0  # followed file rotated or truncated, and opened again
         # Follow mode: a stop was asked for; what the file holds now is still read.
         self.draining = False
+        # Follow mode: the last lines passed on, and when a stop stops waiting for the rest
+        # of the events they began (receiver/event_tail.py).
+        self._tail = EventTail()
+        self._linger_until: float | None = None
+        self.stop_unended_events = 0  # events a stop left unended after STOP_GRACE_S
         # The file now at the followed path, opened as soon as a rotation was seen (so a
         # further rotation cannot take it away before it is read): read after the old one.
         self._successor: tuple[BinaryIO, BinaryIO] | None = None
@@ -361,6 +367,8 @@ class LogSource:
                 if self._successor is not None and (successor_written or self.draining):
                     break  # read to its end after the writer moved on: on with the new file
                 if self.draining:
+                    if self._linger(path):
+                        continue  # an event's other records are being written: read them
                     break  # stopping: everything written before the stop is read
                 if self.on_idle is not None and self.on_idle():
                     self.draining = True  # read once more to the end, then stop
@@ -389,6 +397,8 @@ class LogSource:
                 self.position = (self.position[0], self.position[1] + sum(map(len, lines)))
             if lines:
                 self._file_lines += len(lines)
+                if followed:
+                    self._tail.saw(lines)
                 yield lines
         if pending and followed and self.resumable and self._successor is None:
             # Stopping while the writer is inside a line: the next follow reads it whole.
@@ -399,6 +409,31 @@ class LogSource:
             self._file_lines += 1
             yield [pending]
         return self._successor is not None and not self.stop
+
+    def _linger(self, path: str) -> bool:
+        """Stopping at the log's end: True while an event the last lines began has no EOE yet
+        and STOP_GRACE_S has not passed since the drain reached the end (after a short
+        wait, to read again); False to stop, with a warning if an event stays unended."""
+        unended = self._tail.unended()
+        if not unended:
+            return False
+        now = time.monotonic()
+        if self._linger_until is None:
+            self._linger_until = now + STOP_GRACE_S
+        if now < self._linger_until:
+            time.sleep(LINGER_POLL_S)
+            return True
+        self.stop_unended_events = len(unended)
+        serials = ", ".join(str(serial) for _node, serial in sorted(unended)[:5])
+        log.warning(
+            "%s: stopping with %d event(s) whose EOE was not written within %.1f s "
+            "(serials %s): completed with the records they have",
+            path,
+            len(unended),
+            STOP_GRACE_S,
+            serials,
+        )
+        return False
 
     def _read_copy(self, copy: str, offset: int, path: str) -> Generator[list[bytes], None, None]:
         """The lines of a copytruncate's copy past ``offset``, where our last read of

@@ -204,6 +204,7 @@ def run_log_source(
         "bad_lines": counters.bad_lines,
         "blank_lines": counters.blank_lines,
         "followed_rotations": source.rotations,
+        "stop_unended_events": source.stop_unended_events,
         "comment_lines": counters.comment_lines,
         "damaged_files": counters.damaged_files,
         "damaged_inputs": [[d.path, d.error, d.read_lines, d.read_bytes] for d in source.damaged],

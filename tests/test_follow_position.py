@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from live_helpers import REPO
-from test_follow_log import _append, _wait_for, _whole
+from test_follow_log import _append, _event, _wait_for, _whole
 from test_follow_log import _follow as follow_log
 
 
@@ -116,6 +116,56 @@ def test_a_line_unfinished_at_the_stop_is_read_whole_by_the_next_follow(tmp_path
         _stop(proc, stderr)
     assert _serials(first) + _serials(second) == Counter([1, 2])
     assert "parse-error" not in first.read_text() + second.read_text()
+
+
+def _records_of(out: Path, serial: int) -> list[list[str]]:
+    """The record types of each doc of the audit event ``serial`` in a jsonl sink."""
+    found = []
+    for line in out.read_bytes().splitlines():
+        auditd = json.loads(line).get("auditd")
+        if isinstance(auditd, dict) and auditd.get("sequence") == serial:
+            found.append([record.split(" ", 1)[0][5:] for record in auditd["records"]])
+    return found
+
+
+def test_a_stop_while_auditd_writes_an_event_reads_the_rest_of_it(tmp_path: Path) -> None:
+    """A stop after an event's first record and before its others: the follow reads on until its EOE, so the event is written once and whole, and the next follow starts after it."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(_events([1]))
+    body, eoe = _event(2)
+    syscall, execve = body.splitlines(keepends=True)
+    with _follow(tmp_path, log, "first") as (proc, first, stderr):
+        _wait_for(first, {1})
+        _append(log, syscall)
+        time.sleep(0.6)  # read: the follow looks at a quiet log every 0.2 s
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the old follow had stopped by now, with the SYSCALL alone
+        _append(log, execve + eoe)
+        assert proc.wait(timeout=60) == 0, stderr.read_text()
+    assert _records_of(first, 2) == [["SYSCALL", "EXECVE", "EOE"]]
+    assert _saved(tmp_path)["offset"] == log.stat().st_size
+    assert "EOE was not written" not in stderr.read_text()
+
+
+def test_a_stop_waits_at_most_a_second_for_an_eoe_that_never_comes(tmp_path: Path) -> None:
+    """A stop with an event's EOE never written: after about a second the follow stops, warns naming the serial, counts it in the summary, and writes the event with the records it has."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(_events([1]) + _event(7)[0])
+    run_dir = tmp_path / "run"
+    config = tmp_path / "follow.toml"
+    config.write_text(f'[runtime]\ndir = "{run_dir}"\n')
+    position = ["--position-file", str(tmp_path / "audit.position"), "-c", str(config)]
+    with _follow(tmp_path, log, "first", *position) as (proc, first, stderr):
+        _wait_for(first, {1})
+        time.sleep(0.3)
+        started = time.monotonic()
+        said = _stop(proc, stderr)
+        took = time.monotonic() - started
+    assert "stopping with 1 event(s) whose EOE was not written within 1.0 s (serials 7)" in said
+    assert took >= 1.0
+    assert _records_of(first, 7) == [["SYSCALL", "EXECVE"]]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["receiver"]["stop_unended_events"] == 1
 
 
 @pytest.mark.parametrize("rotations", [1, 2])

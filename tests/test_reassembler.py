@@ -13,14 +13,9 @@ from hypothesis import strategies as st
 
 from assembler.batch import parse_batch
 from assembler.parse import Record, parse_record
-from assembler.reassembler import (
-    EOE_TYPE,
-    CompletionReason,
-    LostRange,
-    Reassembler,
-    completes_alone,
-)
+from assembler.reassembler import CompletionReason, LostRange, Reassembler
 from auditstream.logline import split_log_line
+from auditstream.record_kinds import EOE_TYPE, completes_alone
 
 SYSCALL, PATH, CWD, LOGIN, CONFIG_CHANGE = 1300, 1302, 1307, 1006, 1305
 SEC = 1_700_000_000
