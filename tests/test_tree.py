@@ -553,29 +553,58 @@ def test_state_keeps_that_the_sweep_ended_a_process(tmp_path: Path) -> None:
     assert docs[0]["auditstream"] == {"lifecycle_source": "proc_sweep"}
 
 
-def test_state_of_an_older_version_loads_and_a_longer_row_is_corrupt(
+def test_state_rows_of_older_and_newer_versions_load(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A state file saved before ended_gone was (24 fields a row) loads; a row of 26 is corrupt."""
+    """Rows saved before ended_gone (24 fields) or proc_start_ms (25) load with them defaulted; a newer version's longer rows load with the extra fields left out, said once; a known field of the wrong type is still corrupt."""
     t = ProcessTable()
     run(t, execve(0, 100, 1, "/bin/sh", ["sh"]))
     run(t, fork(1, 100, 1, 200))
     path = tmp_path / "tree.state"
     state.save(t, path, now_ms=BASE_MS)
     body = msgpack.unpackb(path.read_bytes())
-    assert [len(row) for row in body["processes"]] == [25, 25]
-    for row in body["processes"]:
-        del row[24]
-    path.write_bytes(msgpack.packb(body))
-    loaded = state.load(path, 60_000, now_ms=BASE_MS)
+    assert [len(row) for row in body["processes"]] == [state.KNOWN_FIELDS] * 2
+    for fields in (24, 25):
+        older = {**body, "processes": [row[:fields] for row in body["processes"]]}
+        path.write_bytes(msgpack.packb(older))
+        loaded = state.load(path, 60_000, now_ms=BASE_MS)
+        assert loaded is not None and sorted(loaded.processes) == sorted(t.processes)
+        assert not any(proc.ended_gone for proc in loaded.processes.values())
+    newer = {**body, "processes": [[*row, "a field of the future"] for row in body["processes"]]}
+    path.write_bytes(msgpack.packb(newer))
+    with caplog.at_level(logging.WARNING):
+        loaded = state.load(path, 60_000, now_ms=BASE_MS)
     assert loaded is not None and sorted(loaded.processes) == sorted(t.processes)
-    assert not any(proc.ended_gone for proc in loaded.processes.values())
+    assert "2 process rows hold fields of a newer auditstream" in caplog.text
     for row in body["processes"]:
-        row += [False, "more"]
+        row[25] = "not a time"
     path.write_bytes(msgpack.packb(body))
+    caplog.clear()
     with caplog.at_level(logging.WARNING):
         fresh = state.load(path, 60_000, now_ms=BASE_MS)
-    assert fresh is not None and len(fresh) == 0 and "26 fields" in caplog.text
+    assert fresh is not None and len(fresh) == 0 and "corrupt" in caplog.text
+
+
+def test_state_keeps_the_start_proc_gave_a_process(tmp_path: Path) -> None:
+    """A process's start as /proc gave it survives a restart: the first sweep after it tells a pid reused while stopped (another start) from a process still running (the same start)."""
+    init = ProcInfo(1, 0, BASE_MS - 900_000, b"systemd", b"/usr/lib/systemd/systemd", [b"init"])
+    sh = ProcInfo(900, 1, BASE_MS - 50_000, b"sh", b"/bin/sh", [b"sh"])
+    cron = ProcInfo(901, 1, BASE_MS - 40_000, b"cron", b"/usr/sbin/cron", [b"cron"])
+    t = ProcessTable(TableConfig(host="h"))
+    t.scan(FakeProcSource([init, sh, cron]), None, BASE_MS)
+    path = tmp_path / "tree.state"
+    state.save(t, path, now_ms=BASE_MS + 100)
+    loaded = state.load(path, 60_000, TableConfig(host="h"), now_ms=BASE_MS + 200)
+    assert loaded is not None
+    restored = {pid: loaded.get(loaded.current[pid]) for pid in (900, 901)}
+    assert {pid: p.proc_start_ms for pid, p in restored.items() if p} == {
+        900: BASE_MS - 50_000,
+        901: BASE_MS - 40_000,
+    }
+    reused = ProcInfo(900, 1, BASE_MS + 150, b"vim", b"/usr/bin/vim", [b"vim"])
+    loaded.sweep_proc(FakeProcSource([init, reused, cron]), BASE_MS + 300)
+    gone = {pid: p.gone_at for pid, p in restored.items() if p}
+    assert gone == {900: BASE_MS + 300, 901: None}
 
 
 def test_parse_stat_with_hostile_comm() -> None:

@@ -96,22 +96,30 @@ def _pack(p: Process) -> list[Any]:
         p.inferred, p.tentative, p.maybe_threaded, p.exited_at, p.exit_code,
         ref(p.container), p.role.value, ref(p.managed),
         list(p.previous) if p.previous else None,
-        p.ended_gone,
+        p.ended_gone, p.proc_start_ms,
     ]  # fmt: skip
 
 
 # The fields every saved row has; later ones were added since and default when absent.
 BASE_FIELDS = 24
+# The fields this version writes. A row with more is of a newer auditstream, which only
+# ever appends fields (an incompatible change would raise STATE_VERSION): their values are
+# left out, as a newer version defaults what an older row lacks, so a downgrade keeps the
+# table (forty-fifth pass).
+KNOWN_FIELDS = 26
 
 
 def _unpack(row: list[Any]) -> Process:
+    if type(row) is not list or len(row) < BASE_FIELDS:
+        raise ValueError(f"a process row of {len(row) if type(row) is list else 0} fields")
     (pid, start_ms, eid, ppid, parent, creator, exe, name, args, cwd, title, started_at,
      first_seen, image_ms, exec_ms, inferred, tentative, maybe_threaded, exited_at, exit_code,
      container, role, managed, previous) = row[:BASE_FIELDS]  # fmt: skip
-    if len(row) > BASE_FIELDS + 1:
-        raise ValueError(f"a process row of {len(row)} fields (at most {BASE_FIELDS + 1})")
     # Saved since ended_gone was: a process the /proc sweep ended (its container-gone says so).
     ended_gone = _flag(row[BASE_FIELDS]) if len(row) > BASE_FIELDS else False
+    # Saved since proc_start_ms was: /proc's start of a live process, which tells a pid
+    # reused while the tree keeper was stopped exactly (ProcessTable._same_start).
+    proc_start_ms = _opt_int(row[BASE_FIELDS + 1]) if len(row) > BASE_FIELDS + 1 else None
     return Process(
         pid=_int(pid),
         start_ms=_int(start_ms),
@@ -138,6 +146,7 @@ def _unpack(row: list[Any]) -> Process:
         managed=_ref(managed),
         previous=_key(previous),
         ended_gone=ended_gone,
+        proc_start_ms=proc_start_ms,
     )
 
 
@@ -194,7 +203,19 @@ def load(
     except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as err:
         log.warning("treekeeper state %s is corrupt (%s); starting with an empty table", path, err)
         return ProcessTable(config)
+    _note_newer_rows(path, body["processes"])
     return _table_of(processes, config)
+
+
+def _note_newer_rows(path: str | os.PathLike[str], rows: list[list[Any]]) -> None:
+    """Say so when rows hold fields of a newer auditstream: their values were left out."""
+    newer = sum(1 for row in rows if len(row) > KNOWN_FIELDS)
+    if newer:
+        log.warning(
+            "treekeeper state %s: %d process rows hold fields of a newer auditstream "
+            "(more than %d); those fields are left out",
+            path, newer, KNOWN_FIELDS,
+        )  # fmt: skip
 
 
 def load_recorded(
@@ -209,6 +230,7 @@ def load_recorded(
         if type(node) is not str:
             raise ValueError("no audit node named")
         processes = [_unpack(row) for row in body["processes"]]
+        _note_newer_rows(path, body["processes"])
     except (OSError, ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as err:
         log.warning(
             "the recording's process table %s cannot be used (%s): the replay starts without it",
