@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from auditstream.escape import escape
 from receiver.event_tail import LINGER_POLL_S, STOP_GRACE_S, EventTail
+from receiver.gzip_text import gzip_text_head, gzip_text_length, is_gzip_name
 
 log = logging.getLogger("auditstream.receiver")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -442,17 +443,18 @@ class LogSource:
         restart finds (receiver/position.py)."""
         read = 0
         try:
-            with open(copy, "rb") as fh:
-                fh.seek(offset)
-                while lines := fh.readlines(READ_HINT):
+            reader, raw = _open(copy)  # plain, or gzip (logrotate's compress at once)
+            with raw, reader:
+                reader.seek(offset)  # gzip: decompresses up to there
+                while lines := reader.readlines(READ_HINT):
                     read += sum(map(len, lines))
                     self._file_lines += len(lines)
                     yield lines
-        except OSError as err:
+        except (OSError, EOFError, zlib.error) as err:
             log.warning(
                 "%s was truncated (copytruncate): its copy %s could not be read past byte %d "
                 "(%s); what the log held after that byte may be missing",
-                path, copy, offset + read, err.strerror or err,
+                path, copy, offset + read, getattr(err, "strerror", None) or err,
             )  # fmt: skip
             return
         log.info(
@@ -634,6 +636,7 @@ def _copytruncate_copy(path: str, head: bytes, offset: int) -> str | None:
     its directory whose name begins with the log's, longer than ``offset`` (it holds text
     not read yet), whose first bytes are ``head`` (the log's before, as many as we read of
     it up to HEAD_BYTES: an empty or shorter head names no file). The largest such file;
+    else the largest such ``.gz``, by its text (compressed at once: receiver/gzip_text.py);
     None if there is none."""
     if len(head) < min(HEAD_BYTES, offset) or not head:
         return None
@@ -643,13 +646,25 @@ def _copytruncate_copy(path: str, head: bytes, offset: int) -> str | None:
         entries = list(os.scandir(directory))
     except OSError:
         return None
+    gzipped: list[tuple[int, str]] = []  # logrotate's compress without delaycompress
     for entry in entries:
         if entry.name == base or not entry.name.startswith(base):
             continue
         candidate = os.path.join(directory, entry.name)
         try:
             st = entry.stat(follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode) or st.st_size <= offset:
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if is_gzip_name(entry.name):
+                length = gzip_text_length(candidate)
+                if (
+                    length is not None
+                    and length > offset
+                    and gzip_text_head(candidate, len(head)) == head
+                ):
+                    gzipped.append((length, candidate))
+                continue
+            if st.st_size <= offset:
                 continue
             with open(candidate, "rb") as fh:
                 if fh.read(len(head)) != head:
@@ -657,7 +672,8 @@ def _copytruncate_copy(path: str, head: bytes, offset: int) -> str | None:
         except OSError:
             continue
         found.append((st.st_size, candidate))
-    return max(found)[1] if found else None
+    # The plain copy, while it is there: its .gz may still be being written.
+    return max(found)[1] if found else max(gzipped)[1] if gzipped else None
 
 
 def _check_head(raw: BinaryIO, head: bytes) -> tuple[bytes, bool]:

@@ -19,6 +19,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from receiver.gzip_text import gzip_text_head, gzip_text_length, is_gzip_name
 from receiver.logsource import HEAD_BYTES, FileIdentity
 
 log = logging.getLogger("auditstream.receiver")
@@ -209,7 +210,8 @@ def _find_saved_file(
     """Another name in the log's directory for the saved file (``same_inode``: the same
     device and inode, as a rename leaves it) or, not ``same_inode``, a copy of it (a name
     beginning with the log's, as logrotate's copytruncate gives it: the largest), with
-    its first bytes the saved ones and at least ``offset`` long: (path, head)."""
+    its first bytes the saved ones and at least ``offset`` long: (path, head). Failing
+    both, a ``.gz`` whose text is such a file (:func:`_gzipped_copies`)."""
     log_path = os.path.abspath(path)
     directory, base = os.path.split(log_path)
     found: list[tuple[int, str, bytes]] = []
@@ -232,10 +234,37 @@ def _find_saved_file(
         head = _head_if_matches(candidate, saved)
         if head is not None:
             found.append((st.st_size, candidate, head))
+    if not found:  # compressed while we were stopped (logrotate without delaycompress)?
+        found = _gzipped_copies(entries, directory, base, saved)
     if not found:
         return None
     _size, candidate, head = max(found)
     return candidate, head
+
+
+def _gzipped_copies(
+    entries: list[os.DirEntry[str]], directory: str, base: str, saved: SavedPosition
+) -> list[tuple[int, str, bytes]]:
+    """(text length, path, head) of each ``.gz`` in the log's directory, named as its
+    rotations are (beginning with the log's name), whose text begins with the saved first
+    bytes and is at least ``offset`` long: the saved file, rotated or copied, then
+    compressed (receiver/gzip_text.py)."""
+    found = []
+    for entry in entries:
+        if not (entry.name.startswith(base) and is_gzip_name(entry.name)):
+            continue
+        candidate = os.path.join(directory, entry.name)
+        length = gzip_text_length(candidate)
+        if length is None or length < saved.offset:
+            continue
+        head = gzip_text_head(candidate, saved.head_length)
+        if (
+            head is not None
+            and len(head) == saved.head_length
+            and head_digest(head) == saved.head_sha256
+        ):
+            found.append((length, candidate, head))
+    return found
 
 
 def _newer_rotations(log_path: str, found: str) -> list[str]:
@@ -243,7 +272,7 @@ def _newer_rotations(log_path: str, found: str) -> list[str]:
     logrotate's numbered ones (found at LOG.3: LOG.2, then LOG.1, plain or .gz), and
     logrotate's dated ones (``dateext``: found at LOG-20261123, the LOG-SUFFIX names whose
     suffix has the same shape and sorts after it, plain or .gz)."""
-    numbered = re.fullmatch(re.escape(log_path) + r"\.(\d+)", found)
+    numbered = re.fullmatch(re.escape(log_path) + r"\.(\d+)(?:\.gz)?", found)
     if numbered is not None:
         newer = []
         for n in range(int(numbered.group(1)) - 1, 0, -1):

@@ -3,6 +3,7 @@ unreadable log, stop signals, and check-config of a config that follows files.""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -146,17 +147,24 @@ def test_copytruncate_rewritten_past_the_position_is_read_from_its_start(tmp_pat
         assert "truncated" in stderr.read_text()
 
 
-def test_copytruncate_reads_what_was_appended_before_it_from_the_copy(tmp_path: Path) -> None:
-    """Lines appended just before logrotate's copy and truncate, not read yet, are read from the copy (audit.log.1) past our offset, then the emptied log from its start: each event once; an older copy with other first bytes is not read."""
+@pytest.mark.parametrize("compressed", [False, True])
+def test_copytruncate_reads_what_was_appended_before_it_from_the_copy(
+    tmp_path: Path, compressed: bool
+) -> None:
+    """Lines appended just before logrotate's copy and truncate, not read yet, are read from the copy (audit.log.1, or audit.log.1.gz where logrotate compressed it at once) past our offset, then the emptied log from its start: each event once; an older copy with other first bytes is not read."""
     log = tmp_path / "audit.log"
-    (tmp_path / "audit.log.2").write_bytes(_whole(100))  # an older rotation
+    older = _whole(100)  # an older rotation
+    (tmp_path / "audit.log.2.gz").write_bytes(gzip.compress(older))
+    (tmp_path / "audit.log.3").write_bytes(older)
     log.write_bytes(_whole(1) + _whole(2))
+    copy = tmp_path / ("audit.log.1.gz" if compressed else "audit.log.1")
     with _follow(tmp_path, log) as (proc, out, stderr):
         _wait_for(out, {1, 2})
         # As auditd writing while logrotate runs, faster than the follower's 0.2 s look.
         with log.open("ab") as writer:
             writer.write(_whole(3) + _whole(4)[:20])
-        shutil.copyfile(log, tmp_path / "audit.log.1")
+        text = log.read_bytes()
+        copy.write_bytes(gzip.compress(text) if compressed else text)
         with log.open("r+b") as same:
             same.truncate(0)
         _append(log, _whole(5) + _whole(6))
@@ -164,7 +172,7 @@ def test_copytruncate_reads_what_was_appended_before_it_from_the_copy(tmp_path: 
         _stop(proc, stderr)
         said = stderr.read_text()
     assert _serials(out) == Counter({1: 1, 2: 1, 3: 1, 5: 1, 6: 1}), said
-    assert f"from its copy {tmp_path / 'audit.log.1'}" in said
+    assert f"from its copy {copy}" in said
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="drops root's DAC capabilities with setpriv")

@@ -246,16 +246,18 @@ def test_dated_rotations_after_the_saved_file_are_those_of_its_shape_sorted(
     assert _newer_rotations(log, log + ".old") == []
 
 
-@pytest.mark.parametrize("copy_left", [True, False])
-def test_copytruncate_while_stopped(tmp_path: Path, copy_left: bool) -> None:
-    """A copytruncate while stopped: with logrotate's copy left, its unread end is read from the saved offset (nothing lost); without, a warning naming the log, the new text from its start, no crash."""
+@pytest.mark.parametrize("copy_left", [True, "gzip", False])
+def test_copytruncate_while_stopped(tmp_path: Path, copy_left: bool | str) -> None:
+    """A copytruncate while stopped: with logrotate's copy left (plain, or compressed at once), its unread end is read from the saved offset (nothing lost); without, a warning naming the log, the new text from its start, no crash."""
     log = tmp_path / "audit.log"
     log.write_bytes(_events(range(1, 4)))
     with _follow(tmp_path, log, "first") as (proc, first, stderr):
         _wait_for(first, {1, 2, 3})
         _stop(proc, stderr)
     _append(log, _events([4, 5]))  # not read before the copytruncate
-    if copy_left:
+    if copy_left == "gzip":
+        (tmp_path / "audit.log.1.gz").write_bytes(gzip.compress(log.read_bytes()))
+    elif copy_left:
         shutil.copyfile(log, tmp_path / "audit.log.1")
     with log.open("r+b") as same:
         same.truncate(0)
@@ -272,22 +274,32 @@ def test_copytruncate_while_stopped(tmp_path: Path, copy_left: bool) -> None:
         assert _serials(first) + _serials(second) == Counter([1, 2, 3, *range(10, 40)])
 
 
-def test_a_log_compressed_away_while_stopped_is_warned_about(tmp_path: Path) -> None:
-    """The saved log rotated and gzipped while stopped (logrotate without delaycompress): a warning that its unread end may be missing, the new log from its start, no crash."""
+@pytest.mark.parametrize("gone", ["compressed", "deleted"])
+def test_a_log_rotated_and_compressed_while_stopped(tmp_path: Path, gone: str) -> None:
+    """The saved log rotated and gzipped while stopped (logrotate without delaycompress): its unread end is read from audit.log.1.gz, then the rotations after it, then the new log, each event once; rotated and deleted: a warning that its unread end may be missing, the new log from its start, no crash."""
     log = tmp_path / "audit.log"
     log.write_bytes(_events(range(1, 4)))
     with _follow(tmp_path, log, "first") as (proc, first, stderr):
         _wait_for(first, {1, 2, 3})
         _stop(proc, stderr)
     _append(log, _events([4, 5]))
+    (tmp_path / "audit.log.2.gz").write_bytes(gzip.compress(_events([90])))  # an older one
     os.rename(log, tmp_path / "audit.log.1")  # as logrotate: rename, create, then compress
     log.write_bytes(_events([6, 7]))
     old = (tmp_path / "audit.log.1").read_bytes()
-    (tmp_path / "audit.log.1.gz").write_bytes(gzip.compress(old))
+    if gone == "compressed":  # then rotated once more, compressed at once again
+        (tmp_path / "audit.log.2.gz").rename(tmp_path / "audit.log.3.gz")
+        (tmp_path / "audit.log.2.gz").write_bytes(gzip.compress(old))
+        (tmp_path / "audit.log.1.gz").write_bytes(gzip.compress(log.read_bytes()))
+        log.write_bytes(_events([8]))
     (tmp_path / "audit.log.1").unlink()
     with _follow(tmp_path, log, "second") as (proc, second, stderr):
-        _wait_for(second, {6, 7})
+        _wait_for(second, {8} if gone == "compressed" else {6, 7})
         said = _stop(proc, stderr)
+    if gone == "compressed":
+        assert f"(the rotated file of {log}, then {tmp_path / 'audit.log.1.gz'}" in said
+        assert _serials(first) + _serials(second) == Counter(range(1, 9))
+        return
     assert f"is not in {tmp_path} any more" in said
     assert "may be missing" in said
     assert _serials(first) + _serials(second) == Counter([1, 2, 3, 6, 7])
