@@ -6,9 +6,12 @@ after a broker outage neither lose nor duplicate messages, and it waits out outa
 pushes back on the caller (`when_full = "block"`) or drops the newest events, counted and
 remembered for a marker (`when_full = "drop_newest"`).
 
-An event counts as sent only when its delivery report says the brokers acknowledged it.
-Delivery reports are served from write_batch() and flush() in the caller's thread (the sink
-is single-threaded, like every sink), so the caller should flush() now and then when idle.
+An event counts as sent only when the brokers have acknowledged it: once it has left
+librdkafka's queue (``len(producer)``, which holds it until then) without a failed delivery
+report. Only failures are reported (``delivery.report.only.error``): a report per message
+was a Python call and a Message object each, ~a third of the sink's thread. Reports are
+served from write_batch() and flush() in the caller's thread (the sink is single-threaded,
+like every sink), so the caller should flush() now and then when idle.
 
 Shutdown is bounded: stop_by(deadline) (thread-safe; the fan-out calls it at close, or when a
 stop signal finds the pipeline blocked on this sink) ends every wait at that deadline. What
@@ -280,6 +283,8 @@ def producer_settings(opts: KafkaOptions) -> dict[str, Any]:
         # is the same, but the empty key (a doc without host.name) on one partition rather
         # than a random one each time: a replayed log without node= stays in order.
         "partitioner": "consistent",
+        # Sent counts are derived (KafkaSink._serve): failures alone need a report.
+        "delivery.report.only.error": True,
         **opts.librdkafka,
     }
 
@@ -437,6 +442,10 @@ class KafkaSink:
         self._stalled = False
         self._log_counts: dict[str, int] = {}
         self._key_cache: dict[str, bytes] = {}
+        # Accepted by produce(), and of those reported failed: with what librdkafka still
+        # holds, they give the events sent (_serve).
+        self._produced = 0
+        self._failed = 0
         self._headers_cache: dict[tuple[str, str], Headers] = {}
         self._producer = self._start_producer()
         log.info(
@@ -722,6 +731,7 @@ class KafkaSink:
                 else:
                     self._discard(error.name(), error.str())
                 return
+            self._produced += 1
             self._drop_run_open = False
             if self._stalled:
                 self._stalled = False
@@ -771,6 +781,7 @@ class KafkaSink:
                     raise
                 self._note_client_error(error)
             remaining = len(self._producer)
+            self.stats.sent_events = self._produced - self._failed - remaining
             if not flush or not remaining or time.monotonic() >= deadline:
                 return remaining
 
@@ -811,8 +822,9 @@ class KafkaSink:
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
-            self.stats.sent_events += 1
-        elif self._closing and err.code() in PURGE_ERRORS:
+            return  # delivered: counted from the queue's length (_serve), if reported at all
+        self._failed += 1
+        if self._closing and err.code() in PURGE_ERRORS:
             self._count_discard("undelivered_at_exit", 1)
         else:
             self._discard(err.name(), f"delivery failed: {err.str()}")
