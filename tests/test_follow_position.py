@@ -148,7 +148,7 @@ def test_a_stop_while_auditd_writes_an_event_reads_the_rest_of_it(tmp_path: Path
 
 
 def test_a_stop_waits_at_most_a_second_for_an_eoe_that_never_comes(tmp_path: Path) -> None:
-    """A stop with an event's EOE never written: after about a second the follow stops, warns naming the serial, counts it in the summary, and writes the event with the records it has."""
+    """A stop with an event's EOE never written: after about a second the follow stops, says so naming the serial, counts it in the summary, and writes the event with the records it has."""
     log = tmp_path / "audit.log"
     log.write_bytes(_events([1]) + _event(7)[0])
     run_dir = tmp_path / "run"
