@@ -22,9 +22,16 @@ setup(
             extra_compile_args=_FLAGS,
         ),
         Extension(
+            "assembler.native_recent",
+            ["assembler/csrc/recent.c"],
+            depends=["assembler/csrc/recent_keys.h"],
+            optional=True,
+            extra_compile_args=_FLAGS,
+        ),
+        Extension(
             "assembler.native_runs",
             ["assembler/csrc/runs.c"],
-            depends=[_PYCLASS],
+            depends=[_PYCLASS, "assembler/csrc/recent_keys.h"],
             **_SHARED,
             optional=True,
             extra_compile_args=_FLAGS,

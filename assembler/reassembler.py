@@ -47,8 +47,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from assembler.recent_keys import RecentKeys as PyRecentKeys
+from auditstream.native import load_native
 from auditstream.record_kinds import EOE_TYPE, KERNEL_TYPE, LOGIN_TYPE
 
+# The keys of the events completed last (a late record's is among them): in C where built,
+# so that assembler/csrc/runs.c adds to it without a Python call.
+RecentKeys: type[PyRecentKeys] = (
+    load_native("assembler.native_recent", "RecentKeys") or PyRecentKeys
+)
 SERIAL_MODULUS = 1 << 32
 SERIAL_MASK = SERIAL_MODULUS - 1
 # Larger serial jumps are a new serial space, not loss (go-libaudit's 2^24 rule).
@@ -365,12 +372,11 @@ class Reassembler(Generic[RecordT]):
         self._on_lost = on_lost
         self._max_in_flight = max_in_flight
         self._timeout_ms = timeout_ms
-        self._max_recent = max_recent
         self._max_records_per_event = max_records_per_event
         self._max_open_batches = max_open_batches
         # Insertion order is age order (the clock never goes back): oldest first.
         self._open: OrderedDict[EventKey, _OpenEvent[RecordT]] = OrderedDict()
-        self._recent: OrderedDict[EventKey, None] = OrderedDict()
+        self._recent = RecentKeys(max_recent)
         self._nodes: dict[str, _NodeSerials] = {}
         self._shard_index, self._shard_count = shard
         self._clock = 0
@@ -464,10 +470,7 @@ class Reassembler(Generic[RecordT]):
                 # for nearly every event, and each Python call is ~0.1 µs of ~11.
                 if len(self._open) >= self._max_in_flight:
                     self._evict_oldest()
-                recent = self._recent
-                recent[key] = None
-                if len(recent) > self._max_recent:
-                    recent.popitem(last=False)
+                self._recent.add(key)
                 stats.events[CompletionReason.EOE] += 1
                 self._on_complete(records, CompletionReason.EOE)
                 if unwrapped == node.frontier and not node.pending and not node.alone:
@@ -589,10 +592,7 @@ class Reassembler(Generic[RecordT]):
         unwrapped: int,
     ) -> None:
         """Hand on the records of a completed event (no longer open) and note its serial."""
-        recent = self._recent
-        recent[key] = None
-        if len(recent) > self._max_recent:
-            recent.popitem(last=False)
+        self._recent.add(key)
         self._stats.events[reason] += 1
         self._on_complete(records, reason)
         if node is not None:

@@ -25,6 +25,7 @@
 #include <structmember.h>
 #define PYCLASS_MODULE "native_runs"
 #include "pyclass.h"
+#include "recent_keys.h"
 #include <stdint.h>
 
 #define EOE_TYPE 1320
@@ -35,7 +36,7 @@
 #define BACKWARD_JUMP 4096 /* reassembler.BACKWARD_JUMP: the unwrap's near case */
 #define FITS (1LL << 62)   /* larger ints go to the Python function */
 
-static PyTypeObject *record_type, *node_type, *open_type;
+static PyTypeObject *record_type, *node_type, *open_type, *recent_type;
 static PyObject *python_push_items, *reason_eoe;
 
 enum { R_TYPE, R_NODE, R_SEC, R_MSEC, R_SERIAL, R_COUNT };
@@ -52,14 +53,14 @@ static const char *const open_names[O_COUNT] = {"records", "unwrapped"};
 static Py_ssize_t open_offsets[O_COUNT];
 
 static PyObject *s_open, *s_recent, *s_nodes, *s_stats, *s_on_complete, *s_clock, *s_push,
-    *s_push_run, *s_note_completed, *s_max_records, *s_max_in_flight, *s_max_recent, *s_popitem,
-    *s_records, *s_events;
+    *s_push_run, *s_note_completed, *s_max_records, *s_max_in_flight, *s_records, *s_events;
 
 /* The reassembler's parts, read once per call. */
 typedef struct {
-    PyObject *self, *open, *recent, *nodes, *stats, *on_complete, *push, *push_run,
+    PyObject *self, *open, *nodes, *stats, *on_complete, *push, *push_run,
         *note_completed; /* owned */
-    Py_ssize_t max_records, max_in_flight, max_recent;
+    RecentKeys *recent; /* owned */
+    Py_ssize_t max_records, max_in_flight;
     long long clock;           /* the reassembler's _clock as last read or written */
     Py_ssize_t records, whole; /* stats.records and stats.events[EOE] not yet added */
 } Parts;
@@ -105,7 +106,7 @@ static int parts_read(PyObject *reassembler, Parts *p)
     memset(p, 0, sizeof *p);
     p->self = reassembler;
     if ((p->open = PyObject_GetAttr(reassembler, s_open)) == NULL ||
-        (p->recent = PyObject_GetAttr(reassembler, s_recent)) == NULL ||
+        (p->recent = (RecentKeys *)PyObject_GetAttr(reassembler, s_recent)) == NULL ||
         (p->nodes = PyObject_GetAttr(reassembler, s_nodes)) == NULL ||
         (p->stats = PyObject_GetAttr(reassembler, s_stats)) == NULL ||
         (p->on_complete = PyObject_GetAttr(reassembler, s_on_complete)) == NULL ||
@@ -113,18 +114,18 @@ static int parts_read(PyObject *reassembler, Parts *p)
         (p->push_run = PyObject_GetAttr(reassembler, s_push_run)) == NULL ||
         (p->note_completed = PyObject_GetAttr(reassembler, s_note_completed)) == NULL ||
         size_attr(reassembler, s_max_records, &p->max_records) < 0 ||
-        size_attr(reassembler, s_max_in_flight, &p->max_in_flight) < 0 ||
-        size_attr(reassembler, s_max_recent, &p->max_recent) < 0)
+        size_attr(reassembler, s_max_in_flight, &p->max_in_flight) < 0)
         return -1;
     PyObject *clock = PyObject_GetAttr(reassembler, s_clock);
     int known = clock != NULL && small(clock, &p->clock);
     Py_XDECREF(clock);
     if (clock == NULL)
         return -1;
-    /* _open and _recent are OrderedDicts (a dict subclass: lookups and sizes are the dict's;
-     * insertions go through PyObject_SetItem, which keeps the order). */
-    return known && PyDict_Check(p->open) && PyDict_Check(p->recent) &&
-           PyDict_CheckExact(p->nodes);
+    /* _open is an OrderedDict (a dict subclass: lookups and sizes are the dict's; insertions
+     * go through PyObject_SetItem, which keeps the order); _recent the C RecentKeys (not the
+     * Python one: AUDITSTREAM_NATIVE=0 loads neither). */
+    return known && PyDict_Check(p->open) && Py_IS_TYPE((PyObject *)p->recent, recent_type) &&
+           p->recent->keys != NULL && PyDict_CheckExact(p->nodes);
 }
 
 /* stats.records and stats.events[EOE] += what was counted here; -1 error. */
@@ -223,20 +224,6 @@ static int completed(Parts *p, PyObject *records, PyObject *node, PyObject *name
     return rc;
 }
 
-/* _recent[key] = None, the oldest dropped beyond its bound (_done's first lines); -1 error. */
-static int note_recent(Parts *p, PyObject *key)
-{
-    if (PyObject_SetItem(p->recent, key, Py_None) < 0)
-        return -1;
-    if (PyDict_GET_SIZE(p->recent) > p->max_recent) {
-        PyObject *dropped = PyObject_CallMethodObjArgs(p->recent, s_popitem, Py_False, NULL);
-        if (dropped == NULL)
-            return -1;
-        Py_DECREF(dropped);
-    }
-    return 0;
-}
-
 /* The run as a whole event completed here: 1 done, 0 left to push_run (nothing changed),
  * -1 error. */
 static int whole_run(Parts *p, PyObject *run)
@@ -255,7 +242,7 @@ static int whole_run(Parts *p, PyObject *run)
     rc = 0;
     int seen = PyDict_Contains(p->open, key);
     if (seen == 0)
-        seen = PyDict_Contains(p->recent, key);
+        seen = PyDict_Contains(p->recent->keys, key);
     if (seen != 0) {
         rc = seen < 0 ? -1 : 0;
         goto done;
@@ -294,7 +281,7 @@ static int whole_run(Parts *p, PyObject *run)
         }
         set_slot(node, node_offsets[N_LAST_SEEN], seen_to);
     }
-    if (note_recent(p, key) < 0) {
+    if (recent_add_new(p->recent, key) < 0) { /* _done's _recent.add: not held (above) */
         rc = -1;
         goto done;
     }
@@ -356,7 +343,7 @@ static int joins_open(Parts *p, PyObject *rec, long long now)
     Py_INCREF(unwrapped_obj);
     Py_INCREF(node);
     /* _finish: out of _open (the event object goes with it), then _done. */
-    if (PyObject_DelItem(p->open, key) < 0 || note_recent(p, key) < 0)
+    if (PyObject_DelItem(p->open, key) < 0 || recent_add(p->recent, key) < 0)
         rc = -1;
     else
         rc = completed(p, records, node, name, unwrapped_obj, unwrapped);
@@ -563,9 +550,16 @@ PyMODINIT_FUNC PyInit_native_runs(void)
     NAME(s_stats, "_stats") NAME(s_on_complete, "_on_complete") NAME(s_clock, "_clock")
     NAME(s_push, "push") NAME(s_push_run, "push_run") NAME(s_note_completed, "_note_completed")
     NAME(s_max_records, "_max_records_per_event") NAME(s_max_in_flight, "_max_in_flight")
-    NAME(s_max_recent, "_max_recent") NAME(s_popitem, "popitem") NAME(s_records, "records")
+    NAME(s_records, "records")
     NAME(s_events, "events")
 #undef NAME
+    PyObject *recent = PyImport_ImportModule("assembler.native_recent");
+    if (recent == NULL)
+        return NULL;
+    recent_type = (PyTypeObject *)PyObject_GetAttrString(recent, "RecentKeys");
+    Py_DECREF(recent);
+    if (recent_type == NULL)
+        return NULL;
     PyObject *reassembler = PyImport_ImportModule("assembler.reassembler");
     PyObject *parse = reassembler ? PyImport_ImportModule("assembler.parse") : NULL;
     PyObject *batch = parse ? PyImport_ImportModule("assembler.batch") : NULL;
