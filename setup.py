@@ -12,6 +12,7 @@ _SHARED = {"include_dirs": ["auditstream/csrc"]}
 _PYCLASS = "auditstream/csrc/pyclass.h"
 _OUT_BUFFER = "auditstream/csrc/out_buffer.h"
 _CIVIL_DAYS = "auditstream/csrc/civil_days.h"  # dates from day counts (ecs.c, enrich.c)
+_HASH_HEX = "auditstream/csrc/hash_hex.h"  # a head's record hashes as text (ecs, doc_text, dedupe)
 
 setup(
     ext_modules=[
@@ -64,6 +65,7 @@ setup(
                 _OUT_BUFFER,
                 _PYCLASS,
                 _CIVIL_DAYS,
+                _HASH_HEX,
             ],
             **_SHARED,
             optional=True,
@@ -72,6 +74,7 @@ setup(
         Extension(
             "auditstream.native_doc_text",
             ["auditstream/csrc/doc_text.c"],
+            depends=[_HASH_HEX],
             optional=True,
             extra_compile_args=_FLAGS,
         ),
@@ -109,6 +112,8 @@ setup(
         Extension(
             "treekeeper.native_fingerprints",
             ["treekeeper/csrc/fingerprints.c"],
+            depends=[_HASH_HEX],
+            **_SHARED,
             optional=True,
             extra_compile_args=_FLAGS,
         ),

@@ -19,7 +19,7 @@ it knows where ``process`` is without searching the text (:func:`encode_docs`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -38,6 +38,34 @@ HEAD_DATA = ("syscall", "exit", "a0")
 # heads only from an assembler whose HASH_PROBE equals its own (auditstream/wire.py).
 RECORD_HASHES = "record_hashes"
 HASH_PROBE = hash("auditstream: stages of one run hash alike")
+# The hashes travel as one string of 16 hex digits each (their 64 bits, two's complement):
+# five JSON integers of ~19 digits made five ints and a list to decode and free per event,
+# ~4 % of the tree keeper's instructions (docs/performance.md, forty-fifth pass). A list of
+# ints (an older assembler's) is still read.
+_HASH_DIGITS = 16
+_BITS64 = (1 << 64) - 1
+_SIGN64 = 1 << 63
+
+
+def hashes_text(hashes: Iterable[int]) -> str:
+    """``hash()`` values as a head carries them: 16 lowercase hex digits each."""
+    return "".join([format(h & _BITS64, "016x") for h in hashes])
+
+
+def hashes_of_text(text: str) -> list[int] | None:
+    """The ``hash()`` values :func:`hashes_text` wrote; None when ``text`` is not such a
+    string (then the event has no identity: dedupe keeps it)."""
+    if len(text) % _HASH_DIGITS or not text.isascii():
+        return None
+    hashes = []
+    for at in range(0, len(text), _HASH_DIGITS):
+        digits = text[at : at + _HASH_DIGITS]
+        if not all(c in "0123456789abcdef" for c in digits):
+            return None
+        value = int(digits, 16)
+        hashes.append(value - (1 << 64) if value & _SIGN64 else value)
+    return hashes
+
 
 DocText = tuple[bytes, bytes]  # (text before process's value, text after it): doc_line()
 DOC_TEXT = "doc_text"  # the event field that holds a split doc's DocText (in the tree keeper)
@@ -158,7 +186,9 @@ def _encode_split(doc: dict[str, Any], start: int) -> tuple[list[Any], list[byte
     if at < 0 or text.find(b"\0", at + 1) >= 0:  # the mark's bytes in a Fragment of the doc
         return None
     head_auditd = {name: auditd[name] for name in HEAD_AUDITD if name in auditd}
-    head_auditd[RECORD_HASHES] = [hash(r) for r in auditd["records"] if isinstance(r, str)]
+    head_auditd[RECORD_HASHES] = hashes_text(
+        hash(r) for r in auditd["records"] if isinstance(r, str)
+    )
     data = auditd.get("data")
     if type(data) is dict:
         head_auditd["data"] = {name: data[name] for name in HEAD_DATA if name in data}

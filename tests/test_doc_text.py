@@ -19,7 +19,7 @@ from test_event_transport import old_frame, sharded_frames
 
 from auditstream import wire
 from auditstream.config import Config
-from auditstream.doc_text import DOC_TEXT, doc_line, encode_docs
+from auditstream.doc_text import DOC_TEXT, doc_line, encode_docs, hashes_of_text, hashes_text
 from sinks import sinks_take_ancestry_text, sinks_take_doc_text
 from sinks.config import FileOutputConfig
 from sinks.jsonl import JsonlSink
@@ -70,7 +70,7 @@ def test_audit_doc_arrives_as_head_and_its_line_is_the_whole_doc() -> None:
     assert set(head) == {"@timestamp", "auditd", "process"}
     assert head["auditd"] == {
         "result": "success",
-        "record_hashes": [hash(RECORD)],  # dedupe's fingerprints, in place of the text
+        "record_hashes": hashes_text([hash(RECORD)]),  # dedupe's fingerprints, for the text
         "data": {"syscall": "execve", "exit": "0", "a0": "1"},
     }
     head["process"]["entity_id"] = "abc"  # what enrichment does
@@ -262,3 +262,14 @@ def test_an_assembler_feeding_a_kafka_tree_keeper_sends_no_heads() -> None:
     assert wire.HEADS_JSON in with_heads
     assert wire.HEADS_JSON not in without
     assert wire.events_of(without) == wire.events_of(with_heads)
+
+
+def test_record_hashes_travel_as_hex_text_and_come_back_whole() -> None:
+    """hash() values of both signs and the int64 extremes make 16 hex digits each and read back the same; text that is not such digits reads as None, the empty text as no hashes."""
+    hashes = [0, 1, -1, 2**63 - 1, -(2**63), hash("type=EOE msg=audit(1.2:3): ")]
+    text = hashes_text(hashes)
+    assert len(text) == 16 * len(hashes) and text == text.lower()
+    assert hashes_of_text(text) == hashes
+    assert hashes_of_text("") == []
+    for bad in ("x", text[:-1], text.upper(), "g" * 16, "é" * 16, " " * 16, "+" + "0" * 15):
+        assert hashes_of_text(bad) is None, bad

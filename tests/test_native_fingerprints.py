@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from native_helpers import native_module, rss_kib
 
-from auditstream.doc_text import DOC_TEXT, RECORD_HASHES
+from auditstream.doc_text import DOC_TEXT, RECORD_HASHES, hashes_of_text, hashes_text
 from treekeeper import dedupe
 from treekeeper.dedupe import Dedupe, RecentFingerprints, doc_fingerprints
 
@@ -122,9 +122,11 @@ def test_what_cannot_be_a_fingerprint_is_never_a_member() -> None:
     assert len(seen) == 2
 
 
-def head_event(hashes: list[Any], serial: int) -> Event:
-    """An audit event whose doc travelled as a head (its record hashes beside the text)."""
-    head = {"auditd": {"result": "success", RECORD_HASHES: hashes}, "process": {"pid": serial}}
+def head_event(hashes: list[Any], serial: int, *, as_text: bool = False) -> Event:
+    """An audit event whose doc travelled as a head (its record hashes beside the text: as the
+    assembler writes them, ``as_text``, or as a list of ints, as an older one did)."""
+    carried: Any = hashes_text(hashes) if as_text else hashes
+    head = {"auditd": {"result": "success", RECORD_HASHES: carried}, "process": {"pid": serial}}
     return {"key": ["", 1, 2, serial], "raw": len(hashes), "doc": head, DOC_TEXT: (b"{", b"}")}
 
 
@@ -161,6 +163,14 @@ def odd_events() -> list[Event]:
         {"key": [], "raw": [], "doc": {"auditd": {RECORD_HASHES: (1, 2)}}, DOC_TEXT: None},
         head_event([True, 0], 90),  # bool is an int to isinstance: Python takes it as 1
         head_event([0], 91),
+        head_event([0, -1], 92, as_text=True),
+        head_event([], 93, as_text=True),
+        {**head_event([5], 94, as_text=True), "key": []},  # no key: no identity
+    ] + [
+        head_event([], 95 + n, as_text=False) | {"doc": {"auditd": {RECORD_HASHES: text}}}
+        for n, text in enumerate(
+            ["0" * 15, "A" * 16, "é" * 16, "0" * 16 + "g", " " * 16, "0000000000000001"]
+        )
     ]
 
 
@@ -170,7 +180,8 @@ def event_stream(rng: random.Random, count: int) -> list[Event]:
     for serial in range(count):
         roll = rng.random()
         if roll < 0.55:
-            events.append(head_event([rng.randint(-(1 << 40), 1 << 40) for _ in range(3)], serial))
+            hashes = [rng.randint(-(1 << 63), (1 << 63) - 1) for _ in range(3)]
+            events.append(head_event(hashes, serial, as_text=rng.random() < 0.7))
         elif roll < 0.75:
             events.append(doc_event([f"type=SYSCALL msg=audit(1.2:{serial})", "type=EOE"], serial))
         elif roll < 0.80:
@@ -181,10 +192,12 @@ def event_stream(rng: random.Random, count: int) -> list[Event]:
             doc = copy["doc"]
             if DOC_TEXT in copy and isinstance(doc, dict) and rng.random() < 0.5:
                 hashes = doc["auditd"][RECORD_HASHES]
+                if isinstance(hashes, str):
+                    hashes = hashes_of_text(hashes)
                 part = hashes[: rng.randint(1, len(hashes))]
                 if rng.random() < 0.3:
                     part = [*part, rng.randint(0, 1 << 40)]  # a late record: not a duplicate
-                copy = head_event(part, serial)
+                copy = head_event(part, serial, as_text=rng.random() < 0.5)
             events.append(copy)
     return events
 

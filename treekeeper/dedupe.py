@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Protocol
 import orjson
 
 from auditstream.config import Config
-from auditstream.doc_text import DOC_TEXT, RECORD_HASHES
+from auditstream.doc_text import DOC_TEXT, RECORD_HASHES, hashes_of_text
 from auditstream.escape import escape, unescape
 from auditstream.logline import LineError, split_log_line, type_name
 from auditstream.native import load_native
@@ -155,6 +155,8 @@ def head_fingerprints(head: Any, node: str | None = "") -> tuple[int, ...] | Non
     (None: the event has no key, and so no identity); equal to :func:`doc_fingerprints`'s."""
     auditd = head.get("auditd") if isinstance(head, dict) else None
     hashes = auditd.get(RECORD_HASHES) if isinstance(auditd, dict) else None
+    if type(hashes) is str:  # hashes_text's string; a list of ints from an older assembler
+        hashes = hashes_of_text(hashes)
     if node is None or not isinstance(hashes, list) or not all(map(_is_int, hashes)):
         return None  # all(map(...)): no Python frame per item
     salt = node_salt(node)

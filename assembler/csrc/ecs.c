@@ -25,6 +25,7 @@
 #include "pyclass.h"
 #include "escape.h"
 #include "civil_days.h"
+#include "hash_hex.h"
 #include <string.h>
 #include <limits.h>
 #include <stdint.h>

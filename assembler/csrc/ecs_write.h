@@ -479,20 +479,19 @@ static int write_tail(Out *o, CoalescedView *c, PyObject *completed_by, Py_ssize
 }
 
 /* The head (doc_text._encode_split's): process's place (null: the tree keeper decodes the
- * doc's own text of it), auditd.result, the record hashes, auditd.data's syscall/exit/a0,
- * @timestamp. */
+ * doc's own text of it), auditd.result, the record hashes (hash_hex.h's text), auditd.data's
+ * syscall/exit/a0, @timestamp. */
 static int write_head(Out *h, CoalescedView *c, PyObject *data, const Py_hash_t *hashes,
                       Py_ssize_t count, PyObject *timestamp, const FusedEvent *fused)
 {
     if (PUT_LIT(h, "{\"process\":null,\"auditd\":{\"result\":") < 0 ||
         put_str(h, c->field[C_RESULT]) < 0 ||
-        PUT_LIT(h, ",\"record_hashes\":[") < 0)
+        PUT_LIT(h, ",\"record_hashes\":\"") < 0 ||
+        out_reserve(h, count * HASH_HEX_DIGITS) < 0)
         return -1;
-    for (Py_ssize_t i = 0; i < count; i++)
-        if ((i && PUT_LIT(h, ",") < 0) ||
-            put_signed(h, (long long)hashes[i]) < 0)
-            return -1;
-    if (PUT_LIT(h, "],\"data\":") < 0 ||
+    for (Py_ssize_t i = 0; i < count; i++, h->size += HASH_HEX_DIGITS)
+        hash_hex_write(h->data + h->size, (int64_t)hashes[i]);
+    if (PUT_LIT(h, "\",\"data\":") < 0 ||
         (fused ? write_fused_head_data(h, fused) : write_head_data(h, data)) < 0 ||
         PUT_LIT(h, "},\"@timestamp\":") < 0 || put_str(h, timestamp) < 0)
         return -1;

@@ -11,6 +11,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
+#include "hash_hex.h"
 
 static const char *const HEAD_AUDITD_NAMES[] = {"result"};
 static const char *const HEAD_DATA_NAMES[] = {"syscall", "exit", "a0"};
@@ -61,23 +62,25 @@ static PyObject *pick(PyObject *source, PyObject *const *names, size_t count) {
     return out;
 }
 
-/* [hash(r) for r in records if isinstance(r, str)]: dedupe's fingerprints (doc_text.py). */
+/* hashes_text(hash(r) for r in records if isinstance(r, str)): dedupe's fingerprints
+ * (doc_text.py), 16 hex digits each (hash_hex.h). */
 static PyObject *record_hashes(PyObject *records) {
     Py_ssize_t count = PyList_GET_SIZE(records), kept = 0;
-    PyObject *out = PyList_New(count);
-    if (out == NULL) return NULL;
+    char stack[8 * HASH_HEX_DIGITS];
+    char *text = count <= 8 ? stack : PyMem_Malloc((size_t)count * HASH_HEX_DIGITS);
+    if (text == NULL) return PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *record = PyList_GET_ITEM(records, i);
         if (!PyUnicode_Check(record)) continue;
         Py_hash_t hash = PyObject_Hash(record);
-        PyObject *value = hash == -1 ? NULL : PyLong_FromSsize_t((Py_ssize_t)hash);
-        if (value == NULL) {
-            Py_DECREF(out);
+        if (hash == -1) {
+            if (text != stack) PyMem_Free(text);
             return NULL;
         }
-        PyList_SET_ITEM(out, kept++, value);
+        hash_hex_write(text + kept++ * HASH_HEX_DIGITS, (int64_t)hash);
     }
-    Py_SET_SIZE(out, kept); /* the slots past kept were never filled: NULL */
+    PyObject *out = PyUnicode_DecodeASCII(text, kept * HASH_HEX_DIGITS, NULL);
+    if (text != stack) PyMem_Free(text);
     return out;
 }
 

@@ -15,6 +15,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include "hash_hex.h"
 
 /* One generation. 0 marks an empty slot, so the fingerprint 0 is a flag of its own. */
 typedef struct {
@@ -268,6 +269,47 @@ static int key_node_salt(PyObject *event, int64_t *salt)
     return 1;
 }
 
+/* *values has room for n (grown as needed); -1 with MemoryError. */
+static int values_room(int64_t **values, Py_ssize_t *room, Py_ssize_t n)
+{
+    if (n <= *room)
+        return 0;
+    int64_t *grown = PyMem_Realloc(*values, (size_t)n * sizeof(int64_t));
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *values = grown;
+    *room = n;
+    return 0;
+}
+
+/* A head's record hashes given as hashes_text's string (hash_hex.h), salted with its key's
+ * node_salt, into *values: their count, 0 when the string is not such text or the event has
+ * no key (no identity: kept and not remembered, as head_fingerprints says None), -1 error. */
+static Py_ssize_t text_fingerprints(PyObject *event, PyObject *text, int64_t **values,
+                                    Py_ssize_t *room)
+{
+    if (!PyUnicode_IS_ASCII(text))
+        return 0;
+    Py_ssize_t len = PyUnicode_GET_LENGTH(text), n = len / HASH_HEX_DIGITS;
+    if (len % HASH_HEX_DIGITS)
+        return 0;
+    int64_t salt = 0;
+    int keyed = key_node_salt(event, &salt);
+    if (keyed <= 0)
+        return keyed;
+    if (values_room(values, room, n) < 0)
+        return -1;
+    const char *digits = (const char *)PyUnicode_DATA(text);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!hash_hex_read(digits + i * HASH_HEX_DIGITS, &(*values)[i]))
+            return 0;
+        (*values)[i] ^= salt;
+    }
+    return n;
+}
+
 /* The fingerprints of one event into *values (grown as needed): their count, 0 when the
  * event has none it can be deduplicated by, -1 with an exception. A head's are its record
  * hashes XORed with its key's node_salt (a whole doc's are salted by doc_fingerprints). */
@@ -291,12 +333,14 @@ static Py_ssize_t event_fingerprints(PyObject *event, PyObject *doc_fingerprints
                                : NULL;
         if (PyErr_Occurred())
             return -1;
+        if (hashes != NULL && PyUnicode_CheckExact(hashes)) /* hashes_text's string */
+            return text_fingerprints(event, hashes, values, room);
         if (hashes == NULL || !PyList_Check(hashes))
             return 0;
         int keyed = key_node_salt(event, &salt);
         if (keyed <= 0)
             return keyed;
-        found = Py_NewRef(hashes); /* a non-int in it: no identity, below */
+        found = Py_NewRef(hashes); /* a non-int in it: no identity, below (an older assembler's) */
     } else {
         found = PyObject_CallOneArg(doc_fingerprints, doc);
         if (found == NULL)
@@ -311,15 +355,9 @@ static Py_ssize_t event_fingerprints(PyObject *event, PyObject *doc_fingerprints
     if (seq == NULL)
         return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > *room) {
-        int64_t *grown = PyMem_Realloc(*values, (size_t)n * sizeof(int64_t));
-        if (grown == NULL) {
-            Py_DECREF(seq);
-            PyErr_NoMemory();
-            return -1;
-        }
-        *values = grown;
-        *room = n;
+    if (values_room(values, room, n) < 0) {
+        Py_DECREF(seq);
+        return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         int ok = fingerprint_of(PySequence_Fast_GET_ITEM(seq, i), &(*values)[i]);
