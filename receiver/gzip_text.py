@@ -21,6 +21,19 @@ def is_gzip_name(name: str) -> bool:
     return name.endswith(".gz")
 
 
+def gzip_copy_text(path: str, head_length: int, min_length: int) -> tuple[int, bytes] | None:
+    """(text length, first ``head_length`` bytes of the text) of a ``.gz`` whose text is at
+    least ``min_length`` long: a candidate for a rotated log or copy compressed at once,
+    which the caller matches by those first bytes; None for any other file."""
+    if not is_gzip_name(path):
+        return None
+    length = gzip_text_length(path)
+    if length is None or length < min_length:
+        return None
+    head = gzip_text_head(path, head_length)
+    return None if head is None else (length, head)
+
+
 def gzip_text_head(path: str, length: int) -> bytes | None:
     """The first ``length`` bytes of the text ``path`` compresses (fewer if it is shorter);
     None if it is no gzip file or cannot be read or decompressed that far."""

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from auditstream.escape import escape
 from receiver.event_tail import LINGER_POLL_S, STOP_GRACE_S, EventTail
-from receiver.gzip_text import gzip_text_head, gzip_text_length, is_gzip_name
+from receiver.gzip_text import gzip_copy_text, is_gzip_name
 
 log = logging.getLogger("auditstream.receiver")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -643,11 +643,11 @@ def _copytruncate_copy(path: str, head: bytes, offset: int) -> str | None:
     if len(head) < min(HEAD_BYTES, offset) or not head:
         return None
     directory, base = os.path.split(os.path.abspath(path))
-    found: list[tuple[int, str]] = []
     try:
         entries = list(os.scandir(directory))
     except OSError:
         return None
+    found: list[tuple[int, str]] = []
     gzipped: list[tuple[int, str]] = []  # logrotate's compress without delaycompress
     for entry in entries:
         if entry.name == base or not entry.name.startswith(base):
@@ -658,13 +658,9 @@ def _copytruncate_copy(path: str, head: bytes, offset: int) -> str | None:
             if not stat.S_ISREG(st.st_mode):
                 continue
             if is_gzip_name(entry.name):
-                length = gzip_text_length(candidate)
-                if (
-                    length is not None
-                    and length > offset
-                    and gzip_text_head(candidate, len(head)) == head
-                ):
-                    gzipped.append((length, candidate))
+                text = gzip_copy_text(candidate, len(head), offset + 1)
+                if text is not None and text[1] == head:
+                    gzipped.append((text[0], candidate))
                 continue
             if st.st_size <= offset:
                 continue

@@ -19,7 +19,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from receiver.gzip_text import gzip_text_head, gzip_text_length, is_gzip_name
+from receiver.gzip_text import gzip_copy_text
 from receiver.logsource import HEAD_BYTES, FileIdentity
 
 log = logging.getLogger("auditstream.receiver")
@@ -251,18 +251,14 @@ def _gzipped_copies(
     compressed (receiver/gzip_text.py)."""
     found = []
     for entry in entries:
-        if not (entry.name.startswith(base) and is_gzip_name(entry.name)):
+        if not entry.name.startswith(base):
             continue
         candidate = os.path.join(directory, entry.name)
-        length = gzip_text_length(candidate)
-        if length is None or length < saved.offset:
+        text = gzip_copy_text(candidate, saved.head_length, saved.offset)
+        if text is None:
             continue
-        head = gzip_text_head(candidate, saved.head_length)
-        if (
-            head is not None
-            and len(head) == saved.head_length
-            and head_digest(head) == saved.head_sha256
-        ):
+        length, head = text
+        if len(head) == saved.head_length and head_digest(head) == saved.head_sha256:
             found.append((length, candidate, head))
     return found
 

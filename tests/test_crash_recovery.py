@@ -29,10 +29,11 @@ import msgpack
 import pytest
 from generated_logs import write_generated_log
 from live_helpers import feed_slowly, stage_pids
+from supervisor_helpers import effective_config
 
 from assembler.reassembler import CompletionReason, Reassembler
 from assembler.redelivery import BatchStream, replay_gap_events, restart_gap_event
-from auditstream.config import Config, write_json
+from auditstream.config import Config
 from auditstream.hostnode import local_host_name
 from auditstream.supervisor import RestartPolicy, Supervisor
 from receiver.checkpoint import CheckpointKeeper, SerialMark, load_checkpoint
@@ -275,10 +276,7 @@ def test_supervisor_gives_up_on_a_flapping_stage(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A stage that keeps dying is restarted with backoff, then the supervisor gives up with an error."""
-    cfg = Config()
-    cfg.runtime.dir = str(tmp_path)
-    conf = tmp_path / "effective-config.json"
-    write_json(cfg, conf)
+    conf = effective_config(tmp_path)
     policy = RestartPolicy(enabled=True, max_restarts=2, window_s=60)
     supervisor = Supervisor(conf, assemblers=1, receiver_stdin=False, policy=policy)
     waits = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); time.sleep(60)"

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import zmq
 from generated_logs import write_generated_log
+from supervisor_helpers import effective_config
 
 from auditstream import wire
-from auditstream.config import Config, write_json
+from auditstream.config import Config
 from auditstream.exitwatch import ExitWatch
 from auditstream.redelivery import acks_endpoint
 from auditstream.supervisor import RestartPolicy, Supervisor
@@ -123,10 +124,7 @@ def test_exit_watch_sleeps_its_timeout_while_children_live() -> None:
 
 def test_tree_keeper_done_before_the_supervisor_saw_it_ready_is_no_failure(tmp_path: Path) -> None:
     """A tree keeper that exited 0 (its ready file removed) between two looks did start."""
-    cfg = Config()
-    cfg.runtime.dir = str(tmp_path)
-    conf = tmp_path / "effective-config.json"
-    write_json(cfg, conf)
+    conf = effective_config(tmp_path)
     supervisor = Supervisor(
         conf,
         assemblers=1,

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from supervisor_helpers import effective_config
 
 from auditstream.config import (
     GROWN_REPLAY_BUFFER_RECORDS,
     MIN_REPLAY_BUFFER_RECORDS,
     Config,
-    write_json,
 )
 from auditstream.redelivery import buffered_records, checkpoint_lag_records, resendable_records
 from auditstream.supervisor import RestartPolicy, Supervisor
@@ -129,10 +129,7 @@ def test_checkpoint_is_written_after_its_lag_in_records_not_only_in_time(tmp_pat
 
 def test_stage_killed_after_the_receiver_finished_is_not_a_failure(tmp_path: Path) -> None:
     """After the receiver exited 0, a killed stage is not restarted, the rest stop, and the run succeeds."""
-    cfg = Config()
-    cfg.runtime.dir = str(tmp_path)
-    conf = tmp_path / "effective-config.json"
-    write_json(cfg, conf)
+    conf = effective_config(tmp_path)
     ready = tmp_path / "treekeeper.ready"
     supervisor = Supervisor(
         conf,

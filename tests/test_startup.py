@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import stagefork_stage
 import zmq
+from supervisor_helpers import effective_config
 
 from auditstream import stagefork, wire
 from auditstream.config import Config, ConfigError, load, write_json
@@ -171,10 +172,7 @@ def test_the_tree_keeper_imports_its_modules_after_its_fork(
     that cannot be imported ends the child (exit 1, the error on its stderr), the supervisor
     says it could not start and stops the stages forked after it."""
     monkeypatch.setitem(stagefork.STAGE_RUNNERS, "treekeeper", "auditstream_test_no_tree_keeper")
-    cfg = Config()
-    cfg.runtime.dir = str(tmp_path / "run")
-    conf = tmp_path / "effective-config.json"
-    write_json(cfg, conf)
+    conf = effective_config(tmp_path, tmp_path / "run")
     supervisor = Supervisor(
         conf,
         assemblers=1,
